@@ -1,0 +1,1 @@
+"""Postwarden: a mail server pipeline."""

@@ -1,0 +1,299 @@
+"""Load and validate the TOML configuration.
+
+Every error names the file, the key and what was expected, so an operator can fix it without reading
+code. Relative paths in the file are relative to the directory that holds the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("config/postwarden.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message is meant for the operator, as is."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MailboxTarget(Strict):
+    """Where mail to a special address goes: `<localpart>@<domain>` into `mailbox` of `account`."""
+
+    account: str
+    localpart: str
+    mailbox: str
+
+
+class Postmaster(Strict):
+    """The account and mailbox that receive postmaster@ mail, DSNs of our reports (in sub-mailboxes)."""
+
+    account: str
+    mailbox: str = "Postmaster"
+
+
+class DKIMSelector(Strict):
+    selector: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    algorithm: Literal["ed25519", "rsa"]
+    private_key_file: Path
+
+
+class Domain(Strict):
+    dkim: list[DKIMSelector] = []
+    dmarc_reports: MailboxTarget | None = None
+    tls_reports: MailboxTarget | None = None
+
+
+class Ruleset(Strict):
+    """Deliver matching mail into `mailbox`; options as in SPEC R3.5."""
+
+    mailbox: str
+    smtp_mail_from_regexp: str | None = None
+    header_regexps: dict[str, str] = {}
+    mailing_list_domain: str | None = None
+    is_forward: bool = False
+    accept_rejects_to_mailbox: str | None = None
+
+
+class Account(Strict):
+    addresses: Annotated[list[str], Field(min_length=1)]
+    inbox: str = "Inbox"
+    junk_mailbox: str = "Junk"
+    rejects_mailbox: str = "Rejects"
+    rulesets: list[Ruleset] = []
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses_have_domain(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            local, at, domain = address.rpartition("@")
+            if not at or not local or not domain:
+                raise ValueError(f"{address!r} is not an address of the form localpart@domain")
+        return [a.rpartition("@")[0] + "@" + a.rpartition("@")[2].lower() for a in addresses]
+
+
+class Listener(Strict):
+    kind: Literal["inbound", "submission"]
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Listener:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+
+class Limits(Strict):
+    max_message_size: Annotated[int, Field(gt=0)] = 50 * 1024 * 1024
+    max_recipients: Annotated[int, Field(gt=0)] = 100
+    max_line_length: Annotated[int, Field(ge=1000)] = 8192
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0
+    max_errors: Annotated[int, Field(gt=0)] = 10
+
+
+class DNS(Strict):
+    """Empty `nameservers` means the system resolver configuration (/etc/resolv.conf)."""
+
+    nameservers: list[str] = []
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    timeout: Annotated[float, Field(gt=0)] = 5.0
+    trust_dnssec: bool = False
+
+
+class Web(Strict):
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    secret_key_file: Path | None = None
+
+
+class Config(Strict):
+    hostname: Annotated[str, Field(min_length=1)]
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    no_outgoing_dmarc_reports: bool = False
+    no_outgoing_tls_reports: bool = False
+    outgoing_tls_reports_for_all_success: bool = False
+    postmaster: Postmaster
+    host_tlsrpt: MailboxTarget | None = None
+    listeners: list[Listener] = []
+    limits: Limits = Limits()
+    dns: DNS = DNS()
+    web: Web = Web()
+    domains: dict[str, Domain] = {}
+    accounts: dict[str, Account] = {}
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_lower(cls, hostname: str) -> str:
+        return hostname.lower().rstrip(".")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains_lower(cls, domains: dict[str, Domain]) -> dict[str, Domain]:
+        return {name.lower().rstrip("."): d for name, d in domains.items()}
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Config:
+        for name, account in self.accounts.items():
+            for address in account.addresses:
+                domain = address.rpartition("@")[2]
+                if domain not in self.domains:
+                    raise ValueError(
+                        f"accounts.{name}.addresses: {address!r} is in domain {domain!r}, "
+                        "which is not in [domains]"
+                    )
+        targets: dict[str, MailboxTarget | Postmaster | None] = {
+            "postmaster": self.postmaster,
+            "host_tlsrpt": self.host_tlsrpt,
+        }
+        for dname, domain in self.domains.items():
+            targets[f"domains.{dname}.dmarc_reports"] = domain.dmarc_reports
+            targets[f"domains.{dname}.tls_reports"] = domain.tls_reports
+        for key, target in targets.items():
+            if target is not None and target.account not in self.accounts:
+                raise ValueError(f"{key}.account: {target.account!r} is not in [accounts]")
+        return self
+
+    # Derived settings; kept here so every process agrees on them.
+
+    @property
+    def resolved_database_url(self) -> str:
+        return (
+            os.environ.get("POSTWARDEN_DATABASE_URL")
+            or self.database_url
+            or f"sqlite:///{self.data_dir / 'postwarden.db'}"
+        )
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return os.environ.get("POSTWARDEN_BROKER_URL") or self.broker_url or "filesystem://"
+
+    def account_for_address(self, address: str) -> tuple[str, str] | None:
+        """(account name, mailbox) for a local address, including the special reporting addresses."""
+        local, _, domain = address.rpartition("@")
+        return self.address_index.get(f"{local}@{domain.lower()}")
+
+    @cached_property
+    def address_index(self) -> dict[str, tuple[str, str]]:
+        index: dict[str, tuple[str, str]] = {}
+        for name, account in self.accounts.items():
+            for address in account.addresses:
+                index[address] = (name, account.inbox)
+        # RFC 5321 4.5.1: postmaster must be accepted for every domain we receive for.
+        postmaster = MailboxTarget(
+            account=self.postmaster.account, localpart="postmaster", mailbox=self.postmaster.mailbox
+        )
+        specials: list[tuple[str, MailboxTarget | None]] = [
+            (self.hostname, self.host_tlsrpt),
+            (self.hostname, postmaster),
+        ]
+        for dname, d in self.domains.items():
+            specials += [(dname, d.dmarc_reports), (dname, d.tls_reports), (dname, postmaster)]
+        for domain, target in specials:
+            if target is not None:
+                index.setdefault(f"{target.localpart}@{domain}", (target.account, target.mailbox))
+        return index
+
+
+def _describe_error(error: dict[str, Any]) -> str:
+    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
+    kind = error["type"]
+    if kind == "missing":
+        return f"key {key!r} is required but missing"
+    if kind == "extra_forbidden":
+        return f"key {key!r} is not a known option (check its spelling; see config/postwarden.example.toml)"
+    value = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    if key:
+        return f"key {key!r}: {message}{shown}"
+    return message
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make relative paths absolute against the config file's directory, and check files exist."""
+
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    problems: list[str] = []
+
+    def existing(p: Path, key: str) -> Path:
+        full = resolve(p)
+        if not full.is_file():
+            problems.append(f"key {key!r}: file {str(full)!r} does not exist")
+        return full
+
+    listeners = []
+    for i, listener in enumerate(config.listeners):
+        update: dict[str, Any] = {}
+        if listener.tls_cert is not None and listener.tls_key is not None:
+            update["tls_cert"] = existing(listener.tls_cert, f"listeners[{i}].tls_cert")
+            update["tls_key"] = existing(listener.tls_key, f"listeners[{i}].tls_key")
+        listeners.append(listener.model_copy(update=update))
+    domains = {}
+    for dname, domain in config.domains.items():
+        selectors = [
+            s.model_copy(
+                update={"private_key_file": existing(s.private_key_file, f"domains.{dname}.dkim[{i}].private_key_file")}
+            )
+            for i, s in enumerate(domain.dkim)
+        ]
+        domains[dname] = domain.model_copy(update={"dkim": selectors})
+    web = config.web
+    if web.secret_key_file is not None:
+        web = web.model_copy(update={"secret_key_file": resolve(web.secret_key_file)})
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config.model_copy(
+        update={"data_dir": resolve(config.data_dir), "listeners": listeners, "domains": domains, "web": web}
+    )
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("POSTWARDEN_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read, validate and return the configuration; raise ConfigError with every problem found."""
+    file = config_path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: configuration file not found (create one with `postwarden quickstart you@example.org`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{file}: {_describe_error(err)}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    try:
+        return _resolve_paths(config, file.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError("\n".join(f"{file}: {line}" for line in str(e).splitlines())) from None

@@ -1,0 +1,8 @@
+"""SQLAlchemy models, one module per area. Importing this package registers them all on Base."""
+
+from app.models.base import Base
+from app.models.jobs import JobRun
+from app.models.queue import OutgoingMessage
+from app.models.store import Account, Mailbox, Message
+
+__all__ = ["Account", "Base", "JobRun", "Mailbox", "Message", "OutgoingMessage"]

@@ -1,0 +1,1 @@
+"""The outgoing queue and delivery."""

@@ -1,0 +1,35 @@
+"""Tasks around mail: DMARC evaluation bookkeeping and the outgoing queue sweep."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.db import session_scope
+from app.queue.outgoing import count_due
+from tasks.celery_app import app, settings
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="tasks.mail.record_dmarc_evaluation")
+def record_dmarc_evaluation(evaluation: dict[str, Any]) -> None:
+    """Store a DMARC evaluation for aggregate reporting (SPEC R2.1/R2.2).
+
+    Until the aggregate report issue lands, the evaluation is logged, not stored.
+    """
+    log.info(
+        "dmarc evaluation policy_domain=%s disposition=%s optional=%s",
+        evaluation.get("policy_domain"),
+        evaluation.get("disposition"),
+        evaluation.get("optional"),
+    )
+
+
+@app.task(name="tasks.mail.sweep_queue")
+def sweep_queue() -> int:
+    """Find queue rows that are due (DESIGN.md: the DB is the truth, the broker only wakes workers)."""
+    with session_scope(settings().resolved_database_url) as session:
+        due = count_due(session)
+    log.info("queue sweep: %d message(s) due", due)
+    return due
