@@ -256,7 +256,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     for dname, domain in config.domains.items():
         selectors = [
             s.model_copy(
-                update={"private_key_file": existing(s.private_key_file, f"domains.{dname}.dkim[{i}].private_key_file")}
+                update={
+                    "private_key_file": existing(
+                        s.private_key_file, f"domains.{dname}.dkim[{i}].private_key_file"
+                    )
+                }
             )
             for i, s in enumerate(domain.dkim)
         ]

@@ -12,7 +12,11 @@ from app.models import Base
 
 
 def database_url() -> str:
-    url = context.get_x_argument(as_dictionary=True).get("url") or os.environ.get("POSTWARDEN_DATABASE_URL")
+    url = (
+        context.config.attributes.get("url")
+        or context.get_x_argument(as_dictionary=True).get("url")
+        or os.environ.get("POSTWARDEN_DATABASE_URL")
+    )
     if url:
         return url
     try:

@@ -54,7 +54,9 @@ class DNSTestServer:
         kind = dns.rdatatype.from_text(rdtype)
         with self._lock:
             for value in values:
-                rdata = dns.rdata.from_text(dns.rdataclass.IN, kind, value, origin=dns.name.root, relativize=False)
+                rdata = dns.rdata.from_text(
+                    dns.rdataclass.IN, kind, value, origin=dns.name.root, relativize=False
+                )
                 self._records[(qname, kind)].append(rdata)
             self._names.add(qname)
 
@@ -63,7 +65,9 @@ class DNSTestServer:
         for value in values:
             raw = value.encode()
             chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
-            quoted = " ".join('"' + c.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+            quoted = " ".join(
+                '"' + c.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks
+            )
             self.add(name, "TXT", quoted)
 
     def authentic(self, zone: str) -> None:

@@ -12,5 +12,7 @@ from app.cli.common import load, main
 def check_config(ctx: click.Context) -> None:
     """Validate the configuration file and report the first problems found."""
     config = load(ctx)
-    click.echo(f"configuration ok: host {config.hostname}, {len(config.domains)} domain(s), "
-               f"{len(config.accounts)} account(s)")
+    click.echo(
+        f"configuration ok: host {config.hostname}, {len(config.domains)} domain(s), "
+        f"{len(config.accounts)} account(s)"
+    )
