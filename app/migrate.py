@@ -1,4 +1,4 @@
-"""Run the alembic migrations from code (tests, `postwarden migrate`); `alembic upgrade head` does the same."""
+"""Run the alembic migrations from code (tests, `postwarden migrate`), as `alembic upgrade head` does."""
 
 from __future__ import annotations
 
