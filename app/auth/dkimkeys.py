@@ -1,0 +1,80 @@
+"""DKIM key files: generate them, turn them into what dkimpy signs with, and into the DNS TXT value.
+
+Keys are stored as PKCS#8 PEM for both algorithms (what `openssl genpkey` writes). dkimpy wants
+a PEM RSA key, but for ed25519 the base64 of the raw 32-byte private seed (RFC 8463 keys have no PEM
+form of their own in dkimpy), so `dkimpy_private_key` converts.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+DKIMAlgorithm = Literal["ed25519", "rsa"]
+
+# RFC 8301 3.2: at least 1024 bits, 2048 recommended; larger keys outgrow a 512-octet UDP answer.
+RSA_KEY_BITS = 2048
+
+
+class DKIMKeyError(ValueError):
+    """The PEM data is not a private key of the expected algorithm."""
+
+
+def generate_private_key_pem(algorithm: DKIMAlgorithm) -> bytes:
+    """A new private key as unencrypted PKCS#8 PEM (RSA keys are 2048 bits)."""
+    key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    if algorithm == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif algorithm == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    else:
+        raise DKIMKeyError(f"unknown DKIM algorithm {algorithm!r} (expected ed25519 or rsa)")
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey:
+    """Parse an unencrypted PEM private key (PKCS#8, or PKCS#1 for RSA) and check its algorithm."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise DKIMKeyError(f"not an unencrypted PEM private key: {e}") from None
+    expected = ed25519.Ed25519PrivateKey if algorithm == "ed25519" else rsa.RSAPrivateKey
+    if not isinstance(key, expected):
+        raise DKIMKeyError(f"the key is a {type(key).__name__}, not an {algorithm} key")
+    return key
+
+
+def dkimpy_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> bytes:
+    """The private key in the form `dkim.sign(privkey=...)` accepts for this algorithm."""
+    key = load_private_key(pem, algorithm)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        seed = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return base64.b64encode(seed)
+    # dkimpy parses RFC 8017 RSAPrivateKey, i.e. the traditional PKCS#1 PEM.
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_base64(pem: bytes, algorithm: DKIMAlgorithm) -> str:
+    """The p= value: raw public key for ed25519 (RFC 8463 4.2), DER SubjectPublicKeyInfo for RSA."""
+    public = load_private_key(pem, algorithm).public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def dns_txt_value(pem: bytes, algorithm: DKIMAlgorithm) -> str:
+    """The TXT record value to publish at `<selector>._domainkey.<domain>` (RFC 6376 3.6.1)."""
+    return f"v=DKIM1; k={algorithm}; p={public_key_base64(pem, algorithm)}"
