@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from functools import cache
+from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
@@ -34,24 +35,24 @@ def broker_options(config: Config) -> dict[str, object]:
         "data_folder_out": str(folder),
         "processed_folder": str(processed),
         "store_processed": False,
+        "polling_interval": 0.2,
     }
 
 
-def make_celery(config: Config) -> Celery:
-    celery = Celery("postwarden", broker=config.resolved_broker_url, include=["tasks.mail"])
-    celery.conf.update(
-        broker_transport_options=broker_options(config),
-        broker_connection_retry_on_startup=True,
-        task_ignore_result=True,
-        task_acks_late=True,  # a killed worker's task is redelivered; tasks are idempotent
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
-        timezone="UTC",
-        enable_utc=True,
-        beat_schedule=beat_schedule(),
-        beat_schedule_filename=str(config.data_dir / "celerybeat-schedule"),
-    )
-    return celery
+def celery_settings(config: Config) -> dict[str, Any]:
+    return {
+        "broker_url": config.resolved_broker_url,
+        "broker_transport_options": broker_options(config),
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "task_acks_late": True,  # a killed worker's task is redelivered; tasks are idempotent
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": beat_schedule(),
+        "beat_schedule_filename": str(config.data_dir / "celerybeat-schedule"),
+    }
 
 
 @celery_setup_logging.connect
@@ -60,4 +61,11 @@ def _configure_logging(**_: object) -> None:
     setup_logging(config.log_level, config.log_format)
 
 
-app = make_celery(settings())
+app = Celery("postwarden", include=["tasks.mail"])
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: object) -> None:
+    # Lazy: the config is read when Celery first needs its settings, not at import, so importing
+    # a task module (tests, the CLI) does not require a config file.
+    sender.conf.update(celery_settings(settings()))

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from app.config import load_config
+from app.db import engine_for
 from app.dns import Resolver
 from app.migrate import upgrade_database
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +55,21 @@ def config_file(tmp_path: Path, dns: DNSTestServer) -> Path:
     path = write_config(tmp_path / "config", dns_port=dns.port)
     upgrade_database(load_config(path).resolved_database_url)
     return path
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the local server, dropped afterwards."""
+    name = f"pw_test_{secrets.token_hex(4)}"
+    admin = create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        pytest.fail(f"PostgreSQL at {POSTGRES_SERVER} is not reachable (.ci/run starts it): {e}")
+    url = f"{POSTGRES_SERVER}/{name}"
+    yield url
+    engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
