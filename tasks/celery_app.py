@@ -34,6 +34,7 @@ def broker_options(config: Config) -> dict[str, object]:
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
         "processed_folder": str(processed),
+        "control_folder": str(folder / "control"),  # broadcasts (flower, `celery inspect`)
         "store_processed": False,
         "polling_interval": 0.2,
     }
