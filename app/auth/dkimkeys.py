@@ -45,7 +45,7 @@ def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> ed25519.Ed25519Pri
         raise DKIMKeyError(f"not an unencrypted PEM private key: {e}") from None
     expected = ed25519.Ed25519PrivateKey if algorithm == "ed25519" else rsa.RSAPrivateKey
     if not isinstance(key, expected):
-        raise DKIMKeyError(f"the key is a {type(key).__name__}, not an {algorithm} key")
+        raise DKIMKeyError(f"the key is not an {algorithm} key (it is {type(key).__name__})")
     return key
 
 
