@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from app.cli import config_cmd  # noqa: F401  (registers its commands on `main`)
+from app.cli import (  # noqa: F401  (each registers its commands on `main`)
+    config_cmd,
+    setup,
+)
 from app.cli.common import main
 
 __all__ = ["main"]

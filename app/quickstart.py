@@ -1,0 +1,226 @@
+"""`postwarden quickstart`: a complete first configuration, DKIM keys, the database and the first account.
+
+Everything is written next to the config file; relative paths in the config are relative to its
+directory. The config file is written last and never overwritten, so a failed run leaves no config
+behind and can be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.accounts import set_password, sync_from_config
+from app.auth.dkimkeys import DKIMAlgorithm, generate_private_key_pem
+from app.config import Config, ConfigError, load_config
+from app.db import session_scope
+from app.migrate import upgrade_database
+
+# A hostname or domain: dot-separated LDH labels (RFC 1035 2.3.1, RFC 1123 2.1).
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_LOCALPART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+DMARC_REPORTS_LOCALPART = "dmarc-reports"
+TLS_REPORTS_LOCALPART = "tls-reports"
+# --dev: unprivileged ports on loopback, and a short DNS timeout since a laptop may be offline.
+DEV_PORTS = {"inbound": 2525, "submission": 2587, "web": 8080}
+PRODUCTION_PORTS = {"inbound": 25, "submission": 587, "web": 8080}
+DEV_DNS_TIMEOUT = 1.0
+
+
+class QuickstartError(Exception):
+    """Quickstart cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    config_file: Path
+    config: Config
+    address: str
+    domain: str
+    account: str
+    password: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    address: str
+    account: str
+    domain: str
+    hostname: str
+    dev: bool
+    config_file: Path
+    selectors: dict[DKIMAlgorithm, str]
+
+
+def _plan(config_file: Path, address: str, hostname: str | None, dev: bool) -> _Plan:
+    localpart, at, domain = address.rpartition("@")
+    domain = domain.lower().rstrip(".")
+    if not at or not _LOCALPART_RE.match(localpart) or not _DOMAIN_RE.match(domain):
+        raise QuickstartError(f"{address!r} is not an email address like you@example.org")
+    host = (hostname or f"mail.{domain}").lower().rstrip(".")
+    if not _DOMAIN_RE.match(host):
+        raise QuickstartError(f"--hostname {hostname!r} is not a host name like mail.example.org")
+    if config_file.exists():
+        raise QuickstartError(
+            f"{config_file} already exists; quickstart never overwrites a configuration "
+            "(edit it, or move it away to start over)"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%d")
+    return _Plan(
+        address=f"{localpart}@{domain}",
+        account=localpart,
+        domain=domain,
+        hostname=host,
+        dev=dev,
+        config_file=config_file,
+        selectors={"ed25519": f"ed{stamp}", "rsa": f"rsa{stamp}"},
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create a file readable by its owner only; refuse to replace an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise QuickstartError(f"{path} already exists; move it away and run quickstart again") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _dkim_key_file(plan: _Plan, algorithm: DKIMAlgorithm) -> str:
+    """Relative to the config directory."""
+    return f"dkim/{plan.domain}/{plan.selectors[algorithm]}.pem"
+
+
+def _data_dir(config_file: Path) -> str:
+    # In a checkout the config lives in config/ and the data beside it, in data/ (gitignored).
+    return "../data" if config_file.resolve().parent.name == "config" else "data"
+
+
+def _q(value: str | Path) -> str:
+    """A TOML basic string (JSON string escapes are valid TOML)."""
+    return json.dumps(str(value))
+
+
+def _listener_toml(kind: str, plan: _Plan) -> str:
+    address = "127.0.0.1" if plan.dev else "0.0.0.0"
+    port = (DEV_PORTS if plan.dev else PRODUCTION_PORTS)[kind]
+    offers = "STARTTLS, and AUTH after it" if kind == "submission" else "STARTTLS"
+    return (
+        f'[[listeners]]\nkind = "{kind}"\naddress = {_q(address)}\nport = {port}\n'
+        f"# With a certificate for {plan.hostname} the listener offers {offers}:\n"
+        f'# tls_cert = "/etc/letsencrypt/live/{plan.hostname}/fullchain.pem"\n'
+        f'# tls_key = "/etc/letsencrypt/live/{plan.hostname}/privkey.pem"\n'
+    )
+
+
+def config_text(plan: _Plan) -> str:
+    """The configuration file quickstart writes."""
+    account, domain = _q(plan.account), _q(plan.domain)
+    dns = (
+        "\n[dns]\n# --dev: the system resolver, with a short timeout (the machine may be offline).\n"
+        f"timeout = {DEV_DNS_TIMEOUT}\n"
+    )
+    selectors = "".join(
+        f'\n[[domains.{domain}.dkim]]\nselector = {_q(plan.selectors[alg])}\nalgorithm = "{alg}"\n'
+        f"private_key_file = {_q(_dkim_key_file(plan, alg))}\n"
+        for alg in ("ed25519", "rsa")
+    )
+    return f"""\
+# Postwarden configuration, written by `postwarden quickstart` on {datetime.now(UTC):%Y-%m-%d}.
+# config/postwarden.example.toml documents every option. Relative paths are relative to this file.
+
+hostname = {_q(plan.hostname)}
+data_dir = {_q(_data_dir(plan.config_file))}
+# Defaults: SQLite in data_dir and kombu's filesystem broker under data_dir/queue. For production:
+# database_url = "postgresql+psycopg://postwarden@127.0.0.1/postwarden"
+# broker_url = "redis://127.0.0.1:6379/0"
+
+[postmaster]
+account = {account}
+mailbox = "Postmaster"
+
+# TLS reports about this mail host (DANE) arrive at {TLS_REPORTS_LOCALPART}@{plan.hostname}.
+[host_tlsrpt]
+account = {account}
+localpart = "{TLS_REPORTS_LOCALPART}"
+mailbox = "TLSRPT"
+{dns if plan.dev else ""}
+[web]
+address = "127.0.0.1"
+port = {(DEV_PORTS if plan.dev else PRODUCTION_PORTS)["web"]}
+secret_key_file = "web-secret.key"
+
+{_listener_toml("inbound", plan)}
+{_listener_toml("submission", plan)}
+[domains.{domain}]
+dmarc_reports = {{ account = {account}, localpart = "{DMARC_REPORTS_LOCALPART}", mailbox = "DMARC" }}
+tls_reports = {{ account = {account}, localpart = "{TLS_REPORTS_LOCALPART}", mailbox = "TLSRPT" }}
+{selectors}
+[accounts.{account}]
+addresses = [{_q(plan.address)}]
+"""
+
+
+def _write_keys(plan: _Plan, directory: Path, created: list[Path]) -> None:
+    """DKIM keys and the web session secret; each file written is added to `created`."""
+    secrets_to_write: list[tuple[Path, bytes]] = [
+        (directory / _dkim_key_file(plan, alg), generate_private_key_pem(alg)) for alg in ("ed25519", "rsa")
+    ]
+    secrets_to_write.append((directory / "web-secret.key", secrets.token_urlsafe(48).encode()))
+    for path, data in secrets_to_write:
+        _write_private(path, data)
+        created.append(path)
+
+
+def _install(plan: _Plan, staged: Path) -> QuickstartResult:
+    """Validate the staged config, create the database and the account, then put the config in place."""
+    try:
+        config = load_config(staged)
+    except ConfigError as e:
+        raise QuickstartError(f"the generated configuration is invalid (a bug): {e}") from None
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(config.resolved_database_url)
+    password = secrets.token_urlsafe(18)
+    with session_scope(config.resolved_database_url) as session:
+        sync_from_config(session, config)
+        set_password(session, plan.account, password)
+    try:
+        # A hard link fails if the name exists, so a config created meanwhile is never replaced.
+        os.link(staged, plan.config_file)
+    except FileExistsError:
+        raise QuickstartError(f"{plan.config_file} appeared while quickstart ran; not replaced") from None
+    return QuickstartResult(
+        plan.config_file, load_config(plan.config_file), plan.address, plan.domain, plan.account, password
+    )
+
+
+def quickstart(
+    config_file: Path, address: str, hostname: str | None = None, dev: bool = False
+) -> QuickstartResult:
+    """Write keys and config for `address`, create the database and its account with a new password."""
+    plan = _plan(config_file, address, hostname, dev)
+    directory = config_file.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = directory / f".{config_file.name}.quickstart"
+    created: list[Path] = []
+    try:
+        _write_keys(plan, directory, created)
+        staged.write_text(config_text(plan), encoding="utf-8")
+        return _install(plan, staged)
+    except BaseException:
+        # Without a config the keys are unused; removing them lets a second run start clean.
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        staged.unlink(missing_ok=True)
