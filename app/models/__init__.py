@@ -2,7 +2,8 @@
 
 from app.models.base import Base
 from app.models.jobs import JobRun
+from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage
 from app.models.store import Account, Mailbox, Message
 
-__all__ = ["Account", "Base", "JobRun", "Mailbox", "Message", "OutgoingMessage"]
+__all__ = ["Account", "Base", "JobRun", "MTASTSPolicy", "Mailbox", "Message", "OutgoingMessage"]
