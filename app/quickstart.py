@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.accounts import set_password, sync_from_config
 from app.auth.dkimkeys import DKIMAlgorithm, generate_private_key_pem
 from app.config import Config, ConfigError, load_config
@@ -210,17 +212,21 @@ def quickstart(
     """Write keys and config for `address`, create the database and its account with a new password."""
     plan = _plan(config_file, address, hostname, dev)
     directory = config_file.parent
-    directory.mkdir(parents=True, exist_ok=True)
     staged = directory / f".{config_file.name}.quickstart"
     created: list[Path] = []
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         _write_keys(plan, directory, created)
         staged.write_text(config_text(plan), encoding="utf-8")
         return _install(plan, staged)
-    except BaseException:
+    except BaseException as e:
         # Without a config the keys are unused; removing them lets a second run start clean.
         for path in created:
             path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise QuickstartError(f"cannot write {e.filename or 'a file'}: {e.strerror or e}") from None
+        if isinstance(e, SQLAlchemyError):
+            raise QuickstartError(f"cannot create the database: {e}") from None
         raise
     finally:
         staged.unlink(missing_ok=True)
