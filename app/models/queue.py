@@ -18,7 +18,8 @@ class OutgoingMessage(Base):
     sender: Mapped[str] = mapped_column(String(512))
     recipient: Mapped[str] = mapped_column(String(512))
     recipient_domain: Mapped[str] = mapped_column(String(255), index=True)
-    path: Mapped[str] = mapped_column(String(512))
+    # Rows of one message's recipients share its file; indexed to find a file's rows.
+    path: Mapped[str] = mapped_column(String(512), index=True)
     size: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_attempt: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

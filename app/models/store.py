@@ -39,6 +39,8 @@ class Message(Base):
         Index("ix_messages_orig_from_domain", "mailbox_orig_id", "msg_from_domain", "received"),
         Index("ix_messages_orig_ip", "mailbox_orig_id", "remote_ip", "received"),
         Index("ix_messages_received", "received"),
+        # A retried reject is stored in Rejects only once (SPEC R3.1): looked up by Message-ID.
+        Index("ix_messages_mailbox_message_id", "mailbox_id", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

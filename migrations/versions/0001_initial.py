@@ -70,6 +70,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('outgoing', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_outgoing_next_attempt'), ['next_attempt'], unique=False)
+        batch_op.create_index(batch_op.f('ix_outgoing_path'), ['path'], unique=False)
         batch_op.create_index(batch_op.f('ix_outgoing_recipient_domain'), ['recipient_domain'], unique=False)
 
     op.create_table('messages',
@@ -116,6 +117,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_messages_account_id'), ['account_id'], unique=False)
+        batch_op.create_index('ix_messages_mailbox_message_id', ['mailbox_id', 'message_id'], unique=False)
         batch_op.create_index('ix_messages_mailbox_received', ['mailbox_id', 'received'], unique=False)
         batch_op.create_index('ix_messages_orig_from', ['mailbox_orig_id', 'msg_from', 'received'], unique=False)
         batch_op.create_index('ix_messages_orig_from_domain', ['mailbox_orig_id', 'msg_from_domain', 'received'], unique=False)
@@ -133,11 +135,13 @@ def downgrade() -> None:
         batch_op.drop_index('ix_messages_orig_from_domain')
         batch_op.drop_index('ix_messages_orig_from')
         batch_op.drop_index('ix_messages_mailbox_received')
+        batch_op.drop_index('ix_messages_mailbox_message_id')
         batch_op.drop_index(batch_op.f('ix_messages_account_id'))
 
     op.drop_table('messages')
     with op.batch_alter_table('outgoing', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outgoing_recipient_domain'))
+        batch_op.drop_index(batch_op.f('ix_outgoing_path'))
         batch_op.drop_index(batch_op.f('ix_outgoing_next_attempt'))
 
     op.drop_table('outgoing')

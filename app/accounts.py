@@ -1,0 +1,149 @@
+"""Account and mailbox rows, kept in step with the config, and account passwords.
+
+The config is the truth for which accounts and addresses exist; the database holds what the config
+cannot: ids for foreign keys, mailboxes created later, and password hashes (scrypt, RFC 7914).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Config
+from app.models import Account, Mailbox
+
+# scrypt cost: n=2**15, r=8 takes ~32 MiB and ~0.1 s per check on one core: slow for a guesser,
+# bearable for a login. The parameters are stored in each hash, so they can be raised later.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+HASH_SCHEME = "scrypt"
+
+
+def hash_password(password: str) -> str:
+    """`scrypt$n$r$p$<salt b64>$<hash b64>` for the UTF-8 bytes of `password`."""
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return "$".join([HASH_SCHEME, str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)])
+
+
+def password_matches(password: str, stored_hash: str) -> bool:
+    """Whether `password` hashes to `stored_hash`; a malformed hash never matches."""
+    parts = stored_hash.split("$")
+    if len(parts) != 6 or parts[0] != HASH_SCHEME:
+        return False
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        expected = base64.b64decode(parts[5], validate=True)
+        actual = _scrypt(password, salt, n, r, p)
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def set_password(session: Session, account_name: str, password: str) -> None:
+    """Store a new password hash for the account (its row is created if missing)."""
+    account = ensure_account(session, account_name)
+    account.password_hash = hash_password(password)
+
+
+def verify_password(session: Session, account_name: str, password: str) -> bool:
+    """True if the account exists, has a password, and `password` is it. Slow on purpose (scrypt)."""
+    stored = session.scalar(select(Account.password_hash).where(Account.name == account_name))
+    if not stored:
+        # Spend the same time as a real check, so timing does not tell which accounts exist.
+        password_matches(password, hash_password(secrets.token_hex(8)))
+        return False
+    return password_matches(password, stored)
+
+
+def ensure_account(session: Session, name: str) -> Account:
+    """The account row with this name, created (and flushed, so it has an id) if missing."""
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is None:
+        account = Account(name=name)
+        if not _insert_once(session, account):
+            account = session.scalars(select(Account).where(Account.name == name)).one()
+    return account
+
+
+def ensure_mailbox(session: Session, account_id: int, name: str) -> int:
+    """The id of the account's mailbox with this name, created if missing."""
+    query = select(Mailbox.id).where(Mailbox.account_id == account_id, Mailbox.name == name)
+    mailbox_id = session.scalar(query)
+    if mailbox_id is not None:
+        return mailbox_id
+    mailbox = Mailbox(account_id=account_id, name=name)
+    if _insert_once(session, mailbox):
+        return mailbox.id
+    return session.scalars(query).one()
+
+
+def _insert_once(session: Session, row: Account | Mailbox) -> bool:
+    """Insert in a savepoint; False if another process created the same row first (unique key)."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def configured_mailboxes(config: Config) -> dict[str, set[str]]:
+    """Every mailbox the config names, per account: Inbox, Junk, Rejects, ruleset and special targets."""
+    names: dict[str, set[str]] = {}
+    for account_name, account in config.accounts.items():
+        wanted = {account.inbox, account.junk_mailbox, account.rejects_mailbox}
+        for ruleset in account.rulesets:
+            wanted.add(ruleset.mailbox)
+            if ruleset.accept_rejects_to_mailbox:
+                wanted.add(ruleset.accept_rejects_to_mailbox)
+        names[account_name] = wanted
+    for account_name, mailbox in config.address_index.values():
+        names[account_name].add(mailbox)
+    return names
+
+
+def sync_from_config(session: Session, config: Config) -> None:
+    """Create the rows for every configured account and mailbox that has none yet (never deletes)."""
+    for account_name, mailboxes in configured_mailboxes(config).items():
+        account = ensure_account(session, account_name)
+        for mailbox in sorted(mailboxes):
+            ensure_mailbox(session, account.id, mailbox)
+
+
+def account_for_login(config: Config, login: str) -> str | None:
+    """The configured account a submission login names: the account name itself, or one of its addresses."""
+    if login in config.accounts:
+        return login
+    target = config.account_for_address(login)
+    if target is None:
+        return None
+    account_name = target[0]
+    # Only an account's own addresses log in, not the special addresses routed to it.
+    return account_name if owns_address(config, account_name, login) else None
+
+
+def owns_address(config: Config, account_name: str, address: str) -> bool:
+    """Whether `address` is one of the account's configured addresses (domain compared case-insensitively)."""
+    local, _, domain = address.rpartition("@")
+    normalized = f"{local}@{domain.lower()}"
+    account = config.accounts.get(account_name)
+    return account is not None and normalized in account.addresses
