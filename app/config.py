@@ -6,12 +6,17 @@ code. Relative paths in the file are relative to the directory that holds the fi
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import ssl
 import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,7 +26,22 @@ from pydantic import (
     model_validator,
 )
 
+from app.auth.dkimkeys import DKIMKeyError, load_private_key
+
 DEFAULT_CONFIG_PATH = Path("config/postwarden.toml")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(*parts: str | int) -> str:
+    """A key path as it is written in TOML, e.g. `domains."example.org".dkim[0]` (dotted names quoted)."""
+    key = ""
+    for part in parts:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            name = part if _BARE_KEY.match(part) else json.dumps(part)
+            key += f".{name}" if key else name
+    return key
 
 
 class ConfigError(Exception):
@@ -160,19 +180,23 @@ class Config(Strict):
                 domain = address.rpartition("@")[2]
                 if domain not in self.domains:
                     raise ValueError(
-                        f"accounts.{name}.addresses: {address!r} is in domain {domain!r}, "
-                        "which is not in [domains]"
+                        f"key {toml_key('accounts', name, 'addresses')!r}: {address!r} is in domain "
+                        f"{domain!r}, which is not in [domains] (add [domains.{json.dumps(domain)}])"
                     )
         targets: dict[str, MailboxTarget | Postmaster | None] = {
             "postmaster": self.postmaster,
             "host_tlsrpt": self.host_tlsrpt,
         }
         for dname, domain in self.domains.items():
-            targets[f"domains.{dname}.dmarc_reports"] = domain.dmarc_reports
-            targets[f"domains.{dname}.tls_reports"] = domain.tls_reports
+            targets[toml_key("domains", dname, "dmarc_reports")] = domain.dmarc_reports
+            targets[toml_key("domains", dname, "tls_reports")] = domain.tls_reports
         for key, target in targets.items():
             if target is not None and target.account not in self.accounts:
-                raise ValueError(f"{key}.account: {target.account!r} is not in [accounts]")
+                known = ", ".join(sorted(self.accounts)) or "none"
+                raise ValueError(
+                    f"key '{key}.account': account {target.account!r} is not in [accounts] "
+                    f"(configured: {known})"
+                )
         return self
 
     # Derived settings; kept here so every process agrees on them.
@@ -217,7 +241,7 @@ class Config(Strict):
 
 
 def _describe_error(error: dict[str, Any]) -> str:
-    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
+    key = toml_key(*error["loc"])
     kind = error["type"]
     if kind == "missing":
         return f"key {key!r} is required but missing"
@@ -239,31 +263,36 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
     problems: list[str] = []
 
-    def existing(p: Path, key: str) -> Path:
+    def existing(p: Path, key: str) -> Path | None:
         full = resolve(p)
-        if not full.is_file():
+        if not full.exists():
             problems.append(f"key {key!r}: file {str(full)!r} does not exist")
-        return full
+        elif not full.is_file():
+            problems.append(f"key {key!r}: {str(full)!r} is not a file")
+        else:
+            return full
+        return None
 
     listeners = []
     for i, listener in enumerate(config.listeners):
         update: dict[str, Any] = {}
         if listener.tls_cert is not None and listener.tls_key is not None:
-            update["tls_cert"] = existing(listener.tls_cert, f"listeners[{i}].tls_cert")
-            update["tls_key"] = existing(listener.tls_key, f"listeners[{i}].tls_key")
+            cert = existing(listener.tls_cert, toml_key("listeners", i, "tls_cert"))
+            key = existing(listener.tls_key, toml_key("listeners", i, "tls_key"))
+            if cert and key:
+                problems += _tls_pair_problems(cert, key, toml_key("listeners", i))
+            update = {"tls_cert": resolve(listener.tls_cert), "tls_key": resolve(listener.tls_key)}
         listeners.append(listener.model_copy(update=update))
     domains = {}
     for dname, domain in config.domains.items():
-        selectors = [
-            s.model_copy(
-                update={
-                    "private_key_file": existing(
-                        s.private_key_file, f"domains.{dname}.dkim[{i}].private_key_file"
-                    )
-                }
-            )
-            for i, s in enumerate(domain.dkim)
-        ]
+        selectors = []
+        for i, selector in enumerate(domain.dkim):
+            key_name = toml_key("domains", dname, "dkim", i, "private_key_file")
+            file = existing(selector.private_key_file, key_name)
+            if file:
+                problems += _dkim_key_problems(file, selector.algorithm, key_name)
+            resolved = resolve(selector.private_key_file)
+            selectors.append(selector.model_copy(update={"private_key_file": resolved}))
         domains[dname] = domain.model_copy(update={"dkim": selectors})
     web = config.web
     if web.secret_key_file is not None:
@@ -273,6 +302,34 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={"data_dir": resolve(config.data_dir), "listeners": listeners, "domains": domains, "web": web}
     )
+
+
+def _tls_pair_problems(cert: Path, key: Path, listener_key: str) -> list[str]:
+    """Both files parse and the key belongs to the certificate, as the listener will need at start."""
+    try:
+        x509.load_pem_x509_certificates(cert.read_bytes())
+    except (ValueError, OSError):
+        return [f"key '{listener_key}.tls_cert': {str(cert)!r} is not a PEM certificate (chain)"]
+    try:
+        serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError):
+        return [f"key '{listener_key}.tls_key': {str(key)!r} is not an unencrypted PEM private key"]
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        return [
+            f"key '{listener_key}.tls_key': {str(key)!r} is not the private key of tls_cert "
+            f"{str(cert)!r} ({e.reason or e})"
+        ]
+    return []
+
+
+def _dkim_key_problems(file: Path, algorithm: Literal["ed25519", "rsa"], key_name: str) -> list[str]:
+    try:
+        load_private_key(file.read_bytes(), algorithm)
+    except (DKIMKeyError, OSError) as e:
+        return [f"key {key_name!r}: {str(file)!r}: {e}"]
+    return []
 
 
 def config_path(path: str | Path | None = None) -> Path:

@@ -41,12 +41,15 @@ def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> ed25519.Ed25519Pri
     """Parse an unencrypted PEM private key (PKCS#8, or PKCS#1 for RSA) and check its algorithm."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise DKIMKeyError(f"not an unencrypted PEM private key: {e}") from None
-    expected = ed25519.Ed25519PrivateKey if algorithm == "ed25519" else rsa.RSAPrivateKey
-    if not isinstance(key, expected):
-        raise DKIMKeyError(f"the key is not an {algorithm} key (it is {type(key).__name__})")
-    return key
+    except (ValueError, TypeError):
+        raise DKIMKeyError("not an unencrypted PEM private key") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey) and algorithm == "ed25519":
+        return key
+    if isinstance(key, rsa.RSAPrivateKey) and algorithm == "rsa":
+        return key
+    actual = {ed25519.Ed25519PrivateKey: "ed25519", rsa.RSAPrivateKey: "rsa"}
+    kind = next((name for cls, name in actual.items() if isinstance(key, cls)), type(key).__name__)
+    raise DKIMKeyError(f"the key is an {kind} key, not {algorithm} as configured")
 
 
 def dkimpy_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> bytes:
