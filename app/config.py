@@ -138,6 +138,38 @@ class DNS(Strict):
     trust_dnssec: bool = False
 
 
+class Route(Strict):
+    """Mail for `domains` (every domain when empty) goes to a smarthost instead of the MX hosts."""
+
+    domains: list[str] = []
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: Literal["required", "opportunistic", "none"] = "required"
+    verify_pkix: bool = True
+
+    @field_validator("domains")
+    @classmethod
+    def _domains_lower(cls, domains: list[str]) -> list[str]:
+        return [d.lower().rstrip(".") for d in domains]
+
+
+class Delivery(Strict):
+    """Outgoing delivery (SPEC §4); the two ports are settings so tests reach peers on loopback."""
+
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    mtasts_https_port: Annotated[int, Field(ge=1, le=65535)] = 443
+    # PEM file of trusted CAs for PKIX verification; none: the system's default CAs.
+    ca_bundle: Path | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 30.0
+    command_timeout: Annotated[float, Field(gt=0)] = 300.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 8
+    # How long a worker holds a claimed queue row; renewed while it makes progress.
+    lease_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # Most queue rows one delivery run takes for one destination (one connection).
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
+    routes: list[Route] = []
+
+
 class Web(Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -160,6 +192,7 @@ class Config(Strict):
     limits: Limits = Limits()
     dns: DNS = DNS()
     web: Web = Web()
+    delivery: Delivery = Delivery()
     domains: dict[str, Domain] = {}
     accounts: dict[str, Account] = {}
 
@@ -297,10 +330,20 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     web = config.web
     if web.secret_key_file is not None:
         web = web.model_copy(update={"secret_key_file": resolve(web.secret_key_file)})
+    delivery = config.delivery
+    if delivery.ca_bundle is not None:
+        bundle = existing(delivery.ca_bundle, toml_key("delivery", "ca_bundle"))
+        delivery = delivery.model_copy(update={"ca_bundle": bundle})
     if problems:
         raise ConfigError("\n".join(problems))
     return config.model_copy(
-        update={"data_dir": resolve(config.data_dir), "listeners": listeners, "domains": domains, "web": web}
+        update={
+            "data_dir": resolve(config.data_dir),
+            "listeners": listeners,
+            "domains": domains,
+            "web": web,
+            "delivery": delivery,
+        }
     )
 
 
