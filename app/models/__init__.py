@@ -3,7 +3,19 @@
 from app.models.base import Base
 from app.models.jobs import JobRun
 from app.models.mtasts import MTASTSPolicy
-from app.models.queue import OutgoingMessage
+from app.models.queue import OutgoingMessage, SentRecipient
 from app.models.store import Account, Mailbox, Message
+from app.models.tlsrpt import TLSFailureDetail, TLSResult
 
-__all__ = ["Account", "Base", "JobRun", "MTASTSPolicy", "Mailbox", "Message", "OutgoingMessage"]
+__all__ = [
+    "Account",
+    "Base",
+    "JobRun",
+    "MTASTSPolicy",
+    "Mailbox",
+    "Message",
+    "OutgoingMessage",
+    "SentRecipient",
+    "TLSFailureDetail",
+    "TLSResult",
+]

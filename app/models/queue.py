@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -30,3 +30,29 @@ class OutgoingMessage(Base):
     require_tls: Mapped[bool | None] = mapped_column(Boolean)
     is_dmarc_report: Mapped[bool] = mapped_column(Boolean, default=False)
     is_tls_report: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A worker that claimed the row holds it until `lease_until` (renewed while it makes progress);
+    # an expired lease means the worker died, and the row is free for the next sweep.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SentRecipient(Base):
+    """An address an account sent mail to (delivered), for reputation (SPEC R3.4 b, c)."""
+
+    __tablename__ = "sent_recipients"
+    __table_args__ = (
+        UniqueConstraint("account_id", "address", name="uq_sent_recipients_account_address"),
+        Index("ix_sent_recipients_account_domain", "account_id", "domain"),
+        Index("ix_sent_recipients_account_org_domain", "account_id", "org_domain"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # The localpart as sent, the domain lower-cased.
+    address: Mapped[str] = mapped_column(String(512))
+    domain: Mapped[str] = mapped_column(String(255))
+    org_domain: Mapped[str] = mapped_column(String(255))
+    first_sent: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_sent: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    count: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,0 +1,59 @@
+"""TLS results of outgoing deliveries (RFC 8460 terms), summed per policy and UTC day for TLS reports.
+
+One `TLSResult` row per (policy domain, UTC day, recipient domain, host-or-domain policy, policy);
+its failures are `TLSFailureDetail` rows with a session count each. Both are only ever changed by
+atomic upserts that add to the counts, so concurrent workers never lose a count.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base
+
+
+class TLSResult(Base):
+    __tablename__ = "tls_results"
+    __table_args__ = (
+        UniqueConstraint(
+            "policy_domain", "day", "recipient_domain", "is_host", "policy_key", name="uq_tls_results_key"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The recipient domain (MTA-STS / no policy), or the MX host name (DANE / no policy) when is_host.
+    policy_domain: Mapped[str] = mapped_column(String(255))
+    day: Mapped[date] = mapped_column(Date, index=True)
+    # The recipient domain of the deliveries counted here; for host results it names the affected
+    # recipient domain in a report to the host (SPEC R5.2).
+    recipient_domain: Mapped[str] = mapped_column(String(255))
+    is_host: Mapped[bool] = mapped_column(Boolean)
+    policy_type: Mapped[str] = mapped_column(String(16))  # sts | tlsa | no-policy-found
+    # JSON lists of strings, as in the report: the policy's lines / TLSA records, and the MX patterns.
+    policy_string: Mapped[str] = mapped_column(Text)
+    mx_host: Mapped[str] = mapped_column(Text)
+    # SHA-256 (hex) of type, policy string and mx hosts: a changed policy is counted separately.
+    policy_key: Mapped[str] = mapped_column(String(64))
+    success_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TLSFailureDetail(Base):
+    __tablename__ = "tls_failure_details"
+    __table_args__ = (UniqueConstraint("result_id", "detail_key", name="uq_tls_failure_details_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("tls_results.id", ondelete="CASCADE"))
+    # SHA-256 (hex) of the fields below: equal failures add up in one row.
+    detail_key: Mapped[str] = mapped_column(String(64))
+    result_type: Mapped[str] = mapped_column(String(64))
+    sending_ip: Mapped[str | None] = mapped_column(String(64))
+    receiving_mx_hostname: Mapped[str | None] = mapped_column(String(255))
+    receiving_mx_helo: Mapped[str | None] = mapped_column(String(255))
+    receiving_ip: Mapped[str | None] = mapped_column(String(64))
+    failure_reason_code: Mapped[str | None] = mapped_column(Text)
+    additional_info: Mapped[str | None] = mapped_column(Text)
+    failed_session_count: Mapped[int] = mapped_column(Integer, default=0)
