@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per area. Importing this package registers them all on Base."""
 
 from app.models.base import Base
+from app.models.dmarc import DMARCEvaluation, DMARCReportClaim, ReportSuppression
 from app.models.jobs import JobRun
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage, SentRecipient
@@ -10,11 +11,14 @@ from app.models.tlsrpt import TLSFailureDetail, TLSResult
 __all__ = [
     "Account",
     "Base",
+    "DMARCEvaluation",
+    "DMARCReportClaim",
     "JobRun",
     "MTASTSPolicy",
     "Mailbox",
     "Message",
     "OutgoingMessage",
+    "ReportSuppression",
     "SentRecipient",
     "TLSFailureDetail",
     "TLSResult",
