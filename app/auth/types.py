@@ -17,6 +17,7 @@ class SPFResult:
     domain: str  # the domain checked: MAIL FROM's domain, or the HELO name
     scope: Literal["mfrom", "helo"]
     explanation: str = ""
+    reason: str = ""  # why this result (matched term, limit exceeded, DNS error), for logs and headers
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class DMARCRecord:
     ri: int | None = None  # legacy report interval in seconds
     pct: int | None = None  # legacy
     raw: str = ""
+    # Tags present with a value we could not use (ignored, RFC 9989 4.7); an invalid p/sp/np matters
+    # for policy discovery (RFC 9989 4.10.1).
+    invalid_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,13 @@ class DMARCResult:
     discovery_method: Literal["treewalk", "psl"] = "treewalk"
     dkim_aligned: bool = False
     spf_aligned: bool = False
-    # What the policy asks for given the result (before local policy overrides).
+    # The disposition to apply on "fail" (before local policy overrides): with t=y (or legacy pct=0)
+    # it is one level below the published policy (RFC 9989 4.7, tag t), so a caller may act on it
+    # as it is. `requested_disposition` is the published policy (p, sp or np) that applied.
     disposition: Disposition = "none"
     reason: str = ""
+    requested_disposition: Disposition = "none"
+    testing: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""The parts of a raw message that authentication needs: header fields and the RFC5322.From author.
+
+Only the header section is looked at, and nothing here raises on junk input: a message that does not
+have exactly one usable author domain gets an empty domain and a `problem` saying why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email import errors as email_errors
+from email import policy
+
+import idna
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_LINE_SPLIT = re.compile(rb"\r?\n")
+_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+):(.*)$", re.DOTALL)
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class Author:
+    """The RFC5322.From author. `domain` is set when exactly one author domain can be extracted (RFC 9989,
+    "Extract Author Domain"), `address` only when there is exactly one address; `problem` says why not."""
+
+    address: str = ""
+    domain: str = ""
+    problem: str = ""
+
+
+def header_section(message: bytes) -> bytes:
+    match = _HEADER_END.search(message)
+    return message if match is None else message[: match.start()]
+
+
+def header_fields(message: bytes) -> list[tuple[str, str]]:
+    """Unfolded (name, value) pairs in message order; lines that are not fields are skipped."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in _LINE_SPLIT.split(header_section(message)):
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + b" " + line.strip())
+            continue
+        match = _FIELD.match(line)
+        if match:
+            fields.append((match.group(1), match.group(2).strip()))
+    return [(n.decode("ascii"), v.decode("utf-8", errors="replace")) for n, v in fields]
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain as lowercase A-labels without the final dot, or "" if it is not a usable domain name."""
+    name = domain.strip().rstrip(".")
+    if not name or len(name) > 253:
+        return ""
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return ""
+    name = name.lower()
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        return ""
+    return name
+
+
+def author(message: bytes) -> Author:
+    """The author of the message from its single From header field."""
+    values = [value for name, value in header_fields(message) if name.lower() == "from"]
+    if not values:
+        return Author(problem="no From header field")
+    if len(values) > 1:
+        return Author(problem=f"{len(values)} From header fields")
+    return _author_from_value(values[0])
+
+
+def _author_from_value(value: str) -> Author:
+    try:
+        header = policy.default.header_factory("from", value)
+        addresses = header.addresses
+        defects = header.defects
+    except (email_errors.HeaderParseError, IndexError, ValueError, TypeError, AttributeError):
+        # The stdlib parser has raised on some junk (e.g. "a@"); such a From is unusable anyway.
+        return Author(problem="From header field cannot be parsed")
+    # "joe@a.example <evil@b.example>" parses as joe@a.example with a defect, while mail readers may
+    # show the other address: an invalid From must not yield an author domain.
+    if any(isinstance(d, email_errors.InvalidHeaderDefect) for d in defects):
+        return Author(problem="From header field is malformed")
+    if not addresses:
+        return Author(problem="From header field has no address")
+    domains = {ascii_domain(a.domain) for a in addresses}
+    if "" in domains:
+        return Author(problem="From address without a valid domain")
+    if len(domains) > 1:
+        return Author(problem="From header field has addresses in several domains")
+    domain = domains.pop()
+    if len(addresses) > 1:
+        return Author(domain=domain, problem="From header field has several addresses")
+    return Author(address=f"{addresses[0].username}@{domain}", domain=domain)
