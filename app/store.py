@@ -127,6 +127,15 @@ class MessageStore:
         (file_id,) = await self._submit(content, outgoing)
         return file_id
 
+    async def has_accepted_mail_from(self, domain: str) -> bool:
+        """Whether mail From `domain` was ever delivered (not rejected); read in a worker thread."""
+
+        def query() -> bool:
+            with self._sessions() as session:
+                return has_accepted_mail_from(session, domain)
+
+        return await asyncio.get_running_loop().run_in_executor(None, query)
+
     def recover(self) -> RecoveryReport:
         """Settle files a crash left in tmp/ (see the module doc). Call before accepting mail."""
         completed = removed = 0

@@ -19,6 +19,9 @@ from tests.dnsserver import DNSTestServer
 
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
+# SMTP test fixtures (certificates, a running SMTP service, raw client) live in their own module.
+pytest_plugins = ["tests.smtpfixtures"]
+
 
 @pytest.fixture(scope="session")
 def dns_server() -> Iterator[DNSTestServer]:

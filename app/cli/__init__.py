@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from app.cli import (  # noqa: F401  (each registers its commands on `main`)
+    account,
     config_cmd,
+    server,
     setup,
 )
 from app.cli.common import main

@@ -1,0 +1,203 @@
+"""The inbound (MX) handler: mail for our addresses only, authenticated and judged before the reply.
+
+RCPT: a configured address (SPEC R1.2; special reporting and postmaster addresses included) → 250;
+another address in one of our domains → 550 5.1.1; any other domain → 550 5.7.1 (no open relay).
+DATA: SPF/DKIM/DMARC (inline: the reply depends on it), Authentication-Results and Received prepended,
+stored durably (R1.6), then the DMARC evaluation is handed on (R2.1) and the reply sent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiosmtpd.smtp import Envelope, Session
+
+from app.auth.evaluate import authenticate
+from app.auth.types import AuthOutcome
+from app.config import Config
+from app.dns import Resolver
+from app.logs import cid_scope
+from app.smtpserver.delivery import (
+    DMARC_REJECT_REPLY,
+    Recipient,
+    Verdict,
+    dmarc_verdict,
+    mailbox_copies,
+    message_columns,
+)
+from app.smtpserver.evaluation import (
+    RecordEvaluation,
+    dmarc_evaluation,
+    evaluation_applies,
+    reporting_addresses,
+)
+from app.smtpserver.headers import received_header, smtp_protocol, summarize_headers, tls_description
+from app.smtpserver.protocol import (
+    TOO_MANY_RECIPIENTS,
+    BaseHandler,
+    PostwardenSMTP,
+    address_problem,
+    content_problem,
+    envelope_sender,
+    normalize_address,
+)
+from app.store import MessageStore, StoreError
+
+log = logging.getLogger("app.smtpserver")
+
+STORE_FAILED_REPLY = "451 4.3.0 The message could not be stored; try again later"
+APPLIED_DISPOSITION = {"deliver": "none", "quarantine": "quarantine", "reject": "reject"}
+
+
+class InboundHandler(BaseHandler):
+    kind = "inbound"
+
+    def __init__(
+        self,
+        config: Config,
+        store: MessageStore,
+        resolver: Resolver,
+        record_evaluation: RecordEvaluation | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.store = store
+        self.resolver = resolver
+        self.record_evaluation = record_evaluation
+        self.local_domains = set(config.domains) | {config.hostname}
+        self.reporting_addresses = reporting_addresses(config)
+        # Local parts are matched as configured first, then case-insensitively (RFC 5321 2.4 lets
+        # the receiving host decide; mail to "Admin@" bouncing would surprise every user).
+        self._folded_addresses = {a.lower(): target for a, target in config.address_index.items()}
+
+    def target_for(self, address: str) -> tuple[str, str] | None:
+        """(account, mailbox) a recipient address delivers to, or None if it is not ours."""
+        return self.config.account_for_address(address) or self._folded_addresses.get(address.lower())
+
+    async def handle_AUTH(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> str:
+        return "502 5.5.1 AUTH is not available on this port; use the submission port"
+
+    async def handle_MAIL(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address
+        problem = address_problem(sender, envelope.smtp_utf8, "5.1.7") if sender else None
+        if problem:
+            return problem
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        if address.lower() == "postmaster":  # RFC 5321 4.5.1: <Postmaster> without a domain
+            address = f"postmaster@{self.config.hostname}"
+        problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
+        if problem:
+            return problem
+        address = normalize_address(address)
+        if self.target_for(address) is None:
+            domain = address.rpartition("@")[2]
+            if domain in self.local_domains:
+                reply = f"550 5.1.1 <{address}>: no such user here"
+            else:
+                reply = f"550 5.7.1 <{address}>: relaying denied"
+            log.info(
+                "inbound rcpt refused ip=%s from=<%s> rcpt=<%s> reply=%r",
+                server.peer_ip,
+                envelope_sender(envelope),
+                address,
+                reply,
+            )
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
+        with cid_scope() as transaction_id:
+            result, reply = await self._receive(server, session, envelope, transaction_id)
+            self.log_transaction(server, envelope, result, reply, id=transaction_id)
+            return reply
+
+    async def _receive(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, transaction_id: str
+    ) -> tuple[str, str]:
+        """(result for the log, SMTP reply) for one message."""
+        content = envelope.original_content or b""
+        problem = content_problem(content)
+        if problem:
+            return "refused", problem
+        mail_from = envelope_sender(envelope)
+        helo = session.host_name or ""
+        remote_ip = server.peer_ip
+        outcome = await authenticate(
+            self.resolver,
+            authserv_id=self.config.hostname,
+            remote_ip=remote_ip,
+            helo=helo,
+            mail_from=mail_from,
+            message=content,
+        )
+        verdict = dmarc_verdict(outcome)
+        trace = received_header(
+            helo=helo,
+            remote_ip=remote_ip,
+            hostname=self.config.hostname,
+            protocol=smtp_protocol(
+                smtputf8=envelope.smtp_utf8,
+                extended=session.extended_smtp,
+                tls=server.tls_active,
+                authenticated=False,
+            ),
+            transaction_id=transaction_id,
+            recipients=envelope.rcpt_tos,
+            tls=tls_description(session.ssl),
+        )
+        columns = message_columns(
+            outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from, headers=summarize_headers(content)
+        )
+        recipients = [Recipient(a, *self._target(a)) for a in envelope.rcpt_tos]
+        copies = mailbox_copies(self.config, recipients, verdict, columns)
+        message = outcome.authentication_results.encode("utf-8") + trace + content
+        try:
+            await self.store.deliver(message, copies)
+        except StoreError:
+            return "store-failed", STORE_FAILED_REPLY
+        await self._hand_on_evaluation(outcome, verdict, remote_ip, mail_from, envelope.rcpt_tos)
+        if verdict.action == "reject":
+            return "rejected-dmarc", DMARC_REJECT_REPLY
+        result = "quarantined" if verdict.action == "quarantine" else "delivered"
+        return result, f"250 2.0.0 Message accepted, id {transaction_id}"
+
+    def _target(self, address: str) -> tuple[str, str]:
+        target = self.target_for(address)
+        assert target is not None  # RCPT accepted only such addresses
+        return target
+
+    async def _hand_on_evaluation(
+        self, outcome: AuthOutcome, verdict: Verdict, remote_ip: str, mail_from: str, recipients: list[str]
+    ) -> None:
+        if self.record_evaluation is None or not evaluation_applies(outcome):
+            return
+        optional = any(r in self.reporting_addresses for r in recipients)
+        if verdict.action == "reject" and not optional:
+            # R2.1: a reject is reported only for domains we accepted mail from, so nobody can make
+            # us send a stream of reports to a third party by forging its domain.
+            optional = not await self.store.has_accepted_mail_from(outcome.from_domain)
+        evaluation = dmarc_evaluation(
+            outcome,
+            remote_ip=remote_ip,
+            mail_from=mail_from,
+            recipients=recipients,
+            disposition=APPLIED_DISPOSITION[verdict.action],
+            optional=optional,
+        )
+        try:
+            self.record_evaluation(evaluation)
+        except Exception:  # reports are best effort; the message is stored and must get its reply
+            log.exception("could not hand on the DMARC evaluation for %s", outcome.dmarc.policy_domain)

@@ -1,0 +1,241 @@
+"""The SMTP protocol layer shared by every listener: aiosmtpd's `SMTP`, with our limits and replies.
+
+aiosmtpd parses commands and DATA; this subclass adds what RFC 5321/2034/2920 ask of a public server
+and aiosmtpd leaves out: an enhanced status code (RFC 2034/3463) on every reply that can carry one,
+a per-session error budget (too many errors → 421 4.7.0 and close), a 421 before an idle close, the
+configured line length, and the PIPELINING / ENHANCEDSTATUSCODES extensions in the EHLO reply.
+
+Message data rules (RFC 5321 2.3.8, 4.1.1.4): the data ends only at CRLF "." CRLF; a bare LF or CR
+anywhere in the data is refused (500 5.5.2), not normalised: the two readings of such data are what
+SMTP smuggling exploits, and DKIM canonicalisation of bare line ends differs between verifiers.
+A NUL octet is refused (554 5.6.0; RFC 5322 2.1 and RFC 6152 forbid it in messages). Command lines
+may end in a bare LF (as most servers accept); they carry no message content.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from app.config import Config, Limits
+
+log = logging.getLogger("app.smtpserver")
+
+ENHANCED_CODE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+# Enhanced codes for aiosmtpd's own replies, by reply code (RFC 3463 X.5.x: protocol, X.7.0: security).
+DEFAULT_ENHANCED = {
+    "500": "5.5.2",  # syntax error, command unrecognised, line too long
+    "501": "5.5.4",  # invalid arguments
+    "502": "5.5.1",  # not implemented
+    "503": "5.5.1",  # bad sequence
+    "504": "5.5.4",
+    "530": "5.7.0",  # STARTTLS or AUTH first
+    "552": "5.3.4",  # message too big
+    "554": "5.0.0",
+    "555": "5.5.4",  # unknown MAIL/RCPT parameters
+}
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+# aiosmtpd closes after 5 unknown commands with this reply; it is our too-many-errors close too.
+AIOSMTPD_BOGUS_CLOSE = "502 5.5.1 Too many unrecognized commands, goodbye."
+
+
+def with_enhanced_code(reply: str) -> str:
+    """`reply` with an enhanced status code after the reply code, unless it has one or cannot (3xx)."""
+    code, _, text = reply.partition(" ")
+    if code[:1] not in "245" or ENHANCED_CODE.match(text):
+        return reply
+    enhanced = DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
+    return f"{code} {enhanced} {text}"
+
+
+def content_problem(content: bytes) -> str | None:
+    """The reply refusing message data that breaks the rules in the module doc, or None if it is fine."""
+    if b"\0" in content:
+        return "554 5.6.0 Message data contains a NUL octet, which mail must not contain (RFC 5322 2.1)"
+    if content.count(b"\n") != content.count(b"\r\n") or content.count(b"\r") != content.count(b"\r\n"):
+        return "500 5.5.2 Message data contains a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)"
+    return None
+
+
+class PostwardenSMTP(SMTP):
+    """One SMTP session. The handler (inbound or submission) decides what is accepted."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limits: Limits,
+        hostname: str,
+        tls_context: Any = None,
+        submission: bool = False,
+    ) -> None:
+        # aiosmtpd reads lines with a stream limit of `line_length_limit`; RFC 5321 4.5.3.1.6's 1000
+        # octets is a minimum to accept, and the operator's limit is what we enforce.
+        self.line_length_limit = limits.max_line_length
+        super().__init__(
+            handler,
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="ESMTP Postwarden",
+            tls_context=tls_context,
+            # Submission (RFC 6409, 3207): nothing but EHLO/NOOP/QUIT before STARTTLS (530 5.7.0),
+            # then AUTH before MAIL. Inbound: no AUTH at all (the handler answers 502).
+            require_starttls=submission,
+            timeout=limits.idle_timeout,
+            auth_required=submission,
+            auth_require_tls=submission,
+        )
+        self.limits = limits
+        self.errors = 0
+        self._greeted = False
+        self._plain_replies = False  # replies to HELO/EHLO carry no enhanced code (RFC 2034)
+        self._closing = False
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None
+
+    async def push(self, status: AnyStr) -> None:
+        if self._closing:
+            return
+        reply = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if self._greeted and not self._plain_replies:
+            reply = self._rewrite(reply)
+        self._greeted = True
+        if reply == AIOSMTPD_BOGUS_CLOSE:
+            await self.close_with("421 4.7.0 Too many unrecognized commands, closing connection")
+            return
+        await super().push(reply)
+        if reply[:1] in "45" and not reply.startswith(TOO_MANY_RECIPIENTS):
+            # Too many recipients is not counted: RFC 5321 4.5.3.1.10 tells clients to go on with the
+            # accepted ones, so a pipelining client gets one 452 per extra recipient.
+            self.errors += 1
+            if self.errors >= self.limits.max_errors:
+                await self.close_with("421 4.7.0 Too many errors, closing connection")
+
+    def _rewrite(self, reply: str) -> str:
+        if reply.startswith("500 Line too long"):
+            return f"500 5.5.2 Line too long: the limit is {self.limits.max_line_length} octets"
+        if reply == "552 Error: Too much mail data":
+            return f"552 5.3.4 Message too big: the limit is {self.limits.max_message_size} octets"
+        if reply.startswith("552 Error: message size exceeds"):
+            return f"552 5.3.4 Declared SIZE exceeds the limit of {self.limits.max_message_size} octets"
+        return with_enhanced_code(reply)
+
+    async def close_with(self, reply: str) -> None:
+        """Send a last reply (421) and close the connection; later replies are dropped."""
+        log.info("closing session from %s: %s", self.peer_ip, reply)
+        await super().push(reply)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; RFC 5321 4.5.3.2 servers may send 421 first, which tells the
+        # client why, rather than leaving it to guess from a reset.
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            log.info("closing idle session from %s", self.peer_ip)
+            self.transport.write(b"421 4.4.2 Idle timeout, closing connection\r\n")
+        super()._timeout_cb()
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    @property
+    def peer_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:
+    """The EHLO reply lines: aiosmtpd's extensions, plus PIPELINING and ENHANCEDSTATUSCODES."""
+    extensions = [f"SIZE {server.limits.max_message_size}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
+    extensions.append("ENHANCEDSTATUSCODES")
+    if server.tls_context is not None and not server.tls_active:
+        extensions.append("STARTTLS")
+    if offer_auth and server.tls_active:
+        extensions.append("AUTH PLAIN LOGIN")
+    lines = [f"{server.hostname} Hello {hostname}", *extensions]
+    return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+
+class BaseHandler:
+    """What both listeners' handlers share: EHLO, address checks, errors, transaction log lines."""
+
+    kind = "smtp"
+    offers_auth = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def handle_EHLO(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has an EHLO hook
+        return ehlo_reply(server, hostname, self.offers_auth)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("%s session error", self.kind, exc_info=error)
+        return "451 4.3.0 Internal error; try again later"
+
+    def log_transaction(
+        self, server: PostwardenSMTP, envelope: Envelope, result: str, reply: str, **extra: object
+    ) -> None:
+        details = " ".join(f"{k}={v}" for k, v in extra.items())
+        log.info(
+            "%s transaction ip=%s helo=%s from=<%s> rcpts=%s result=%s reply=%r %s",
+            self.kind,
+            server.peer_ip,
+            server.session.host_name if server.session else None,
+            envelope_sender(envelope),
+            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
+            result,
+            reply,
+            details,
+        )
+
+
+def envelope_sender(envelope: Envelope) -> str:
+    """MAIL FROM's address; "" for the null reverse-path `<>` (aiosmtpd gives the text "<>")."""
+    sender = envelope.mail_from or ""
+    return "" if sender == "<>" else sender
+
+
+def address_problem(address: str, smtputf8: bool, code: str) -> str | None:
+    """Reply refusing a MAIL/RCPT address, or None. `code`: 5.1.7 for senders, 5.1.3 for recipients."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        return f"553 {code} Address contains a control character"
+    if not address.isascii() and not smtputf8:
+        return "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531)"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return f"553 {code} Address must be of the form localpart@domain"
+    return None
+
+
+def normalize_address(address: str) -> str:
+    """Domain in lower case; the local part is kept as sent (RFC 5321 2.4)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"

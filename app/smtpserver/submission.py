@@ -1,0 +1,168 @@
+"""The submission handler (RFC 6409): authenticated users send mail to anyone, from their own addresses.
+
+AUTH PLAIN and LOGIN only after STARTTLS (the protocol layer answers 530 5.7.0 before it), passwords
+checked against the scrypt hashes in a worker thread (a check takes ~0.1 s of CPU), MAIL FROM limited
+to the account's configured addresses, any recipient accepted. DATA is stored as one file plus one
+outgoing queue row per recipient; delivery is the queue's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+from base64 import b64decode
+
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+
+from app.accounts import account_for_login, owns_address, verify_password
+from app.config import Config
+from app.db import session_scope
+from app.logs import cid_scope
+from app.smtpserver.headers import received_header, smtp_protocol, tls_description
+from app.smtpserver.protocol import (
+    TOO_MANY_RECIPIENTS,
+    BaseHandler,
+    PostwardenSMTP,
+    address_problem,
+    content_problem,
+    envelope_sender,
+    normalize_address,
+)
+from app.store import MessageStore, OutgoingCopy, StoreError
+
+log = logging.getLogger("app.smtpserver")
+
+BAD_BASE64 = "501 5.5.2 Cannot decode the base64 argument"
+
+
+class SubmissionHandler(BaseHandler):
+    kind = "submission"
+    offers_auth = True
+
+    def __init__(self, config: Config, store: MessageStore, database_url: str) -> None:
+        super().__init__(config)
+        self.store = store
+        self.database_url = database_url
+
+    # AUTH mechanisms (aiosmtpd calls `auth_<NAME>` methods of the handler in place of its own).
+
+    async def auth_PLAIN(self, server: PostwardenSMTP, args: list[str]) -> AuthResult:
+        """RFC 4616: base64 of `authzid NUL authcid NUL password`, inline or after a 334."""
+        blob = await _initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 AUTH PLAIN needs authzid, user name and password separated by NUL")
+            return AuthResult(success=False, handled=True)
+        authzid, login, password = parts
+        if authzid and authzid != login:  # acting for another user is not supported
+            return AuthResult(success=False, handled=False)
+        return await self._check(server, login, password)
+
+    async def auth_LOGIN(self, server: PostwardenSMTP, args: list[str]) -> AuthResult:
+        """The de-facto LOGIN mechanism: user name (inline or asked for), then password, each base64."""
+        login = await _initial_or_challenge(server, args, "Username:")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await _challenge(server, "Password:")
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def _check(self, server: PostwardenSMTP, login_raw: bytes, password_raw: bytes) -> AuthResult:
+        try:
+            login, password = login_raw.decode("utf-8"), password_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        account = account_for_login(self.config, login)
+        # Checked even for unknown logins, so the time taken does not tell which accounts exist.
+        valid = await asyncio.to_thread(self._verify, account or "", password)
+        if account is None or not valid:
+            log.info("submission auth failed ip=%s login=%r", server.peer_ip, login)
+            return AuthResult(success=False, handled=False)  # aiosmtpd replies 535 5.7.8
+        log.info("submission auth ok ip=%s account=%s", server.peer_ip, account)
+        return AuthResult(success=True, auth_data=account)
+
+    def _verify(self, account: str, password: str) -> bool:
+        with session_scope(self.database_url) as session:
+            return verify_password(session, account, password)
+
+    # The transaction.
+
+    async def handle_MAIL(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address
+        problem = address_problem(sender, envelope.smtp_utf8, "5.1.7") if sender else None
+        if problem:
+            return problem
+        account = str(session.auth_data)
+        if not sender or not owns_address(self.config, account, sender):
+            log.info("submission sender refused ip=%s account=%s from=<%s>", server.peer_ip, account, sender)
+            return f"550 5.7.1 <{sender}> is not one of your addresses; send from your own address"
+        envelope.mail_from = normalize_address(sender)
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
+        if problem:
+            return problem
+        envelope.rcpt_tos.append(normalize_address(address))
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
+        with cid_scope() as transaction_id:
+            result, reply = await self._queue(server, session, envelope, transaction_id)
+            self.log_transaction(
+                server, envelope, result, reply, id=transaction_id, account=session.auth_data
+            )
+            return reply
+
+    async def _queue(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, transaction_id: str
+    ) -> tuple[str, str]:
+        content = envelope.original_content or b""
+        problem = content_problem(content)
+        if problem:
+            return "refused", problem
+        trace = received_header(
+            helo=session.host_name or "",
+            remote_ip=server.peer_ip,
+            hostname=self.config.hostname,
+            protocol=smtp_protocol(smtputf8=envelope.smtp_utf8, extended=True, tls=True, authenticated=True),
+            transaction_id=transaction_id,
+            recipients=envelope.rcpt_tos,
+            tls=tls_description(session.ssl),
+        )
+        outgoing = OutgoingCopy(str(session.auth_data), envelope_sender(envelope), tuple(envelope.rcpt_tos))
+        try:
+            await self.store.enqueue_outgoing(trace + content, outgoing)
+        except StoreError:
+            return "store-failed", "451 4.3.0 The message could not be queued; try again later"
+        return "queued", f"250 2.0.0 Message queued, id {transaction_id}"
+
+
+async def _initial_or_challenge(server: PostwardenSMTP, args: list[str], prompt: str) -> bytes | None:
+    """The decoded initial response given with AUTH, else the client's answer to a 334 `prompt`."""
+    if len(args) == 1:
+        return await _challenge(server, prompt)
+    try:
+        return b64decode(args[1], validate=True)
+    except binascii.Error:
+        await server.push(BAD_BASE64)
+        return None
+
+
+async def _challenge(server: PostwardenSMTP, prompt: str) -> bytes | None:
+    """Send `334 base64(prompt)`; the decoded answer, or None if the client aborted or sent bad base64
+    (aiosmtpd has replied then)."""
+    answer = await server.challenge_auth(prompt)
+    return None if answer is MISSING else bytes(answer)  # type: ignore[arg-type]
