@@ -6,7 +6,7 @@ from app.models.jobs import JobRun
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage, SentRecipient
 from app.models.store import Account, Mailbox, Message
-from app.models.tlsrpt import TLSFailureDetail, TLSResult
+from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 
 __all__ = [
     "Account",
@@ -21,5 +21,6 @@ __all__ = [
     "ReportSuppression",
     "SentRecipient",
     "TLSFailureDetail",
+    "TLSReportPost",
     "TLSResult",
 ]

@@ -7,12 +7,23 @@ atomic upserts that add to the counts, so concurrent workers never lose a count.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base
+from app.models.base import Base, UTCDateTime, utcnow
 
 
 class TLSResult(Base):
@@ -21,6 +32,8 @@ class TLSResult(Base):
         UniqueConstraint(
             "policy_domain", "day", "recipient_domain", "is_host", "policy_key", name="uq_tls_results_key"
         ),
+        # The daily TLS report job reads one recipient domain's day by this index (app/tlsreports).
+        Index("ix_tls_results_recipient_domain_day", "recipient_domain", "day"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -39,6 +52,11 @@ class TLSResult(Base):
     policy_key: Mapped[str] = mapped_column(String(64))
     success_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Set by the daily report job before it queues a report (SPEC R5.2), and also when it decided no
+    # report goes out (no TLSRPT record, no failure): the row is never reported again. A host row
+    # goes into two reports, the recipient domain's and the host's, hence two markers.
+    recipient_report_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    host_report_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class TLSFailureDetail(Base):
@@ -57,3 +75,23 @@ class TLSFailureDetail(Base):
     failure_reason_code: Mapped[str | None] = mapped_column(Text)
     additional_info: Mapped[str | None] = mapped_column(Text)
     failed_session_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TLSReportPost(Base):
+    """A TLS report waiting to be POSTed to an `https:` rua (RFC 8460 §5.4) at `due`.
+
+    The daily job spreads sends over hours, so the report waits here (the database is the truth);
+    a failed POST is tried once more later that day, then dropped (logged).
+    """
+
+    __tablename__ = "tls_report_posts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[str] = mapped_column(String(512))
+    policy_domain: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the gzipped JSON report
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    due: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
