@@ -1,0 +1,404 @@
+"""SMTP client for outgoing delivery, with independent TLS settings per attempt (SPEC R4.2, R4.5).
+
+Built on smtplib, synchronously: a delivery worker process runs one delivery at a time, so a blocking
+socket costs nothing and saves a thread hop per command. `open_session` connects to one IP of one
+host and negotiates TLS as `TLSSettings` say; `Session.send` transfers one message. Every failure is
+a `DeliveryError` that says whether it is permanent, with an RFC 3463 status and the SMTP diagnostic,
+and TLS failures carry their RFC 8460 result type.
+
+TLS failure handling (R4.5): when TLS is not enforced (opportunistic, MTA-STS testing, or
+`TLS-Required: No`), a failed certificate verification is retried once with TLS but without
+verification, and any other TLS failure (handshake, or an alert on the first read after it) is
+retried in plain text; the failure stays recorded on the session. When TLS is enforced, the attempt
+to this host fails.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+# RFC 8460 §4.3 result types produced here; policy helpers produce the DANE/MTA-STS lookup ones.
+STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_EXPIRED = "certificate-expired"
+CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+VALIDATION_FAILURE = "validation-failure"
+DANE_REQUIRED = "dane-required"
+
+# OpenSSL X509_V_ERR_* codes (x509_vfy.h) and the RFC 8460 result type each one means.
+_VERIFY_CODE_RESULTS = {
+    10: CERTIFICATE_EXPIRED,  # CERT_HAS_EXPIRED
+    62: CERTIFICATE_HOST_MISMATCH,  # HOSTNAME_MISMATCH
+    2: CERTIFICATE_NOT_TRUSTED,  # UNABLE_TO_GET_ISSUER_CERT
+    18: CERTIFICATE_NOT_TRUSTED,  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: CERTIFICATE_NOT_TRUSTED,  # SELF_SIGNED_CERT_IN_CHAIN
+    20: CERTIFICATE_NOT_TRUSTED,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: CERTIFICATE_NOT_TRUSTED,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    27: CERTIFICATE_NOT_TRUSTED,  # CERT_UNTRUSTED
+}
+
+StartTLS = Literal["required", "opportunistic", "none"]
+
+
+@dataclass(frozen=True)
+class TLSFailure:
+    """One TLS failure in RFC 8460 terms: result type, failure-reason-code, additional information."""
+
+    result_type: str
+    reason: str
+    additional_info: str | None = None
+
+
+# Checks the peer's certificate chain (DER, leaf first) against DANE TLSA records; None: it matches.
+ChainVerifier = Callable[[list[bytes]], TLSFailure | None]
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """How one attempt uses TLS; each setting is independent of the others (SPEC R4.2).
+
+    `starttls`: required (no TLS: the attempt fails), opportunistic (TLS if offered), none (plain).
+    `verify_pkix`: verify the certificate chain and name against the CA bundle (WebPKI).
+    `dane`: verify the chain against TLSA records; STARTTLS missing is then `dane-required`.
+    `ignore_verification_errors`: record failures but deliver anyway (MTA-STS testing, RFC 8689
+    `TLS-Required: No`).
+    """
+
+    starttls: StartTLS = "opportunistic"
+    verify_pkix: bool = False
+    dane: ChainVerifier | None = None
+    ignore_verification_errors: bool = False
+
+    @property
+    def enforced(self) -> bool:
+        return self.starttls == "required" and not self.ignore_verification_errors
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    helo: str
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One connection target: the host name (for SNI, verification and reports), an IP, a port."""
+
+    host: str
+    ip: str
+    port: int
+
+
+class DeliveryError(Exception):
+    """A failed delivery step. `status` is an RFC 3463 code; `diagnostic` the DSN Diagnostic-Code."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        status: str,
+        diagnostic: str | None = None,
+        tls_failure: TLSFailure | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+        self.diagnostic = diagnostic
+        self.tls_failure = tls_failure
+
+
+class TLSError(DeliveryError):
+    """TLS could not be used as required; `verification` tells a certificate check from other failures."""
+
+    def __init__(self, failure: TLSFailure, *, verification: bool) -> None:
+        # X.7.10 "encryption needed" when TLS is missing; X.7.5 "cryptographic failure" otherwise.
+        status = "4.7.10" if failure.result_type in (STARTTLS_NOT_SUPPORTED, DANE_REQUIRED) else "4.7.5"
+        super().__init__(
+            f"TLS failure: {failure.result_type}: {failure.reason}",
+            permanent=False,
+            status=status,
+            tls_failure=failure,
+        )
+        self.failure = failure
+        self.verification = verification
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code <= 599
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code the server gave (RFC 2034), else one derived from the reply code."""
+        first = self.text.split(" ", 1)[0]
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] == str(self.code // 100):
+            return first
+        klass = self.code // 100
+        return f"{klass if klass in (2, 4, 5) else 4}.0.0"
+
+    @property
+    def diagnostic(self) -> str:
+        return f"smtp; {self.code} {self.text}".strip()
+
+    def error(self, what: str) -> DeliveryError:
+        return DeliveryError(
+            f"{what}: {self.code} {self.text}",
+            permanent=self.permanent,
+            status=self.status,
+            diagnostic=self.diagnostic,
+        )
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    recipient: str
+    reply: Reply
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.reply.code <= 299
+
+
+@dataclass
+class SessionInfo:
+    """What TLS reporting needs to know about the session (RFC 8460 failure details)."""
+
+    target: Target
+    sending_ip: str | None = None
+    receiving_helo: str | None = None
+    tls_version: str | None = None
+    # Set when TLS failed but the session went on without it (or unverified); None: no failure.
+    tls_failure: TLSFailure | None = None
+
+
+class _Client(smtplib.SMTP):
+    """smtplib connected to a chosen IP while `host` (the MX name) is used for SNI and verification."""
+
+    def __init__(self, target: Target, options: ClientOptions) -> None:
+        self._address = target.ip
+        self._connect_timeout = options.connect_timeout
+        super().__init__(
+            target.host, target.port, local_hostname=options.helo, timeout=options.command_timeout
+        )
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # type: ignore[override]
+        sock = socket.create_connection((self._address, port), self._connect_timeout)
+        sock.settimeout(timeout)
+        return sock
+
+
+class Session:
+    """An open SMTP session with one host; `send` as many messages as needed, then `close`."""
+
+    def __init__(self, client: _Client, info: SessionInfo) -> None:
+        self._client = client
+        self.info = info
+
+    @property
+    def supports_8bitmime(self) -> bool:
+        return self._client.has_extn("8bitmime")
+
+    def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[RecipientResult]:
+        """One transaction; a result per recipient. Raises DeliveryError if the session broke."""
+        options = self._mail_options(sender, recipients, content)
+        try:
+            refused = self._client.sendmail(sender, list(recipients), content, options)
+        except smtplib.SMTPRecipientsRefused as e:
+            refused = e.recipients
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
+            reply = _reply(e.smtp_code, e.smtp_error)
+            return [RecipientResult(r, reply) for r in recipients]
+        except smtplib.SMTPNotSupportedError as e:
+            # smtplib refuses SMTPUTF8 itself when the server lacks it.
+            raise DeliveryError(str(e), permanent=True, status="5.6.7") from e
+        except (smtplib.SMTPException, OSError) as e:
+            raise _connection_error(self.info.target, e) from e
+        accepted = Reply(250, "2.0.0 accepted")
+        return [RecipientResult(r, _reply(*refused[r]) if r in refused else accepted) for r in recipients]
+
+    def _mail_options(self, sender: str, recipients: Sequence[str], content: bytes) -> list[str]:
+        options = []
+        if not content.isascii():
+            if not self.supports_8bitmime:
+                # RFC 6152: 8-bit data only to servers that announce 8BITMIME.
+                raise DeliveryError(
+                    "message has 8-bit data, server does not support 8BITMIME",
+                    permanent=True,
+                    status="5.6.3",
+                )
+            options.append("BODY=8BITMIME")
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            options.append("SMTPUTF8")
+        return options
+
+    def close(self) -> None:
+        """QUIT politely; the connection is gone either way."""
+        try:
+            self._client.quit()
+        except (smtplib.SMTPException, OSError):
+            self._client.close()
+
+
+def open_session(target: Target, tls: TLSSettings, options: ClientOptions) -> Session:
+    """Connect and negotiate TLS per `tls`, falling back as the module doc describes."""
+    try:
+        return _establish(target, tls, options)
+    except TLSError as e:
+        if tls.enforced:
+            raise
+        failure = e.failure
+        if e.verification and tls.starttls != "none":
+            fallback = replace(tls, verify_pkix=False, dane=None)
+            try:
+                session = _establish(target, fallback, options)
+            except TLSError:
+                session = _establish(target, replace(tls, starttls="none"), options)
+        else:
+            session = _establish(target, replace(tls, starttls="none"), options)
+        session.info.tls_failure = failure
+        return session
+
+
+def _establish(target: Target, tls: TLSSettings, options: ClientOptions) -> Session:
+    try:
+        client = _Client(target, options)
+    except smtplib.SMTPConnectError as e:
+        raise _reply(e.smtp_code, e.smtp_error).error(f"greeting from {target.host}") from e
+    except (smtplib.SMTPException, OSError) as e:
+        raise _connection_error(target, e) from e
+    try:
+        info = SessionInfo(target, sending_ip=client.sock.getsockname()[0])
+        _ehlo(client, info)
+        if tls.starttls != "none":
+            _starttls(client, target, tls, options, info)
+        return Session(client, info)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _ehlo(client: _Client, info: SessionInfo) -> None:
+    try:
+        code, text = client.ehlo()
+        if not 200 <= code <= 299:
+            code, text = client.helo()
+    except (smtplib.SMTPException, OSError) as e:
+        raise _connection_error(info.target, e) from e
+    if not 200 <= code <= 299:
+        raise _reply(code, text).error(f"EHLO to {info.target.host}")
+    info.receiving_helo = _first_word(text)
+
+
+def _starttls(
+    client: _Client, target: Target, tls: TLSSettings, options: ClientOptions, info: SessionInfo
+) -> None:
+    missing = DANE_REQUIRED if tls.dane is not None else STARTTLS_NOT_SUPPORTED
+    if not client.has_extn("starttls"):
+        _tls_missing(tls, info, TLSFailure(missing, "STARTTLS not offered by the server"))
+        return
+    context = _tls_context(tls.verify_pkix, options.ca_bundle)
+    try:
+        client.starttls(context=context)
+    except smtplib.SMTPResponseException as e:
+        reply = _reply(e.smtp_code, e.smtp_error)
+        _tls_missing(tls, info, TLSFailure(missing, f"STARTTLS refused: {reply.code} {reply.text}"))
+        return
+    except ssl.SSLCertVerificationError as e:
+        raise TLSError(certificate_failure(e), verification=True) from e
+    except (ssl.SSLError, OSError, smtplib.SMTPServerDisconnected) as e:
+        raise TLSError(
+            TLSFailure(VALIDATION_FAILURE, f"TLS handshake: {_ssl_reason(e)}"), verification=False
+        ) from e
+    sslsock = client.sock
+    assert isinstance(sslsock, ssl.SSLSocket)
+    info.tls_version = sslsock.version()
+    if tls.dane is not None:
+        failure = tls.dane(peer_chain(sslsock))
+        if failure is not None:
+            if not tls.ignore_verification_errors:
+                raise TLSError(failure, verification=True)
+            info.tls_failure = failure
+    try:
+        # The first read after the handshake: TLS 1.3 servers report certificate problems here.
+        client.ehlo()
+    except (smtplib.SMTPException, OSError) as e:
+        raise TLSError(
+            TLSFailure(VALIDATION_FAILURE, f"TLS error after the handshake: {_ssl_reason(e)}"),
+            verification=False,
+        ) from e
+
+
+def _tls_missing(tls: TLSSettings, info: SessionInfo, failure: TLSFailure) -> None:
+    """No TLS on this connection: fatal when TLS is enforced, else recorded and the session goes on."""
+    if tls.enforced:
+        raise TLSError(failure, verification=False)
+    info.tls_failure = failure
+
+
+@lru_cache(maxsize=8)
+def _tls_context(verify_pkix: bool, ca_bundle: Path | None) -> ssl.SSLContext:
+    """Contexts are reusable and loading CAs is slow, so one per (verification, bundle)."""
+    if verify_pkix:
+        context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def peer_chain(sslsock: ssl.SSLSocket) -> list[bytes]:
+    """The chain the peer presented (DER, leaf first), whether or not it was verified."""
+    # Public as SSLSocket.get_unverified_chain() from Python 3.13; the C object has it on 3.11.
+    chain = sslsock._sslobj.get_unverified_chain()  # type: ignore[union-attr]
+    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain or []]  # type: ignore[attr-defined]
+
+
+def certificate_failure(error: ssl.SSLCertVerificationError) -> TLSFailure:
+    result = _VERIFY_CODE_RESULTS.get(error.verify_code, VALIDATION_FAILURE)
+    return TLSFailure(result, f"{error.verify_message} (X509 error {error.verify_code})")
+
+
+def _ssl_reason(error: BaseException) -> str:
+    cause = error.__context__ if isinstance(error, smtplib.SMTPServerDisconnected) else error
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return cause.reason.lower().replace("_", " ")
+    return str(error) or type(error).__name__
+
+
+def _connection_error(target: Target, error: BaseException) -> DeliveryError:
+    """Refused, timed out, reset, closed: transient (RFC 3463 4.4.1 no answer, 4.4.2 bad connection)."""
+    refused = isinstance(error, ConnectionRefusedError | TimeoutError | socket.timeout)
+    status = "4.4.1" if refused else "4.4.2"
+    return DeliveryError(
+        f"{target.host} [{target.ip}]:{target.port}: {error or type(error).__name__}",
+        permanent=False,
+        status=status,
+    )
+
+
+def _reply(code: int, text: bytes | str) -> Reply:
+    value = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    return Reply(code, " ".join(value.split()))
+
+
+def _first_word(text: bytes) -> str | None:
+    words = text.decode("ascii", errors="replace").split()
+    return words[0] if words else None
