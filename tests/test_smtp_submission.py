@@ -1,0 +1,167 @@
+"""The submission listener over real sockets: STARTTLS before AUTH, credentials, senders, queue rows."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from app.accounts import hash_password, password_matches, set_password, verify_password
+from app.config import load_config
+from app.db import session_scope
+from tests.dnsserver import DNSTestServer
+from tests.smtpfixtures import (
+    LineClient,
+    ThreadedSMTP,
+    client_tls_context,
+    make_message,
+    outgoing_rows,
+    write_smtp_config,
+)
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def submission(smtp: ThreadedSMTP) -> ThreadedSMTP:
+    with session_scope(smtp.database_url) as session:
+        set_password(session, "bob", PASSWORD)
+    return smtp
+
+
+def tls_client(server: ThreadedSMTP, ca: trustme.CA) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", server.submission_port, timeout=10)
+    client.ehlo("laptop.example")
+    client.starttls(context=client_tls_context(ca))
+    client.ehlo("laptop.example")
+    return client
+
+
+def plain(login: str, password: str) -> str:
+    return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+
+
+def test_nothing_but_starttls_before_tls(submission: ThreadedSMTP) -> None:
+    client = LineClient(submission.submission_port)
+    features = [line[4:] for line in client.command("EHLO laptop.example").splitlines()]
+    assert "STARTTLS" in features
+    assert not any("AUTH" in line for line in features), "AUTH must not be offered in clear text"
+    assert client.command(f"AUTH PLAIN {plain('bob', PASSWORD)}").startswith("530 5.7.0")
+    assert client.command("MAIL FROM:<bob@example.org>").startswith("530 5.7.0")
+    assert client.command("NOOP").startswith("250")
+
+
+def test_auth_required_before_mail_after_starttls(submission: ThreadedSMTP, tls_ca: trustme.CA) -> None:
+    with tls_client(submission, tls_ca) as client:
+        assert client.has_extn("auth") and set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        code, reply = client.mail("bob@example.org")
+        assert (code, reply[:5]) == (530, b"5.7.0")
+
+
+@pytest.mark.parametrize(
+    ("login", "password"),
+    [
+        ("bob", "wrong password"),
+        ("nobody", PASSWORD),
+        ("admin", PASSWORD),
+        ("dmarc-reports@example.org", PASSWORD),
+    ],
+    ids=["wrong-password", "unknown-user", "no-password-set", "special-address"],
+)
+def test_bad_credentials_get_535(
+    submission: ThreadedSMTP, tls_ca: trustme.CA, login: str, password: str
+) -> None:
+    with tls_client(submission, tls_ca) as client:
+        code, reply = client.docmd("AUTH", f"PLAIN {plain(login, password)}")
+        assert (code, reply[:5]) == (535, b"5.7.8")
+        assert client.mail("bob@example.org")[0] == 530
+
+
+def test_malformed_auth_responses(submission: ThreadedSMTP, tls_ca: trustme.CA) -> None:
+    with tls_client(submission, tls_ca) as client:
+        assert client.docmd("AUTH", "PLAIN !!!notbase64")[:2] == (
+            501,
+            b"5.5.2 Cannot decode the base64 argument",
+        )
+        only_two = base64.b64encode(b"bob\0secret").decode()
+        assert client.docmd("AUTH", f"PLAIN {only_two}")[0] == 501
+        assert client.docmd("AUTH", "CRAM-MD5")[0] == 504
+        assert client.docmd("AUTH", "LOGIN")[:2] == (334, base64.b64encode(b"Username:"))
+        assert client.docmd("*")[0] == 501  # the client gives up
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("login", ["bob", "bob@example.org"])
+def test_auth_then_submission_queues_one_row_per_recipient(
+    submission: ThreadedSMTP, tls_ca: trustme.CA, mechanism: str, login: str
+) -> None:
+    message = make_message("bob@example.org", "friend@elsewhere.example")
+    with tls_client(submission, tls_ca) as client:
+        client.user, client.password = login, PASSWORD
+        auth = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+        assert client.auth(mechanism, auth)[0] == 235
+        refused = client.sendmail(
+            "bob@example.org",
+            ["friend@elsewhere.example", "Other@Second.example", "admin@example.org"],
+            message,
+        )
+        assert refused == {}
+    rows = outgoing_rows(submission)
+    assert [(r.recipient, r.recipient_domain) for r in rows] == [
+        ("friend@elsewhere.example", "elsewhere.example"),
+        ("Other@second.example", "second.example"),
+        ("admin@example.org", "example.org"),
+    ]
+    assert {r.path for r in rows} == {rows[0].path} and rows[0].path.startswith("outgoing/")
+    assert {(r.sender, r.attempts, r.size) for r in rows} == {("bob@example.org", 0, rows[0].size)}
+    content = (submission.config.data_dir / rows[0].path).read_bytes()
+    assert content.endswith(message) and len(content) == rows[0].size
+    assert content.startswith(
+        b"Received: from laptop.example ([127.0.0.1])\r\n\tby mail.example.org with ESMTPSA"
+    )
+    assert list((submission.config.data_dir / "tmp").iterdir()) == []
+
+
+def test_mail_from_must_be_an_address_of_the_account(submission: ThreadedSMTP, tls_ca: trustme.CA) -> None:
+    with tls_client(submission, tls_ca) as client:
+        client.login("bob", PASSWORD)
+        for sender in ("admin@example.org", "bob@elsewhere.example", "postmaster@example.org", ""):
+            code, reply = client.mail(sender)
+            assert (code, reply[:5]) == (550, b"5.7.1"), sender
+            client.rset()
+        assert client.mail("bob@EXAMPLE.org")[0] == 250
+        assert client.rcpt("anyone@anywhere.example")[0] == 250
+    assert outgoing_rows(submission) == []
+
+
+def test_password_hashes() -> None:
+    stored = hash_password("sesame")
+    assert stored.startswith("scrypt$") and "sesame" not in stored
+    assert password_matches("sesame", stored)
+    assert not password_matches("Sesame", stored)
+    assert hash_password("sesame") != stored, "a fresh salt every time"
+    for broken in ("", "scrypt$1$2", "bcrypt$x$y$z$a$b", "scrypt$16384$8$1$!!$!!"):
+        assert not password_matches("sesame", broken)
+
+
+def test_set_password_command(tmp_path: Path, dns: DNSTestServer) -> None:
+    config = write_smtp_config(tmp_path / "cfg", dns, None)
+    postwarden = [str(Path(sys.executable).with_name("postwarden")), "--config", str(config)]
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*postwarden, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    done = run("account", "set-password", "bob", "--password-stdin", stdin=f"{PASSWORD}\n")
+    assert done.returncode == 0 and "password set for account bob" in done.stdout
+    with session_scope(load_config(config).resolved_database_url) as session:
+        assert verify_password(session, "bob", PASSWORD)
+        assert not verify_password(session, "bob", PASSWORD + "x")
+    missing = run("account", "set-password", "carol", "--password-stdin", stdin="whatever1\n")
+    assert missing.returncode != 0 and "no account 'carol'" in missing.stderr
+    short = run("account", "set-password", "bob", "--password-stdin", stdin="short\n")
+    assert short.returncode != 0 and "at least 8 characters" in short.stderr
