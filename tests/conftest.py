@@ -19,8 +19,9 @@ from tests.dnsserver import DNSTestServer
 
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
-# SMTP test fixtures (certificates, a running SMTP service, raw client) live in their own module.
-pytest_plugins = ["tests.smtpfixtures"]
+# SMTP test fixtures (certificates, a running SMTP service, raw client) and the HTTPS server for
+# MTA-STS policies live in their own modules.
+pytest_plugins = ["tests.smtpfixtures", "tests.httpsserver"]
 
 
 @pytest.fixture(scope="session")
