@@ -65,6 +65,11 @@ def ascii_domain(domain: str) -> str:
     return name
 
 
+def is_subdomain(name: str, domain: str) -> bool:
+    """`name` is `domain` or below it (both as returned by `ascii_domain`)."""
+    return name == domain or name.endswith("." + domain)
+
+
 def author(message: bytes) -> Author:
     """The author of the message from its single From header field."""
     values = [value for name, value in header_fields(message) if name.lower() == "from"]

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from app.auth.message import ascii_domain
+from app.auth.message import ascii_domain, is_subdomain
 from app.auth.types import SPFResult, SPFStatus
 from app.dns import Answer, DNSPermanentError, DNSTemporaryError, Resolver
 
@@ -344,7 +344,7 @@ async def _matches(evaluation: _Evaluation, directive: Directive, domain: str) -
         names, validated = await _ptr_names(evaluation)
         if not names:
             evaluation.count_void()
-        return any(_is_subdomain(name, target) for name in validated)
+        return any(is_subdomain(name, target) for name in validated)
     # exists: an A query whatever the client's address family (RFC 7208 5.7).
     answer = await _dns(evaluation.resolver.a, target)
     if not answer.records:
@@ -379,10 +379,6 @@ def _in_any(ip: IPAddress, addresses: list[str], directive: Directive) -> bool:
         if ip in network:
             return True
     return False
-
-
-def _is_subdomain(name: str, domain: str) -> bool:
-    return name == domain or name.endswith("." + domain)
 
 
 async def _ptr_names(evaluation: _Evaluation) -> tuple[list[str], list[str]]:
@@ -460,7 +456,7 @@ async def _macro_value(evaluation: _Evaluation, letter: str, domain: str) -> str
 async def _validated_domain(evaluation: _Evaluation, domain: str) -> str:
     """%{p}: a validated name of the client, preferring `domain` and its subdomains (RFC 7208 7.3)."""
     _, names = await _ptr_names(evaluation)
-    for candidates in ([n for n in names if n == domain], [n for n in names if _is_subdomain(n, domain)]):
+    for candidates in ([n for n in names if n == domain], [n for n in names if is_subdomain(n, domain)]):
         if candidates:
             return candidates[0]
     return names[0] if names else "unknown"
