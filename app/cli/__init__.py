@@ -5,8 +5,10 @@ from __future__ import annotations
 from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     account,
     config_cmd,
+    inspect,
     server,
     setup,
+    web,
 )
 from app.cli.common import main
 

@@ -1,0 +1,1 @@
+"""The web process: admin pages, /health and /metrics (ASGI, served by uvicorn)."""

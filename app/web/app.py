@@ -1,0 +1,153 @@
+"""The web process's ASGI app: login, the status and DNS pages, `/health` and `/metrics`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from app.config import Config
+from app.db import session_scope
+from app.dns import resolver_from_config
+from app.dnsrecords import DNSRecordsError, check_domain, mta_sts_policy, records_for_domain
+from app.models import JobRun
+from app.models.base import utcnow
+from app.web.auth import admin_page, login, login_form, logout
+from app.web.metrics import metrics_registry
+from app.web.status import REPORT_JOBS, ServerStatus, server_status
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+SESSION_COOKIE = "postwarden_session"
+SESSION_MAX_AGE = 7 * 24 * 3600
+MIN_SECRET_LENGTH = 16
+
+
+class WebSetupError(Exception):
+    """The web app cannot start; the message says why."""
+
+
+def session_secret(config: Config) -> str:
+    """The cookie-signing secret from `web.secret_key_file`; without one, random (sessions end at restart)."""
+    path = config.web.secret_key_file
+    if path is None:
+        log.warning("web.secret_key_file is not set: sessions end when the web process restarts")
+        return secrets.token_urlsafe(32)
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WebSetupError(f"web.secret_key_file {str(path)!r} cannot be read: {e}") from None
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise WebSetupError(
+            f"web.secret_key_file {str(path)!r} holds {len(secret)} characters; "
+            f"use at least {MIN_SECRET_LENGTH} random ones"
+        )
+    return secret
+
+
+def database_problem(database_url: str) -> str | None:
+    """None if the database answers a query on a migrated table, else what went wrong."""
+    try:
+        with session_scope(database_url) as session:
+            session.execute(select(JobRun.id).limit(1))
+    except SQLAlchemyError as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+async def health(request: Request) -> Response:
+    problem = await run_in_threadpool(database_problem, request.app.state.config.resolved_database_url)
+    if problem is not None:
+        log.error("health: database problem: %s", problem)
+        return JSONResponse({"status": "error", "database": problem}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    try:
+        body = await run_in_threadpool(generate_latest, request.app.state.registry)
+    except SQLAlchemyError as e:
+        log.error("metrics: database problem: %s", e)
+        return PlainTextResponse("database unavailable\n", status_code=503)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _status(database_url: str) -> ServerStatus:
+    with session_scope(database_url) as session:
+        return server_status(session, utcnow())
+
+
+@admin_page
+async def status_page(request: Request) -> Response:
+    config: Config = request.app.state.config
+    status = await run_in_threadpool(_status, config.resolved_database_url)
+    reports = {label: status.last_runs.get(job) for job, label in REPORT_JOBS.items()}
+    context = {
+        "account": request.session.get("account"),
+        "status": status,
+        "reports": reports,
+        "config": config,
+    }
+    return request.app.state.templates.TemplateResponse(request, "status.html", context)
+
+
+@admin_page
+async def dns_page(request: Request) -> Response:
+    config: Config = request.app.state.config
+    domain = request.path_params.get("domain") or next(iter(sorted(config.domains)), None)
+    context = {"account": request.session.get("account"), "domains": sorted(config.domains), "domain": domain}
+    if domain is None:
+        return request.app.state.templates.TemplateResponse(request, "dns.html", context)
+    if domain not in config.domains:
+        context["message"] = f"{domain} is not a configured domain."
+        return request.app.state.templates.TemplateResponse(request, "error.html", context, status_code=404)
+    try:
+        records = records_for_domain(config, domain)
+    except DNSRecordsError as e:
+        context["message"] = str(e)
+        return request.app.state.templates.TemplateResponse(request, "error.html", context, status_code=500)
+    context.update(records=records, policy=mta_sts_policy(config, domain), checks=None)
+    if request.query_params.get("check"):
+        context["checks"] = await check_domain(config, domain, resolver_from_config(config.dns))
+    return request.app.state.templates.TemplateResponse(request, "dns.html", context)
+
+
+def create_app(config: Config) -> Starlette:
+    """The app for `config`; raises WebSetupError if it cannot run (e.g. an unreadable secret)."""
+    routes = [
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", status_page),
+        Route("/dns", dns_page),
+        Route("/dns/{domain}", dns_page),
+    ]
+    middleware = [
+        Middleware(
+            SessionMiddleware,
+            secret_key=session_secret(config),
+            session_cookie=SESSION_COOKIE,
+            max_age=SESSION_MAX_AGE,
+            same_site="lax",
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.config = config
+    app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    app.state.registry = metrics_registry(config.resolved_database_url)
+    return app

@@ -1,0 +1,58 @@
+"""`/metrics` for Prometheus: the status figures, read from the database at each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.db import session_scope
+from app.models.base import utcnow
+from app.web.status import server_status
+
+
+class StatusCollector(Collector):
+    """Gauges computed per scrape, so every web process reports the same truth (the database)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterator[Metric]:
+        with session_scope(self.database_url) as session:
+            status = server_status(session, utcnow())
+        yield GaugeMetricFamily(
+            "postwarden_messages_stored_today",
+            "Messages stored since 00:00 UTC.",
+            value=status.messages_today,
+        )
+        yield GaugeMetricFamily(
+            "postwarden_outgoing_queue_size", "Rows in the outgoing queue.", value=status.queue_size
+        )
+        yield GaugeMetricFamily(
+            "postwarden_outgoing_queue_due", "Outgoing queue rows due for an attempt.", value=status.queue_due
+        )
+        started = GaugeMetricFamily(
+            "postwarden_job_last_started_timestamp_seconds",
+            "Start of the latest run of a job.",
+            labels=["job"],
+        )
+        finished = GaugeMetricFamily(
+            "postwarden_job_last_finished_timestamp_seconds",
+            "End of the latest run of a job (absent while it runs).",
+            labels=["job"],
+        )
+        for run in status.last_runs.values():
+            started.add_metric([run.job], run.started.timestamp())
+            if run.finished is not None:
+                finished.add_metric([run.job], run.finished.timestamp())
+        yield started
+        yield finished
+
+
+def metrics_registry(database_url: str) -> CollectorRegistry:
+    """A registry of our own (not the global one), so several apps can live in one process (tests)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(database_url))
+    return registry

@@ -1,0 +1,57 @@
+"""What the status page and /metrics show: mail stored today, the outgoing queue, periodic job runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import JobRun, Message, OutgoingMessage
+
+# The report jobs the status page names (SPEC §2 and §5; the beat tasks record runs under these names).
+REPORT_JOBS = {"send_dmarc_reports": "DMARC reports", "send_tls_reports": "TLS reports"}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    started: datetime
+    finished: datetime | None
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    messages_today: int
+    queue_size: int
+    queue_due: int
+    oldest_queued: datetime | None
+    # The latest run of each job that ever ran, by job name.
+    last_runs: dict[str, JobStatus]
+
+
+def server_status(session: Session, now: datetime) -> ServerStatus:
+    """The counts as of `now` (aware, UTC); "today" is the UTC day."""
+    midnight = datetime.combine(now.date(), time.min, tzinfo=now.tzinfo)
+    messages_today = session.scalar(select(func.count(Message.id)).where(Message.received >= midnight)) or 0
+    queue_size, oldest = session.execute(
+        select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
+    ).one()
+    due = (
+        session.scalar(select(func.count(OutgoingMessage.id)).where(OutgoingMessage.next_attempt <= now)) or 0
+    )
+    return ServerStatus(
+        messages_today=messages_today,
+        queue_size=queue_size or 0,
+        queue_due=due,
+        oldest_queued=oldest,  # min() keeps the column's type: an aware datetime
+        last_runs=last_job_runs(session),
+    )
+
+
+def last_job_runs(session: Session) -> dict[str, JobStatus]:
+    latest = select(func.max(JobRun.id)).group_by(JobRun.job).scalar_subquery()
+    runs = session.scalars(select(JobRun).where(JobRun.id.in_(latest)).order_by(JobRun.job))
+    return {run.job: JobStatus(run.job, run.started, run.finished, run.outcome) for run in runs}
