@@ -12,9 +12,13 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import set_password, sync_from_config
@@ -35,6 +39,7 @@ TLS_REPORTS_LOCALPART = "tls-reports"
 DEV_PORTS = {"inbound": 2525, "submission": 2587, "web": 8080}
 PRODUCTION_PORTS = {"inbound": 25, "submission": 587, "web": 8080}
 DEV_DNS_TIMEOUT = 1.0
+DEV_CERTIFICATE_DAYS = 365
 
 
 class QuickstartError(Exception):
@@ -113,13 +118,24 @@ def _q(value: str | Path) -> str:
     return json.dumps(str(value))
 
 
+def _dev_tls_files(plan: _Plan) -> tuple[str, str]:
+    """The self-signed certificate and key --dev writes, relative to the config directory."""
+    return f"tls/{plan.hostname}.crt", f"tls/{plan.hostname}.key"
+
+
 def _listener_toml(kind: str, plan: _Plan) -> str:
     address = "127.0.0.1" if plan.dev else "0.0.0.0"
     port = (DEV_PORTS if plan.dev else PRODUCTION_PORTS)[kind]
     offers = "STARTTLS, and AUTH after it" if kind == "submission" else "STARTTLS"
+    head = f'[[listeners]]\nkind = "{kind}"\naddress = {_q(address)}\nport = {port}\n'
+    if plan.dev:
+        cert, key = _dev_tls_files(plan)
+        return (
+            f"{head}# --dev: a self-signed certificate, so the listener offers {offers}.\n"
+            f"tls_cert = {_q(cert)}\ntls_key = {_q(key)}\n"
+        )
     return (
-        f'[[listeners]]\nkind = "{kind}"\naddress = {_q(address)}\nport = {port}\n'
-        f"# With a certificate for {plan.hostname} the listener offers {offers}:\n"
+        f"{head}# With a certificate for {plan.hostname} the listener offers {offers}:\n"
         f'# tls_cert = "/etc/letsencrypt/live/{plan.hostname}/fullchain.pem"\n'
         f'# tls_key = "/etc/letsencrypt/live/{plan.hostname}/privkey.pem"\n'
     )
@@ -173,12 +189,39 @@ addresses = [{_q(plan.address)}]
 """
 
 
+def self_signed_certificate(hostname: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, PKCS#8 key PEM) for `hostname`, valid for a year: for development only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=DEV_CERTIFICATE_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
 def _write_keys(plan: _Plan, directory: Path, created: list[Path]) -> None:
-    """DKIM keys and the web session secret; each file written is added to `created`."""
+    """DKIM keys, the web session secret and (--dev) a TLS certificate; each file is added to `created`."""
     secrets_to_write: list[tuple[Path, bytes]] = [
         (directory / _dkim_key_file(plan, alg), generate_private_key_pem(alg)) for alg in ("ed25519", "rsa")
     ]
     secrets_to_write.append((directory / "web-secret.key", secrets.token_urlsafe(48).encode()))
+    if plan.dev:
+        cert_pem, key_pem = self_signed_certificate(plan.hostname)
+        cert_file, key_file = _dev_tls_files(plan)
+        secrets_to_write += [(directory / cert_file, cert_pem), (directory / key_file, key_pem)]
     for path, data in secrets_to_write:
         _write_private(path, data)
         created.append(path)

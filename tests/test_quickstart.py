@@ -9,6 +9,7 @@ from pathlib import Path
 import dkim
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
 from sqlalchemy import select
 
 from app.accounts import verify_password
@@ -40,10 +41,27 @@ def test_dev_quickstart_writes_a_complete_working_setup(tmp_path: Path) -> None:
     assert config.postmaster.account == "admin"
     assert config.host_tlsrpt is not None
     assert (config.host_tlsrpt.account, config.host_tlsrpt.localpart) == ("admin", "tls-reports")
-    assert [(x.kind, x.address, x.port, x.tls_cert) for x in config.listeners] == [
-        ("inbound", "127.0.0.1", 2525, None),
-        ("submission", "127.0.0.1", 2587, None),
+    # A self-signed certificate, so STARTTLS (and AUTH after it) work on the dev listeners.
+    tls_dir = config_file.parent / "tls"
+    assert [(x.kind, x.address, x.port, x.tls_cert, x.tls_key) for x in config.listeners] == [
+        (
+            "inbound",
+            "127.0.0.1",
+            2525,
+            tls_dir / "mail.postwarden.localhost.crt",
+            tls_dir / "mail.postwarden.localhost.key",
+        ),
+        (
+            "submission",
+            "127.0.0.1",
+            2587,
+            tls_dir / "mail.postwarden.localhost.crt",
+            tls_dir / "mail.postwarden.localhost.key",
+        ),
     ]
+    certificate = x509.load_pem_x509_certificate((tls_dir / "mail.postwarden.localhost.crt").read_bytes())
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mail.postwarden.localhost"]
     assert (config.web.address, config.web.port) == ("127.0.0.1", 8080)
     assert (config.dns.nameservers, config.dns.timeout) == ([], 1.0)
     assert config.accounts["admin"].addresses == ["admin@postwarden.localhost"]
@@ -56,7 +74,7 @@ def test_dev_quickstart_writes_a_complete_working_setup(tmp_path: Path) -> None:
     assert [s.algorithm for s in domain.dkim] == ["ed25519", "rsa"]
     secret_files = [s.private_key_file for s in domain.dkim]
     assert config.web.secret_key_file is not None
-    secret_files.append(config.web.secret_key_file)
+    secret_files += [config.web.secret_key_file, tls_dir / "mail.postwarden.localhost.key"]
     for path in secret_files:
         assert path.is_relative_to(config_file.parent)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -69,7 +87,9 @@ def test_dev_quickstart_writes_a_complete_working_setup(tmp_path: Path) -> None:
         mailboxes = session.scalars(select(Mailbox.name).join(Account).where(Account.name == "admin")).all()
     assert {"Inbox", "Junk", "Rejects", "Postmaster", "DMARC", "TLSRPT"} <= set(mailboxes)
 
-    for record in records_for_domain(config, "postwarden.localhost"):
+    records = records_for_domain(config, "postwarden.localhost")
+    assert "tlsa" in {r.kind for r in records}
+    for record in records:
         assert record.zone_line() in result.output
     assert "mta-sts.postwarden.localhost/.well-known/mta-sts.txt" in result.output
 
