@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import dkim
@@ -105,8 +106,8 @@ async def test_tampered_message_fails(
     dns: DNSTestServer,
     resolver: Resolver,
     keys: dict[DKIMAlgorithm, Path],
-    tamper,
-    reason: str,  # type: ignore[no-untyped-def]
+    tamper: Callable[[bytes], bytes],
+    reason: str,
 ) -> None:
     publish(dns, keys, "ed25519")
     [result] = await verify_all(resolver, tamper(signed(keys, "ed25519")))
