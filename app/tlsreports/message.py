@@ -7,10 +7,10 @@ ones; `TLS-Required: No` (RFC 8689) so our own delivery ignores TLS failures (RF
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 
 from app.auth.dkim import sign
 from app.tlsreports.report import Report
@@ -45,8 +45,10 @@ def compose(
     msg["From"] = submitter.address
     msg["To"] = ", ".join(recipients)
     msg["Subject"] = subject(report)
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = make_msgid(domain=submitter.domain)
+    msg["Date"] = format_datetime(now.astimezone(UTC))
+    # The report id has the form of a msg-id (`<day>.<policy domain>@<d>`), and a receiver seeing it
+    # twice knows it is the same report.
+    msg["Message-ID"] = f"<{report.id}>"
     msg["TLS-Report-Domain"] = report.policy_domain
     msg["TLS-Report-Submitter"] = report.submitter
     msg["TLS-Required"] = "No"

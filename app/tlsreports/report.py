@@ -1,8 +1,8 @@
 """RFC 8460 §4 aggregate report: the JSON document, its gzip form, its id and file name.
 
-Input is plain data (`PolicyResult`), so building a report needs no database and no DNS; the daily job
-turns stored TLS results into these. Identical policies are merged (counts summed, equal failure
-details merged), so a report names each policy once.
+Input is plain data (`PolicyResult`, built on delivery's `PolicyRef` and `FailureDetail`), so building a
+report needs no database and no DNS; the daily job turns stored TLS results into these. Identical
+policies are merged (counts summed, equal failures merged), so a report names each policy once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+
+from app.queue.tlsresult import FailureDetail, PolicyRef
 
 POLICY_TYPES = frozenset({"tlsa", "sts", "no-policy-found"})
 # RFC 8460 §4.3: negotiation failures, then DANE (policy-type tlsa), then MTA-STS (sts) failures.
@@ -35,73 +37,51 @@ MEDIA_TYPE = "application/tlsrpt+gzip"
 
 
 @dataclass(frozen=True)
-class FailureDetail:
-    result_type: str
-    failed_session_count: int
-    sending_mta_ip: str | None = None
-    receiving_mx_hostname: str | None = None
-    receiving_mx_helo: str | None = None
-    receiving_ip: str | None = None
-    failure_reason_code: str | None = None
-    additional_information: str | None = None
+class FailureCount:
+    """A failure as recorded by delivery (app/queue/tlsresult.py) and how many sessions it ended."""
 
-    @property
-    def key(self) -> tuple[str | None, ...]:
-        """What makes two details the same failure (everything but the count)."""
-        return (
-            self.result_type,
-            self.sending_mta_ip,
-            self.receiving_mx_hostname,
-            self.receiving_mx_helo,
-            self.receiving_ip,
-            self.failure_reason_code,
-            self.additional_information,
-        )
+    detail: FailureDetail
+    sessions: int
 
     def to_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"result-type": self.result_type}
+        d = self.detail
+        entry: dict[str, Any] = {"result-type": d.result_type}
         optional = (
-            ("sending-mta-ip", self.sending_mta_ip),
-            ("receiving-mx-hostname", self.receiving_mx_hostname),
-            ("receiving-mx-helo", self.receiving_mx_helo),
-            ("receiving-ip", self.receiving_ip),
+            ("sending-mta-ip", d.sending_ip),
+            ("receiving-mx-hostname", d.receiving_mx_hostname),
+            ("receiving-mx-helo", d.receiving_mx_helo),
+            ("receiving-ip", d.receiving_ip),
         )
         entry.update((name, value) for name, value in optional if value)
-        entry["failed-session-count"] = self.failed_session_count
-        if self.additional_information:
-            entry["additional-information"] = self.additional_information
-        if self.failure_reason_code:
-            entry["failure-reason-code"] = self.failure_reason_code
+        entry["failed-session-count"] = self.sessions
+        if d.additional_info:
+            entry["additional-information"] = d.additional_info
+        if d.failure_reason_code:
+            entry["failure-reason-code"] = d.failure_reason_code
         return entry
 
 
 @dataclass(frozen=True)
 class PolicyResult:
-    """Sessions under one policy: the `policies[]` entry of a report."""
+    """Sessions under one policy: one `policies[]` entry of a report."""
 
-    policy_type: str
-    policy_domain: str
-    policy_strings: tuple[str, ...] = ()
-    mx_hosts: tuple[str, ...] = ()
+    policy: PolicyRef
     successful: int = 0
     failed: int = 0
-    failure_details: tuple[FailureDetail, ...] = field(default=())
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        return (self.policy_type, self.policy_domain, self.policy_strings, self.mx_hosts)
+    failures: tuple[FailureCount, ...] = field(default=())
 
     @property
     def has_failure(self) -> bool:
-        return self.failed > 0 or bool(self.failure_details)
+        return self.failed > 0 or bool(self.failures)
 
     def to_json(self) -> dict[str, Any]:
-        policy: dict[str, Any] = {"policy-type": self.policy_type}
-        if self.policy_strings:
-            policy["policy-string"] = list(self.policy_strings)
-        policy["policy-domain"] = self.policy_domain
-        if self.mx_hosts:
-            policy["mx-host"] = list(self.mx_hosts)
+        p = self.policy
+        policy: dict[str, Any] = {"policy-type": p.policy_type}
+        if p.policy_string:
+            policy["policy-string"] = list(p.policy_string)
+        policy["policy-domain"] = p.policy_domain
+        if p.mx_host:
+            policy["mx-host"] = list(p.mx_host)
         entry: dict[str, Any] = {
             "policy": policy,
             "summary": {
@@ -109,36 +89,31 @@ class PolicyResult:
                 "total-failure-session-count": self.failed,
             },
         }
-        if self.failure_details:
-            entry["failure-details"] = [d.to_json() for d in self.failure_details]
+        if self.failures:
+            entry["failure-details"] = [f.to_json() for f in self.failures]
         return entry
 
 
-def merge_details(details: Iterable[FailureDetail]) -> tuple[FailureDetail, ...]:
-    merged: dict[tuple[str | None, ...], FailureDetail] = {}
-    for detail in details:
-        known = merged.get(detail.key)
-        merged[detail.key] = (
-            detail
-            if known is None
-            else replace(known, failed_session_count=known.failed_session_count + detail.failed_session_count)
-        )
-    return tuple(merged.values())
+def merge_failures(failures: Iterable[FailureCount]) -> tuple[FailureCount, ...]:
+    sessions: dict[FailureDetail, int] = {}
+    for failure in failures:
+        sessions[failure.detail] = sessions.get(failure.detail, 0) + failure.sessions
+    return tuple(FailureCount(detail, count) for detail, count in sessions.items())
 
 
 def merge_policies(results: Iterable[PolicyResult]) -> list[PolicyResult]:
-    """One entry per distinct policy, counts summed, in first-seen order."""
-    merged: dict[tuple[object, ...], PolicyResult] = {}
+    """One entry per distinct policy, counts summed and equal failures merged, in first-seen order."""
+    merged: dict[PolicyRef, PolicyResult] = {}
     for result in results:
-        known = merged.get(result.key)
+        known = merged.get(result.policy)
         if known is None:
-            merged[result.key] = replace(result, failure_details=merge_details(result.failure_details))
+            merged[result.policy] = replace(result, failures=merge_failures(result.failures))
             continue
-        merged[result.key] = replace(
-            known,
-            successful=known.successful + result.successful,
-            failed=known.failed + result.failed,
-            failure_details=merge_details(known.failure_details + result.failure_details),
+        merged[result.policy] = PolicyResult(
+            result.policy,
+            known.successful + result.successful,
+            known.failed + result.failed,
+            merge_failures(known.failures + result.failures),
         )
     return list(merged.values())
 

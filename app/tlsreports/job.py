@@ -1,0 +1,395 @@
+"""The daily TLS report job (SPEC R5.1 to R5.4, RFC 8460 §4.1, §5).
+
+For each UTC day before today that has unsent results (normally yesterday; the day before when a run
+was missed or DNS failed), one report per policy domain that publishes a TLSRPT record:
+
+1. Recipient domains first. A recipient domain's report holds everything recorded for deliveries to
+   it: its own policy (sts / no-policy-found) and the policies of the MX hosts it used (tlsa /
+   no-policy-found, policy-domain the host).
+2. Then MX hosts (that are not recipient domains themselves), from the host's own TLSRPT record. The
+   report names each affected recipient domain as policy-domain, with the host in mx-host, and leaves
+   out the recipient domains whose rua is the host's: they got the same results in step 1.
+
+A report goes out only if it holds a failure (unless `outgoing_tls_reports_for_all_success`). Its rows
+are marked sent before it is queued, only if no other run marked them first (so a re-run, a crash or
+two racing workers never send a report twice), in the transaction that schedules its POSTs. Rows of
+domains without a (valid) record, and reports without failures, are marked too; a DNS temporary error
+keeps them for the next run. Results older than 48 h are dropped. Sends are spread: the n-th report is
+due n x spacing after the run (spacing: a parameter, by default 4 h / reports, at most 5 minutes); mail
+goes through the queue, `https:` rua are POSTed by app/tlsreports/posts.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.auth.dkim import DKIMSigningError
+from app.config import Config
+from app.db import session_scope
+from app.dns import Resolver, resolver_from_config
+from app.logs import cid_scope
+from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
+from app.queue.outgoing import enqueue
+from app.reportsuppress import is_suppressed
+from app.store import StoreError
+from app.tlsreports.message import report_message
+from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
+from app.tlsreports.report import FailureCount, PolicyResult, Report, build_report
+from app.tlsreports.results import (
+    Role,
+    as_seen_by_host,
+    claim,
+    drop_old_results,
+    failures_by_result,
+    pending_reports,
+    policy_result,
+    report_rows,
+)
+from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
+
+log = logging.getLogger("app.tlsreports")
+
+JOB_NAME = "tls_reports"
+SEND_WINDOW = timedelta(hours=4)  # RFC 8460 §4.1: spread sending over hours, not all at midnight
+MAX_SPACING = timedelta(minutes=5)
+MAX_REPORT_ATTEMPTS = 5  # SPEC R5.3: mail deliveries of a report
+LOOKUP_CONCURRENCY = 32
+CHUNK = 256  # reports whose TLSRPT records are looked up together
+
+
+@dataclass
+class RunSummary:
+    cid: str
+    disabled: bool = False
+    no_submitter: str = ""
+    dropped: int = 0
+    reports: list[str] = field(default_factory=list)  # ids of reports queued or scheduled for POST
+    skipped: int = 0  # marked without a report: no record, invalid record, no failure, nothing left
+    kept: int = 0  # left for the next run (DNS temporary error, signing error)
+
+    def outcome(self) -> str:
+        if self.disabled:
+            return "disabled by no_outgoing_tls_reports"
+        if self.no_submitter:
+            return f"nothing sent: {self.no_submitter}"
+        return (
+            f"{len(self.reports)} report(s) scheduled, {self.skipped} skipped, "
+            f"{self.kept} kept for the next run, {self.dropped} result(s) older than 48 h dropped"
+        )
+
+
+@dataclass(frozen=True)
+class _Key:
+    """Which report: a recipient domain's or an MX host's, for one day."""
+
+    role: Role
+    day: date
+    domain: str
+
+    def __str__(self) -> str:
+        kind = "recipient domain" if self.role == "recipient" else "MX host"
+        return f"{kind} {self.domain}, day {self.day}"
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A report about to be sent, and to whom."""
+
+    report: Report
+    gzipped: bytes
+    message: bytes  # the signed report message for the mailto rua; empty when there are none
+    mailto: list[str]
+    https: list[str]
+    left_out: set[str]
+
+
+def default_spacing(reports: int) -> timedelta:
+    return min(MAX_SPACING, SEND_WINDOW / max(reports, 1))
+
+
+class ReportJob:
+    """One run; `now` is the run's clock (tests pass it in)."""
+
+    def __init__(
+        self,
+        config: Config,
+        now: datetime,
+        *,
+        resolver: Resolver | None = None,
+        spacing: timedelta | None = None,
+    ) -> None:
+        self.config = config
+        self.db_url = config.resolved_database_url
+        self.now = now
+        self.resolver = resolver or resolver_from_config(config.dns)
+        self.spacing = spacing
+        self.lookups: dict[str, TLSRPTLookup] = {}
+        # Recipient domains' usable rua, from step 1, to compare with a host's in step 2.
+        self.recipient_rua: dict[str, frozenset[str]] = {}
+
+    async def run(self) -> RunSummary:
+        with cid_scope() as cid:
+            summary = RunSummary(cid)
+            run_id = self._start_run(cid)
+            try:
+                await self._run(summary)
+            finally:
+                self._finish_run(run_id, summary)
+            log.info("tls reports: run finished: %s", summary.outcome())
+            return summary
+
+    async def _run(self, summary: RunSummary) -> None:
+        today = self.now.date()
+        log.info("tls reports: run for days before %s", today)
+        with session_scope(self.db_url) as session:
+            summary.dropped = drop_old_results(session, self.now)
+        if self.config.no_outgoing_tls_reports:
+            summary.disabled = True
+            log.info("tls reports: not sending: no_outgoing_tls_reports is set")
+            return
+        try:
+            submitter = find_submitter(self.config)
+        except NoSubmitterError as e:
+            summary.no_submitter = str(e)
+            log.warning("tls reports: nothing sent: %s", e)
+            return
+        with session_scope(self.db_url) as session:
+            phases: list[tuple[Role, list[tuple[date, str]]]] = [
+                ("recipient", pending_reports(session, "recipient", today)),
+                ("host", pending_reports(session, "host", today)),
+            ]
+        spacing = self.spacing
+        if spacing is None:
+            spacing = default_spacing(sum(len(keys) for _, keys in phases))
+        sender = _Sender(self, summary, submitter, spacing)
+        for role, keys in phases:
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                await self._prefetch(domain for _, domain in chunk)
+                for day, domain in chunk:
+                    await self._report(sender, _Key(role, day, domain))
+                # Step 2 needs only the recipient domains' rua (kept apart): memory stays flat.
+                self.lookups.clear()
+
+    # DNS.
+
+    async def _prefetch(self, domains: Iterable[str]) -> None:
+        missing = sorted({d for d in domains if d not in self.lookups})
+        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+        async def one(domain: str) -> None:
+            async with limit:
+                self.lookups[domain] = await lookup_tlsrpt(self.resolver, domain)
+
+        await asyncio.gather(*(one(d) for d in missing))
+
+    async def _lookup(self, domain: str) -> TLSRPTLookup:
+        if domain not in self.lookups:
+            await self._prefetch([domain])
+        return self.lookups[domain]
+
+    async def _rua_of_recipient(self, domain: str) -> frozenset[str]:
+        if domain not in self.recipient_rua:
+            self._remember_rua(domain, await self._lookup(domain))
+        return self.recipient_rua[domain]
+
+    def _remember_rua(self, domain: str, lookup: TLSRPTLookup) -> None:
+        self.recipient_rua[domain] = frozenset(lookup.record.destinations if lookup.record else ())
+
+    # One report.
+
+    async def _report(self, sender: _Sender, key: _Key) -> None:
+        lookup = await self._lookup(key.domain)
+        if key.role == "recipient":
+            self._remember_rua(key.domain, lookup)
+        with session_scope(self.db_url) as session:
+            rows = report_rows(session, key.role, key.day, key.domain)
+            if not rows:
+                return  # another run took them meanwhile
+            if lookup.status is LookupStatus.TEMPERROR:
+                sender.summary.kept += 1
+                log.info("tls reports: %s: kept for the next run: DNS: %s", key, lookup.reason)
+                return
+            if lookup.record is None:
+                sender.skip(session, key, rows, _lookup_problem(key.domain, lookup))
+                return
+            planned = await self._plan(session, sender, key, rows, lookup.record)
+            if planned is not None:
+                await sender.send(session, key, rows, planned)
+
+    async def _plan(
+        self, session: Session, sender: _Sender, key: _Key, rows: list[TLSResult], record: TLSRPTRecord
+    ) -> _Planned | None:
+        """The report for these rows and its destinations; None (rows marked, reason logged) if none."""
+        failures = failures_by_result(session, [r.id for r in rows])
+        policies, left_out = await self._policies(key.role, rows, failures, frozenset(record.destinations))
+        if not policies:
+            shared = ", ".join(sorted(left_out))
+            sender.skip(session, key, rows, f"every affected recipient domain ({shared}) has the host's rua")
+            return None
+        report = build_report(key.domain, key.day, sender.submitter.domain, policies)
+        if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
+            sender.skip(session, key, rows, f"no failures ({report.sessions[0]} successful session(s))")
+            return None
+        mailto = [a for a in record.mailto if not self._suppressed(session, key, a)]
+        if not mailto and not record.https:
+            sender.skip(session, key, rows, "every rua address is on the suppression list")
+            return None
+        gzipped = report.gzipped()
+        try:
+            message = report_message(report, gzipped, sender.submitter, mailto, self.now) if mailto else b""
+        except DKIMSigningError as e:
+            sender.summary.kept += 1
+            log.error("tls reports: %s: kept for the next run: cannot DKIM-sign the report: %s", key, e)
+            return None
+        return _Planned(report, gzipped, message, mailto, list(record.https), left_out)
+
+    async def _policies(
+        self,
+        role: Role,
+        rows: list[TLSResult],
+        failures: dict[int, list[FailureCount]],
+        host_rua: frozenset[str],
+    ) -> tuple[list[PolicyResult], set[str]]:
+        if role == "recipient":
+            return [policy_result(row, failures.get(row.id, [])) for row in rows], set()
+        policies: list[PolicyResult] = []
+        left_out: set[str] = set()
+        for row in rows:
+            if await self._rua_of_recipient(row.recipient_domain) == host_rua:
+                left_out.add(row.recipient_domain)
+            else:
+                policies.append(as_seen_by_host(row, failures.get(row.id, [])))
+        return policies, left_out
+
+    def _suppressed(self, session: Session, key: _Key, address: str) -> bool:
+        if not is_suppressed(session, "tlsrpt", address, self.now):
+            return False
+        log.info("tls reports: %s: not sending to %s: on the suppression list", key, address)
+        return True
+
+    # The record of runs, for the status page.
+
+    def _start_run(self, cid: str) -> int:
+        with session_scope(self.db_url) as session:
+            run = JobRun(job=JOB_NAME, cid=cid, started=self.now)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def _finish_run(self, run_id: int, summary: RunSummary) -> None:
+        with session_scope(self.db_url) as session:
+            run = session.get(JobRun, run_id)
+            if run is not None:
+                run.finished = max(self.now, run.started)
+                run.outcome = summary.outcome()
+
+
+class _Sender:
+    """Marks rows and schedules reports, one after the other `spacing` apart."""
+
+    def __init__(self, job: ReportJob, summary: RunSummary, submitter: Submitter, spacing: timedelta) -> None:
+        self.job = job
+        self.summary = summary
+        self.submitter = submitter
+        self.spacing = spacing
+        self.scheduled = 0
+
+    def skip(self, session: Session, key: _Key, rows: list[TLSResult], why: str) -> None:
+        """No report for these rows, ever: mark them (unless another run just did) and log why."""
+        if not claim(session, key.role, [r.id for r in rows]):
+            session.rollback()
+            return
+        self.summary.skipped += 1
+        level = logging.WARNING if why.startswith("invalid") else logging.INFO
+        log.log(level, "tls reports: %s: no report: %s", key, why)
+
+    async def send(self, session: Session, key: _Key, rows: list[TLSResult], planned: _Planned) -> None:
+        report = planned.report
+        due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
+        with cid_scope():
+            # Marked sent first, in the transaction that schedules the POSTs; mail is queued after.
+            if not claim(session, key.role, [r.id for r in rows]):
+                session.rollback()
+                log.info("tls reports: report %s: already taken by another run", report.id)
+                return
+            for url in planned.https:
+                session.add(
+                    TLSReportPost(
+                        report_id=report.id,
+                        policy_domain=report.policy_domain,
+                        url=url,
+                        payload=planned.gzipped,
+                        due=due,
+                    )
+                )
+            session.commit()
+            self.scheduled += 1
+            self.summary.reports.append(report.id)
+            if planned.mailto:
+                await self._queue_mail(report, planned.message, planned.mailto, due)
+            self._log(planned, due)
+
+    async def _queue_mail(self, report: Report, message: bytes, mailto: list[str], due: datetime) -> None:
+        """Queue the signed message: first attempt at `due`, TLS failures ignored (RFC 8460 §5.3)."""
+        config = self.job.config
+        try:
+            # enqueue runs an event loop of its own (it is made for synchronous tasks): give it a thread.
+            ids = await asyncio.to_thread(
+                enqueue,
+                config,
+                message,
+                account=config.postmaster.account,
+                sender=self.submitter.address,
+                recipients=mailto,
+                max_attempts=MAX_REPORT_ATTEMPTS,
+                is_tls_report=True,
+            )
+            with session_scope(self.job.db_url) as session:
+                rows = update(OutgoingMessage).where(OutgoingMessage.id.in_(ids))
+                session.execute(rows.values(next_attempt=due, require_tls=False))
+        except (StoreError, OSError, SQLAlchemyError) as e:
+            # The results are marked sent already: this report is lost rather than ever sent twice.
+            log.error("tls reports: report %s: marked sent but could not be queued: %s", report.id, e)
+
+    def _log(self, planned: _Planned, due: datetime) -> None:
+        report = planned.report
+        ok, failed = report.sessions
+        left_out = ""
+        if planned.left_out:
+            left_out = f"; left out (same rua as the host): {', '.join(sorted(planned.left_out))}"
+        log.info(
+            "tls reports: report %s (run %s) for %s due %s to %s: %d policies, %d successful and %d failed "
+            "session(s)%s",
+            report.id,
+            self.summary.cid,
+            report.policy_domain,
+            f"{due:%Y-%m-%d %H:%M:%S}",
+            ", ".join([f"mailto:{a}" for a in planned.mailto] + planned.https),
+            len(report.policies),
+            ok,
+            failed,
+            left_out,
+        )
+
+
+def _lookup_problem(domain: str, lookup: TLSRPTLookup) -> str:
+    if lookup.status is LookupStatus.NONE:
+        return f"{tlsrpt_name(domain)} has no TLSRPT record"
+    found = "; ".join(repr(v) for v in lookup.found)
+    return f"invalid TLSRPT record at {tlsrpt_name(domain)}: {lookup.reason} (found {found})"
+
+
+async def send_tls_reports(
+    config: Config, now: datetime, *, resolver: Resolver | None = None, spacing: timedelta | None = None
+) -> RunSummary:
+    """Run the daily job once (the beat task and `postwarden tlsrpt send-reports`)."""
+    return await ReportJob(config, now, resolver=resolver, spacing=spacing).run()

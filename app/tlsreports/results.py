@@ -1,0 +1,128 @@
+"""Stored TLS results (app/models/tlsrpt.py) as the report job reads and marks them.
+
+Roles of a row (SPEC R5.2): every row belongs to the report for its recipient domain; a host row
+(DANE / no policy at an MX host that is not the recipient domain itself) also belongs to the report
+for that host. `recipient_report_sent` and `host_report_sent` record that the row's report went out
+(or that none will), so no row is ever reported twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from app.models import TLSFailureDetail, TLSResult
+from app.queue.tlsresult import FailureDetail, PolicyRef
+from app.tlsreports.report import FailureCount, PolicyResult
+
+Role = Literal["recipient", "host"]
+KEEP_RESULTS = timedelta(hours=48)
+
+
+def _marker(role: Role) -> InstrumentedAttribute[bool]:
+    return TLSResult.recipient_report_sent if role == "recipient" else TLSResult.host_report_sent
+
+
+def _is_host_report_row() -> ColumnElement[bool]:
+    return and_(TLSResult.is_host, TLSResult.policy_domain != TLSResult.recipient_domain)
+
+
+def drop_old_results(session: Session, now: datetime) -> int:
+    """Delete results of days that ended more than 48 h ago, sent or not (SPEC R5.2)."""
+    first_kept = (now - KEEP_RESULTS).date()
+    old = select(TLSResult.id).where(TLSResult.day < first_kept)
+    session.execute(delete(TLSFailureDetail).where(TLSFailureDetail.result_id.in_(old)))
+    return session.execute(delete(TLSResult).where(TLSResult.day < first_kept)).rowcount or 0
+
+
+def pending_reports(session: Session, role: Role, before: date) -> list[tuple[date, str]]:
+    """(day, domain) of reports not yet sent for days before `before`, oldest day first."""
+    marker = _marker(role)
+    if role == "recipient":
+        domain = TLSResult.recipient_domain
+        query = select(TLSResult.day, domain).where(~marker)
+    else:
+        domain = TLSResult.policy_domain
+        query = select(TLSResult.day, domain).where(~marker, _is_host_report_row())
+    query = query.where(TLSResult.day < before).distinct().order_by(TLSResult.day, domain)
+    return [(day, name) for day, name in session.execute(query)]
+
+
+def report_rows(session: Session, role: Role, day: date, domain: str) -> list[TLSResult]:
+    """The unsent rows of one report: a recipient domain's day, or a host's day."""
+    query = select(TLSResult).where(TLSResult.day == day, ~_marker(role))
+    if role == "recipient":
+        query = query.where(TLSResult.recipient_domain == domain)
+    else:
+        query = query.where(TLSResult.policy_domain == domain, _is_host_report_row())
+    return list(session.scalars(query.order_by(TLSResult.is_host, TLSResult.policy_domain, TLSResult.id)))
+
+
+def claim(session: Session, role: Role, ids: Sequence[int]) -> bool:
+    """Mark the rows sent, unless another run did first; the caller commits (or rolls back on False)."""
+    marker = _marker(role)
+    claimed = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        statement = update(TLSResult).where(TLSResult.id.in_(chunk), ~marker).values({marker.key: True})
+        claimed += session.execute(statement).rowcount or 0
+    return claimed == len(ids)
+
+
+def failures_by_result(session: Session, ids: Iterable[int]) -> dict[int, list[FailureCount]]:
+    found: dict[int, list[FailureCount]] = defaultdict(list)
+    id_list = list(ids)
+    for start in range(0, len(id_list), 500):
+        query = select(TLSFailureDetail).where(TLSFailureDetail.result_id.in_(id_list[start : start + 500]))
+        for row in session.scalars(query.order_by(TLSFailureDetail.id)):
+            detail = FailureDetail(
+                row.result_type,
+                row.sending_ip,
+                row.receiving_mx_hostname,
+                row.receiving_mx_helo,
+                row.receiving_ip,
+                row.failure_reason_code,
+                row.additional_info,
+            )
+            found[row.result_id].append(FailureCount(detail, row.failed_session_count))
+    return found
+
+
+def policy_ref(row: TLSResult) -> PolicyRef:
+    return PolicyRef(
+        row.policy_type,  # type: ignore[arg-type]
+        row.policy_domain,
+        tuple(json.loads(row.policy_string)),
+        tuple(json.loads(row.mx_host)),
+    )
+
+
+def policy_result(
+    row: TLSResult, failures: Sequence[FailureCount], policy: PolicyRef | None = None
+) -> PolicyResult:
+    return PolicyResult(policy or policy_ref(row), row.success_count, row.failure_count, tuple(failures))
+
+
+def as_seen_by_host(row: TLSResult, failures: Sequence[FailureCount]) -> PolicyResult:
+    """A host row in the report to the host: the affected recipient domain as policy-domain, the host
+    in mx-host (SPEC R5.2), so the host's operator sees whose mail was affected."""
+    policy = replace(policy_ref(row), policy_domain=row.recipient_domain, mx_host=(row.policy_domain,))
+    return policy_result(row, failures, policy)
+
+
+def results_for(session: Session, domain: str | None, day: date | None) -> list[TLSResult]:
+    """Rows for `postwarden tlsrpt results`: a domain's (as policy or recipient domain), newest day first."""
+    query = select(TLSResult)
+    if domain:
+        query = query.where((TLSResult.policy_domain == domain) | (TLSResult.recipient_domain == domain))
+    if day:
+        query = query.where(TLSResult.day == day)
+    order = (TLSResult.day.desc(), TLSResult.recipient_domain, TLSResult.is_host, TLSResult.policy_domain)
+    return list(session.scalars(query.order_by(*order)))
