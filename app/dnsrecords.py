@@ -229,14 +229,28 @@ async def _spf_covers_host(terms: list[str], host: str, domain: str, resolver: R
     return bool(addresses) and all(any(a in n for n in networks) for a in addresses)
 
 
-async def _check_spf(record: DNSRecord, resolver: Resolver, host: str) -> CheckResult:
-    found = _starting_with((await resolver.txt(record.name)).records, "v=spf1")
+# The version tag of each kind of versioned TXT record. With two records of a kind, receivers use
+# neither (SPF: RFC 7208 4.5, MTA-STS: RFC 8461 3.1, TLSRPT: RFC 8460 3, and DMARC policy discovery).
+TXT_VERSIONS = {"SPF": "v=spf1", "DMARC": "v=DMARC1", "MTA-STS": "v=STSv1", "TLSRPT": "v=TLSRPTv1"}
+
+
+async def _single_txt(
+    record: DNSRecord, resolver: Resolver, label: str
+) -> tuple[list[str], CheckResult | None]:
+    """The published values of the record's version; a failed result unless there is exactly one."""
+    found = _starting_with((await resolver.txt(record.name)).records, TXT_VERSIONS[label])
     if not found:
-        return _result(record, found, f"{record.name} has no SPF record")
+        return found, _result(record, found, f"{record.name} has no {label} record")
     if len(found) > 1:
-        return _result(
-            record, found, "more than one SPF record (RFC 7208 4.5: permerror)", "keep one: " + record.value
-        )
+        problem = f"more than one {label} record (receivers then ignore them all)"
+        return found, _result(record, found, problem, "keep one: " + record.value)
+    return found, None
+
+
+async def _check_spf(record: DNSRecord, resolver: Resolver, host: str) -> CheckResult:
+    found, failed = await _single_txt(record, resolver, "SPF")
+    if failed:
+        return failed
     terms = found[0].split()[1:]
     if not await _spf_covers_host(terms, host, record.name, resolver):
         return _result(
@@ -268,13 +282,11 @@ def _mailto_addresses(rua: str) -> set[str]:
     return {u[len("mailto:") :].split("!")[0].lower() for u in uris if u.lower().startswith("mailto:")}
 
 
-async def _check_reporting(record: DNSRecord, resolver: Resolver, version: str) -> CheckResult:
-    """DMARC and TLSRPT records: exactly one record of the version, whose rua has our address."""
-    found = _starting_with((await resolver.txt(record.name)).records, f"v={version}")
-    if not found:
-        return _result(record, found, f"{record.name} has no {version} record")
-    if len(found) > 1:
-        return _result(record, found, f"more than one {version} record", "keep one: " + record.value)
+async def _check_reporting(record: DNSRecord, resolver: Resolver, label: str) -> CheckResult:
+    """DMARC and TLSRPT records: exactly one, whose rua has our address."""
+    found, failed = await _single_txt(record, resolver, label)
+    if failed:
+        return failed
     ours = _mailto_addresses(tag_list(record.value).get("rua", ""))
     missing = ours - _mailto_addresses(tag_list(found[0]).get("rua", ""))
     if missing:
@@ -288,11 +300,9 @@ async def _check_reporting(record: DNSRecord, resolver: Resolver, version: str) 
 
 
 async def _check_mta_sts(record: DNSRecord, resolver: Resolver) -> CheckResult:
-    found = _starting_with((await resolver.txt(record.name)).records, "v=STSv1")
-    if not found:
-        return _result(record, found, f"{record.name} has no MTA-STS record")
-    if len(found) > 1:
-        return _result(record, found, "more than one v=STSv1 record (RFC 8461 3.1: senders ignore all)")
+    found, failed = await _single_txt(record, resolver, "MTA-STS")
+    if failed:
+        return failed
     expected = tag_list(record.value)["id"]
     published = tag_list(found[0]).get("id", "")
     if published != expected:
@@ -327,10 +337,10 @@ CHECKS: dict[RecordKind, Check] = {
     "spf": lambda record, resolver, config: _check_spf(record, resolver, config.hostname),
     "host-spf": lambda record, resolver, config: _check_spf(record, resolver, config.hostname),
     "dkim": lambda record, resolver, _: _check_dkim(record, resolver),
-    "dmarc": lambda record, resolver, _: _check_reporting(record, resolver, "DMARC1"),
+    "dmarc": lambda record, resolver, _: _check_reporting(record, resolver, "DMARC"),
     "mta-sts": lambda record, resolver, _: _check_mta_sts(record, resolver),
-    "tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPTv1"),
-    "host-tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPTv1"),
+    "tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPT"),
+    "host-tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPT"),
     "tlsa": lambda record, resolver, _: _check_tlsa(record, resolver),
 }
 

@@ -95,6 +95,17 @@ def by_kind(records: list[DNSRecord], kind: str) -> DNSRecord:
     return next(r for r in records if r.kind == kind)
 
 
+LABELS = {
+    "mx": "MX",
+    "spf": "SPF",
+    "host-spf": "SPF",
+    "dkim": "DKIM key",
+    "dmarc": "DMARC",
+    "mta-sts": "MTA-STS",
+    "tlsrpt": "TLSRPT",
+    "host-tlsrpt": "TLSRPT",
+    "tlsa": "TLSA",
+}
 ALL_KINDS = ["mx", "spf", "host-spf", "dkim", "dmarc", "mta-sts", "tlsrpt", "host-tlsrpt", "tlsa"]
 
 
@@ -187,7 +198,7 @@ async def test_check_each_missing(dns: DNSTestServer, resolver: Resolver, config
     for result in bad:
         assert result.status == "missing"
         assert result.found == ()
-        assert result.problem.endswith("record")
+        assert result.problem == f"{result.record.name} has no {LABELS[kind]} record"
         assert result.fix == f"publish: {result.record.zone_line()}"
 
 
@@ -236,8 +247,8 @@ async def test_check_each_wrong(dns: DNSTestServer, resolver: Resolver, config: 
     ("kind", "extra", "status", "problem"),
     [
         ("spf", "v=spf1 a -all", "wrong", "more than one SPF record"),
-        ("dmarc", "v=DMARC1; p=none", "wrong", "more than one DMARC1 record"),
-        ("mta-sts", "v=STSv1; id=other", "wrong", "more than one v=STSv1 record"),
+        ("dmarc", "v=DMARC1; p=none", "wrong", "more than one DMARC record"),
+        ("mta-sts", "v=STSv1; id=other", "wrong", "more than one MTA-STS record"),
     ],
 )
 async def test_check_duplicate_records_are_wrong(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -18,6 +20,16 @@ from app.models import Account, Mailbox, Message
 
 # What `message list` shows per message (all columns are in `message show --json`).
 LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk", "is_reject", "reason")
+
+
+@contextmanager
+def _database(config: Config) -> Iterator[Session]:
+    """A session; a database that is unreachable or not migrated ends the command with a clear message."""
+    with (
+        exit_if_database_unusable(config.resolved_database_url),
+        session_scope(config.resolved_database_url) as s,
+    ):
+        yield s
 
 
 def _fail(message: str) -> NoReturn:
@@ -91,10 +103,7 @@ def mailbox_group() -> None:
 def mailbox_list(ctx: click.Context, account: str, as_json: bool) -> None:
     """List ACCOUNT's mailboxes with message counts."""
     config = load(ctx)
-    with (
-        exit_if_database_unusable(config.resolved_database_url),
-        session_scope(config.resolved_database_url) as s,
-    ):
+    with _database(config) as s:
         rows = _mailbox_rows(s, _account(s, account))
     if as_json:
         emit_json(rows)
@@ -118,10 +127,7 @@ def message_group() -> None:
 def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_json: bool) -> None:
     """List the newest messages in ACCOUNT's MAILBOX."""
     config = load(ctx)
-    with (
-        exit_if_database_unusable(config.resolved_database_url),
-        session_scope(config.resolved_database_url) as s,
-    ):
+    with _database(config) as s:
         box = _mailbox(s, _account(s, account), mailbox)
         query = (
             select(Message)
@@ -174,10 +180,7 @@ def _message_details(session: Session, config: Config, message: Message) -> dict
 def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     """Show a message's metadata and content; ID is the number `message list` shows, or the file id."""
     config = load(ctx)
-    with (
-        exit_if_database_unusable(config.resolved_database_url),
-        session_scope(config.resolved_database_url) as s,
-    ):
+    with _database(config) as s:
         details = _message_details(s, config, _find_message(s, ident))
     if as_json:
         emit_json(details)
