@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -270,7 +271,20 @@ def test_health_reports_an_unusable_database(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert response.json()["status"] == "error"
         assert "no such table: job_runs" in response.json()["database"]
-        assert client.get("/metrics").status_code == 503
+        scrape = client.get("/metrics")
+        assert scrape.status_code == 503
+        assert scrape.text == "The database is unavailable; see the web process's log.\n"
+
+
+def test_pages_answer_503_when_the_database_breaks(client: TestClient, web_config: Config) -> None:
+    log_in(client)
+    assert client.get("/").status_code == 200
+    with session_scope(web_config.resolved_database_url) as session:
+        session.execute(text("DROP TABLE job_runs"))
+    for path in ("/", "/metrics", "/health"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+    assert client.get("/").text == "The database is unavailable; see the web process's log.\n"
 
 
 @pytest.mark.parametrize(

@@ -77,12 +77,14 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    try:
-        body = await run_in_threadpool(generate_latest, request.app.state.registry)
-    except SQLAlchemyError as e:
-        log.error("metrics: database problem: %s", e)
-        return PlainTextResponse("database unavailable\n", status_code=503)
+    body = await run_in_threadpool(generate_latest, request.app.state.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def database_unavailable(request: Request, error: Exception) -> Response:
+    """Any page or scrape the database cannot answer: 503 and one log line, not a traceback page."""
+    log.error("%s %s: database problem: %s", request.method, request.url.path, str(error).splitlines()[0])
+    return PlainTextResponse("The database is unavailable; see the web process's log.\n", status_code=503)
 
 
 def _status(database_url: str) -> ServerStatus:
@@ -146,7 +148,9 @@ def create_app(config: Config) -> Starlette:
             same_site="lax",
         )
     ]
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers={SQLAlchemyError: database_unavailable}
+    )
     app.state.config = config
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     app.state.registry = metrics_registry(config.resolved_database_url)
