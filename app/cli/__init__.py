@@ -8,6 +8,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     inspect,
     server,
     setup,
+    tlsrpt,
     web,
 )
 from app.cli.common import main

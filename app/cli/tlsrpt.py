@@ -1,0 +1,216 @@
+"""`postwarden tlsrpt ...`: TLS results recorded for reports, running the report job, suppressions.
+
+postwarden tlsrpt results [DOMAIN] [--day YYYY-MM-DD] [--json]
+postwarden tlsrpt send-reports [--now] [--json]
+postwarden tlsrpt suppress add ADDRESS [--until YYYY-MM-DD] [--comment TEXT]
+postwarden tlsrpt suppress list [--all] [--json]
+postwarden tlsrpt suppress remove ADDRESS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NoReturn
+
+import click
+
+from app.cli.common import emit_json, load, main
+from app.cli.server import exit_if_database_unusable
+from app.db import session_scope
+from app.logs import setup_logging
+from app.models import ReportSuppression, TLSResult
+from app.models.base import utcnow
+from app.reportsuppress import (
+    FAILURE_SUPPRESSION,
+    SuppressionError,
+    suppress,
+    suppressions,
+    unsuppress,
+)
+from app.tlsreports.job import send_tls_reports
+from app.tlsreports.posts import PostSummary, post_due_reports
+from app.tlsreports.results import failures_by_result, results_for
+
+DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+@main.group("tlsrpt")
+def tlsrpt() -> None:
+    """TLS reports (RFC 8460) we send about our deliveries."""
+
+
+def _result_row(row: TLSResult, failures: list[Any]) -> dict[str, Any]:
+    return {
+        "day": row.day.isoformat(),
+        "recipient_domain": row.recipient_domain,
+        "policy_domain": row.policy_domain,
+        "is_host": row.is_host,
+        "policy_type": row.policy_type,
+        "successful": row.success_count,
+        "failed": row.failure_count,
+        "recipient_report_sent": row.recipient_report_sent,
+        "host_report_sent": row.host_report_sent,
+        "failure_details": [
+            {
+                "result_type": f.detail.result_type,
+                "sessions": f.sessions,
+                "receiving_mx_hostname": f.detail.receiving_mx_hostname,
+                "receiving_ip": f.detail.receiving_ip,
+                "sending_ip": f.detail.sending_ip,
+                "failure_reason_code": f.detail.failure_reason_code,
+            }
+            for f in failures
+        ],
+    }
+
+
+def _report_state(row: dict[str, Any]) -> str:
+    """Whether the row's report(s) went out: the recipient domain's, and the MX host's if it has one."""
+    state = f"report {'done' if row['recipient_report_sent'] else 'pending'}"
+    if row["is_host"] and row["policy_domain"] != row["recipient_domain"]:
+        state += f", host report {'done' if row['host_report_sent'] else 'pending'}"
+    return state
+
+
+@tlsrpt.command("results")
+@click.argument("domain", required=False)
+@click.option("--day", type=DAY, help="Only this UTC day (YYYY-MM-DD).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def results(ctx: click.Context, domain: str | None, day: datetime | None, as_json: bool) -> None:
+    """TLS results per policy and UTC day, for DOMAIN (as recipient domain or policy domain) or all."""
+    config = load(ctx)
+    name = domain.lower().rstrip(".") if domain else None
+    with (
+        exit_if_database_unusable(config.resolved_database_url),
+        session_scope(config.resolved_database_url) as s,
+    ):
+        rows = results_for(s, name, day.date() if day else None)
+        failures = failures_by_result(s, [r.id for r in rows])
+        listed = [_result_row(r, failures.get(r.id, [])) for r in rows]
+    if as_json:
+        emit_json(listed)
+        return
+    if not listed:
+        click.echo(
+            "no TLS results" + (f" for {name}" if name else "") + (f" on {day:%Y-%m-%d}" if day else "")
+        )
+        return
+    for r in listed:
+        policy = f"{r['policy_type']} {r['policy_domain']}" + (" (MX host)" if r["is_host"] else "")
+        counts = f"{r['successful']} ok, {r['failed']} failed; {_report_state(r)}"
+        click.echo(f"{r['day']}  to {r['recipient_domain']}  {policy}: {counts}")
+        for f in r["failure_details"]:
+            where = " ".join(v for v in (f["receiving_mx_hostname"], f["receiving_ip"]) if v)
+            click.echo(f"    {f['result_type']} x{f['sessions']} {where}".rstrip())
+
+
+@tlsrpt.command("send-reports")
+@click.option("--now", "immediately", is_flag=True, help="Send at once: no spreading, POST https rua now.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def send_reports(ctx: click.Context, immediately: bool, as_json: bool) -> None:
+    """Run the daily report job once, for the days before today (UTC)."""
+    config = load(ctx)
+    setup_logging(config.log_level, config.log_format)
+    now = utcnow()
+    with exit_if_database_unusable(config.resolved_database_url):
+        run = asyncio.run(send_tls_reports(config, now, spacing=timedelta(0) if immediately else None))
+        posts = asyncio.run(post_due_reports(config, now, limit=100_000)) if immediately else PostSummary()
+    if as_json:
+        emit_json({"cid": run.cid, "outcome": run.outcome(), "reports": run.reports, "https": asdict(posts)})
+        return
+    click.echo(f"tls reports (cid {run.cid}): {run.outcome()}")
+    for report_id in run.reports:
+        click.echo(f"  {report_id}")
+    if posts.posted or posts.retrying or posts.dropped:
+        counts = (
+            f"{len(posts.posted)} posted, {len(posts.retrying)} to retry later, {len(posts.dropped)} dropped"
+        )
+        click.echo(f"https: {counts}")
+
+
+# The suppression list (shared with DMARC reports: app/reportsuppress.py, kind "tlsrpt").
+
+
+@tlsrpt.group("suppress")
+def suppress_group() -> None:
+    """Addresses that get no TLS reports until a date."""
+
+
+def _suppression_row(entry: ReportSuppression) -> dict[str, Any]:
+    return {
+        "address": entry.address,
+        "until": entry.until.isoformat(),
+        "comment": entry.comment,
+        "created": entry.created.isoformat(),
+    }
+
+
+@suppress_group.command("add")
+@click.argument("address")
+@click.option("--until", type=DAY, help="Last day of suppression, UTC (default: 30 days from now).")
+@click.option("--comment", default="", help="Why (shown in the list).")
+@click.pass_context
+def suppress_add(ctx: click.Context, address: str, until: datetime | None, comment: str) -> None:
+    """Send no TLS reports to ADDRESS until the date."""
+    config = load(ctx)
+    end = _end_of(until.date()) if until else utcnow() + FAILURE_SUPPRESSION
+    if end <= utcnow():
+        _fail(f"--until {end:%Y-%m-%d} is in the past")
+    url = config.resolved_database_url
+    with exit_if_database_unusable(url), session_scope(url) as session:
+        try:
+            row = _suppression_row(suppress(session, "tlsrpt", address, end, comment))
+        except SuppressionError as e:
+            _fail(str(e))
+    click.echo(f"suppressed {row['address']} until {row['until']}")
+
+
+@suppress_group.command("list")
+@click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def suppress_list(ctx: click.Context, include_expired: bool, as_json: bool) -> None:
+    """The addresses that get no TLS reports."""
+    config = load(ctx)
+    url = config.resolved_database_url
+    with exit_if_database_unusable(url), session_scope(url) as session:
+        rows = [_suppression_row(e) for e in suppressions(session, "tlsrpt", include_expired)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no suppressed addresses")
+    for row in rows:
+        comment = f"  ({row['comment']})" if row["comment"] else ""
+        click.echo(f"{row['address']}  until {row['until']}{comment}")
+
+
+@suppress_group.command("remove")
+@click.argument("address")
+@click.pass_context
+def suppress_remove(ctx: click.Context, address: str) -> None:
+    """Send TLS reports to ADDRESS again."""
+    config = load(ctx)
+    url = config.resolved_database_url
+    with exit_if_database_unusable(url), session_scope(url) as session:
+        try:
+            removed = unsuppress(session, "tlsrpt", address)
+        except SuppressionError as e:
+            _fail(str(e))
+    if not removed:
+        _fail(f"{address} is not on the TLS report suppression list")
+    click.echo(f"removed {address}")
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"postwarden: {message}", err=True)
+    sys.exit(1)
