@@ -162,6 +162,16 @@ async def lookup_tlsa(resolver: Resolver, mx_host: str, port: int = 25) -> DANEL
     )
 
 
+async def dane_for_mx(
+    resolver: Resolver, mx_host: str, mx_authentic: bool, port: int = 25
+) -> DANELookup | None:
+    """`lookup_tlsa` when DANE can apply at all: the MX lookup was DNSSEC-authenticated and the
+    resolver is trusted for DNSSEC (config dns.trust_dnssec); None otherwise (no DANE, no queries)."""
+    if not (mx_authentic and resolver.trust_dnssec):
+        return None
+    return await lookup_tlsa(resolver, mx_host, port)
+
+
 async def _addresses_authentic(resolver: Resolver, host: str) -> bool:
     """DANE applies only to a host whose address records are DNSSEC-authenticated (RFC 7672 §2.2.2)."""
     answers = [await resolver.a(host), await resolver.aaaa(host)]
