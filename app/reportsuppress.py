@@ -1,0 +1,101 @@
+"""The report suppression list (SPEC R2.6, R2.7, R5.4): addresses that get no DMARC or TLS reports.
+
+An address lands here automatically when delivery of a report to it failed permanently (so we stop
+mailing a dead address every hour), or by the admin (`postwarden dmarc suppress add`). Entries expire.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.models import ReportSuppression
+from app.models.base import utcnow
+
+ReportKind = Literal["dmarc", "tlsrpt"]
+KINDS: tuple[ReportKind, ...] = ("dmarc", "tlsrpt")
+# After a permanent delivery failure: long enough to stop the hourly noise, short enough that a
+# fixed address gets reports again without anyone remembering to remove it.
+FAILURE_SUPPRESSION = timedelta(days=30)
+
+
+class SuppressionError(ValueError):
+    """Bad input for the suppression list; the message is meant for the operator."""
+
+
+def normalize_address(address: str) -> str:
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local or not domain:
+        raise SuppressionError(f"{address!r} is not an address of the form localpart@domain")
+    # Matched case-insensitively: a report address differing only in case is the same mailbox in practice.
+    return f"{local}@{domain.rstrip('.')}".lower()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise SuppressionError(f"unknown report kind {kind!r} (expected {' or '.join(KINDS)})")
+
+
+def suppress(
+    session: Session, kind: ReportKind, address: str, until: datetime, comment: str = ""
+) -> ReportSuppression:
+    """Add an address, or update its expiry and comment if it is already listed."""
+    _check_kind(kind)
+    if until.tzinfo is None:
+        raise SuppressionError("the expiry needs a time zone")
+    address = normalize_address(address)
+    entry = session.scalar(
+        select(ReportSuppression).where(ReportSuppression.kind == kind, ReportSuppression.address == address)
+    )
+    if entry is None:
+        entry = ReportSuppression(kind=kind, address=address, until=until, comment=comment)
+        session.add(entry)
+    else:
+        entry.until = max(entry.until, until)
+        entry.comment = comment or entry.comment
+    session.flush()
+    return entry
+
+
+def suppress_after_failure(
+    session: Session, kind: ReportKind, address: str, error: str = "", now: datetime | None = None
+) -> ReportSuppression:
+    """Called by the DSN code when a report could not be delivered to `address` (permanent failure)."""
+    moment = now or utcnow()
+    comment = f"report delivery failed permanently at {moment:%Y-%m-%d %H:%M} UTC"
+    if error:
+        comment += f": {error}"
+    return suppress(session, kind, address, moment + FAILURE_SUPPRESSION, comment[:2000])
+
+
+def is_suppressed(session: Session, kind: ReportKind, address: str, now: datetime | None = None) -> bool:
+    query = select(ReportSuppression.id).where(
+        ReportSuppression.kind == kind,
+        ReportSuppression.address == normalize_address(address),
+        ReportSuppression.until > (now or utcnow()),
+    )
+    return session.scalar(query) is not None
+
+
+def suppressions(
+    session: Session, kind: ReportKind, include_expired: bool = False
+) -> list[ReportSuppression]:
+    _check_kind(kind)
+    query = select(ReportSuppression).where(ReportSuppression.kind == kind)
+    if not include_expired:
+        query = query.where(ReportSuppression.until > utcnow())
+    return list(session.scalars(query.order_by(ReportSuppression.address)))
+
+
+def unsuppress(session: Session, kind: ReportKind, address: str) -> bool:
+    """Remove an address; False if it was not listed."""
+    _check_kind(kind)
+    result = session.execute(
+        delete(ReportSuppression).where(
+            ReportSuppression.kind == kind, ReportSuppression.address == normalize_address(address)
+        )
+    )
+    return bool(result.rowcount)
