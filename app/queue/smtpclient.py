@@ -377,10 +377,13 @@ def certificate_failure(error: ssl.SSLCertVerificationError) -> TLSFailure:
 
 
 def _ssl_reason(error: BaseException) -> str:
-    cause = error.__context__ if isinstance(error, smtplib.SMTPServerDisconnected) else error
+    """OpenSSL's reason (e.g. "tlsv13 alert certificate required"), also when smtplib wrapped it."""
+    cause = error
+    if isinstance(error, smtplib.SMTPServerDisconnected) and error.__context__ is not None:
+        cause = error.__context__
     if isinstance(cause, ssl.SSLError) and cause.reason:
         return cause.reason.lower().replace("_", " ")
-    return str(error) or type(error).__name__
+    return str(cause) or type(cause).__name__
 
 
 def _connection_error(target: Target, error: BaseException) -> DeliveryError:
