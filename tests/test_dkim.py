@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,8 @@ async def test_every_signature_gets_its_own_result(
         (lambda m: m.replace(b"From: Alice <alice@", b"From: Mallory <alice@"), "did not verify"),
         # A second From field added above the signed one: From is oversigned, so this breaks it.
         (lambda m: b"From: evil@example.net\r\n" + m, "did not verify"),
+        # Likewise for the other singleton fields, e.g. a second Subject.
+        (lambda m: b"Subject: Pay this invoice\r\n" + m, "did not verify"),
     ],
 )
 async def test_tampered_message_fails(
@@ -173,6 +176,17 @@ async def test_key_lookup_timeout_is_temperror(
     dns.servfail("ed25519x._domainkey.example.com")
     message = sign(MESSAGE, "example.com", [selector(keys, "ed25519", "ed25519x")]) + MESSAGE
     assert [r.status for r in await verify_all(resolver, message)] == ["temperror"]
+
+
+async def test_keys_are_looked_up_concurrently(
+    dns: DNSTestServer, resolver: Resolver, keys: dict[DKIMAlgorithm, Path]
+) -> None:
+    dns.timeout("rsa1._domainkey.example.com")
+    dns.timeout("ed255191._domainkey.example.com")
+    started = time.monotonic()
+    results = await verify_all(resolver, signed(keys, "rsa", "ed25519"))
+    assert [r.status for r in results] == ["temperror", "temperror"]
+    assert time.monotonic() - started < 1.7  # one after the other, the two 1 s timeouts take 2 s
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.auth.spf import SPFPermError, check_host, check_mailfrom_and_helo, parse_record
@@ -295,6 +297,19 @@ async def test_ptr_mechanism_and_p_macro(dns: DNSTestServer, resolver: Resolver)
     assert (await spf(resolver, "a@example.net")).status == "pass"
 
 
+async def test_ptr_names_that_cannot_be_confirmed_are_skipped(dns: DNSTestServer, resolver: Resolver) -> None:
+    # RFC 7208 5.5: a DNS error confirming a PTR name skips that name; it is not a temperror.
+    dns.add("10.2.0.192.in-addr.arpa", "PTR", "slow.example.net.", "mail.example.com.")
+    dns.add("mail.example.com", "A", CLIENT)
+    dns.timeout("slow.example.net")
+    dns.txt("example.net", "v=spf1 ptr ~all")
+    result = await spf(resolver, "a@example.net")
+    assert result.status == "softfail"
+    dns.servfail("10.2.0.192.in-addr.arpa")
+    dns.txt("example.com", "v=spf1 ptr ~all")
+    assert (await spf(resolver)).status == "softfail"  # a PTR lookup error: no match
+
+
 async def test_mailfrom_and_helo_checked_together(dns: DNSTestServer, resolver: Resolver) -> None:
     dns.txt("example.com", "v=spf1 ip4:192.0.2.10 -all")
     dns.txt("mail.example.com", "v=spf1 a -all")
@@ -311,6 +326,15 @@ async def test_null_sender_uses_postmaster_at_helo_once(dns: DNSTestServer, reso
     assert (mfrom.status, mfrom.scope, mfrom.domain) == ("pass", "mfrom", "mail.example.com")
     assert (helo.status, helo.scope) == ("pass", "helo")
     assert dns.queries.count(("mail.example.com", "TXT")) == 1
+
+
+async def test_both_identities_are_checked_concurrently(dns: DNSTestServer, resolver: Resolver) -> None:
+    dns.timeout("example.com")
+    dns.timeout("mail.example.com")
+    started = time.monotonic()
+    mfrom, helo = await check_mailfrom_and_helo(resolver, CLIENT, "a@example.com", "mail.example.com")
+    assert mfrom.status == helo.status == "temperror"
+    assert time.monotonic() - started < 1.7  # one after the other, the two 1 s timeouts take 2 s
 
 
 async def test_helo_address_literal_is_none(dns: DNSTestServer, resolver: Resolver) -> None:

@@ -169,9 +169,9 @@ class _Records:
 
 
 def _select_organizational(start: str, found: list[tuple[str, DMARCRecord]]) -> str:
-    for domain, record in found:  # from the longest name to the shortest
-        if record.psd == "n":
-            return domain
+    """RFC 9989's selection over the records of a walk (longest name first). The walk stops at psd=n,
+    so a psd=n record is the last one found and the fewest-labels rule picks it."""
+    for domain, record in found:
         if record.psd == "y" and domain != start:
             return _one_label_below(start, domain)
     return found[-1][0] if found else start  # the record with the fewest labels, else the start
