@@ -12,7 +12,7 @@ was missed or DNS failed), one report per policy domain that publishes a TLSRPT 
 
 A report goes out only if it holds a failure (unless `outgoing_tls_reports_for_all_success`). Its rows
 are marked sent before it is queued, only if no other run marked them first (so a re-run, a crash or
-two racing workers never send a report twice), in the transaction that schedules its POSTs. Rows of
+two racing workers never send a report twice), in the transaction that queues it. Rows of
 domains without a (valid) record, and reports without failures, are marked too; a DNS temporary error
 keeps them for the next run. Results older than 48 h are dropped. Sends are spread: the n-th report is
 due n x spacing after the run (spacing: a parameter, by default 4 h / reports, at most 5 minutes); mail
@@ -37,9 +37,8 @@ from app.db import session_scope
 from app.dns import Resolver, resolver_from_config
 from app.logs import cid_scope
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
-from app.queue.outgoing import enqueue
+from app.queue.outgoing import enqueue_report
 from app.reportsuppress import is_suppressed
-from app.store import StoreError
 from app.tlsreports.message import report_message
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
 from app.tlsreports.report import FailureCount, PolicyResult, Report, build_report
@@ -223,7 +222,7 @@ class ReportJob:
                 return
             planned = await self._plan(session, sender, key, rows, lookup.record)
             if planned is not None:
-                await sender.send(session, key, rows, planned)
+                sender.send(session, key, rows, planned)
 
     async def _plan(
         self, session: Session, sender: _Sender, key: _Key, rows: list[TLSResult], record: TLSRPTRecord
@@ -312,53 +311,52 @@ class _Sender:
         level = logging.WARNING if why.startswith("invalid") else logging.INFO
         log.log(level, "tls reports: %s: no report: %s", key, why)
 
-    async def send(self, session: Session, key: _Key, rows: list[TLSResult], planned: _Planned) -> None:
+    def send(self, session: Session, key: _Key, rows: list[TLSResult], planned: _Planned) -> None:
+        """Mark the rows sent, then queue the mail and schedule the POSTs, all in one transaction."""
         report = planned.report
         due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
         with cid_scope():
-            # Marked sent first, in the transaction that schedules the POSTs; mail is queued after.
             if not claim(session, key.role, [r.id for r in rows]):
                 session.rollback()
                 log.info("tls reports: report %s: already taken by another run", report.id)
                 return
-            for url in planned.https:
-                session.add(
-                    TLSReportPost(
-                        report_id=report.id,
-                        policy_domain=report.policy_domain,
-                        url=url,
-                        payload=planned.gzipped,
-                        due=due,
-                    )
-                )
-            session.commit()
+            try:
+                self._queue(session, planned, due)
+                session.commit()
+            except (OSError, SQLAlchemyError) as e:
+                session.rollback()
+                self.summary.kept += 1
+                log.error("tls reports: report %s: kept for the next run: cannot queue it: %s", report.id, e)
+                return
             self.scheduled += 1
             self.summary.reports.append(report.id)
-            if planned.mailto:
-                await self._queue_mail(report, planned.message, planned.mailto, due)
             self._log(planned, due)
 
-    async def _queue_mail(self, report: Report, message: bytes, mailto: list[str], due: datetime) -> None:
-        """Queue the signed message: first attempt at `due`, TLS failures ignored (RFC 8460 §5.3)."""
-        config = self.job.config
-        try:
-            # enqueue runs an event loop of its own (it is made for synchronous tasks): give it a thread.
-            ids = await asyncio.to_thread(
-                enqueue,
-                config,
-                message,
-                account=config.postmaster.account,
-                sender=self.submitter.address,
-                recipients=mailto,
-                max_attempts=MAX_REPORT_ATTEMPTS,
-                is_tls_report=True,
+    def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
+        report = planned.report
+        for url in planned.https:
+            post = TLSReportPost(
+                report_id=report.id,
+                policy_domain=report.policy_domain,
+                url=url,
+                payload=planned.gzipped,
+                due=due,
             )
-            with session_scope(self.job.db_url) as session:
-                rows = update(OutgoingMessage).where(OutgoingMessage.id.in_(ids))
-                session.execute(rows.values(next_attempt=due, require_tls=False))
-        except (StoreError, OSError, SQLAlchemyError) as e:
-            # The results are marked sent already: this report is lost rather than ever sent twice.
-            log.error("tls reports: report %s: marked sent but could not be queued: %s", report.id, e)
+            session.add(post)
+        if not planned.mailto:
+            return
+        ids = enqueue_report(
+            session,
+            self.job.config,
+            message=planned.message,
+            sender=self.submitter.address,
+            recipients=planned.mailto,
+            kind="tls",
+            due=due,
+            max_attempts=MAX_REPORT_ATTEMPTS,
+        )
+        # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
+        session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(ids)).values(require_tls=False))
 
     def _log(self, planned: _Planned, due: datetime) -> None:
         report = planned.report

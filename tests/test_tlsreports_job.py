@@ -1,0 +1,610 @@
+"""The daily TLS report job (SPEC R5.1 to R5.4) over a real database, the loopback DNS server, the real
+queue (message files + rows) and a loopback HTTPS report receiver; the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dkim.asyncsupport
+import parsedmarc
+import pytest
+import trustme
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from app.auth.dkimkeys import dns_txt_value
+from app.cli import main
+from app.config import Config, load_config
+from app.db import session_scope
+from app.dns import Resolver
+from app.logs import current_cid
+from app.migrate import upgrade_database
+from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
+from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.reportsuppress import suppress
+from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_reports
+from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
+from tests import test_tlsreports
+from tests.configs import write_config
+from tests.dnsserver import DNSTestServer
+from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver
+
+# The CA of the HTTPS report receiver, shared with the report tests (pytest fixtures).
+ca = test_tlsreports.ca
+ca_file = test_tlsreports.ca_file
+
+NOW = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)  # the beat runs the job 5 minutes after midnight
+YESTERDAY = date(2026, 11, 24)
+SPACING = timedelta(minutes=10)
+
+STS_NET = PolicyRef(
+    "sts",
+    "example.net",
+    ("version: STSv1", "mode: enforce", "mx: mx1.example.net", "max_age: 86400"),
+    ("mx1.example.net",),
+)
+TLSA_NET = PolicyRef("tlsa", "mx1.example.net", ("3 1 1 0a0b0c",), ("mx1.example.net",))
+EXPIRED = FailureDetail(
+    "certificate-expired", "192.0.2.1", "mx1.example.net", "mx1.example.net", "198.51.100.1", "cert expired"
+)
+NO_STARTTLS = FailureDetail(
+    "starttls-not-supported", "192.0.2.1", "mx.example.com", "mx.example.com", "198.51.100.2"
+)
+TLSA_INVALID = FailureDetail("tlsa-invalid", "192.0.2.1", "mx.example.info", None, "198.51.100.3")
+
+
+class CidLog(logging.Handler):
+    """The lines the job logs, each with the cid that was current when it was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str | None, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((current_cid.get(), record.levelno, record.getMessage()))
+
+    def messages(self, text: str = "") -> list[str]:
+        return [m for _, _, m in self.lines if text in m]
+
+
+@pytest.fixture
+def job_log() -> Iterator[CidLog]:
+    handler = CidLog()
+    logger = logging.getLogger("app.tlsreports")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def make_config(
+    tmp_path: Path, dns: DNSTestServer, ca_file: Path, extra: str = "", *, database_url: str = ""
+) -> Config:
+    settings = f'\n[delivery]\nca_bundle = "{ca_file}"\n' + extra
+    config = dkim_config(tmp_path / "config", dns, settings)
+    if database_url:
+        config = config.model_copy(update={"database_url": database_url})
+    upgrade_database(config.resolved_database_url)
+    return config
+
+
+@pytest.fixture
+def config(tmp_path: Path, dns: DNSTestServer, ca_file: Path) -> Config:
+    return make_config(tmp_path, dns, ca_file)
+
+
+def sessions(
+    recipient: str,
+    domain_policy: PolicyRef,
+    host_policy: PolicyRef | None,
+    ok: int,
+    failures: list[FailureDetail],
+) -> list[SessionResult]:
+    results = [SessionResult(recipient, domain_policy, host_policy) for _ in range(ok)]
+    return results + [SessionResult(recipient, domain_policy, host_policy, f) for f in failures]
+
+
+def record(config: Config, results: list[SessionResult], day: date = YESTERDAY) -> None:
+    with session_scope(config.resolved_database_url) as session:
+        record_tls_results(session, results, day=day)
+
+
+def mixed_day(config: Config) -> None:
+    """A day of deliveries to five recipient domains through their MX hosts."""
+    none_com = PolicyRef.none_found("example.com")
+    host_com = PolicyRef.none_found("mx.example.com")
+    info = PolicyRef.none_found("example.info")
+    tlsa_info = PolicyRef("tlsa", "mx.example.info", ("3 1 1 aabb",), ("mx.example.info",))
+    record(
+        config,
+        sessions("example.net", STS_NET, TLSA_NET, 17, [EXPIRED] * 3)
+        + sessions("example.com", none_com, host_com, 4, [NO_STARTTLS])
+        + sessions("example.info", info, tlsa_info, 2, [TLSA_INVALID] * 2)
+        + sessions(
+            "ok.example", PolicyRef.none_found("ok.example"), PolicyRef.none_found("mx.ok.example"), 5, []
+        )
+        + sessions("bad.example", PolicyRef.none_found("bad.example"), None, 0, [NO_STARTTLS]),
+    )
+
+
+def publish_mixed_day(dns: DNSTestServer, receiver_port: int) -> None:
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    dns.txt("_smtp._tls.mx1.example.net", "v=TLSRPTv1; rua=mailto:dane-reports@example.net")
+    # example.com publishes nothing; its MX host asks for reports over HTTPS.
+    dns.txt(
+        "_smtp._tls.mx.example.com", f"v=TLSRPTv1; rua=https://reports.example.com:{receiver_port}/tlsrpt"
+    )
+    dns.add("reports.example.com", "A", "127.0.0.1")
+    # example.info and its MX host share one rua: the host report has nothing left to say.
+    dns.txt("_smtp._tls.example.info", "v=TLSRPTv1; rua=mailto:tls@example.info")
+    dns.txt("_smtp._tls.mx.example.info", "v=TLSRPTv1;rua=mailto:tls@example.info")
+    dns.txt("_smtp._tls.ok.example", "v=TLSRPTv1; rua=mailto:tls@ok.example")
+    dns.txt("_smtp._tls.bad.example", "v=TLSRPTv1; rua=mailto:tls@bad.example; broken")
+
+
+def queued(config: Config) -> dict[str, OutgoingMessage]:
+    with session_scope(config.resolved_database_url) as session:
+        rows = session.scalars(select(OutgoingMessage).order_by(OutgoingMessage.id))
+        return {row.recipient: row for row in rows}
+
+
+def message_file(config: Config, row: OutgoingMessage) -> Path:
+    return config.data_dir / row.path
+
+
+def posts(config: Config) -> list[TLSReportPost]:
+    with session_scope(config.resolved_database_url) as session:
+        return list(session.scalars(select(TLSReportPost).order_by(TLSReportPost.id)))
+
+
+def unsent(config: Config) -> int:
+    with session_scope(config.resolved_database_url) as session:
+        query = select(func.count()).select_from(TLSResult).where(~TLSResult.recipient_report_sent)
+        return session.scalar(query) or 0
+
+
+def policies_by_domain(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(p["policy"]["policy-type"], p["policy"]["policy-domain"]): p for p in report["policies"]}
+
+
+async def verify_dkim(message: bytes, resolver: Resolver) -> list[str]:
+    """d= of each signature, after dkimpy verified all of them against the loopback DNS."""
+    parsed = email.message_from_bytes(message)
+    signatures = [v for k, v in parsed.items() if k.lower() == "dkim-signature"]
+    for index in range(len(signatures)):
+        assert await dkim.asyncsupport.DKIM(message).verify(idx=index, dnsfunc=resolver.dkim_txt)
+    return [
+        dict(t.strip().split("=", 1) for t in "".join(s.split()).split(";") if t)["d"] for s in signatures
+    ]
+
+
+async def test_a_day_of_deliveries_gives_each_policy_domain_its_report(
+    config: Config, dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, job_log: CidLog
+) -> None:
+    mixed_day(config)
+    with report_receiver(ca, "reports.example.com") as receiver:
+        publish_mixed_day(dns, receiver.port)
+        summary = await send_tls_reports(config, NOW, resolver=resolver, spacing=SPACING)
+
+        assert summary.reports == [
+            "20261124.example.info@example.org",
+            "20261124.example.net@example.org",
+            "20261124.mx.example.com@example.org",
+            "20261124.mx1.example.net@example.org",
+        ]
+        mail = queued(config)
+        assert set(mail) == {"tls@example.info", "tlsrpt@example.net", "dane-reports@example.net"}
+        for row in mail.values():
+            assert row.is_tls_report and row.max_attempts == MAX_REPORT_ATTEMPTS and row.require_tls is False
+            assert row.sender == "postmaster@example.org"
+        # Sends are spread, recipient domains first, in report order: one SPACING apart.
+        assert mail["tls@example.info"].next_attempt == NOW
+        assert mail["tlsrpt@example.net"].next_attempt == NOW + SPACING
+        assert mail["dane-reports@example.net"].next_attempt == NOW + 3 * SPACING
+
+        # The recipient domain's report: its MTA-STS policy and the DANE policy of its MX host.
+        message = message_file(config, mail["tlsrpt@example.net"]).read_bytes()
+        assert await verify_dkim(message, resolver) == ["example.org", "example.org"]
+        _, report = attachment(message)
+        check_rfc8460(report, YESTERDAY)
+        by_policy = policies_by_domain(report)
+        assert set(by_policy) == {("sts", "example.net"), ("tlsa", "mx1.example.net")}
+        sts = by_policy[("sts", "example.net")]
+        assert sts["summary"] == {"total-successful-session-count": 17, "total-failure-session-count": 3}
+        assert sts["failure-details"] == [
+            {
+                "result-type": "certificate-expired",
+                "sending-mta-ip": "192.0.2.1",
+                "receiving-mx-hostname": "mx1.example.net",
+                "receiving-mx-helo": "mx1.example.net",
+                "receiving-ip": "198.51.100.1",
+                "failed-session-count": 3,
+                "failure-reason-code": "cert expired",
+            }
+        ]
+        assert by_policy[("tlsa", "mx1.example.net")]["policy"]["policy-string"] == ["3 1 1 0a0b0c"]
+        parsed = parsedmarc.parse_smtp_tls_report_json(json.dumps(report))
+        assert {
+            (p["policy_type"], p["successful_session_count"], p["failed_session_count"])
+            for p in parsed["policies"]
+        } == {
+            ("sts", 17, 3),
+            ("tlsa", 17, 3),
+        }
+
+        # The MX host's own report names the affected recipient domain, the host in mx-host.
+        _, host_report = attachment(message_file(config, mail["dane-reports@example.net"]).read_bytes())
+        check_rfc8460(host_report, YESTERDAY)
+        [entry] = host_report["policies"]
+        assert entry["policy"] == {
+            "policy-type": "tlsa",
+            "policy-string": ["3 1 1 0a0b0c"],
+            "policy-domain": "example.net",
+            "mx-host": ["mx1.example.net"],
+        }
+        assert entry["summary"]["total-failure-session-count"] == 3
+
+        # example.info's report has its own result and its host's; the host report was left out.
+        _, info_report = attachment(message_file(config, mail["tls@example.info"]).read_bytes())
+        assert set(policies_by_domain(info_report)) == {
+            ("no-policy-found", "example.info"),
+            ("tlsa", "mx.example.info"),
+        }
+        assert policies_by_domain(info_report)[("tlsa", "mx.example.info")]["failure-details"][0][
+            "result-type"
+        ] == ("tlsa-invalid")
+
+        # The https rua: nothing is POSTed before its time, then the report arrives gzipped.
+        [post] = posts(config)
+        assert (post.url, post.due) == (
+            f"https://reports.example.com:{receiver.port}/tlsrpt",
+            NOW + 2 * SPACING,
+        )
+        assert (await post_due_reports(config, NOW + SPACING, resolver=resolver)).posted == []
+        done = await post_due_reports(config, NOW + 2 * SPACING, resolver=resolver)
+        assert done.posted == ["20261124.mx.example.com@example.org"]
+        [received] = receiver.posts
+        assert received.content_type == "application/tlsrpt+gzip" and received.report is not None
+        check_rfc8460(received.report, YESTERDAY)
+        [entry] = received.report["policies"]
+        assert entry["policy"] == {
+            "policy-type": "no-policy-found",
+            "policy-domain": "example.com",
+            "mx-host": ["mx.example.com"],
+        }
+        assert entry["summary"] == {"total-successful-session-count": 4, "total-failure-session-count": 1}
+        assert entry["failure-details"][0]["result-type"] == "starttls-not-supported"
+        assert posts(config) == []
+
+    # Every domain without a report says why; an invalid record is a warning.
+    skipped = "\n".join(job_log.messages("no report"))
+    assert (
+        "recipient domain example.com, day 2026-11-24: no report: _smtp._tls.example.com has no TLSRPT record"
+        in skipped
+    )
+    assert (
+        "recipient domain ok.example, day 2026-11-24: no report: no failures (10 successful session(s))"
+        in skipped
+    )
+    assert (
+        "MX host mx.example.info, day 2026-11-24: no report: every affected recipient domain (example.info)"
+        in skipped
+    )
+    assert (
+        "MX host mx.ok.example, day 2026-11-24: no report: _smtp._tls.mx.ok.example has no TLSRPT record"
+        in skipped
+    )
+    [invalid] = [(level, m) for _, level, m in job_log.lines if "bad.example" in m]
+    assert invalid[0] == logging.WARNING and "invalid TLSRPT record at _smtp._tls.bad.example" in invalid[1]
+    # One cid for the run on its lines, and one per report on the report's line.
+    run_lines = [cid for cid, _, m in job_log.lines if "no report" in m or "run finished" in m]
+    assert set(run_lines) == {summary.cid}
+    report_lines = [(cid, m) for cid, _, m in job_log.lines if "(run " in m]
+    assert len(report_lines) == 4 and all(f"(run {summary.cid})" in m for _, m in report_lines)
+    assert len({cid for cid, _ in report_lines} - {summary.cid}) == 4
+
+    # A second run, the same day, sends nothing new.
+    again = await send_tls_reports(config, NOW + timedelta(hours=1), resolver=resolver, spacing=SPACING)
+    assert again.reports == [] and again.skipped == 0
+    assert len(queued(config)) == 3 and posts(config) == [] and unsent(config) == 0
+    with session_scope(config.resolved_database_url) as session:
+        runs = list(session.scalars(select(JobRun).where(JobRun.job == "tls_reports").order_by(JobRun.id)))
+    assert [r.cid for r in runs] == [summary.cid, again.cid]
+    assert runs[0].outcome is not None and runs[0].outcome.startswith("4 report(s) scheduled, 5 skipped")
+
+
+async def test_no_record_means_no_report_and_invalid_record_is_logged(
+    config: Config, dns: DNSTestServer, resolver: Resolver, job_log: CidLog
+) -> None:
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    record(config, sessions("example.com", PolicyRef.none_found("example.com"), None, 0, [NO_STARTTLS]))
+    dns.txt(
+        "_smtp._tls.example.com",
+        "v=TLSRPTv1; rua=mailto:a@example.com",
+        "v=TLSRPTv1; rua=mailto:b@example.com",
+    )
+    summary = await send_tls_reports(config, NOW, resolver=resolver)
+    assert summary.reports == [] and summary.skipped == 2
+    assert queued(config) == {} and posts(config) == [] and unsent(config) == 0
+    [warning] = [m for _, level, m in job_log.lines if level == logging.WARNING]
+    assert "invalid TLSRPT record at _smtp._tls.example.com: 2 TLSRPT records published" in warning
+
+
+async def test_dns_temporary_error_keeps_results_for_the_next_run(
+    config: Config, dns: DNSTestServer, resolver: Resolver, job_log: CidLog
+) -> None:
+    record(config, sessions("example.net", STS_NET, None, 2, [EXPIRED]))
+    dns.servfail("_smtp._tls.example.net")
+    first = await send_tls_reports(config, NOW, resolver=resolver)
+    assert (first.reports, first.kept) == ([], 1)
+    assert unsent(config) == 1
+    assert job_log.messages("kept for the next run: DNS")
+    dns.clear()
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    dkim_keys_again(config, dns)
+    # The next day's run still reports the day before (24 h old): with that day's date range.
+    second = await send_tls_reports(config, NOW + timedelta(days=1), resolver=resolver)
+    assert second.reports == ["20261124.example.net@example.org"]
+    _, report = attachment(message_file(config, queued(config)["tlsrpt@example.net"]).read_bytes())
+    check_rfc8460(report, YESTERDAY)
+
+
+def dkim_keys_again(config: Config, dns: DNSTestServer) -> None:
+    """Publish the config's DKIM keys again (after dns.clear())."""
+    for selector in config.domains["example.org"].dkim:
+        value = dns_txt_value(selector.private_key_file.read_bytes(), selector.algorithm)
+        dns.txt(f"{selector.selector}._domainkey.example.org", value)
+
+
+async def test_results_older_than_48_hours_are_dropped(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]), day=YESTERDAY - timedelta(days=2))
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]), day=YESTERDAY - timedelta(days=1))
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]), day=NOW.date())  # today: not yet
+    summary = await send_tls_reports(config, NOW, resolver=resolver)
+    assert summary.dropped == 1  # the result of 2026-11-22, whose day ended 50 h 5 min ago
+    assert summary.reports == ["20261123.example.net@example.org"]
+    with session_scope(config.resolved_database_url) as session:
+        days = sorted(session.scalars(select(TLSResult.day)))
+    assert days == [date(2026, 11, 23), date(2026, 11, 25)]
+
+
+async def test_without_dkim_for_the_host_domain_nothing_is_sent(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, job_log: CidLog
+) -> None:
+    config = load_config(write_config(tmp_path / "config", dns_port=dns.port))  # example.org without DKIM
+    upgrade_database(config.resolved_database_url)
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    summary = await send_tls_reports(config, NOW, resolver=resolver)
+    assert summary.reports == [] and "has no DKIM selectors" in summary.no_submitter
+    assert queued(config) == {} and unsent(config) == 1
+    [line] = [m for _, level, m in job_log.lines if level == logging.WARNING]
+    assert line.startswith("tls reports: nothing sent: domain 'example.org' of mail host 'mail.example.org'")
+    assert not any("_smtp._tls" in name for name, _ in dns.queries)  # not even a lookup
+
+
+async def test_switches(tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path) -> None:
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    off = make_config(tmp_path / "off", dns, ca_file).model_copy(update={"no_outgoing_tls_reports": True})
+    record(off, sessions("example.net", STS_NET, None, 3, [EXPIRED]))
+    summary = await send_tls_reports(off, NOW, resolver=resolver)
+    assert summary.disabled and summary.reports == [] and queued(off) == {}
+
+    everything = make_config(tmp_path / "all", dns, ca_file)
+    everything = everything.model_copy(update={"outgoing_tls_reports_for_all_success": True})
+    record(everything, sessions("example.net", STS_NET, None, 3, []))
+    summary = await send_tls_reports(everything, NOW, resolver=resolver)
+    assert summary.reports == ["20261124.example.net@example.org"]
+    _, report = attachment(message_file(everything, queued(everything)["tlsrpt@example.net"]).read_bytes())
+    assert report["policies"][0]["summary"] == {
+        "total-successful-session-count": 3,
+        "total-failure-session-count": 0,
+    }
+
+
+async def test_suppressed_addresses_get_no_report(
+    config: Config, dns: DNSTestServer, resolver: Resolver, job_log: CidLog
+) -> None:
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net,mailto:other@example.net")
+    dns.txt("_smtp._tls.example.com", "v=TLSRPTv1; rua=mailto:Only@Example.com")
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    record(config, sessions("example.com", PolicyRef.none_found("example.com"), None, 0, [NO_STARTTLS]))
+    with session_scope(config.resolved_database_url) as session:
+        suppress(session, "tlsrpt", "tlsrpt@example.net", NOW + timedelta(days=3), "bounces")
+        suppress(session, "tlsrpt", "only@example.com", NOW + timedelta(days=3))
+    summary = await send_tls_reports(config, NOW, resolver=resolver)
+    assert summary.reports == ["20261124.example.net@example.org"]
+    assert set(queued(config)) == {"other@example.net"}
+    assert job_log.messages("not sending to tlsrpt@example.net: on the suppression list")
+    assert job_log.messages(
+        "example.com, day 2026-11-24: no report: every rua address is on the suppression list"
+    )
+    # The message names only the address it goes to.
+    message = message_file(config, queued(config)["other@example.net"]).read_bytes()
+    assert email.message_from_bytes(message)["To"] == "other@example.net"
+
+
+async def test_https_failure_is_retried_once_later_that_day(
+    config: Config, dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, job_log: CidLog
+) -> None:
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    record(config, sessions("example.com", PolicyRef.none_found("example.com"), None, 0, [NO_STARTTLS]))
+    dns.add("reports.example.com", "A", "127.0.0.1")
+    with report_receiver(ca, "reports.example.com") as receiver:
+        url = f"https://reports.example.com:{receiver.port}/r"
+        dns.txt("_smtp._tls.example.net", f"v=TLSRPTv1; rua={url}?d=net")
+        dns.txt("_smtp._tls.example.com", f"v=TLSRPTv1; rua={url}?d=com")
+        await send_tls_reports(config, NOW, resolver=resolver, spacing=timedelta(0))
+        receiver.status = 503
+        first = await post_due_reports(config, NOW, resolver=resolver)
+        assert sorted(first.retrying) == [
+            "20261124.example.com@example.org",
+            "20261124.example.net@example.org",
+        ]
+        assert [p.due for p in posts(config)] == [NOW + HTTPS_RETRY_DELAY] * 2
+        assert "HTTP 503" in (posts(config)[0].last_error or "")
+        assert (await post_due_reports(config, NOW + HTTPS_RETRY_DELAY / 2, resolver=resolver)).posted == []
+        # The receiver is back for one of them only: one report arrives, the other is given up.
+        receiver.status = 200
+        retry_at = NOW + HTTPS_RETRY_DELAY
+        await_one = await post_due_reports(config, retry_at, resolver=resolver, limit=1)
+        receiver.status = 500
+        last = await post_due_reports(config, retry_at, resolver=resolver)
+    assert len(await_one.posted) == 1 and len(last.dropped) == 1
+    assert posts(config) == []
+    assert [p.status for p in receiver.posts] == [503, 503, 200, 500]
+    [error] = [m for _, level, m in job_log.lines if level == logging.ERROR]
+    assert "not delivered to" in error and "after 2 attempts, dropped: POST" in error and "HTTP 500" in error
+
+
+async def test_racing_runs_send_each_report_once(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    for i in range(12):
+        dns.txt(f"_smtp._tls.d{i}.example", f"v=TLSRPTv1; rua=mailto:tls@d{i}.example")
+        record(
+            config, sessions(f"d{i}.example", PolicyRef.none_found(f"d{i}.example"), None, 1, [NO_STARTTLS])
+        )
+    first, second = await asyncio.gather(
+        send_tls_reports(config, NOW, resolver=resolver), send_tls_reports(config, NOW, resolver=resolver)
+    )
+    assert sorted(first.reports + second.reports) == sorted(
+        f"20261124.d{i}.example@example.org" for i in range(12)
+    )
+    assert len(queued(config)) == 12
+
+
+@pytest.mark.postgres
+async def test_racing_runs_on_postgresql(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path, postgres_url: str
+) -> None:
+    config = make_config(tmp_path, dns, ca_file, database_url=postgres_url)
+    for i in range(12):
+        dns.txt(f"_smtp._tls.d{i}.example", f"v=TLSRPTv1; rua=https://r.example/{i}")
+        record(
+            config, sessions(f"d{i}.example", PolicyRef.none_found(f"d{i}.example"), None, 1, [NO_STARTTLS])
+        )
+    runs = await asyncio.gather(*(send_tls_reports(config, NOW, resolver=resolver) for _ in range(3)))
+    reports = [r for run in runs for r in run.reports]
+    assert sorted(reports) == sorted(f"20261124.d{i}.example@example.org" for i in range(12))
+    assert len(posts(config)) == 12 and unsent(config) == 0
+
+
+def test_default_spacing_fits_four_hours() -> None:
+    assert default_spacing(1) == timedelta(minutes=5)
+    assert default_spacing(0) == timedelta(minutes=5)
+    assert default_spacing(480) == timedelta(seconds=30)
+    assert default_spacing(100_000) * 100_000 <= timedelta(hours=4)
+
+
+def test_spread_never_goes_past_four_hours(config: Config, dns: DNSTestServer, resolver: Resolver) -> None:
+    for i in range(3):
+        dns.txt(f"_smtp._tls.d{i}.example", f"v=TLSRPTv1; rua=https://r.example/{i}")
+        record(
+            config, sessions(f"d{i}.example", PolicyRef.none_found(f"d{i}.example"), None, 0, [NO_STARTTLS])
+        )
+    asyncio.run(send_tls_reports(config, NOW, resolver=resolver, spacing=timedelta(hours=3)))
+    assert [p.due for p in posts(config)] == [NOW, NOW + timedelta(hours=3), NOW + timedelta(hours=4)]
+
+
+# The CLI.
+
+
+def run_cli(config: Config, *args: str) -> Any:
+    """Invoke `postwarden`; the root logger's set-up (send-reports installs its own) is put back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return CliRunner().invoke(main, ["--config", str(config.data_dir.parent / "postwarden.toml"), *args])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_cli_results_send_reports_and_suppressions(
+    config: Config, dns: DNSTestServer, ca: trustme.CA
+) -> None:
+    # The CLI runs on the real clock: the results are of the real yesterday.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    record(config, sessions("example.net", STS_NET, TLSA_NET, 2, [EXPIRED]), day=yesterday)
+    dns.add("reports.example.net", "A", "127.0.0.1")
+    with report_receiver(ca) as receiver:
+        dns.txt("_smtp._tls.example.net", f"v=TLSRPTv1; rua=https://reports.example.net:{receiver.port}/r")
+        listed = run_cli(config, "tlsrpt", "results", "example.net", "--day", f"{yesterday}", "--json")
+        assert listed.exit_code == 0, listed.output
+        rows = json.loads(listed.output)
+        assert [(r["policy_type"], r["policy_domain"], r["successful"], r["failed"]) for r in rows] == [
+            ("sts", "example.net", 2, 1),
+            ("tlsa", "mx1.example.net", 2, 1),
+        ]
+        assert rows[0]["failure_details"][0]["result_type"] == "certificate-expired"
+        assert not rows[0]["recipient_report_sent"]
+
+        text = run_cli(config, "tlsrpt", "results", "mx1.example.net")
+        assert (
+            "tlsa mx1.example.net (MX host): 2 ok, 1 failed; report pending, host report pending"
+            in text.output
+        )
+        assert "certificate-expired x1 mx1.example.net 198.51.100.1" in text.output
+        assert (
+            run_cli(config, "tlsrpt", "results", "--day", "2001-01-01").output
+            == "no TLS results on 2001-01-01\n"
+        )
+
+        sent = run_cli(config, "tlsrpt", "send-reports", "--now", "--json")
+        assert sent.exit_code == 0, sent.output
+        outcome = json.loads(sent.stdout)
+        assert outcome["reports"] == [f"{yesterday:%Y%m%d}.example.net@example.org"]
+        assert outcome["https"]["posted"] == outcome["reports"]
+        assert len(receiver.posts) == 1
+        again = run_cli(config, "tlsrpt", "send-reports", "--now")
+        assert "0 report(s) scheduled" in again.output
+
+    added = run_cli(
+        config,
+        "tlsrpt",
+        "suppress",
+        "add",
+        "Reports@Example.net",
+        "--until",
+        "2099-01-31",
+        "--comment",
+        "full",
+    )
+    assert (
+        added.exit_code == 0
+        and "suppressed reports@example.net until 2099-01-31T23:59:59+00:00" in added.output
+    )
+    listing = json.loads(run_cli(config, "tlsrpt", "suppress", "list", "--json").output)
+    assert [(e["address"], e["comment"]) for e in listing] == [("reports@example.net", "full")]
+    bad = run_cli(config, "tlsrpt", "suppress", "add", "not-an-address")
+    assert bad.exit_code == 1 and "is not an address of the form localpart@domain" in bad.output
+    past = run_cli(config, "tlsrpt", "suppress", "add", "a@example.net", "--until", "2001-01-01")
+    assert past.exit_code == 1 and "is in the past" in past.output
+    assert run_cli(config, "tlsrpt", "suppress", "remove", "reports@example.net").exit_code == 0
+    missing = run_cli(config, "tlsrpt", "suppress", "remove", "reports@example.net")
+    assert missing.exit_code == 1 and "is not on the TLS report suppression list" in missing.output
+    assert run_cli(config, "tlsrpt", "suppress", "list").output == "no suppressed addresses\n"
+
+
+def test_beat_runs_the_job_minutes_after_midnight_utc() -> None:
+    from tasks.schedule import beat_schedule
+
+    schedule = beat_schedule()["tls-reports"]
+    assert schedule["task"] == "tasks.tlsreports.send_tls_reports"
+    cron = schedule["schedule"]
+    assert cron.hour == {0} and cron.minute == {5}
+    assert beat_schedule()["tls-report-posts"]["task"] == "tasks.tlsreports.post_tls_reports"
