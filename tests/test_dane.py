@@ -68,22 +68,38 @@ def record(usage: int, selector: int, matching: int, certificate_der: bytes) -> 
     return TLSARecord(usage, selector, matching, digest[matching](selected))
 
 
-def self_signed(name: str, days: int = 30, expired: bool = False) -> bytes:
-    """A self-signed certificate of the kind DANE-EE servers often use."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    start = now - timedelta(days=days * 2) if expired else now - timedelta(days=1)
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_certificate(
+    common_name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
+    ca: bool | None = None,
+    dns_names: tuple[str, ...] = (),
+    expired: bool = False,
+) -> bytes:
+    """A certificate for `key`, self-signed unless `issuer` (common name, key) is given; with a
+    BasicConstraints extension when `ca` is given; valid now unless `expired`."""
+    issuer_name, issuer_key = issuer or (common_name, key)
+    start = datetime.now(UTC) - timedelta(days=10 if expired else 1)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, issuer_name)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
+        .not_valid_after(start + timedelta(days=2))
     )
-    return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False
+        )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(Encoding.DER)
 
 
 # TLSA records.
@@ -128,7 +144,7 @@ def test_dane_ee_matches_leaf_by_every_selector_and_matching_type(
 
 
 def test_dane_ee_ignores_names_expiry_and_issuer() -> None:
-    expired = self_signed("somewhere.else.example", expired=True)
+    expired = make_certificate("somewhere.else.example", new_key(), expired=True)
     assert verify_chain([expired], [record(3, 1, 1, expired)], [MX]) == (True, "")
 
 
@@ -187,21 +203,7 @@ def test_dane_ta_accepts_the_cname_expanded_name_and_one_label_wildcards(ca: tru
 
 
 def test_dane_ta_common_name_only_without_dns_names() -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, MX)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-        .public_bytes(Encoding.DER)
-    )
+    certificate = make_certificate(MX, new_key(), ca=True)
     assert verify_chain([certificate], [record(2, 1, 1, certificate)], [MX]) == (True, "")
     assert verify_chain([certificate], [record(2, 1, 1, certificate)], ["mx2.example.org"]) == (
         False,
@@ -233,31 +235,10 @@ def test_dane_ta_anchor_that_did_not_sign_the_leaf_is_a_validation_failure(ca: t
 
 def test_dane_ta_issuer_must_be_a_ca() -> None:
     """A leaf really signed by the key of a certificate that is not a CA is not a chain."""
-    issuer_key = ec.generate_private_key(ec.SECP256R1())
-    issuer_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "not-a-ca.example")])
-    now = datetime.now(UTC)
-
-    def build(subject: x509.Name, public_key: ec.EllipticCurvePublicKey, ca: bool) -> bytes:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(MX)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        return builder.sign(issuer_key, hashes.SHA256()).public_bytes(Encoding.DER)
-
-    leaf = build(
-        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, MX)]),
-        ec.generate_private_key(ec.SECP256R1()).public_key(),
-        ca=False,
-    )
+    issuer_key = new_key()
+    leaf = make_certificate(MX, new_key(), ("issuer.example", issuer_key), ca=False, dns_names=(MX,))
     for issuer_is_ca, expected in ((False, (False, VALIDATION_FAILURE)), (True, (True, ""))):
-        issuer = build(issuer_name, issuer_key.public_key(), ca=issuer_is_ca)
+        issuer = make_certificate("issuer.example", issuer_key, ca=issuer_is_ca)
         assert verify_chain([leaf, issuer], [record(2, 0, 1, issuer)], [MX]) == expected
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,31 +45,61 @@ TESTING = "version: STSv1\nmode: testing\nmx: mx1.example.org\nmax_age: 604800\n
 NONE = "version: STSv1\nmode: none\nmax_age: 86400\n"
 
 
+@dataclass
+class World:
+    """A recipient domain's DNS, its policy host, our resolver and database, and fetch settings."""
+
+    dns: DNSTestServer
+    https: HTTPSTestServer
+    resolver: Resolver
+    db_url: str
+    ca_file: Path
+    settings: MTASTSSettings
+
+    def publish(self, policy: str | Reply, record_id: str = "1") -> None:
+        """The domain's MTA-STS record, and its policy host on loopback serving `policy`."""
+        self.dns.txt(f"_mta-sts.{DOMAIN}", f"v=STSv1; id={record_id};")
+        self.dns.add(POLICY_HOST, "A", "127.0.0.1")
+        self.https.serve(POLICY_HOST, policy)
+
+    def fetch_settings(self, timeout: float = 2.0, port: int | None = None) -> MTASTSSettings:
+        return MTASTSSettings(
+            ca_bundle=str(self.ca_file), https_port=port or self.https.port, timeout=timeout
+        )
+
+    async def discover(self, domain: str = DOMAIN, settings: MTASTSSettings | None = None) -> MTASTSResult:
+        return await policy_for_domain(domain, self.resolver, self.db_url, settings or self.settings)
+
+    async def refresh(self) -> RefreshSummary:
+        return await refresh_policies(self.db_url, self.resolver, self.settings)
+
+    def rows(self) -> list[MTASTSPolicy]:
+        with session_scope(self.db_url) as session:
+            return list(session.scalars(select(MTASTSPolicy)))
+
+    def row(self) -> MTASTSPolicy | None:
+        with session_scope(self.db_url) as session:
+            return session.scalar(select(MTASTSPolicy).where(MTASTSPolicy.domain == DOMAIN))
+
+    def age(self, **columns: datetime) -> None:
+        """Move the cached row's times (fetched/expires) to simulate time passing."""
+        with session_scope(self.db_url) as session:
+            session.execute(update(MTASTSPolicy).where(MTASTSPolicy.domain == DOMAIN).values(**columns))
+
+    def policy_requests(self) -> int:
+        return sum(1 for host, _ in self.https.requests if host == POLICY_HOST)
+
+
 @pytest.fixture
-def settings(https_server: HTTPSTestServer, https_ca_file: Path) -> MTASTSSettings:
-    return MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=2.0)
-
-
-def publish(dns: DNSTestServer, https: HTTPSTestServer, policy: str | Reply, record_id: str = "1") -> None:
-    """A domain with an MTA-STS record and a policy host on loopback."""
-    dns.txt(f"_mta-sts.{DOMAIN}", f"v=STSv1; id={record_id};")
-    dns.add(POLICY_HOST, "A", "127.0.0.1")
-    https.serve(POLICY_HOST, policy)
-
-
-def cached_row(db_url: str) -> MTASTSPolicy | None:
-    with session_scope(db_url) as session:
-        return session.scalar(select(MTASTSPolicy).where(MTASTSPolicy.domain == DOMAIN))
-
-
-def age_cache(db_url: str, **columns: datetime) -> None:
-    """Move the cached row's times (fetched/expires) to simulate time passing."""
-    with session_scope(db_url) as session:
-        session.execute(update(MTASTSPolicy).where(MTASTSPolicy.domain == DOMAIN).values(**columns))
-
-
-def policy_requests(https: HTTPSTestServer) -> int:
-    return sum(1 for host, _ in https.requests if host == POLICY_HOST)
+def world(
+    dns: DNSTestServer,
+    https_server: HTTPSTestServer,
+    resolver: Resolver,
+    sqlite_url: str,
+    https_ca_file: Path,
+) -> World:
+    settings = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=2.0)
+    return World(dns, https_server, resolver, sqlite_url, https_ca_file, settings)
 
 
 # Record and policy syntax.
@@ -174,18 +205,14 @@ def test_mx_pattern_matching(host: str, pattern: str, matches: bool) -> None:
 
 
 async def test_enforce_policy_is_fetched_cached_and_reported(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE, record_id="20240101")
+    world.publish(ENFORCE, record_id="20240101")
     before = datetime.now(UTC)
-    result = await policy_for_domain("Example.ORG.", resolver, sqlite_url, settings)
+    result = await world.discover("Example.ORG.")
     assert result == MTASTSResult(DOMAIN, parse_policy(ENFORCE), "20240101")
     assert result.policy_string[1] == "mode: enforce"
-    row = cached_row(sqlite_url)
+    row = world.row()
     assert row is not None
     assert (row.record_id, row.mode, row.max_age, row.mx) == (
         "20240101",
@@ -194,52 +221,40 @@ async def test_enforce_policy_is_fetched_cached_and_reported(
         "mx1.example.org\n*.backup.example.net",
     )
     assert before + timedelta(seconds=86400) <= row.expires <= datetime.now(UTC) + timedelta(seconds=86400)
-    assert https_server.requests == [(POLICY_HOST, "/.well-known/mta-sts.txt")]
+    assert world.https.requests == [(POLICY_HOST, "/.well-known/mta-sts.txt")]
 
-    again = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    again = await world.discover()
     assert again.policy == result.policy and again.from_cache
-    assert policy_requests(https_server) == 1
+    assert world.policy_requests() == 1
 
 
 @pytest.mark.parametrize("text", [TESTING, NONE])
 async def test_testing_and_none_policies_are_fetched(
     text: str,
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, text)
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(text)
+    result = await world.discover()
     assert result.policy == parse_policy(text)
     assert result.failure is None
 
 
 async def test_charset_parameter_is_accepted(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, Reply(ENFORCE.encode(), content_type="Text/Plain; charset=utf-8"))
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(Reply(ENFORCE.encode(), content_type="Text/Plain; charset=utf-8"))
+    result = await world.discover()
     assert result.policy is not None and result.policy.mode == Mode.ENFORCE
 
 
 async def test_no_record_means_no_policy_and_no_fetch(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    dns.txt(f"_mta-sts.{DOMAIN}", "v=spf1 -all")
-    https_server.serve(POLICY_HOST, ENFORCE)
-    dns.add(POLICY_HOST, "A", "127.0.0.1")
-    assert await policy_for_domain(DOMAIN, resolver, sqlite_url, settings) == MTASTSResult(DOMAIN, None)
-    assert https_server.requests == []
+    world.dns.txt(f"_mta-sts.{DOMAIN}", "v=spf1 -all")
+    world.https.serve(POLICY_HOST, ENFORCE)
+    world.dns.add(POLICY_HOST, "A", "127.0.0.1")
+    assert await world.discover() == MTASTSResult(DOMAIN, None)
+    assert world.https.requests == []
 
 
 @pytest.mark.parametrize(
@@ -252,34 +267,26 @@ async def test_no_record_means_no_policy_and_no_fetch(
 async def test_ambiguous_or_invalid_record_means_no_policy(
     records: list[str],
     error: str,
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE)
-    dns.clear()
-    dns.add(POLICY_HOST, "A", "127.0.0.1")
-    dns.txt(f"_mta-sts.{DOMAIN}", *records)
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(ENFORCE)
+    world.dns.clear()
+    world.dns.add(POLICY_HOST, "A", "127.0.0.1")
+    world.dns.txt(f"_mta-sts.{DOMAIN}", *records)
+    result = await world.discover()
     assert result.policy is None and result.failure is None
     assert result.error is not None and error in result.error
-    assert https_server.requests == []
+    assert world.https.requests == []
 
 
 async def test_record_behind_cname_is_followed(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    dns.add(f"_mta-sts.{DOMAIN}", "CNAME", "_mta-sts.provider.example.")
-    dns.txt("_mta-sts.provider.example", "v=STSv1; id=7")
-    dns.add(POLICY_HOST, "A", "127.0.0.1")
-    https_server.serve(POLICY_HOST, TESTING)
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.dns.add(f"_mta-sts.{DOMAIN}", "CNAME", "_mta-sts.provider.example.")
+    world.dns.txt("_mta-sts.provider.example", "v=STSv1; id=7")
+    world.dns.add(POLICY_HOST, "A", "127.0.0.1")
+    world.https.serve(POLICY_HOST, TESTING)
+    result = await world.discover()
     assert result.record_id == "7" and result.policy == parse_policy(TESTING)
 
 
@@ -309,51 +316,38 @@ async def test_fetch_failures_map_to_result_types(
     reply: Reply,
     failure: str,
     detail: str,
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, reply)
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(reply)
+    result = await world.discover()
     assert result.policy is None
     assert result.failure == failure
     assert result.error is not None and detail in result.error
     assert result.record_id == "1"
-    assert cached_row(sqlite_url) is None
+    assert world.row() is None
     # Redirects are not followed: only the policy host was asked.
-    assert {host for host, _ in https_server.requests} == {POLICY_HOST}
+    assert {host for host, _ in world.https.requests} == {POLICY_HOST}
 
 
 async def test_body_near_the_limit_is_accepted(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
     body = ENFORCE + "x-padding: " + "p" * (MAX_POLICY_SIZE - len(ENFORCE) - 12) + "\n"
     assert len(body) == MAX_POLICY_SIZE
-    publish(dns, https_server, Reply(body.encode(), send_length=False))
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(Reply(body.encode(), send_length=False))
+    result = await world.discover()
     assert result.policy == parse_policy(ENFORCE)
 
 
 @pytest.mark.parametrize("reply", [Reply(ENFORCE.encode(), delay=10), Reply(ENFORCE.encode(), drip=0.05)])
 async def test_slow_servers_hit_the_whole_fetch_deadline(
     reply: Reply,
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    https_ca_file: Path,
+    world: World,
 ) -> None:
     # A drip of one byte per 50 ms never trips a per-read timeout; only a deadline stops it.
-    settings = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=0.5)
-    publish(dns, https_server, reply)
+    world.publish(reply)
     started = time.monotonic()
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    result = await world.discover(settings=world.fetch_settings(timeout=0.5))
     assert time.monotonic() - started < 2
     assert result.failure == STS_POLICY_FETCH_ERROR
     assert result.error is not None and "no complete policy within 0.5 s" in result.error
@@ -381,39 +375,27 @@ def other_ca_cert() -> trustme.LeafCert:
 async def test_untrusted_certificates_are_webpki_failures(
     make_cert,  # type: ignore[no-untyped-def]
     detail: str,
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
+    world: World,
     https_ca: trustme.CA,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
 ) -> None:
     cert = make_cert() if make_cert is other_ca_cert else make_cert(https_ca)
-    publish(dns, https_server, ENFORCE)
-    https_server.certificate(POLICY_HOST, cert)
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(ENFORCE)
+    world.https.certificate(POLICY_HOST, cert)
+    result = await world.discover()
     assert result.policy is None
     assert result.failure == STS_WEBPKI_INVALID
     assert result.error is not None and detail in result.error
-    assert https_server.requests == []  # never got as far as sending the request
+    assert world.https.requests == []  # never got as far as sending the request
 
 
-async def test_policy_host_without_address_or_listener_is_a_fetch_error(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    https_ca_file: Path,
-) -> None:
-    dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")
-    settings = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=2)
-    no_address = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+async def test_policy_host_without_address_or_listener_is_a_fetch_error(world: World) -> None:
+    world.dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")
+    no_address = await world.discover()
     assert no_address.failure == STS_POLICY_FETCH_ERROR
     assert no_address.error == f"{POLICY_HOST} has no address"
 
-    dns.add(POLICY_HOST, "A", "127.0.0.1")
-    closed_port = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=1, timeout=2)
-    refused = await policy_for_domain(DOMAIN, resolver, sqlite_url, closed_port)
+    world.dns.add(POLICY_HOST, "A", "127.0.0.1")
+    refused = await world.discover(settings=world.fetch_settings(port=1))
     assert refused.failure == STS_POLICY_FETCH_ERROR
     assert refused.error is not None and "ConnectError" in refused.error
 
@@ -422,180 +404,145 @@ async def test_policy_host_without_address_or_listener_is_a_fetch_error(
 
 
 async def test_changed_id_or_expiry_refetches(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE, record_id="1")
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(ENFORCE, record_id="1")
+    await world.discover()
 
-    dns.clear()
-    publish(dns, https_server, TESTING, record_id="2")
-    changed = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.dns.clear()
+    world.publish(TESTING, record_id="2")
+    changed = await world.discover()
     assert changed.policy == parse_policy(TESTING) and not changed.from_cache
-    assert policy_requests(https_server) == 2
+    assert world.policy_requests() == 2
 
-    https_server.serve(POLICY_HOST, NONE)
-    age_cache(sqlite_url, expires=datetime.now(UTC) - timedelta(seconds=1))
-    expired = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.https.serve(POLICY_HOST, NONE)
+    world.age(expires=datetime.now(UTC) - timedelta(seconds=1))
+    expired = await world.discover()
     assert expired.policy == parse_policy(NONE)
-    row = cached_row(sqlite_url)
+    row = world.row()
     assert row is not None and row.mode == "none" and row.expires > datetime.now(UTC)
 
 
 async def test_failed_refetch_keeps_using_the_cached_policy(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE, record_id="1")
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
-    dns.clear()
-    publish(dns, https_server, Reply(b"oops", status=503), record_id="2")
+    world.publish(ENFORCE, record_id="1")
+    await world.discover()
+    world.dns.clear()
+    world.publish(Reply(b"oops", status=503), record_id="2")
 
-    result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    result = await world.discover()
     assert result.policy == parse_policy(ENFORCE)
     assert result.from_cache and result.failure is None and result.record_id == "1"
     assert result.error is not None and "HTTP status 503" in result.error
-    row = cached_row(sqlite_url)
+    row = world.row()
     assert row is not None and row.record_id == "1" and row.last_error == result.error
 
     # Once expired, a failing fetch leaves the domain without a policy, and says why.
-    age_cache(sqlite_url, expires=datetime.now(UTC) - timedelta(seconds=1))
-    expired = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.age(expires=datetime.now(UTC) - timedelta(seconds=1))
+    expired = await world.discover()
     assert expired.policy is None and expired.failure == STS_POLICY_FETCH_ERROR
 
 
 async def test_dns_failure_uses_cache_or_fails_open(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    dns.timeout(f"_mta-sts.{DOMAIN}")
-    nothing = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.dns.timeout(f"_mta-sts.{DOMAIN}")
+    nothing = await world.discover()
     assert nothing.policy is None and nothing.failure is None
     assert nothing.error is not None and "DNS lookup of _mta-sts.example.org" in nothing.error
 
-    dns.clear()
-    publish(dns, https_server, ENFORCE)
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
-    dns.servfail(f"_mta-sts.{DOMAIN}")
-    cached = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.dns.clear()
+    world.publish(ENFORCE)
+    await world.discover()
+    world.dns.servfail(f"_mta-sts.{DOMAIN}")
+    cached = await world.discover()
     assert cached.policy == parse_policy(ENFORCE) and cached.from_cache
 
 
 async def test_removed_record_keeps_enforce_policy_but_drops_none_policy(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE)
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
-    dns.clear()
-    kept = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(ENFORCE)
+    await world.discover()
+    world.dns.clear()
+    kept = await world.discover()
     assert kept.policy == parse_policy(ENFORCE) and kept.from_cache
-    assert cached_row(sqlite_url) is not None
+    assert world.row() is not None
 
-    publish(dns, https_server, NONE, record_id="2")
-    assert (await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)).policy == parse_policy(NONE)
-    dns.clear()
-    gone = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(NONE, record_id="2")
+    assert (await world.discover()).policy == parse_policy(NONE)
+    world.dns.clear()
+    gone = await world.discover()
     assert gone == MTASTSResult(DOMAIN, None)
-    assert cached_row(sqlite_url) is None
+    assert world.row() is None
 
 
 async def test_concurrent_first_fetches_leave_one_row(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE)
-    results = await asyncio.gather(
-        *(policy_for_domain(DOMAIN, resolver, sqlite_url, settings) for _ in range(4))
-    )
+    world.publish(ENFORCE)
+    results = await asyncio.gather(*(world.discover() for _ in range(4)))
     assert {r.policy for r in results} == {parse_policy(ENFORCE)}
-    with session_scope(sqlite_url) as session:
-        assert len(session.scalars(select(MTASTSPolicy)).all()) == 1
+    assert len(world.rows()) == 1
 
 
 # Background refresh.
 
 
 async def test_refresh_updates_changed_and_day_old_policies_only(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE)
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
+    world.publish(ENFORCE)
+    await world.discover()
 
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1)
-    assert policy_requests(https_server) == 1
+    assert await world.refresh() == RefreshSummary(checked=1)
+    assert world.policy_requests() == 1
 
     day_ago = datetime.now(UTC) - timedelta(days=1, seconds=1)
-    age_cache(sqlite_url, fetched=day_ago, expires=day_ago + timedelta(seconds=86400))
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1, refreshed=1)
-    row = cached_row(sqlite_url)
+    world.age(fetched=day_ago, expires=day_ago + timedelta(seconds=86400))
+    assert await world.refresh() == RefreshSummary(checked=1, refreshed=1)
+    row = world.row()
     assert row is not None and row.expires > datetime.now(UTC) + timedelta(hours=23)
 
-    dns.clear()
-    publish(dns, https_server, TESTING, record_id="2")
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1, refreshed=1)
-    row = cached_row(sqlite_url)
+    world.dns.clear()
+    world.publish(TESTING, record_id="2")
+    assert await world.refresh() == RefreshSummary(checked=1, refreshed=1)
+    row = world.row()
     assert row is not None and (row.record_id, row.mode) == ("2", "testing")
-    assert policy_requests(https_server) == 3
+    assert world.policy_requests() == 3
 
 
 async def test_refresh_failure_keeps_valid_policy_and_drops_expired_one(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, ENFORCE)
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
-    dns.clear()
-    publish(dns, https_server, Reply(b"", status=500), record_id="2")
+    world.publish(ENFORCE)
+    await world.discover()
+    world.dns.clear()
+    world.publish(Reply(b"", status=500), record_id="2")
 
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1, failed=1)
-    row = cached_row(sqlite_url)
+    assert await world.refresh() == RefreshSummary(checked=1, failed=1)
+    row = world.row()
     assert row is not None and row.last_error is not None and "HTTP status 500" in row.last_error
 
-    age_cache(sqlite_url, expires=datetime.now(UTC) - timedelta(seconds=1))
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1, deleted=1)
-    assert cached_row(sqlite_url) is None
+    world.age(expires=datetime.now(UTC) - timedelta(seconds=1))
+    assert await world.refresh() == RefreshSummary(checked=1, deleted=1)
+    assert world.row() is None
 
 
 async def test_refresh_deletes_none_policy_whose_record_is_gone(
-    dns: DNSTestServer,
-    https_server: HTTPSTestServer,
-    resolver: Resolver,
-    sqlite_url: str,
-    settings: MTASTSSettings,
+    world: World,
 ) -> None:
-    publish(dns, https_server, NONE)
-    await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
-    dns.servfail(f"_mta-sts.{DOMAIN}")
+    world.publish(NONE)
+    await world.discover()
+    world.dns.servfail(f"_mta-sts.{DOMAIN}")
     # A DNS failure is not proof that the record is gone.
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1)
-    assert cached_row(sqlite_url) is not None
+    assert await world.refresh() == RefreshSummary(checked=1)
+    assert world.row() is not None
 
-    dns.clear()
-    assert await refresh_policies(sqlite_url, resolver, settings) == RefreshSummary(checked=1, deleted=1)
-    assert cached_row(sqlite_url) is None
+    world.dns.clear()
+    assert await world.refresh() == RefreshSummary(checked=1, deleted=1)
+    assert world.row() is None
 
 
 def test_settings_come_from_the_delivery_config(tmp_path: Path) -> None:

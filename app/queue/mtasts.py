@@ -366,23 +366,25 @@ def _usable(row: MTASTSPolicy | None) -> bool:
 
 
 def _save_policy(db_url: str, domain: str, record_id: str, policy: Policy) -> None:
-    """Insert or replace the domain's cached policy; a concurrent insert by another worker wins the
-    race for the row and we then update it."""
-    for _ in range(2):
-        try:
-            with session_scope(db_url) as session:
-                row = session.scalar(select(MTASTSPolicy).where(MTASTSPolicy.domain == domain))
-                if row is None:
-                    row = MTASTSPolicy(domain=domain)
-                    session.add(row)
-                now = utcnow()
-                row.record_id, row.mode, row.max_age = record_id, policy.mode.value, policy.max_age
-                row.mx = "\n".join(policy.mx)
-                row.fetched, row.checked, row.expires = now, now, now + timedelta(seconds=policy.max_age)
-                row.last_error = None
-            return
-        except IntegrityError:
-            continue
+    """Insert or replace the domain's cached policy."""
+    try:
+        _write_policy(db_url, domain, record_id, policy)
+    except IntegrityError:
+        # Another worker inserted the row between our select and insert: update theirs.
+        _write_policy(db_url, domain, record_id, policy)
+
+
+def _write_policy(db_url: str, domain: str, record_id: str, policy: Policy) -> None:
+    with session_scope(db_url) as session:
+        row = session.scalar(select(MTASTSPolicy).where(MTASTSPolicy.domain == domain))
+        if row is None:
+            row = MTASTSPolicy(domain=domain)
+            session.add(row)
+        now = utcnow()
+        row.record_id, row.mode, row.max_age = record_id, policy.mode.value, policy.max_age
+        row.mx = "\n".join(policy.mx)
+        row.fetched, row.checked, row.expires = now, now, now + timedelta(seconds=policy.max_age)
+        row.last_error = None
 
 
 def _note_error(db_url: str, domain: str, error: str) -> None:
