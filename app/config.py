@@ -144,7 +144,7 @@ class Route(Strict):
     domains: list[str] = []
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 25
-    starttls: Literal["required", "opportunistic", "none"] = "required"
+    starttls: Literal["required", "opportunistic"] = "required"
     verify_pkix: bool = True
 
     @field_validator("domains")

@@ -8,30 +8,53 @@ from pathlib import Path
 
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from app.queue.smtpclient import (
+from app.queue.dane import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_HOST_MISMATCH,
-    CERTIFICATE_NOT_TRUSTED,
     DANE_REQUIRED,
-    STARTTLS_NOT_SUPPORTED,
+    TLSA_INVALID,
     VALIDATION_FAILURE,
+    TLSARecord,
+)
+from app.queue.smtpclient import (
+    CERTIFICATE_NOT_TRUSTED,
     ClientOptions,
     DeliveryError,
     Session,
     Target,
     TLSError,
     TLSFailure,
-    TLSSettings,
     open_session,
 )
-from tests.smtppeers import AlertingPeer, Peer, PeerHandler, expired_cert, self_signed, smtp_peer
+from app.queue.tlspolicy import STARTTLS_NOT_SUPPORTED, TLSSettings
+from tests.smtppeers import AlertingPeer, Peer, PeerHandler, expired_cert, self_signed, smtp_peer, spki_sha256
 
 HOST = "mx.example.net"
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nHello.\r\n.leading dot\r\n"
-REQUIRED_PKIX = TLSSettings(starttls="required", verify_pkix=True)
+
+
+def tls(
+    *,
+    required: bool = True,
+    pkix: bool = False,
+    tlsa: tuple[TLSARecord, ...] = (),
+    ignore: bool = False,
+) -> TLSSettings:
+    return TLSSettings(
+        starttls_required=required,
+        verify_pkix=pkix,
+        verify_dane=bool(tlsa),
+        ignore_verification_errors=ignore,
+        server_name=HOST,
+        tlsa_records=tlsa,
+        dane_hostnames=(HOST,),
+        starttls_missing_result=DANE_REQUIRED if tlsa else STARTTLS_NOT_SUPPORTED,
+    )
+
+
+REQUIRED_PKIX = tls(pkix=True)
+OPPORTUNISTIC = tls(required=False)
 
 
 @pytest.fixture
@@ -41,8 +64,8 @@ def options(https_ca_file: Path) -> ClientOptions:
     )
 
 
-def connect(peer: Peer | AlertingPeer, tls: TLSSettings, options: ClientOptions, host: str = HOST) -> Session:
-    return open_session(Target(host, peer.address, peer.port), tls, options)
+def connect(peer: Peer | AlertingPeer, settings: TLSSettings, options: ClientOptions) -> Session:
+    return open_session(Target(HOST, peer.address, peer.port), settings, options)
 
 
 def deliver_one(session: Session) -> None:
@@ -67,27 +90,26 @@ def test_verified_tls_delivers_the_message_intact(https_ca: trustme.CA, options:
 
 
 @pytest.mark.parametrize(
-    ("make_cert", "host", "result_type"),
+    ("make_cert", "result_type"),
     [
-        (lambda ca, tmp: expired_cert(ca, HOST), HOST, CERTIFICATE_EXPIRED),
-        (lambda ca, tmp: ca.issue_cert("other.example.com"), HOST, CERTIFICATE_HOST_MISMATCH),
-        (lambda ca, tmp: trustme.CA().issue_cert(HOST), HOST, CERTIFICATE_NOT_TRUSTED),
-        (lambda ca, tmp: self_signed(tmp, HOST), HOST, CERTIFICATE_NOT_TRUSTED),
+        (lambda ca, tmp: expired_cert(ca, HOST), CERTIFICATE_EXPIRED),
+        (lambda ca, tmp: ca.issue_cert("other.example.com"), CERTIFICATE_HOST_MISMATCH),
+        (lambda ca, tmp: trustme.CA().issue_cert(HOST), CERTIFICATE_NOT_TRUSTED),
+        (lambda ca, tmp: self_signed(tmp, HOST), CERTIFICATE_NOT_TRUSTED),
     ],
     ids=["expired", "host-mismatch", "other-ca", "self-signed"],
 )
 def test_certificate_failures_are_classified_and_fail_when_enforced(
-    make_cert, host: str, result_type: str, https_ca: trustme.CA, options: ClientOptions, tmp_path: Path
+    make_cert, result_type: str, https_ca: trustme.CA, options: ClientOptions, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     with smtp_peer(make_cert(https_ca, tmp_path)) as peer:
         with pytest.raises(TLSError) as raised:
-            connect(peer, REQUIRED_PKIX, options, host)
+            connect(peer, REQUIRED_PKIX, options)
         assert raised.value.failure.result_type == result_type
         assert raised.value.verification
         assert not raised.value.permanent and raised.value.status == "4.7.5"
         # Not enforced (MTA-STS testing, TLS-Required: No): recorded, then delivered over unverified TLS.
-        relaxed = TLSSettings(starttls="required", verify_pkix=True, ignore_verification_errors=True)
-        session = connect(peer, relaxed, options, host)
+        session = connect(peer, tls(pkix=True, ignore=True), options)
         assert session.info.tls_failure is not None
         assert session.info.tls_failure.result_type == result_type
         assert session.info.tls_version is not None
@@ -103,7 +125,7 @@ def test_missing_starttls_fails_when_required_and_is_recorded_when_opportunistic
             connect(peer, REQUIRED_PKIX, options)
         assert raised.value.failure.result_type == STARTTLS_NOT_SUPPORTED
         assert raised.value.status == "4.7.10"
-        session = connect(peer, TLSSettings(starttls="opportunistic"), options)
+        session = connect(peer, OPPORTUNISTIC, options)
         assert session.info.tls_version is None
         assert session.info.tls_failure == TLSFailure(
             STARTTLS_NOT_SUPPORTED, "STARTTLS not offered by the server"
@@ -115,32 +137,29 @@ def test_missing_starttls_fails_when_required_and_is_recorded_when_opportunistic
 def test_missing_starttls_under_dane_is_dane_required(options: ClientOptions) -> None:
     # No certificate: no STARTTLS at all.
     with smtp_peer(None) as peer, pytest.raises(TLSError) as raised:
-        connect(peer, TLSSettings(starttls="required", dane=lambda chain: None), options)
+        connect(peer, tls(tlsa=(TLSARecord(3, 1, 1, bytes(32)),)), options)
     assert raised.value.failure.result_type == DANE_REQUIRED
 
 
-def test_dane_verifier_sees_the_presented_chain_and_its_verdict_counts(
+def test_dane_ee_record_authenticates_a_self_signed_certificate_and_a_mismatch_fails(
     options: ClientOptions, tmp_path: Path
 ) -> None:
-    cert_file, key_file = self_signed(tmp_path, HOST)
-    seen: list[list[bytes]] = []
-    mismatch = TLSFailure("tlsa-invalid", "no TLSA record matches")
-
-    def verifier(chain: list[bytes]) -> TLSFailure | None:
-        seen.append(chain)
-        return mismatch
-
-    with smtp_peer((cert_file, key_file)) as peer:
-        with pytest.raises(TLSError) as raised:
-            connect(peer, TLSSettings(starttls="required", dane=verifier), options)
-        assert raised.value.failure == mismatch
-        ignoring = TLSSettings(starttls="required", dane=verifier, ignore_verification_errors=True)
-        session = connect(peer, ignoring, options)
-        assert session.info.tls_failure == mismatch
+    cert = self_signed(tmp_path, HOST)
+    matching = TLSARecord(3, 1, 1, bytes.fromhex(spki_sha256(cert)))
+    other = TLSARecord(3, 1, 1, bytes(32))
+    with smtp_peer(cert) as peer:
+        session = connect(peer, tls(tlsa=(matching,)), options)
+        assert session.info.tls_failure is None
         deliver_one(session)
-    leaf_der = x509.load_pem_x509_certificate(cert_file.read_bytes()).public_bytes(Encoding.DER)
-    assert seen[0] == [leaf_der]
-    assert [r.tls for r in peer.received] == [True]
+        with pytest.raises(TLSError) as raised:
+            connect(peer, tls(tlsa=(other,)), options)
+        assert raised.value.failure.result_type == TLSA_INVALID
+        # With TLS-Required: No the mismatch is recorded and the same connection goes on.
+        session = connect(peer, tls(tlsa=(other,), required=False, ignore=True), options)
+        assert session.info.tls_failure is not None
+        assert session.info.tls_failure.result_type == TLSA_INVALID
+        deliver_one(session)
+    assert [r.tls for r in peer.received] == [True, True]
 
 
 def test_alert_on_first_read_after_handshake_is_a_tls_failure(
@@ -154,7 +173,7 @@ def test_alert_on_first_read_after_handshake_is_a_tls_failure(
         assert "after the handshake" in raised.value.failure.reason
         assert "alert certificate required" in raised.value.failure.reason
         # Opportunistic: the same failure is recorded and the host is retried in plain text.
-        session = connect(peer, TLSSettings(starttls="opportunistic"), options)
+        session = connect(peer, OPPORTUNISTIC, options)
         assert session.info.tls_version is None
         assert session.info.tls_failure is not None
         assert session.info.tls_failure.result_type == VALIDATION_FAILURE
@@ -171,7 +190,7 @@ def test_recipient_and_data_replies_are_reported_per_recipient(options: ClientOp
         }
     )
     with smtp_peer(None, handler=handler) as peer:
-        session = connect(peer, TLSSettings(starttls="none"), options)
+        session = connect(peer, OPPORTUNISTIC, options)
         results = session.send(
             "a@example.org", ["ok@example.net", "gone@example.net", "full@example.net"], MESSAGE
         )
@@ -191,7 +210,7 @@ def test_recipient_and_data_replies_are_reported_per_recipient(options: ClientOp
 
 def test_eight_bit_message_to_a_server_without_8bitmime_fails_permanently(options: ClientOptions) -> None:
     with smtp_peer(None, handler=PeerHandler(eightbitmime=False)) as peer:
-        session = connect(peer, TLSSettings(starttls="none"), options)
+        session = connect(peer, OPPORTUNISTIC, options)
         with pytest.raises(DeliveryError) as raised:
             session.send("a@example.org", ["b@example.net"], "Subject: grüße\r\n\r\nä\r\n".encode())
         session.close()
@@ -204,7 +223,7 @@ def test_refused_connection_is_transient(options: ClientOptions) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
         with pytest.raises(DeliveryError) as raised:
-            open_session(Target(HOST, "127.0.0.1", port), TLSSettings(), options)
+            open_session(Target(HOST, "127.0.0.1", port), OPPORTUNISTIC, options)
     assert not raised.value.permanent and raised.value.status == "4.4.1"
 
 
@@ -223,7 +242,7 @@ def test_server_that_rejects_in_its_greeting(options: ClientOptions) -> None:
         thread = threading.Thread(target=greet, daemon=True)
         thread.start()
         with pytest.raises(DeliveryError) as raised:
-            open_session(Target(HOST, "127.0.0.1", port), TLSSettings(), options)
+            open_session(Target(HOST, "127.0.0.1", port), OPPORTUNISTIC, options)
         thread.join(timeout=5)
     assert raised.value.permanent and raised.value.status == "5.7.1"
     assert raised.value.diagnostic == "smtp; 554 5.7.1 no service for you"

@@ -14,7 +14,8 @@ from itertools import groupby
 
 from app.config import Delivery, Route
 from app.dns import MX, DNSPermanentError, DNSTemporaryError, Resolver, is_ip_address
-from app.queue.smtpclient import DeliveryError, TLSSettings
+from app.queue.smtpclient import DeliveryError
+from app.queue.tlspolicy import TLSSettings
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,6 @@ class Destination:
     mx_authentic: bool = False
     implicit_mx: bool = False
 
-    @property
-    def via_mx(self) -> bool:
-        return all(hop.tls is None for hop in self.hops)
-
 
 def configured_route(delivery: Delivery, domain: str) -> Route | None:
     """The route listing the domain, else the first route for all domains, else None (direct)."""
@@ -49,7 +46,13 @@ async def resolve_destination(delivery: Delivery, resolver: Resolver, domain: st
     """The hops for `domain`; raises DeliveryError when there is nowhere to deliver."""
     route = configured_route(delivery, domain)
     if route is not None:
-        tls = TLSSettings(starttls=route.starttls, verify_pkix=route.verify_pkix)
+        tls = TLSSettings(
+            starttls_required=route.starttls == "required",
+            verify_pkix=route.verify_pkix,
+            verify_dane=False,
+            ignore_verification_errors=False,
+            server_name=route.host,
+        )
         return Destination(domain, (Hop(route.host, route.port, tls),))
     try:
         answer = await resolver.mx(domain)

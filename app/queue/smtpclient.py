@@ -2,15 +2,16 @@
 
 Built on smtplib, synchronously: a delivery worker process runs one delivery at a time, so a blocking
 socket costs nothing and saves a thread hop per command. `open_session` connects to one IP of one
-host and negotiates TLS as `TLSSettings` say; `Session.send` transfers one message. Every failure is
-a `DeliveryError` that says whether it is permanent, with an RFC 3463 status and the SMTP diagnostic,
-and TLS failures carry their RFC 8460 result type.
+host and negotiates TLS as the policy decision's `TLSSettings` (app/queue/tlspolicy.py) say;
+`Session.send` transfers one message. Every failure is a `DeliveryError` that says whether it is
+permanent, with an RFC 3463 status and the SMTP diagnostic; TLS failures carry their RFC 8460
+result type.
 
-TLS failure handling (R4.5): when TLS is not enforced (opportunistic, MTA-STS testing, or
-`TLS-Required: No`), a failed certificate verification is retried once with TLS but without
-verification, and any other TLS failure (handshake, or an alert on the first read after it) is
-retried in plain text; the failure stays recorded on the session. When TLS is enforced, the attempt
-to this host fails.
+TLS failure handling: a failed certificate verification (PKIX or DANE) is recorded and, when
+`ignore_verification_errors` is set or STARTTLS is not required, the host is retried with TLS but
+without verification. Any other TLS failure (no STARTTLS, a failed handshake, or an alert on the
+first read after it, R4.5) is recorded and, unless STARTTLS is required, the host is retried in
+plain text. Otherwise the attempt to this host fails.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
-# RFC 8460 §4.3 result types produced here; policy helpers produce the DANE/MTA-STS lookup ones.
-STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
-CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
-CERTIFICATE_EXPIRED = "certificate-expired"
+from app.queue.dane import (
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    VALIDATION_FAILURE,
+    check_chain,
+)
+from app.queue.tlspolicy import TLSSettings
+
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
-VALIDATION_FAILURE = "validation-failure"
-DANE_REQUIRED = "dane-required"
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) and the RFC 8460 result type each one means.
 _VERIFY_CODE_RESULTS = {
@@ -44,41 +47,13 @@ _VERIFY_CODE_RESULTS = {
     27: CERTIFICATE_NOT_TRUSTED,  # CERT_UNTRUSTED
 }
 
-StartTLS = Literal["required", "opportunistic", "none"]
-
 
 @dataclass(frozen=True)
 class TLSFailure:
-    """One TLS failure in RFC 8460 terms: result type, failure-reason-code, additional information."""
+    """One TLS failure in RFC 8460 terms: result type and failure-reason-code."""
 
     result_type: str
     reason: str
-    additional_info: str | None = None
-
-
-# Checks the peer's certificate chain (DER, leaf first) against DANE TLSA records; None: it matches.
-ChainVerifier = Callable[[list[bytes]], TLSFailure | None]
-
-
-@dataclass(frozen=True)
-class TLSSettings:
-    """How one attempt uses TLS; each setting is independent of the others (SPEC R4.2).
-
-    `starttls`: required (no TLS: the attempt fails), opportunistic (TLS if offered), none (plain).
-    `verify_pkix`: verify the certificate chain and name against the CA bundle (WebPKI).
-    `dane`: verify the chain against TLSA records; STARTTLS missing is then `dane-required`.
-    `ignore_verification_errors`: record failures but deliver anyway (MTA-STS testing, RFC 8689
-    `TLS-Required: No`).
-    """
-
-    starttls: StartTLS = "opportunistic"
-    verify_pkix: bool = False
-    dane: ChainVerifier | None = None
-    ignore_verification_errors: bool = False
-
-    @property
-    def enforced(self) -> bool:
-        return self.starttls == "required" and not self.ignore_verification_errors
 
 
 @dataclass(frozen=True)
@@ -91,7 +66,7 @@ class ClientOptions:
 
 @dataclass(frozen=True)
 class Target:
-    """One connection target: the host name (for SNI, verification and reports), an IP, a port."""
+    """One connection target: the MX host name (for reports and logs), an IP, a port."""
 
     host: str
     ip: str
@@ -120,13 +95,12 @@ class DeliveryError(Exception):
 class TLSError(DeliveryError):
     """TLS could not be used as required; `verification` tells a certificate check from other failures."""
 
-    def __init__(self, failure: TLSFailure, *, verification: bool) -> None:
+    def __init__(self, failure: TLSFailure, *, verification: bool, missing: bool = False) -> None:
         # X.7.10 "encryption needed" when TLS is missing; X.7.5 "cryptographic failure" otherwise.
-        status = "4.7.10" if failure.result_type in (STARTTLS_NOT_SUPPORTED, DANE_REQUIRED) else "4.7.5"
         super().__init__(
             f"TLS failure: {failure.result_type}: {failure.reason}",
             permanent=False,
-            status=status,
+            status="4.7.10" if missing else "4.7.5",
             tls_failure=failure,
         )
         self.failure = failure
@@ -187,14 +161,23 @@ class SessionInfo:
     tls_failure: TLSFailure | None = None
 
 
-class _Client(smtplib.SMTP):
-    """smtplib connected to a chosen IP while `host` (the MX name) is used for SNI and verification."""
+class _Mode(Enum):
+    """How far one connection goes with TLS: as the settings say, unverified, or not at all."""
 
-    def __init__(self, target: Target, options: ClientOptions) -> None:
+    AS_SET = "as set"
+    UNVERIFIED = "unverified"
+    PLAIN = "plain"
+
+
+class _Client(smtplib.SMTP):
+    """smtplib connected to a chosen IP while `server_name` is used for SNI and verification."""
+
+    def __init__(self, target: Target, server_name: str, options: ClientOptions) -> None:
         self._address = target.ip
         self._connect_timeout = options.connect_timeout
+        # smtplib uses the host given here as the TLS server_hostname.
         super().__init__(
-            target.host, target.port, local_hostname=options.helo, timeout=options.command_timeout
+            server_name, target.port, local_hostname=options.helo, timeout=options.command_timeout
         )
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # type: ignore[override]
@@ -210,10 +193,6 @@ class Session:
         self._client = client
         self.info = info
 
-    @property
-    def supports_8bitmime(self) -> bool:
-        return self._client.has_extn("8bitmime")
-
     def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[RecipientResult]:
         """One transaction; a result per recipient. Raises DeliveryError if the session broke."""
         options = self._mail_options(sender, recipients, content)
@@ -225,7 +204,7 @@ class Session:
             reply = _reply(e.smtp_code, e.smtp_error)
             return [RecipientResult(r, reply) for r in recipients]
         except smtplib.SMTPNotSupportedError as e:
-            # smtplib refuses SMTPUTF8 itself when the server lacks it.
+            # smtplib refuses SMTPUTF8 itself when the server lacks it (RFC 6531 3.4).
             raise DeliveryError(str(e), permanent=True, status="5.6.7") from e
         except (smtplib.SMTPException, OSError) as e:
             raise _connection_error(self.info.target, e) from e
@@ -235,12 +214,10 @@ class Session:
     def _mail_options(self, sender: str, recipients: Sequence[str], content: bytes) -> list[str]:
         options = []
         if not content.isascii():
-            if not self.supports_8bitmime:
+            if not self._client.has_extn("8bitmime"):
                 # RFC 6152: 8-bit data only to servers that announce 8BITMIME.
                 raise DeliveryError(
-                    "message has 8-bit data, server does not support 8BITMIME",
-                    permanent=True,
-                    status="5.6.3",
+                    "message has 8-bit data, server does not support 8BITMIME", permanent=True, status="5.6.3"
                 )
             options.append("BODY=8BITMIME")
         if not (sender.isascii() and all(r.isascii() for r in recipients)):
@@ -258,26 +235,33 @@ class Session:
 def open_session(target: Target, tls: TLSSettings, options: ClientOptions) -> Session:
     """Connect and negotiate TLS per `tls`, falling back as the module doc describes."""
     try:
-        return _establish(target, tls, options)
+        return _establish(target, tls, options, _Mode.AS_SET)
     except TLSError as e:
-        if tls.enforced:
+        fallback = _fallback(tls, e)
+        if fallback is None:
             raise
         failure = e.failure
-        if e.verification and tls.starttls != "none":
-            fallback = replace(tls, verify_pkix=False, dane=None)
-            try:
-                session = _establish(target, fallback, options)
-            except TLSError:
-                session = _establish(target, replace(tls, starttls="none"), options)
-        else:
-            session = _establish(target, replace(tls, starttls="none"), options)
-        session.info.tls_failure = failure
-        return session
-
-
-def _establish(target: Target, tls: TLSSettings, options: ClientOptions) -> Session:
     try:
-        client = _Client(target, options)
+        session = _establish(target, tls, options, fallback)
+    except TLSError as e:
+        plain = _fallback(tls, e)
+        if plain is None:
+            raise
+        session = _establish(target, tls, options, _Mode.PLAIN)
+    session.info.tls_failure = failure
+    return session
+
+
+def _fallback(tls: TLSSettings, error: TLSError) -> _Mode | None:
+    """The next way to try the host after a TLS failure, or None when the attempt must fail."""
+    if error.verification and (tls.ignore_verification_errors or not tls.starttls_required):
+        return _Mode.UNVERIFIED
+    return None if tls.starttls_required else _Mode.PLAIN
+
+
+def _establish(target: Target, tls: TLSSettings, options: ClientOptions, mode: _Mode) -> Session:
+    try:
+        client = _Client(target, tls.server_name or target.host, options)
     except smtplib.SMTPConnectError as e:
         raise _reply(e.smtp_code, e.smtp_error).error(f"greeting from {target.host}") from e
     except (smtplib.SMTPException, OSError) as e:
@@ -285,8 +269,8 @@ def _establish(target: Target, tls: TLSSettings, options: ClientOptions) -> Sess
     try:
         info = SessionInfo(target, sending_ip=client.sock.getsockname()[0])
         _ehlo(client, info)
-        if tls.starttls != "none":
-            _starttls(client, target, tls, options, info)
+        if mode is not _Mode.PLAIN:
+            _starttls(client, tls, options, info, verify=mode is _Mode.AS_SET)
         return Session(client, info)
     except BaseException:
         client.close()
@@ -306,48 +290,52 @@ def _ehlo(client: _Client, info: SessionInfo) -> None:
 
 
 def _starttls(
-    client: _Client, target: Target, tls: TLSSettings, options: ClientOptions, info: SessionInfo
+    client: _Client, tls: TLSSettings, options: ClientOptions, info: SessionInfo, verify: bool
 ) -> None:
-    missing = DANE_REQUIRED if tls.dane is not None else STARTTLS_NOT_SUPPORTED
     if not client.has_extn("starttls"):
-        _tls_missing(tls, info, TLSFailure(missing, "STARTTLS not offered by the server"))
+        _tls_missing(tls, info, TLSFailure(tls.starttls_missing_result, "STARTTLS not offered by the server"))
         return
-    context = _tls_context(tls.verify_pkix, options.ca_bundle)
+    context = _tls_context(verify and tls.verify_pkix, options.ca_bundle)
     try:
         client.starttls(context=context)
     except smtplib.SMTPResponseException as e:
         reply = _reply(e.smtp_code, e.smtp_error)
-        _tls_missing(tls, info, TLSFailure(missing, f"STARTTLS refused: {reply.code} {reply.text}"))
+        failure = TLSFailure(tls.starttls_missing_result, f"STARTTLS refused: {reply.code} {reply.text}")
+        _tls_missing(tls, info, failure)
         return
     except ssl.SSLCertVerificationError as e:
         raise TLSError(certificate_failure(e), verification=True) from e
     except (ssl.SSLError, OSError, smtplib.SMTPServerDisconnected) as e:
-        raise TLSError(
-            TLSFailure(VALIDATION_FAILURE, f"TLS handshake: {_ssl_reason(e)}"), verification=False
-        ) from e
+        failure = TLSFailure(VALIDATION_FAILURE, f"TLS handshake: {_ssl_reason(e)}")
+        raise TLSError(failure, verification=False) from e
     sslsock = client.sock
     assert isinstance(sslsock, ssl.SSLSocket)
     info.tls_version = sslsock.version()
-    if tls.dane is not None:
-        failure = tls.dane(peer_chain(sslsock))
-        if failure is not None:
-            if not tls.ignore_verification_errors:
-                raise TLSError(failure, verification=True)
-            info.tls_failure = failure
+    if verify and tls.verify_dane:
+        _check_dane(sslsock, tls, info)
     try:
         # The first read after the handshake: TLS 1.3 servers report certificate problems here.
         client.ehlo()
     except (smtplib.SMTPException, OSError) as e:
-        raise TLSError(
-            TLSFailure(VALIDATION_FAILURE, f"TLS error after the handshake: {_ssl_reason(e)}"),
-            verification=False,
-        ) from e
+        failure = TLSFailure(VALIDATION_FAILURE, f"TLS error after the handshake: {_ssl_reason(e)}")
+        raise TLSError(failure, verification=False) from e
+
+
+def _check_dane(sslsock: ssl.SSLSocket, tls: TLSSettings, info: SessionInfo) -> None:
+    """Verify the presented chain against the TLSA records (RFC 7672 §3); PKIX plays no part."""
+    check = check_chain(peer_chain(sslsock), tls.tlsa_records, tls.dane_hostnames)
+    if check.ok:
+        return
+    failure = TLSFailure(check.result_type, check.detail)
+    if not tls.ignore_verification_errors:
+        raise TLSError(failure, verification=True)
+    info.tls_failure = failure
 
 
 def _tls_missing(tls: TLSSettings, info: SessionInfo, failure: TLSFailure) -> None:
-    """No TLS on this connection: fatal when TLS is enforced, else recorded and the session goes on."""
-    if tls.enforced:
-        raise TLSError(failure, verification=False)
+    """No TLS on this connection: fatal when STARTTLS is required, else recorded and the session goes on."""
+    if tls.starttls_required:
+        raise TLSError(failure, verification=False, missing=True)
     info.tls_failure = failure
 
 
@@ -389,11 +377,10 @@ def _ssl_reason(error: BaseException) -> str:
 def _connection_error(target: Target, error: BaseException) -> DeliveryError:
     """Refused, timed out, reset, closed: transient (RFC 3463 4.4.1 no answer, 4.4.2 bad connection)."""
     refused = isinstance(error, ConnectionRefusedError | TimeoutError | socket.timeout)
-    status = "4.4.1" if refused else "4.4.2"
     return DeliveryError(
         f"{target.host} [{target.ip}]:{target.port}: {error or type(error).__name__}",
         permanent=False,
-        status=status,
+        status="4.4.1" if refused else "4.4.2",
     )
 
 

@@ -54,28 +54,60 @@ class FailureDetail:
 
 @dataclass(frozen=True)
 class SessionResult:
+    """The TLS outcome of one session (or of a host not connected to) for both policies.
+
+    `failure` is the session's outcome (None: TLS succeeded) and counts for both policies, unless a
+    policy has its own failure known before connecting (`domain_failure`, `host_failure`: e.g. an
+    MTA-STS fetch error, an MX host outside the policy, a TLSA lookup failure), which is then
+    recorded for it instead. `connected` False: no session happened, so only such failures count.
+    """
+
     recipient_domain: str
     domain_policy: PolicyRef
     # None when no host was involved (e.g. the failure happened while fetching the MTA-STS policy).
     host_policy: PolicyRef | None
-    failure: FailureDetail | None = None  # None: a successful TLS session
+    failure: FailureDetail | None = None
+    domain_failure: FailureDetail | None = None
+    host_failure: FailureDetail | None = None
+    connected: bool = True
 
 
 def record_tls_results(session: Session, results: Iterable[SessionResult], day: date | None = None) -> None:
     """Add the results to today's (UTC) counts; the caller commits."""
     today = day or utcnow().date()
     for result in results:
-        _add(session, today, result, result.domain_policy, is_host=False)
+        _count(session, today, result, result.domain_policy, result.domain_failure, is_host=False)
         if result.host_policy is not None:
-            _add(session, today, result, result.host_policy, is_host=True)
+            _count(session, today, result, result.host_policy, result.host_failure, is_host=True)
 
 
-def _add(session: Session, day: date, result: SessionResult, policy: PolicyRef, is_host: bool) -> None:
-    failed = result.failure is not None
+def _count(
+    session: Session,
+    day: date,
+    result: SessionResult,
+    policy: PolicyRef,
+    own_failure: FailureDetail | None,
+    is_host: bool,
+) -> None:
+    failure = own_failure or result.failure
+    if own_failure is None and not result.connected:
+        return
+    _add(session, day, result.recipient_domain, policy, failure, is_host)
+
+
+def _add(
+    session: Session,
+    day: date,
+    recipient_domain: str,
+    policy: PolicyRef,
+    failure: FailureDetail | None,
+    is_host: bool,
+) -> None:
+    failed = failure is not None
     values = {
         "policy_domain": policy.policy_domain,
         "day": day,
-        "recipient_domain": result.recipient_domain,
+        "recipient_domain": recipient_domain,
         "is_host": is_host,
         "policy_type": policy.policy_type,
         "policy_string": json.dumps(list(policy.policy_string)),
@@ -98,8 +130,8 @@ def _add(session: Session, day: date, result: SessionResult, policy: PolicyRef, 
         .returning(table.c.id)
     )
     result_id = session.execute(statement).scalar_one()
-    if result.failure is not None:
-        _add_failure(session, result_id, result.failure)
+    if failure is not None:
+        _add_failure(session, result_id, failure)
 
 
 def _add_failure(session: Session, result_id: int, failure: FailureDetail) -> None:
