@@ -177,6 +177,8 @@ async def test_dns_timeouts_everywhere_are_temperror_and_run_concurrently(
         (b"undisclosed-recipients:;", "no address"),
         (b"user@[192.0.2.1]", "valid domain"),
         (b"user@", "cannot be parsed"),
+        (b"(" * 1500 + b"a@example.com", "cannot be parsed"),  # the stdlib parser recurses per "("
+        (b", ".join(b"u%d@example.com" % i for i in range(5000)), "too long"),
     ],
 )
 async def test_no_single_author_domain_is_dmarc_permerror(

@@ -47,7 +47,6 @@ class DKIMSigningError(Exception):
 class _Signature:
     """One DKIM-Signature header field, checked for syntax and ready for its key."""
 
-    index: int
     tags: dict[bytes, bytes]
     include_headers: list[bytes]
     header: tuple[bytes, bytes]
@@ -128,7 +127,7 @@ def _prepare(verifier: dkim.DKIM, index: int) -> _Signature | DKIMResult:
     algorithm = sig[b"a"].decode("ascii", "replace").lower()
     domain = ascii_domain(sig[b"d"].decode("utf-8", "replace"))
     selector = sig[b"s"].decode("utf-8", "replace")
-    signature = _Signature(index, sig, include_headers, sigheaders[index], domain, selector, algorithm)
+    signature = _Signature(sig, include_headers, sigheaders[index], domain, selector, algorithm)
     if not domain:
         return signature.result("permerror", f"invalid d= {_text(sig[b'd'])}")
     if not _SELECTOR.match(selector):
