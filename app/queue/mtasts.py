@@ -477,6 +477,7 @@ async def _refresh_domain(db_url: str, resolver: Resolver, settings: MTASTSSetti
         if not _usable(row):
             _delete_policy(db_url, domain)
             return "deleted"
+        log.info("MTA-STS policy for %s not refreshed, cached one kept: %s", domain, e)
         _note_error(db_url, domain, str(e))
         return "failed"
     _save_policy(db_url, domain, record.record_id, policy)
