@@ -15,6 +15,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Literal
 
+from app.auth.message import header_fields, header_section
 from app.config import Config
 
 MAX_FIELD = 900  # keep each DSN field line well under the 998 octet limit (RFC 5322 2.1.1)
@@ -64,11 +65,11 @@ def build_dsn(
 ) -> bytes:
     """The complete DSN message (CRLF line endings) for `sender` about `statuses` of one message."""
     failed = any(s.action == "failed" for s in statuses)
-    headers = original_headers(original)
+    headers = header_section(original) + b"\r\n"
     utf8 = not (sender.isascii() and all(s.recipient.isascii() for s in statuses))
     boundary = f"dsn-{secrets.token_hex(12)}"
     subject = "Undelivered mail" if failed else "Delayed mail (still trying)"
-    original_subject = header_value(headers, "subject")
+    original_subject = next((v for n, v in header_fields(original) if n.lower() == "subject"), "")
     if original_subject:
         subject += f": {original_subject}"
     message_headers = [
@@ -91,28 +92,6 @@ def build_dsn(
     ]
     body = b"".join(f"--{boundary}\r\n".encode() + part for part in parts) + f"--{boundary}--\r\n".encode()
     return "\r\n".join(message_headers).encode() + b"\r\n\r\n" + body
-
-
-def original_headers(message: bytes) -> bytes:
-    """The header section of a message, ending in one CRLF."""
-    end = message.find(b"\r\n\r\n")
-    section = message if end < 0 else message[: end + 2]
-    return section if section.endswith(b"\r\n") else section + b"\r\n"
-
-
-def header_value(headers: bytes, name: str) -> str | None:
-    """The first value of a header field (unfolded), or None."""
-    wanted = name.lower().encode() + b":"
-    lines = headers.split(b"\r\n")
-    for i, line in enumerate(lines):
-        if line.lower().startswith(wanted):
-            value = line[len(wanted) :]
-            for continuation in lines[i + 1 :]:
-                if continuation[:1] not in (b" ", b"\t"):
-                    break
-                value += continuation
-            return " ".join(value.decode("utf-8", errors="replace").split())
-    return None
 
 
 def _explanation(hostname: str, statuses: Sequence[RecipientStatus], failed: bool) -> bytes:

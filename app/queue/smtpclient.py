@@ -90,6 +90,8 @@ class DeliveryError(Exception):
         self.status = status
         self.diagnostic = diagnostic
         self.tls_failure = tls_failure
+        # What was known of the session when it failed (for the TLS result of a failed attempt).
+        self.session_info: SessionInfo | None = None
 
 
 class TLSError(DeliveryError):
@@ -266,12 +268,16 @@ def _establish(target: Target, tls: TLSSettings, options: ClientOptions, mode: _
         raise _reply(e.smtp_code, e.smtp_error).error(f"greeting from {target.host}") from e
     except (smtplib.SMTPException, OSError) as e:
         raise _connection_error(target, e) from e
+    info = SessionInfo(target, sending_ip=client.sock.getsockname()[0])
     try:
-        info = SessionInfo(target, sending_ip=client.sock.getsockname()[0])
         _ehlo(client, info)
         if mode is not _Mode.PLAIN:
             _starttls(client, tls, options, info, verify=mode is _Mode.AS_SET)
         return Session(client, info)
+    except DeliveryError as e:
+        e.session_info = info
+        client.close()
+        raise
     except BaseException:
         client.close()
         raise

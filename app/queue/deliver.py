@@ -1,0 +1,469 @@
+"""One delivery run for a queue row (SPEC R4.1-R4.7).
+
+`deliver(config, queue_id)` claims the row and more due rows for the same recipient domain (a lease:
+no other worker delivers them meanwhile), resolves where the domain's mail goes (MX or a smarthost
+route), decides TLS per host from MTA-STS and DANE (app/queue/tlspolicy.py), and sends the messages
+over one connection per host, falling back to the next IP and host when a connection fails. Each
+message's outcome is committed right after its SMTP transaction, so a crash repeats at most the
+message in flight. A repeated or stale wake-up finds nothing to claim and does nothing.
+
+Outcomes per recipient row: delivered (row removed, recipient recorded for reputation), permanent
+failure or last attempt (row removed, failure DSN), temporary failure (retry with backoff; a delay
+DSN after the 5th failed attempt). DSNs go only into local mailboxes (app/queue/dsn.py). TLS results
+are recorded per session for both the recipient domain's and the MX host's policy, except for
+deliveries of TLS reports and through smarthosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
+
+from app.auth.message import header_fields
+from app.config import Config
+from app.db import session_factory
+from app.dns import DNSTemporaryError, Resolver, resolver_from_config
+from app.models import Account, OutgoingMessage
+from app.models.base import utcnow
+from app.queue import outgoing
+from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
+from app.queue.dane import dane_for_mx
+from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
+from app.queue.mtasts import MTASTSResult, MTASTSSettings, policy_for_domain
+from app.queue.routes import Destination, Hop, host_addresses, resolve_destination
+from app.queue.smtpclient import (
+    ClientOptions,
+    DeliveryError,
+    Session,
+    SessionInfo,
+    Target,
+    TLSFailure,
+    open_session,
+)
+from app.queue.tlspolicy import PolicyFailure, ReportPolicy, TLSDecision, decide_tls
+from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.store import MailboxCopy, MessageStore, StoreError
+
+log = logging.getLogger(__name__)
+
+# TLSA records are published for port 25 (RFC 7672 §2.2); tests deliver to other ports, same names.
+DANE_PORT = 25
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+@dataclass
+class Message:
+    """One SMTP transaction: a message file, its sender and the queue rows of its recipients."""
+
+    path: str
+    sender: str
+    rows: list[OutgoingMessage]
+    content: bytes
+    tls_required_no: bool
+
+    @property
+    def recipients(self) -> list[str]:
+        return [row.recipient for row in self.rows]
+
+
+@dataclass
+class DeliveryReport:
+    """What one run did, by queue row id."""
+
+    delivered: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)
+
+
+async def deliver(config: Config, queue_id: int, resolver: Resolver | None = None) -> DeliveryReport:
+    """Deliver the row and its batch; idempotent (nothing to claim: nothing done)."""
+    run = _Run(config, resolver or resolver_from_config(config.dns))
+    try:
+        await run.start(queue_id)
+    finally:
+        await run.close()
+    return run.report
+
+
+class _Run:
+    def __init__(self, config: Config, resolver: Resolver) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.sessions = session_factory(config.resolved_database_url)
+        delivery = config.delivery
+        self.lease = timedelta(seconds=delivery.lease_seconds)
+        self.options = ClientOptions(
+            helo=config.hostname,
+            connect_timeout=delivery.connect_timeout,
+            command_timeout=delivery.command_timeout,
+            ca_bundle=delivery.ca_bundle,
+        )
+        self.report = DeliveryReport()
+        self.rows: list[OutgoingMessage] = []
+        self.lease_renewed = time.monotonic()
+        self.finished_paths: set[str] = set()
+        self._store: MessageStore | None = None
+        self._accounts: dict[int, str | None] = {}
+
+    async def start(self, queue_id: int) -> None:
+        with self.sessions() as session:
+            self.rows = outgoing.claim_batch(
+                session, queue_id, lease=self.lease, batch_size=self.config.delivery.batch_size
+            )
+        if not self.rows:
+            return
+        domain = self.rows[0].recipient_domain
+        messages = await self._load_messages(self.rows)
+        try:
+            destination = await resolve_destination(self.config.delivery, self.resolver, domain)
+        except DeliveryError as e:
+            log.info("delivery to %s: %s", domain, e)
+            for message in messages:
+                await self._settle(message, [e] * len(message.rows), remote=None)
+            return
+        sts = await self._mtasts(destination)
+        for tls_required_no in (False, True):
+            group = [m for m in messages if m.tls_required_no == tls_required_no]
+            if group:
+                await self._deliver_group(destination, sts, group, tls_required_no)
+
+    async def close(self) -> None:
+        outgoing.remove_unreferenced_files(self.config, self.finished_paths)
+        if self._store is not None:
+            await self._store.close()
+
+    # Messages.
+
+    async def _load_messages(self, rows: Sequence[OutgoingMessage]) -> list[Message]:
+        """Group rows into transactions (same file and sender); a missing file fails its rows."""
+        grouped: dict[tuple[str, str], list[OutgoingMessage]] = {}
+        for row in rows:
+            grouped.setdefault((row.path, row.sender), []).append(row)
+        messages = []
+        for (path, sender), group in grouped.items():
+            try:
+                content = (self.config.data_dir / path).read_bytes()
+            except OSError as e:
+                log.error("queue file %s of rows %s unreadable: %s", path, [r.id for r in group], e)
+                lost = Message(path, sender, group, b"", tls_required_no=False)
+                error = DeliveryError(f"message file unreadable: {e}", permanent=True, status="5.3.0")
+                await self._settle(lost, [error] * len(group), remote=None)
+                continue
+            content, tls_required_no = prepare_content(content)
+            tls_required_no = tls_required_no or any(r.require_tls is False for r in group)
+            messages.append(Message(path, sender, group, content, tls_required_no))
+        return messages
+
+    # Policies.
+
+    async def _mtasts(self, destination: Destination) -> MTASTSResult | None:
+        if any(hop.tls is not None for hop in destination.hops):
+            return None  # a smarthost route: the recipient domain's policies do not apply
+        settings = MTASTSSettings.from_config(self.config.delivery)
+        url = self.config.resolved_database_url
+        return await policy_for_domain(destination.domain, self.resolver, url, settings)
+
+    async def _decide(
+        self, destination: Destination, hop: Hop, sts: MTASTSResult | None, tls_required_no: bool
+    ) -> TLSDecision:
+        try:
+            dane = await dane_for_mx(self.resolver, hop.host, destination.mx_authentic, DANE_PORT)
+        except DNSTemporaryError as e:
+            raise DeliveryError(f"TLSA lookup for {hop.host}: {e}", permanent=False, status="4.4.3") from e
+        return decide_tls(destination.domain, hop.host, destination.mx_authentic, sts, dane, tls_required_no)
+
+    # Sending.
+
+    async def _deliver_group(
+        self, destination: Destination, sts: MTASTSResult | None, group: list[Message], tls_required_no: bool
+    ) -> None:
+        pending = group
+        last_error = DeliveryError(
+            f"no host of {destination.domain} could be reached", permanent=False, status="4.4.1"
+        )
+        remote: str | None = None
+        record = not all(row.is_tls_report for m in group for row in m.rows)
+        for hop in destination.hops:
+            if not pending:
+                return
+            try:
+                pending = await self._deliver_to_host(destination, hop, sts, pending, tls_required_no, record)
+            except DeliveryError as e:
+                log.info("delivery to %s via %s: %s", destination.domain, hop.host, e)
+                last_error, remote = e, hop.host
+        for message in pending:
+            await self._settle(message, [last_error] * len(message.rows), remote)
+
+    async def _deliver_to_host(
+        self,
+        destination: Destination,
+        hop: Hop,
+        sts: MTASTSResult | None,
+        pending: list[Message],
+        tls_required_no: bool,
+        record: bool,
+    ) -> list[Message]:
+        """Send to the host's addresses in turn; the messages left. DeliveryError: the host failed."""
+        decision = None if hop.tls is not None else await self._decide(destination, hop, sts, tls_required_no)
+        settings = hop.tls if decision is None else decision.settings
+        if decision is not None and not decision.use_host:
+            failure = decision.domain_failure or decision.host_failure
+            reason = failure.reason if failure else decision.basis
+            if record:
+                self._record_tls(destination.domain, decision, None, connected=False, host=hop.host)
+            raise DeliveryError(f"{hop.host} not used: {reason}", permanent=False, status="4.7.5")
+        addresses = await host_addresses(self.resolver, hop.host)
+        if not addresses:
+            permanent = destination.implicit_mx  # RFC 5321 §5.1: no MX and no address: no such domain
+            raise DeliveryError(
+                f"{hop.host} has no address", permanent=permanent, status="5.1.2" if permanent else "4.4.4"
+            )
+        error: DeliveryError | None = None
+        for ip in addresses:
+            try:
+                session = open_session(Target(hop.host, ip, hop.port), settings, self.options)
+            except DeliveryError as e:
+                if decision is not None and record:
+                    self._record_tls(
+                        destination.domain,
+                        decision,
+                        e.session_info,
+                        connected=e.tls_failure is not None,
+                        host=hop.host,
+                        failure=e.tls_failure,
+                    )
+                error = e
+                continue
+            if decision is not None and record:
+                self._record_tls(
+                    destination.domain,
+                    decision,
+                    session.info,
+                    connected=True,
+                    host=hop.host,
+                    failure=session.info.tls_failure,
+                )
+            pending, error = await self._send_all(session, pending, hop.host)
+            if not pending:
+                return []
+        # Every address failed to connect, or broke the connection, with messages still pending.
+        assert error is not None
+        raise error
+
+    async def _send_all(
+        self, session: Session, pending: list[Message], remote: str
+    ) -> tuple[list[Message], DeliveryError | None]:
+        """Send messages until done or the connection breaks; (messages left, the break)."""
+        left = list(pending)
+        try:
+            while left:
+                message = left[0]
+                try:
+                    results = session.send(message.sender, message.recipients, message.content)
+                except DeliveryError as e:
+                    if not e.permanent:
+                        return left, e  # the connection broke: the rest go to the next address or host
+                    await self._settle(message, [e] * len(message.rows), remote)
+                else:
+                    outcomes = [None if r.delivered else r.reply.error("recipient") for r in results]
+                    await self._settle(message, outcomes, remote)
+                left.pop(0)
+        finally:
+            session.close()
+        return left, None
+
+    # Outcomes.
+
+    async def _settle(
+        self, message: Message, outcomes: Sequence[DeliveryError | None], remote: str | None
+    ) -> None:
+        """Store the DSN (if any), then commit the rows' outcome: a crash may repeat a DSN, never lose one."""
+        now = utcnow()
+        statuses = []
+        is_report = any(r.is_dmarc_report or r.is_tls_report for r in message.rows)
+        plans: list[tuple[OutgoingMessage, DeliveryError | None, bool]] = []
+        for row, error in zip(message.rows, outcomes, strict=True):
+            final = error is not None and (error.permanent or row.attempts + 1 >= row.max_attempts)
+            plans.append((row, error, final))
+            if error is None:
+                continue
+            if final:
+                statuses.append(_status(row, error, "failed", remote, now))
+            elif wants_delay_dsn(row.attempts + 1, is_report):
+                statuses.append(_status(row, error, "delayed", remote, now, _retry_until(row, now)))
+        if statuses:
+            await self._store_dsn(message, statuses, now)
+        with self.sessions() as session:
+            for row, error, final in plans:
+                self._write_outcome(session, row, error, final, now)
+            self._renew_lease_if_due(session)
+            session.commit()
+        if all(final or error is None for _, error, final in plans):
+            self.finished_paths.add(message.path)
+
+    def _write_outcome(
+        self,
+        session: DBSession,
+        row: OutgoingMessage,
+        error: DeliveryError | None,
+        final: bool,
+        now: datetime,
+    ) -> None:
+        if error is None or final:
+            if not outgoing.finish(session, row):
+                log.warning("queue row %d: lease lost before its outcome was written", row.id)
+            if error is None:
+                self.report.delivered.append(row.id)
+                if row.account_id is not None and not (row.is_dmarc_report or row.is_tls_report):
+                    outgoing.record_sent_recipient(session, row.account_id, row.recipient)
+                log.info("delivered id=%d to=<%s>", row.id, row.recipient)
+            else:
+                self.report.failed.append(row.id)
+                log.info("delivery failed id=%d to=<%s>: %s", row.id, row.recipient, error)
+            return
+        outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
+        self.report.deferred.append(row.id)
+        log.info(
+            "delivery deferred id=%d to=<%s> attempt=%d: %s", row.id, row.recipient, row.attempts + 1, error
+        )
+
+    def _renew_lease_if_due(self, session: DBSession) -> None:
+        if time.monotonic() - self.lease_renewed > self.lease.total_seconds() / 3:
+            outgoing.renew_lease(session, self.rows, self.lease)
+            self.lease_renewed = time.monotonic()
+
+    async def _store_dsn(self, message: Message, statuses: list[RecipientStatus], now: datetime) -> None:
+        row = message.rows[0]
+        account = self._account_name(row.account_id)
+        target = dsn_mailbox(self.config, account, row.is_dmarc_report, row.is_tls_report)
+        if target is None:
+            log.warning("no DSN for %s: not sent by a local account", message.path)
+            return
+        dsn = build_dsn(
+            hostname=self.config.hostname,
+            sender=message.sender,
+            original=message.content,
+            statuses=statuses,
+            arrival=row.created,
+            now=now,
+        )
+        columns = {"seen": target.seen, "msg_from": f"postmaster@{self.config.hostname}"}
+        try:
+            await self._dsn_store().deliver(dsn, [MailboxCopy(target.account, target.mailbox, columns)])
+        except StoreError as e:
+            log.error("DSN for %s to %s/%s not stored: %s", message.path, target.account, target.mailbox, e)
+
+    def _dsn_store(self) -> MessageStore:
+        if self._store is None:
+            self._store = MessageStore(self.config.data_dir, self.config.resolved_database_url)
+        return self._store
+
+    def _account_name(self, account_id: int | None) -> str | None:
+        if account_id is None:
+            return None
+        if account_id not in self._accounts:
+            with self.sessions() as session:
+                self._accounts[account_id] = session.scalar(
+                    select(Account.name).where(Account.id == account_id)
+                )
+        return self._accounts[account_id]
+
+    # TLS results.
+
+    def _record_tls(
+        self,
+        domain: str,
+        decision: TLSDecision,
+        info: SessionInfo | None,
+        *,
+        connected: bool,
+        host: str,
+        failure: TLSFailure | None = None,
+    ) -> None:
+        result = SessionResult(
+            recipient_domain=domain,
+            domain_policy=_policy_ref(decision.domain_policy),
+            host_policy=_policy_ref(decision.host_policy),
+            failure=_session_failure(info, failure) if failure is not None else None,
+            domain_failure=_known_failure(decision.domain_failure, host),
+            host_failure=_known_failure(decision.host_failure, host),
+            connected=connected,
+        )
+        with self.sessions() as session:
+            record_tls_results(session, [result])
+            session.commit()
+
+
+def prepare_content(content: bytes) -> tuple[bytes, bool]:
+    """CRLF line endings, and the `TLS-Required: No` header field (RFC 8689) taken out; (content, had it)."""
+    if _BARE_LF.search(content):
+        content = _BARE_LF.sub(b"\r\n", content)
+    if b"tls-required" not in content[: content.find(b"\r\n\r\n")].lower():
+        return content, False
+    no = any(n.lower() == "tls-required" and v.strip().lower() == "no" for n, v in header_fields(content))
+    return (remove_header(content, b"tls-required"), True) if no else (content, False)
+
+
+def remove_header(content: bytes, name: bytes) -> bytes:
+    """The message without the header field `name` (all occurrences, with continuation lines)."""
+    end = content.find(b"\r\n\r\n")
+    head, rest = (content, b"") if end < 0 else (content[: end + 2], content[end + 2 :])
+    kept, skipping = [], False
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() == name
+        if not skipping:
+            kept.append(line)
+    return b"".join(line + b"\r\n" for line in kept) + rest
+
+
+def _status(
+    row: OutgoingMessage,
+    error: DeliveryError,
+    action: Literal["failed", "delayed"],
+    remote: str | None,
+    now: datetime,
+    retry_until: datetime | None = None,
+) -> RecipientStatus:
+    diagnostic = error.diagnostic or f"X-Postwarden; {error}"
+    return RecipientStatus(row.recipient, action, error.status, diagnostic, remote, now, retry_until)
+
+
+def _retry_until(row: OutgoingMessage, now: datetime) -> datetime:
+    """When the last attempt is due if every remaining one fails."""
+    until = now
+    for failed in range(row.attempts + 1, row.max_attempts):
+        until += RETRY_DELAYS[min(failed, len(RETRY_DELAYS)) - 1]
+    return until
+
+
+def _policy_ref(policy: ReportPolicy) -> PolicyRef:
+    return PolicyRef(policy.policy_type, policy.policy_domain, policy.policy_string, policy.mx_host)  # type: ignore[arg-type]
+
+
+def _known_failure(failure: PolicyFailure | None, host: str) -> FailureDetail | None:
+    if failure is None:
+        return None
+    return FailureDetail(failure.result_type, receiving_mx_hostname=host, failure_reason_code=failure.reason)
+
+
+def _session_failure(info: SessionInfo | None, failure: TLSFailure) -> FailureDetail:
+    return FailureDetail(
+        failure.result_type,
+        sending_ip=info.sending_ip if info else None,
+        receiving_mx_hostname=info.target.host if info else None,
+        receiving_mx_helo=info.receiving_helo if info else None,
+        receiving_ip=info.target.ip if info else None,
+        failure_reason_code=failure.reason,
+    )
