@@ -29,6 +29,9 @@ from pydantic import (
 from app.auth.dkimkeys import DKIMKeyError, load_private_key
 
 DEFAULT_CONFIG_PATH = Path("config/postwarden.toml")
+
+# A path given as a TOML string (strict mode would demand a Path object).
+FilePath = Annotated[Path, Field(strict=False)]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -49,7 +52,8 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `port = "25"` or `trust_dnssec = 1` is an error, not silently converted.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class MailboxTarget(Strict):
@@ -70,7 +74,7 @@ class Postmaster(Strict):
 class DKIMSelector(Strict):
     selector: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     algorithm: Literal["ed25519", "rsa"]
-    private_key_file: Path
+    private_key_file: FilePath
 
 
 class Domain(Strict):
@@ -111,8 +115,8 @@ class Listener(Strict):
     kind: Literal["inbound", "submission"]
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)]
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> Listener:
@@ -159,7 +163,7 @@ class Delivery(Strict):
     smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
     mtasts_https_port: Annotated[int, Field(ge=1, le=65535)] = 443
     # PEM file of trusted CAs for PKIX verification; none: the system's default CAs.
-    ca_bundle: Path | None = None
+    ca_bundle: FilePath | None = None
     connect_timeout: Annotated[float, Field(gt=0)] = 30.0
     command_timeout: Annotated[float, Field(gt=0)] = 300.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 8
@@ -173,12 +177,12 @@ class Delivery(Strict):
 class Web(Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    secret_key_file: Path | None = None
+    secret_key_file: FilePath | None = None
 
 
 class Config(Strict):
     hostname: Annotated[str, Field(min_length=1)]
-    data_dir: Path = Path("data")
+    data_dir: FilePath = Path("data")
     database_url: str | None = None
     broker_url: str | None = None
     log_format: Literal["text", "json"] = "text"

@@ -171,8 +171,7 @@ def test_missing_key(tmp_path: Path, edit: tuple[str, str], message: str) -> Non
     [
         (
             '[limits]\nmax_recipients = "ten"\n',
-            "key 'limits.max_recipients': Input should be a valid integer, "
-            "unable to parse string as an integer (got 'ten')",
+            "key 'limits.max_recipients': Input should be a valid integer (got 'ten')",
         ),
         (
             '[[listeners]]\nkind = "inbound"\nport = 99999\n',
@@ -190,6 +189,15 @@ def test_missing_key(tmp_path: Path, edit: tuple[str, str], message: str) -> Non
         (
             "[web]\naddress = 127\n",
             "key 'web.address': Input should be a valid string (got 127)",
+        ),
+        # Strict: numbers in strings and numbers for booleans are refused, not converted.
+        (
+            '[web]\nport = "8080"\n',
+            "key 'web.port': Input should be a valid integer (got '8080')",
+        ),
+        (
+            '[[accounts.admin.rulesets]]\nmailbox = "Inbox"\nis_forward = 1\n',
+            "key 'accounts.admin.rulesets[0].is_forward': Input should be a valid boolean (got 1)",
         ),
     ],
 )
