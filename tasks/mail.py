@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from app.db import session_scope
+from app.dmarcreports.evaluations import store_evaluation
 from app.queue.outgoing import count_due
 from tasks.celery_app import app, settings
 
@@ -13,17 +14,9 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name="tasks.mail.record_dmarc_evaluation")
-def record_dmarc_evaluation(evaluation: dict[str, Any]) -> None:
-    """Store a DMARC evaluation for aggregate reporting (SPEC R2.1/R2.2).
-
-    Until the aggregate report issue lands, the evaluation is logged, not stored.
-    """
-    log.info(
-        "dmarc evaluation policy_domain=%s disposition=%s optional=%s",
-        evaluation.get("policy_domain"),
-        evaluation.get("disposition"),
-        evaluation.get("optional"),
-    )
+def record_dmarc_evaluation(evaluation: dict[str, Any]) -> bool:
+    """Store a DMARC evaluation for aggregate reporting (SPEC R2.1/R2.2); whether it was stored."""
+    return store_evaluation(settings(), evaluation)
 
 
 @app.task(name="tasks.mail.sweep_queue")

@@ -55,9 +55,19 @@ def test_sweep_queue_runs_on_a_worker_and_counts_due_rows(broker_config: Path, t
 def test_dmarc_evaluation_task_reaches_the_worker(broker_config: Path, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     with celery_worker(broker_config, log):
-        evaluation = {"policy_domain": "example.net", "disposition": "reject", "optional": False}
+        evaluation = {
+            "policy_domain": "example.net",
+            "evaluated": "2026-11-25T13:37:00+00:00",
+            "rua": ["mailto:dmarc@example.net"],
+            "policy": {"p": "reject"},
+            "source_ip": "192.0.2.1",
+            "disposition": "reject",
+            "dkim_aligned": False,
+            "spf_aligned": False,
+            "header_from": "example.net",
+        }
         client_for(broker_config).send_task("tasks.mail.record_dmarc_evaluation", args=[evaluation])
-        wait_for_text(log, "dmarc evaluation policy_domain=example.net disposition=reject optional=False")
+        wait_for_text(log, "dmarc evaluation stored policy_domain=example.net disposition=reject optional=False")
 
 
 def test_worker_with_bad_config_exits_with_a_clear_message(tmp_path: Path) -> None:

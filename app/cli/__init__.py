@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     account,
     config_cmd,
+    dmarc,
     inspect,
     server,
     setup,

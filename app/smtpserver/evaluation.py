@@ -58,9 +58,12 @@ def dmarc_evaluation(
             "psd": record.psd,
             "ri": record.ri,
             "discovery_method": dmarc.discovery_method,
+            "fo": record.fo,
         },
         "source_ip": remote_ip,
         "disposition": disposition,
+        # The published policy that applied (p, sp or np); DMARC decides it only for failing mail.
+        "requested_disposition": dmarc.requested_disposition if dmarc.status == "fail" else None,
         "dkim_aligned": dmarc.dkim_aligned,
         "spf_aligned": dmarc.spf_aligned,
         "override_reasons": [],
