@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -15,9 +15,10 @@ class DMARCEvaluation(Base):
 
     __tablename__ = "dmarc_evaluations"
     __table_args__ = (
-        # The hourly job lists domains with ended intervals and reads one domain's rows by this index;
-        # `optional` is in it so listing the domains that need a report reads the index only.
-        Index("ix_dmarc_evaluations_domain_end", "policy_domain", "interval_end", "optional"),
+        # The hourly run reads the evaluations of ended intervals in one pass, and deletes in bulk what
+        # it reported. Only indexes whose order follows the insert order (time) are kept: deleting
+        # rows then touches their index pages in sequence, not all over the index.
+        Index("ix_dmarc_evaluations_interval_end", "interval_end"),
         Index("ix_dmarc_evaluations_evaluated", "evaluated"),
     )
 
@@ -56,20 +57,27 @@ class DMARCEvaluation(Base):
 
 
 class DMARCReportClaim(Base):
-    """A policy domain's report for one hourly run, claimed by the worker that sends it.
+    """A policy domain's evaluations taken by one hourly run: reported (report_id) or discarded (None).
 
     The unique key makes a second worker racing in the same hour fail to claim, so each report is
-    sent once; the claim commits together with the queued report and the deletion of its evaluations.
+    sent once; the claim commits together with the queued report. The evaluations it covers (its
+    domain's, up to `max_id`, of intervals ended by `run_hour`) are deleted in bulk after the run, or
+    by the next run if this one died first (`evaluations_deleted` says which is done).
     """
 
     __tablename__ = "dmarc_report_claims"
-    __table_args__ = (UniqueConstraint("policy_domain", "run_hour", name="uq_dmarc_report_claims_domain_hour"),)
+    __table_args__ = (
+        UniqueConstraint("policy_domain", "run_hour", name="uq_dmarc_report_claims_domain_hour"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     policy_domain: Mapped[str] = mapped_column(String(255))
     run_hour: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    report_id: Mapped[str] = mapped_column(String(64))
+    run_cid: Mapped[str] = mapped_column(String(32), index=True)
+    max_id: Mapped[int] = mapped_column(BigInteger)
+    report_id: Mapped[str | None] = mapped_column(String(64))
     claimed: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    evaluations_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ReportSuppression(Base):

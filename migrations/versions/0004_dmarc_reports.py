@@ -54,19 +54,23 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dmarc_evaluations'))
     )
     with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
-        batch_op.create_index('ix_dmarc_evaluations_domain_end', ['policy_domain', 'interval_end', 'optional'], unique=False)
         batch_op.create_index('ix_dmarc_evaluations_evaluated', ['evaluated'], unique=False)
+        batch_op.create_index('ix_dmarc_evaluations_interval_end', ['interval_end'], unique=False)
 
     op.create_table('dmarc_report_claims',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('policy_domain', sa.String(length=255), nullable=False),
     sa.Column('run_hour', app.models.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('report_id', sa.String(length=64), nullable=False),
+    sa.Column('run_cid', sa.String(length=32), nullable=False),
+    sa.Column('max_id', sa.BigInteger(), nullable=False),
+    sa.Column('report_id', sa.String(length=64), nullable=True),
     sa.Column('claimed', app.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('evaluations_deleted', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dmarc_report_claims')),
     sa.UniqueConstraint('policy_domain', 'run_hour', name='uq_dmarc_report_claims_domain_hour')
     )
     with op.batch_alter_table('dmarc_report_claims', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_dmarc_report_claims_run_cid'), ['run_cid'], unique=False)
         batch_op.create_index(batch_op.f('ix_dmarc_report_claims_run_hour'), ['run_hour'], unique=False)
 
     op.create_table('report_suppressions',
@@ -87,11 +91,12 @@ def downgrade() -> None:
     op.drop_table('report_suppressions')
     with op.batch_alter_table('dmarc_report_claims', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_dmarc_report_claims_run_hour'))
+        batch_op.drop_index(batch_op.f('ix_dmarc_report_claims_run_cid'))
 
     op.drop_table('dmarc_report_claims')
     with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
+        batch_op.drop_index('ix_dmarc_evaluations_interval_end')
         batch_op.drop_index('ix_dmarc_evaluations_evaluated')
-        batch_op.drop_index('ix_dmarc_evaluations_domain_end')
 
     op.drop_table('dmarc_evaluations')
     # ### end Alembic commands ###
