@@ -34,6 +34,7 @@ class Received:
     rcpt_tos: list[str]
     content: bytes
     tls: bool
+    session: int = 0  # which SMTP session (connection) it came over
 
 
 @dataclass
@@ -69,7 +70,9 @@ class PeerHandler:
             return self.data_reply
         content = envelope.original_content or envelope.content
         self.received.append(
-            Received(envelope.mail_from, list(envelope.rcpt_tos), content, session.ssl is not None)
+            Received(
+                envelope.mail_from, list(envelope.rcpt_tos), content, session.ssl is not None, id(session)
+            )
         )
         return "250 2.0.0 OK queued"
 

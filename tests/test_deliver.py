@@ -1,0 +1,647 @@
+"""Delivery through the real path: queue rows, loopback DNS (MX, MTA-STS, DANE with the AD bit), the
+real HTTPS policy server, aiosmtpd peers with real TLS, and the TLS results and DSNs it records."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import trustme
+from sqlalchemy import select, update
+
+from app.accounts import ensure_account
+from app.config import Config, load_config
+from app.db import session_scope
+from app.dns import Resolver
+from app.migrate import upgrade_database
+from app.models import Mailbox, Message, OutgoingMessage, SentRecipient, TLSFailureDetail, TLSResult
+from app.models.base import utcnow
+from app.queue.deliver import DeliveryReport, deliver, prepare_content
+from app.queue.outgoing import enqueue, enqueue_report
+from tests.configs import write_config
+from tests.dnsserver import DNSTestServer
+from tests.httpsserver import HTTPSTestServer
+from tests.smtppeers import AlertingPeer, Peer, PeerHandler, expired_cert, self_signed, smtp_peer, spki_sha256
+
+DOMAIN = "example.net"
+MX = "mx.example.net"
+SENDER = "admin@example.org"
+RCPT = "bob@example.net"
+CONTENT = (
+    b"From: Admin <admin@example.org>\r\nTo: bob@example.net\r\nSubject: Quarterly numbers\r\n"
+    b"Message-ID: <q1@example.org>\r\n\r\nHello Bob.\r\n"
+)
+
+
+@dataclass
+class World:
+    """The test's config and the peers it reaches through DNS."""
+
+    tmp: Path
+    dns: DNSTestServer
+    https: HTTPSTestServer
+    ca: trustme.CA
+    ca_file: Path
+    resolver: Resolver
+    config: Config | None = None
+
+    def configure(self, smtp_port: int, extra: str = "") -> Config:
+        toml = f"""
+[delivery]
+smtp_port = {smtp_port}
+mtasts_https_port = {self.https.port}
+ca_bundle = "{self.ca_file}"
+connect_timeout = 5
+command_timeout = 5
+{extra}"""
+        path = write_config(self.tmp / "config", toml, dns_port=self.dns.port)
+        self.config = load_config(path)
+        upgrade_database(self.config.resolved_database_url)
+        return self.config
+
+    def mx(self, *hosts: str, domain: str = DOMAIN, ip: str = "127.0.0.1") -> None:
+        for preference, host in enumerate(hosts, start=1):
+            self.dns.add(domain, "MX", f"{preference * 10} {host}.")
+            self.dns.add(host, "A", ip)
+
+    def mtasts(self, mode: str, mx: str = MX, domain: str = DOMAIN) -> None:
+        self.dns.txt(f"_mta-sts.{domain}", "v=STSv1; id=20261125")
+        self.dns.add(f"mta-sts.{domain}", "A", "127.0.0.1")
+        self.https.serve(f"mta-sts.{domain}", f"version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n")
+
+    def dane(self, tlsa: str, host: str = MX, authentic: bool = True) -> None:
+        self.dns.add(f"_25._tcp.{host}", "TLSA", tlsa)
+        if authentic:
+            self.dns.authentic(DOMAIN)
+
+    def queue(
+        self, content: bytes = CONTENT, recipients: tuple[str, ...] = (RCPT,), **options: object
+    ) -> list[int]:
+        assert self.config is not None
+        with session_scope(self.config.resolved_database_url) as session:
+            account_id = ensure_account(session, "admin").id
+            return enqueue(
+                session,
+                self.config,
+                content,
+                sender=SENDER,
+                recipients=recipients,
+                account_id=account_id,
+                **options,
+            )
+
+    async def run(self, queue_id: int) -> DeliveryReport:
+        assert self.config is not None
+        return await deliver(self.config, queue_id, self.resolver)
+
+    def rows(self) -> list[OutgoingMessage]:
+        with session_scope(self.url) as session:
+            return list(session.scalars(select(OutgoingMessage).order_by(OutgoingMessage.id)))
+
+    def make_due(self) -> None:
+        with session_scope(self.url) as session:
+            session.execute(update(OutgoingMessage).values(next_attempt=utcnow()))
+
+    def results(self) -> dict[tuple[str, bool], TLSResult]:
+        with session_scope(self.url) as session:
+            return {(r.policy_domain, r.is_host): r for r in session.scalars(select(TLSResult))}
+
+    def failures(self, policy_domain: str, is_host: bool) -> list[TLSFailureDetail]:
+        result = self.results()[policy_domain, is_host]
+        with session_scope(self.url) as session:
+            query = select(TLSFailureDetail).where(TLSFailureDetail.result_id == result.id)
+            return list(session.scalars(query))
+
+    def mailbox(self, account: str, name: str) -> list[tuple[Message, bytes]]:
+        assert self.config is not None
+        with session_scope(self.url) as session:
+            query = (
+                select(Message)
+                .join(Mailbox, Message.mailbox_id == Mailbox.id)
+                .where(Mailbox.name == name)
+                .order_by(Message.id)
+            )
+            messages = list(session.scalars(query))
+        return [(m, (self.config.data_dir / m.path).read_bytes()) for m in messages]
+
+    @property
+    def url(self) -> str:
+        assert self.config is not None
+        return self.config.resolved_database_url
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path,
+    dns: DNSTestServer,
+    https_server: HTTPSTestServer,
+    https_ca: trustme.CA,
+    https_ca_file: Path,
+    resolver: Resolver,
+) -> Iterator[World]:
+    yield World(tmp_path, dns, https_server, https_ca, https_ca_file, resolver)
+
+
+def assert_failure(detail: TLSFailureDetail, result_type: str, peer: Peer | AlertingPeer) -> None:
+    assert detail.result_type == result_type
+    assert detail.receiving_mx_hostname == MX
+    assert detail.receiving_ip == peer.address
+    assert detail.sending_ip == "127.0.0.1"
+    assert detail.failed_session_count == 1
+
+
+def counts(result: TLSResult) -> tuple[str, int, int]:
+    return result.policy_type, result.success_count, result.failure_count
+
+
+# Delivery and TLS results per RFC 8460 result type (SPEC R4.7).
+
+
+async def test_mtasts_enforce_with_valid_certificate_delivers_and_counts_a_success(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert [(r.rcpt_tos, r.tls) for r in peer.received] == [([RCPT], True)]
+    assert world.rows() == []
+    results = world.results()
+    assert counts(results[DOMAIN, False]) == ("sts", 1, 0)
+    assert json.loads(results[DOMAIN, False].mx_host) == [MX]
+    assert "mode: enforce" in json.loads(results[DOMAIN, False].policy_string)
+    assert counts(results[MX, True]) == ("no-policy-found", 1, 0)
+
+
+async def test_mtasts_enforce_with_expired_certificate_is_not_delivered_and_retried(world: World) -> None:
+    with smtp_peer(expired_cert(world.ca, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        (queue_id,) = world.queue()
+        started = utcnow()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (row,) = world.rows()
+    assert row.attempts == 1 and row.lease_owner is None
+    assert "certificate-expired" in (row.last_error or "")
+    assert started + timedelta(minutes=7) < row.next_attempt < utcnow() + timedelta(minutes=8)
+    assert counts(world.results()[DOMAIN, False]) == ("sts", 0, 1)
+    (detail,) = world.failures(DOMAIN, False)
+    assert_failure(detail, "certificate-expired", peer)
+    assert detail.receiving_mx_helo == MX
+    assert "expired" in (detail.failure_reason_code or "")
+
+
+async def test_mtasts_testing_with_expired_certificate_delivers_and_records_the_failure(world: World) -> None:
+    with smtp_peer(expired_cert(world.ca, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("testing")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert [r.tls for r in peer.received] == [True]  # unverified, but still encrypted
+    assert counts(world.results()[DOMAIN, False]) == ("sts", 0, 1)
+    (detail,) = world.failures(DOMAIN, False)
+    assert_failure(detail, "certificate-expired", peer)
+
+
+@pytest.mark.parametrize(
+    ("make_cert", "result_type"),
+    [
+        (lambda ca, tmp: ca.issue_cert("wrong.example.com"), "certificate-host-mismatch"),
+        (lambda ca, tmp: trustme.CA().issue_cert(MX), "certificate-not-trusted"),
+        (lambda ca, tmp: self_signed(tmp, MX), "certificate-not-trusted"),
+    ],
+    ids=["host-mismatch", "unknown-ca", "self-signed"],
+)
+async def test_mtasts_enforce_certificate_failures(
+    world: World, make_cert: Callable[[trustme.CA, Path], object], result_type: str
+) -> None:
+    with smtp_peer(make_cert(world.ca, world.tmp)) as peer:  # type: ignore[arg-type]
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (detail,) = world.failures(DOMAIN, False)
+    assert_failure(detail, result_type, peer)
+
+
+async def test_mtasts_enforce_without_starttls_is_starttls_not_supported(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert(MX), handler=PeerHandler(starttls=False)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (detail,) = world.failures(DOMAIN, False)
+    assert_failure(detail, "starttls-not-supported", peer)
+    assert "4.7.10" in (world.rows()[0].last_error or "") or "TLS failure" in (
+        world.rows()[0].last_error or ""
+    )
+
+
+async def test_mx_outside_an_enforced_policy_is_not_used(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce", mx="mail.example.net")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (detail,) = world.failures(DOMAIN, False)
+    assert detail.result_type == "validation-failure"
+    assert detail.receiving_mx_hostname == MX and detail.receiving_ip is None
+    assert (MX, True) not in world.results()  # no session: nothing to say about the host's policy
+
+
+async def test_dane_ee_record_for_a_self_signed_certificate_delivers(world: World) -> None:
+    cert = self_signed(world.tmp, MX)
+    with smtp_peer(cert) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dane(f"3 1 1 {spki_sha256(cert)}")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert [r.tls for r in peer.received] == [True]
+    host = world.results()[MX, True]
+    assert counts(host) == ("tlsa", 1, 0)
+    assert json.loads(host.policy_string) == [f"3 1 1 {spki_sha256(cert).upper()}"]
+    assert counts(world.results()[DOMAIN, False]) == ("no-policy-found", 1, 0)
+
+
+async def test_dane_wins_over_mtasts_for_its_host(world: World) -> None:
+    """A self-signed certificate would fail MTA-STS enforce; the DANE-EE record authenticates it."""
+    cert = self_signed(world.tmp, MX)
+    with smtp_peer(cert) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        world.dane(f"3 1 1 {spki_sha256(cert)}")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert counts(world.results()[MX, True]) == ("tlsa", 1, 0)
+
+
+async def test_tlsa_mismatch_is_not_delivered(world: World) -> None:
+    with smtp_peer(self_signed(world.tmp, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dane("3 1 1 " + "ab" * 32)
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    assert counts(world.results()[MX, True]) == ("tlsa", 0, 1)
+    (detail,) = world.failures(MX, True)
+    assert_failure(detail, "tlsa-invalid", peer)
+
+
+async def test_tlsa_without_the_ad_bit_is_no_dane(world: World) -> None:
+    with smtp_peer(self_signed(world.tmp, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dane("3 1 1 " + "ab" * 32, authentic=False)  # would not match: must not be used
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert counts(world.results()[MX, True]) == ("no-policy-found", 1, 0)
+
+
+async def test_missing_starttls_with_dane_is_dane_required(world: World) -> None:
+    cert = self_signed(world.tmp, MX)
+    with smtp_peer(cert, handler=PeerHandler(starttls=False)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dane(f"3 1 1 {spki_sha256(cert)}")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (detail,) = world.failures(MX, True)
+    assert_failure(detail, "dane-required", peer)
+
+
+async def test_failed_tlsa_lookup_in_a_signed_zone_is_dnssec_invalid(world: World) -> None:
+    with smtp_peer(self_signed(world.tmp, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dns.authentic(DOMAIN)
+        world.dns.servfail(f"_25._tcp.{MX}")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.deferred == [queue_id] and peer.received == []
+    (detail,) = world.failures(MX, True)
+    assert detail.result_type == "dnssec-invalid" and detail.receiving_mx_hostname == MX
+
+
+async def test_alert_after_the_handshake_is_recorded_and_delivery_retries_in_plain_text(world: World) -> None:
+    with AlertingPeer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    assert peer.tls_attempts == 1
+    assert [(r.rcpt_tos, r.tls) for r in peer.received] == [([RCPT], False)]
+    (detail,) = world.failures(MX, True)
+    assert_failure(detail, "validation-failure", peer)
+    assert "alert certificate required" in (detail.failure_reason_code or "")
+    assert counts(world.results()[DOMAIN, False]) == ("no-policy-found", 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("serve", "result_type"),
+    [
+        ("404", "sts-policy-fetch-error"),
+        ("invalid", "sts-policy-invalid"),
+        ("bad-cert", "sts-webpki-invalid"),
+    ],
+)
+async def test_mtasts_discovery_failures_are_recorded_and_mail_still_goes(
+    world: World, serve: str, result_type: str
+) -> None:
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")
+        world.dns.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
+        if serve == "invalid":
+            world.https.serve(f"mta-sts.{DOMAIN}", "version: STSv1\nmode: sometimes\n")
+        elif serve == "bad-cert":
+            world.https.serve(f"mta-sts.{DOMAIN}", "version: STSv1\nmode: enforce\nmx: x\nmax_age: 1\n")
+            world.https.certificate(f"mta-sts.{DOMAIN}", trustme.CA().issue_cert(f"mta-sts.{DOMAIN}"))
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]  # no policy could be had: fail open (RFC 8461 §5)
+    domain = world.results()[DOMAIN, False]
+    assert counts(domain) == ("sts", 0, 1)
+    (detail,) = world.failures(DOMAIN, False)
+    assert detail.result_type == result_type
+    assert counts(world.results()[MX, True]) == ("no-policy-found", 1, 0)
+
+
+async def test_tls_required_no_delivers_despite_policy_failure_and_is_removed(world: World) -> None:
+    content = CONTENT.replace(b"Subject:", b"TLS-Required: No\r\nSubject:")
+    with smtp_peer(expired_cert(world.ca, MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        (queue_id,) = world.queue(content)
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id]
+    (received,) = peer.received
+    assert received.content == CONTENT  # the header field is gone, nothing else changed
+    (detail,) = world.failures(DOMAIN, False)
+    assert detail.result_type == "certificate-expired"
+
+
+async def test_deliveries_of_tls_reports_are_not_recorded(world: World) -> None:
+    content = CONTENT.replace(b"Subject:", b"TLS-Required: No\r\nSubject:")
+    with smtp_peer(expired_cert(world.ca, MX)) as peer:
+        config = world.configure(peer.port)
+        world.mx(MX)
+        world.mtasts("enforce")
+        with session_scope(world.url) as session:
+            (queue_id,) = enqueue_report(
+                session,
+                config,
+                message=content,
+                sender="postmaster@example.org",
+                recipients=[RCPT],
+                kind="tls",
+            )
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id] and len(peer.received) == 1
+    assert world.results() == {}
+
+
+# Queue behaviour: batches, connection reuse, idempotency, fallback, recipients.
+
+
+async def test_messages_to_one_domain_share_one_connection(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        ids = [world.queue(CONTENT.replace(b"Quarterly", f"#{i}".encode()))[0] for i in range(4)]
+        ids += world.queue(recipients=("carol@example.net", "dave@example.net"))
+        report = await world.run(ids[0])
+        assert sorted(report.delivered) == sorted(ids)
+        assert await world.run(ids[1]) == DeliveryReport()  # already delivered: nothing to do
+    assert len({r.session for r in peer.received}) == 1
+    assert [r.rcpt_tos for r in peer.received][-1] == ["carol@example.net", "dave@example.net"]
+    assert world.rows() == []
+    assert counts(world.results()[DOMAIN, False]) == ("no-policy-found", 1, 0)  # one session
+    assert list((world.config.data_dir / "outgoing").iterdir()) == []  # type: ignore[union-attr]
+
+
+async def test_a_row_held_by_another_worker_is_left_alone(world: World) -> None:
+    world.configure(25)
+    (queue_id,) = world.queue()
+    with session_scope(world.url) as session:
+        session.execute(
+            update(OutgoingMessage).values(lease_owner="other", lease_until=utcnow() + timedelta(minutes=5))
+        )
+    assert await world.run(queue_id) == DeliveryReport()
+    (row,) = world.rows()
+    assert (row.lease_owner, row.attempts) == ("other", 0)
+
+
+async def test_next_mx_is_tried_when_the_first_refuses(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert("mx2.example.net"), address="127.0.0.2") as peer:
+        world.configure(peer.port)
+        # mx1 is 127.0.0.1, where nothing listens on the port; mx2 has the peer.
+        world.dns.add(DOMAIN, "MX", "10 mx1.example.net.", "20 mx2.example.net.")
+        world.dns.add("mx1.example.net", "A", "127.0.0.1")
+        world.dns.add("mx2.example.net", "A", "127.0.0.2")
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id] and len(peer.received) == 1
+
+
+async def test_delivered_recipients_are_recorded_for_reputation(world: World) -> None:
+    with smtp_peer(None) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        ids = world.queue(recipients=("Bob@Example.NET", "carol@example.net"))
+        ids += world.queue(recipients=("Bob@Example.NET",))
+        await world.run(ids[0])
+    with session_scope(world.url) as session:
+        rows = {r.address: r for r in session.scalars(select(SentRecipient))}
+    assert set(rows) == {"Bob@example.net", "carol@example.net"}
+    assert rows["Bob@example.net"].count == 2
+    assert (
+        rows["Bob@example.net"].domain == "example.net"
+        and rows["Bob@example.net"].org_domain == "example.net"
+    )
+
+
+# Failures, backoff and DSNs.
+
+
+def dsn_parts(raw: bytes) -> tuple[email.message.EmailMessage, str, str]:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    parts = list(message.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
+    status = parts[1].get_payload()
+    status_text = "\n".join(str(block) for block in status) if isinstance(status, list) else str(status)
+    return message, status_text, parts[2].get_content()  # type: ignore[return-value]
+
+
+async def test_permanent_rejection_gives_a_failure_dsn_in_the_senders_inbox(world: World) -> None:
+    handler = PeerHandler(rcpt_replies={RCPT: "550 5.1.1 <bob@example.net>: no such user"})
+    with smtp_peer(None, handler=handler) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.failed == [queue_id] and world.rows() == []
+    ((stored, raw),) = world.mailbox("admin", "Inbox")
+    assert not stored.seen
+    message, status, headers = dsn_parts(raw)
+    assert message["To"] == SENDER and message["Auto-Submitted"] == "auto-replied"
+    assert "Quarterly numbers" in message["Subject"]
+    assert "Reporting-MTA: dns; mail.example.org" in status
+    assert f"Final-Recipient: rfc822; {RCPT}" in status
+    assert "Action: failed" in status and "Status: 5.1.1" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: no such user" in status
+    assert f"Remote-MTA: dns; {MX}" in status
+    assert "Message-ID: <q1@example.org>" in headers and "Hello Bob" not in headers
+    assert list((world.config.data_dir / "outgoing").iterdir()) == []  # type: ignore[union-attr]
+
+
+async def test_transient_failures_back_off_then_delay_dsn_then_failure_dsn(world: World) -> None:
+    handler = PeerHandler(rcpt_replies={RCPT: "451 4.3.0 try again later"})
+    waits = []
+    with smtp_peer(None, handler=handler) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        (queue_id,) = world.queue()
+        for attempt in range(1, 9):
+            before = utcnow()
+            report = await world.run(queue_id)
+            if attempt < 8:
+                assert report.deferred == [queue_id]
+                (row,) = world.rows()
+                assert row.attempts == attempt
+                waits.append(round((row.next_attempt - before).total_seconds() / 60, 1))
+                inbox = world.mailbox("admin", "Inbox")
+                assert len(inbox) == (1 if attempt >= 5 else 0), attempt
+                world.make_due()
+        assert report.failed == [queue_id]
+    assert waits == [7.5, 15.0, 30.0, 60.0, 120.0, 240.0, 480.0]
+    assert world.rows() == [] and peer.received == []
+    (_, delay), (_, failure) = world.mailbox("admin", "Inbox")
+    _, delay_status, _ = dsn_parts(delay)
+    assert "Action: delayed" in delay_status and "Status: 4.3.0" in delay_status
+    assert "Will-Retry-Until:" in delay_status
+    _, failure_status, _ = dsn_parts(failure)
+    assert (
+        "Action: failed" in failure_status
+        and "Diagnostic-Code: smtp; 451 4.3.0 try again later" in failure_status
+    )
+
+
+async def test_max_attempts_is_per_message(world: World) -> None:
+    with smtp_peer(None, handler=PeerHandler(rcpt_replies={RCPT: "451 4.3.0 later"})) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        (queue_id,) = world.queue(max_attempts=2)
+        await world.run(queue_id)
+        world.make_due()
+        report = await world.run(queue_id)
+    assert report.failed == [queue_id]
+    assert len(world.mailbox("admin", "Inbox")) == 1
+
+
+async def test_failed_report_gives_a_quiet_dsn_to_the_postmaster_and_no_delay_dsn(world: World) -> None:
+    with smtp_peer(None, handler=PeerHandler(rcpt_replies={RCPT: "451 4.3.0 later"})) as peer:
+        config = world.configure(peer.port)
+        world.mx(MX)
+        with session_scope(world.url) as session:
+            (queue_id,) = enqueue_report(
+                session,
+                config,
+                message=CONTENT,
+                sender="postmaster@mail.example.org",
+                recipients=[RCPT],
+                kind="dmarc",
+                max_attempts=5,
+            )
+        for _ in range(5):
+            report = await world.run(queue_id)
+            world.make_due()
+    assert report.failed == [queue_id]
+    assert world.mailbox("admin", "Inbox") == []
+    ((stored, raw),) = world.mailbox("admin", "Postmaster/dmarc")
+    assert stored.seen
+    assert "Action: failed" in dsn_parts(raw)[1]
+
+
+@pytest.mark.parametrize(
+    ("records", "status"),
+    [({"MX": "0 ."}, "5.1.10"), ({}, "5.1.2")],
+    ids=["null-mx", "no-such-domain"],
+)
+async def test_undeliverable_domains_fail_at_once(world: World, records: dict[str, str], status: str) -> None:
+    world.configure(25)
+    world.dns.add("example.com", "A", "192.0.2.1")  # another name exists, example.net does not
+    for rdtype, value in records.items():
+        world.dns.add(DOMAIN, rdtype, value)
+    (queue_id,) = world.queue()
+    report = await world.run(queue_id)
+    assert report.failed == [queue_id]
+    ((_, raw),) = world.mailbox("admin", "Inbox")
+    assert f"Status: {status}" in dsn_parts(raw)[1]
+
+
+async def test_dns_trouble_is_temporary(world: World) -> None:
+    world.configure(25)
+    world.dns.servfail(DOMAIN)
+    (queue_id,) = world.queue()
+    report = await world.run(queue_id)
+    assert report.deferred == [queue_id]
+    assert "MX lookup" in (world.rows()[0].last_error or "")
+
+
+async def test_smarthost_route_is_used_with_its_own_tls(world: World) -> None:
+    with smtp_peer(world.ca.issue_cert("smarthost.example.org")) as peer:
+        world.configure(
+            25,
+            f'[[delivery.routes]]\nhost = "127.0.0.1"\nport = {peer.port}\nverify_pkix = false\n',
+        )
+        world.mx(MX)  # not used
+        world.mtasts("enforce")  # not consulted for a smarthost
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id] and [r.tls for r in peer.received] == [True]
+    assert world.results() == {}
+
+
+def test_prepare_content_normalizes_line_endings_and_takes_out_tls_required() -> None:
+    raw = b"Subject: x\ntls-required:\n  No\nTo: b@example.net\n\nbody\nline\n"
+    content, no = prepare_content(raw)
+    assert no
+    assert content == b"Subject: x\r\nTo: b@example.net\r\n\r\nbody\r\nline\r\n"
+    assert prepare_content(b"TLS-Required: yes\r\n\r\nx\r\n") == (b"TLS-Required: yes\r\n\r\nx\r\n", False)
+    assert prepare_content(b"Subject: a\r\n\r\nTLS-Required: No\r\n") == (
+        b"Subject: a\r\n\r\nTLS-Required: No\r\n",
+        False,
+    )
