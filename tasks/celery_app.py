@@ -62,7 +62,7 @@ def _configure_logging(**_: object) -> None:
     setup_logging(config.log_level, config.log_format)
 
 
-app = Celery("postwarden", include=["tasks.mail", "tasks.reports", "tasks.tlsreports"])
+app = Celery("postwarden", include=["tasks.mail", "tasks.delivery", "tasks.reports", "tasks.tlsreports"])
 
 
 @app.on_configure.connect

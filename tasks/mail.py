@@ -7,8 +7,9 @@ from typing import Any
 
 from app.db import session_scope
 from app.dmarcreports.evaluations import store_evaluation
-from app.queue.outgoing import count_due
+from app.queue.outgoing import count_due, due_wakeups
 from tasks.celery_app import app, settings
+from tasks.delivery import deliver_task
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,14 @@ def record_dmarc_evaluation(evaluation: dict[str, Any]) -> bool:
 
 @app.task(name="tasks.mail.sweep_queue")
 def sweep_queue() -> int:
-    """Find queue rows that are due (DESIGN.md: the DB is the truth, the broker only wakes workers)."""
-    with session_scope(settings().resolved_database_url) as session:
+    """Wake workers for due rows no worker holds (DESIGN.md: the DB is the truth, the broker only
+    wakes workers): one deliver task per batch of a recipient domain. A lost task message, a broker
+    restart or a killed worker (its lease expires) thus only delays mail."""
+    config = settings()
+    with session_scope(config.resolved_database_url) as session:
         due = count_due(session)
-    log.info("queue sweep: %d message(s) due", due)
+        wakeups = due_wakeups(session, config.delivery.batch_size)
+    for queue_id in wakeups:
+        deliver_task.delay(queue_id)
+    log.info("queue sweep: %d message(s) due, %d delivery task(s) sent", due, len(wakeups))
     return due

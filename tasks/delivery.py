@@ -1,0 +1,53 @@
+"""Delivery tasks (SPEC §4): deliver a queue row with its batch, refresh cached MTA-STS policies.
+
+Thin: the work is in app/queue/. A task carries only a row id; the row in the database says what
+to do, so a repeated, late or lost task message changes nothing (the sweep sends another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import cache
+
+from app.dns import Resolver, resolver_from_config
+from app.logs import cid_scope
+from app.queue.deliver import deliver
+from app.queue.mtasts import MTASTSSettings, refresh_policies
+from tasks.celery_app import app, settings
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def resolver() -> Resolver:
+    """One resolver per worker process, so its cache serves every delivery the process makes."""
+    return resolver_from_config(settings().dns)
+
+
+@app.task(name="tasks.delivery.deliver")
+def deliver_task(queue_id: int) -> int:
+    """Deliver the row and the due rows for the same domain; how many were delivered."""
+    with cid_scope():
+        report = asyncio.run(deliver(settings(), queue_id, resolver()))
+    return len(report.delivered)
+
+
+@app.task(name="tasks.delivery.refresh_mtasts_policies")
+def refresh_mtasts_policies() -> int:
+    """Refresh the cached MTA-STS policies (SPEC R4.3); how many were refreshed."""
+    config = settings()
+    with cid_scope():
+        summary = asyncio.run(
+            refresh_policies(
+                config.resolved_database_url, resolver(), MTASTSSettings.from_config(config.delivery)
+            )
+        )
+        log.info(
+            "mta-sts refresh: checked=%d refreshed=%d deleted=%d failed=%d",
+            summary.checked,
+            summary.refreshed,
+            summary.deleted,
+            summary.failed,
+        )
+    return summary.refreshed
