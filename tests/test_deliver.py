@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
 from app.accounts import ensure_account
+from app.cli import main
 from app.config import Config, load_config
 from app.db import session_scope
 from app.dns import Resolver
@@ -643,3 +645,60 @@ def test_prepare_content_normalizes_line_endings_and_takes_out_tls_required() ->
         b"Subject: a\r\n\r\nTLS-Required: No\r\n",
         False,
     )
+
+
+# The queue CLI.
+
+
+def cli(world: World, *args: str) -> Result:
+    assert world.config is not None
+    return CliRunner().invoke(
+        main, ["--config", str(world.tmp / "config" / "postwarden.toml"), "queue", *args]
+    )
+
+
+def test_queue_cli_lists_shows_retries_and_drops(world: World) -> None:
+    config = world.configure(25)
+    first, second = world.queue(recipients=(RCPT, "carol@example.net"))
+    with session_scope(world.url) as session:
+        session.execute(update(OutgoingMessage).values(next_attempt=utcnow() + timedelta(hours=1)))
+
+    listed = cli(world, "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [(r["id"], r["recipient"], r["held"]) for r in json.loads(listed.output)] == [
+        (first, RCPT, False),
+        (second, "carol@example.net", False),
+    ]
+    text = cli(world, "list").output
+    assert RCPT in text and "2 message(s) queued" in text
+
+    shown = json.loads(cli(world, "show", str(first), "--json").output)
+    assert shown["headers"]["Subject"] == "Quarterly numbers"
+    assert shown["file"] == str(config.data_dir / shown["path"])
+    assert cli(world, "show", "999").exit_code != 0
+
+    assert json.loads(cli(world, "retry", str(first), "--json").output) == {"retried": [first], "skipped": []}
+    rows = {r.id: r for r in world.rows()}
+    assert rows[first].next_attempt <= utcnow() < rows[second].next_attempt
+    assert cli(world, "retry").exit_code == 2  # neither ids nor --all
+
+    dropped = cli(world, "drop", str(first), "999", "--json")
+    assert dropped.exit_code == 1  # 999 was not queued
+    assert json.loads(dropped.output) == {"dropped": [first], "skipped": [999]}
+    assert [r.id for r in world.rows()] == [second]
+    assert (config.data_dir / shown["path"]).exists()  # the other recipient's row still needs the file
+    assert cli(world, "drop", str(second)).exit_code == 0
+    assert not (config.data_dir / shown["path"]).exists()
+
+
+def test_queue_cli_leaves_rows_a_worker_holds(world: World) -> None:
+    world.configure(25)
+    (queue_id,) = world.queue()
+    with session_scope(world.url) as session:
+        session.execute(
+            update(OutgoingMessage).values(lease_owner="w", lease_until=utcnow() + timedelta(minutes=5))
+        )
+    assert json.loads(cli(world, "list", "--json").output)[0]["held"] is True
+    result = cli(world, "drop", str(queue_id))
+    assert result.exit_code == 1 and "being delivered right now" in result.output
+    assert len(world.rows()) == 1
