@@ -123,3 +123,27 @@ def test_concurrent_processes_never_lose_a_count(postgres_url: str) -> None:
     for result in rows(postgres_url).values():
         assert (result.success_count, result.failure_count) == (expected_successes, expected_failures)
     assert [d.failed_session_count for d in details(postgres_url)] == [expected_failures] * 2
+
+
+def test_failures_known_before_connecting_count_for_their_policy_only(sqlite_url: str) -> None:
+    fetch_error = FailureDetail("sts-policy-fetch-error", failure_reason_code="HTTP status 404")
+    dnssec = FailureDetail("dnssec-invalid", receiving_mx_hostname="mx.example.net")
+    with session_scope(sqlite_url) as session:
+        # A session that worked, under a domain policy that could not be fetched.
+        record_tls_results(
+            session, [SessionResult("example.net", STS, TLSA, domain_failure=fetch_error)], day=DAY
+        )
+        # A host not connected to (its TLSA lookup failed): only the host's failure counts.
+        record_tls_results(
+            session, [SessionResult("example.net", STS, TLSA, host_failure=dnssec, connected=False)], day=DAY
+        )
+    results = rows(sqlite_url)
+    assert (results["example.net", False].success_count, results["example.net", False].failure_count) == (
+        0,
+        1,
+    )
+    assert (results["mx.example.net", True].success_count, results["mx.example.net", True].failure_count) == (
+        1,
+        1,
+    )
+    assert sorted(d.result_type for d in details(sqlite_url)) == ["dnssec-invalid", "sts-policy-fetch-error"]

@@ -105,7 +105,7 @@ def _explanation(hostname: str, statuses: Sequence[RecipientStatus], failed: boo
         ]
     for status in statuses:
         reason = status.diagnostic or status.status
-        lines.append(f"  <{status.recipient}>: {_one_line(reason)}")
+        lines.append(f"  <{status.recipient}>: {_one_line(reason)[:MAX_FIELD]}")
         if status.will_retry_until is not None:
             lines.append(f"    (will keep trying until {format_datetime(status.will_retry_until)})")
     lines += ["", "The technical details and the headers of your message follow."]
@@ -131,7 +131,8 @@ def _delivery_status(
         if status.will_retry_until is not None:
             block.append(f"Will-Retry-Until: {format_datetime(status.will_retry_until)}")
         blocks.append(block)
-    return "".join("\r\n".join(block) + "\r\n\r\n" for block in blocks).encode()
+    # Groups of fields separated by one blank line (RFC 3464 §2.1), no empty group at the end.
+    return "\r\n".join("\r\n".join(block) + "\r\n" for block in blocks).encode()
 
 
 def _part(content_type: str, content: bytes, encoding: str | None = None) -> bytes:
