@@ -6,9 +6,10 @@ the tmp directory; then the rows, which name the *final* path, are committed; th
 into place. A crash can therefore leave a file in tmp/ only, and `recover()` settles each one: rows
 exist → finish the rename; no rows → the client never got a 250, delete it. Nothing else is looked at.
 
-Throughput: sessions hand their messages to one committer, which takes everything pending at that
-moment and stores it with one database transaction and one directory fsync (group commit), in a
-worker thread so the event loop never blocks. Only one process may store into a data dir at a time.
+Throughput: a message's file is written and fsync'd by a pool of writer threads as soon as it
+arrives; then one committer takes every message pending at that moment and commits their rows in
+one database transaction after one directory fsync (group commit). Blocking work stays off the event
+loop. Only one process may store into a data dir at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ OUTGOING_DIR = "outgoing"
 PATH_SEPARATOR_IN_TMP = "!"
 # A batch is capped so one commit never holds many megabytes or keeps early sessions waiting long.
 MAX_BATCH_MESSAGES = 512
+FILE_WRITERS = 8
 
 
 def new_file_id() -> str:
@@ -81,13 +83,14 @@ class OutgoingCopy:
 class _Job:
     content: bytes
     copies: Sequence[MailboxCopy] | OutgoingCopy
+    relatives: list[str]  # final paths under the data dir: one per copy (one for outgoing)
+    tmp_paths: list[Path]
     future: asyncio.Future[list[str]]
-    # Filled in by the committer: the files to write and the rows that will point at them.
-    files: list[_PlannedFile] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _PlannedFile:
+    tmp: Path
     relative: str  # final path under the data dir
     model: type[Message] | type[OutgoingMessage]
     rows: list[dict[str, Any]]
@@ -108,7 +111,10 @@ class MessageStore:
         self.data_dir = data_dir
         self.tmp_dir = data_dir / TMP_DIR
         self._sessions = session_factory(database_url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
+        # Files are written and fsync'd as messages arrive, several at once (the filesystem journal
+        # commits concurrent fsyncs together); one committer thread owns the database writes.
+        self._writers = ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="store-write")
+        self._committer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
         self._pending: list[_Job] = []
         self._committer: asyncio.Task[None] | None = None
         # (account, mailbox) -> (account id, mailbox id); only ids of committed rows go in.
@@ -120,11 +126,11 @@ class MessageStore:
 
     async def deliver(self, content: bytes, copies: Sequence[MailboxCopy]) -> list[str]:
         """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out)."""
-        return await self._submit(content, copies)
+        return await self._submit(content, copies, [message_path(new_file_id()) for _ in copies])
 
     async def enqueue_outgoing(self, content: bytes, outgoing: OutgoingCopy) -> str:
         """Store a submitted message and its queue rows durably; its file id."""
-        (file_id,) = await self._submit(content, outgoing)
+        (file_id,) = await self._submit(content, outgoing, [outgoing_path(new_file_id())])
         return file_id
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
@@ -154,12 +160,21 @@ class MessageStore:
     async def close(self) -> None:
         if self._committer is not None:
             await self._committer
-        self._executor.shutdown(wait=True)
+        self._writers.shutdown(wait=True)
+        self._committer_thread.shutdown(wait=True)
 
-    # Group commit.
+    # Writing files, then the group commit.
 
-    async def _submit(self, content: bytes, copies: Sequence[MailboxCopy] | OutgoingCopy) -> list[str]:
-        job = _Job(content, copies, asyncio.get_running_loop().create_future())
+    async def _submit(
+        self, content: bytes, copies: Sequence[MailboxCopy] | OutgoingCopy, relatives: list[str]
+    ) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            tmp_paths = await loop.run_in_executor(self._writers, self._write_tmp_files, relatives, content)
+        except Exception as e:
+            log.exception("writing a message file failed")
+            raise StoreError(str(e)) from None
+        job = _Job(content, copies, relatives, tmp_paths, loop.create_future())
         self._pending.append(job)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
@@ -171,10 +186,12 @@ class MessageStore:
             batch = self._pending[:MAX_BATCH_MESSAGES]
             del self._pending[:MAX_BATCH_MESSAGES]
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._store_batch, batch)
+                outcomes = await loop.run_in_executor(self._committer_thread, self._store_batch, batch)
             except Exception as e:  # e.g. the database is unreachable: every job in the batch fails
                 log.exception("storing %d message(s) failed", len(batch))
                 outcomes = [StoreError(str(e))] * len(batch)
+                for job in batch:
+                    _unlink_all(job.tmp_paths)
             for job, outcome in zip(batch, outcomes, strict=True):
                 if job.future.done():  # the session went away meanwhile
                     continue
@@ -186,9 +203,10 @@ class MessageStore:
     def _store_batch(self, batch: list[_Job]) -> list[list[str] | Exception]:
         """All jobs in one transaction; if that fails, each job alone, so one bad job fails alone."""
         try:
-            return list(self._store_jobs(batch))
+            return self._store_jobs(batch)
         except Exception:
             if len(batch) == 1:
+                _unlink_all(batch[0].tmp_paths)
                 raise
             log.warning("group commit of %d messages failed; storing them one by one", len(batch))
         outcomes: list[list[str] | Exception] = []
@@ -197,56 +215,58 @@ class MessageStore:
                 outcomes += self._store_jobs([job])
             except Exception as e:
                 log.exception("storing a message failed")
+                _unlink_all(job.tmp_paths)
                 outcomes.append(StoreError(str(e)))
         return outcomes
 
     def _store_jobs(self, jobs: list[_Job]) -> list[list[str]]:
         new_ids: dict[tuple[str, str], tuple[int, int]] = {}
-        written: list[Path] = []
         try:
             with self._sessions() as session:
-                for job in jobs:
-                    job.files = self._plan_files(session, job, new_ids)
-                for job in jobs:
-                    written += [self._write_tmp(planned.relative, job.content) for planned in job.files]
-                _fsync_dir(self.tmp_dir)
-                self._insert_rows(session, jobs)
+                planned = [self._plan_rows(session, job, new_ids) for job in jobs]
+                _fsync_dir(self.tmp_dir)  # the tmp files' names are durable before any row names them
+                for model in (Message, OutgoingMessage):
+                    rows = [row for files in planned for f in files if f.model is model for row in f.rows]
+                    if rows:
+                        session.execute(insert(model), rows)
                 session.commit()
         except BaseException:
             self._ids.clear()  # ids created in the failed transaction are gone; ask the DB again
-            for path in written:
-                path.unlink(missing_ok=True)
             raise
         self._ids.update(new_ids)
-        # Committed: from here on the message is stored, whatever happens (recover() finishes it).
-        for path in written:
-            self._move_into_place(path, path.name.replace(PATH_SEPARATOR_IN_TMP, "/"))
-        return [[planned.relative.rpartition("/")[2] for planned in job.files] for job in jobs]
+        # Committed: from here on each message is stored whatever happens (recover() finishes a rename).
+        for job, files in zip(jobs, planned, strict=True):
+            kept = {f.tmp for f in files}
+            _unlink_all([p for p in job.tmp_paths if p not in kept])  # duplicate rejects
+            for f in files:
+                try:
+                    self._move_into_place(f.tmp, f.relative)
+                except OSError as e:  # stored all the same: the next start's recover() renames it
+                    log.error("moving %s into place failed (recovery will finish it): %s", f.relative, e)
+        return [[f.relative.rpartition("/")[2] for f in files] for files in planned]
 
-    def _plan_files(
+    def _plan_rows(
         self, session: Session, job: _Job, new_ids: dict[tuple[str, str], tuple[int, int]]
     ) -> list[_PlannedFile]:
-        """The files to write for a job, each with the rows that will point at it."""
+        """The job's files with the rows that will point at them (a duplicate reject has none)."""
         size = len(job.content)
         if isinstance(job.copies, OutgoingCopy):
             out = job.copies
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
-            relative = outgoing_path(new_file_id())
+            relative = job.relatives[0]
             rows = [_outgoing_row(account_id, out.sender, rcpt, relative, size) for rcpt in out.recipients]
-            return [_PlannedFile(relative, OutgoingMessage, rows)]
+            return [_PlannedFile(job.tmp_paths[0], relative, OutgoingMessage, rows)]
         files = []
-        for copy in job.copies:
+        for copy, relative, tmp in zip(job.copies, job.relatives, job.tmp_paths, strict=True):
             account_id, mailbox_id = self._ids_for(session, copy.account, copy.mailbox, new_ids)
             destined_id = None
             if copy.destined_mailbox is not None:
                 _, destined_id = self._ids_for(session, copy.account, copy.destined_mailbox, new_ids)
                 if _already_stored(session, mailbox_id, copy.columns.get("message_id")):
                     continue
-            file_id = new_file_id()
-            relative = message_path(file_id)
             row = {
                 **copy.columns,
-                "file_id": file_id,
+                "file_id": relative.rpartition("/")[2],
                 "account_id": account_id,
                 "mailbox_id": mailbox_id,
                 "mailbox_orig_id": mailbox_id,
@@ -255,7 +275,7 @@ class MessageStore:
                 "size": size,
                 "received": utcnow(),
             }
-            files.append(_PlannedFile(relative, Message, [row]))
+            files.append(_PlannedFile(tmp, relative, Message, [row]))
         return files
 
     def _ids_for(
@@ -274,24 +294,23 @@ class MessageStore:
             ids = new_ids[key] = (account_id, mailbox_id)
         return ids
 
-    @staticmethod
-    def _insert_rows(session: Session, jobs: list[_Job]) -> None:
-        for model in (Message, OutgoingMessage):
-            rows = [
-                row for job in jobs for planned in job.files if planned.model is model for row in planned.rows
-            ]
-            if rows:
-                session.execute(insert(model), rows)
-
     # Files.
 
-    def _write_tmp(self, relative: str, content: bytes) -> Path:
-        path = self.tmp_dir / relative.replace("/", PATH_SEPARATOR_IN_TMP)
-        with open(path, "xb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        return path
+    def _write_tmp_files(self, relatives: list[str], content: bytes) -> list[Path]:
+        """Write and fsync one tmp file per final path; on failure none is left behind."""
+        written: list[Path] = []
+        try:
+            for relative in relatives:
+                path = self.tmp_dir / relative.replace("/", PATH_SEPARATOR_IN_TMP)
+                with open(path, "xb") as f:
+                    written.append(path)
+                    f.write(content)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            _unlink_all(written)
+            raise
+        return written
 
     def _move_into_place(self, tmp: Path, relative: str) -> None:
         final = self.data_dir / relative
@@ -299,6 +318,11 @@ class MessageStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(final.parent)
         os.replace(tmp, final)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _outgoing_row(account_id: int, sender: str, recipient: str, relative: str, size: int) -> dict[str, Any]:
