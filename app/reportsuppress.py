@@ -12,6 +12,7 @@ from typing import Literal
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.db import upsert_insert
 from app.models import ReportSuppression
 from app.models.base import utcnow
 
@@ -42,22 +43,25 @@ def _check_kind(kind: str) -> None:
 def suppress(
     session: Session, kind: ReportKind, address: str, until: datetime, comment: str = ""
 ) -> ReportSuppression:
-    """Add an address, or update its expiry and comment if it is already listed."""
+    """Add an address, or set a new expiry and comment if it is listed (an atomic upsert: two workers
+    failing to deliver to the same address at once both succeed)."""
     _check_kind(kind)
     if until.tzinfo is None:
         raise SuppressionError("the expiry needs a time zone")
     address = normalize_address(address)
-    entry = session.scalar(
-        select(ReportSuppression).where(ReportSuppression.kind == kind, ReportSuppression.address == address)
+    table = ReportSuppression.__table__
+    statement = upsert_insert(session, table).values(
+        kind=kind, address=address, until=until, comment=comment, created=utcnow()
     )
-    if entry is None:
-        entry = ReportSuppression(kind=kind, address=address, until=until, comment=comment)
-        session.add(entry)
-    else:
-        entry.until = max(entry.until, until)
-        entry.comment = comment or entry.comment
-    session.flush()
-    return entry
+    statement = statement.on_conflict_do_update(
+        index_elements=["kind", "address"],
+        set_={"until": statement.excluded.until, "comment": statement.excluded.comment},
+    )
+    session.execute(statement)
+    query = select(ReportSuppression).where(
+        ReportSuppression.kind == kind, ReportSuppression.address == address
+    )
+    return session.scalars(query.execution_options(populate_existing=True)).one()
 
 
 def suppress_after_failure(

@@ -50,6 +50,7 @@ from app.queue.smtpclient import (
 )
 from app.queue.tlspolicy import PolicyFailure, ReportPolicy, TLSDecision, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.reportsuppress import suppress_after_failure
 from app.store import MailboxCopy, MessageStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,6 @@ class _Run:
         self.report = DeliveryReport()
         self.rows: list[OutgoingMessage] = []
         self.lease_renewed = time.monotonic()
-        self.finished_paths: set[str] = set()
         self._store: MessageStore | None = None
         self._accounts: dict[int, str | None] = {}
 
@@ -136,7 +136,6 @@ class _Run:
                 await self._deliver_group(destination, sts, group, tls_required_no)
 
     async def close(self) -> None:
-        outgoing.remove_unreferenced_files(self.config, self.finished_paths)
         if self._store is not None:
             await self._store.close()
 
@@ -307,7 +306,8 @@ class _Run:
             self._renew_lease_if_due(session)
             session.commit()
         if all(final or error is None for _, error, final in plans):
-            self.finished_paths.add(message.path)
+            # After the commit, so of two workers finishing rows of one file, the later one sees no rows.
+            outgoing.remove_unreferenced_files(self.config, {message.path})
 
     def _write_outcome(
         self,
@@ -328,6 +328,10 @@ class _Run:
             else:
                 self.report.failed.append(row.id)
                 log.info("delivery failed id=%d to=<%s>: %s", row.id, row.recipient, error)
+                if row.is_dmarc_report or row.is_tls_report:
+                    # R2.7: no more reports to an address that cannot take them, for a while.
+                    kind = "dmarc" if row.is_dmarc_report else "tlsrpt"
+                    suppress_after_failure(session, kind, row.recipient, str(error), now)
             return
         outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
         self.report.deferred.append(row.id)

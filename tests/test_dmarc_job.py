@@ -1,0 +1,554 @@
+"""The hourly report run (SPEC R2.3, R2.6-R2.9): intervals over a simulated day (the clock is passed in),
+DNS trouble, discards, the 48 h limit, optional evaluations, suppressions, logging with cids, racing
+workers on SQLite and PostgreSQL, recovery after a dead run, and the way out: real inbound mail becomes
+a report that is delivered to an SMTP peer and read back by parsedmarc, or whose permanent failure
+ends as a quiet DSN in the postmaster's `dmarc` sub-mailbox and a suppression."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import parsedmarc
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+from sqlalchemy import func, select, update
+
+from app.cli import main
+from app.config import Config, load_config
+from app.db import session_scope
+from app.dmarcreports import job
+from app.dmarcreports.evaluations import store_evaluation
+from app.dmarcreports.job import RunSummary, send_dmarc_reports
+from app.dns import Resolver
+from app.logs import current_cid
+from app.migrate import upgrade_database
+from app.models import DMARCEvaluation, DMARCReportClaim, JobRun, Mailbox, Message, OutgoingMessage
+from app.models.base import utcnow
+from app.queue.deliver import deliver
+from app.reportsuppress import is_suppressed, suppress
+from tests.configs import write_config
+from tests.dnsserver import DNSTestServer
+from tests.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain, smtp_config_toml
+from tests.smtppeers import PeerHandler, smtp_peer
+from tests.test_dmarc_evaluations import evaluation
+from tests.test_dmarc_reports import SCHEMA
+
+DAY = datetime(2026, 11, 25, tzinfo=UTC)
+HOURLY = "v=DMARC1; p=reject; ri=3600; rua=mailto:dmarc@hourly.example"
+DAILY = "v=DMARC1; p=quarantine; rua=mailto:dmarc@daily.example"
+
+
+def migrated(path: Path) -> Config:
+    config = load_config(path)
+    upgrade_database(config.resolved_database_url)
+    return config
+
+
+def ev(domain: str, when: datetime, ri: int | None = None, **changes: Any) -> dict[str, Any]:
+    policy = {**evaluation()["policy"], "ri": ri}
+    base = evaluation(
+        policy_domain=domain,
+        header_from=domain,
+        envelope_from=domain,
+        evaluated=when.isoformat(),
+        rua=[f"mailto:dmarc@{domain}"],
+        policy=policy,
+    )
+    return {**base, **changes}
+
+
+def store(config: Config, *evaluations: dict[str, Any]) -> None:
+    for one in evaluations:
+        assert store_evaluation(config, one)
+
+
+def run(
+    config: Config, resolver: Resolver, now: datetime, spacing: timedelta | None = timedelta(0)
+) -> RunSummary:
+    return asyncio.run(send_dmarc_reports(config, now=now, spacing=spacing, resolver=resolver))
+
+
+@dataclass
+class Queued:
+    recipients: list[str]
+    rows: list[OutgoingMessage]
+    message: bytes
+    xml: bytes
+
+    @property
+    def report(self) -> dict[str, Any]:
+        SCHEMA.assertValid(etree.fromstring(self.xml))
+        return parsedmarc.parse_aggregate_report_xml(self.xml.decode(), offline=True)
+
+    @property
+    def domain(self) -> str:
+        return self.report["policy_published"]["domain"]
+
+    @property
+    def messages(self) -> int:
+        return sum(r["count"] for r in self.report["records"])
+
+
+def queued(config: Config) -> list[Queued]:
+    with session_scope(config.resolved_database_url) as session:
+        rows = list(session.scalars(select(OutgoingMessage).order_by(OutgoingMessage.id)))
+    by_path: dict[str, list[OutgoingMessage]] = {}
+    for row in rows:
+        by_path.setdefault(row.path, []).append(row)
+    result = []
+    for path, message_rows in by_path.items():
+        message = (config.data_dir / path).read_bytes()
+        (part,) = [p for p in message_from_bytes(message, policy=default).walk() if p.get_filename()]
+        xml = gzip.decompress(part.get_payload(decode=True))
+        result.append(Queued([r.recipient for r in message_rows], message_rows, message, xml))
+    return result
+
+
+def count(config: Config, model: type[Any] = DMARCEvaluation) -> int:
+    with session_scope(config.resolved_database_url) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+class CidLog(logging.Handler):
+    """Every line logged under app.dmarcreports, with the cid in effect when it was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str | None, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((current_cid.get(), record.getMessage()))
+
+    def messages(self, text: str) -> list[str]:
+        return [m for _, m in self.lines if text in m]
+
+
+@pytest.fixture
+def cid_log() -> Iterator[CidLog]:
+    handler = CidLog()
+    logger = logging.getLogger("app.dmarcreports")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def config(config_file: Path) -> Config:
+    return load_config(config_file)
+
+
+# Intervals over a simulated day.
+
+
+def test_two_domains_with_different_intervals_over_a_day(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    dns.txt("_dmarc.daily.example", DAILY)
+    per_run: list[list[str]] = []
+    for hour in range(24):
+        start = DAY + timedelta(hours=hour)
+        store(
+            config,
+            ev("hourly.example", start + timedelta(minutes=10), ri=3600),
+            ev("hourly.example", start + timedelta(minutes=40), ri=3600, source_ip="192.0.2.99"),
+            ev("daily.example", start + timedelta(minutes=20)),
+        )
+        summary = run(config, resolver, start + timedelta(hours=1, seconds=45))
+        per_run.append(summary.reports)
+    assert [len(r) for r in per_run] == [1] * 23 + [2], "hourly every run, daily at midnight only"
+    assert all(
+        r.split(".")[:2] == [f"{DAY + timedelta(hours=h + 1):%Y%m%d}", f"{(h + 1) % 24:02d}"]
+        for h, reports in enumerate(per_run)
+        for r in reports
+    )
+    reports = queued(config)
+    hourly = [q for q in reports if q.domain == "hourly.example"]
+    daily = [q for q in reports if q.domain == "daily.example"]
+    assert len(hourly) == 24 and len(daily) == 1
+    for hour, q in enumerate(hourly):
+        meta = q.report["report_metadata"]
+        begin = DAY + timedelta(hours=hour)
+        assert (meta["begin_date"], meta["end_date"]) == (
+            f"{begin:%Y-%m-%d %H}:00:00",
+            f"{begin:%Y-%m-%d %H}:59:59",
+        )
+        assert (q.messages, len(q.report["records"])) == (2, 2)
+    (day_report,) = daily
+    assert (
+        day_report.report["report_metadata"]["begin_date"],
+        day_report.report["report_metadata"]["end_date"],
+    ) == (
+        "2026-11-25 00:00:00",
+        "2026-11-25 23:59:59",
+    )
+    assert (day_report.messages, len(day_report.report["records"])) == (24, 1), "identical rows merge"
+    assert day_report.report["policy_published"]["p"] == "quarantine"
+    assert count(config) == 0
+
+
+# What each run does with a domain.
+
+
+def test_dns_temporary_error_keeps_evaluations_and_the_next_run_reports_them_from_their_start(
+    config: Config, dns: DNSTestServer, resolver: Resolver, cid_log: CidLog
+) -> None:
+    store(config, ev("hourly.example", DAY + timedelta(hours=10, minutes=5), ri=3600))
+    dns.servfail("_dmarc.hourly.example")
+    summary = run(config, resolver, DAY + timedelta(hours=11, seconds=40))
+    assert (summary.reports, summary.kept) == ([], ["hourly.example"])
+    assert count(config) == 1
+    assert cid_log.messages(
+        "dmarc report postponed to the next run policy_domain=hourly.example reason=DNS temporary"
+    )
+    dns.clear()
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", DAY + timedelta(hours=11, minutes=5), ri=3600))
+    assert len(run(config, resolver, DAY + timedelta(hours=12, seconds=40)).reports) == 1
+    (q,) = queued(config)
+    meta = q.report["report_metadata"]
+    assert (meta["begin_date"], meta["end_date"]) == ("2026-11-25 10:00:00", "2026-11-25 11:59:59")
+    assert q.messages == 2 and count(config) == 0
+
+
+def test_domains_without_record_or_rua_lose_their_evaluations(
+    config: Config, dns: DNSTestServer, resolver: Resolver, cid_log: CidLog
+) -> None:
+    dns.txt("_dmarc.norua.example", "v=DMARC1; p=reject")
+    store(config, ev("norua.example", DAY + timedelta(hours=3)), ev("gone.example", DAY + timedelta(hours=4)))
+    summary = run(config, resolver, DAY + timedelta(days=1, seconds=50))
+    assert summary.reports == [] and sorted(summary.discarded) == ["gone.example", "norua.example"]
+    assert count(config) == 0 and queued(config) == []
+    assert cid_log.messages(
+        "dmarc evaluations discarded policy_domain=norua.example reason=no rua in its DMARC record"
+    )
+    assert cid_log.messages("dmarc evaluations discarded policy_domain=gone.example reason=no DMARC record")
+
+
+def test_evaluations_older_than_48_hours_are_dropped_and_current_intervals_wait(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    now = DAY + timedelta(days=3, hours=5, seconds=45)
+    store(
+        config,
+        ev("hourly.example", now - timedelta(hours=49), ri=3600),  # too old to report
+        ev("hourly.example", now - timedelta(hours=2), ri=3600),  # ended: reported
+        ev("hourly.example", now - timedelta(seconds=10), ri=3600),  # the current hour: not yet
+    )
+    summary = run(config, resolver, now)
+    assert (summary.purged, len(summary.reports)) == (1, 1)
+    assert queued(config)[0].messages == 1
+    assert count(config) == 1
+
+
+def test_optional_evaluations_alone_cause_no_report_but_are_included_in_one(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(
+        config,
+        *[ev("hourly.example", DAY + timedelta(hours=1, minutes=m), ri=3600, optional=True) for m in (1, 2)],
+    )
+    assert run(config, resolver, DAY + timedelta(hours=2, seconds=30)).reports == []
+    assert count(config) == 2, "kept: a later non-optional evaluation takes them along"
+    store(config, ev("hourly.example", DAY + timedelta(hours=2, minutes=1), ri=3600))
+    assert len(run(config, resolver, DAY + timedelta(hours=3, seconds=30)).reports) == 1
+    (q,) = queued(config)
+    assert q.messages == 3 and count(config) == 0
+
+
+def test_skipped_addresses_are_logged_with_their_reason_and_the_run_has_one_cid(
+    config: Config, dns: DNSTestServer, resolver: Resolver, cid_log: CidLog
+) -> None:
+    dns.txt(
+        "_dmarc.hourly.example",
+        "v=DMARC1; p=reject; ri=3600; rua=mailto:a@hourly.example,mailto:b@hourly.example,"
+        "mailto:x@vendor.example,https://hourly.example/r",
+    )
+    with session_scope(config.resolved_database_url) as session:
+        suppress(session, "dmarc", "a@hourly.example", utcnow() + timedelta(days=1), "bounces")
+    store(config, ev("hourly.example", DAY + timedelta(hours=6, minutes=1), ri=3600))
+    cid_log.lines.clear()
+    summary = run(config, resolver, DAY + timedelta(hours=7, seconds=40))
+    (report_id,) = summary.reports
+    (q,) = queued(config)
+    assert q.recipients == ["b@hourly.example"]
+    (error,) = q.report["report_metadata"]["errors"]
+    assert "vendor.example has not agreed to receive reports for hourly.example" in error
+    assert "only mailto: report URIs are supported" in error
+    skipped = cid_log.messages("dmarc report address skipped policy_domain=hourly.example")
+    assert len(skipped) == 3
+    assert any("address=a@hourly.example reason=on the suppression list" in s for s in skipped)
+    assert any("address=mailto:x@vendor.example reason=" in s for s in skipped)
+    (line,) = cid_log.messages("dmarc report queued")
+    report_cid = report_id.rsplit(".", 1)[1]
+    assert line == (
+        f"dmarc report queued policy_domain=hourly.example report_cid={report_cid} report_id={report_id} "
+        "recipients=b@hourly.example rows=1 messages=1 due=07:00:40"
+    )
+    cids = {cid for cid, _ in cid_log.lines}
+    assert cids == {summary.cid}, "every line of the run carries its cid"
+    with session_scope(config.resolved_database_url) as session:
+        (job,) = session.scalars(select(JobRun)).all()
+    assert (job.job, job.cid, job.finished is not None) == ("send_dmarc_reports", summary.cid, True)
+    assert job.outcome is not None and job.outcome.startswith("1 reports queued")
+
+
+def test_every_address_suppressed_means_no_report(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    with session_scope(config.resolved_database_url) as session:
+        suppress(session, "dmarc", "dmarc@hourly.example", utcnow() + timedelta(days=1))
+    store(config, ev("hourly.example", DAY + timedelta(hours=6, minutes=1), ri=3600))
+    summary = run(config, resolver, DAY + timedelta(hours=7, seconds=40))
+    assert (summary.reports, summary.discarded, count(config)) == ([], ["hourly.example"], 0)
+
+
+def test_reports_are_spread_over_the_hour_at_most_five_minutes_apart(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    now = DAY + timedelta(hours=1, seconds=45)
+    domains = [f"d{i}.example" for i in range(3)]
+    for domain in domains:
+        dns.txt(f"_dmarc.{domain}", f"v=DMARC1; p=none; ri=3600; rua=mailto:dmarc@{domain}")
+        store(config, ev(domain, DAY + timedelta(minutes=5), ri=3600))
+    run(config, resolver, now, spacing=None)
+    due = sorted(q.rows[0].next_attempt for q in queued(config))
+    assert due == [now, now + timedelta(minutes=5), now + timedelta(minutes=10)]
+
+
+def test_off_switch_sends_nothing_and_drops_what_was_stored(config: Config, resolver: Resolver) -> None:
+    store(config, ev("hourly.example", DAY, ri=3600))
+    disabled = config.model_copy(update={"no_outgoing_dmarc_reports": True})
+    summary = run(disabled, resolver, DAY + timedelta(hours=5))
+    assert (summary.reports, summary.purged, count(config), queued(config)) == ([], 1, 0, [])
+
+
+# Two workers, and a worker that died.
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def racing_config(request: pytest.FixtureRequest, tmp_path: Path, dns: DNSTestServer) -> Config:
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    return migrated(write_config(tmp_path / "race", database_url=url, dns_port=dns.port))
+
+
+def test_racing_runs_in_the_same_hour_send_each_report_once(
+    racing_config: Config, dns: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = racing_config
+    domains = [f"race{i}.example" for i in range(30)]
+    for domain in domains:
+        dns.txt(f"_dmarc.{domain}", f"v=DMARC1; p=none; ri=3600; rua=mailto:dmarc@{domain}")
+        store(config, *[ev(domain, DAY + timedelta(minutes=m), ri=3600) for m in (1, 2, 3)])
+    # Both workers have read the evaluations before either claims one: the race is certain.
+    both_read = threading.Barrier(2, timeout=60)
+    waited = threading.local()
+    settle = job._Run.settle
+
+    def settle_after_both_read(self: job._Run, domain_rows: job.DomainRows, plan: job.Plan) -> None:
+        if not getattr(waited, "done", False):
+            waited.done = True
+            both_read.wait()
+        settle(self, domain_rows, plan)
+
+    monkeypatch.setattr(job._Run, "settle", settle_after_both_read)
+    summaries: list[RunSummary] = []
+
+    def worker() -> None:
+        resolver = Resolver(nameservers=["127.0.0.1"], port=dns.port, timeout=2.0, cache=False)
+        summaries.append(run(config, resolver, DAY + timedelta(hours=1, seconds=45)))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(summaries) == 2
+    reports = queued(config)
+    assert sorted(q.domain for q in reports) == sorted(domains), "each domain reported exactly once"
+    assert all(q.messages == 3 for q in reports)
+    assert sum(len(s.reports) for s in summaries) == len(domains)
+    assert sum(len(s.claimed_elsewhere) for s in summaries) == len(domains), "the loser of each claim skips"
+    assert count(config) == 0
+    with session_scope(config.resolved_database_url) as session:
+        claims = list(session.scalars(select(DMARCReportClaim)))
+    assert len(claims) == len(domains) and all(c.evaluations_deleted for c in claims)
+
+
+def test_a_run_that_died_after_claiming_is_finished_by_the_next_without_a_second_report(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", DAY + timedelta(hours=1, minutes=1), ri=3600))
+    run_hour = DAY + timedelta(hours=2)
+    with session_scope(config.resolved_database_url) as session:
+        max_id = session.scalar(select(func.max(DMARCEvaluation.id)))
+        session.add(
+            DMARCReportClaim(
+                policy_domain="hourly.example",
+                run_hour=run_hour,
+                run_cid="dead",
+                max_id=max_id,
+                report_id="r",
+            )
+        )
+    # A late evaluation of the same hour, stored after the dead run saw the table.
+    store(config, ev("hourly.example", DAY + timedelta(hours=1, minutes=59), ri=3600))
+    summary = run(config, resolver, run_hour + timedelta(minutes=1))
+    assert summary.reports == [] and summary.claimed_elsewhere == ["hourly.example"]
+    assert summary.deleted == 1, "the dead run's claimed evaluation is deleted, not reported again"
+    assert count(config) == 1
+    assert queued(config) == []
+    assert len(run(config, resolver, run_hour + timedelta(hours=1, minutes=1)).reports) == 1
+    (late,) = queued(config)
+    assert late.messages == 1 and count(config) == 0
+
+
+# The CLI.
+
+
+def test_cli_send_reports_now(config_file: Path, config: Config, dns: DNSTestServer) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", utcnow() - timedelta(hours=2), ri=3600))
+    result = CliRunner().invoke(
+        main, ["--config", str(config_file), "dmarc", "send-reports", "--now", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert len(summary["reports"]) == 1 and summary["discarded"] == []
+    (q,) = queued(config)
+    assert q.rows[0].next_attempt <= utcnow()
+
+
+# From inbound mail to delivered reports and failures.
+
+DELIVERY = """
+[delivery]
+smtp_port = {port}
+connect_timeout = 5
+command_timeout = 5
+"""
+
+
+def inbound_server(
+    tmp_path: Path, dns: DNSTestServer, tls_files: tuple[Path, Path], port: int
+) -> ThreadedSMTP:
+    toml = smtp_config_toml(tls_files) + DELIVERY.format(port=port)
+    return ThreadedSMTP(migrated(write_config(tmp_path / "e2e", toml, dns_port=dns.port))).start()
+
+
+def receive_mail(server: ThreadedSMTP, count_: int) -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", server.inbound_port, timeout=10) as client:
+        client.ehlo("client.sender.example")
+        for _ in range(count_):
+            message = make_message("alice@sender.example", "admin@example.org")
+            assert client.sendmail("alice@sender.example", ["admin@example.org"], message) == {}
+    for handed_on in server.evaluations:
+        store_evaluation(server.config, json.loads(json.dumps(handed_on)))
+    server.evaluations.clear()
+
+
+def mailbox(config: Config, name: str) -> list[tuple[Message, bytes]]:
+    with session_scope(config.resolved_database_url) as session:
+        query = select(Message).join(Mailbox, Message.mailbox_id == Mailbox.id).where(Mailbox.name == name)
+        return [(m, (config.data_dir / m.path).read_bytes()) for m in session.scalars(query)]
+
+
+def report_rows(config: Config) -> list[int]:
+    """The queued report rows, made due now: the job ran on a clock an hour ahead of the real one."""
+    with session_scope(config.resolved_database_url) as session:
+        session.execute(update(OutgoingMessage).values(next_attempt=utcnow()))
+        return list(session.scalars(select(OutgoingMessage.id).where(OutgoingMessage.is_dmarc_report)))
+
+
+async def test_inbound_mail_is_reported_an_hour_later_and_parsedmarc_reads_the_delivered_report(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, tls_files: tuple[Path, Path]
+) -> None:
+    with smtp_peer(None) as peer:
+        server = await asyncio.to_thread(inbound_server, tmp_path, dns, tls_files, peer.port)
+        try:
+            publish_sender_domain(
+                dns, "sender.example", "v=DMARC1; p=reject; ri=3600; rua=mailto:dmarc@sender.example"
+            )
+            dns.add("sender.example", "MX", "10 mx.sender.example.")
+            dns.add("mx.sender.example", "A", "127.0.0.1")
+            await asyncio.to_thread(receive_mail, server, 3)
+            config = server.config
+            summary = await send_dmarc_reports(
+                config, now=utcnow() + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
+            )
+            (queue_id,) = report_rows(config)
+            delivery = await deliver(config, queue_id, resolver)
+        finally:
+            await asyncio.to_thread(server.stop)
+    assert delivery.delivered == [queue_id]
+    (received,) = peer.received
+    assert (received.mail_from, received.rcpt_tos) == (
+        "postmaster@mail.example.org",
+        ["dmarc@sender.example"],
+    )
+    parsed = parsedmarc.parse_report_email(received.content, offline=True)
+    assert parsed["report_type"] == "aggregate"
+    report = parsed["report"]
+    assert report["report_metadata"]["report_id"] == summary.reports[0]
+    ((record,),) = [report["records"]]
+    assert (record["count"], record["source"]["ip_address"]) == (3, "127.0.0.1")
+    assert (record["policy_evaluated"]["disposition"], record["policy_evaluated"]["spf"]) == ("pass", "pass")
+
+
+async def test_permanent_failure_ends_quietly_in_the_postmaster_dmarc_mailbox_and_suppresses_the_address(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, tls_files: tuple[Path, Path], cid_log: CidLog
+) -> None:
+    refusing = PeerHandler(rcpt_replies={"dmarc@sender.example": "550 5.1.1 no such mailbox"})
+    with smtp_peer(None, handler=refusing) as peer:
+        server = await asyncio.to_thread(inbound_server, tmp_path, dns, tls_files, peer.port)
+        try:
+            publish_sender_domain(
+                dns, "sender.example", "v=DMARC1; p=none; ri=3600; rua=mailto:dmarc@sender.example"
+            )
+            dns.add("sender.example", "MX", "10 mx.sender.example.")
+            dns.add("mx.sender.example", "A", "127.0.0.1")
+            await asyncio.to_thread(receive_mail, server, 1)
+            config = server.config
+            now = utcnow() + timedelta(hours=1)
+            await send_dmarc_reports(config, now=now, spacing=timedelta(0), resolver=resolver)
+            (queue_id,) = report_rows(config)
+            delivery = await deliver(config, queue_id, resolver)
+            assert delivery.failed == [queue_id]
+            await asyncio.to_thread(receive_mail, server, 1)
+            second = await send_dmarc_reports(
+                config, now=now + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
+            )
+        finally:
+            await asyncio.to_thread(server.stop)
+    assert report_rows(config) == [], "never back into the queue"
+    assert mailbox(config, "Inbox") == [] or all(
+        b"Report Domain" not in raw for _, raw in mailbox(config, "Inbox")
+    )
+    ((dsn, raw),) = mailbox(config, "Postmaster/dmarc")
+    assert dsn.seen, "delivered quietly"
+    assert b"Action: failed" in raw and b"dmarc@sender.example" in raw
+    with session_scope(config.resolved_database_url) as session:
+        assert is_suppressed(session, "dmarc", "dmarc@sender.example")
+    assert (second.reports, second.discarded) == ([], ["sender.example"])
+    assert cid_log.messages("address=dmarc@sender.example reason=on the suppression list")
