@@ -422,6 +422,8 @@ async def test_report_message_is_dkim_signed_by_exactly_the_from_domain(
     assert parsed["Message-ID"] == "<20261124.example.net@example.org>"
     assert parsed.get_content_type() == "multipart/report"
     assert parsed.get_param("report-type") == "tlsrpt"
+    assert [part.defects for part in parsed.walk()] == [[], [], []]  # well-formed MIME, three parts
+    assert all(len(line) <= 78 for line in message.split(b"\r\n"))  # RFC 5322 2.1.1 (SHOULD)
     first, *_ = parsed.get_payload()  # type: ignore[misc]
     assert first.get_content_type() == "text/plain"
     part, document = attachment(message)

@@ -11,19 +11,23 @@ was missed or DNS failed), one report per policy domain that publishes a TLSRPT 
    out the recipient domains whose rua is the host's: they got the same results in step 1.
 
 A report goes out only if it holds a failure (unless `outgoing_tls_reports_for_all_success`). Its rows
-are marked sent before it is queued, only if no other run marked them first (so a re-run, a crash or
-two racing workers never send a report twice), in the transaction that queues it. Rows of
-domains without a (valid) record, and reports without failures, are marked too; a DNS temporary error
-keeps them for the next run. Results older than 48 h are dropped. Sends are spread: the n-th report is
-due n x spacing after the run (spacing: a parameter, by default 4 h / reports, at most 5 minutes); mail
-goes through the queue, `https:` rua are POSTed by app/tlsreports/posts.py.
+are marked sent before it is queued, all or none and only if no other run marked them first (so a
+re-run, a crash or two racing workers never send a report twice), in the transaction that queues it.
+Rows of domains without a (valid) record, and reports without failures, are marked too; a DNS
+temporary error keeps them for the next run. Results older than 48 h are dropped. Sends are spread:
+the n-th report is due n x spacing after the run (spacing: a parameter, by default 4 h / reports, at
+most 5 minutes); mail goes through the queue, `https:` rua are POSTed by app/tlsreports/posts.py.
+
+Reports are worked through in chunks: the chunk's TLSRPT records are looked up concurrently first,
+then its rows are read, marked and queued in one transaction, so the database sees a few statements
+and one commit per chunk, and no transaction waits for DNS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -35,7 +39,7 @@ from app.auth.dkim import DKIMSigningError
 from app.config import Config
 from app.db import session_scope
 from app.dns import Resolver, resolver_from_config
-from app.logs import cid_scope
+from app.logs import cid_scope, new_cid
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
 from app.queue.outgoing import enqueue_report
 from app.reportsuppress import is_suppressed
@@ -44,6 +48,7 @@ from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, look
 from app.tlsreports.report import FailureCount, PolicyResult, Report, build_report
 from app.tlsreports.results import (
     Role,
+    affected_recipient_domains,
     as_seen_by_host,
     claim,
     drop_old_results,
@@ -51,6 +56,7 @@ from app.tlsreports.results import (
     pending_reports,
     policy_result,
     report_rows,
+    unclaim,
 )
 from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
 
@@ -61,7 +67,7 @@ SEND_WINDOW = timedelta(hours=4)  # RFC 8460 §4.1: spread sending over hours, n
 MAX_SPACING = timedelta(minutes=5)
 MAX_REPORT_ATTEMPTS = 5  # SPEC R5.3: mail deliveries of a report
 LOOKUP_CONCURRENCY = 32
-CHUNK = 256  # reports whose TLSRPT records are looked up together
+CHUNK = 256  # reports per transaction (and per batch of DNS lookups)
 
 
 @dataclass
@@ -72,7 +78,7 @@ class RunSummary:
     dropped: int = 0
     reports: list[str] = field(default_factory=list)  # ids of reports queued or scheduled for POST
     skipped: int = 0  # marked without a report: no record, invalid record, no failure, nothing left
-    kept: int = 0  # left for the next run (DNS temporary error, signing error)
+    kept: int = 0  # left for the next run (DNS temporary error, signing or queueing error)
 
     def outcome(self) -> str:
         if self.disabled:
@@ -131,7 +137,7 @@ class ReportJob:
         self.resolver = resolver or resolver_from_config(config.dns)
         self.spacing = spacing
         self.lookups: dict[str, TLSRPTLookup] = {}
-        # Recipient domains' usable rua, from step 1, to compare with a host's in step 2.
+        # Recipient domains' usable rua (from step 1, or looked up), to compare with a host's in step 2.
         self.recipient_rua: dict[str, frozenset[str]] = {}
 
     async def run(self) -> RunSummary:
@@ -171,12 +177,30 @@ class ReportJob:
         sender = _Sender(self, summary, submitter, spacing)
         for role, keys in phases:
             for start in range(0, len(keys), CHUNK):
-                chunk = keys[start : start + CHUNK]
-                await self._prefetch(domain for _, domain in chunk)
-                for day, domain in chunk:
-                    await self._report(sender, _Key(role, day, domain))
-                # Step 2 needs only the recipient domains' rua (kept apart): memory stays flat.
-                self.lookups.clear()
+                await self._chunk(
+                    sender, [_Key(role, day, domain) for day, domain in keys[start : start + CHUNK]]
+                )
+
+    async def _chunk(self, sender: _Sender, keys: list[_Key]) -> None:
+        await self._prefetch(key.domain for key in keys)
+        if keys[0].role == "host":
+            with session_scope(self.db_url) as session:
+                recipients = affected_recipient_domains(session, sorted({key.domain for key in keys}))
+            await self._prefetch(d for d in recipients if d not in self.recipient_rua)
+            for domain in recipients:
+                self._remember_rua(domain)
+        try:
+            with session_scope(self.db_url) as session:
+                rows = report_rows(session, keys[0].role, [(key.day, key.domain) for key in keys])
+                failures = failures_by_result(session, [r.id for found in rows.values() for r in found])
+                for key in keys:
+                    self._report(session, sender, key, rows.get((key.day, key.domain), []), failures)
+        except SQLAlchemyError as e:
+            sender.rolled_back(e)
+        else:
+            sender.committed()
+        # Step 2 needs only the recipient domains' rua (kept apart): memory stays flat.
+        self.lookups.clear()
 
     # DNS.
 
@@ -190,46 +214,47 @@ class ReportJob:
 
         await asyncio.gather(*(one(d) for d in missing))
 
-    async def _lookup(self, domain: str) -> TLSRPTLookup:
-        if domain not in self.lookups:
-            await self._prefetch([domain])
-        return self.lookups[domain]
-
-    async def _rua_of_recipient(self, domain: str) -> frozenset[str]:
-        if domain not in self.recipient_rua:
-            self._remember_rua(domain, await self._lookup(domain))
-        return self.recipient_rua[domain]
-
-    def _remember_rua(self, domain: str, lookup: TLSRPTLookup) -> None:
-        self.recipient_rua[domain] = frozenset(lookup.record.destinations if lookup.record else ())
+    def _remember_rua(self, domain: str) -> None:
+        if domain in self.lookups and domain not in self.recipient_rua:
+            record = self.lookups[domain].record
+            self.recipient_rua[domain] = frozenset(record.destinations if record else ())
 
     # One report.
 
-    async def _report(self, sender: _Sender, key: _Key) -> None:
-        lookup = await self._lookup(key.domain)
+    def _report(
+        self,
+        session: Session,
+        sender: _Sender,
+        key: _Key,
+        rows: list[TLSResult],
+        failures: dict[int, list[FailureCount]],
+    ) -> None:
+        lookup = self.lookups[key.domain]
         if key.role == "recipient":
-            self._remember_rua(key.domain, lookup)
-        with session_scope(self.db_url) as session:
-            rows = report_rows(session, key.role, key.day, key.domain)
-            if not rows:
-                return  # another run took them meanwhile
-            if lookup.status is LookupStatus.TEMPERROR:
-                sender.summary.kept += 1
-                log.info("tls reports: %s: kept for the next run: DNS: %s", key, lookup.reason)
-                return
-            if lookup.record is None:
-                sender.skip(session, key, rows, _lookup_problem(key.domain, lookup))
-                return
-            planned = await self._plan(session, sender, key, rows, lookup.record)
-            if planned is not None:
-                sender.send(session, key, rows, planned)
+            self._remember_rua(key.domain)
+        if not rows:
+            return  # another run took them meanwhile
+        if lookup.status is LookupStatus.TEMPERROR:
+            sender.keep(key, f"DNS: {lookup.reason}")
+            return
+        if lookup.record is None:
+            sender.skip(session, key, rows, _lookup_problem(key.domain, lookup))
+            return
+        planned = self._plan(session, sender, key, rows, failures, lookup.record)
+        if planned is not None:
+            sender.send(session, key, rows, planned)
 
-    async def _plan(
-        self, session: Session, sender: _Sender, key: _Key, rows: list[TLSResult], record: TLSRPTRecord
+    def _plan(
+        self,
+        session: Session,
+        sender: _Sender,
+        key: _Key,
+        rows: list[TLSResult],
+        failures: dict[int, list[FailureCount]],
+        record: TLSRPTRecord,
     ) -> _Planned | None:
         """The report for these rows and its destinations; None (rows marked, reason logged) if none."""
-        failures = failures_by_result(session, [r.id for r in rows])
-        policies, left_out = await self._policies(key.role, rows, failures, frozenset(record.destinations))
+        policies, left_out = self._policies(key.role, rows, failures, frozenset(record.destinations))
         if not policies:
             shared = ", ".join(sorted(left_out))
             sender.skip(session, key, rows, f"every affected recipient domain ({shared}) has the host's rua")
@@ -246,12 +271,11 @@ class ReportJob:
         try:
             message = report_message(report, gzipped, sender.submitter, mailto, self.now) if mailto else b""
         except DKIMSigningError as e:
-            sender.summary.kept += 1
-            log.error("tls reports: %s: kept for the next run: cannot DKIM-sign the report: %s", key, e)
+            sender.keep(key, f"cannot DKIM-sign the report: {e}", logging.ERROR)
             return None
         return _Planned(report, gzipped, message, mailto, list(record.https), left_out)
 
-    async def _policies(
+    def _policies(
         self,
         role: Role,
         rows: list[TLSResult],
@@ -263,7 +287,7 @@ class ReportJob:
         policies: list[PolicyResult] = []
         left_out: set[str] = set()
         for row in rows:
-            if await self._rua_of_recipient(row.recipient_domain) == host_rua:
+            if self.recipient_rua.get(row.recipient_domain) == host_rua:
                 left_out.add(row.recipient_domain)
             else:
                 policies.append(as_seen_by_host(row, failures.get(row.id, [])))
@@ -293,7 +317,11 @@ class ReportJob:
 
 
 class _Sender:
-    """Marks rows and schedules reports, one after the other `spacing` apart."""
+    """Marks rows and queues reports in the chunk's transaction, one report `spacing` after the other.
+
+    What a chunk did is logged and counted when its transaction commits: a chunk that fails to commit
+    sends nothing and marks nothing, and its log says so.
+    """
 
     def __init__(self, job: ReportJob, summary: RunSummary, submitter: Submitter, spacing: timedelta) -> None:
         self.job = job
@@ -301,36 +329,61 @@ class _Sender:
         self.submitter = submitter
         self.spacing = spacing
         self.scheduled = 0
+        self._done: list[Callable[[], None]] = []  # outcomes of the open chunk, applied at its commit
+        self._chunk_reports: list[str] = []
+
+    def keep(self, key: _Key, why: str, level: int = logging.INFO) -> None:
+        """Nothing marked: the rows wait for the next run."""
+        self.summary.kept += 1
+        log.log(level, "tls reports: %s: kept for the next run: %s", key, why)
 
     def skip(self, session: Session, key: _Key, rows: list[TLSResult], why: str) -> None:
         """No report for these rows, ever: mark them (unless another run just did) and log why."""
         if not claim(session, key.role, [r.id for r in rows]):
-            session.rollback()
             return
-        self.summary.skipped += 1
         level = logging.WARNING if why.startswith("invalid") else logging.INFO
-        log.log(level, "tls reports: %s: no report: %s", key, why)
+
+        def done() -> None:
+            self.summary.skipped += 1
+            log.log(level, "tls reports: %s: no report: %s", key, why)
+
+        self._done.append(done)
 
     def send(self, session: Session, key: _Key, rows: list[TLSResult], planned: _Planned) -> None:
-        """Mark the rows sent, then queue the mail and schedule the POSTs, all in one transaction."""
+        """Mark the rows sent, then queue the mail and schedule the POSTs (committed with the chunk)."""
         report = planned.report
+        ids = [r.id for r in rows]
+        if not claim(session, key.role, ids):
+            log.info("tls reports: report %s: already taken by another run", report.id)
+            return
         due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
-        with cid_scope():
-            if not claim(session, key.role, [r.id for r in rows]):
-                session.rollback()
-                log.info("tls reports: report %s: already taken by another run", report.id)
-                return
-            try:
-                self._queue(session, planned, due)
-                session.commit()
-            except (OSError, SQLAlchemyError) as e:
-                session.rollback()
-                self.summary.kept += 1
-                log.error("tls reports: report %s: kept for the next run: cannot queue it: %s", report.id, e)
-                return
-            self.scheduled += 1
-            self.summary.reports.append(report.id)
-            self._log(planned, due)
+        try:
+            self._queue(session, planned, due)
+        except OSError as e:  # the message file could not be written
+            unclaim(session, key.role, ids)
+            self.keep(key, f"cannot queue report {report.id}: {e}", logging.ERROR)
+            return
+        self.scheduled += 1
+        self._chunk_reports.append(report.id)
+        cid = new_cid()
+        self._done.append(lambda: self._log(cid, planned, due))
+
+    def committed(self) -> None:
+        self.summary.reports += self._chunk_reports
+        for done in self._done:
+            done()
+        self._reset()
+
+    def rolled_back(self, error: SQLAlchemyError) -> None:
+        self.summary.kept += len(self._done)
+        self.scheduled -= len(self._chunk_reports)
+        ids = ", ".join(self._chunk_reports) or "none"
+        log.error("tls reports: a batch was rolled back, kept for the next run (reports: %s): %s", ids, error)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._done = []
+        self._chunk_reports = []
 
     def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
         report = planned.report
@@ -358,25 +411,26 @@ class _Sender:
         # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
         session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(ids)).values(require_tls=False))
 
-    def _log(self, planned: _Planned, due: datetime) -> None:
+    def _log(self, cid: str, planned: _Planned, due: datetime) -> None:
         report = planned.report
         ok, failed = report.sessions
         left_out = ""
         if planned.left_out:
             left_out = f"; left out (same rua as the host): {', '.join(sorted(planned.left_out))}"
-        log.info(
-            "tls reports: report %s (run %s) for %s due %s to %s: %d policies, %d successful and %d failed "
-            "session(s)%s",
-            report.id,
-            self.summary.cid,
-            report.policy_domain,
-            f"{due:%Y-%m-%d %H:%M:%S}",
-            ", ".join([f"mailto:{a}" for a in planned.mailto] + planned.https),
-            len(report.policies),
-            ok,
-            failed,
-            left_out,
-        )
+        with cid_scope(cid):
+            log.info(
+                "tls reports: report %s (run %s) for %s due %s to %s: %d policies, "
+                "%d successful and %d failed session(s)%s",
+                report.id,
+                self.summary.cid,
+                report.policy_domain,
+                f"{due:%Y-%m-%d %H:%M:%S}",
+                ", ".join([f"mailto:{a}" for a in planned.mailto] + planned.https),
+                len(report.policies),
+                ok,
+                failed,
+                left_out,
+            )
 
 
 def _lookup_problem(domain: str, lookup: TLSRPTLookup) -> str:

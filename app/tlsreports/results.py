@@ -55,25 +55,68 @@ def pending_reports(session: Session, role: Role, before: date) -> list[tuple[da
     return [(day, name) for day, name in session.execute(query)]
 
 
-def report_rows(session: Session, role: Role, day: date, domain: str) -> list[TLSResult]:
-    """The unsent rows of one report: a recipient domain's day, or a host's day."""
-    query = select(TLSResult).where(TLSResult.day == day, ~_marker(role))
-    if role == "recipient":
-        query = query.where(TLSResult.recipient_domain == domain)
-    else:
-        query = query.where(TLSResult.policy_domain == domain, _is_host_report_row())
-    return list(session.scalars(query.order_by(TLSResult.is_host, TLSResult.policy_domain, TLSResult.id)))
+def _key_column(role: Role) -> InstrumentedAttribute[str]:
+    return TLSResult.recipient_domain if role == "recipient" else TLSResult.policy_domain
+
+
+def report_rows(
+    session: Session, role: Role, keys: Sequence[tuple[date, str]]
+) -> dict[tuple[date, str], list[TLSResult]]:
+    """The unsent rows of each report (a recipient domain's day, or a host's day), in a few queries."""
+    column = _key_column(role)
+    found: dict[tuple[date, str], list[TLSResult]] = defaultdict(list)
+    wanted = set(keys)
+    days = sorted({day for day, _ in keys})
+    for start in range(0, len(keys), 500):
+        domains = sorted({domain for _, domain in keys[start : start + 500]})
+        query = select(TLSResult).where(~_marker(role), TLSResult.day.in_(days), column.in_(domains))
+        if role == "host":
+            query = query.where(_is_host_report_row())
+        for row in session.scalars(query.order_by(TLSResult.is_host, TLSResult.policy_domain, TLSResult.id)):
+            key = (row.day, row.recipient_domain if role == "recipient" else row.policy_domain)
+            if key in wanted:
+                found[key].append(row)
+    return found
+
+
+def affected_recipient_domains(session: Session, hosts: Sequence[str]) -> set[str]:
+    """The recipient domains in the unsent host results of these MX hosts."""
+    found: set[str] = set()
+    for start in range(0, len(hosts), 500):
+        query = select(TLSResult.recipient_domain).where(
+            ~TLSResult.host_report_sent,
+            _is_host_report_row(),
+            TLSResult.policy_domain.in_(hosts[start : start + 500]),
+        )
+        found.update(session.scalars(query.distinct()))
+    return found
 
 
 def claim(session: Session, role: Role, ids: Sequence[int]) -> bool:
-    """Mark the rows sent, unless another run did first; the caller commits (or rolls back on False)."""
+    """Mark the rows sent, all or none: False (and nothing marked) if another run marked any first.
+
+    The caller's transaction commits the marks together with whatever it queues for them.
+    """
     marker = _marker(role)
-    claimed = 0
+    claimed: list[int] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         statement = update(TLSResult).where(TLSResult.id.in_(chunk), ~marker).values({marker.key: True})
-        claimed += session.execute(statement).rowcount or 0
-    return claimed == len(ids)
+        claimed += session.scalars(statement.returning(TLSResult.id)).all()
+    if len(claimed) == len(ids):
+        return True
+    unclaim(session, role, claimed)
+    return False
+
+
+def unclaim(session: Session, role: Role, ids: Sequence[int]) -> None:
+    """Take back marks of this transaction (a report that could not be queued after all)."""
+    marker = _marker(role)
+    for start in range(0, len(ids), 500):
+        statement = (
+            update(TLSResult).where(TLSResult.id.in_(ids[start : start + 500])).values({marker.key: False})
+        )
+        session.execute(statement)
 
 
 def failures_by_result(session: Session, ids: Iterable[int]) -> dict[int, list[FailureCount]]:
