@@ -92,17 +92,31 @@ def affected_recipient_domains(session: Session, hosts: Sequence[str]) -> set[st
     return found
 
 
+def _set_marker(session: Session, role: Role, ids: Sequence[int], value: bool) -> list[int]:
+    """Set the role's marker on the rows where it is not yet `value`; the ids changed.
+
+    Core statements on the table: the ORM's bulk UPDATE would also re-evaluate every loaded row.
+    """
+    table = TLSResult.__table__
+    column = table.c[_marker(role).key]
+    changed: list[int] = []
+    for start in range(0, len(ids), 500):
+        statement = (
+            update(table)
+            .where(table.c.id.in_(ids[start : start + 500]), column.is_not(value))
+            .values({column.key: value})
+            .returning(table.c.id)
+        )
+        changed += session.execute(statement).scalars().all()
+    return changed
+
+
 def claim(session: Session, role: Role, ids: Sequence[int]) -> bool:
     """Mark the rows sent, all or none: False (and nothing marked) if another run marked any first.
 
     The caller's transaction commits the marks together with whatever it queues for them.
     """
-    marker = _marker(role)
-    claimed: list[int] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        statement = update(TLSResult).where(TLSResult.id.in_(chunk), ~marker).values({marker.key: True})
-        claimed += session.scalars(statement.returning(TLSResult.id)).all()
+    claimed = _set_marker(session, role, ids, True)
     if len(claimed) == len(ids):
         return True
     unclaim(session, role, claimed)
@@ -111,12 +125,7 @@ def claim(session: Session, role: Role, ids: Sequence[int]) -> bool:
 
 def unclaim(session: Session, role: Role, ids: Sequence[int]) -> None:
     """Take back marks of this transaction (a report that could not be queued after all)."""
-    marker = _marker(role)
-    for start in range(0, len(ids), 500):
-        statement = (
-            update(TLSResult).where(TLSResult.id.in_(ids[start : start + 500])).values({marker.key: False})
-        )
-        session.execute(statement)
+    _set_marker(session, role, ids, False)
 
 
 def failures_by_result(session: Session, ids: Iterable[int]) -> dict[int, list[FailureCount]]:
