@@ -8,6 +8,7 @@ import asyncio
 import email
 import json
 import logging
+import smtplib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -27,15 +28,20 @@ from app.db import session_scope
 from app.dns import Resolver
 from app.logs import current_cid
 from app.migrate import upgrade_database
-from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
+from app.models import JobRun, Mailbox, Message, OutgoingMessage, TLSReportPost, TLSResult
+from app.queue.deliver import deliver
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
-from app.reportsuppress import suppress
+from app.reportsuppress import is_suppressed, suppress
 from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_reports
+from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
+from app.tlsreports.sender import find_submitter
 from tests import test_tlsreports
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
-from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver
+from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
+from tests.smtppeers import PeerHandler, smtp_peer
+from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver, sample_report
 
 # The CA of the HTTPS report receiver, shared with the report tests (pytest fixtures).
 ca = test_tlsreports.ca
@@ -90,6 +96,7 @@ def job_log() -> Iterator[CidLog]:
 def make_config(
     tmp_path: Path, dns: DNSTestServer, ca_file: Path, extra: str = "", *, database_url: str = ""
 ) -> Config:
+    """The DKIM test config, trusting the test CA for HTTPS; `extra` continues the [delivery] table."""
     settings = f'\n[delivery]\nca_bundle = "{ca_file}"\n' + extra
     config = dkim_config(tmp_path / "config", dns, settings)
     if database_url:
@@ -608,3 +615,91 @@ def test_beat_runs_the_job_minutes_after_midnight_utc() -> None:
     cron = schedule["schedule"]
     assert cron.hour == {0} and cron.minute == {5}
     assert beat_schedule()["tls-report-posts"]["task"] == "tasks.tlsreports.post_tls_reports"
+
+
+# Reports about our own MX host (SPEC R5.5): `host_tlsrpt` receives them.
+
+
+def test_host_tlsrpt_address_receives_reports_over_smtp(
+    smtp: ThreadedSMTP, tmp_path: Path, dns: DNSTestServer
+) -> None:
+    """The base config has host_tlsrpt = {admin, tlsrpt, TLSRPT}: a report mailed to tlsrpt@<mail host>
+    by a real SMTP client lands in that mailbox, intact."""
+    assert smtp.config.host_tlsrpt is not None
+    address = f"{smtp.config.host_tlsrpt.localpart}@{HOSTNAME}"
+    submitter = find_submitter(dkim_config(tmp_path / "reporter", dns))
+    report = sample_report()
+    message = report_message(report, report.gzipped(), submitter, [address], datetime.now(UTC))
+    with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=10) as client:
+        client.ehlo("mx.reporter.example")
+        assert client.sendmail("postmaster@example.org", [address], message) == {}
+    [stored] = stored_messages(smtp)
+    assert stored.mailbox == "TLSRPT"
+    assert stored.content.endswith(message)
+    _, document = attachment(stored.content)
+    assert document == report.to_json()
+
+
+# Where the mail flows: the queued report delivered over SMTP (app/queue/deliver.py) to a peer.
+
+# More [delivery] settings (make_config opens the table): the peer's port for every MX.
+DELIVERY = "smtp_port = {port}\nconnect_timeout = 5\ncommand_timeout = 5\n"
+
+
+def publish_mx(dns: DNSTestServer, domain: str) -> None:
+    dns.add(domain, "MX", f"10 mx.{domain}.")
+    dns.add(f"mx.{domain}", "A", "127.0.0.1")
+
+
+async def test_queued_report_is_delivered_signed_and_its_own_tls_is_not_recorded(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path
+) -> None:
+    with smtp_peer(None) as peer:  # no STARTTLS: the report goes anyway (TLS-Required: No)
+        config = make_config(tmp_path, dns, ca_file, DELIVERY.format(port=peer.port))
+        record(config, sessions("example.net", STS_NET, TLSA_NET, 5, [EXPIRED]))
+        dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tls@example.net")
+        publish_mx(dns, "example.net")
+        summary = await send_tls_reports(config, NOW, resolver=resolver)
+        [row] = queued(config).values()
+        delivery = await deliver(config, row.id, resolver)
+    assert delivery.delivered == [row.id]
+    [received] = peer.received
+    assert (received.mail_from, received.rcpt_tos) == ("postmaster@example.org", ["tls@example.net"])
+    assert b"TLS-Required" not in received.content.split(b"\r\n\r\n", 1)[0]  # removed by delivery (RFC 8689)
+    assert await verify_dkim(received.content, resolver) == ["example.org", "example.org"]
+    parsed = parsedmarc.parse_report_email(received.content, offline=True)
+    assert parsed["report_type"] == "smtp_tls"
+    assert parsed["report"]["report_id"] == summary.reports[0]
+    assert {(p["policy_type"], p["failed_session_count"]) for p in parsed["report"]["policies"]} == {
+        ("sts", 1),
+        ("tlsa", 1),
+    }
+    with session_scope(config.resolved_database_url) as session:
+        # Only yesterday's two results: the report's own delivery (today, no TLS) was not recorded.
+        assert session.scalar(select(func.count()).select_from(TLSResult)) == 2
+
+
+async def test_undeliverable_report_ends_quietly_in_postmaster_tlsrpt_and_the_address_is_suppressed(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path, job_log: CidLog
+) -> None:
+    refusing = PeerHandler(rcpt_replies={"tls@example.net": "550 5.1.1 no such mailbox"})
+    with smtp_peer(None, handler=refusing) as peer:
+        config = make_config(tmp_path, dns, ca_file, DELIVERY.format(port=peer.port))
+        record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+        dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tls@example.net")
+        publish_mx(dns, "example.net")
+        await send_tls_reports(config, NOW, resolver=resolver)
+        [row] = queued(config).values()
+        assert (await deliver(config, row.id, resolver)).failed == [row.id]
+    assert queued(config) == {}, "the DSN never goes back into the queue"
+    with session_scope(config.resolved_database_url) as session:
+        query = select(Message, Mailbox.name).join(Mailbox, Message.mailbox_id == Mailbox.id)
+        [(dsn, mailbox)] = session.execute(query).all()
+        assert mailbox == "Postmaster/tlsrpt" and dsn.seen
+        assert b"Action: failed" in (config.data_dir / dsn.path).read_bytes()
+        assert is_suppressed(session, "tlsrpt", "tls@example.net")
+    # The next day's report skips the suppressed address, and says so.
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]), day=NOW.date())
+    again = await send_tls_reports(config, NOW + timedelta(days=1), resolver=resolver)
+    assert again.reports == [] and queued(config) == {}
+    assert job_log.messages("not sending to tls@example.net: on the suppression list")
