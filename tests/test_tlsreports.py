@@ -184,18 +184,6 @@ def report_receiver(ca: trustme.CA, *names: str) -> Iterator[ReportReceiver]:
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 def dkim_config(directory: Path, dns: DNSTestServer, extra: str = "") -> Config:
     """The test config with DKIM keys for example.org (ed25519 and rsa), published in the DNS."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -459,13 +447,13 @@ async def test_tampered_report_headers_fail_verification(
 
 
 async def test_post_to_https_rua(
-    dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, ca_file: Path
+    dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, https_ca_file: Path
 ) -> None:
     report = sample_report()
     dns.add("reports.example.net", "A", "127.0.0.1")
-    with report_receiver(ca) as receiver:
+    with report_receiver(https_ca) as receiver:
         url = f"https://reports.example.net:{receiver.port}/v1/tlsrpt"
-        assert await post_report(url, report.gzipped(), resolver, ca_bundle=ca_file, timeout=5) == 200
+        assert await post_report(url, report.gzipped(), resolver, ca_bundle=https_ca_file, timeout=5) == 200
         [post] = receiver.posts
     assert (post.host, post.path, post.content_type) == ("reports.example.net", "/v1/tlsrpt", MEDIA_TYPE)
     assert post.report == report.to_json()
@@ -473,45 +461,47 @@ async def test_post_to_https_rua(
 
 @pytest.mark.parametrize("status", [301, 400, 404, 500, 503])
 async def test_non_2xx_is_a_failure(
-    status: int, dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, ca_file: Path
+    status: int, dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, https_ca_file: Path
 ) -> None:
     dns.add("reports.example.net", "A", "127.0.0.1")
-    with report_receiver(ca) as receiver:
+    with report_receiver(https_ca) as receiver:
         receiver.status = status
         url = f"https://reports.example.net:{receiver.port}/tlsrpt"
         with pytest.raises(PostError, match=f"HTTP {status}"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=ca_file, timeout=5)
+            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
         assert len(receiver.posts) == 1  # no redirect followed
 
 
 async def test_certificate_is_verified(
-    dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, ca_file: Path
+    dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, https_ca_file: Path
 ) -> None:
     dns.add("reports.example.net", "A", "127.0.0.1")
     with report_receiver(trustme.CA(), "reports.example.net") as stranger:  # a CA we do not trust
         url = f"https://reports.example.net:{stranger.port}/tlsrpt"
         with pytest.raises(PostError, match="CERTIFICATE_VERIFY_FAILED"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=ca_file, timeout=5)
+            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
         assert stranger.posts == []
-    with report_receiver(ca, "other.example.net") as wrong_name:
+    with report_receiver(https_ca, "other.example.net") as wrong_name:
         url = f"https://reports.example.net:{wrong_name.port}/tlsrpt"
         with pytest.raises(PostError, match="CERTIFICATE_VERIFY_FAILED"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=ca_file, timeout=5)
+            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
 
 
 async def test_unresolvable_or_unreachable_receiver(
-    dns: DNSTestServer, resolver: Resolver, ca_file: Path
+    dns: DNSTestServer, resolver: Resolver, https_ca_file: Path
 ) -> None:
     with pytest.raises(PostError, match="has no A or AAAA record"):
-        await post_report("https://nowhere.example.net/r", b"x", resolver, ca_bundle=ca_file, timeout=2)
+        await post_report("https://nowhere.example.net/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2)
     dns.timeout("slow.example.net")
     with pytest.raises(PostError, match=r"cannot resolve slow\.example\.net"):
-        await post_report("https://slow.example.net/r", b"x", resolver, ca_bundle=ca_file, timeout=2)
+        await post_report("https://slow.example.net/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2)
     dns.add("closed.example.net", "A", "127.0.0.1")
     with pytest.raises(PostError, match="ConnectError"):
-        await post_report("https://closed.example.net:1/r", b"x", resolver, ca_bundle=ca_file, timeout=2)
+        await post_report(
+            "https://closed.example.net:1/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2
+        )
     with pytest.raises(PostError, match="not an https URL"):
-        await post_report("http://closed.example.net/r", b"x", resolver, ca_bundle=ca_file, timeout=2)
+        await post_report("http://closed.example.net/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2)
 
 
 def test_day_range_covers_the_whole_utc_day() -> None:

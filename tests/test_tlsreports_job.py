@@ -36,16 +36,11 @@ from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_re
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
 from app.tlsreports.sender import find_submitter
-from tests import test_tlsreports
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
 from tests.smtppeers import PeerHandler, smtp_peer
 from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver, sample_report
-
-# The CA of the HTTPS report receiver, shared with the report tests (pytest fixtures).
-ca = test_tlsreports.ca
-ca_file = test_tlsreports.ca_file
 
 NOW = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)  # the beat runs the job 5 minutes after midnight
 YESTERDAY = date(2026, 11, 24)
@@ -94,10 +89,10 @@ def job_log() -> Iterator[CidLog]:
 
 
 def make_config(
-    tmp_path: Path, dns: DNSTestServer, ca_file: Path, extra: str = "", *, database_url: str = ""
+    tmp_path: Path, dns: DNSTestServer, https_ca_file: Path, extra: str = "", *, database_url: str = ""
 ) -> Config:
     """The DKIM test config, trusting the test CA for HTTPS; `extra` continues the [delivery] table."""
-    settings = f'\n[delivery]\nca_bundle = "{ca_file}"\n' + extra
+    settings = f'\n[delivery]\nca_bundle = "{https_ca_file}"\n' + extra
     config = dkim_config(tmp_path / "config", dns, settings)
     if database_url:
         config = config.model_copy(update={"database_url": database_url})
@@ -106,8 +101,8 @@ def make_config(
 
 
 @pytest.fixture
-def config(tmp_path: Path, dns: DNSTestServer, ca_file: Path) -> Config:
-    return make_config(tmp_path, dns, ca_file)
+def config(tmp_path: Path, dns: DNSTestServer, https_ca_file: Path) -> Config:
+    return make_config(tmp_path, dns, https_ca_file)
 
 
 def sessions(
@@ -196,10 +191,10 @@ async def verify_dkim(message: bytes, resolver: Resolver) -> list[str]:
 
 
 async def test_a_day_of_deliveries_gives_each_policy_domain_its_report(
-    config: Config, dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, job_log: CidLog
+    config: Config, dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, job_log: CidLog
 ) -> None:
     mixed_day(config)
-    with report_receiver(ca, "reports.example.com") as receiver:
+    with report_receiver(https_ca, "reports.example.com") as receiver:
         publish_mixed_day(dns, receiver.port)
         summary = await send_tls_reports(config, NOW, resolver=resolver, spacing=SPACING)
 
@@ -403,14 +398,16 @@ async def test_without_dkim_for_the_host_domain_nothing_is_sent(
     assert not any("_smtp._tls" in name for name, _ in dns.queries)  # not even a lookup
 
 
-async def test_switches(tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path) -> None:
+async def test_switches(tmp_path: Path, dns: DNSTestServer, resolver: Resolver, https_ca_file: Path) -> None:
     dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
-    off = make_config(tmp_path / "off", dns, ca_file).model_copy(update={"no_outgoing_tls_reports": True})
+    off = make_config(tmp_path / "off", dns, https_ca_file).model_copy(
+        update={"no_outgoing_tls_reports": True}
+    )
     record(off, sessions("example.net", STS_NET, None, 3, [EXPIRED]))
     summary = await send_tls_reports(off, NOW, resolver=resolver)
     assert summary.disabled and summary.reports == [] and queued(off) == {}
 
-    everything = make_config(tmp_path / "all", dns, ca_file)
+    everything = make_config(tmp_path / "all", dns, https_ca_file)
     everything = everything.model_copy(update={"outgoing_tls_reports_for_all_success": True})
     record(everything, sessions("example.net", STS_NET, None, 3, []))
     summary = await send_tls_reports(everything, NOW, resolver=resolver)
@@ -445,12 +442,12 @@ async def test_suppressed_addresses_get_no_report(
 
 
 async def test_https_failure_is_retried_once_later_that_day(
-    config: Config, dns: DNSTestServer, resolver: Resolver, ca: trustme.CA, job_log: CidLog
+    config: Config, dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, job_log: CidLog
 ) -> None:
     record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
     record(config, sessions("example.com", PolicyRef.none_found("example.com"), None, 0, [NO_STARTTLS]))
     dns.add("reports.example.com", "A", "127.0.0.1")
-    with report_receiver(ca, "reports.example.com") as receiver:
+    with report_receiver(https_ca, "reports.example.com") as receiver:
         url = f"https://reports.example.com:{receiver.port}/r"
         dns.txt("_smtp._tls.example.net", f"v=TLSRPTv1; rua={url}?d=net")
         dns.txt("_smtp._tls.example.com", f"v=TLSRPTv1; rua={url}?d=com")
@@ -496,9 +493,9 @@ async def test_racing_runs_send_each_report_once(
 
 @pytest.mark.postgres
 async def test_racing_runs_on_postgresql(
-    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path, postgres_url: str
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, https_ca_file: Path, postgres_url: str
 ) -> None:
-    config = make_config(tmp_path, dns, ca_file, database_url=postgres_url)
+    config = make_config(tmp_path, dns, https_ca_file, database_url=postgres_url)
     for i in range(12):
         dns.txt(f"_smtp._tls.d{i}.example", f"v=TLSRPTv1; rua=https://r.example/{i}")
         record(
@@ -542,13 +539,13 @@ def run_cli(config: Config, *args: str) -> Any:
 
 
 def test_cli_results_send_reports_and_suppressions(
-    config: Config, dns: DNSTestServer, ca: trustme.CA
+    config: Config, dns: DNSTestServer, https_ca: trustme.CA
 ) -> None:
     # The CLI runs on the real clock: the results are of the real yesterday.
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     record(config, sessions("example.net", STS_NET, TLSA_NET, 2, [EXPIRED]), day=yesterday)
     dns.add("reports.example.net", "A", "127.0.0.1")
-    with report_receiver(ca) as receiver:
+    with report_receiver(https_ca) as receiver:
         dns.txt("_smtp._tls.example.net", f"v=TLSRPTv1; rua=https://reports.example.net:{receiver.port}/r")
         listed = run_cli(config, "tlsrpt", "results", "example.net", "--day", f"{yesterday}", "--json")
         assert listed.exit_code == 0, listed.output
@@ -603,7 +600,7 @@ def test_cli_results_send_reports_and_suppressions(
     assert past.exit_code == 1 and "is in the past" in past.output
     assert run_cli(config, "tlsrpt", "suppress", "remove", "reports@example.net").exit_code == 0
     missing = run_cli(config, "tlsrpt", "suppress", "remove", "reports@example.net")
-    assert missing.exit_code == 1 and "is not on the TLS report suppression list" in missing.output
+    assert missing.exit_code == 1 and "is not on the TLS reports suppression list" in missing.output
     assert run_cli(config, "tlsrpt", "suppress", "list").output == "no suppressed addresses\n"
 
 
@@ -652,10 +649,10 @@ def publish_mx(dns: DNSTestServer, domain: str) -> None:
 
 
 async def test_queued_report_is_delivered_signed_and_its_own_tls_is_not_recorded(
-    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, https_ca_file: Path
 ) -> None:
     with smtp_peer(None) as peer:  # no STARTTLS: the report goes anyway (TLS-Required: No)
-        config = make_config(tmp_path, dns, ca_file, DELIVERY.format(port=peer.port))
+        config = make_config(tmp_path, dns, https_ca_file, DELIVERY.format(port=peer.port))
         record(config, sessions("example.net", STS_NET, TLSA_NET, 5, [EXPIRED]))
         dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tls@example.net")
         publish_mx(dns, "example.net")
@@ -680,11 +677,11 @@ async def test_queued_report_is_delivered_signed_and_its_own_tls_is_not_recorded
 
 
 async def test_undeliverable_report_ends_quietly_in_postmaster_tlsrpt_and_the_address_is_suppressed(
-    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, ca_file: Path, job_log: CidLog
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, https_ca_file: Path, job_log: CidLog
 ) -> None:
     refusing = PeerHandler(rcpt_replies={"tls@example.net": "550 5.1.1 no such mailbox"})
     with smtp_peer(None, handler=refusing) as peer:
-        config = make_config(tmp_path, dns, ca_file, DELIVERY.format(port=peer.port))
+        config = make_config(tmp_path, dns, https_ca_file, DELIVERY.format(port=peer.port))
         record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
         dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tls@example.net")
         publish_mx(dns, "example.net")

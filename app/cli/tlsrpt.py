@@ -10,31 +10,22 @@ postwarden tlsrpt suppress remove ADDRESS
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import asdict
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, NoReturn
+from datetime import datetime, timedelta
+from typing import Any
 
 import click
 
 from app.cli.common import emit_json, load, main
 from app.cli.server import exit_if_database_unusable
+from app.cli.suppress import DAY, suppress_commands
 from app.db import session_scope
 from app.logs import setup_logging
-from app.models import ReportSuppression, TLSResult
+from app.models import TLSResult
 from app.models.base import utcnow
-from app.reportsuppress import (
-    FAILURE_SUPPRESSION,
-    SuppressionError,
-    suppress,
-    suppressions,
-    unsuppress,
-)
 from app.tlsreports.job import send_tls_reports
 from app.tlsreports.posts import PostSummary, post_due_reports
 from app.tlsreports.results import failures_by_result, results_for
-
-DAY = click.DateTime(formats=["%Y-%m-%d"])
 
 
 @main.group("tlsrpt")
@@ -133,84 +124,5 @@ def send_reports(ctx: click.Context, immediately: bool, as_json: bool) -> None:
         click.echo(f"https: {counts}")
 
 
-# The suppression list (shared with DMARC reports: app/reportsuppress.py, kind "tlsrpt").
-
-
-@tlsrpt.group("suppress")
-def suppress_group() -> None:
-    """Addresses that get no TLS reports until a date."""
-
-
-def _suppression_row(entry: ReportSuppression) -> dict[str, Any]:
-    return {
-        "address": entry.address,
-        "until": entry.until.isoformat(),
-        "comment": entry.comment,
-        "created": entry.created.isoformat(),
-    }
-
-
-@suppress_group.command("add")
-@click.argument("address")
-@click.option("--until", type=DAY, help="Last day of suppression, UTC (default: 30 days from now).")
-@click.option("--comment", default="", help="Why (shown in the list).")
-@click.pass_context
-def suppress_add(ctx: click.Context, address: str, until: datetime | None, comment: str) -> None:
-    """Send no TLS reports to ADDRESS until the date."""
-    config = load(ctx)
-    end = _end_of(until.date()) if until else utcnow() + FAILURE_SUPPRESSION
-    if end <= utcnow():
-        _fail(f"--until {end:%Y-%m-%d} is in the past")
-    url = config.resolved_database_url
-    with exit_if_database_unusable(url), session_scope(url) as session:
-        try:
-            row = _suppression_row(suppress(session, "tlsrpt", address, end, comment))
-        except SuppressionError as e:
-            _fail(str(e))
-    click.echo(f"suppressed {row['address']} until {row['until']}")
-
-
-@suppress_group.command("list")
-@click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def suppress_list(ctx: click.Context, include_expired: bool, as_json: bool) -> None:
-    """The addresses that get no TLS reports."""
-    config = load(ctx)
-    url = config.resolved_database_url
-    with exit_if_database_unusable(url), session_scope(url) as session:
-        rows = [_suppression_row(e) for e in suppressions(session, "tlsrpt", include_expired)]
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        click.echo("no suppressed addresses")
-    for row in rows:
-        comment = f"  ({row['comment']})" if row["comment"] else ""
-        click.echo(f"{row['address']}  until {row['until']}{comment}")
-
-
-@suppress_group.command("remove")
-@click.argument("address")
-@click.pass_context
-def suppress_remove(ctx: click.Context, address: str) -> None:
-    """Send TLS reports to ADDRESS again."""
-    config = load(ctx)
-    url = config.resolved_database_url
-    with exit_if_database_unusable(url), session_scope(url) as session:
-        try:
-            removed = unsuppress(session, "tlsrpt", address)
-        except SuppressionError as e:
-            _fail(str(e))
-    if not removed:
-        _fail(f"{address} is not on the TLS report suppression list")
-    click.echo(f"removed {address}")
-
-
-def _end_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"postwarden: {message}", err=True)
-    sys.exit(1)
+# The suppression list, shared with DMARC reports (app/reportsuppress.py, kind "tlsrpt").
+suppress_commands(tlsrpt, "tlsrpt", "TLS reports")

@@ -52,6 +52,7 @@ from app.tlsreports.results import failures_by_result, policy_result, report_row
 from app.tlsreports.sender import find_submitter  # noqa: E402
 from tests.configs import write_config  # noqa: E402
 from tests.dnsserver import DNSTestServer  # noqa: E402
+from tests.test_tlsreports import DKIM_EXTRA  # noqa: E402
 
 RECIPIENT_DOMAINS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 50_000
 NOW = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)
@@ -61,18 +62,6 @@ TARGET_BUILD_MS = 2.0
 TARGET_RSS_MB = 300
 NSD = "/usr/sbin/nsd"
 STS_STRINGS = json.dumps(["version: STSv1", "mode: enforce", "mx: *.example", "max_age: 604800"])
-
-DKIM = """
-[[domains."example.org".dkim]]
-selector = "ed1"
-algorithm = "ed25519"
-private_key_file = "ed1.pem"
-
-[[domains."example.org".dkim]]
-selector = "rsa1"
-algorithm = "rsa"
-private_key_file = "rsa1.pem"
-"""
 
 
 def recipient(i: int) -> str:
@@ -216,7 +205,7 @@ def setup(directory: Path, dns_port: int, n: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, algorithm in (("ed1", "ed25519"), ("rsa1", "rsa")):
         (directory / f"{name}.pem").write_bytes(generate_private_key_pem(algorithm))  # type: ignore[arg-type]
-    path = write_config(directory, DKIM, dns_port=dns_port)
+    path = write_config(directory, DKIM_EXTRA, dns_port=dns_port)
     config = load_config(path)
     upgrade_database(config.resolved_database_url)
     results, details = result_rows(n)
