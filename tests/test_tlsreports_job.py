@@ -36,6 +36,7 @@ from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_re
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
 from app.tlsreports.sender import find_submitter
+from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
@@ -700,3 +701,20 @@ async def test_undeliverable_report_ends_quietly_in_postmaster_tlsrpt_and_the_ad
     again = await send_tls_reports(config, NOW + timedelta(days=1), resolver=resolver)
     assert again.reports == [] and queued(config) == {}
     assert job_log.messages("not sending to tls@example.net: on the suppression list")
+
+
+def test_the_daily_task_runs_on_a_worker(tmp_path: Path, dns: DNSTestServer, https_ca_file: Path) -> None:
+    """The beat's task name reaches a real Celery worker (filesystem broker), which runs the job."""
+    config = make_config(tmp_path, dns, https_ca_file)
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    record(
+        config,
+        sessions("example.net", STS_NET, None, 1, [EXPIRED]),
+        day=datetime.now(UTC).date() - timedelta(days=1),
+    )
+    config_file = config.data_dir.parent / "postwarden.toml"
+    log = tmp_path / "worker.log"
+    with celery_worker(config_file, log):
+        client_for(config_file).send_task("tasks.tlsreports.send_tls_reports")
+        wait_for_text(log, "tls reports: run finished: 1 report(s) scheduled")
+    assert set(queued(config)) == {"tlsrpt@example.net"}
