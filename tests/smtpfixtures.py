@@ -102,8 +102,8 @@ class ThreadedSMTP:
     def start(self) -> ThreadedSMTP:
         self.service.prepare()
         self._thread.start()
-        running = asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(timeout=10)
-        self.ports = {r.listener.kind: r.port for r in running}
+        bound = asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(timeout=10)
+        self.ports = {b.listener.kind: b.port for b in bound}
         return self
 
     def stop(self) -> None:

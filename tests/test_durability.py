@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,9 @@ def smtp_process(config_file: Path, log: Path) -> Iterator[tuple[subprocess.Pope
     """`postwarden smtp` as a subprocess; yields it and its inbound port once it is ready."""
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
     with log.open("wb") as out:
-        process = subprocess.Popen([POSTWARDEN, "smtp"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [POSTWARDEN, "smtp"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         text = wait_for_text(log, "smtp ready", process=process)
         port = int(LISTENING.findall(text)[0])
@@ -95,7 +98,7 @@ def test_messages_acknowledged_before_a_crash_are_stored_and_nothing_is_half_sto
         for worker in workers:
             worker.start()
         assert enough.wait(timeout=120), f"only {len(accepted)} messages accepted; see {tmp_path}/smtp-1.log"
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its workers, as in a crash
         process.wait(timeout=20)
         for worker in workers:
             worker.join(timeout=60)
@@ -151,3 +154,19 @@ def test_smtp_exits_with_a_clear_message_when_a_port_cannot_be_bound(
     assert done.returncode == 1
     assert f"listeners[0] (inbound): cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path, dns: DNSTestServer) -> None:
+    config_file = write_smtp_config(tmp_path / "cfg", dns, None)
+    with smtp_process(config_file, tmp_path / "smtp.log") as (process, port):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        process.send_signal(signal.SIGKILL)  # the supervisor alone
+        process.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return  # no worker is left listening
+            time.sleep(0.05)
+        raise AssertionError("smtp workers still accept connections after their supervisor was killed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -45,14 +44,21 @@ class EvaluationPublisher:
         return process
 
     def __call__(self, evaluation: dict[str, Any]) -> None:
-        if not self._process.is_alive():
-            # What it had not taken is still in the queue, for the new one.
-            log.error("evaluation publisher exited (code %s); starting a new one", self._process.exitcode)
-            self._process = self._start()
         self._queue.put(evaluation)
 
+    def ensure_running(self) -> None:
+        """In the supervisor: replace a child that died (what it had not taken waits in the queue)."""
+        if not self._process.is_alive():
+            log.error("evaluation publisher exited (code %s); starting a new one", self._process.exitcode)
+            self._process = self._start()
+
+    def flush(self) -> None:
+        """In an SMTP worker about to exit: write out what this process queued."""
+        self._queue.close()
+        self._queue.join_thread()
+
     def close(self, timeout: float = 10.0) -> None:
-        """Let the child send what is queued, then stop it."""
+        """In the supervisor: let the child send what is queued, then stop it."""
         self._queue.put(None)
         self._process.join(timeout)
         if self._process.is_alive():
@@ -98,22 +104,32 @@ def exit_if_database_unusable(url: str) -> Iterator[None]:
 
 
 @main.command("smtp")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes serving the listeners (default: one per CPU).",
+)
 @click.pass_context
-def smtp(ctx: click.Context) -> None:
+def smtp(ctx: click.Context, workers: int | None) -> None:
     """Run the SMTP listeners (inbound and submission) configured in [[listeners]]."""
     config: Config = load(ctx)
     setup_logging(config.log_level, config.log_format)
     if not config.listeners:
         sys.exit("postwarden smtp: no [[listeners]] configured; add an inbound and/or submission listener")
     # Imported here so that other commands do not load the SMTP stack.
-    from app.smtpserver.server import ListenerError, SMTPService, serve
+    from app.smtpserver.server import ListenerError
+    from app.smtpserver.workers import Supervisor, default_worker_count
 
+    supervisor = Supervisor(config, workers or default_worker_count())
+    try:
+        with exit_if_database_unusable(config.resolved_database_url):
+            supervisor.prepare()
+    except ListenerError as e:
+        sys.exit(f"postwarden smtp: {e}")
     config_file = str(config_path(ctx.find_root().obj).resolve())
     publisher = EvaluationPublisher(config_file, config.log_level, config.log_format)
     try:
-        with exit_if_database_unusable(config.resolved_database_url):
-            asyncio.run(serve(SMTPService(config, record_evaluation=publisher)))
-    except ListenerError as e:
-        sys.exit(f"postwarden smtp: {e}")
+        supervisor.serve(publisher, on_worker_exit=publisher.flush, tend=publisher.ensure_running)
     finally:
         publisher.close()

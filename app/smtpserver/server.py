@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from app.smtpserver.submission import SubmissionHandler
 from app.store import MessageStore
 
 log = logging.getLogger("app.smtpserver")
+
+LISTEN_BACKLOG = 512
 
 
 class ListenerError(Exception):
@@ -43,17 +46,53 @@ def tls_context(listener: Listener) -> ssl.SSLContext | None:
 
 
 @dataclass
-class RunningListener:
+class BoundListener:
     listener: Listener
-    server: asyncio.Server
+    sock: socket.socket
+    tls: ssl.SSLContext | None
 
     @property
     def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
+        return int(self.sock.getsockname()[1])
+
+
+def bind_listeners(config: Config) -> list[BoundListener]:
+    """A listening socket per configured listener; ListenerError names the one that cannot be bound.
+
+    Binding comes first and apart from serving, so worker processes can share the sockets."""
+    bound: list[BoundListener] = []
+    for index, listener in enumerate(config.listeners):
+        context = tls_context(listener)
+        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((listener.address, listener.port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            for other in bound:
+                other.sock.close()
+            raise ListenerError(
+                f"listeners[{index}] ({listener.kind}): cannot listen on "
+                f"{listener.address}:{listener.port}: {e.strerror or e}"
+            ) from None
+        bound.append(BoundListener(listener, sock, context))
+        if listener.kind == "submission" and context is None:
+            log.warning(
+                "listeners[%d]: submission without tls_cert/tls_key: AUTH is only offered over TLS, "
+                "so no one can submit mail on %s:%d",
+                index,
+                listener.address,
+                bound[-1].port,
+            )
+        log.info("smtp %s listening on %s:%d", listener.kind, listener.address, bound[-1].port)
+    return bound
 
 
 class SMTPService:
-    """Every configured listener over one store, one resolver and one evaluation sink."""
+    """Every configured listener over one store, one resolver and one evaluation sink (one process)."""
 
     def __init__(
         self,
@@ -68,51 +107,25 @@ class SMTPService:
         self.store = store or MessageStore(config.data_dir, self.database_url)
         self.resolver = resolver or resolver_from_config(config.dns)
         self.record_evaluation = record_evaluation
-        self.listeners: list[RunningListener] = []
+        self.servers: list[asyncio.Server] = []
 
     def prepare(self) -> None:
         """Before accepting mail: settle files a crash left behind, create account and mailbox rows."""
-        report = self.store.recover()
-        if report.completed or report.removed:
-            log.info(
-                "store recovery: %d message(s) completed, %d unacknowledged file(s) removed",
-                report.completed,
-                report.removed,
-            )
-        with session_scope(self.database_url) as session:
-            sync_from_config(session, self.config)
+        prepare_storage(self.config, self.store)
 
     def handler_for(self, listener: Listener) -> BaseHandler:
         if listener.kind == "submission":
             return SubmissionHandler(self.config, self.store, self.database_url)
         return InboundHandler(self.config, self.store, self.resolver, self.record_evaluation)
 
-    async def start(self) -> list[RunningListener]:
+    async def start(self, bound: list[BoundListener] | None = None) -> list[BoundListener]:
+        """Serve on the given sockets (bound now if none are given)."""
+        bound = bind_listeners(self.config) if bound is None else bound
         loop = asyncio.get_running_loop()
-        for index, listener in enumerate(self.config.listeners):
-            context = tls_context(listener)
-            if listener.kind == "submission" and context is None:
-                log.warning(
-                    "listeners[%d]: submission without tls_cert/tls_key: AUTH is only offered over TLS, "
-                    "so no one can submit mail on %s:%d",
-                    index,
-                    listener.address,
-                    listener.port,
-                )
-            try:
-                server = await loop.create_server(
-                    self._protocol_factory(listener, context), host=listener.address, port=listener.port
-                )
-            except OSError as e:
-                await self.stop()
-                raise ListenerError(
-                    f"listeners[{index}] ({listener.kind}): cannot listen on "
-                    f"{listener.address}:{listener.port}: {e.strerror or e}"
-                ) from None
-            running = RunningListener(listener, server)
-            self.listeners.append(running)
-            log.info("smtp %s listening on %s:%d", listener.kind, listener.address, running.port)
-        return self.listeners
+        for each in bound:
+            factory = self._protocol_factory(each.listener, each.tls)
+            self.servers.append(await loop.create_server(factory, sock=each.sock))
+        return bound
 
     def _protocol_factory(
         self, listener: Listener, context: ssl.SSLContext | None
@@ -133,12 +146,25 @@ class SMTPService:
 
     async def stop(self) -> None:
         """Stop accepting, then let messages already handed to the store finish committing."""
-        for running in self.listeners:
-            running.server.close()
-        for running in self.listeners:
-            await running.server.wait_closed()
-        self.listeners = []
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers = []
         await self.store.close()
+
+
+def prepare_storage(config: Config, store: MessageStore) -> None:
+    """Settle what a crash left in the store's tmp dir, then create the configured account rows."""
+    report = store.recover()
+    if report.completed or report.removed:
+        log.info(
+            "store recovery: %d message(s) completed, %d unacknowledged file(s) removed",
+            report.completed,
+            report.removed,
+        )
+    with session_scope(config.resolved_database_url) as session:
+        sync_from_config(session, config)
 
 
 def quiet_aiosmtpd_logging() -> None:
@@ -147,16 +173,13 @@ def quiet_aiosmtpd_logging() -> None:
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
-async def serve(service: SMTPService) -> None:
-    """Prepare, start every listener, and run until SIGTERM or SIGINT; then stop cleanly."""
+async def serve_worker(service: SMTPService, bound: list[BoundListener]) -> None:
+    """One worker: serve the shared sockets until SIGTERM or SIGINT, then stop cleanly."""
     quiet_aiosmtpd_logging()
-    await asyncio.get_running_loop().run_in_executor(None, service.prepare)
-    await service.start()
+    await service.start(bound)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    log.info("smtp ready")
     await stopping.wait()
-    log.info("smtp stopping")
     await service.stop()

@@ -1,0 +1,150 @@
+"""`postwarden smtp` as a process tree: one supervisor, several workers serving the same sockets.
+
+Authenticating a message (DKIM above all) is CPU work in Python, so one event loop is one core. The
+supervisor settles the store (recovery, account rows) and binds every listener, then forks workers
+that serve the inherited sockets, each with its own event loop, store committer and resolver (the
+kernel hands each connection to one of them). SQLite serialises their commits; group commit still
+works within each worker. A worker that dies is replaced; the workers die with the supervisor
+(Linux PR_SET_PDEATHSIG), so a killed supervisor leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from app.config import Config
+from app.db import engine_for
+from app.smtpserver.evaluation import RecordEvaluation
+from app.smtpserver.server import (
+    BoundListener,
+    SMTPService,
+    bind_listeners,
+    prepare_storage,
+    quiet_aiosmtpd_logging,
+    serve_worker,
+)
+from app.store import MessageStore
+
+log = logging.getLogger("app.smtpserver")
+
+PR_SET_PDEATHSIG = 1
+SUPERVISE_INTERVAL = 0.2
+STOP_TIMEOUT = 30.0
+
+
+def default_worker_count() -> int:
+    return os.cpu_count() or 1
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: int) -> None:
+        self.config = config
+        self.count = workers
+        self.workers: set[int] = set()
+        self.stopping = False
+        self.bound: list[BoundListener] = []
+        self.record_evaluation: RecordEvaluation | None = None
+        self.on_worker_exit: Callable[[], None] | None = None
+        self.tend: Callable[[], None] | None = None
+
+    def prepare(self) -> None:
+        """Settle the store and bind every listener (ListenerError if one cannot be bound)."""
+        quiet_aiosmtpd_logging()
+        prepare_storage(self.config, MessageStore(self.config.data_dir, self.config.resolved_database_url))
+        self.bound = bind_listeners(self.config)
+        engine_for(self.config.resolved_database_url).dispose()  # no pooled connection crosses a fork
+
+    def serve(
+        self,
+        record_evaluation: RecordEvaluation | None,
+        *,
+        on_worker_exit: Callable[[], None] | None = None,
+        tend: Callable[[], None] | None = None,
+    ) -> None:
+        """Fork the workers and supervise them until SIGTERM/SIGINT. `on_worker_exit` runs in a worker
+        before it exits (e.g. flush a queue); `tend` runs in the supervisor every tick."""
+        self.record_evaluation, self.on_worker_exit, self.tend = record_evaluation, on_worker_exit, tend
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for _ in range(self.count):
+            self._fork_worker()
+        log.info("smtp ready (%d worker process%s)", self.count, "" if self.count == 1 else "es")
+        self._supervise()
+        log.info("smtp stopped")
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            log.info("smtp stopping (%s)", signal.Signals(signum).name)
+        self.stopping = True
+        for pid in self.workers:
+            _kill(pid, signal.SIGTERM)
+
+    def _supervise(self) -> None:
+        deadline: float | None = None
+        while self.workers:
+            for pid in list(self.workers):
+                if _reaped(pid):
+                    self.workers.discard(pid)
+                    if not self.stopping:
+                        log.error("smtp worker %d exited unexpectedly; starting a new one", pid)
+                        self._fork_worker()
+            if self.stopping:
+                deadline = deadline or time.monotonic() + STOP_TIMEOUT
+                if time.monotonic() > deadline:
+                    log.warning("smtp workers did not stop in %.0f s; killing them", STOP_TIMEOUT)
+                    for pid in self.workers:
+                        _kill(pid, signal.SIGKILL)
+            elif self.tend is not None:
+                self.tend()
+            time.sleep(SUPERVISE_INTERVAL)
+
+    def _fork_worker(self) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.workers.add(pid)
+            return
+        code = 1
+        try:
+            _die_with_parent(parent)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
+            service = SMTPService(self.config, record_evaluation=self.record_evaluation)
+            asyncio.run(serve_worker(service, self.bound))
+            if self.on_worker_exit is not None:
+                self.on_worker_exit()
+            code = 0
+        except BaseException:
+            log.exception("smtp worker %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)  # never return into the supervisor's code
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers then outlive a killed supervisor
+        log.warning("cannot tie smtp workers to the supervisor's life on this system")
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os._exit(1)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.kill(pid, sig)
