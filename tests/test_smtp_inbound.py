@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import trustme
 
+from app.smtpserver.data import MessageData, read_message_data
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import (
     LIMITS,
@@ -382,3 +384,54 @@ def test_idle_session_gets_421_and_is_closed(smtp_factory: Callable[..., Threade
     assert client.reply().startswith("421 4.4.2")
     assert client.closed_by_server()
     assert time.monotonic() - started < 5
+
+
+# The DATA reader on its own, fed through a real StreamReader in arbitrary pieces.
+
+
+async def read_data(
+    stream: bytes, *, limit: int = 64, max_size: int = 10_000, max_line: int = 1000
+) -> tuple[MessageData, bytes]:
+    reader = asyncio.StreamReader(limit=limit)
+    for i in range(0, len(stream), 7):  # as if it came in small TCP segments
+        reader.feed_data(stream[i : i + 7])
+    reader.feed_eof()
+    data = await read_message_data(reader, max_size=max_size, max_line_length=max_line)
+    return data, await reader.read()
+
+
+@pytest.mark.parametrize(
+    ("stream", "content"),
+    [
+        (b".\r\n", b""),
+        (b"\r\n.\r\n", b"\r\n"),
+        (b"a.\r\nb\r\n.\r\n", b"a.\r\nb\r\n"),
+        (b"..x\r\n..\r\n.\r\n", b".x\r\n.\r\n"),
+        (b"x" * 200 + b"\r\n" + b"y" * 150 + b"\r\n.\r\n", b"x" * 200 + b"\r\n" + b"y" * 150 + b"\r\n"),
+    ],
+    ids=["empty", "empty-line", "dot-at-line-end", "dot-stuffed", "longer-than-stream-limit"],
+)
+async def test_data_reader_content(stream: bytes, content: bytes) -> None:
+    data, rest = await read_data(stream + b"QUIT\r\n")
+    assert (data.content, data.problem) == (content, None)
+    assert rest == b"QUIT\r\n", "what follows the data is left for the next command"
+
+
+async def test_data_reader_limits() -> None:
+    too_big, rest = await read_data(b"x" * 70 + b"\r\n" + b"y" * 60 + b"\r\n.\r\nNOOP\r\n", max_size=100)
+    assert too_big.problem is not None and too_big.problem.startswith("552 5.3.4") and rest == b"NOOP\r\n"
+    long_line, _ = await read_data(b"z" * 999 + b"\r\n.\r\n")
+    assert long_line.problem is not None and long_line.problem.startswith("500 5.5.2 Line too long")
+    limit_line, _ = await read_data(b"z" * 998 + b"\r\n.\r\n")
+    assert limit_line.problem is None, "998 octets plus CRLF is the RFC 5321 maximum and allowed"
+    # Many lines just under the limit, with CRLFs falling on the reader's chunk boundaries.
+    near, _ = await read_data((b"w" * 990 + b"\r\n") * 20 + b".\r\n", limit=63, max_size=100_000)
+    assert near.problem is None and len(near.content) == 992 * 20
+
+
+async def test_data_reader_connection_lost() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"half a message\r\n")
+    reader.feed_eof()
+    with pytest.raises(ConnectionResetError):
+        await read_message_data(reader, max_size=1000, max_line_length=1000)

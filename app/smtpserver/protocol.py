@@ -19,9 +19,10 @@ import logging
 import re
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from app.config import Config, Limits
+from app.smtpserver.data import read_message_data
 
 log = logging.getLogger("app.smtpserver")
 
@@ -130,10 +131,6 @@ class PostwardenSMTP(SMTP):
                 await self.close_with("421 4.7.0 Too many errors, closing connection")
 
     def _rewrite(self, reply: str) -> str:
-        if reply.startswith("500 Line too long"):
-            return f"500 5.5.2 Line too long: the limit is {self.limits.max_line_length} octets"
-        if reply == "552 Error: Too much mail data":
-            return f"552 5.3.4 Message too big: the limit is {self.limits.max_message_size} octets"
         if reply.startswith("552 Error: message size exceeds"):
             return f"552 5.3.4 Declared SIZE exceeds the limit of {self.limits.max_message_size} octets"
         return with_enhanced_code(reply)
@@ -154,6 +151,33 @@ class PostwardenSMTP(SMTP):
             log.info("closing idle session from %s", self.peer_ip)
             self.transport.write(b"421 4.4.2 Idle timeout, closing connection\r\n")
         super()._timeout_cb()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with our reader (data.py): the same checks and replies, far less per line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = await read_message_data(
+            self._reader,
+            max_size=self.limits.max_message_size,
+            max_line_length=self.limits.max_line_length,
+        )
+        if data.problem is not None:
+            self._set_post_data_state()
+            await self.push(data.problem)
+            return
+        self.envelope.content = self.envelope.original_content = data.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._plain_replies = True
