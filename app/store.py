@@ -15,9 +15,9 @@ loop. Only one process may store into a data dir at a time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,9 +44,13 @@ MAX_BATCH_MESSAGES = 512
 FILE_WRITERS = 8
 
 
+_sequence = itertools.count()
+
+
 def new_file_id() -> str:
-    """Unique, and sorting by time: microseconds since the epoch in hex, then random bits."""
-    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
+    """Unique and sorting by time: microseconds since the epoch, process id and a per-process counter,
+    in hex. (Random bytes would cost a getrandom() call, which lets other threads take the GIL.)"""
+    return f"{time.time_ns() // 1000:014x}{os.getpid():06x}{next(_sequence) & 0xFFFF:04x}"
 
 
 def message_path(file_id: str) -> str:

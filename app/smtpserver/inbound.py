@@ -41,7 +41,7 @@ from app.smtpserver.protocol import (
     envelope_sender,
     normalize_address,
 )
-from app.store import MessageStore, StoreError
+from app.store import MessageStore, StoreError, new_file_id
 
 log = logging.getLogger("app.smtpserver")
 
@@ -119,7 +119,7 @@ class InboundHandler(BaseHandler):
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
-        with cid_scope() as transaction_id:
+        with cid_scope(new_file_id()) as transaction_id:
             result, reply = await self._receive(server, session, envelope, transaction_id)
             self.log_transaction(server, envelope, result, reply, id=transaction_id)
             return reply
