@@ -84,6 +84,14 @@ def is_suppressed(session: Session, kind: ReportKind, address: str, now: datetim
     return session.scalar(query) is not None
 
 
+def suppressed_addresses(session: Session, kind: ReportKind, now: datetime | None = None) -> set[str]:
+    """The addresses suppressed now, normalized: a report run checks each of its addresses against it."""
+    query = select(ReportSuppression.address).where(
+        ReportSuppression.kind == kind, ReportSuppression.until > (now or utcnow())
+    )
+    return set(session.scalars(query))
+
+
 def suppressions(
     session: Session, kind: ReportKind, include_expired: bool = False
 ) -> list[ReportSuppression]:

@@ -67,7 +67,8 @@ def test_dmarc_evaluation_task_reaches_the_worker(broker_config: Path, tmp_path:
             "header_from": "example.net",
         }
         client_for(broker_config).send_task("tasks.mail.record_dmarc_evaluation", args=[evaluation])
-        wait_for_text(log, "dmarc evaluation stored policy_domain=example.net disposition=reject optional=False")
+        stored = "dmarc evaluation stored policy_domain=example.net disposition=reject optional=False"
+        wait_for_text(log, stored)
 
 
 def test_worker_with_bad_config_exits_with_a_clear_message(tmp_path: Path) -> None:

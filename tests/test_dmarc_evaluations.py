@@ -199,13 +199,13 @@ def test_an_evaluation_keeps_the_fields_of_r2_2(config_file: Path) -> None:
         "sender.example",
     )
     # RFC 9990 2.1.2 order: strictly aligned pass, relaxed aligned pass, other pass, failures.
-    assert [(d["domain"], d["selector"]) for d in json.loads(row.dkim_results)] == [
-        ("sender.example", "s1"),
-        ("mail.sender.example", "m"),
-        ("other.example", "x"),
-        ("sender.example", "bad"),
+    assert json.loads(row.dkim_results) == [
+        ["sender.example", "s1", "pass"],
+        ["mail.sender.example", "m", "pass"],
+        ["other.example", "x", "pass"],
+        ["sender.example", "bad", "fail"],
     ]
-    assert json.loads(row.spf_results) == [{"domain": "sender.example", "scope": "mfrom", "result": "pass"}]
+    assert json.loads(row.spf_results) == [["sender.example", "mfrom", "pass"]]
 
 
 def test_identical_records_share_a_key_that_any_difference_changes() -> None:
@@ -295,7 +295,7 @@ def test_evaluated_mail_from_a_domain_with_rua_is_stored(smtp: ThreadedSMTP, dns
         "sender.example",
     )
     assert (row.spf_aligned, row.dkim_aligned) == (True, False)
-    assert {(r["scope"], r["result"]) for r in json.loads(row.spf_results)} >= {("mfrom", "pass")}
+    assert ["sender.example", "mfrom", "pass"] in json.loads(row.spf_results)
 
 
 def test_a_domain_without_rua_leaves_no_evaluation(smtp: ThreadedSMTP, dns: DNSTestServer) -> None:

@@ -11,7 +11,7 @@ import gzip
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from app.cli import main
 from app.config import Config, load_config
@@ -360,16 +361,17 @@ def test_racing_runs_in_the_same_hour_send_each_report_once(
         store(config, *[ev(domain, DAY + timedelta(minutes=m), ri=3600) for m in (1, 2, 3)])
     # Both workers have read the evaluations before either claims one: the race is certain.
     both_read = threading.Barrier(2, timeout=60)
-    waited = threading.local()
-    settle = job._Run.settle
+    outcomes = job._Run.outcomes
 
-    def settle_after_both_read(self: job._Run, domain_rows: job.DomainRows, plan: job.Plan) -> None:
-        if not getattr(waited, "done", False):
-            waited.done = True
-            both_read.wait()
-        settle(self, domain_rows, plan)
+    async def outcomes_after_both_read(self: job._Run, reader: Session) -> AsyncIterator[list[job.Outcome]]:
+        waiting = True
+        async for batch in outcomes(self, reader):
+            if waiting:
+                both_read.wait()  # blocks this run's loop: each run has its own thread
+                waiting = False
+            yield batch
 
-    monkeypatch.setattr(job._Run, "settle", settle_after_both_read)
+    monkeypatch.setattr(job._Run, "outcomes", outcomes_after_both_read)
     summaries: list[RunSummary] = []
 
     def worker() -> None:

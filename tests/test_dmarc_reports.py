@@ -235,7 +235,7 @@ def row(**changes: Any) -> Row:
         "envelope_from": "sender.example",
         "header_from": "sender.example",
         "dkim_results": "[]",
-        "spf_results": json.dumps([{"domain": "sender.example", "scope": "mfrom", "result": "fail"}]),
+        "spf_results": json.dumps([["sender.example", "mfrom", "fail"]]),
     }
     return Row(**{**values, **changes})
 

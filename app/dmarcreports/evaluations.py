@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DISPOSITIONS = ("none", "quarantine", "reject")
 # RFC 9990 2.1.2: a report row carries at most 100 DKIM results, the most useful first.
 MAX_DKIM_RESULTS = 100
+RECORD_KEY_LENGTH = 16  # hex digits: 64 bits, no collision among the rows of a report
 
 
 class EvaluationError(ValueError):
@@ -135,7 +136,7 @@ def _row(evaluation: dict[str, Any]) -> DMARCEvaluation:
 
 def record_key(identity: dict[str, Any]) -> str:
     """Evaluations with equal identifying fields merge into one report row (R2.3)."""
-    return hashlib.sha256(_json(identity).encode()).hexdigest()[:32]
+    return hashlib.sha256(_json(identity).encode()).hexdigest()[:RECORD_KEY_LENGTH]
 
 
 def _json(value: Any) -> str:
@@ -169,16 +170,17 @@ def _source_ip(value: str) -> str:
     return str(ip)
 
 
-def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[dict[str, str]]:
-    """DKIM results in RFC 9990 2.1.2 order: aligned passes (strict, relaxed), other passes, the rest."""
-    cleaned = [
-        {"domain": _domain(r["domain"]), "selector": str(r["selector"]), "result": str(r["result"])}
-        for r in results
-    ]
+# Results are stored as compact JSON lists, [domain, selector, result] and [domain, scope, result]:
+# they repeat in every evaluation, and the width of a row is what deleting a million of them costs.
 
-    def rank(result: dict[str, str]) -> int:
-        domain = result["domain"]
-        if result["result"] != "pass":
+
+def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[list[str]]:
+    """DKIM results in RFC 9990 2.1.2 order: aligned passes (strict, relaxed), other passes, the rest."""
+    cleaned = [[_domain(r["domain"]), str(r["selector"]), str(r["result"])] for r in results]
+
+    def rank(result: list[str]) -> int:
+        domain, _, status = result
+        if status != "pass":
             return 3
         if domain == header_from:
             return 0
@@ -188,12 +190,8 @@ def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[dict[
     return sorted(cleaned, key=rank)[:MAX_DKIM_RESULTS]
 
 
-def _spf_results(results: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [
-        {"domain": _domain(r["domain"]), "scope": str(r["scope"]), "result": str(r["result"])}
-        for r in results
-        if r.get("domain")
-    ]
+def _spf_results(results: list[dict[str, Any]]) -> list[list[str]]:
+    return [[_domain(r["domain"]), str(r["scope"]), str(r["result"])] for r in results if r.get("domain")]
 
 
 def pending_domains(session: Session, domain: str | None = None) -> list[PendingDomain]:

@@ -15,21 +15,23 @@ per domain. Reports are spread over the hour through their first delivery time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, case, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Update, case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.dmarc import _Records as DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
-from app.db import session_factory
+from app.db import session_factory, upsert_insert
 from app.dmarcreports.interval import whole_hour
 from app.dmarcreports.mail import ReportMail, report_message, report_sender
 from app.dmarcreports.rua import report_destinations
@@ -39,7 +41,7 @@ from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
 from app.queue.outgoing import enqueue_report
-from app.reportsuppress import is_suppressed
+from app.reportsuppress import normalize_address, suppressed_addresses
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ MAX_AGE = timedelta(hours=48)
 MAX_SPACING = timedelta(minutes=5)
 SPREAD = timedelta(minutes=50)  # the last minutes of the hour belong to the next run
 REPORT_ATTEMPTS = 5  # R2.6
-LOOKUP_CHUNK = 64  # policy domains whose DNS lookups run concurrently
+CHUNK = 32  # policy domains whose reports are claimed and queued in one transaction
+LOOKUPS = 64  # DNS lookups in flight at once
+MAX_EXCLUDED = 10_000  # domains a run's final delete names as exceptions; beyond: by the claims
+RECOVERY_SLICE = 100_000  # ids per delete when finishing a dead run's deletions
 SKIPPED = "dmarc report address skipped policy_domain=%s address=%s reason=%s"
 
 E = DMARCEvaluation
@@ -109,11 +114,38 @@ class Plan:
     discard: str = ""  # a reason to drop the evaluations
 
 
+class SharedLookups(DMARCRecords):
+    """DMARC records for a whole run: concurrent lookups of one name (the parents every tree walk of
+    a chunk's domains visits) share a single query instead of each making its own."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        super().__init__(resolver)
+        self._pending: dict[str, asyncio.Task[DMARCRecord | None]] = {}
+
+    async def at(self, domain: str) -> DMARCRecord | None:
+        if domain not in self._pending:
+            self._pending[domain] = asyncio.ensure_future(super().at(domain))
+        return await self._pending[domain]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A domain's evaluations go: into a report (mail), or are dropped (discard says why)."""
+
+    policy_domain: str
+    discard: str = ""
+    mail: ReportMail | None = None
+    message: bytes = b""
+    addresses: list[str] = field(default_factory=list)
+    report_cid: str = ""
+    due: datetime | None = None  # the report's first delivery attempt
+
+
 class _Run:
     def __init__(self, config: Config, resolver: Resolver, now: datetime, cid: str) -> None:
         self.config = config
         self.resolver = resolver
-        self.records = DMARCRecords(resolver)  # one cache per run: shared rua hosts are looked up once
+        self.records = SharedLookups(resolver)
         self.sessions = session_factory(config.resolved_database_url)
         self.sender = report_sender(config)
         self.now = now
@@ -121,6 +153,10 @@ class _Run:
         self.summary = RunSummary(cid, whole_hour(now))
         self.max_id = 0
         self.spacing = timedelta(0)
+        self.suppressed: set[str] = set()
+        self.planned_reports = 0
+        self.plans: dict[str, asyncio.Future[Plan]] = {}
+        self.excluded: set[str] = set()  # domains of the run whose evaluations stay
 
     @property
     def run_hour(self) -> datetime:
@@ -135,34 +171,81 @@ class _Run:
                 self.config.hostname,
             )
         with self.sessions() as session:
+            self.suppressed = suppressed_addresses(session, "dmarc", self.now)
             self.max_id = session.scalar(select(func.max(E.id))) or 0
-            self.spacing = spacing if spacing is not None else self.default_spacing(session)
-        log.info("dmarc report run hour=%s", f"{self.run_hour:%Y-%m-%d %H:00}")
-        with self.sessions() as reader:
-            for chunk in chunks(self.reportable(reader), LOOKUP_CHUNK):
-                plans = await asyncio.gather(*(self.plan(d.policy_domain) for d in chunk))
-                for domain_rows, plan in zip(chunk, plans, strict=True):
-                    self.settle(domain_rows, plan)
-        self.summary.deleted += finish_deletions(self.sessions)
+            domains = self.domains(session)
+        self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
+        log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
+        # DNS for every domain starts now and runs while the database merges and sorts the rows.
+        lookups = asyncio.Semaphore(LOOKUPS)
+        self.plans = {d: asyncio.ensure_future(self.plan(d, lookups)) for d in domains}
+        with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
+            committing: list[asyncio.Future[None]] = []
+            async for outcomes in self.outcomes(reader):
+                if len(committing) >= 2:  # bounded: at most two batches of built reports in memory
+                    await committing.pop(0)
+                # One writer thread commits batch after batch while the next is built; it logs
+                # with the run's cid, so the context goes along.
+                call = functools.partial(contextvars.copy_context().run, self.commit, outcomes)
+                committing.append(asyncio.get_running_loop().run_in_executor(writer, call))
+            await asyncio.gather(*committing)
+        for unused in self.plans.values():  # domains whose evaluations went meanwhile
+            unused.cancel()
+        self.delete_done()
         return self.summary
+
+    def delete_done(self) -> None:
+        """Delete, in one pass over the ids this run saw, the evaluations of every domain it claimed.
+
+        Said as "all ended evaluations up to max_id but those of the domains left alone" (kept for
+        the next run, optional only, claimed by another worker): SQLite deletes that in one pass,
+        where a subquery on the claims would make it collect every row first.
+        """
+        if len(self.excluded) > MAX_EXCLUDED:
+            self.summary.deleted += finish_deletions(self.sessions)
+            return
+        ended = [E.id <= self.max_id, E.interval_end <= self.run_hour]
+        with self.sessions.begin() as session:
+            session.execute(mark_deleted(self.summary.cid))
+            done = delete(E).where(*ended, E.policy_domain.not_in(self.excluded))
+            self.summary.deleted += session.execute(done).rowcount or 0
+
+    def domains(self, session: Session) -> list[str]:
+        """The policy domains with a non-optional evaluation to report (R2.1)."""
+        query = select(E.policy_domain).where(*self.selected(), E.optional.is_(False)).distinct()
+        return list(session.scalars(query))
+
+    async def outcomes(self, reader: Session) -> AsyncIterator[list[Outcome]]:
+        """What to do with each domain, a batch at a time, in domain order."""
+        pending = chunks(self.reportable(reader), CHUNK)
+        # Read in a thread: the first batch waits for the database's sort, during which the event
+        # loop keeps answering DNS (sqlite and psycopg release the GIL while they work).
+        while chunk := await asyncio.to_thread(next, pending, []):
+            outcomes = []
+            for domain_rows in chunk:
+                plan = await self.planned(domain_rows.policy_domain)
+                outcome = self.decide(domain_rows, plan)
+                if outcome is not None:
+                    outcomes.append(outcome)
+            yield outcomes
+
+    def planned(self, domain: str) -> asyncio.Future[Plan]:
+        if domain not in self.plans:  # committed after the domains were listed
+            self.plans[domain] = asyncio.ensure_future(self.plan(domain, asyncio.Semaphore(1)))
+        return self.plans.pop(domain)
 
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
         with self.sessions.begin() as session:
-            self.summary.purged = session.execute(delete(E).where(E.evaluated < self.cutoff)).rowcount or 0
+            # An interval ends at most 24 h after its evaluations: the index narrows the search.
+            old = [E.interval_end < self.cutoff + timedelta(hours=24), E.evaluated < self.cutoff]
+            self.summary.purged = session.execute(delete(E).where(*old)).rowcount or 0
             session.execute(delete(C).where(C.run_hour < self.cutoff, C.evaluations_deleted.is_(True)))
         if self.summary.purged:
             log.info("dmarc evaluations older than 48 hours dropped count=%d", self.summary.purged)
 
     def selected(self) -> list[ColumnElement[bool]]:
         return [E.id <= self.max_id, E.interval_end <= self.run_hour, E.evaluated >= self.cutoff]
-
-    def default_spacing(self, session: Session) -> timedelta:
-        """Spread this run's reports over the hour, at most 5 minutes apart (R2.3)."""
-        domains = session.scalar(
-            select(func.count(E.policy_domain.distinct())).where(*self.selected(), E.optional.is_(False))
-        )
-        return min(MAX_SPACING, SPREAD / max(1, domains or 0))
 
     def reportable(self, session: Session) -> Iterator[DomainRows]:
         """The ended evaluations merged into report rows, one domain at a time; optional-only skipped."""
@@ -186,8 +269,14 @@ class _Run:
             )
             if domain_rows.required:
                 yield domain_rows
+            else:
+                self.excluded.add(domain)
 
-    async def plan(self, domain: str) -> Plan:
+    async def plan(self, domain: str, lookups: asyncio.Semaphore) -> Plan:
+        async with lookups:
+            return await self.destinations(domain)
+
+    async def destinations(self, domain: str) -> Plan:
         try:
             record = await self.records.at(domain)
             if record is None or not record.rua:
@@ -206,100 +295,100 @@ class _Run:
             return Plan(record, skipped=plan.skipped, discard="no usable report address")
         return plan
 
-    def settle(self, domain_rows: DomainRows, plan: Plan) -> None:
+    def decide(self, domain_rows: DomainRows, plan: Plan) -> Outcome | None:
+        """What to do with a domain's evaluations, with its report built and signed; None: keep them."""
         domain = domain_rows.policy_domain
         for uri, reason in plan.skipped:
-            log.info(
-                "dmarc report address skipped policy_domain=%s address=%s reason=%s", domain, uri, reason
-            )
+            log.info(SKIPPED, domain, uri, reason)
         if plan.keep:
             log.info("dmarc report postponed to the next run policy_domain=%s reason=%s", domain, plan.keep)
             self.summary.kept.append(domain)
-            return
+            self.excluded.add(domain)
+            return None
         addresses = self.unsuppressed(domain, plan.addresses)
         if plan.discard or not addresses:
-            self.discard(domain, plan.discard or "every report address is suppressed")
-            return
+            return Outcome(domain, discard=plan.discard or "every report address is suppressed")
         assert plan.record is not None  # a plan with addresses has its record
-        self.send(domain_rows, plan.record, addresses, [reason for _, reason in plan.skipped])
+        report_cid = new_cid()
+        report_id = f"{self.run_hour:%Y%m%d.%H}.{report_cid}"
+        errors = [reason for _, reason in plan.skipped]
+        policy = published_policy(domain, plan.record)
+        mail = build_report(domain_rows, policy, self.config.hostname, self.sender.address, report_id, errors)
+        message = report_message(mail, self.sender, addresses, self.now)
+        due = self.now + self.planned_reports * self.spacing
+        self.planned_reports += 1
+        return Outcome(
+            domain, mail=mail, message=message, addresses=addresses, report_cid=report_cid, due=due
+        )
 
     def unsuppressed(self, domain: str, addresses: Iterable[str]) -> list[str]:
         usable = []
-        with self.sessions() as session:
-            for address in addresses:
-                if is_suppressed(session, "dmarc", address, self.now):
-                    log.info(SKIPPED, domain, address, "on the suppression list")
-                else:
-                    usable.append(address)
+        for address in addresses:
+            if normalize_address(address) in self.suppressed:
+                log.info(SKIPPED, domain, address, "on the suppression list")
+            else:
+                usable.append(address)
         return usable
 
-    def claim(self, session: Session, domain: str, report_id: str | None) -> None:
-        claim(
-            session,
-            C(
-                policy_domain=domain,
-                run_hour=self.run_hour,
-                run_cid=self.summary.cid,
-                max_id=self.max_id,
-                report_id=report_id,
-            ),
-        )
-
-    def discard(self, domain: str, reason: str) -> None:
-        try:
-            with self.sessions.begin() as session:
-                self.claim(session, domain, None)
-        except ClaimedElsewhere:
-            self.summary.claimed_elsewhere.append(domain)
-            return
-        log.info("dmarc evaluations discarded policy_domain=%s reason=%s", domain, reason)
-        self.summary.discarded.append(domain)
-
-    def send(
-        self, domain_rows: DomainRows, record: DMARCRecord, addresses: list[str], errors: list[str]
-    ) -> None:
-        domain = domain_rows.policy_domain
-        report_cid = new_cid()
-        report_id = f"{self.run_hour:%Y%m%d.%H}.{report_cid}"
-        mail = build_report(
-            domain_rows,
-            published_policy(domain, record),
-            self.config.hostname,
-            self.sender.address,
-            report_id,
-            errors,
-        )
-        # Built and signed before the transaction: the claim holds SQLite's write lock until commit.
-        message = report_message(mail, self.sender, addresses, self.now)
-        due = self.now + len(self.summary.reports) * self.spacing
-        try:
-            with self.sessions.begin() as session:
-                self.claim(session, domain, report_id)
-                enqueue_report(
-                    session,
-                    self.config,
-                    message=message,
-                    sender=self.sender.address,
-                    recipients=addresses,
-                    kind="dmarc",
-                    due=due,
-                    max_attempts=REPORT_ATTEMPTS,
-                )
-        except ClaimedElsewhere:
+    def commit(self, outcomes: list[Outcome]) -> None:
+        """In the writer thread: claim the batch's domains and queue their reports, one transaction."""
+        taken: list[Outcome] = []
+        elsewhere: list[str] = []
+        with self.sessions.begin() as session:
+            for outcome in outcomes:
+                report_id = outcome.mail.report_id if outcome.mail else None
+                if not claim(session, self.claim_values(outcome.policy_domain, report_id)):
+                    elsewhere.append(outcome.policy_domain)
+                    continue
+                if outcome.mail is not None:
+                    enqueue_report(
+                        session,
+                        self.config,
+                        message=outcome.message,
+                        sender=self.sender.address,
+                        recipients=outcome.addresses,
+                        kind="dmarc",
+                        due=outcome.due,
+                        max_attempts=REPORT_ATTEMPTS,
+                    )
+                taken.append(outcome)
+        for domain in elsewhere:
             log.info("dmarc report already sent by another worker policy_domain=%s", domain)
-            self.summary.claimed_elsewhere.append(domain)
+        self.summary.claimed_elsewhere += elsewhere
+        self.excluded.update(elsewhere)
+        for outcome in taken:
+            self.log_outcome(outcome)
+
+    def claim_values(self, domain: str, report_id: str | None) -> dict[str, object]:
+        return {
+            "policy_domain": domain,
+            "run_hour": self.run_hour,
+            "run_cid": self.summary.cid,
+            "max_id": self.max_id,
+            "report_id": report_id,
+        }
+
+    def log_outcome(self, outcome: Outcome) -> None:
+        mail = outcome.mail
+        if mail is None:
+            log.info(
+                "dmarc evaluations discarded policy_domain=%s reason=%s",
+                outcome.policy_domain,
+                outcome.discard,
+            )
+            self.summary.discarded.append(outcome.policy_domain)
             return
-        self.summary.reports.append(report_id)
+        self.summary.reports.append(mail.report_id)
         log.info(
             "dmarc report queued policy_domain=%s report_cid=%s report_id=%s recipients=%s rows=%d "
             "messages=%d due=%s",
-            domain,
-            report_cid,
-            report_id,
-            ",".join(addresses),
+            mail.policy_domain,
+            outcome.report_cid,
+            mail.report_id,
+            ",".join(outcome.addresses),
             mail.rows,
             mail.messages,
-            f"{due:%H:%M:%S}",
+            f"{outcome.due:%H:%M:%S}",
         )
 
 
@@ -309,48 +398,51 @@ def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]
         yield chunk
 
 
-class ClaimedElsewhere(Exception):
-    """Another worker claimed this policy domain for the run hour."""
+def claim(session: Session, values: dict[str, object]) -> bool:
+    """Insert the claim; False if another worker holds the key (the transaction goes on).
 
-
-def claim(session: Session, row: DMARCReportClaim) -> None:
-    """Insert the claim as the transaction's first write; ClaimedElsewhere if the key is taken.
-
-    On PostgreSQL a racing insert of the same key waits for ours to commit, then fails; on SQLite the
-    insert takes the database's write lock, which serializes the two.
+    On PostgreSQL an insert racing ours for the same key waits for our commit and then does nothing;
+    on SQLite the first insert takes the database's write lock, which serializes the two runs.
     """
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise ClaimedElsewhere(row.policy_domain) from None
+    statement = (
+        upsert_insert(session, C.__table__)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["policy_domain", "run_hour"])
+        .returning(C.__table__.c.id)
+    )
+    return session.execute(statement).first() is not None
 
 
 def finish_deletions(sessions: sessionmaker[Session]) -> int:
-    """Delete the evaluations of claims whose deletion is not done; the number deleted.
+    """Delete the evaluations of claims whose deletion is not done (a run died); the number deleted.
 
     Per run, the claims are marked first and the delete then covers every claim of that run it sees,
     which includes the marked ones: a claim committed meanwhile may have its rows deleted before it
-    is marked (harmless, the next pass marks it), never marked with its rows left behind.
+    is marked (harmless, the next pass marks it), never marked with its rows left behind. The rows
+    go a slice of ids at a time: a DELETE with a subquery collects what it deletes in memory.
     """
     deleted = 0
     with sessions() as session:
         runs = session.execute(
             select(C.run_cid, C.run_hour, C.max_id).where(C.evaluations_deleted.is_(False)).distinct()
         ).all()
+        low = (session.scalar(select(func.min(E.id))) or 1) - 1
     for run_cid, run_hour, max_id in runs:
         with sessions.begin() as session:
-            session.execute(
-                update(C)
-                .where(C.run_cid == run_cid, C.evaluations_deleted.is_(False))
-                .values(evaluations_deleted=True)
-            )
+            session.execute(mark_deleted(run_cid))
             claimed = select(C.policy_domain).where(C.run_cid == run_cid)
-            covered = delete(E).where(
-                E.id <= max_id, E.interval_end <= run_hour, E.policy_domain.in_(claimed)
-            )
-            deleted += session.execute(covered).rowcount or 0
+            for start in range(low, max_id, RECOVERY_SLICE):
+                rows = [E.id > start, E.id <= min(start + RECOVERY_SLICE, max_id), E.interval_end <= run_hour]
+                deleted += session.execute(delete(E).where(*rows, E.policy_domain.in_(claimed))).rowcount or 0
     return deleted
+
+
+def mark_deleted(run_cid: str) -> Update:
+    return (
+        update(C)
+        .where(C.run_cid == run_cid, C.evaluations_deleted.is_(False))
+        .values(evaluations_deleted=True)
+    )
 
 
 def published_policy(domain: str, record: DMARCRecord) -> PolicyPublished:

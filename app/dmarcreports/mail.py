@@ -7,10 +7,10 @@ From domain, so the report itself passes DMARC as RFC 9990 asks.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 
 from app.auth.dkim import sign
@@ -51,10 +51,6 @@ def report_sender(config: Config) -> ReportSender:
     return ReportSender(config.hostname, None, ())
 
 
-def subject(report: ReportMail, host: str) -> str:
-    return f"Report Domain: {report.policy_domain} Submitter: {host} Report-ID: <{report.report_id}>"
-
-
 def _utc(seconds: int) -> str:
     return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
@@ -72,23 +68,45 @@ def _text(report: ReportMail, host: str) -> str:
 
 
 def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime) -> bytes:
-    """The unsigned message, CRLF line ends."""
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = sender.address
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = subject(report, sender.host)
-    msg["Date"] = format_datetime(now.astimezone(UTC))
-    # RFC 9990 2.6.2: the Report-ID may be reused in the Message-ID, so duplicates are recognisable.
-    msg["Message-ID"] = f"<{report.report_id}@{sender.host}>"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(_text(report, sender.host))
-    msg.add_attachment(
-        report.gzipped,
-        maintype="application",
-        subtype="gzip",
-        filename=filename(sender.host, report.policy_domain, report.begin, report.end),
-    )
-    return msg.as_bytes()
+    """The unsigned message, CRLF line ends.
+
+    Written out directly rather than with the email package: its header objects cost milliseconds per
+    message, which an hourly run for thousands of domains pays thousands of times. Every value here
+    is ASCII (host and domain names, the Report-ID), so no header needs encoding.
+    """
+    boundary = f"=_report_{secrets.token_hex(12)}"
+    name = filename(sender.host, report.policy_domain, report.begin, report.end)
+    attachment = base64.encodebytes(report.gzipped).replace(b"\n", b"\r\n")
+    headers = [
+        f"From: {sender.address}",
+        f"To: {', '.join(recipients)}",
+        # Folded as RFC 9990 2.6.2 shows it.
+        f"Subject: Report Domain: {report.policy_domain}\r\n Submitter: {sender.host}\r\n"
+        f" Report-ID: <{report.report_id}>",
+        f"Date: {format_datetime(now.astimezone(UTC))}",
+        # RFC 9990 2.6.2: the Report-ID may be reused in the Message-ID, so duplicates are recognisable.
+        f"Message-ID: <{report.report_id}@{sender.host}>",
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+    ]
+    text = _text(report, sender.host).replace("\n", "\r\n")
+    parts = [
+        "\r\n".join(headers),
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Transfer-Encoding: 7bit",
+        "",
+        text,
+        f"--{boundary}",
+        f'Content-Type: application/gzip; name="{name}"',
+        f'Content-Disposition: attachment; filename="{name}"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        "",
+    ]
+    return "\r\n".join(parts).encode("ascii") + attachment + f"--{boundary}--\r\n".encode("ascii")
 
 
 def report_message(report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime) -> bytes:

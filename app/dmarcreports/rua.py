@@ -54,6 +54,8 @@ def parse_mailto(uri: str) -> Destination:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or "," in address or " " in address:
         raise RUAError(f"{text}: not a single mailto: address")
+    if not address.isascii():
+        raise RUAError(f"{text}: addresses that need SMTPUTF8 are not supported for reports")
     domain = domain.lower().rstrip(".")
     if "." not in domain:
         raise RUAError(f"{text}: {domain!r} is not a domain name")

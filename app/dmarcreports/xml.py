@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import version
 from xml.sax.saxutils import escape
 
@@ -60,8 +61,8 @@ class Row:
     envelope_to: str
     envelope_from: str
     header_from: str
-    dkim_results: str
-    spf_results: str
+    dkim_results: str  # JSON [[domain, selector, result], ...]
+    spf_results: str  # JSON [[domain, scope, result], ...]
 
 
 def filename(host: str, policy_domain: str, begin: int, end: int) -> str:
@@ -86,15 +87,22 @@ def action_disposition(row: Row, policy: PolicyPublished) -> str:
 
 def override_reasons(row: Row, policy: PolicyPublished) -> list[tuple[str, str]]:
     """(type, comment) reasons; one is required when a failing message got less than the policy asked."""
-    reasons: list[tuple[str, str]] = []
-    for word in json.loads(row.override_reasons):
-        kind = OVERRIDE_ALIASES.get(word, word)
-        reasons.append((kind, "") if kind in OVERRIDE_TYPES else ("other", word))
+    reasons = list(_stated_reasons(row.override_reasons))
     requested = requested_disposition(row, policy)
     failed = not (row.dkim_aligned or row.spf_aligned)
     if failed and not reasons and STRENGTH.get(row.disposition, 0) < STRENGTH.get(requested, 0):
         reasons.append(("policy_test_mode", "") if policy.testing else ("local_policy", ""))
     return reasons
+
+
+@lru_cache(maxsize=256)
+def _stated_reasons(override_reasons: str) -> tuple[tuple[str, str], ...]:
+    """(type, comment) for the reason words stored with an evaluation."""
+    reasons = []
+    for word in json.loads(override_reasons):
+        kind = OVERRIDE_ALIASES.get(word, word)
+        reasons.append((kind, "") if kind in OVERRIDE_TYPES else ("other", word))
+    return tuple(reasons)
 
 
 class ReportWriter:
@@ -187,18 +195,28 @@ def _record(row: Row, policy: PolicyPublished) -> str:
 
 
 def _auth_results(row: Row) -> str:
-    dkim = "".join(
-        f"<dkim>{_element('domain', r['domain'])}{_element('selector', r['selector'])}"
-        f"{_element('result', r['result'])}</dkim>"
-        for r in json.loads(row.dkim_results)
+    return _dkim_elements(row.dkim_results) + _spf_elements(
+        row.spf_results, row.envelope_from or row.header_from
     )
-    spf_results = json.loads(row.spf_results) or [
-        # The schema wants at least one SPF result; without one, SPF found nothing to check.
-        {"domain": row.envelope_from or row.header_from, "scope": "mfrom", "result": "none"}
-    ]
-    spf = "".join(
-        f"<spf>{_element('domain', r['domain'])}{_element('scope', r['scope'])}"
-        f"{_element('result', r['result'])}</spf>"
-        for r in spf_results
+
+
+# Rows of a report, and of all reports, repeat the same few result lists: each is rendered once.
+
+
+@lru_cache(maxsize=4096)
+def _dkim_elements(dkim_results: str) -> str:
+    return "".join(
+        f"<dkim>{_element('domain', domain)}{_element('selector', selector)}"
+        f"{_element('result', result)}</dkim>"
+        for domain, selector, result in json.loads(dkim_results)
     )
-    return dkim + spf
+
+
+@lru_cache(maxsize=4096)
+def _spf_elements(spf_results: str, checked_domain: str) -> str:
+    # The schema wants at least one SPF result; without one, SPF found nothing to check.
+    results = json.loads(spf_results) or [[checked_domain, "mfrom", "none"]]
+    return "".join(
+        f"<spf>{_element('domain', domain)}{_element('scope', scope)}{_element('result', result)}</spf>"
+        for domain, scope, result in results
+    )

@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('psd', sa.String(length=1), nullable=False),
     sa.Column('fo', sa.String(length=32), nullable=True),
     sa.Column('discovery_method', sa.String(length=16), nullable=False),
-    sa.Column('record_key', sa.String(length=32), nullable=False),
+    sa.Column('record_key', sa.String(length=16), nullable=False),
     sa.Column('source_ip', sa.String(length=64), nullable=False),
     sa.Column('disposition', sa.String(length=16), nullable=False),
     sa.Column('requested_disposition', sa.String(length=16), nullable=True),
@@ -54,7 +54,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dmarc_evaluations'))
     )
     with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
-        batch_op.create_index('ix_dmarc_evaluations_evaluated', ['evaluated'], unique=False)
         batch_op.create_index('ix_dmarc_evaluations_interval_end', ['interval_end'], unique=False)
 
     op.create_table('dmarc_report_claims',
@@ -96,7 +95,6 @@ def downgrade() -> None:
     op.drop_table('dmarc_report_claims')
     with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
         batch_op.drop_index('ix_dmarc_evaluations_interval_end')
-        batch_op.drop_index('ix_dmarc_evaluations_evaluated')
 
     op.drop_table('dmarc_evaluations')
     # ### end Alembic commands ###
