@@ -45,6 +45,7 @@ from tests.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain
 from tests.smtppeers import PeerHandler, smtp_peer
 from tests.test_dmarc_evaluations import evaluation
 from tests.test_dmarc_reports import SCHEMA
+from tests.test_tlsreports import dkim_config
 
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 HOURLY = "v=DMARC1; p=reject; ri=3600; rua=mailto:dmarc@hourly.example"
@@ -340,6 +341,34 @@ def test_off_switch_sends_nothing_and_drops_what_was_stored(config: Config, reso
     disabled = config.model_copy(update={"no_outgoing_dmarc_reports": True})
     summary = run(disabled, resolver, DAY + timedelta(hours=5))
     assert (summary.reports, summary.purged, count(config), queued(config)) == ([], 1, 0, [])
+
+
+def test_many_domains_left_alone_are_deleted_by_their_claims_instead(
+    config: Config, dns: DNSTestServer, resolver: Resolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job, "MAX_EXCLUDED", 0)
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    dns.servfail("_dmarc.later.example")
+    store(config, ev("hourly.example", DAY, ri=3600), ev("later.example", DAY, ri=3600))
+    summary = run(config, resolver, DAY + timedelta(hours=1, seconds=30))
+    assert (len(summary.reports), summary.kept, summary.deleted) == (1, ["later.example"], 1)
+    with session_scope(config.resolved_database_url) as session:
+        assert session.scalars(select(DMARCEvaluation.policy_domain)).all() == ["later.example"]
+        assert all(c.evaluations_deleted for c in session.scalars(select(DMARCReportClaim)))
+
+
+def test_an_unreadable_dkim_key_keeps_the_evaluations_with_an_error(
+    tmp_path: Path, dns: DNSTestServer, resolver: Resolver, cid_log: CidLog
+) -> None:
+    config = dkim_config(tmp_path / "dkim", dns)
+    upgrade_database(config.resolved_database_url)
+    (tmp_path / "dkim" / "rsa1.pem").unlink()
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", DAY, ri=3600))
+    summary = run(config, resolver, DAY + timedelta(hours=1, seconds=30))
+    assert (summary.reports, summary.kept, count(config)) == ([], ["hourly.example"], 1)
+    (line,) = cid_log.messages("dmarc report not signed, kept for the next run policy_domain=hourly.example")
+    assert "rsa1.pem" in line
 
 
 # Two workers, and a worker that died.

@@ -3,12 +3,14 @@
 A run at hour H reads, in one pass that the database merges and sorts by policy domain, every
 evaluation of an interval that ended by H (leftovers of a failed run too) and younger than 48 h. Per
 policy domain with a non-optional evaluation it looks up the domain's current DMARC record for the rua
-addresses: a DNS temporary error keeps the evaluations for the next run, no rua discards them.
+addresses: a DNS temporary error keeps the evaluations for the next run, no rua discards them. The
+lookups of all domains start before the database sorts, and run while it does.
 
 Each report is queued in the transaction that claims (policy domain, H): a second worker racing in the
-same hour fails the claim and sends nothing. The claimed evaluations (the domain's, up to the highest
-id the run saw, of intervals ended by H) are deleted in bulk at the end of the run, or by the next run
-if this one died first; deleting rows one domain at a time would touch every page of the table once
+same hour fails the claim and sends nothing. A writer thread commits the reports a batch at a time
+while the next batch is built and signed. The claimed evaluations (the domain's, up to the highest id
+the run saw, of intervals ended by H) are deleted in bulk at the end of the run, or by the next run if
+this one died first: deleting one domain's rows at a time would rewrite most pages of the table once
 per domain. Reports are spread over the hour through their first delivery time.
 """
 
@@ -28,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Update, case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.dkim import DKIMSigningError
 from app.auth.dmarc import _Records as DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
@@ -314,7 +317,13 @@ class _Run:
         errors = [reason for _, reason in plan.skipped]
         policy = published_policy(domain, plan.record)
         mail = build_report(domain_rows, policy, self.config.hostname, self.sender.address, report_id, errors)
-        message = report_message(mail, self.sender, addresses, self.now)
+        try:
+            message = report_message(mail, self.sender, addresses, self.now)
+        except DKIMSigningError as e:  # e.g. an unreadable key file: the operator must act
+            log.error("dmarc report not signed, kept for the next run policy_domain=%s: %s", domain, e)
+            self.summary.kept.append(domain)
+            self.excluded.add(domain)
+            return None
         due = self.now + self.planned_reports * self.spacing
         self.planned_reports += 1
         return Outcome(
