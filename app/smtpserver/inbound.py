@@ -16,7 +16,6 @@ from app.auth.evaluate import authenticate
 from app.auth.types import AuthOutcome
 from app.config import Config
 from app.dns import Resolver
-from app.logs import cid_scope
 from app.smtpserver.delivery import (
     DMARC_REJECT_REPLY,
     Recipient,
@@ -31,17 +30,10 @@ from app.smtpserver.evaluation import (
     evaluation_applies,
     reporting_addresses,
 )
-from app.smtpserver.headers import received_header, smtp_protocol, summarize_headers, tls_description
-from app.smtpserver.protocol import (
-    TOO_MANY_RECIPIENTS,
-    BaseHandler,
-    PostwardenSMTP,
-    address_problem,
-    content_problem,
-    envelope_sender,
-    normalize_address,
-)
-from app.store import MessageStore, StoreError, new_file_id
+from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
+from app.smtpserver.headers import summarize_headers
+from app.smtpserver.protocol import PostwardenSMTP
+from app.store import MessageStore, StoreError
 
 log = logging.getLogger("app.smtpserver")
 
@@ -81,8 +73,7 @@ class InboundHandler(BaseHandler):
     async def handle_MAIL(
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        sender = "" if address == "<>" else address
-        problem = address_problem(sender, envelope.smtp_utf8, "5.1.7") if sender else None
+        problem = self.sender_problem(envelope, "" if address == "<>" else address)
         if problem:
             return problem
         envelope.mail_from = address
@@ -92,11 +83,9 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
-            return TOO_MANY_RECIPIENTS
         if address.lower() == "postmaster":  # RFC 5321 4.5.1: <Postmaster> without a domain
             address = f"postmaster@{self.config.hostname}"
-        problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
+        problem = self.recipient_problem(envelope, address)
         if problem:
             return problem
         address = normalize_address(address)
@@ -118,20 +107,14 @@ class InboundHandler(BaseHandler):
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
 
-    async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
-        with cid_scope(new_file_id()) as transaction_id:
-            result, reply = await self._receive(server, session, envelope, transaction_id)
-            self.log_transaction(server, envelope, result, reply, id=transaction_id)
-            return reply
-
-    async def _receive(
-        self, server: PostwardenSMTP, session: Session, envelope: Envelope, transaction_id: str
+    async def receive(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        content: bytes,
+        transaction_id: str,
     ) -> tuple[str, str]:
-        """(result for the log, SMTP reply) for one message."""
-        content = envelope.original_content or b""
-        problem = content_problem(content)
-        if problem:
-            return "refused", problem
         mail_from = envelope_sender(envelope)
         helo = session.host_name or ""
         remote_ip = server.peer_ip
@@ -144,20 +127,7 @@ class InboundHandler(BaseHandler):
             message=content,
         )
         verdict = dmarc_verdict(outcome)
-        trace = received_header(
-            helo=helo,
-            remote_ip=remote_ip,
-            hostname=self.config.hostname,
-            protocol=smtp_protocol(
-                smtputf8=envelope.smtp_utf8,
-                extended=session.extended_smtp,
-                tls=server.tls_active,
-                authenticated=False,
-            ),
-            transaction_id=transaction_id,
-            recipients=envelope.rcpt_tos,
-            tls=tls_description(session.ssl),
-        )
+        trace = self.trace_header(server, session, envelope, transaction_id)
         columns = message_columns(
             outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from, headers=summarize_headers(content)
         )

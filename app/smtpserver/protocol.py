@@ -4,12 +4,8 @@ aiosmtpd parses commands and DATA; this subclass adds what RFC 5321/2034/2920 as
 and aiosmtpd leaves out: an enhanced status code (RFC 2034/3463) on every reply that can carry one,
 a per-session error budget (too many errors → 421 4.7.0 and close), a 421 before an idle close, the
 configured line length, and the PIPELINING / ENHANCEDSTATUSCODES extensions in the EHLO reply.
-
-Message data rules (RFC 5321 2.3.8, 4.1.1.4): the data ends only at CRLF "." CRLF; a bare LF or CR
-anywhere in the data is refused (500 5.5.2), not normalised: the two readings of such data are what
-SMTP smuggling exploits, and DKIM canonicalisation of bare line ends differs between verifiers.
-A NUL octet is refused (554 5.6.0; RFC 5322 2.1 and RFC 6152 forbid it in messages). Command lines
-may end in a bare LF (as most servers accept); they carry no message content.
+Command lines may end in a bare LF (as most servers accept); they carry no message content. What is
+done with a transaction is the handler's (handler.py and its subclasses).
 """
 
 from __future__ import annotations
@@ -19,9 +15,9 @@ import logging
 import re
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from app.config import Config, Limits
+from app.config import Limits
 from app.smtpserver.data import read_message_data
 
 log = logging.getLogger("app.smtpserver")
@@ -51,15 +47,6 @@ def with_enhanced_code(reply: str) -> str:
         return reply
     enhanced = DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
     return f"{code} {enhanced} {text}"
-
-
-def content_problem(content: bytes) -> str | None:
-    """The reply refusing message data that breaks the rules in the module doc, or None if it is fine."""
-    if b"\0" in content:
-        return "554 5.6.0 Message data contains a NUL octet, which mail must not contain (RFC 5322 2.1)"
-    if content.count(b"\n") != content.count(b"\r\n") or content.count(b"\r") != content.count(b"\r\n"):
-        return "500 5.5.2 Message data contains a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)"
-    return None
 
 
 class PostwardenSMTP(SMTP):
@@ -207,80 +194,3 @@ class PostwardenSMTP(SMTP):
 @functools.cache
 def _command_and_auth_names(cls: type) -> list[str]:
     return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
-
-
-def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:
-    """The EHLO reply lines: aiosmtpd's extensions, plus PIPELINING and ENHANCEDSTATUSCODES."""
-    extensions = [f"SIZE {server.limits.max_message_size}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
-    extensions.append("ENHANCEDSTATUSCODES")
-    if server.tls_context is not None and not server.tls_active:
-        extensions.append("STARTTLS")
-    if offer_auth and server.tls_active:
-        extensions.append("AUTH PLAIN LOGIN")
-    lines = [f"{server.hostname} Hello {hostname}", *extensions]
-    return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
-
-
-class BaseHandler:
-    """What both listeners' handlers share: EHLO, address checks, errors, transaction log lines."""
-
-    kind = "smtp"
-    offers_auth = False
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    async def handle_EHLO(
-        self,
-        server: PostwardenSMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname  # aiosmtpd leaves this to a handler that has an EHLO hook
-        return ehlo_reply(server, hostname, self.offers_auth)
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.exception("%s session error", self.kind, exc_info=error)
-        return "451 4.3.0 Internal error; try again later"
-
-    def log_transaction(
-        self, server: PostwardenSMTP, envelope: Envelope, result: str, reply: str, **extra: object
-    ) -> None:
-        details = " ".join(f"{k}={v}" for k, v in extra.items())
-        log.info(
-            "%s transaction ip=%s helo=%s from=<%s> rcpts=%s result=%s reply=%r %s",
-            self.kind,
-            server.peer_ip,
-            server.session.host_name if server.session else None,
-            envelope_sender(envelope),
-            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
-            result,
-            reply,
-            details,
-        )
-
-
-def envelope_sender(envelope: Envelope) -> str:
-    """MAIL FROM's address; "" for the null reverse-path `<>` (aiosmtpd gives the text "<>")."""
-    sender = envelope.mail_from or ""
-    return "" if sender == "<>" else sender
-
-
-def address_problem(address: str, smtputf8: bool, code: str) -> str | None:
-    """Reply refusing a MAIL/RCPT address, or None. `code`: 5.1.7 for senders, 5.1.3 for recipients."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
-        return f"553 {code} Address contains a control character"
-    if not address.isascii() and not smtputf8:
-        return "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531)"
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        return f"553 {code} Address must be of the form localpart@domain"
-    return None
-
-
-def normalize_address(address: str) -> str:
-    """Domain in lower case; the local part is kept as sent (RFC 5321 2.4)."""
-    local, _, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}"

@@ -15,8 +15,9 @@ from app.config import Config, Listener
 from app.db import session_scope
 from app.dns import Resolver, resolver_from_config
 from app.smtpserver.evaluation import RecordEvaluation
+from app.smtpserver.handler import BaseHandler
 from app.smtpserver.inbound import InboundHandler
-from app.smtpserver.protocol import BaseHandler, PostwardenSMTP
+from app.smtpserver.protocol import PostwardenSMTP
 from app.smtpserver.submission import SubmissionHandler
 from app.store import MessageStore
 

@@ -18,18 +18,9 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 from app.accounts import account_for_login, owns_address, verify_password
 from app.config import Config
 from app.db import session_scope
-from app.logs import cid_scope
-from app.smtpserver.headers import received_header, smtp_protocol, tls_description
-from app.smtpserver.protocol import (
-    TOO_MANY_RECIPIENTS,
-    BaseHandler,
-    PostwardenSMTP,
-    address_problem,
-    content_problem,
-    envelope_sender,
-    normalize_address,
-)
-from app.store import MessageStore, OutgoingCopy, StoreError, new_file_id
+from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
+from app.smtpserver.protocol import PostwardenSMTP
+from app.store import MessageStore, OutgoingCopy, StoreError
 
 log = logging.getLogger("app.smtpserver")
 
@@ -95,7 +86,7 @@ class SubmissionHandler(BaseHandler):
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         sender = "" if address == "<>" else address
-        problem = address_problem(sender, envelope.smtp_utf8, "5.1.7") if sender else None
+        problem = self.sender_problem(envelope, sender)
         if problem:
             return problem
         account = str(session.auth_data)
@@ -109,39 +100,22 @@ class SubmissionHandler(BaseHandler):
     async def handle_RCPT(
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
-            return TOO_MANY_RECIPIENTS
-        problem = address_problem(address, envelope.smtp_utf8, "5.1.3")
+        problem = self.recipient_problem(envelope, address)
         if problem:
             return problem
         envelope.rcpt_tos.append(normalize_address(address))
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
 
-    async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
-        with cid_scope(new_file_id()) as transaction_id:
-            result, reply = await self._queue(server, session, envelope, transaction_id)
-            self.log_transaction(
-                server, envelope, result, reply, id=transaction_id, account=session.auth_data
-            )
-            return reply
-
-    async def _queue(
-        self, server: PostwardenSMTP, session: Session, envelope: Envelope, transaction_id: str
+    async def receive(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        content: bytes,
+        transaction_id: str,
     ) -> tuple[str, str]:
-        content = envelope.original_content or b""
-        problem = content_problem(content)
-        if problem:
-            return "refused", problem
-        trace = received_header(
-            helo=session.host_name or "",
-            remote_ip=server.peer_ip,
-            hostname=self.config.hostname,
-            protocol=smtp_protocol(smtputf8=envelope.smtp_utf8, extended=True, tls=True, authenticated=True),
-            transaction_id=transaction_id,
-            recipients=envelope.rcpt_tos,
-            tls=tls_description(session.ssl),
-        )
+        trace = self.trace_header(server, session, envelope, transaction_id)
         outgoing = OutgoingCopy(str(session.auth_data), envelope_sender(envelope), tuple(envelope.rcpt_tos))
         try:
             await self.store.enqueue_outgoing(trace + content, outgoing)

@@ -1,0 +1,167 @@
+"""What the inbound and submission handlers share: EHLO, address checks, the DATA step, log lines.
+
+Message data rules (RFC 5321 2.3.8, 4.1.1.4): the data ends only at CRLF "." CRLF (data.py); a bare LF
+or CR anywhere in the data is refused (500 5.5.2), not normalised: the two readings of such data are
+what SMTP smuggling exploits, and DKIM canonicalisation of bare line ends differs between verifiers.
+A NUL octet is refused (554 5.6.0; RFC 5322 2.1 and RFC 6152 forbid it in messages).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiosmtpd.smtp import Envelope, Session
+
+from app.config import Config
+from app.logs import cid_scope
+from app.smtpserver.headers import received_header, smtp_protocol, tls_description
+from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
+from app.store import new_file_id
+
+log = logging.getLogger("app.smtpserver")
+
+
+class BaseHandler:
+    """aiosmtpd handler hooks common to both listeners; subclasses decide MAIL, RCPT and `receive`."""
+
+    kind = "smtp"
+    offers_auth = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def handle_EHLO(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has an EHLO hook
+        return ehlo_reply(server, hostname, self.offers_auth)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("%s session error", self.kind, exc_info=error)
+        return "451 4.3.0 Internal error; try again later"
+
+    async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
+        """Check the data, let `receive` act on it, log one line for the transaction, reply."""
+        with cid_scope(new_file_id()) as transaction_id:
+            content = envelope.original_content or b""
+            problem = content_problem(content)
+            if problem:
+                result, reply = "refused", problem
+            else:
+                result, reply = await self.receive(server, session, envelope, content, transaction_id)
+            self.log_transaction(server, session, envelope, result, reply, transaction_id)
+            return reply
+
+    async def receive(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        content: bytes,
+        transaction_id: str,
+    ) -> tuple[str, str]:
+        """(result for the log, SMTP reply) for a message whose data passed the checks."""
+        raise NotImplementedError
+
+    def sender_problem(self, envelope: Envelope, address: str) -> str | None:
+        """The reply refusing a MAIL FROM address (the null sender "" passes), or None."""
+        return address_problem(address, envelope.smtp_utf8, "5.1.7") if address else None
+
+    def recipient_problem(self, envelope: Envelope, address: str) -> str | None:
+        """The reply refusing one more RCPT TO for this envelope (limit or syntax), or None."""
+        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        return address_problem(address, envelope.smtp_utf8, "5.1.3")
+
+    def trace_header(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, transaction_id: str
+    ) -> bytes:
+        """The Received field for this transaction."""
+        protocol = smtp_protocol(
+            smtputf8=envelope.smtp_utf8,
+            extended=session.extended_smtp,
+            tls=server.tls_active,
+            authenticated=bool(session.authenticated),
+        )
+        return received_header(
+            helo=session.host_name or "",
+            remote_ip=server.peer_ip,
+            hostname=self.config.hostname,
+            protocol=protocol,
+            transaction_id=transaction_id,
+            recipients=envelope.rcpt_tos,
+            tls=tls_description(session.ssl),
+        )
+
+    def log_transaction(
+        self,
+        server: PostwardenSMTP,
+        session: Session,
+        envelope: Envelope,
+        result: str,
+        reply: str,
+        transaction_id: str,
+    ) -> None:
+        account = f" account={session.auth_data}" if session.authenticated else ""
+        log.info(
+            "%s transaction id=%s ip=%s helo=%s from=<%s> rcpts=%s result=%s reply=%r%s",
+            self.kind,
+            transaction_id,
+            server.peer_ip,
+            session.host_name,
+            envelope_sender(envelope),
+            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
+            result,
+            reply,
+            account,
+        )
+
+
+def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:
+    """The EHLO reply lines: aiosmtpd's extensions, plus PIPELINING and ENHANCEDSTATUSCODES."""
+    extensions = [f"SIZE {server.limits.max_message_size}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
+    extensions.append("ENHANCEDSTATUSCODES")
+    if server.tls_context is not None and not server.tls_active:
+        extensions.append("STARTTLS")
+    if offer_auth and server.tls_active:
+        extensions.append("AUTH PLAIN LOGIN")
+    lines = [f"{server.hostname} Hello {hostname}", *extensions]
+    return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+
+def content_problem(content: bytes) -> str | None:
+    """The reply refusing message data that breaks the rules in the module doc, or None if it is fine."""
+    if b"\0" in content:
+        return "554 5.6.0 Message data contains a NUL octet, which mail must not contain (RFC 5322 2.1)"
+    if content.count(b"\n") != content.count(b"\r\n") or content.count(b"\r") != content.count(b"\r\n"):
+        return "500 5.5.2 Message data contains a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)"
+    return None
+
+
+def envelope_sender(envelope: Envelope) -> str:
+    """MAIL FROM's address; "" for the null reverse-path `<>` (aiosmtpd gives the text "<>")."""
+    sender = envelope.mail_from or ""
+    return "" if sender == "<>" else sender
+
+
+def address_problem(address: str, smtputf8: bool, code: str) -> str | None:
+    """Reply refusing a MAIL/RCPT address, or None. `code`: 5.1.7 for senders, 5.1.3 for recipients."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        return f"553 {code} Address contains a control character"
+    if not address.isascii() and not smtputf8:
+        return "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531)"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return f"553 {code} Address must be of the form localpart@domain"
+    return None
+
+
+def normalize_address(address: str) -> str:
+    """Domain in lower case; the local part is kept as sent (RFC 5321 2.4)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
