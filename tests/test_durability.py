@@ -170,3 +170,16 @@ def test_workers_die_with_a_killed_supervisor(tmp_path: Path, dns: DNSTestServer
                 return  # no worker is left listening
             time.sleep(0.05)
         raise AssertionError("smtp workers still accept connections after their supervisor was killed")
+
+
+def test_a_dead_worker_is_replaced(tmp_path: Path, dns: DNSTestServer) -> None:
+    publish_sender_domain(dns, "sender.example", "v=DMARC1; p=none")
+    config_file = write_smtp_config(tmp_path / "cfg", dns, None)
+    log = tmp_path / "smtp.log"
+    with smtp_process(config_file, log) as (_process, port):
+        victim = int(re.findall(r"smtp worker (\d+) started", log.read_text())[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_for_text(log, f"smtp worker {victim} exited unexpectedly; starting a new one")
+        for number in range(4):  # whichever worker takes the connection, mail is accepted
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                assert client.sendmail(SENDER, ["admin@example.org"], message_for(number)) == {}

@@ -1,4 +1,4 @@
-"""The SMTP listeners: TLS contexts, one aiosmtpd server per configured listener, start and stop."""
+"""The SMTP listeners: TLS contexts, bound sockets, and one aiosmtpd server per listener in a process."""
 
 from __future__ import annotations
 

@@ -110,6 +110,7 @@ class Supervisor:
         pid = os.fork()
         if pid:
             self.workers.add(pid)
+            log.info("smtp worker %d started", pid)
             return
         code = 1
         try:
