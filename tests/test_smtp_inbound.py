@@ -9,8 +9,12 @@ from collections.abc import Callable
 
 import pytest
 import trustme
+from aiosmtpd.smtp import SMTP
 
+from app.config import Limits
 from app.smtpserver.data import MessageData, read_message_data
+from app.smtpserver.handler import BaseHandler
+from app.smtpserver.protocol import PostwardenSMTP
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import (
     LIMITS,
@@ -435,3 +439,25 @@ async def test_data_reader_connection_lost() -> None:
     reader.feed_eof()
     with pytest.raises(ConnectionResetError):
         await read_message_data(reader, max_size=1000, max_line_length=1000)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "<a@b.org>",
+        "<a@b.org> SIZE=10 BODY=8BITMIME",
+        "<a.b+c@x-y.example.org>",
+        "<>",
+        '<"a b"@x.org>',
+        "<jöran@example.org>",
+        "<@r.org:a@b.org>",
+        "<a@[192.0.2.1]>",
+        "<a@b",
+        "a@b.org",
+        "<.a@b.org>",
+    ],
+)
+async def test_fast_path_parsing_agrees_with_aiosmtpd(path: str) -> None:
+    handler = BaseHandler(None)  # type: ignore[arg-type]  # parsing needs no config
+    ours = PostwardenSMTP(handler, limits=Limits(), hostname="mail.example.org")
+    assert ours._getaddr(path) == SMTP(handler, hostname="mail.example.org")._getaddr(path)
