@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import logging
+import smtplib
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -33,7 +34,6 @@ from app.dmarcreports import job
 from app.dmarcreports.evaluations import store_evaluation
 from app.dmarcreports.job import RunSummary, send_dmarc_reports
 from app.dns import Resolver
-from app.logs import current_cid
 from app.migrate import upgrade_database
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun, Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
@@ -41,8 +41,9 @@ from app.queue.deliver import deliver
 from app.reportsuppress import is_suppressed, suppress
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
+from tests.logcapture import CidLog, captured
 from tests.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain, smtp_config_toml
-from tests.smtppeers import PeerHandler, smtp_peer
+from tests.smtppeers import Peer, PeerHandler, smtp_peer
 from tests.test_dmarc_evaluations import evaluation
 from tests.test_dmarc_reports import SCHEMA
 from tests.test_tlsreports import dkim_config
@@ -123,30 +124,10 @@ def count(config: Config, model: type[Any] = DMARCEvaluation) -> int:
         return session.scalar(select(func.count()).select_from(model)) or 0
 
 
-class CidLog(logging.Handler):
-    """Every line logged under app.dmarcreports, with the cid in effect when it was logged."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[tuple[str | None, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((current_cid.get(), record.getMessage()))
-
-    def messages(self, text: str) -> list[str]:
-        return [m for _, m in self.lines if text in m]
-
-
 @pytest.fixture
 def cid_log() -> Iterator[CidLog]:
-    handler = CidLog()
-    logger = logging.getLogger("app.dmarcreports")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with captured("app.dmarcreports") as log:
+        yield log
 
 
 @pytest.fixture
@@ -304,7 +285,7 @@ def test_skipped_addresses_are_logged_with_their_reason_and_the_run_has_one_cid(
         f"dmarc report queued policy_domain=hourly.example report_cid={report_cid} report_id={report_id} "
         "recipients=b@hourly.example rows=1 messages=1 due=07:00:40"
     )
-    cids = {cid for cid, _ in cid_log.lines}
+    cids = {cid for cid, _, _ in cid_log.lines}
     assert cids == {summary.cid}, "every line of the run carries its cid"
     with session_scope(config.resolved_database_url) as session:
         (job,) = session.scalars(select(JobRun)).all()
@@ -479,16 +460,25 @@ command_timeout = 5
 """
 
 
-def inbound_server(
-    tmp_path: Path, dns: DNSTestServer, tls_files: tuple[Path, Path], port: int
-) -> ThreadedSMTP:
-    toml = smtp_config_toml(tls_files) + DELIVERY.format(port=port)
-    return ThreadedSMTP(migrated(write_config(tmp_path / "e2e", toml, dns_port=dns.port))).start()
+@asynccontextmanager
+async def mail_world(
+    tmp_path: Path, dns: DNSTestServer, tls_files: tuple[Path, Path], policy: str, peer: PeerHandler
+) -> AsyncIterator[tuple[ThreadedSMTP, Peer]]:
+    """Our inbound listener, and an SMTP peer as sender.example's MX (publishing `policy`)."""
+    with smtp_peer(None, handler=peer) as mx:
+        toml = smtp_config_toml(tls_files) + DELIVERY.format(port=mx.port)
+        config = migrated(write_config(tmp_path / "e2e", toml, dns_port=dns.port))
+        server = await asyncio.to_thread(lambda: ThreadedSMTP(config).start())
+        publish_sender_domain(dns, "sender.example", policy)
+        dns.add("sender.example", "MX", "10 mx.sender.example.")
+        dns.add("mx.sender.example", "A", "127.0.0.1")
+        try:
+            yield server, mx
+        finally:
+            await asyncio.to_thread(server.stop)
 
 
 def receive_mail(server: ThreadedSMTP, count_: int) -> None:
-    import smtplib
-
     with smtplib.SMTP("127.0.0.1", server.inbound_port, timeout=10) as client:
         client.ehlo("client.sender.example")
         for _ in range(count_):
@@ -515,23 +505,15 @@ def report_rows(config: Config) -> list[int]:
 async def test_inbound_mail_is_reported_an_hour_later_and_parsedmarc_reads_the_delivered_report(
     tmp_path: Path, dns: DNSTestServer, resolver: Resolver, tls_files: tuple[Path, Path]
 ) -> None:
-    with smtp_peer(None) as peer:
-        server = await asyncio.to_thread(inbound_server, tmp_path, dns, tls_files, peer.port)
-        try:
-            publish_sender_domain(
-                dns, "sender.example", "v=DMARC1; p=reject; ri=3600; rua=mailto:dmarc@sender.example"
-            )
-            dns.add("sender.example", "MX", "10 mx.sender.example.")
-            dns.add("mx.sender.example", "A", "127.0.0.1")
-            await asyncio.to_thread(receive_mail, server, 3)
-            config = server.config
-            summary = await send_dmarc_reports(
-                config, now=utcnow() + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
-            )
-            (queue_id,) = report_rows(config)
-            delivery = await deliver(config, queue_id, resolver)
-        finally:
-            await asyncio.to_thread(server.stop)
+    policy = "v=DMARC1; p=reject; ri=3600; rua=mailto:dmarc@sender.example"
+    async with mail_world(tmp_path, dns, tls_files, policy, PeerHandler()) as (server, peer):
+        await asyncio.to_thread(receive_mail, server, 3)
+        config = server.config
+        summary = await send_dmarc_reports(
+            config, now=utcnow() + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
+        )
+        (queue_id,) = report_rows(config)
+        delivery = await deliver(config, queue_id, resolver)
     assert delivery.delivered == [queue_id]
     (received,) = peer.received
     assert (received.mail_from, received.rcpt_tos) == (
@@ -551,31 +533,21 @@ async def test_permanent_failure_ends_quietly_in_the_postmaster_dmarc_mailbox_an
     tmp_path: Path, dns: DNSTestServer, resolver: Resolver, tls_files: tuple[Path, Path], cid_log: CidLog
 ) -> None:
     refusing = PeerHandler(rcpt_replies={"dmarc@sender.example": "550 5.1.1 no such mailbox"})
-    with smtp_peer(None, handler=refusing) as peer:
-        server = await asyncio.to_thread(inbound_server, tmp_path, dns, tls_files, peer.port)
-        try:
-            publish_sender_domain(
-                dns, "sender.example", "v=DMARC1; p=none; ri=3600; rua=mailto:dmarc@sender.example"
-            )
-            dns.add("sender.example", "MX", "10 mx.sender.example.")
-            dns.add("mx.sender.example", "A", "127.0.0.1")
-            await asyncio.to_thread(receive_mail, server, 1)
-            config = server.config
-            now = utcnow() + timedelta(hours=1)
-            await send_dmarc_reports(config, now=now, spacing=timedelta(0), resolver=resolver)
-            (queue_id,) = report_rows(config)
-            delivery = await deliver(config, queue_id, resolver)
-            assert delivery.failed == [queue_id]
-            await asyncio.to_thread(receive_mail, server, 1)
-            second = await send_dmarc_reports(
-                config, now=now + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
-            )
-        finally:
-            await asyncio.to_thread(server.stop)
+    policy = "v=DMARC1; p=none; ri=3600; rua=mailto:dmarc@sender.example"
+    async with mail_world(tmp_path, dns, tls_files, policy, refusing) as (server, _):
+        await asyncio.to_thread(receive_mail, server, 1)
+        config = server.config
+        now = utcnow() + timedelta(hours=1)
+        await send_dmarc_reports(config, now=now, spacing=timedelta(0), resolver=resolver)
+        (queue_id,) = report_rows(config)
+        delivery = await deliver(config, queue_id, resolver)
+        assert delivery.failed == [queue_id]
+        await asyncio.to_thread(receive_mail, server, 1)
+        second = await send_dmarc_reports(
+            config, now=now + timedelta(hours=1), spacing=timedelta(0), resolver=resolver
+        )
     assert report_rows(config) == [], "never back into the queue"
-    assert mailbox(config, "Inbox") == [] or all(
-        b"Report Domain" not in raw for _, raw in mailbox(config, "Inbox")
-    )
+    assert all(b"Report Domain" not in raw for _, raw in mailbox(config, "Inbox")), "not to the Inbox"
     ((dsn, raw),) = mailbox(config, "Postmaster/dmarc")
     assert dsn.seen, "delivered quietly"
     assert b"Action: failed" in raw and b"dmarc@sender.example" in raw

@@ -26,7 +26,6 @@ from app.cli import main
 from app.config import Config, load_config
 from app.db import session_scope
 from app.dns import Resolver
-from app.logs import current_cid
 from app.migrate import upgrade_database
 from app.models import JobRun, Mailbox, Message, OutgoingMessage, TLSReportPost, TLSResult
 from app.queue.deliver import deliver
@@ -39,6 +38,7 @@ from app.tlsreports.sender import find_submitter
 from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
+from tests.logcapture import CidLog, captured
 from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
 from tests.smtppeers import PeerHandler, smtp_peer
 from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver, sample_report
@@ -63,30 +63,10 @@ NO_STARTTLS = FailureDetail(
 TLSA_INVALID = FailureDetail("tlsa-invalid", "192.0.2.1", "mx.example.info", None, "198.51.100.3")
 
 
-class CidLog(logging.Handler):
-    """The lines the job logs, each with the cid that was current when it was logged."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[tuple[str | None, int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((current_cid.get(), record.levelno, record.getMessage()))
-
-    def messages(self, text: str = "") -> list[str]:
-        return [m for _, _, m in self.lines if text in m]
-
-
 @pytest.fixture
 def job_log() -> Iterator[CidLog]:
-    handler = CidLog()
-    logger = logging.getLogger("app.tlsreports")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured("app.tlsreports") as log:
+        yield log
 
 
 def make_config(
