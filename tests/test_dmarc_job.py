@@ -39,6 +39,8 @@ from app.models import DMARCEvaluation, DMARCReportClaim, JobRun, Mailbox, Messa
 from app.models.base import utcnow
 from app.queue.deliver import deliver
 from app.reportsuppress import is_suppressed, suppress
+from tasks.schedule import beat_schedule
+from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.logcapture import CidLog, captured
@@ -448,6 +450,52 @@ def test_cli_send_reports_now(config_file: Path, config: Config, dns: DNSTestSer
     assert len(summary["reports"]) == 1 and summary["discarded"] == []
     (q,) = queued(config)
     assert q.rows[0].next_attempt <= utcnow()
+
+
+def test_cli_suppression_list(config_file: Path) -> None:
+    def postwarden(*args: str) -> Any:
+        return CliRunner().invoke(main, ["--config", str(config_file), "dmarc", "suppress", *args])
+
+    added = postwarden("add", "Reports@Example.NET", "--until", "2099-01-31", "--comment", "bounces")
+    assert added.exit_code == 0 and "suppressed reports@example.net until 2099-01-31T23:59:59" in added.output
+    listed = postwarden("list", "--json")
+    assert [(e["address"], e["comment"]) for e in json.loads(listed.output)] == [
+        ("reports@example.net", "bounces")
+    ]
+    assert "reports@example.net  until 2099-01-31" in postwarden("list").output
+    past = postwarden("add", "x@example.net", "--until", "2001-01-01")
+    assert past.exit_code == 1 and "--until 2001-01-01 is in the past" in past.output
+    bad = postwarden("add", "not-an-address")
+    assert bad.exit_code == 1 and "'not-an-address' is not an address" in bad.output
+    assert postwarden("remove", "reports@example.net").exit_code == 0
+    missing = postwarden("remove", "reports@example.net")
+    assert missing.exit_code == 1 and "not on the DMARC reports suppression list" in missing.output
+    assert "no suppressed addresses" in postwarden("list").output
+    with session_scope(load_config(config_file).resolved_database_url) as session:
+        suppress(session, "tlsrpt", "other@example.net", utcnow() + timedelta(days=1))
+    assert "no suppressed addresses" in postwarden("list").output, "TLS report suppressions are apart"
+
+
+# Celery: the beat entry and the task on a real worker.
+
+
+def test_beat_starts_a_run_every_whole_hour_after_30_to_90_seconds() -> None:
+    entry = beat_schedule()["dmarc-reports"]
+    assert entry["task"] == "tasks.reports.schedule_dmarc_reports"
+    assert (entry["schedule"].minute, len(entry["schedule"].hour)) == ({0}, 24)
+    assert all(30 <= job.start_delay() <= 90 for _ in range(200))
+
+
+def test_the_report_task_runs_on_a_worker(
+    config_file: Path, config: Config, dns: DNSTestServer, tmp_path: Path
+) -> None:
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", utcnow() - timedelta(hours=2), ri=3600))
+    log = tmp_path / "worker.log"
+    with celery_worker(config_file, log):
+        client_for(config_file).send_task("tasks.reports.send_dmarc_reports")
+        wait_for_text(log, "dmarc report run done: 1 reports queued")
+    assert [q.domain for q in queued(config)] == ["hourly.example"]
 
 
 # From inbound mail to delivered reports and failures.
