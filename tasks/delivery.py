@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from functools import cache
 
 from app.dns import Resolver, resolver_from_config
 from app.logs import cid_scope
 from app.queue.deliver import deliver
 from app.queue.mtasts import MTASTSSettings, refresh_policies
+from app.queue.outgoing import remove_orphan_files
 from tasks.celery_app import app, settings
 
 log = logging.getLogger(__name__)
+
+# Far longer than any enqueueing transaction between writing a file and committing its rows.
+ORPHAN_AGE = timedelta(hours=1)
 
 
 @cache
@@ -30,6 +35,8 @@ def deliver_task(queue_id: int) -> int:
     """Deliver the row and the due rows for the same domain; how many were delivered."""
     with cid_scope():
         report = asyncio.run(deliver(settings(), queue_id, resolver()))
+    if report.more_due is not None:
+        deliver_task.delay(report.more_due)  # a full batch: more is waiting, no need to wait for the sweep
     return len(report.delivered)
 
 
@@ -51,3 +58,13 @@ def refresh_mtasts_policies() -> int:
             summary.failed,
         )
     return summary.refreshed
+
+
+@app.task(name="tasks.delivery.remove_orphan_files")
+def remove_orphan_files_task() -> int:
+    """Delete queue files no row needs any more, older than an hour (crash leftovers); how many."""
+    with cid_scope():
+        removed = remove_orphan_files(settings(), ORPHAN_AGE)
+        if removed:
+            log.info("queue: removed %d orphaned message file(s)", removed)
+    return removed

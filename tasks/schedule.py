@@ -15,6 +15,10 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "tasks.delivery.refresh_mtasts_policies",
             "schedule": crontab(minute=17),
         },
+        "remove-orphan-queue-files": {
+            "task": "tasks.delivery.remove_orphan_files",
+            "schedule": crontab(minute=47),
+        },
         # SPEC R2.3: every whole hour; the task starts the run 30 to 90 s later.
         "dmarc-reports": {"task": "tasks.reports.schedule_dmarc_reports", "schedule": crontab(minute=0)},
         # SPEC R5.2: daily, 4 to 6 minutes after 00:00 UTC (the app's timezone is UTC).

@@ -6,6 +6,8 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +27,7 @@ from app.migrate import upgrade_database
 from app.models import Mailbox, Message, OutgoingMessage, SentRecipient, TLSFailureDetail, TLSResult
 from app.models.base import utcnow
 from app.queue.deliver import DeliveryReport, deliver, prepare_content
-from app.queue.outgoing import enqueue, enqueue_report
+from app.queue.outgoing import enqueue, enqueue_report, remove_orphan_files
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.httpsserver import HTTPSTestServer
@@ -131,6 +133,15 @@ command_timeout = 5
             )
             messages = list(session.scalars(query))
         return [(m, (self.config.data_dir / m.path).read_bytes()) for m in messages]
+
+    def wait_until_no_queue_files(self, timeout: float = 5.0) -> None:
+        """Finished files are removed in the background (outgoing.remove_file_soon): poll."""
+        assert self.config is not None
+        directory = self.config.data_dir / "outgoing"
+        deadline = time.monotonic() + timeout
+        while list(directory.iterdir()):
+            assert time.monotonic() < deadline, f"files left: {list(directory.iterdir())}"
+            time.sleep(0.01)
 
     @property
     def url(self) -> str:
@@ -443,7 +454,7 @@ async def test_messages_to_one_domain_share_one_connection(world: World) -> None
     assert [r.rcpt_tos for r in peer.received][-1] == ["carol@example.net", "dave@example.net"]
     assert world.rows() == []
     assert counts(world.results()[DOMAIN, False]) == ("no-policy-found", 1, 0)  # one session
-    assert list((world.config.data_dir / "outgoing").iterdir()) == []  # type: ignore[union-attr]
+    world.wait_until_no_queue_files()
 
 
 async def test_a_row_held_by_another_worker_is_left_alone(world: World) -> None:
@@ -456,6 +467,48 @@ async def test_a_row_held_by_another_worker_is_left_alone(world: World) -> None:
     assert await world.run(queue_id) == DeliveryReport()
     (row,) = world.rows()
     assert (row.lease_owner, row.attempts) == ("other", 0)
+
+
+async def test_a_wakeup_whose_row_was_taken_still_takes_the_domains_other_rows(world: World) -> None:
+    with smtp_peer(None) as peer:
+        world.configure(peer.port, "batch_size = 2")
+        world.mx(MX)
+        first, second, third = (world.queue(recipients=(f"r{i}@example.net",))[0] for i in range(3))
+        with session_scope(world.url) as session:
+            held = utcnow() + timedelta(minutes=5)
+            session.execute(
+                update(OutgoingMessage)
+                .where(OutgoingMessage.id == first)
+                .values(lease_owner="x", lease_until=held)
+            )
+        report = await world.run(first)
+    assert report.delivered == [second, third]
+    assert report.more_due is None  # nothing due and free is left (the first row is held)
+    assert [r.id for r in world.rows()] == [first]
+
+
+async def test_a_full_batch_names_the_next_due_row(world: World) -> None:
+    with smtp_peer(None):
+        world.configure(25, "batch_size = 2")
+        ids = [world.queue(recipients=(f"r{i}@example.net",))[0] for i in range(3)]
+        world.dns.servfail(DOMAIN)  # every attempt fails fast; the batch is still full
+        report = await world.run(ids[0])
+    assert report.deferred == ids[:2] and report.more_due == ids[2]
+
+
+def test_orphaned_queue_files_are_removed_when_old_enough(world: World) -> None:
+    config = world.configure(25)
+    world.queue()
+    directory = config.data_dir / "outgoing"
+    (needed,) = list(directory.iterdir())
+    orphan, young = directory / "orphan", directory / "young"
+    orphan.write_bytes(b"x")
+    young.write_bytes(b"x")
+    an_hour_ago = time.time() - 3600
+    os.utime(orphan, (an_hour_ago, an_hour_ago))
+    os.utime(needed, (an_hour_ago, an_hour_ago))
+    assert remove_orphan_files(config, timedelta(minutes=30)) == 1
+    assert sorted(p.name for p in directory.iterdir()) == sorted([needed.name, "young"])
 
 
 async def test_next_mx_is_tried_when_the_first_refuses(world: World) -> None:
@@ -524,7 +577,7 @@ async def test_permanent_rejection_gives_a_failure_dsn_in_the_senders_inbox(worl
     assert "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: no such user" in status
     assert f"Remote-MTA: dns; {MX}" in status
     assert "Message-ID: <q1@example.org>" in headers and "Hello Bob" not in headers
-    assert list((world.config.data_dir / "outgoing").iterdir()) == []  # type: ignore[union-attr]
+    world.wait_until_no_queue_files()
 
 
 async def test_transient_failures_back_off_then_delay_dsn_then_failure_dsn(world: World) -> None:

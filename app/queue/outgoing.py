@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from publicsuffixlist import PublicSuffixList
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.db import session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
-from app.store import new_file_id, outgoing_path
+from app.store import OUTGOING_DIR, new_file_id, outgoing_path
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
+# Claims and outcomes use Core statements on the table: they run per message, on the hot path, where
+# the ORM's bulk-statement machinery would cost more than the statement itself.
+_TABLE = OutgoingMessage.__table__
 
 
 def count_due(session: Session) -> int:
@@ -41,8 +46,8 @@ def queue_size(session: Session) -> int:
 
 
 def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    free = or_(OutgoingMessage.lease_until.is_(None), OutgoingMessage.lease_until < now)
-    return (OutgoingMessage.next_attempt <= now, free)
+    free = or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
+    return (_TABLE.c.next_attempt <= now, free)
 
 
 # Enqueueing (for jobs that create mail, e.g. reports; the submission listener queues through its store).
@@ -133,62 +138,72 @@ def _write_durably(path: Path, content: bytes) -> None:
 def claim_batch(
     session: Session, queue_id: int, *, lease: timedelta, batch_size: int, now: datetime | None = None
 ) -> list[OutgoingMessage]:
-    """Claim the row and up to `batch_size - 1` more due rows for the same recipient domain.
+    """Claim the row, if due and free, and more due, free rows for the same recipient domain, up to
+    `batch_size` in all, oldest first.
 
-    Empty if the row is gone, not due, or held by another worker (a repeated or stale wake-up).
-    Commits, so the lease is visible to other workers before any delivery starts.
+    A wake-up for a row that another run took meanwhile still takes the domain's other due rows, so
+    wake-ups sent per batch all find work; one for a row that is gone takes nothing. Commits, so the
+    leases are visible to other workers before any delivery starts.
     """
     now = now or utcnow()
-    owner = secrets.token_hex(8)
-    values = {"lease_owner": owner, "lease_until": now + lease}
-    first = update(OutgoingMessage).where(OutgoingMessage.id == queue_id, *_due_and_free(now)).values(values)
-    if not session.execute(first).rowcount:
+    domain = session.scalar(select(_TABLE.c.recipient_domain).where(_TABLE.c.id == queue_id))
+    if domain is None:
         session.commit()
         return []
-    if batch_size > 1:
-        domain = select(OutgoingMessage.recipient_domain).where(OutgoingMessage.id == queue_id)
+    owner = secrets.token_hex(8)
+    values = {"lease_owner": owner, "lease_until": now + lease}
+    first = update(_TABLE).where(_TABLE.c.id == queue_id, *_due_and_free(now)).values(values)
+    claimed = session.execute(first).rowcount or 0
+    if batch_size > claimed:
         # SKIP LOCKED (PostgreSQL; SQLite serializes writers anyway) keeps concurrent claimers from
         # waiting on, or deadlocking over, the same rows; the outer WHERE re-checks each row.
         candidates = (
-            select(OutgoingMessage.id)
-            .where(OutgoingMessage.recipient_domain == domain.scalar_subquery(), *_due_and_free(now))
-            .order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
-            .limit(batch_size - 1)
+            select(_TABLE.c.id)
+            .where(_TABLE.c.recipient_domain == domain, *_due_and_free(now))
+            .order_by(_TABLE.c.next_attempt, _TABLE.c.id)
+            .limit(batch_size - claimed)
             .with_for_update(skip_locked=True)
         )
-        more = update(OutgoingMessage).where(
-            OutgoingMessage.id.in_(candidates.scalar_subquery()), *_due_and_free(now)
-        )
+        more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), *_due_and_free(now))
         session.execute(more.values(values))
     session.commit()
     held = select(OutgoingMessage).where(OutgoingMessage.lease_owner == owner).order_by(OutgoingMessage.id)
     return list(session.scalars(held))
 
 
+def next_due_id(session: Session, domain: str) -> int | None:
+    """The oldest due row for the domain that no worker holds, if any."""
+    query = select(_TABLE.c.id).where(_TABLE.c.recipient_domain == domain, *_due_and_free(utcnow()))
+    return session.scalar(query.order_by(_TABLE.c.next_attempt, _TABLE.c.id).limit(1))
+
+
 def renew_lease(session: Session, rows: Sequence[OutgoingMessage], lease: timedelta) -> None:
     """Push the lease of rows still held further out (the run is making progress)."""
     owners = {r.lease_owner for r in rows}
-    until = utcnow() + lease
-    statement = update(OutgoingMessage).where(OutgoingMessage.lease_owner.in_(owners))
-    session.execute(statement.values(lease_until=until))
+    statement = update(_TABLE).where(_TABLE.c.lease_owner.in_(owners))
+    session.execute(statement.values(lease_until=utcnow() + lease))
 
 
 def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
-    return (OutgoingMessage.id == row.id) & (OutgoingMessage.lease_owner == row.lease_owner)
+    return (_TABLE.c.id == row.id) & (_TABLE.c.lease_owner == row.lease_owner)
+
+
+_FINISH = delete(_TABLE).where(_TABLE.c.id == bindparam("id"), _TABLE.c.lease_owner == bindparam("owner"))
+_PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).limit(1)
 
 
 def finish(session: Session, row: OutgoingMessage) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
-    return bool(session.execute(delete(OutgoingMessage).where(_ours(row))).rowcount)
+    return bool(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner}).rowcount)
 
 
 def postpone(session: Session, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
     """Count a failed attempt and free the row until `next_attempt`; False if the lease was lost."""
     statement = (
-        update(OutgoingMessage)
+        update(_TABLE)
         .where(_ours(row))
         .values(
-            attempts=OutgoingMessage.attempts + 1,
+            attempts=_TABLE.c.attempts + 1,
             last_attempt=utcnow(),
             last_error=error[:2000],
             next_attempt=next_attempt,
@@ -199,15 +214,39 @@ def postpone(session: Session, row: OutgoingMessage, error: str, next_attempt: d
     return bool(session.execute(statement).rowcount)
 
 
-def release(session: Session, rows: Sequence[OutgoingMessage]) -> None:
-    """Give rows back untouched (the run stopped before trying them)."""
-    for row in rows:
-        session.execute(update(OutgoingMessage).where(_ours(row)).values(lease_owner=None, lease_until=None))
+def path_in_use(session: Session, path: str) -> bool:
+    """Whether any queue row still points at the message file."""
+    return session.execute(_PATH_IN_USE, {"path": path}).first() is not None
+
+
+def rows_per_path(session: Session, paths: Sequence[str]) -> dict[str, int]:
+    """How many queue rows point at each of the files."""
+    query = select(_TABLE.c.path, func.count()).where(_TABLE.c.path.in_(paths)).group_by(_TABLE.c.path)
+    return {path: count for path, count in session.execute(query)}
+
+
+def remove_file_soon(path: Path) -> None:
+    """Delete a finished message file in this process's background thread.
+
+    Unlinking a file that was fsync'd waits on the disk (a millisecond here, more on busy disks); a
+    delivery need not wait for it. A file whose removal a crash prevents is an orphan for
+    `remove_orphan_files`.
+    """
+    _remover().submit(path.unlink, missing_ok=True)
+
+
+@cache
+def _remover_for(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-file-remover")
+
+
+def _remover() -> ThreadPoolExecutor:
+    # Keyed by process id: worker processes are forked, and threads do not survive a fork.
+    return _remover_for(os.getpid())
 
 
 def remove_unreferenced_files(config: Config, paths: set[str]) -> None:
-    """Delete message files no queue row points at any more. Run after the deleting commit, so two
-    workers finishing rows of one file concurrently both see the final state."""
+    """Delete message files no queue row points at any more (after the rows' deletion is committed)."""
     if not paths:
         return
     with session_scope(config.resolved_database_url) as session:
@@ -215,6 +254,34 @@ def remove_unreferenced_files(config: Config, paths: set[str]) -> None:
         still_used = set(session.scalars(referenced))
     for path in paths - still_used:
         (config.data_dir / path).unlink(missing_ok=True)
+
+
+def remove_orphan_files(config: Config, older_than: timedelta) -> int:
+    """Delete queue files no row points at that are older than `older_than`; how many.
+
+    Such files are left by a crash between a row's removal and its file's, by an enqueueing
+    transaction that rolled back, or by two workers finishing rows of one file at the same moment.
+    The age limit spares files whose rows are still being committed.
+    """
+    directory = config.data_dir / OUTGOING_DIR
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - older_than.total_seconds()
+    old = {
+        f"{OUTGOING_DIR}/{e.name}"
+        for e in os.scandir(directory)
+        if e.is_file() and e.stat().st_mtime < cutoff
+    }
+    removed = 0
+    candidates = sorted(old)
+    for start in range(0, len(candidates), 500):
+        chunk = set(candidates[start : start + 500])
+        with session_scope(config.resolved_database_url) as session:
+            used = set(session.scalars(select(_TABLE.c.path).where(_TABLE.c.path.in_(chunk)).distinct()))
+        for path in chunk - used:
+            (config.data_dir / path).unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 # The sweep.

@@ -1,0 +1,190 @@
+"""Outgoing delivery throughput: 5,000 queued 4 KB messages to Postfix's smtp-sink.
+
+The whole path runs: a real Celery worker with 2 processes takes the queue rows (leases, one
+connection per batch), looks up MX, MTA-STS and DANE in the loopback DNS server (tests/dnsserver.py),
+sends over STARTTLS-less opportunistic SMTP to smtp-sink, commits each message's outcome, removes
+its file, records TLS results per session. In the same run a bare smtplib loop sends the same 5,000
+messages to the same sink with the same connection reuse (one connection per batch of
+`batch_size` messages). Both are timed from the first message to the last; the worker's start-up is
+not counted (it waits, ready, before the sweep wakes it).
+
+Also printed: the cost of recording TLS results (measured alone), per call and per delivery as
+the run amortizes it (one record per session, i.e. per batch).
+
+Not a pytest test: `.venv/bin/python tests/bench/outbound.py [messages] [--postgres]`.
+The last line is `outbound: X msg/s, bare smtplib Y msg/s, ratio R`. Target: ratio >= 0.5.
+"""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importable
+
+from sqlalchemy import func, select, text  # noqa: E402
+
+from app.config import Config, load_config  # noqa: E402
+from app.db import engine_for, session_scope  # noqa: E402
+from app.migrate import upgrade_database  # noqa: E402
+from app.models import TLSResult  # noqa: E402
+from app.queue.outgoing import enqueue, queue_size  # noqa: E402
+from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
+from tests.celeryworker import celery_worker, client_for  # noqa: E402
+from tests.configs import write_config  # noqa: E402
+from tests.dnsserver import DNSTestServer  # noqa: E402
+
+MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5_000
+POSTGRES = "--postgres" in sys.argv
+BATCH_SIZE = 100
+WORKER_PROCESSES = 2
+SINK = "/usr/sbin/smtp-sink"
+TARGET_RATIO = 0.5
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def message(i: int) -> bytes:
+    """A 4 KB message (headers and 52 lines of text)."""
+    head = (
+        f"From: Bench <admin@example.org>\r\nTo: r{i}@example.net\r\nSubject: bench {i}\r\n"
+        f"Message-ID: <{i}@bench.example.org>\r\n\r\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again ok.\r\n"
+    return head + line * ((4096 - len(head)) // len(line))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    # -u: smtp-sink refuses to run as root without a user to switch to.
+    sink = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{port}", "256"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.recv(100)
+            return sink
+        except OSError:
+            time.sleep(0.02)
+    sink.kill()
+    raise SystemExit("smtp-sink did not start")
+
+
+def database_url(directory: Path) -> str:
+    if not POSTGRES:
+        return f"sqlite:///{directory / 'bench.db'}"
+    name = f"pw_bench_{int(time.time())}"
+    admin = engine_for(f"{POSTGRES_SERVER}/postgres").execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return f"{POSTGRES_SERVER}/{name}"
+
+
+def queue_messages(config: Config) -> None:
+    with session_scope(config.resolved_database_url) as session:
+        for i in range(MESSAGES):
+            enqueue(session, config, message(i), sender="admin@example.org", recipients=[f"r{i}@example.net"])
+
+
+def bare_smtplib(port: int) -> float:
+    """The same messages with plain smtplib, a new connection per batch; elapsed seconds."""
+    contents = [message(i) for i in range(MESSAGES)]
+    started = time.perf_counter()
+    for start in range(0, MESSAGES, BATCH_SIZE):
+        client = smtplib.SMTP("127.0.0.1", port, local_hostname="mail.example.org", timeout=30)
+        client.ehlo()
+        for i in range(start, min(start + BATCH_SIZE, MESSAGES)):
+            client.sendmail("admin@example.org", [f"r{i}@example.net"], contents[i])
+        client.quit()
+    return time.perf_counter() - started
+
+
+def through_the_queue(config_file: Path, config: Config, log: Path) -> float:
+    """Wake a ready worker with one sweep and time until the queue is empty; elapsed seconds."""
+    url = config.resolved_database_url
+    with celery_worker(config_file, log, concurrency=WORKER_PROCESSES):
+        started = time.perf_counter()
+        client_for(config_file).send_task("tasks.mail.sweep_queue")
+        deadline = time.monotonic() + 600
+        while True:
+            with session_scope(url) as session:
+                if queue_size(session) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"queue not drained in 600 s; see {log}")
+            time.sleep(0.01)
+        return time.perf_counter() - started
+
+
+def tls_record_cost(config: Config, calls: int = 2000) -> float:
+    """Seconds per recorded session result (two upserts and a commit), measured alone."""
+    domain = PolicyRef("sts", "example.com", ("version: STSv1", "mode: enforce"), ("mx.example.com",))
+    host = PolicyRef("no-policy-found", "mx.example.com", (), ("mx.example.com",))
+    failure = FailureDetail(
+        "certificate-expired", "127.0.0.1", "mx.example.com", "mx.example.com", "127.0.0.1"
+    )
+    started = time.perf_counter()
+    for i in range(calls):
+        with session_scope(config.resolved_database_url) as session:
+            result = SessionResult("example.com", domain, host, failure if i % 10 == 0 else None)
+            record_tls_results(session, [result])
+    return (time.perf_counter() - started) / calls
+
+
+def main() -> None:
+    if shutil.which(SINK) is None:
+        raise SystemExit(f"{SINK} is missing: apt-get install postfix")
+    directory = Path(tempfile.mkdtemp(prefix="pw-bench-outbound-"))
+    dns = DNSTestServer().start()
+    dns.add("example.net", "MX", "10 mx.example.net.")
+    dns.add("mx.example.net", "A", "127.0.0.1")
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        extra = f"\n[delivery]\nsmtp_port = {port}\nbatch_size = {BATCH_SIZE}\n"
+        config_file = write_config(
+            directory / "config", extra, database_url=database_url(directory), dns_port=dns.port
+        )
+        config = load_config(config_file)
+        upgrade_database(config.resolved_database_url)
+        queue_messages(config)
+
+        bare = bare_smtplib(port)
+        queued = through_the_queue(config_file, config, directory / "worker.log")
+        with session_scope(config.resolved_database_url) as session:
+            sessions = (
+                session.scalar(select(func.sum(TLSResult.success_count)).where(~TLSResult.is_host)) or 0
+            )
+        left = list((config.data_dir / "outgoing").iterdir())
+        record = tls_record_cost(config)
+    finally:
+        sink.kill()
+        dns.stop()
+
+    ours, theirs = MESSAGES / queued, MESSAGES / bare
+    database = "PostgreSQL" if POSTGRES else "SQLite"
+    print(f"database: {database}; {WORKER_PROCESSES} worker processes, batch {BATCH_SIZE}")
+    print(f"queue: {MESSAGES} messages in {queued:.2f} s; bare smtplib: {MESSAGES} in {bare:.2f} s")
+    print(f"files left in outgoing/: {len(left)}; TLS sessions recorded: {sessions}")
+    print(
+        f"TLS-result recording: {record * 1e3:.3f} ms per session record; "
+        f"{record * sessions / MESSAGES * 1e6:.1f} us per delivery in this run "
+        f"({sessions} sessions for {MESSAGES} deliveries)"
+    )
+    print(f"target ratio >= {TARGET_RATIO}")
+    print(f"outbound: {ours:.0f} msg/s, bare smtplib {theirs:.0f} msg/s, ratio {ours / theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
