@@ -7,6 +7,8 @@ recovered; and the restarted server must accept mail again.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -183,3 +185,33 @@ def test_a_dead_worker_is_replaced(tmp_path: Path, dns: DNSTestServer) -> None:
         for number in range(4):  # whichever worker takes the connection, mail is accepted
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
                 assert client.sendmail(SENDER, ["admin@example.org"], message_for(number)) == {}
+
+
+def published_evaluations(queue_dir: Path) -> list[dict[str, object]]:
+    """The evaluations in the filesystem broker's folder (kombu: JSON envelope, base64 JSON body)."""
+    found = []
+    for path in queue_dir.glob("*.msg"):
+        envelope = json.loads(path.read_text())
+        if envelope["headers"]["task"] == "tasks.mail.record_dmarc_evaluation":
+            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            found.append(args[0])
+    return found
+
+
+def test_evaluations_are_published_to_the_broker(tmp_path: Path, dns: DNSTestServer) -> None:
+    """The whole hand-off: SMTP worker → publisher process → Celery message on the configured broker."""
+    publish_sender_domain(dns, "sender.example", "v=DMARC1; p=reject; rua=mailto:dmarc@sender.example")
+    config_file = write_smtp_config(tmp_path / "cfg", dns, None)
+    queue_dir = load_config(config_file).data_dir / "queue"
+    with smtp_process(config_file, tmp_path / "smtp.log") as (_process, port):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            for number in range(3):
+                client.sendmail(SENDER, ["admin@example.org"], message_for(number))
+        deadline = time.monotonic() + 20
+        while len(published_evaluations(queue_dir)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    evaluations = published_evaluations(queue_dir)
+    assert len(evaluations) == 3
+    assert {(e["policy_domain"], e["disposition"], e["optional"]) for e in evaluations} == {
+        ("sender.example", "none", False)
+    }

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
+from queue import Empty
 from typing import Any
 
 import click
@@ -77,17 +78,36 @@ def publish_evaluations(
     from tasks.mail import record_dmarc_evaluation  # Celery stays out of app/ except at this root
 
     while True:
+        batch = _next_batch(queue)
+        if not batch:
+            return  # the sentinel, or the parent died
+        # One producer (broker connection) for all that is waiting, and an explicit argsrepr, which
+        # spares Celery a safe repr of every dict: together a third of the cost per task.
+        with record_dmarc_evaluation.app.producer_or_acquire() as producer:
+            for evaluation in batch:
+                if evaluation is None:
+                    return
+                try:
+                    record_dmarc_evaluation.apply_async(
+                        args=(evaluation,), argsrepr="(evaluation,)", retry=False, producer=producer
+                    )
+                except Exception as e:
+                    log.error("dmarc evaluation for %s not queued: %s", evaluation.get("policy_domain"), e)
+
+
+def _next_batch(queue: Queue[dict[str, Any] | None], most: int = 200) -> list[dict[str, Any] | None]:
+    """Wait for one item, then take whatever else is already queued (up to `most`); [] if the parent
+    is gone."""
+    try:
+        batch = [queue.get()]
+    except (EOFError, OSError):
+        return []
+    while len(batch) < most and batch[-1] is not None:
         try:
-            evaluation = queue.get()
-        except (EOFError, OSError):  # the parent died
-            return
-        if evaluation is None:
-            return
-        try:
-            # An explicit argsrepr spares Celery a safe repr of the whole dict for every message.
-            record_dmarc_evaluation.apply_async(args=(evaluation,), argsrepr="(evaluation,)", retry=False)
-        except Exception as e:
-            log.error("dmarc evaluation for %s not queued: %s", evaluation.get("policy_domain"), e)
+            batch.append(queue.get_nowait())
+        except (Empty, EOFError, OSError):
+            break
+    return batch
 
 
 @contextmanager
