@@ -177,8 +177,10 @@ class PostwardenSMTP(SMTP):
             await self.push(data.problem)
             return
         self.envelope.content = self.envelope.original_content = data.content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._set_post_data_state()  # a failed transaction must not leave its envelope behind
         await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_HELO(self, hostname: str) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger("app.smtpserver")
 
 PR_SET_PDEATHSIG = 1
 SUPERVISE_INTERVAL = 0.2
+RESTART_INTERVAL = 1.0
 STOP_TIMEOUT = 30.0
 
 
@@ -48,7 +49,10 @@ class Supervisor:
         self.config = config
         self.count = workers
         self.workers: set[int] = set()
+        self.missing = 0  # workers that died and are still to be replaced
+        self.last_start = 0.0
         self.stopping = False
+        self.stop_deadline = 0.0
         self.bound: list[BoundListener] = []
         self.record_evaluation: RecordEvaluation | None = None
         self.on_worker_exit: Callable[[], None] | None = None
@@ -87,29 +91,44 @@ class Supervisor:
             _kill(pid, signal.SIGTERM)
 
     def _supervise(self) -> None:
-        deadline: float | None = None
-        while self.workers:
-            for pid in list(self.workers):
-                if _reaped(pid):
-                    self.workers.discard(pid)
-                    if not self.stopping:
-                        log.error("smtp worker %d exited unexpectedly; starting a new one", pid)
-                        self._fork_worker()
+        while self.workers or self.missing:
+            self._reap()
             if self.stopping:
-                deadline = deadline or time.monotonic() + STOP_TIMEOUT
-                if time.monotonic() > deadline:
-                    log.warning("smtp workers did not stop in %.0f s; killing them", STOP_TIMEOUT)
-                    for pid in self.workers:
-                        _kill(pid, signal.SIGKILL)
-            elif self.tend is not None:
-                self.tend()
+                self._kill_if_overdue()
+            else:
+                self._replace_missing()
+                if self.tend is not None:
+                    self.tend()
             time.sleep(SUPERVISE_INTERVAL)
+
+    def _reap(self) -> None:
+        for pid in [pid for pid in self.workers if _reaped(pid)]:
+            self.workers.discard(pid)
+            if not self.stopping:
+                log.error("smtp worker %d exited unexpectedly; starting a new one", pid)
+                self.missing += 1
+
+    def _replace_missing(self) -> None:
+        # At most one new worker a second: one that dies at once (say, the database is gone) must
+        # not turn into a fork loop.
+        if self.missing and time.monotonic() - self.last_start >= RESTART_INTERVAL:
+            self.missing -= 1
+            self._fork_worker()
+
+    def _kill_if_overdue(self) -> None:
+        self.missing = 0
+        self.stop_deadline = self.stop_deadline or time.monotonic() + STOP_TIMEOUT
+        if time.monotonic() > self.stop_deadline:
+            log.warning("smtp workers did not stop in %.0f s; killing them", STOP_TIMEOUT)
+            for pid in self.workers:
+                _kill(pid, signal.SIGKILL)
 
     def _fork_worker(self) -> None:
         parent = os.getpid()
         pid = os.fork()
         if pid:
             self.workers.add(pid)
+            self.last_start = time.monotonic()
             log.info("smtp worker %d started", pid)
             return
         code = 1
