@@ -150,11 +150,12 @@ def is_ip_address(value: str) -> bool:
     return True
 
 
-def resolver_from_config(dns_config: Any) -> Resolver:
-    """Build the resolver from the `[dns]` config section."""
+def resolver_from_config(dns_config: Any, cache: bool = True) -> Resolver:
+    """Build the resolver from the `[dns]` config section; `cache=False` for one-off bulk lookups."""
     return Resolver(
         nameservers=dns_config.nameservers or None,
         port=dns_config.port,
         timeout=dns_config.timeout,
         trust_dnssec=dns_config.trust_dnssec,
+        cache=cache,
     )

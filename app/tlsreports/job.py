@@ -134,7 +134,8 @@ class ReportJob:
         self.config = config
         self.db_url = config.resolved_database_url
         self.now = now
-        self.resolver = resolver or resolver_from_config(config.dns)
+        # No cache: each domain is looked up once a run, and a cache of 100,000 answers is 300 MB.
+        self.resolver = resolver or resolver_from_config(config.dns, cache=False)
         self.spacing = spacing
         self.lookups: dict[str, TLSRPTLookup] = {}
         # Recipient domains' usable rua (from step 1, or looked up), to compare with a host's in step 2.
