@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,9 +56,9 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def upsert_insert(session: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
+def upsert_insert(session: Session | Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which has `on_conflict_do_update` (atomic upserts on both backends)."""
-    dialect = session.get_bind().dialect.name
+    dialect = (session.dialect if isinstance(session, Connection) else session.get_bind().dialect).name
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":

@@ -41,6 +41,7 @@ class Received:
 class PeerHandler:
     starttls: bool = True
     eightbitmime: bool = True
+    pipelining: bool = False  # aiosmtpd handles pipelined commands; it just does not announce it
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     received: list[Received] = field(default_factory=list)
@@ -54,7 +55,8 @@ class PeerHandler:
             dropped.add("250-STARTTLS")
         if not self.eightbitmime:
             dropped.add("250-8BITMIME")
-        return [r for r in responses if r not in dropped]
+        kept = [r for r in responses if r not in dropped]
+        return [*kept[:-1], "250-PIPELINING", kept[-1]] if self.pipelining else kept
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

@@ -182,12 +182,16 @@ def test_alert_on_first_read_after_handshake_is_a_tls_failure(
     assert peer.tls_attempts == 2
 
 
-def test_recipient_and_data_replies_are_reported_per_recipient(options: ClientOptions) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+def test_recipient_and_data_replies_are_reported_per_recipient(
+    options: ClientOptions, pipelining: bool
+) -> None:
     handler = PeerHandler(
+        pipelining=pipelining,
         rcpt_replies={
             "gone@example.net": "550 5.1.1 no such user",
             "full@example.net": "452 4.2.2 mailbox full",
-        }
+        },
     )
     with smtp_peer(None, handler=handler) as peer:
         session = connect(peer, OPPORTUNISTIC, options)
@@ -201,11 +205,38 @@ def test_recipient_and_data_replies_are_reported_per_recipient(options: ClientOp
         assert gone.diagnostic == "smtp; 550 5.1.1 no such user"
         full = by_rcpt["full@example.net"].reply
         assert (full.permanent, full.status) == (False, "4.2.2")
+        # Nobody accepted: no message goes out, and the session stays usable.
+        nobody = session.send("a@example.org", ["gone@example.net"], MESSAGE)
+        assert [r.reply.code for r in nobody] == [550]
         handler.data_reply = "451 4.3.0 try later"
         later = session.send("a@example.org", ["ok@example.net"], MESSAGE)
         assert [(r.delivered, r.reply.code, r.reply.status) for r in later] == [(False, 451, "4.3.0")]
+        handler.data_reply = None
+        again = session.send("a@example.org", ["ok@example.net", "other@example.net"], MESSAGE)
+        assert [r.delivered for r in again] == [True, True]
         session.close()
-    assert [r.rcpt_tos for r in peer.received] == [["ok@example.net"]]
+    assert [r.rcpt_tos for r in peer.received] == [
+        ["ok@example.net"],
+        ["ok@example.net", "other@example.net"],
+    ]
+    assert [r.content for r in peer.received] == [MESSAGE, MESSAGE]
+
+
+def test_a_refused_sender_fails_every_recipient(options: ClientOptions) -> None:
+    class RefusingSender(PeerHandler):
+        async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+            return "550 5.7.1 sender refused"
+
+    with smtp_peer(None, handler=RefusingSender(pipelining=True)) as peer:
+        session = connect(peer, OPPORTUNISTIC, options)
+        results = session.send("a@example.org", ["x@example.net", "y@example.net"], MESSAGE)
+        assert [(r.recipient, r.reply.code, r.reply.status) for r in results] == [
+            ("x@example.net", 550, "5.7.1"),
+            ("y@example.net", 550, "5.7.1"),
+        ]
+        assert [r.delivered for r in session.send("a@example.org", [], MESSAGE)] == []
+        session.close()
+    assert peer.received == []
 
 
 def test_eight_bit_message_to_a_server_without_8bitmime_fails_permanently(options: ClientOptions) -> None:

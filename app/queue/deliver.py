@@ -118,7 +118,7 @@ class _Run:
         self.rows: list[OutgoingMessage] = []
         self.lease_renewed = time.monotonic()
         # One database session for the run, committed after every message.
-        self._connection = _outcome_connection(config.resolved_database_url)
+        self._connection = outcome_connection(config.resolved_database_url)
         self.db = DBSession(bind=self._connection, expire_on_commit=False)
         self._store: MessageStore | None = None
         self._accounts: dict[int, str | None] = {}
@@ -156,7 +156,7 @@ class _Run:
 
     async def close(self) -> None:
         self.db.close()
-        _restore_durability(self._connection)
+        restore_durability(self._connection)
         self._connection.close()
         if self._store is not None:
             await self._store.close()
@@ -322,17 +322,32 @@ class _Run:
                 statuses.append(_status(row, error, "delayed", remote, now, _retry_until(row, now)))
         if statuses:
             await self._store_dsn(message, statuses, now)
+        # Core statements straight on the run's connection: per message, the ORM session would cost
+        # more than the statements themselves.
+        connection = self._connection
         try:
             for row, error, final in plans:
-                self._write_outcome(self.db, row, error, final, now)
-            self._renew_lease_if_due(self.db)
+                self._write_outcome(connection, row, error, final, now)
+            self._renew_lease_if_due(connection)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
-            self.db.commit()
+            connection.commit()
         except BaseException:
-            self.db.rollback()
+            connection.rollback()
             raise
         if unused:
             outgoing.remove_file_soon(self.config.data_dir / message.path)
+        self._suppress_failed_report_addresses(plans, now)
+
+    def _suppress_failed_report_addresses(
+        self, plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]], now: datetime
+    ) -> None:
+        """R2.7: no more reports, for a while, to an address that could not take one."""
+        failed = [(row, error) for row, error, final in plans if final and error is not None]
+        for row, error in failed:
+            if row.is_dmarc_report or row.is_tls_report:
+                kind = "dmarc" if row.is_dmarc_report else "tlsrpt"
+                suppress_after_failure(self.db, kind, row.recipient, str(error), now)
+                self.db.commit()
 
     def _file_unused(self, message: Message) -> bool:
         """Whether no other row needs the message's file, once this message's rows are finished."""
@@ -340,11 +355,11 @@ class _Run:
             return True
         # Two workers finishing rows of one file at the same moment may each still see the other's
         # row and both keep the file; the hourly orphan cleanup removes it then.
-        return not outgoing.path_in_use(self.db, message.path)
+        return not outgoing.path_in_use(self._connection, message.path)
 
     def _write_outcome(
         self,
-        session: DBSession,
+        session: Connection,
         row: OutgoingMessage,
         error: DeliveryError | None,
         final: bool,
@@ -361,10 +376,6 @@ class _Run:
             else:
                 self.report.failed.append(row.id)
                 log.info("delivery failed id=%d to=<%s>: %s", row.id, row.recipient, error)
-                if row.is_dmarc_report or row.is_tls_report:
-                    # R2.7: no more reports to an address that cannot take them, for a while.
-                    kind = "dmarc" if row.is_dmarc_report else "tlsrpt"
-                    suppress_after_failure(session, kind, row.recipient, str(error), now)
             return
         outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
         self.report.deferred.append(row.id)
@@ -372,7 +383,7 @@ class _Run:
             "delivery deferred id=%d to=<%s> attempt=%d: %s", row.id, row.recipient, row.attempts + 1, error
         )
 
-    def _renew_lease_if_due(self, session: DBSession) -> None:
+    def _renew_lease_if_due(self, session: Connection) -> None:
         if time.monotonic() - self.lease_renewed > self.lease.total_seconds() / 3:
             outgoing.renew_lease(session, self.rows, self.lease)
             self.lease_renewed = time.monotonic()
@@ -440,7 +451,7 @@ class _Run:
             raise
 
 
-def _outcome_connection(url: str) -> Connection:
+def outcome_connection(url: str) -> Connection:
     """A pooled connection whose commits do not wait for the disk (see the module doc)."""
     connection = engine_for(url).connect()
     if connection.dialect.name == "sqlite":
@@ -451,7 +462,7 @@ def _outcome_connection(url: str) -> Connection:
     return connection
 
 
-def _restore_durability(connection: Connection) -> None:
+def restore_durability(connection: Connection) -> None:
     """Back to the engine's settings before the connection returns to the pool."""
     connection.rollback()
     if connection.dialect.name == "sqlite":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from publicsuffixlist import PublicSuffixList
-from sqlalchemy import ColumnElement, bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Config
@@ -177,7 +177,7 @@ def next_due_id(session: Session, domain: str) -> int | None:
     return session.scalar(query.order_by(_TABLE.c.next_attempt, _TABLE.c.id).limit(1))
 
 
-def renew_lease(session: Session, rows: Sequence[OutgoingMessage], lease: timedelta) -> None:
+def renew_lease(session: Session | Connection, rows: Sequence[OutgoingMessage], lease: timedelta) -> None:
     """Push the lease of rows still held further out (the run is making progress)."""
     owners = {r.lease_owner for r in rows}
     statement = update(_TABLE).where(_TABLE.c.lease_owner.in_(owners))
@@ -192,12 +192,12 @@ _FINISH = delete(_TABLE).where(_TABLE.c.id == bindparam("id"), _TABLE.c.lease_ow
 _PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).limit(1)
 
 
-def finish(session: Session, row: OutgoingMessage) -> bool:
+def finish(session: Session | Connection, row: OutgoingMessage) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
     return bool(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner}).rowcount)
 
 
-def postpone(session: Session, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
+def postpone(session: Session | Connection, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
     """Count a failed attempt and free the row until `next_attempt`; False if the lease was lost."""
     statement = (
         update(_TABLE)
@@ -214,7 +214,7 @@ def postpone(session: Session, row: OutgoingMessage, error: str, next_attempt: d
     return bool(session.execute(statement).rowcount)
 
 
-def path_in_use(session: Session, path: str) -> bool:
+def path_in_use(session: Session | Connection, path: str) -> bool:
     """Whether any queue row still points at the message file."""
     return session.execute(_PATH_IN_USE, {"path": path}).first() is not None
 
@@ -347,7 +347,7 @@ def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
 # Recipients our users sent to (SPEC R3.4 b, c).
 
 
-def record_sent_recipient(session: Session, account_id: int, address: str) -> None:
+def record_sent_recipient(session: Session | Connection, account_id: int, address: str) -> None:
     """Count a delivery by the account to `address` (one row per account and address)."""
     local, _, domain = address.rpartition("@")
     domain = domain.lower()

@@ -2,11 +2,11 @@
 
 The whole path runs: a real Celery worker with 2 processes takes the queue rows (leases, one
 connection per batch), looks up MX, MTA-STS and DANE in the loopback DNS server (tests/dnsserver.py),
-sends over STARTTLS-less opportunistic SMTP to smtp-sink, commits each message's outcome, removes
-its file, records TLS results per session. In the same run a bare smtplib loop sends the same 5,000
-messages to the same sink with the same connection reuse (one connection per batch of
-`batch_size` messages). Both are timed from the first message to the last; the worker's start-up is
-not counted (it waits, ready, before the sweep wakes it).
+sends to smtp-sink (which offers no STARTTLS: opportunistic, plain text; PIPELINING is used),
+commits each message's outcome, removes its file, records TLS results per session. In the same run
+a bare smtplib loop sends the same 5,000 messages to the same sink with the same connection reuse
+(one connection per batch of `batch_size` messages). Three rounds alternate the two; the best round
+of each counts (the machine may be busy with other work). The worker's start-up is not timed.
 
 Also printed: the cost of recording TLS results (measured alone), per call and per delivery as
 the run amortizes it (one record per session, i.e. per batch).
@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importable
 
 from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 from app.config import Config, load_config  # noqa: E402
 from app.db import engine_for, session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import TLSResult  # noqa: E402
+from app.queue.deliver import outcome_connection, restore_durability  # noqa: E402
 from app.queue.outgoing import enqueue, queue_size  # noqa: E402
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
 from tests.celeryworker import celery_worker, client_for  # noqa: E402
@@ -44,6 +46,7 @@ from tests.dnsserver import DNSTestServer  # noqa: E402
 MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5_000
 POSTGRES = "--postgres" in sys.argv
 BATCH_SIZE = 100
+ROUNDS = 3
 WORKER_PROCESSES = 2
 SINK = "/usr/sbin/smtp-sink"
 TARGET_RATIO = 0.5
@@ -110,36 +113,42 @@ def bare_smtplib(port: int) -> float:
     return time.perf_counter() - started
 
 
-def through_the_queue(config_file: Path, config: Config, log: Path) -> float:
-    """Wake a ready worker with one sweep and time until the queue is empty; elapsed seconds."""
+def drain(config_file: Path, config: Config, log: Path) -> float:
+    """Wake the ready worker with one sweep; seconds until the queue is empty."""
     url = config.resolved_database_url
-    with celery_worker(config_file, log, concurrency=WORKER_PROCESSES):
-        started = time.perf_counter()
-        client_for(config_file).send_task("tasks.mail.sweep_queue")
-        deadline = time.monotonic() + 600
-        while True:
-            with session_scope(url) as session:
-                if queue_size(session) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"queue not drained in 600 s; see {log}")
-            time.sleep(0.01)
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    client_for(config_file).send_task("tasks.mail.sweep_queue")
+    deadline = time.monotonic() + 600
+    while True:
+        with session_scope(url) as session:
+            if queue_size(session) == 0:
+                return time.perf_counter() - started
+        if time.monotonic() > deadline:
+            raise SystemExit(f"queue not drained in 600 s; see {log}")
+        time.sleep(0.01)
 
 
 def tls_record_cost(config: Config, calls: int = 2000) -> float:
-    """Seconds per recorded session result (two upserts and a commit), measured alone."""
+    """Seconds per recorded session result (two upserts and a commit), on a connection like the
+    worker's (commits not waiting for the disk), measured alone."""
     domain = PolicyRef("sts", "example.com", ("version: STSv1", "mode: enforce"), ("mx.example.com",))
     host = PolicyRef("no-policy-found", "mx.example.com", (), ("mx.example.com",))
     failure = FailureDetail(
         "certificate-expired", "127.0.0.1", "mx.example.com", "mx.example.com", "127.0.0.1"
     )
+    connection = outcome_connection(config.resolved_database_url)
+    session = Session(bind=connection)
     started = time.perf_counter()
     for i in range(calls):
-        with session_scope(config.resolved_database_url) as session:
-            result = SessionResult("example.com", domain, host, failure if i % 10 == 0 else None)
-            record_tls_results(session, [result])
-    return (time.perf_counter() - started) / calls
+        record_tls_results(
+            session, [SessionResult("example.com", domain, host, failure if i % 10 == 0 else None)]
+        )
+        session.commit()
+    elapsed = time.perf_counter() - started
+    session.close()
+    restore_durability(connection)
+    connection.close()
+    return elapsed / calls
 
 
 def main() -> None:
@@ -151,38 +160,40 @@ def main() -> None:
     dns.add("mx.example.net", "A", "127.0.0.1")
     port = free_port()
     sink = start_sink(port)
+    bare_times, queue_times = [], []
     try:
         extra = f"\n[delivery]\nsmtp_port = {port}\nbatch_size = {BATCH_SIZE}\n"
-        config_file = write_config(
-            directory / "config", extra, database_url=database_url(directory), dns_port=dns.port
-        )
+        url = database_url(directory)
+        config_file = write_config(directory / "config", extra, database_url=url, dns_port=dns.port)
         config = load_config(config_file)
         upgrade_database(config.resolved_database_url)
-        queue_messages(config)
-
-        bare = bare_smtplib(port)
-        queued = through_the_queue(config_file, config, directory / "worker.log")
+        log = directory / "worker.log"
+        with celery_worker(config_file, log, concurrency=WORKER_PROCESSES):
+            # Rounds alternate the two, so a busy moment of the machine does not favour either.
+            for _ in range(ROUNDS):
+                queue_messages(config)
+                bare_times.append(bare_smtplib(port))
+                queue_times.append(drain(config_file, config, log))
         with session_scope(config.resolved_database_url) as session:
-            sessions = (
-                session.scalar(select(func.sum(TLSResult.success_count)).where(~TLSResult.is_host)) or 0
-            )
-        left = list((config.data_dir / "outgoing").iterdir())
+            counted = func.sum(TLSResult.success_count + TLSResult.failure_count)
+            sessions = session.scalar(select(counted).where(~TLSResult.is_host)) or 0
         record = tls_record_cost(config)
     finally:
         sink.kill()
         dns.stop()
 
+    deliveries = MESSAGES * ROUNDS
+    bare, queued = min(bare_times), min(queue_times)
     ours, theirs = MESSAGES / queued, MESSAGES / bare
     database = "PostgreSQL" if POSTGRES else "SQLite"
-    print(f"database: {database}; {WORKER_PROCESSES} worker processes, batch {BATCH_SIZE}")
-    print(f"queue: {MESSAGES} messages in {queued:.2f} s; bare smtplib: {MESSAGES} in {bare:.2f} s")
-    print(f"files left in outgoing/: {len(left)}; TLS sessions recorded: {sessions}")
+    print(f"database: {database}; {WORKER_PROCESSES} worker processes, batch {BATCH_SIZE}, {ROUNDS} rounds")
+    print(f"queue, s per {MESSAGES}: {' '.join(f'{t:.2f}' for t in queue_times)}")
+    print(f"bare smtplib, s per {MESSAGES}: {' '.join(f'{t:.2f}' for t in bare_times)}")
     print(
-        f"TLS-result recording: {record * 1e3:.3f} ms per session record; "
-        f"{record * sessions / MESSAGES * 1e6:.1f} us per delivery in this run "
-        f"({sessions} sessions for {MESSAGES} deliveries)"
+        f"TLS-result recording: {record * 1e3:.3f} ms per session; {sessions} sessions for {deliveries} "
+        f"deliveries: {record * sessions / deliveries * 1e6:.1f} us per delivery"
     )
-    print(f"target ratio >= {TARGET_RATIO}")
+    print(f"best of {ROUNDS} rounds each; target ratio >= {TARGET_RATIO}")
     print(f"outbound: {ours:.0f} msg/s, bare smtplib {theirs:.0f} msg/s, ratio {ours / theirs:.2f}")
 
 
