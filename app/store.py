@@ -6,21 +6,23 @@ the tmp directory; then the rows, which name the *final* path, are committed; th
 into place. A crash can therefore leave a file in tmp/ only, and `recover()` settles each one: rows
 exist → finish the rename; no rows → the client never got a 250, delete it. Nothing else is looked at.
 
-Throughput: a message's file is written and fsync'd by a pool of writer threads as soon as it
-arrives; then one committer takes every message pending at that moment and commits their rows in
-one database transaction after one directory fsync (group commit). Blocking work stays off the event
-loop. Only one process may store into a data dir at a time.
+Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
+as it arrives; then one committer takes every message pending at that moment and commits their rows
+in one database transaction (group commit). Blocking work stays off the event loop. The SMTP worker
+processes sharing a data dir take turns at committing (a file lock); recovery runs before they start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ TMP_DIR = "tmp"
 MESSAGES_DIR = "messages"
 OUTGOING_DIR = "outgoing"
 PATH_SEPARATOR_IN_TMP = "!"
+COMMIT_LOCK_FILE = ".store-commit.lock"
 # A batch is capped so one commit never holds many megabytes or keeps early sessions waiting long.
 MAX_BATCH_MESSAGES = 512
 FILE_WRITERS = 8
@@ -125,6 +128,8 @@ class MessageStore:
         self._ids: dict[tuple[str, str], tuple[int, int]] = {}
         self._known_dirs: set[Path] = set()
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_path = data_dir / COMMIT_LOCK_FILE
+        self._lock_fd: int | None = None
 
     # Public API.
 
@@ -166,6 +171,9 @@ class MessageStore:
             await self._committer
         self._writers.shutdown(wait=True)
         self._committer_thread.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # Writing files, then the group commit.
 
@@ -226,9 +234,8 @@ class MessageStore:
     def _store_jobs(self, jobs: list[_Job]) -> list[list[str]]:
         new_ids: dict[tuple[str, str], tuple[int, int]] = {}
         try:
-            with self._sessions() as session:
+            with self._commit_lock(), self._sessions() as session:
                 planned = [self._plan_rows(session, job, new_ids) for job in jobs]
-                _fsync_dir(self.tmp_dir)  # the tmp files' names are durable before any row names them
                 for model in (Message, OutgoingMessage):
                     rows = [row for files in planned for f in files if f.model is model for row in f.rows]
                     if rows:
@@ -248,6 +255,20 @@ class MessageStore:
                 except OSError as e:  # stored all the same: the next start's recover() renames it
                     log.error("moving %s into place failed (recovery will finish it): %s", f.relative, e)
         return [[f.relative.rpartition("/")[2] for f in files] for files in planned]
+
+    @contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        """Serialise the commits of the SMTP worker processes sharing this data dir.
+
+        Left to SQLite, a writer that finds the database locked sleeps in steps of 1, 2, 5, 10 ms
+        and more before it tries again; a lock the kernel hands over at release wakes it at once."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _plan_rows(
         self, session: Session, job: _Job, new_ids: dict[tuple[str, str], tuple[int, int]]
@@ -301,7 +322,8 @@ class MessageStore:
     # Files.
 
     def _write_tmp_files(self, relatives: list[str], content: bytes) -> list[Path]:
-        """Write and fsync one tmp file per final path; on failure none is left behind."""
+        """Write and fsync one tmp file per final path, then the tmp directory, so that the files and
+        their names are durable before any row names them; on failure none is left behind."""
         written: list[Path] = []
         try:
             for relative in relatives:
@@ -311,6 +333,7 @@ class MessageStore:
                     f.write(content)
                     f.flush()
                     os.fsync(f.fileno())
+            _fsync_dir(self.tmp_dir)
         except BaseException:
             _unlink_all(written)
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import Account, Mailbox, Message, OutgoingMessage
 from app.store import (
+    COMMIT_LOCK_FILE,
     TMP_DIR,
     MailboxCopy,
     MessageStore,
@@ -60,14 +63,26 @@ async def test_deliver_writes_the_file_and_the_row(store: MessageStore, sqlite_u
 async def test_concurrent_messages_share_commits(store: MessageStore, sqlite_url: str) -> None:
     commits: list[int] = []
     event.listen(engine_for(sqlite_url), "commit", lambda _conn: commits.append(1))
-    contents = [f"Subject: {i}\r\n\r\n{i}\r\n".encode() for i in range(200)]
-    copies = [[MailboxCopy("alice", "Inbox", {"subject": str(i)})] for i in range(200)]
-    await asyncio.gather(*(store.deliver(c, cp) for c, cp in zip(contents, copies, strict=True)))
+    contents = [f"Subject: {i}\r\n\r\n{i}\r\n".encode() for i in range(50)]
+    # Hold the commit lock, as another SMTP worker committing would: every message queues up behind it.
+    with open(store.data_dir / COMMIT_LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sending = [
+            asyncio.ensure_future(store.deliver(c, [MailboxCopy("alice", "Inbox", {"subject": str(i)})]))
+            for i, c in enumerate(contents)
+        ]
+        deadline = time.monotonic() + 10
+        while len(list((store.data_dir / TMP_DIR).iterdir())) < len(contents):  # all written, waiting
+            assert time.monotonic() < deadline, "the files were not written"
+            await asyncio.sleep(0.01)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    await asyncio.gather(*sending)
     stored = rows(sqlite_url)
-    assert len(stored) == 200
+    assert len(stored) == 50
     for row in stored:
         assert (store.data_dir / row.path).read_bytes() == contents[int(row.subject or "")]
-    assert len(commits) < 20, f"{len(commits)} commits for 200 concurrent messages: no group commit"
+    # The batch that was waiting for the lock, then (nearly) all the others in one.
+    assert len(commits) <= 5, f"{len(commits)} commits for 50 waiting messages: no group commit"
 
 
 async def test_one_bad_message_fails_alone(store: MessageStore, sqlite_url: str) -> None:
