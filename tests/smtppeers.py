@@ -24,8 +24,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from app.quickstart import self_signed_certificate
 
 
 @dataclass(frozen=True)
@@ -148,35 +148,13 @@ def _server_context(
     return context
 
 
-def self_signed(directory: Path, hostname: str, *, expired: bool = False) -> tuple[Path, Path]:
+def self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     """A self-signed certificate (and key) for `hostname`, written as PEM files; (cert, key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.now(UTC)
-    start, end = (
-        (now - timedelta(days=30), now - timedelta(days=1))
-        if expired
-        else (now - timedelta(days=1), now + timedelta(days=30))
-    )
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert_pem, key_pem = self_signed_certificate(hostname)
     directory.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = directory / f"{hostname}.crt", directory / f"{hostname}.key"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file.write_bytes(cert_pem)
+    key_file.write_bytes(key_pem)
     return cert_file, key_file
 
 

@@ -3,6 +3,7 @@ real HTTPS policy server, aiosmtpd peers with real TLS, and the TLS results and 
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import trustme
@@ -24,10 +26,20 @@ from app.config import Config, load_config
 from app.db import session_scope
 from app.dns import Resolver
 from app.migrate import upgrade_database
-from app.models import Mailbox, Message, OutgoingMessage, SentRecipient, TLSFailureDetail, TLSResult
+from app.models import (
+    Mailbox,
+    Message,
+    MTASTSPolicy,
+    OutgoingMessage,
+    SentRecipient,
+    TLSFailureDetail,
+    TLSResult,
+)
 from app.models.base import utcnow
 from app.queue.deliver import DeliveryReport, deliver, prepare_content
 from app.queue.outgoing import enqueue, enqueue_report, remove_orphan_files
+from tasks import delivery
+from tasks.celery_app import settings
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.httpsserver import HTTPSTestServer
@@ -99,6 +111,31 @@ command_timeout = 5
                 account_id=account_id,
                 **options,
             )
+
+    def queue_report(
+        self, kind: Literal["dmarc", "tls"], content: bytes, max_attempts: int | None = None
+    ) -> int:
+        assert self.config is not None
+        with session_scope(self.url) as session:
+            (queue_id,) = enqueue_report(
+                session,
+                self.config,
+                message=content,
+                sender="postmaster@mail.example.org",
+                recipients=[RCPT],
+                kind=kind,
+                max_attempts=max_attempts,
+            )
+        return queue_id
+
+    async def deliver_one(
+        self, peer: Peer | AlertingPeer, content: bytes = CONTENT
+    ) -> tuple[int, DeliveryReport]:
+        """Configure for the peer, point the domain's MX at it, queue one message, run a delivery."""
+        self.configure(peer.port)
+        self.mx(MX)
+        (queue_id,) = self.queue(content)
+        return queue_id, await self.run(queue_id)
 
     async def run(self, queue_id: int) -> DeliveryReport:
         assert self.config is not None
@@ -178,11 +215,8 @@ def counts(result: TLSResult) -> tuple[str, int, int]:
 
 async def test_mtasts_enforce_with_valid_certificate_delivers_and_counts_a_success(world: World) -> None:
     with smtp_peer(world.ca.issue_cert(MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert [(r.rcpt_tos, r.tls) for r in peer.received] == [([RCPT], True)]
     assert world.rows() == []
@@ -215,11 +249,8 @@ async def test_mtasts_enforce_with_expired_certificate_is_not_delivered_and_retr
 
 async def test_mtasts_testing_with_expired_certificate_delivers_and_records_the_failure(world: World) -> None:
     with smtp_peer(expired_cert(world.ca, MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("testing")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert [r.tls for r in peer.received] == [True]  # unverified, but still encrypted
     assert counts(world.results()[DOMAIN, False]) == ("sts", 0, 1)
@@ -240,11 +271,8 @@ async def test_mtasts_enforce_certificate_failures(
     world: World, make_cert: Callable[[trustme.CA, Path], object], result_type: str
 ) -> None:
     with smtp_peer(make_cert(world.ca, world.tmp)) as peer:  # type: ignore[arg-type]
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(DOMAIN, False)
     assert_failure(detail, result_type, peer)
@@ -252,11 +280,8 @@ async def test_mtasts_enforce_certificate_failures(
 
 async def test_mtasts_enforce_without_starttls_is_starttls_not_supported(world: World) -> None:
     with smtp_peer(world.ca.issue_cert(MX), handler=PeerHandler(starttls=False)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(DOMAIN, False)
     assert_failure(detail, "starttls-not-supported", peer)
@@ -265,11 +290,8 @@ async def test_mtasts_enforce_without_starttls_is_starttls_not_supported(world: 
 
 async def test_mx_outside_an_enforced_policy_is_not_used(world: World) -> None:
     with smtp_peer(world.ca.issue_cert(MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce", mx="mail.example.net")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(DOMAIN, False)
     assert detail.result_type == "validation-failure"
@@ -280,11 +302,8 @@ async def test_mx_outside_an_enforced_policy_is_not_used(world: World) -> None:
 async def test_dane_ee_record_for_a_self_signed_certificate_delivers(world: World) -> None:
     cert = self_signed(world.tmp, MX)
     with smtp_peer(cert) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dane(f"3 1 1 {spki_sha256(cert)}")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert [r.tls for r in peer.received] == [True]
     host = world.results()[MX, True]
@@ -297,23 +316,17 @@ async def test_dane_wins_over_mtasts_for_its_host(world: World) -> None:
     """A self-signed certificate would fail MTA-STS enforce; the DANE-EE record authenticates it."""
     cert = self_signed(world.tmp, MX)
     with smtp_peer(cert) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce")
         world.dane(f"3 1 1 {spki_sha256(cert)}")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert counts(world.results()[MX, True]) == ("tlsa", 1, 0)
 
 
 async def test_tlsa_mismatch_is_not_delivered(world: World) -> None:
     with smtp_peer(self_signed(world.tmp, MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dane("3 1 1 " + "ab" * 32)
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     assert counts(world.results()[MX, True]) == ("tlsa", 0, 1)
     (detail,) = world.failures(MX, True)
@@ -322,11 +335,8 @@ async def test_tlsa_mismatch_is_not_delivered(world: World) -> None:
 
 async def test_tlsa_without_the_ad_bit_is_no_dane(world: World) -> None:
     with smtp_peer(self_signed(world.tmp, MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dane("3 1 1 " + "ab" * 32, authentic=False)  # would not match: must not be used
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert counts(world.results()[MX, True]) == ("no-policy-found", 1, 0)
 
@@ -334,11 +344,8 @@ async def test_tlsa_without_the_ad_bit_is_no_dane(world: World) -> None:
 async def test_missing_starttls_with_dane_is_dane_required(world: World) -> None:
     cert = self_signed(world.tmp, MX)
     with smtp_peer(cert, handler=PeerHandler(starttls=False)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dane(f"3 1 1 {spki_sha256(cert)}")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(MX, True)
     assert_failure(detail, "dane-required", peer)
@@ -346,12 +353,9 @@ async def test_missing_starttls_with_dane_is_dane_required(world: World) -> None
 
 async def test_failed_tlsa_lookup_in_a_signed_zone_is_dnssec_invalid(world: World) -> None:
     with smtp_peer(self_signed(world.tmp, MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dns.authentic(DOMAIN)
         world.dns.servfail(f"_25._tcp.{MX}")
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(MX, True)
     assert detail.result_type == "dnssec-invalid" and detail.receiving_mx_hostname == MX
@@ -359,10 +363,7 @@ async def test_failed_tlsa_lookup_in_a_signed_zone_is_dnssec_invalid(world: Worl
 
 async def test_alert_after_the_handshake_is_recorded_and_delivery_retries_in_plain_text(world: World) -> None:
     with AlertingPeer(world.ca.issue_cert(MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]
     assert peer.tls_attempts == 1
     assert [(r.rcpt_tos, r.tls) for r in peer.received] == [([RCPT], False)]
@@ -384,8 +385,6 @@ async def test_mtasts_discovery_failures_are_recorded_and_mail_still_goes(
     world: World, serve: str, result_type: str
 ) -> None:
     with smtp_peer(world.ca.issue_cert(MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")
         world.dns.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
         if serve == "invalid":
@@ -393,8 +392,7 @@ async def test_mtasts_discovery_failures_are_recorded_and_mail_still_goes(
         elif serve == "bad-cert":
             world.https.serve(f"mta-sts.{DOMAIN}", "version: STSv1\nmode: enforce\nmx: x\nmax_age: 1\n")
             world.https.certificate(f"mta-sts.{DOMAIN}", trustme.CA().issue_cert(f"mta-sts.{DOMAIN}"))
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.delivered == [queue_id]  # no policy could be had: fail open (RFC 8461 §5)
     domain = world.results()[DOMAIN, False]
     assert counts(domain) == ("sts", 0, 1)
@@ -406,11 +404,8 @@ async def test_mtasts_discovery_failures_are_recorded_and_mail_still_goes(
 async def test_tls_required_no_delivers_despite_policy_failure_and_is_removed(world: World) -> None:
     content = CONTENT.replace(b"Subject:", b"TLS-Required: No\r\nSubject:")
     with smtp_peer(expired_cert(world.ca, MX)) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
         world.mtasts("enforce")
-        (queue_id,) = world.queue(content)
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer, content)
     assert report.delivered == [queue_id]
     (received,) = peer.received
     assert received.content == CONTENT  # the header field is gone, nothing else changed
@@ -421,18 +416,10 @@ async def test_tls_required_no_delivers_despite_policy_failure_and_is_removed(wo
 async def test_deliveries_of_tls_reports_are_not_recorded(world: World) -> None:
     content = CONTENT.replace(b"Subject:", b"TLS-Required: No\r\nSubject:")
     with smtp_peer(expired_cert(world.ca, MX)) as peer:
-        config = world.configure(peer.port)
+        world.configure(peer.port)
         world.mx(MX)
         world.mtasts("enforce")
-        with session_scope(world.url) as session:
-            (queue_id,) = enqueue_report(
-                session,
-                config,
-                message=content,
-                sender="postmaster@example.org",
-                recipients=[RCPT],
-                kind="tls",
-            )
+        queue_id = world.queue_report("tls", content)
         report = await world.run(queue_id)
     assert report.delivered == [queue_id] and len(peer.received) == 1
     assert world.results() == {}
@@ -561,10 +548,7 @@ def dsn_parts(raw: bytes) -> tuple[email.message.EmailMessage, str, str]:
 async def test_permanent_rejection_gives_a_failure_dsn_in_the_senders_inbox(world: World) -> None:
     handler = PeerHandler(rcpt_replies={RCPT: "550 5.1.1 <bob@example.net>: no such user"})
     with smtp_peer(None, handler=handler) as peer:
-        world.configure(peer.port)
-        world.mx(MX)
-        (queue_id,) = world.queue()
-        report = await world.run(queue_id)
+        queue_id, report = await world.deliver_one(peer)
     assert report.failed == [queue_id] and world.rows() == []
     ((stored, raw),) = world.mailbox("admin", "Inbox")
     assert not stored.seen
@@ -626,18 +610,9 @@ async def test_max_attempts_is_per_message(world: World) -> None:
 
 async def test_failed_report_gives_a_quiet_dsn_to_the_postmaster_and_no_delay_dsn(world: World) -> None:
     with smtp_peer(None, handler=PeerHandler(rcpt_replies={RCPT: "451 4.3.0 later"})) as peer:
-        config = world.configure(peer.port)
+        world.configure(peer.port)
         world.mx(MX)
-        with session_scope(world.url) as session:
-            (queue_id,) = enqueue_report(
-                session,
-                config,
-                message=CONTENT,
-                sender="postmaster@mail.example.org",
-                recipients=[RCPT],
-                kind="dmarc",
-                max_attempts=5,
-            )
+        queue_id = world.queue_report("dmarc", CONTENT, max_attempts=5)
         for _ in range(5):
             report = await world.run(queue_id)
             world.make_due()
@@ -755,3 +730,34 @@ def test_queue_cli_leaves_rows_a_worker_holds(world: World) -> None:
     result = cli(world, "drop", str(queue_id))
     assert result.exit_code == 1 and "being delivered right now" in result.output
     assert len(world.rows()) == 1
+
+
+async def test_implicit_mx_is_the_domain_itself(world: World) -> None:
+    with smtp_peer(None) as peer:
+        world.configure(peer.port)
+        world.dns.add(DOMAIN, "A", "127.0.0.1")  # no MX records at all (RFC 5321 §5.1)
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id] and len(peer.received) == 1
+
+
+def test_mtasts_refresh_task_updates_cached_policies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.mtasts("testing")
+        queue_id, report = asyncio.run(world.deliver_one(peer))  # caches the testing policy
+    assert report.delivered == [queue_id]
+    world.dns.clear()
+    world.dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=20261126")  # a new id: the policy changed
+    world.dns.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
+    world.https.serve(f"mta-sts.{DOMAIN}", f"version: STSv1\nmode: enforce\nmx: {MX}\nmax_age: 86400\n")
+    monkeypatch.setenv("POSTWARDEN_CONFIG", str(world.tmp / "config" / "postwarden.toml"))
+    settings.cache_clear()
+    delivery.resolver.cache_clear()
+    try:
+        assert delivery.refresh_mtasts_policies.run() == 1
+    finally:
+        settings.cache_clear()
+        delivery.resolver.cache_clear()
+    with session_scope(world.url) as session:
+        (policy,) = session.scalars(select(MTASTSPolicy)).all()
+    assert (policy.domain, policy.mode, policy.record_id) == (DOMAIN, "enforce", "20261126")
