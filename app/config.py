@@ -167,11 +167,23 @@ class Delivery(Strict):
     connect_timeout: Annotated[float, Field(gt=0)] = 30.0
     command_timeout: Annotated[float, Field(gt=0)] = 300.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 8
-    # How long a worker holds a claimed queue row; renewed while it makes progress.
+    # How long a worker holds a claimed queue row; renewed before every step that may wait.
     lease_seconds: Annotated[float, Field(gt=0)] = 900.0
     # Most queue rows one delivery run takes for one destination (one connection).
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
     routes: list[Route] = []
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_step(self) -> Delivery:
+        # A lease that runs out while a worker waits for a slow server lets another worker deliver
+        # the same message.
+        longest = max(self.connect_timeout, self.command_timeout)
+        if self.lease_seconds <= longest:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must be longer than connect_timeout and "
+                f"command_timeout (the longest is {longest:g})"
+            )
+        return self
 
 
 class Web(Strict):

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 
 from app.accounts import ensure_account
 from app.cli import main
-from app.config import Config, load_config
+from app.config import Config, ConfigError, load_config
 from app.db import session_scope
 from app.dns import Resolver
 from app.migrate import upgrade_database
@@ -761,3 +761,9 @@ def test_mtasts_refresh_task_updates_cached_policies(world: World, monkeypatch: 
     with session_scope(world.url) as session:
         (policy,) = session.scalars(select(MTASTSPolicy)).all()
     assert (policy.domain, policy.mode, policy.record_id) == (DOMAIN, "enforce", "20261126")
+
+
+def test_a_lease_shorter_than_a_timeout_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n[delivery]\nlease_seconds = 60\ncommand_timeout = 120\n")
+    with pytest.raises(ConfigError, match="lease_seconds \\(60\\) must be longer than"):
+        load_config(path)

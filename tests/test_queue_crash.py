@@ -88,7 +88,10 @@ def test_kill_minus_nine_mid_batch_loses_nothing(
 ) -> None:
     sink = HoldingSink(phase)
     with smtp_peer(None, handler=sink) as peer:  # type: ignore[arg-type]
-        extra = f"\n[delivery]\nsmtp_port = {peer.port}\nlease_seconds = 2\nbatch_size = 20\n"
+        extra = (
+            f"\n[delivery]\nsmtp_port = {peer.port}\nlease_seconds = 2\nbatch_size = 20\n"
+            "connect_timeout = 1\ncommand_timeout = 1.5\n"
+        )
         config_file = write_config(tmp_path / "config", extra, dns_port=dns.port)
         config = load_config(config_file)
         upgrade_database(config.resolved_database_url)

@@ -249,6 +249,7 @@ class _Run:
             )
         error: DeliveryError | None = None
         for ip in addresses:
+            self._keep_lease()
             try:
                 session = open_session(Target(hop.host, ip, hop.port), settings, self.options)
             except DeliveryError as e:
@@ -287,6 +288,7 @@ class _Run:
         try:
             while left:
                 message = left[0]
+                self._keep_lease()
                 try:
                     results = session.send(message.sender, message.recipients, message.content)
                 except DeliveryError as e:
@@ -387,6 +389,16 @@ class _Run:
         if time.monotonic() - self.lease_renewed > self.lease.total_seconds() / 3:
             outgoing.renew_lease(session, self.rows, self.lease)
             self.lease_renewed = time.monotonic()
+
+    def _keep_lease(self) -> None:
+        """Renew the lease before a step that may wait long (connecting, a slow server's replies),
+        so a run that is slow but alive keeps its rows; the lease then only needs to outlast one step."""
+        try:
+            self._renew_lease_if_due(self._connection)
+            self._connection.commit()
+        except BaseException:
+            self._connection.rollback()
+            raise
 
     async def _store_dsn(self, message: Message, statuses: list[RecipientStatus], now: datetime) -> None:
         row = message.rows[0]
