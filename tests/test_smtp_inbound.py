@@ -6,12 +6,15 @@ import asyncio
 import smtplib
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from app.config import Limits
+from app.auth.dkim import sign
+from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem
+from app.config import DKIMSelector, Limits
 from app.smtpserver.data import MessageData, read_message_data
 from app.smtpserver.handler import BaseHandler
 from app.smtpserver.protocol import PostwardenSMTP
@@ -202,6 +205,46 @@ def test_dmarc_quarantine_goes_to_junk(smtp: ThreadedSMTP, dns: DNSTestServer) -
     (stored,) = stored_messages(smtp)
     assert (stored.mailbox, stored.row.dmarc_result, stored.row.is_reject) == ("Junk", "fail", False)
     assert smtp.evaluations == [], "no rua: no evaluation is stored (SPEC R2.1)"
+
+
+def test_dmarc_reject_in_testing_mode_goes_to_junk(smtp: ThreadedSMTP, dns: DNSTestServer) -> None:
+    """t=y asks receivers to apply one level less than published (RFC 9989): reject becomes quarantine."""
+    publish_sender_domain(dns, "sender.example", "v=DMARC1; p=reject; t=y", spf="v=spf1 -all")
+    client = open_session(smtp)
+    reply = send_raw(client, SENDER, ["admin@example.org"], make_message(SENDER, "admin@example.org"))
+    assert reply.startswith("250 2.0.0")
+    (stored,) = stored_messages(smtp)
+    assert (stored.mailbox, stored.row.dmarc_disposition, stored.row.is_reject) == (
+        "Junk",
+        "quarantine",
+        False,
+    )
+
+
+def test_dkim_signed_mail_records_the_verified_domain(
+    smtp: ThreadedSMTP, dns: DNSTestServer, tmp_path: Path
+) -> None:
+    # Only DKIM can align here: the MAIL FROM is another domain, whose SPF does not cover us.
+    dns.txt("bounces.example", "v=spf1 -all")
+    dns.txt("_dmarc.sender.example", "v=DMARC1; p=reject")
+    key = generate_private_key_pem("ed25519")
+    (tmp_path / "dkim.pem").write_bytes(key)
+    dns.txt("sel._domainkey.sender.example", dns_txt_value(key, "ed25519"))
+    message = make_message(SENDER, "admin@example.org")
+    selector = DKIMSelector(selector="sel", algorithm="ed25519", private_key_file=tmp_path / "dkim.pem")
+    signed = sign(message, "sender.example", [selector]) + message
+    client = open_session(smtp)
+    assert send_raw(client, "x@bounces.example", ["admin@example.org"], signed).startswith("250 2.0.0")
+    (stored,) = stored_messages(smtp)
+    row = stored.row
+    assert (stored.mailbox, row.dkim_result, row.dkim_domains, row.spf_result) == (
+        "Inbox",
+        "pass",
+        "sender.example",
+        "fail",
+    )
+    assert (row.dmarc_result, row.msg_from_validated) == ("pass", True)
+    assert b"dkim=pass" in stored.content.split(b"\r\n\r\n")[0]
 
 
 def test_mail_to_a_reporting_address_gives_an_optional_evaluation(
