@@ -43,7 +43,7 @@ from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
-from app.queue.outgoing import enqueue_report
+from app.queue.outgoing import Queued, enqueue_many
 from app.reportsuppress import normalize_address, suppressed_addresses
 
 log = logging.getLogger(__name__)
@@ -346,27 +346,29 @@ class _Run:
         with self.sessions.begin() as session:
             for outcome in outcomes:
                 report_id = outcome.mail.report_id if outcome.mail else None
-                if not claim(session, self.claim_values(outcome.policy_domain, report_id)):
+                if claim(session, self.claim_values(outcome.policy_domain, report_id)):
+                    taken.append(outcome)
+                else:
                     elsewhere.append(outcome.policy_domain)
-                    continue
-                if outcome.mail is not None:
-                    enqueue_report(
-                        session,
-                        self.config,
-                        message=outcome.message,
-                        sender=self.sender.address,
-                        recipients=outcome.addresses,
-                        kind="dmarc",
-                        due=outcome.due,
-                        max_attempts=REPORT_ATTEMPTS,
-                    )
-                taken.append(outcome)
+            reports = [self.queued(outcome) for outcome in taken if outcome.mail is not None]
+            enqueue_many(session, self.config, reports)
         for domain in elsewhere:
             log.info("dmarc report already sent by another worker policy_domain=%s", domain)
         self.summary.claimed_elsewhere += elsewhere
         self.excluded.update(elsewhere)
         for outcome in taken:
             self.log_outcome(outcome)
+
+    def queued(self, outcome: Outcome) -> Queued:
+        """The report as the queue takes it (R2.6: marked as a DMARC report, at most 5 attempts)."""
+        return Queued(
+            outcome.message,
+            self.sender.address,
+            outcome.addresses,
+            next_attempt=outcome.due,
+            max_attempts=REPORT_ATTEMPTS,
+            is_dmarc_report=True,
+        )
 
     def claim_values(self, domain: str, report_id: str | None) -> dict[str, object]:
         return {

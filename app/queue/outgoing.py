@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -53,6 +54,20 @@ def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
 # Enqueueing (for jobs that create mail, e.g. reports; the submission listener queues through its store).
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One message for `enqueue_many`, with the options `enqueue` takes."""
+
+    content: bytes
+    sender: str
+    recipients: Sequence[str]
+    account_id: int | None = None
+    next_attempt: datetime | None = None
+    max_attempts: int | None = None
+    is_dmarc_report: bool = False
+    is_tls_report: bool = False
+
+
 def enqueue(
     session: Session,
     config: Config,
@@ -71,26 +86,42 @@ def enqueue(
     The rows become visible with the caller's commit, so a job can mark its work done and queue the
     mail atomically. A rollback or crash before that commit leaves only an unreferenced file.
     """
-    relative = outgoing_path(new_file_id())
-    _write_durably(config.data_dir / relative, content)
+    message = Queued(
+        content, sender, recipients, account_id, next_attempt, max_attempts, is_dmarc_report, is_tls_report
+    )
+    return enqueue_many(session, config, [message])[0]
+
+
+def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -> list[list[int]]:
+    """`enqueue` for several messages at once; the row ids per message.
+
+    The files are written and fsync'd concurrently and their directory once, before any row is
+    added: a job queueing thousands of reports waits for one round of fsyncs per batch, not two
+    fsyncs one after the other per message.
+    """
+    paths = [outgoing_path(new_file_id()) for _ in messages]
+    _write_durably([(config.data_dir / path, m.content) for path, m in zip(paths, messages, strict=True)])
     rows = [
-        OutgoingMessage(
-            account_id=account_id,
-            sender=sender,
-            recipient=recipient,
-            recipient_domain=recipient.rpartition("@")[2].lower(),
-            path=relative,
-            size=len(content),
-            next_attempt=next_attempt or utcnow(),
-            max_attempts=max_attempts or config.delivery.max_attempts,
-            is_dmarc_report=is_dmarc_report,
-            is_tls_report=is_tls_report,
-        )
-        for recipient in recipients
+        [
+            OutgoingMessage(
+                account_id=m.account_id,
+                sender=m.sender,
+                recipient=recipient,
+                recipient_domain=recipient.rpartition("@")[2].lower(),
+                path=path,
+                size=len(m.content),
+                next_attempt=m.next_attempt or utcnow(),
+                max_attempts=m.max_attempts or config.delivery.max_attempts,
+                is_dmarc_report=m.is_dmarc_report,
+                is_tls_report=m.is_tls_report,
+            )
+            for recipient in m.recipients
+        ]
+        for path, m in zip(paths, messages, strict=True)
     ]
-    session.add_all(rows)
+    session.add_all([row for message_rows in rows for row in message_rows])
     session.flush()
-    return [row.id for row in rows]
+    return [[row.id for row in message_rows] for message_rows in rows]
 
 
 def enqueue_report(
@@ -118,18 +149,30 @@ def enqueue_report(
     )
 
 
-def _write_durably(path: Path, content: bytes) -> None:
-    """Write and fsync the file and its directory entry, so a committed row never points at nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_durably(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write and fsync the files (several at once), then their directory entries, so a committed row
+    never points at nothing."""
+    directories = {path.parent for path, _ in files}
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+    if len(files) == 1:
+        _write_file(*files[0])
+    elif files:
+        with ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="queue-file-writer") as writers:
+            list(writers.map(lambda file: _write_file(*file), files))
+    for directory in directories:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _write_file(path: Path, content: bytes) -> None:
     with open(path, "xb") as f:
         f.write(content)
         f.flush()
         os.fsync(f.fileno())
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # Claiming and leases.
