@@ -344,9 +344,9 @@ class _Run:
         taken: list[Outcome] = []
         elsewhere: list[str] = []
         with self.sessions.begin() as session:
+            claimed = claim(session, [self.claim_values(o) for o in outcomes]) if outcomes else set()
             for outcome in outcomes:
-                report_id = outcome.mail.report_id if outcome.mail else None
-                if claim(session, self.claim_values(outcome.policy_domain, report_id)):
+                if outcome.policy_domain in claimed:
                     taken.append(outcome)
                 else:
                     elsewhere.append(outcome.policy_domain)
@@ -370,13 +370,15 @@ class _Run:
             is_dmarc_report=True,
         )
 
-    def claim_values(self, domain: str, report_id: str | None) -> dict[str, object]:
+    def claim_values(self, outcome: Outcome) -> dict[str, object]:
         return {
-            "policy_domain": domain,
+            "policy_domain": outcome.policy_domain,
             "run_hour": self.run_hour,
             "run_cid": self.summary.cid,
             "max_id": self.max_id,
-            "report_id": report_id,
+            "report_id": outcome.mail.report_id if outcome.mail else None,
+            "claimed": utcnow(),
+            "evaluations_deleted": False,
         }
 
     def log_outcome(self, outcome: Outcome) -> None:
@@ -409,19 +411,20 @@ def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]
         yield chunk
 
 
-def claim(session: Session, values: dict[str, object]) -> bool:
-    """Insert the claim; False if another worker holds the key (the transaction goes on).
+def claim(session: Session, claims: list[dict[str, object]]) -> set[str]:
+    """Insert the claims in one statement; the policy domains claimed, without those another worker
+    holds (the transaction goes on).
 
     On PostgreSQL an insert racing ours for the same key waits for our commit and then does nothing;
     on SQLite the first insert takes the database's write lock, which serializes the two runs.
     """
     statement = (
         upsert_insert(session, C.__table__)
-        .values(values)
+        .values(claims)
         .on_conflict_do_nothing(index_elements=["policy_domain", "run_hour"])
-        .returning(C.__table__.c.id)
+        .returning(C.__table__.c.policy_domain)
     )
-    return session.execute(statement).first() is not None
+    return set(session.scalars(statement))
 
 
 def finish_deletions(sessions: sessionmaker[Session]) -> int:
