@@ -240,9 +240,7 @@ class _Run:
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
         with self.sessions.begin() as session:
-            # An interval ends at most 24 h after its evaluations: the index narrows the search.
-            old = [E.interval_end < self.cutoff + timedelta(hours=24), E.evaluated < self.cutoff]
-            self.summary.purged = session.execute(delete(E).where(*old)).rowcount or 0
+            self.summary.purged = session.execute(delete(E).where(E.evaluated < self.cutoff)).rowcount or 0
             session.execute(delete(C).where(C.run_hour < self.cutoff, C.evaluations_deleted.is_(True)))
         if self.summary.purged:
             log.info("dmarc evaluations older than 48 hours dropped count=%d", self.summary.purged)

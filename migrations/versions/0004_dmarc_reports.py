@@ -53,9 +53,6 @@ def upgrade() -> None:
     sa.Column('spf_results', sa.Text(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dmarc_evaluations'))
     )
-    with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
-        batch_op.create_index('ix_dmarc_evaluations_interval_end', ['interval_end'], unique=False)
-
     op.create_table('dmarc_report_claims',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('policy_domain', sa.String(length=255), nullable=False),
@@ -93,8 +90,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_dmarc_report_claims_run_cid'))
 
     op.drop_table('dmarc_report_claims')
-    with op.batch_alter_table('dmarc_evaluations', schema=None) as batch_op:
-        batch_op.drop_index('ix_dmarc_evaluations_interval_end')
-
     op.drop_table('dmarc_evaluations')
     # ### end Alembic commands ###
