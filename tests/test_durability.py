@@ -40,12 +40,16 @@ LISTENING = re.compile(r"smtp inbound listening on 127\.0\.0\.1:(\d+)")
 
 
 @contextmanager
-def smtp_process(config_file: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`postwarden smtp` as a subprocess; yields it and its inbound port once it is ready."""
+def smtp_process(
+    config_file: Path, log: Path, workers: int = 2
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`postwarden smtp` (two worker processes, whatever the CPU count) as a subprocess; yields it and
+    its inbound port once it is ready."""
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
+    command = [POSTWARDEN, "smtp", "--workers", str(workers)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [POSTWARDEN, "smtp"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         text = wait_for_text(log, "smtp ready", process=process)

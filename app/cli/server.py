@@ -128,7 +128,7 @@ def exit_if_database_unusable(url: str) -> Iterator[None]:
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes serving the listeners (default: one per CPU).",
+    help="Worker processes serving the listeners (default: half the CPUs, at least one).",
 )
 @click.pass_context
 def smtp(ctx: click.Context, workers: int | None) -> None:

@@ -41,7 +41,9 @@ STOP_TIMEOUT = 30.0
 
 
 def default_worker_count() -> int:
-    return os.cpu_count() or 1
+    """Half the CPUs: the machine also runs the evaluation publisher, Celery workers and the database,
+    and on two cores a second SMTP worker costs more CPU per message than it gains (measured)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 class Supervisor:

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,15 +77,62 @@ asyncio.run(main())
 """
 
 
+@dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    server_cpu: float  # CPU seconds the server's processes used meanwhile
+
+    @property
+    def rate(self) -> float:
+        return MESSAGES / self.seconds
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return self.server_cpu / MESSAGES * 1000
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process and all its descendants, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid = int(entry.name)
+        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(server: Server, client: Callable[[int], object]) -> Run:
+    cpu, started = tree_cpu_seconds(server.pid), time.perf_counter()
+    client(server.port)
+    return Run(time.perf_counter() - started, tree_cpu_seconds(server.pid) - cpu)
+
+
 @contextmanager
-def bare_sink() -> Iterator[tuple[int, list[int]]]:
-    """The sink process; yields its port and a list that holds its message count after it stops."""
+def bare_sink() -> Iterator[tuple[Server, list[int]]]:
+    """The sink process; yields it and a list that holds its message count after it stops."""
     process = subprocess.Popen([sys.executable, "-c", BARE_SINK], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     port = int(process.stdout.readline().split()[1])
     count: list[int] = []
     try:
-        yield port, count
+        yield Server(port, process.pid), count
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
@@ -92,7 +140,7 @@ def bare_sink() -> Iterator[tuple[int, list[int]]]:
 
 
 @contextmanager
-def postwarden_smtp(config_file: Path, log: Path) -> Iterator[int]:
+def postwarden_smtp(config_file: Path, log: Path) -> Iterator[Server]:
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
     with log.open("wb") as out:
         process = subprocess.Popen([POSTWARDEN, "smtp"], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -102,21 +150,18 @@ def postwarden_smtp(config_file: Path, log: Path) -> Iterator[int]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"postwarden smtp did not start:\n{log.read_text()}")
             time.sleep(0.05)
-        yield int(LISTENING.findall(log.read_text())[0])
+        yield Server(int(LISTENING.findall(log.read_text())[0]), process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
 
-def run_smtp_source(port: int) -> float:
+def run_smtp_source(port: int) -> None:
     command = [SMTP_SOURCE, "-s", str(SESSIONS), "-m", str(MESSAGES), "-l", str(SIZE)]
     command += ["-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
-    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    elapsed = time.perf_counter() - started
     if done.returncode != 0 or done.stderr:
         raise SystemExit(f"smtp-source failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed
 
 
 async def _send_session(port: int, messages: list[bytes]) -> None:
@@ -130,13 +175,11 @@ async def _send_session(port: int, messages: list[bytes]) -> None:
     await client.quit()
 
 
-def run_python_client(port: int, messages: list[bytes]) -> float:
+def run_python_client(port: int, messages: list[bytes]) -> None:
     async def run() -> None:
         await asyncio.gather(*(_send_session(port, messages[i::SESSIONS]) for i in range(SESSIONS)))
 
-    started = time.perf_counter()
     asyncio.run(run())
-    return time.perf_counter() - started
 
 
 def signed_messages(key_file: Path) -> list[bytes]:
@@ -169,8 +212,17 @@ def stored_count(database_url: str) -> int:
         return session.scalar(select(func.count()).select_from(Message)) or 0
 
 
-def rate(elapsed: float) -> float:
-    return MESSAGES / elapsed
+def report(name: str, ours: Run, bare: Run) -> float:
+    """Print one comparison; the throughput ratio."""
+    ratio = ours.rate / bare.rate
+    print(
+        f"{name}: inbound {ours.rate:.0f} msg/s ({ours.cpu_ms_per_message:.2f} ms CPU/msg), "
+        f"bare aiosmtpd {bare.rate:.0f} msg/s ({bare.cpu_ms_per_message:.2f} ms CPU/msg); "
+        f"throughput ratio {ratio:.2f}, CPU ratio {bare.server_cpu / ours.server_cpu:.2f} "
+        f"(target {TARGET_RATIO})",
+        flush=True,
+    )
+    return ratio
 
 
 def main() -> None:
@@ -185,11 +237,9 @@ def main() -> None:
         messages = signed_messages(key_file)
         print(f"signed {DISTINCT_SIGNED} messages in {time.perf_counter() - started:.1f} s", flush=True)
 
-        with bare_sink() as (port, bare_count):
-            bare_source = run_smtp_source(port)
-            print(f"bare aiosmtpd, smtp-source: {rate(bare_source):.0f} msg/s", flush=True)
-            bare_python = run_python_client(port, messages)
-            print(f"bare aiosmtpd, python client: {rate(bare_python):.0f} msg/s", flush=True)
+        with bare_sink() as (server, bare_count):
+            bare_source = measure(server, run_smtp_source)
+            bare_python = measure(server, lambda port: run_python_client(port, messages))
         if bare_count != [2 * MESSAGES]:
             raise SystemExit(f"the bare sink counted {bare_count}, expected {2 * MESSAGES}")
 
@@ -197,26 +247,18 @@ def main() -> None:
         config_file = write_config(work / "config", listener, dns_port=dns.port)
         database_url = load_config(config_file).resolved_database_url
         upgrade_database(database_url)
-        with postwarden_smtp(config_file, work / "smtp.log") as port:
-            ours_source = run_smtp_source(port)
-            print(f"inbound, smtp-source: {rate(ours_source):.0f} msg/s", flush=True)
+        with postwarden_smtp(config_file, work / "smtp.log") as server:
+            ours_source = measure(server, run_smtp_source)
             after_source = stored_count(database_url)
-            ours_python = run_python_client(port, messages)
-            print(f"inbound, python client: {rate(ours_python):.0f} msg/s", flush=True)
+            ours_python = measure(server, lambda port: run_python_client(port, messages))
             after_python = stored_count(database_url)
         if (after_source, after_python) != (MESSAGES, 2 * MESSAGES):
             raise SystemExit(f"stored {after_source} then {after_python} messages; expected every one")
 
-        python_ratio = rate(ours_python) / rate(bare_python)
-        source_ratio = rate(ours_source) / rate(bare_source)
-        print(
-            f"python client (DKIM-signed): inbound {rate(ours_python):.0f} msg/s, "
-            f"bare aiosmtpd {rate(bare_python):.0f} msg/s, ratio {python_ratio:.2f} (target {TARGET_RATIO})"
-        )
-        print(
-            f"inbound: {rate(ours_source):.0f} msg/s, bare aiosmtpd {rate(bare_source):.0f} msg/s, "
-            f"ratio {source_ratio:.2f}"
-        )
+        report("python client, DKIM-signed", ours_python, bare_python)
+        ratio = report("smtp-source", ours_source, bare_source)
+        ours, bare = ours_source.rate, bare_source.rate
+        print(f"inbound: {ours:.0f} msg/s, bare aiosmtpd {bare:.0f} msg/s, ratio {ratio:.2f}")
     finally:
         dns.stop()
         shutil.rmtree(work, ignore_errors=True)
