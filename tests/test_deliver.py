@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import os
+import smtplib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import trustme
 from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
-from app.accounts import ensure_account
+from app.accounts import ensure_account, set_password
 from app.cli import main
 from app.config import Config, ConfigError, load_config
 from app.db import session_scope
@@ -43,6 +44,7 @@ from tasks.celery_app import settings
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.httpsserver import HTTPSTestServer
+from tests.smtpfixtures import ThreadedSMTP, client_tls_context, smtp_config_toml
 from tests.smtppeers import AlertingPeer, Peer, PeerHandler, expired_cert, self_signed, smtp_peer, spki_sha256
 
 DOMAIN = "example.net"
@@ -767,3 +769,35 @@ def test_a_lease_shorter_than_a_timeout_is_refused(tmp_path: Path) -> None:
     path = write_config(tmp_path, "\n[delivery]\nlease_seconds = 60\ncommand_timeout = 120\n")
     with pytest.raises(ConfigError, match="lease_seconds \\(60\\) must be longer than"):
         load_config(path)
+
+
+async def test_mail_submitted_on_the_submission_listener_reaches_the_mx_under_mtasts_enforce(
+    world: World, tls_ca: trustme.CA, tls_files: tuple[Path, Path]
+) -> None:
+    """End to end: AUTH over STARTTLS on our submission listener, queue row, delivery to the MX."""
+    with smtp_peer(world.ca.issue_cert(MX)) as peer:
+        world.configure(peer.port)
+        toml = (world.tmp / "config" / "postwarden.toml").read_text() + smtp_config_toml(tls_files)
+        (world.tmp / "config" / "postwarden.toml").write_text(toml)
+        config = load_config(world.tmp / "config" / "postwarden.toml")
+        with session_scope(world.url) as session:
+            set_password(session, "admin", "correct horse battery")
+        world.mx(MX)
+        world.mtasts("enforce")
+        server = ThreadedSMTP(config).start()
+        try:
+            with smtplib.SMTP("127.0.0.1", server.submission_port, timeout=10) as client:
+                client.starttls(context=client_tls_context(tls_ca))
+                client.login("admin", "correct horse battery")
+                client.sendmail(SENDER, [RCPT], CONTENT)
+        finally:
+            server.stop()
+        (row,) = world.rows()
+        assert (row.sender, row.recipient, row.account_id is not None) == (SENDER, RCPT, True)
+        report = await world.run(row.id)
+    assert report.delivered == [row.id]
+    (received,) = peer.received
+    assert received.tls and received.rcpt_tos == [RCPT]
+    assert received.content.endswith(CONTENT)  # our Received trace field, then the message as submitted
+    assert received.content.startswith(b"Received: ")
+    assert counts(world.results()[DOMAIN, False]) == ("sts", 1, 0)
