@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from app.db import session_scope
-from app.dmarcreports.evaluations import store_evaluation
+from app.dmarcreports.evaluations import store_evaluations
 from app.queue.outgoing import count_due, due_wakeups
 from tasks.celery_app import app, settings
 from tasks.delivery import deliver_task
@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name="tasks.mail.record_dmarc_evaluation")
-def record_dmarc_evaluation(evaluation: dict[str, Any]) -> bool:
-    """Store a DMARC evaluation for aggregate reporting (SPEC R2.1/R2.2); whether it was stored."""
-    return store_evaluation(settings(), evaluation)
+def record_dmarc_evaluation(*evaluations: dict[str, Any]) -> int:
+    """Store DMARC evaluations for aggregate reporting (SPEC R2.1/R2.2); how many were stored.
+
+    The SMTP process sends what it has gathered as one task (one broker message, one transaction)."""
+    return store_evaluations(settings(), evaluations)
 
 
 @app.task(name="tasks.mail.sweep_queue")

@@ -22,7 +22,13 @@ from app.accounts import set_password
 from app.cli import main
 from app.config import Config, load_config
 from app.db import session_scope
-from app.dmarcreports.evaluations import EvaluationError, evaluation_row, record_evaluation, store_evaluation
+from app.dmarcreports.evaluations import (
+    EvaluationError,
+    evaluation_row,
+    record_evaluation,
+    store_evaluation,
+    store_evaluations,
+)
 from app.dmarcreports.interval import interval_at, interval_hours, whole_hour
 from app.models import DMARCEvaluation
 from tests.dnsserver import DNSTestServer
@@ -263,6 +269,16 @@ def test_a_missing_field_is_named_and_the_task_logs_instead_of_failing(
         in caplog.text
     )
     assert stored(load_config(config_file)) == []
+
+
+def test_a_batch_is_stored_in_one_go_and_a_malformed_member_is_skipped(config_file: Path) -> None:
+    """The SMTP process sends what it gathered as one task; one bad evaluation must not cost the rest."""
+    config = load_config(config_file)
+    broken = evaluation()
+    del broken["header_from"]
+    batch = [evaluation(source_ip="192.0.2.1"), broken, evaluation(source_ip="192.0.2.2"), evaluation(rua=[])]
+    assert store_evaluations(config, batch) == 2
+    assert sorted(row.source_ip for row in stored(config)) == ["192.0.2.1", "192.0.2.2"]
 
 
 def test_without_rua_nothing_is_stored(config_file: Path) -> None:

@@ -198,7 +198,7 @@ def published_evaluations(queue_dir: Path) -> list[dict[str, object]]:
         envelope = json.loads(path.read_text())
         if envelope["headers"]["task"] == "tasks.mail.record_dmarc_evaluation":
             args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-            found.append(args[0])
+            found.extend(args)  # one task carries every evaluation gathered at the time
     return found
 
 

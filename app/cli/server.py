@@ -25,11 +25,12 @@ log = logging.getLogger("app.cli.server")
 
 
 class EvaluationPublisher:
-    """Hands DMARC evaluations to a child process that sends them as `tasks.mail.record_dmarc_evaluation`
-    Celery tasks. Building and publishing a task costs the better part of a millisecond of CPU; in a
-    thread it would hold the GIL against the event loop, in a process it runs on another core. The event
+    """Hands DMARC evaluations to a child process that sends what has gathered as one
+    `tasks.mail.record_dmarc_evaluation` Celery task. Building and publishing a task costs the better
+    part of a millisecond of CPU; in a thread it would hold the GIL against the event loop, in a
+    process it runs on another core. The event
     loop only appends to a queue (a feeder thread pickles and writes). A broker failure is logged in the
-    child and that evaluation dropped: reports are best effort, the message itself is stored."""
+    child and those evaluations dropped: reports are best effort, the message itself is stored."""
 
     def __init__(self, config_file: str, log_level: str, log_format: str) -> None:
         self._context = multiprocessing.get_context("spawn")
@@ -70,7 +71,7 @@ class EvaluationPublisher:
 def publish_evaluations(
     queue: Queue[dict[str, Any] | None], config_file: str, log_level: str, log_format: str
 ) -> None:
-    """The publisher child: send each queued evaluation until the None sentinel (or the parent is gone)."""
+    """The publisher child: send queued evaluations until the None sentinel (or the parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     setup_logging(log_level, log_format)
     # The Celery app reads its settings from the config named here, the same file as the parent's.
@@ -81,18 +82,21 @@ def publish_evaluations(
         batch = _next_batch(queue)
         if not batch:
             return  # the sentinel, or the parent died
-        # One producer (broker connection) for all that is waiting, and an explicit argsrepr, which
-        # spares Celery a safe repr of every dict: together a third of the cost per task.
-        with record_dmarc_evaluation.app.producer_or_acquire() as producer:
-            for evaluation in batch:
-                if evaluation is None:
-                    return
-                try:
-                    record_dmarc_evaluation.apply_async(
-                        args=(evaluation,), argsrepr="(evaluation,)", retry=False, producer=producer
-                    )
-                except Exception as e:
-                    log.error("dmarc evaluation for %s not queued: %s", evaluation.get("policy_domain"), e)
+        evaluations = [item for item in batch if item is not None]
+        if evaluations:
+            _publish(record_dmarc_evaluation, evaluations)
+        if len(evaluations) < len(batch):
+            return  # the sentinel came with this batch
+
+
+def _publish(task: Any, evaluations: list[dict[str, Any]]) -> None:
+    """One task message for all that is waiting, with an explicit argsrepr (it spares Celery a safe
+    repr of every dict): per evaluation, a small fraction of what a task message of its own costs."""
+    try:
+        task.apply_async(args=tuple(evaluations), argsrepr=f"({len(evaluations)} evaluations)", retry=False)
+    except Exception as error:
+        domains = ", ".join(sorted({str(item.get("policy_domain")) for item in evaluations}))
+        log.error("%d dmarc evaluation(s) not queued (%s): %s", len(evaluations), domains, error)
 
 
 def _next_batch(queue: Queue[dict[str, Any] | None], most: int = 200) -> list[dict[str, Any] | None]:

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,22 +48,31 @@ class PendingDomain:
 
 
 def store_evaluation(config: Config, evaluation: dict[str, Any]) -> bool:
-    """The task's work: store the evaluation if R2.1 says so, logging either way; whether it was stored."""
-    try:
-        with session_scope(config.resolved_database_url) as session:
-            row = record_evaluation(session, config, evaluation)
-    except EvaluationError as e:
-        log.warning("dmarc evaluation not stored: %s", e)
-        return False
-    if row is not None:
-        log.info(
-            "dmarc evaluation stored policy_domain=%s disposition=%s optional=%s interval_end=%s",
-            row.policy_domain,
-            row.disposition,
-            row.optional,
-            f"{row.interval_end:%Y-%m-%d %H:%M}",
-        )
-    return row is not None
+    """Store one evaluation if R2.1 says so; whether it was stored."""
+    return store_evaluations(config, [evaluation]) == 1
+
+
+def store_evaluations(config: Config, evaluations: Iterable[dict[str, Any]]) -> int:
+    """The task's work: store each evaluation that R2.1 says is stored, in one transaction, logging
+    each either way; how many were stored. A malformed one is logged and skipped, not fatal to the rest."""
+    stored = 0
+    with session_scope(config.resolved_database_url) as session:
+        for evaluation in evaluations:
+            try:
+                row = record_evaluation(session, config, evaluation)
+            except EvaluationError as e:
+                log.warning("dmarc evaluation not stored: %s", e)
+                continue
+            if row is not None:
+                stored += 1
+                log.info(
+                    "dmarc evaluation stored policy_domain=%s disposition=%s optional=%s interval_end=%s",
+                    row.policy_domain,
+                    row.disposition,
+                    row.optional,
+                    f"{row.interval_end:%Y-%m-%d %H:%M}",
+                )
+    return stored
 
 
 def record_evaluation(session: Session, config: Config, evaluation: dict[str, Any]) -> DMARCEvaluation | None:
