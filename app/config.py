@@ -170,7 +170,7 @@ class Delivery(Strict):
     # How long a worker holds a claimed queue row; renewed before every step that may wait.
     lease_seconds: Annotated[float, Field(gt=0)] = 900.0
     # Most queue rows one delivery run takes for one destination (one connection).
-    batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 500
     routes: list[Route] = []
 
     @model_validator(mode="after")

@@ -42,6 +42,8 @@ class PeerHandler:
     starttls: bool = True
     eightbitmime: bool = True
     pipelining: bool = False  # aiosmtpd handles pipelined commands; it just does not announce it
+    # Hang up after this many messages in one session, as servers with such a limit do.
+    messages_per_session: int | None = None
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     received: list[Received] = field(default_factory=list)
@@ -76,6 +78,9 @@ class PeerHandler:
                 envelope.mail_from, list(envelope.rcpt_tos), content, session.ssl is not None, id(session)
             )
         )
+        in_session = sum(r.session == id(session) for r in self.received)
+        if self.messages_per_session and in_session >= self.messages_per_session:
+            asyncio.get_running_loop().call_soon(server.transport.close)  # after the 250 is written
         return "250 2.0.0 OK queued"
 
 

@@ -446,6 +446,17 @@ async def test_messages_to_one_domain_share_one_connection(world: World) -> None
     world.wait_until_no_queue_files()
 
 
+async def test_a_server_that_ends_the_session_after_some_messages_gets_a_new_connection(world: World) -> None:
+    with smtp_peer(None, handler=PeerHandler(messages_per_session=2)) as peer:
+        world.configure(peer.port)
+        world.mx(MX)
+        ids = [world.queue(recipients=(f"r{i}@example.net",))[0] for i in range(5)]
+        report = await world.run(ids[0])
+    assert sorted(report.delivered) == ids
+    assert len(peer.received) == 5 and len({r.session for r in peer.received}) == 3
+    assert counts(world.results()[DOMAIN, False]) == ("no-policy-found", 0, 3)  # 3 sessions, no STARTTLS
+
+
 async def test_a_row_held_by_another_worker_is_left_alone(world: World) -> None:
     world.configure(25)
     (queue_id,) = world.queue()

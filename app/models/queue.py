@@ -12,6 +12,9 @@ from app.models.base import Base, UTCDateTime, utcnow
 
 class OutgoingMessage(Base):
     __tablename__ = "outgoing"
+    # A delivery run claims a domain's due rows oldest first: found in index order, not by a sort
+    # of all the domain's rows.
+    __table_args__ = (Index("ix_outgoing_domain_due", "recipient_domain", "next_attempt", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))

@@ -53,7 +53,7 @@ from app.queue.smtpclient import (
     TLSFailure,
     open_session,
 )
-from app.queue.tlspolicy import PolicyFailure, ReportPolicy, TLSDecision, decide_tls
+from app.queue.tlspolicy import PolicyFailure, ReportPolicy, TLSDecision, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import suppress_after_failure
 from app.store import MailboxCopy, MessageStore, StoreError
@@ -249,36 +249,44 @@ class _Run:
             )
         error: DeliveryError | None = None
         for ip in addresses:
-            self._keep_lease()
-            try:
-                session = open_session(Target(hop.host, ip, hop.port), settings, self.options)
-            except DeliveryError as e:
-                if decision is not None and record:
-                    self._record_tls(
-                        destination.domain,
-                        decision,
-                        e.session_info,
-                        connected=e.tls_failure is not None,
-                        host=hop.host,
-                        failure=e.tls_failure,
-                    )
-                error = e
-                continue
-            if decision is not None and record:
-                self._record_tls(
-                    destination.domain,
-                    decision,
-                    session.info,
-                    connected=True,
-                    host=hop.host,
-                    failure=session.info.tls_failure,
-                )
-            pending, error = await self._send_all(session, pending, hop.host)
+            target = Target(hop.host, ip, hop.port)
+            while pending:
+                session = self._open(destination.domain, decision if record else None, target, settings)
+                if isinstance(session, DeliveryError):
+                    error = session
+                    break
+                before = len(pending)
+                pending, error = await self._send_all(session, pending, hop.host)
+                if len(pending) == before:
+                    break  # nothing went over this connection: the next address
+                # Some went, then the server ended the session (e.g. a limit of messages per
+                # connection): a new connection to the same address takes the rest.
             if not pending:
                 return []
         # Every address failed to connect, or broke the connection, with messages still pending.
         assert error is not None
         raise error
+
+    def _open(
+        self, domain: str, decision: TLSDecision | None, target: Target, settings: TLSSettings
+    ) -> Session | DeliveryError:
+        """A session with the target, its TLS result recorded when `decision` says how."""
+        self._keep_lease()
+        try:
+            session = open_session(target, settings, self.options)
+        except DeliveryError as e:
+            if decision is not None:
+                failure, connected = e.tls_failure, e.tls_failure is not None
+                self._record_tls(
+                    domain, decision, e.session_info, connected=connected, host=target.host, failure=failure
+                )
+            return e
+        if decision is not None:
+            info = session.info
+            self._record_tls(
+                domain, decision, info, connected=True, host=target.host, failure=info.tls_failure
+            )
+        return session
 
     async def _send_all(
         self, session: Session, pending: list[Message], remote: str

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importa
 from sqlalchemy import func, select, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from app.config import Config, load_config  # noqa: E402
+from app.config import Config, Delivery, load_config  # noqa: E402
 from app.db import engine_for, session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import TLSResult  # noqa: E402
@@ -45,7 +45,7 @@ from tests.dnsserver import DNSTestServer  # noqa: E402
 
 MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5_000
 POSTGRES = "--postgres" in sys.argv
-BATCH_SIZE = 100
+BATCH_SIZE = Delivery().batch_size  # the default
 ROUNDS = 3
 WORKER_PROCESSES = 2
 SINK = "/usr/sbin/smtp-sink"
