@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from app.config import Config, load_config
@@ -162,20 +163,33 @@ def test_smtp_exits_with_a_clear_message_when_a_port_cannot_be_bound(
     assert "Traceback" not in done.stderr
 
 
-def test_workers_die_with_a_killed_supervisor(tmp_path: Path, dns: DNSTestServer) -> None:
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_and_publisher_die_with_a_killed_supervisor(tmp_path: Path, dns: DNSTestServer) -> None:
     config_file = write_smtp_config(tmp_path / "cfg", dns, None)
     with smtp_process(config_file, tmp_path / "smtp.log") as (process, port):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        children = children_of(process.pid)
+        assert len(children) >= 2, "expected smtp worker(s) and the evaluation publisher"
         process.send_signal(signal.SIGKILL)  # the supervisor alone
         process.wait(timeout=20)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except ConnectionRefusedError:
-                return  # no worker is left listening
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
             time.sleep(0.05)
-        raise AssertionError("smtp workers still accept connections after their supervisor was killed")
+        assert [pid for pid in children if alive(pid)] == [], "children outlived their supervisor"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 def test_a_dead_worker_is_replaced(tmp_path: Path, dns: DNSTestServer) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.cli.common import load, main
 from app.config import Config, config_path
 from app.logs import setup_logging
+from app.process import die_with_parent
 
 log = logging.getLogger("app.cli.server")
 
@@ -35,7 +36,7 @@ class EvaluationPublisher:
     def __init__(self, config_file: str, log_level: str, log_format: str) -> None:
         self._context = multiprocessing.get_context("spawn")
         self._queue: Queue[dict[str, Any] | None] = self._context.Queue()
-        self._args = (self._queue, config_file, log_level, log_format)
+        self._args = (self._queue, os.getpid(), config_file, log_level, log_format)
         self._process = self._start()
 
     def _start(self) -> SpawnProcess:
@@ -69,9 +70,12 @@ class EvaluationPublisher:
 
 
 def publish_evaluations(
-    queue: Queue[dict[str, Any] | None], config_file: str, log_level: str, log_format: str
+    queue: Queue[dict[str, Any] | None], parent: int, config_file: str, log_level: str, log_format: str
 ) -> None:
     """The publisher child: send queued evaluations until the None sentinel (or the parent is gone)."""
+    # The child holds both ends of the queue's pipe, so a SIGKILLed parent would leave it waiting
+    # forever: let the kernel end it with the parent.
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     setup_logging(log_level, log_format)
     # The Celery app reads its settings from the config named here, the same file as the parent's.

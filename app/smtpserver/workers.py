@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from collections.abc import Callable
 
 from app.config import Config
 from app.db import engine_for
+from app.process import die_with_parent
 from app.smtpserver.evaluation import RecordEvaluation
 from app.smtpserver.server import (
     BoundListener,
@@ -34,7 +34,6 @@ from app.store import MessageStore
 
 log = logging.getLogger("app.smtpserver")
 
-PR_SET_PDEATHSIG = 1
 SUPERVISE_INTERVAL = 0.2
 RESTART_INTERVAL = 1.0
 STOP_TIMEOUT = 30.0
@@ -135,7 +134,7 @@ class Supervisor:
             return
         code = 1
         try:
-            _die_with_parent(parent)
+            die_with_parent(parent)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
             service = SMTPService(self.config, record_evaluation=self.record_evaluation)
@@ -148,15 +147,6 @@ class Supervisor:
         finally:
             logging.shutdown()
             os._exit(code)  # never return into the supervisor's code
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers then outlive a killed supervisor
-        log.warning("cannot tie smtp workers to the supervisor's life on this system")
-    if os.getppid() != parent:  # it died before the prctl took effect
-        os._exit(1)
 
 
 def _reaped(pid: int) -> bool:
