@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import smtplib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
 from app.accounts import hash_password, password_matches, set_password, verify_password
+from app.auth.dkim import verify_all
+from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem
+from app.auth.message import header_fields
 from app.config import load_config
 from app.db import session_scope
+from app.dns import Resolver
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import (
     LineClient,
@@ -165,3 +171,75 @@ def test_set_password_command(tmp_path: Path, dns: DNSTestServer) -> None:
     assert missing.returncode != 0 and "no account 'carol'" in missing.stderr
     short = run("account", "set-password", "bob", "--password-stdin", stdin="short\n")
     assert short.returncode != 0 and "at least 8 characters" in short.stderr
+
+
+@pytest.fixture
+def signing_submission(
+    tmp_path: Path, dns: DNSTestServer, tls_files: tuple[Path, Path]
+) -> Iterator[ThreadedSMTP]:
+    """Submission with ed25519 and rsa DKIM selectors for example.org, their keys published in DNS."""
+    path = write_smtp_config(tmp_path / "config", dns, tls_files)
+    for selector, algorithm in (("ed", "ed25519"), ("rs", "rsa")):
+        pem = generate_private_key_pem(algorithm)
+        key_file = tmp_path / f"{selector}.pem"
+        key_file.write_bytes(pem)
+        with path.open("a") as config:
+            config.write(
+                f'\n[[domains."example.org".dkim]]\nselector = "{selector}"\nalgorithm = "{algorithm}"\n'
+                f'private_key_file = "{key_file}"\n'
+            )
+        dns.txt(f"{selector}._domainkey.example.org", dns_txt_value(pem, algorithm))
+    server = ThreadedSMTP(load_config(path)).start()
+    with session_scope(server.database_url) as session:
+        set_password(session, "bob", PASSWORD)
+    yield server
+    server.stop()
+
+
+def submit(server: ThreadedSMTP, ca: trustme.CA, message: bytes) -> None:
+    with tls_client(server, ca) as client:
+        client.login("bob", PASSWORD)
+        assert client.sendmail("bob@example.org", ["friend@elsewhere.example"], message) == {}
+
+
+async def test_submitted_mail_is_signed_with_every_selector_of_the_from_domain(
+    signing_submission: ThreadedSMTP, tls_ca: trustme.CA, resolver: Resolver
+) -> None:
+    await asyncio.to_thread(
+        submit, signing_submission, tls_ca, make_message("bob@example.org", "f@x.example")
+    )
+    (row,) = outgoing_rows(signing_submission)
+    queued = (signing_submission.config.data_dir / row.path).read_bytes()
+    results = await verify_all(resolver, queued)
+    assert sorted((r.status, r.domain, r.selector) for r in results) == [
+        ("pass", "example.org", "ed"),
+        ("pass", "example.org", "rs"),
+    ]
+
+
+def test_missing_date_and_message_id_are_added(signing_submission: ThreadedSMTP, tls_ca: trustme.CA) -> None:
+    bare = b"From: <bob@example.org>\r\nTo: <f@x.example>\r\nSubject: bare\r\n\r\nHello.\r\n"
+    submit(signing_submission, tls_ca, bare)
+    (row,) = outgoing_rows(signing_submission)
+    names = [
+        name.lower()
+        for name, _ in header_fields((signing_submission.config.data_dir / row.path).read_bytes())
+    ]
+    assert names.count("date") == 1 and names.count("message-id") == 1
+
+
+@pytest.mark.parametrize(
+    "from_header",
+    ["From: <admin@example.org>\r\n", "From: <bob@example.org>, <info@example.org>\r\n", ""],
+    ids=["someone-else", "two-authors", "missing"],
+)
+def test_from_header_must_be_one_of_the_accounts_addresses(
+    signing_submission: ThreadedSMTP, tls_ca: trustme.CA, from_header: str
+) -> None:
+    message = f"{from_header}To: <f@x.example>\r\nSubject: spoof\r\n\r\nHello.\r\n".encode()
+    with tls_client(signing_submission, tls_ca) as client:
+        client.login("bob", PASSWORD)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("bob@example.org", ["friend@elsewhere.example"], message)
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (550, b"5.7.1")
+    assert outgoing_rows(signing_submission) == []
