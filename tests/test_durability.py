@@ -23,14 +23,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
 from sqlalchemy import select
 
+from app.accounts import set_password
 from app.config import Config, load_config
 from app.db import engine_for, session_scope
 from app.models import Message
 from tests.celeryworker import wait_for_text
 from tests.dnsserver import DNSTestServer
-from tests.smtpfixtures import make_message, publish_sender_domain, write_smtp_config
+from tests.smtpfixtures import (
+    client_tls_context,
+    make_message,
+    publish_sender_domain,
+    write_smtp_config,
+)
 
 POSTWARDEN = str(Path(sys.executable).with_name("postwarden"))
 SENDER = "alice@sender.example"
@@ -233,3 +240,34 @@ def test_evaluations_are_published_to_the_broker(tmp_path: Path, dns: DNSTestSer
     assert {(e["policy_domain"], e["disposition"], e["optional"]) for e in evaluations} == {
         ("sender.example", "none", False)
     }
+
+
+def published_tasks(queue_dir: Path, name: str) -> int:
+    return sum(json.loads(path.read_text())["headers"]["task"] == name for path in queue_dir.glob("*.msg"))
+
+
+def test_submission_wakes_the_delivery_queue(
+    tmp_path: Path, dns: DNSTestServer, tls_files: tuple[Path, Path], tls_ca: trustme.CA
+) -> None:
+    """Submitted mail goes out now, not at the next beat sweep: the publisher sends a sweep_queue."""
+    config_file = write_smtp_config(tmp_path / "cfg", dns, tls_files)
+    config = load_config(config_file)
+    with session_scope(config.resolved_database_url) as session:
+        set_password(session, "bob", "secret password")
+    queue_dir = config.data_dir / "queue"
+    log = tmp_path / "smtp.log"
+    with smtp_process(config_file, log) as (_process, _port):
+        submission_port = int(
+            re.findall(r"smtp submission listening on 127\.0\.0\.1:(\d+)", log.read_text())[0]
+        )
+        assert published_tasks(queue_dir, "tasks.mail.sweep_queue") == 0
+        with smtplib.SMTP("127.0.0.1", submission_port, timeout=30) as client:
+            client.starttls(context=client_tls_context(tls_ca))
+            client.login("bob", "secret password")
+            client.sendmail(
+                "bob@example.org", ["friend@elsewhere.example"], make_message("bob@example.org", "f@x")
+            )
+        deadline = time.monotonic() + 20
+        while published_tasks(queue_dir, "tasks.mail.sweep_queue") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert published_tasks(queue_dir, "tasks.mail.sweep_queue") == 1

@@ -102,12 +102,14 @@ class SMTPService:
         store: MessageStore | None = None,
         resolver: Resolver | None = None,
         record_evaluation: RecordEvaluation | None = None,
+        wake_queue: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.database_url = config.resolved_database_url
         self.store = store or MessageStore(config.data_dir, self.database_url)
         self.resolver = resolver or resolver_from_config(config.dns)
         self.record_evaluation = record_evaluation
+        self.wake_queue = wake_queue
         self.servers: list[asyncio.Server] = []
 
     def prepare(self) -> None:
@@ -116,7 +118,7 @@ class SMTPService:
 
     def handler_for(self, listener: Listener) -> BaseHandler:
         if listener.kind == "submission":
-            return SubmissionHandler(self.config, self.store, self.database_url)
+            return SubmissionHandler(self.config, self.store, self.database_url, self.wake_queue)
         return InboundHandler(self.config, self.store, self.resolver, self.record_evaluation)
 
     async def start(self, bound: list[BoundListener] | None = None) -> list[BoundListener]:

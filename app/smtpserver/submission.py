@@ -14,6 +14,7 @@ import asyncio
 import binascii
 import logging
 from base64 import b64decode
+from collections.abc import Callable
 from email.utils import format_datetime, make_msgid
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
@@ -37,10 +38,18 @@ class SubmissionHandler(BaseHandler):
     kind = "submission"
     offers_auth = True
 
-    def __init__(self, config: Config, store: MessageStore, database_url: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: MessageStore,
+        database_url: str,
+        wake_queue: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.store = store
         self.database_url = database_url
+        # Tells delivery workers that mail is waiting, so it goes now rather than at the next sweep.
+        self.wake_queue = wake_queue
 
     # AUTH mechanisms (aiosmtpd calls `auth_<NAME>` methods of the handler in place of its own).
 
@@ -140,6 +149,8 @@ class SubmissionHandler(BaseHandler):
             await self.store.enqueue_outgoing(trace + prepared, outgoing)
         except StoreError:
             return "store-failed", "451 4.3.0 The message could not be queued; try again later"
+        if self.wake_queue is not None:
+            self.wake_queue()
         return "queued", f"250 2.0.0 Message queued, id {transaction_id}"
 
     def prepare(self, content: bytes, from_address: str) -> bytes:

@@ -56,6 +56,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.bound: list[BoundListener] = []
         self.record_evaluation: RecordEvaluation | None = None
+        self.wake_queue: Callable[[], None] | None = None
         self.on_worker_exit: Callable[[], None] | None = None
         self.tend: Callable[[], None] | None = None
 
@@ -70,12 +71,14 @@ class Supervisor:
         self,
         record_evaluation: RecordEvaluation | None,
         *,
+        wake_queue: Callable[[], None] | None = None,
         on_worker_exit: Callable[[], None] | None = None,
         tend: Callable[[], None] | None = None,
     ) -> None:
         """Fork the workers and supervise them until SIGTERM/SIGINT. `on_worker_exit` runs in a worker
         before it exits (e.g. flush a queue); `tend` runs in the supervisor every tick."""
         self.record_evaluation, self.on_worker_exit, self.tend = record_evaluation, on_worker_exit, tend
+        self.wake_queue = wake_queue
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for _ in range(self.count):
@@ -137,7 +140,9 @@ class Supervisor:
             die_with_parent(parent)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
-            service = SMTPService(self.config, record_evaluation=self.record_evaluation)
+            service = SMTPService(
+                self.config, record_evaluation=self.record_evaluation, wake_queue=self.wake_queue
+            )
             asyncio.run(serve_worker(service, self.bound))
             if self.on_worker_exit is not None:
                 self.on_worker_exit()
