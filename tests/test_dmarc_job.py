@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from app.cli import main
 from app.config import Config, load_config
@@ -374,11 +375,9 @@ def test_racing_runs_in_the_same_hour_send_each_report_once(
     both_read = threading.Barrier(2, timeout=60)
     outcomes = job._Run.outcomes
 
-    async def outcomes_after_both_read(
-        self: job._Run, pending: Iterator[list[job.DomainRows]], chunk: list[job.DomainRows]
-    ) -> AsyncIterator[list[job.Outcome]]:
+    async def outcomes_after_both_read(self: job._Run, reader: Session) -> AsyncIterator[list[job.Outcome]]:
         waiting = True
-        async for batch in outcomes(self, pending, chunk):
+        async for batch in outcomes(self, reader):
             if waiting:
                 both_read.wait()  # blocks this run's loop: each run has its own thread
                 waiting = False

@@ -176,18 +176,15 @@ class _Run:
         with self.sessions() as session:
             self.suppressed = suppressed_addresses(session, "dmarc", self.now)
             self.max_id = session.scalar(select(func.max(E.id))) or 0
+            domains = self.domains(session)
+        self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
+        log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
+        # DNS for every domain starts now and runs while the database merges and sorts the rows.
+        lookups = asyncio.Semaphore(LOOKUPS)
+        self.plans = {d: asyncio.ensure_future(self.plan(d, lookups)) for d in domains}
         with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
-            # The database merges and sorts the rows in a thread (sqlite and psycopg release the GIL
-            # meanwhile), while another lists the domains and the event loop looks up their DNS.
-            pending = chunks(self.reportable(reader), CHUNK)
-            first = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
-            domains = await asyncio.to_thread(self.domains)
-            self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
-            log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
-            lookups = asyncio.Semaphore(LOOKUPS)
-            self.plans = {d: asyncio.ensure_future(self.plan(d, lookups)) for d in domains}
             committing: list[asyncio.Future[None]] = []
-            async for outcomes in self.outcomes(pending, await first):
+            async for outcomes in self.outcomes(reader):
                 if len(committing) >= 2:  # bounded: at most two batches of built reports in memory
                     await committing.pop(0)
                 # One writer thread commits batch after batch while the next is built; it logs
@@ -216,17 +213,17 @@ class _Run:
             done = delete(E).where(*ended, E.policy_domain.not_in(self.excluded))
             self.summary.deleted += session.execute(done).rowcount or 0
 
-    def domains(self) -> list[str]:
+    def domains(self, session: Session) -> list[str]:
         """The policy domains with a non-optional evaluation to report (R2.1)."""
         query = select(E.policy_domain).where(*self.selected(), E.optional.is_(False)).distinct()
-        with self.sessions() as session:
-            return list(session.scalars(query))
+        return list(session.scalars(query))
 
-    async def outcomes(
-        self, pending: Iterator[list[DomainRows]], chunk: list[DomainRows]
-    ) -> AsyncIterator[list[Outcome]]:
-        """What to do with each domain, a batch at a time, in domain order; rows read in a thread."""
-        while chunk:
+    async def outcomes(self, reader: Session) -> AsyncIterator[list[Outcome]]:
+        """What to do with each domain, a batch at a time, in domain order."""
+        pending = chunks(self.reportable(reader), CHUNK)
+        # Read in a thread: the first batch waits for the database's sort, during which the event
+        # loop keeps answering DNS (sqlite and psycopg release the GIL while they work).
+        while chunk := await asyncio.to_thread(next, pending, []):
             outcomes = []
             for domain_rows in chunk:
                 plan = await self.planned(domain_rows.policy_domain)
@@ -234,7 +231,6 @@ class _Run:
                 if outcome is not None:
                     outcomes.append(outcome)
             yield outcomes
-            chunk = await asyncio.to_thread(next, pending, [])
 
     def planned(self, domain: str) -> asyncio.Future[Plan]:
         if domain not in self.plans:  # committed after the domains were listed
