@@ -20,8 +20,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
-from app.auth.dmarc import _Records as DMARCRecords
-from app.auth.dmarc import parse_record
+from app.auth.dmarc import DMARCRecords, parse_record
 from app.config import Config, load_config
 from app.db import session_scope
 from app.dmarcreports.evaluations import store_evaluation

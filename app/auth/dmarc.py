@@ -119,7 +119,7 @@ def tree_walk_targets(domain: str) -> list[str]:
     return [domain] + [".".join(labels[-count:]) for count in range(start, 0, -1)]
 
 
-class _Records:
+class DMARCRecords:
     """DMARC records by domain, each looked up at most once for one message."""
 
     def __init__(self, resolver: Resolver) -> None:
@@ -190,7 +190,7 @@ class PolicyDiscovery:
     """The DMARC Policy Record that applies to an Author Domain, found before SPF and DKIM are done."""
 
     from_domain: str
-    records: _Records
+    records: DMARCRecords
     policy_domain: str = ""
     record: DMARCRecord | None = None
     problem: str = ""  # a DNS failure during discovery (temperror)
@@ -274,7 +274,7 @@ async def discover_policy(resolver: Resolver, from_domain: str) -> PolicyDiscove
     """RFC 9989 4.10.1: the record at the Author Domain, else at its Organizational Domain, else at its
     Public Suffix Domain (a record with psd=y found by the DNS Tree Walk)."""
     from_domain = ascii_domain(from_domain)
-    records = _Records(resolver)
+    records = DMARCRecords(resolver)
     discovery = PolicyDiscovery(from_domain, records)
     if not from_domain:
         return discovery

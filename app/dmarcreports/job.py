@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, Update, case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.dkim import DKIMSigningError
-from app.auth.dmarc import _Records as DMARCRecords
+from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
 from app.db import session_factory, upsert_insert
