@@ -163,7 +163,7 @@ class MessageStore:
                 else:
                     os.unlink(entry.path)
                     removed += 1
-        _fsync_dir(self.tmp_dir)
+        fsync_dir(self.tmp_dir)
         return RecoveryReport(completed=completed, removed=removed)
 
     async def close(self) -> None:
@@ -333,7 +333,7 @@ class MessageStore:
                     f.write(content)
                     f.flush()
                     os.fsync(f.fileno())
-            _fsync_dir(self.tmp_dir)
+            fsync_dir(self.tmp_dir)
         except BaseException:
             _unlink_all(written)
             raise
@@ -381,7 +381,8 @@ def _rows_exist(session: Session, relative: str) -> bool:
     return session.scalar(query.limit(1)) is not None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

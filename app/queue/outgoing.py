@@ -27,7 +27,7 @@ from app.config import Config
 from app.db import session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
-from app.store import OUTGOING_DIR, new_file_id, outgoing_path
+from app.store import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
@@ -161,11 +161,7 @@ def _write_durably(files: Sequence[tuple[Path, bytes]]) -> None:
         with ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="queue-file-writer") as writers:
             list(writers.map(lambda file: _write_file(*file), files))
     for directory in directories:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_dir(directory)
 
 
 def _write_file(path: Path, content: bytes) -> None:
