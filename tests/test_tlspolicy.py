@@ -31,9 +31,9 @@ from app.queue.tlspolicy import (
     POLICY_STS,
     POLICY_TLSA,
     STARTTLS_NOT_SUPPORTED,
-    PolicyFailure,
     ReportPolicy,
     TLSDecision,
+    TLSFailure,
     decide_tls,
 )
 from tests.dnsserver import DNSTestServer
@@ -288,15 +288,15 @@ def test_report_policies_name_the_policies_as_rfc_8460_does() -> None:
 
 def test_failures_explain_themselves() -> None:
     mismatch = decide_tls(DOMAIN, STRANGER, False, sts(Mode.ENFORCE), None)
-    assert mismatch.domain_failure == PolicyFailure(
+    assert mismatch.domain_failure == TLSFailure(
         VALIDATION_FAILURE,
         f"MX host {STRANGER} does not match the MTA-STS policy of {DOMAIN} ({MX}, *.backup.example.net)",
     )
     assert mismatch.basis == "MTA-STS enforce: MX host not in the policy"
     fetch = decide_tls(DOMAIN, MX, False, FETCH_FAILED, None)
-    assert fetch.domain_failure == PolicyFailure(STS_POLICY_FETCH_ERROR, "mta-sts.example.org: HTTP 500")
+    assert fetch.domain_failure == TLSFailure(STS_POLICY_FETCH_ERROR, "mta-sts.example.org: HTTP 500")
     invalid = decide_tls(DOMAIN, MX, True, NO_STS, dane(DANEStatus.DNSSEC_INVALID))
-    assert invalid.host_failure == PolicyFailure(DNSSEC_INVALID, f"dnssec-invalid for {MX}")
+    assert invalid.host_failure == TLSFailure(DNSSEC_INVALID, f"dnssec-invalid for {MX}")
 
 
 def test_wildcard_pattern_admits_one_label_only() -> None:

@@ -50,10 +50,9 @@ from app.queue.smtpclient import (
     Session,
     SessionInfo,
     Target,
-    TLSFailure,
     open_session,
 )
-from app.queue.tlspolicy import PolicyFailure, ReportPolicy, TLSDecision, TLSSettings, decide_tls
+from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import suppress_after_failure
 from app.store import MailboxCopy, MessageStore, StoreError
@@ -542,7 +541,7 @@ def _policy_ref(policy: ReportPolicy) -> PolicyRef:
     return PolicyRef(policy.policy_type, policy.policy_domain, policy.policy_string, policy.mx_host)  # type: ignore[arg-type]
 
 
-def _known_failure(failure: PolicyFailure | None, host: str) -> FailureDetail | None:
+def _known_failure(failure: TLSFailure | None, host: str) -> FailureDetail | None:
     if failure is None:
         return None
     return FailureDetail(failure.result_type, receiving_mx_hostname=host, failure_reason_code=failure.reason)

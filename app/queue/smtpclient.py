@@ -32,7 +32,7 @@ from app.queue.dane import (
     VALIDATION_FAILURE,
     check_chain,
 )
-from app.queue.tlspolicy import TLSSettings
+from app.queue.tlspolicy import TLSFailure, TLSSettings
 
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 
@@ -47,14 +47,6 @@ _VERIFY_CODE_RESULTS = {
     21: CERTIFICATE_NOT_TRUSTED,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
     27: CERTIFICATE_NOT_TRUSTED,  # CERT_UNTRUSTED
 }
-
-
-@dataclass(frozen=True)
-class TLSFailure:
-    """One TLS failure in RFC 8460 terms: result type and failure-reason-code."""
-
-    result_type: str
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,9 @@ class ReportPolicy:
 
 
 @dataclass(frozen=True)
-class PolicyFailure:
-    """A failure known before connecting: its RFC 8460 result type and a human-readable reason."""
+class TLSFailure:
+    """A TLS or policy failure in RFC 8460 terms: result type and failure reason (known before
+    connecting, or met in the session)."""
 
     result_type: str
     reason: str
@@ -116,8 +117,8 @@ class TLSDecision:
     settings: TLSSettings
     domain_policy: ReportPolicy
     host_policy: ReportPolicy
-    domain_failure: PolicyFailure | None
-    host_failure: PolicyFailure | None
+    domain_failure: TLSFailure | None
+    host_failure: TLSFailure | None
     basis: str
 
 
@@ -141,7 +142,7 @@ def decide_tls(
     mx_mismatch = policy is not None and not policy.allows_mx(host)
     if mx_mismatch and (dane is None or dane.status != DANEStatus.DANE):
         reason = f"MX host {host} does not match the MTA-STS policy of {domain} ({', '.join(policy.mx)})"
-        domain_failure = domain_failure or PolicyFailure(VALIDATION_FAILURE, reason)
+        domain_failure = domain_failure or TLSFailure(VALIDATION_FAILURE, reason)
     settings, use_host, basis = _settings(host, policy, mx_mismatch, dane)
     if tls_required_no:
         settings = replace(settings, starttls_required=False, ignore_verification_errors=True)
@@ -156,22 +157,22 @@ def _active_policy(sts: MTASTSResult | None) -> Policy | None:
     return sts.policy
 
 
-def _domain_policy(domain: str, sts: MTASTSResult | None) -> tuple[ReportPolicy, PolicyFailure | None]:
+def _domain_policy(domain: str, sts: MTASTSResult | None) -> tuple[ReportPolicy, TLSFailure | None]:
     policy = _active_policy(sts)
     if policy is not None:
         return ReportPolicy(POLICY_STS, domain, policy.lines(), policy.mx), None
     if sts is not None and sts.failure is not None:
         # The domain publishes MTA-STS but we could not get its policy: reported under sts.
-        return ReportPolicy(POLICY_STS, domain), PolicyFailure(sts.failure, sts.error or sts.failure)
+        return ReportPolicy(POLICY_STS, domain), TLSFailure(sts.failure, sts.error or sts.failure)
     return ReportPolicy(NO_POLICY_FOUND, domain), None
 
 
-def _host_policy(host: str, dane: DANELookup | None) -> tuple[ReportPolicy, PolicyFailure | None]:
+def _host_policy(host: str, dane: DANELookup | None) -> tuple[ReportPolicy, TLSFailure | None]:
     if dane is None or dane.status == DANEStatus.NONE:
         return ReportPolicy(NO_POLICY_FOUND, host, mx_host=(host,)), None
     policy = ReportPolicy(POLICY_TLSA, host, dane.policy_strings, (host,))
     if dane.status == DANEStatus.DNSSEC_INVALID:
-        return policy, PolicyFailure(DNSSEC_INVALID, dane.detail or "TLSA lookup failed")
+        return policy, TLSFailure(DNSSEC_INVALID, dane.detail or "TLSA lookup failed")
     return policy, None
 
 
