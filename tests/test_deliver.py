@@ -568,6 +568,8 @@ async def test_permanent_rejection_gives_a_failure_dsn_in_the_senders_inbox(worl
     message, status, headers = dsn_parts(raw)
     assert message["To"] == SENDER and message["Auto-Submitted"] == "auto-replied"
     assert "Quarterly numbers" in message["Subject"]
+    assert stored.subject == message["Subject"], "listings show the DSN's subject"
+    assert stored.message_id == message["Message-ID"]
     assert "Reporting-MTA: dns; mail.example.org" in status
     assert f"Final-Recipient: rfc822; {RCPT}" in status
     assert "Action: failed" in status and "Status: 5.1.1" in status
