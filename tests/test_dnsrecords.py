@@ -23,7 +23,7 @@ from app.dnsrecords import (
     mta_sts_policy,
     records_for_domain,
 )
-from tests.configs import write_config
+from tests.configs import dkim_keys, write_config
 from tests.dnsserver import DNSTestServer
 
 HOST = "mail.example.org"
@@ -40,16 +40,6 @@ account = "admin"
 localpart = "tls-reports"
 mailbox = "TLSRPT"
 
-[[domains."example.org".dkim]]
-selector = "ed1"
-algorithm = "ed25519"
-private_key_file = "ed1.pem"
-
-[[domains."example.org".dkim]]
-selector = "rsa1"
-algorithm = "rsa"
-private_key_file = "rsa1.pem"
-
 [[listeners]]
 kind = "inbound"
 port = 0
@@ -62,13 +52,11 @@ tls_key = "key.pem"
 def full_config_file(tmp_path: Path, dns: DNSTestServer) -> Path:
     """A config with DKIM keys of both kinds, report addresses, host_tlsrpt and an inbound certificate."""
     directory = tmp_path / "config"
-    directory.mkdir()
-    for name, algorithm in (("ed1.pem", "ed25519"), ("rsa1.pem", "rsa")):
-        (directory / name).write_bytes(generate_private_key_pem(algorithm))  # type: ignore[arg-type]
+    selectors = dkim_keys(directory)
     cert = trustme.CA().issue_cert(HOST)
     cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
     cert.private_key_pem.write_to_path(str(directory / "key.pem"))
-    return write_config(directory, EXTRA, dns_port=dns.port)
+    return write_config(directory, EXTRA + selectors, dns_port=dns.port)
 
 
 @pytest.fixture

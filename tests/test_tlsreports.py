@@ -26,7 +26,6 @@ import parsedmarc
 import pytest
 import trustme
 
-from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem
 from app.config import Config, load_config
 from app.dns import Resolver
 from app.queue.tlsresult import FailureDetail, PolicyRef
@@ -48,7 +47,7 @@ from app.tlsreports.report import (
     build_report,
 )
 from app.tlsreports.sender import NoSubmitterError, find_submitter, host_domains
-from tests.configs import write_config
+from tests.configs import dkim_keys, write_config
 from tests.dnsserver import DNSTestServer
 
 DAY = date(2026, 11, 24)
@@ -68,18 +67,6 @@ EXPIRED = FailureDetail(
     "X509_V_ERR_CERT_HAS_EXPIRED",
 )
 NO_STARTTLS = FailureDetail("starttls-not-supported", "192.0.2.1", "mx1.example.net", None, "198.51.100.7")
-
-DKIM_EXTRA = """
-[[domains."example.org".dkim]]
-selector = "ed1"
-algorithm = "ed25519"
-private_key_file = "ed1.pem"
-
-[[domains."example.org".dkim]]
-selector = "rsa1"
-algorithm = "rsa"
-private_key_file = "rsa1.pem"
-"""
 
 
 # RFC 8460 field rules, shared with the job tests.
@@ -186,12 +173,7 @@ def report_receiver(ca: trustme.CA, *names: str) -> Iterator[ReportReceiver]:
 
 def dkim_config(directory: Path, dns: DNSTestServer, extra: str = "") -> Config:
     """The test config with DKIM keys for example.org (ed25519 and rsa), published in the DNS."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, algorithm in (("ed1", "ed25519"), ("rsa1", "rsa")):
-        pem = generate_private_key_pem(algorithm)  # type: ignore[arg-type]
-        (directory / f"{name}.pem").write_bytes(pem)
-        dns.txt(f"{name}._domainkey.example.org", dns_txt_value(pem, algorithm))  # type: ignore[arg-type]
-    return load_config(write_config(directory, DKIM_EXTRA + extra, dns_port=dns.port))
+    return load_config(write_config(directory, dkim_keys(directory, dns) + extra, dns_port=dns.port))
 
 
 def sample_report(submitter: str = "example.org") -> Any:
