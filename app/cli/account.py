@@ -7,8 +7,7 @@ import sys
 import click
 
 from app.accounts import set_password
-from app.cli.common import load, main
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import exit_if_database_unusable, load, main
 from app.db import session_scope
 
 MIN_PASSWORD_LENGTH = 8

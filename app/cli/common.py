@@ -1,13 +1,17 @@
-"""The root command group and what every command shares: loading the config, printing JSON."""
+"""The root command group and what every command shares: loading the config, printing JSON, turning
+a database error into a clear exit."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Config, ConfigError, load_config
 
@@ -36,5 +40,22 @@ def load(ctx: click.Context) -> Config:
         sys.exit(2)
 
 
+# Every listing takes `--json` (DESIGN.md); one definition so they all read alike.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
+
+
+@contextmanager
+def exit_if_database_unusable(url: str) -> Iterator[None]:
+    """Turn a database error (unreachable, not migrated) into a clear message and exit status 1."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        first_line = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        sys.exit(
+            f"postwarden: database {url} is not usable ({first_line}); "
+            "is it migrated? Run `alembic upgrade head`."
+        )

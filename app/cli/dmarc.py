@@ -15,8 +15,7 @@ from datetime import timedelta
 
 import click
 
-from app.cli.common import emit_json, load, main
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
 from app.cli.suppress import suppress_commands
 from app.db import session_scope
 from app.dmarcreports.evaluations import pending_domains
@@ -31,7 +30,7 @@ def dmarc() -> None:
 
 @dmarc.command("evaluations")
 @click.argument("domain", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def evaluations(ctx: click.Context, domain: str | None, as_json: bool) -> None:
     """Evaluations waiting for a report, per policy domain (or for DOMAIN)."""
@@ -56,7 +55,7 @@ def evaluations(ctx: click.Context, domain: str | None, as_json: bool) -> None:
 @click.option(
     "--now", is_flag=True, help="Make every report due at once instead of spreading them over the hour."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def send_reports(ctx: click.Context, now: bool, as_json: bool) -> None:
     """Run the hourly report job once: report every interval that has ended."""

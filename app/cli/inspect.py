@@ -12,8 +12,7 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from app.cli.common import emit_json, load, main
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
 from app.config import Config
 from app.db import session_scope
 from app.models import Account, Mailbox, Message
@@ -98,7 +97,7 @@ def mailbox_group() -> None:
 
 @mailbox_group.command("list")
 @click.argument("account")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def mailbox_list(ctx: click.Context, account: str, as_json: bool) -> None:
     """List ACCOUNT's mailboxes with message counts."""
@@ -122,7 +121,7 @@ def message_group() -> None:
 @click.argument("account")
 @click.argument("mailbox")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest N messages.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_json: bool) -> None:
     """List the newest messages in ACCOUNT's MAILBOX."""

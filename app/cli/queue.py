@@ -8,8 +8,7 @@ from typing import Any
 import click
 
 from app.auth.message import header_fields
-from app.cli.common import emit_json, load, main
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
 from app.config import Config
 from app.db import session_scope
 from app.models import OutgoingMessage
@@ -37,7 +36,7 @@ def queue_group() -> None:
 
 
 @queue_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def queue_list(ctx: click.Context, as_json: bool) -> None:
     """List queued messages, next attempt first."""
@@ -58,7 +57,7 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
 
 @queue_group.command("show")
 @click.argument("queue_id", type=int, metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def queue_show(ctx: click.Context, queue_id: int, as_json: bool) -> None:
     """Show one queued message: its queue row and its main header fields."""
@@ -87,7 +86,7 @@ def queue_show(ctx: click.Context, queue_id: int, as_json: bool) -> None:
 @queue_group.command("retry")
 @click.argument("queue_ids", type=int, nargs=-1, metavar="[ID]...")
 @click.option("--all", "retry_all", is_flag=True, help="Every queued message.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def queue_retry(ctx: click.Context, queue_ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
     """Make messages due now; the next queue sweep (within a minute) sends them."""
@@ -101,7 +100,7 @@ def queue_retry(ctx: click.Context, queue_ids: tuple[int, ...], retry_all: bool,
 
 @queue_group.command("drop")
 @click.argument("queue_ids", type=int, nargs=-1, required=True, metavar="ID...")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def queue_drop(ctx: click.Context, queue_ids: tuple[int, ...], as_json: bool) -> None:
     """Remove messages from the queue without delivering them (no DSN is sent)."""

@@ -7,17 +7,14 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from queue import Empty
 from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from app.cli.common import load, main
+from app.cli.common import exit_if_database_unusable, load, main
 from app.config import Config, config_path
 from app.logs import setup_logging
 from app.process import die_with_parent
@@ -129,19 +126,6 @@ def _next_batch(queue: Queue[Item], most: int = 200) -> list[Item]:
         except (Empty, EOFError, OSError):
             break
     return batch
-
-
-@contextmanager
-def exit_if_database_unusable(url: str) -> Iterator[None]:
-    """Turn a database error (unreachable, not migrated) into a clear message and exit status 1."""
-    try:
-        yield
-    except SQLAlchemyError as e:
-        first_line = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        sys.exit(
-            f"postwarden: database {url} is not usable ({first_line}); "
-            "is it migrated? Run `alembic upgrade head`."
-        )
 
 
 @main.command("smtp")

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from app.cli.common import emit_json, load, main
+from app.cli.common import emit_json, json_option, load, main
 from app.config import Config, config_path
 from app.dns import resolver_from_config
 from app.dnsrecords import (
@@ -68,7 +68,7 @@ def dns_group() -> None:
 
 @dns_group.command("records")
 @click.argument("domain")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def dns_records(ctx: click.Context, domain: str, as_json: bool) -> None:
     """Print every DNS record to publish for DOMAIN (SPEC R7.1)."""
@@ -96,7 +96,7 @@ def _echo_check(result: CheckResult) -> None:
 
 @dns_group.command("check")
 @click.argument("domain")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def dns_check(ctx: click.Context, domain: str, as_json: bool) -> None:
     """Look up each record DOMAIN should publish; exit 1 if any is missing or wrong (SPEC R7.2)."""

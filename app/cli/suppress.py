@@ -11,8 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from app.cli.common import emit_json, load
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import emit_json, exit_if_database_unusable, json_option, load
 from app.db import session_scope
 from app.models import ReportSuppression
 from app.models.base import utcnow
@@ -73,7 +72,7 @@ def suppress_commands(parent: click.Group, kind: ReportKind, reports: str) -> cl
 
     @group.command("list", help=f"The addresses that get no {reports}.")
     @click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @json_option
     @click.pass_context
     def list_(ctx: click.Context, include_expired: bool, as_json: bool) -> None:
         config = load(ctx)

@@ -16,8 +16,7 @@ from typing import Any
 
 import click
 
-from app.cli.common import emit_json, load, main
-from app.cli.server import exit_if_database_unusable
+from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
 from app.cli.suppress import DAY, suppress_commands
 from app.db import session_scope
 from app.logs import setup_logging
@@ -69,7 +68,7 @@ def _report_state(row: dict[str, Any]) -> str:
 @tlsrpt.command("results")
 @click.argument("domain", required=False)
 @click.option("--day", type=DAY, help="Only this UTC day (YYYY-MM-DD).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def results(ctx: click.Context, domain: str | None, day: datetime | None, as_json: bool) -> None:
     """TLS results per policy and UTC day, for DOMAIN (as recipient domain or policy domain) or all."""
@@ -101,7 +100,7 @@ def results(ctx: click.Context, domain: str | None, day: datetime | None, as_jso
 
 @tlsrpt.command("send-reports")
 @click.option("--now", "immediately", is_flag=True, help="Send at once: no spreading, POST https rua now.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def send_reports(ctx: click.Context, immediately: bool, as_json: bool) -> None:
     """Run the daily report job once, for the days before today (UTC)."""
