@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account, ensure_mailbox
+from app.auth.message import summarize_headers
 from app.db import session_factory
 from app.models import Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
@@ -134,7 +135,13 @@ class MessageStore:
     # Public API.
 
     async def deliver(self, content: bytes, copies: Sequence[MailboxCopy]) -> list[str]:
-        """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out)."""
+        """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out).
+        Message-ID and Subject are indexed from the message itself, whoever delivers it."""
+        indexed = summarize_headers(content)
+        copies = [
+            replace(c, columns={"message_id": indexed.message_id, "subject": indexed.subject, **c.columns})
+            for c in copies
+        ]
         return await self._submit(content, copies, [message_path(new_file_id()) for _ in copies])
 
     async def enqueue_outgoing(self, content: bytes, outgoing: OutgoingCopy) -> str:

@@ -1,4 +1,5 @@
-"""The parts of a raw message that authentication needs: header fields and the RFC5322.From author.
+"""The parts of a raw message that authentication and storage need: header fields, the RFC5322.From
+author, and the Message-ID and Subject we index.
 
 Only the header section is looked at, and nothing here raises on junk input: a message that does not
 have exactly one usable author domain gets an empty domain and a `problem` saying why.
@@ -10,6 +11,7 @@ import re
 from dataclasses import dataclass
 from email import errors as email_errors
 from email import policy
+from email.header import decode_header, make_header
 
 import idna
 
@@ -108,3 +110,31 @@ def _author_from_value(value: str) -> Author:
     if len(addresses) > 1:
         return Author(domain=domain, problem="From header field has several addresses")
     return Author(address=f"{addresses[0].username}@{domain}", domain=domain)
+
+
+@dataclass(frozen=True)
+class HeaderSummary:
+    message_id: str | None
+    subject: str | None
+
+
+def summarize_headers(message: bytes) -> HeaderSummary:
+    """Message-ID and (decoded) Subject, the first of each, from the header section."""
+    first: dict[str, str] = {}
+    for name, value in header_fields(message):
+        first.setdefault(name.lower(), value)
+    message_id = first.get("message-id")
+    subject = first.get("subject")
+    return HeaderSummary(
+        message_id=message_id[:998] if message_id else None,
+        subject=_decode_subject(subject) if subject is not None else None,
+    )
+
+
+def _decode_subject(text: str) -> str:
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeDecodeError):  # malformed encoded word: keep it as sent
+        return text

@@ -55,7 +55,6 @@ from app.queue.smtpclient import (
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import suppress_after_failure
-from app.smtpserver.headers import summarize_headers
 from app.store import MailboxCopy, MessageStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -423,13 +422,7 @@ class _Run:
             arrival=row.created,
             now=now,
         )
-        headers = summarize_headers(dsn)
-        columns = {
-            "seen": target.seen,
-            "msg_from": f"postmaster@{self.config.hostname}",
-            "subject": headers.subject,
-            "message_id": headers.message_id,
-        }
+        columns = {"seen": target.seen, "msg_from": f"postmaster@{self.config.hostname}"}
         try:
             await self._dsn_store().deliver(dsn, [MailboxCopy(target.account, target.mailbox, columns)])
         except StoreError as e:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from app.auth.types import AuthOutcome
 from app.config import Config
-from app.smtpserver.headers import HeaderSummary
 from app.store import MailboxCopy
 
 Action = Literal["deliver", "quarantine", "reject"]
@@ -60,9 +59,7 @@ def mailbox_copies(
     return list(copies.values())
 
 
-def message_columns(
-    outcome: AuthOutcome, *, remote_ip: str, helo: str, mail_from: str, headers: HeaderSummary
-) -> dict[str, Any]:
+def message_columns(outcome: AuthOutcome, *, remote_ip: str, helo: str, mail_from: str) -> dict[str, Any]:
     """The `Message` columns that come from the session and the authentication results."""
     passed_dkim = [r for r in outcome.dkim if r.status == "pass"]
     return {
@@ -73,8 +70,6 @@ def message_columns(
         "msg_from": outcome.from_address[:512] or None,
         "msg_from_domain": outcome.from_domain[:255] or None,
         "msg_from_org_domain": outcome.dmarc.organizational_domain[:255] or None,
-        "message_id": headers.message_id,
-        "subject": headers.subject,
         "dkim_domains": " ".join(outcome.verified_dkim_domains) or None,
         "spf_mailfrom_validated": outcome.spf_mailfrom.status == "pass",
         "ehlo_validated": outcome.spf_helo.status == "pass",

@@ -1,44 +1,13 @@
-"""Header work on incoming messages: the Received trace field we prepend, and the few fields we index."""
+"""Header work on incoming messages: the Received trace field we prepend."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from email.header import decode_header, make_header
 from email.utils import format_datetime
 
-from app.auth.message import header_fields
 from app.models.base import utcnow
 
 UNSAFE_IN_TRACE = re.compile(r"[^\x21-\x7e]")
-
-
-@dataclass(frozen=True)
-class HeaderSummary:
-    message_id: str | None
-    subject: str | None
-
-
-def summarize_headers(message: bytes) -> HeaderSummary:
-    """Message-ID and (decoded) Subject, the first of each, from the header section."""
-    first: dict[str, str] = {}
-    for name, value in header_fields(message):
-        first.setdefault(name.lower(), value)
-    message_id = first.get("message-id")
-    subject = first.get("subject")
-    return HeaderSummary(
-        message_id=message_id[:998] if message_id else None,
-        subject=_decode_subject(subject) if subject is not None else None,
-    )
-
-
-def _decode_subject(text: str) -> str:
-    if "=?" not in text:
-        return text
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeDecodeError):  # malformed encoded word: keep it as sent
-        return text
 
 
 def received_header(

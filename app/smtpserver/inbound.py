@@ -31,7 +31,6 @@ from app.smtpserver.evaluation import (
     reporting_addresses,
 )
 from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
-from app.smtpserver.headers import summarize_headers
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store import MessageStore, StoreError
 
@@ -128,9 +127,7 @@ class InboundHandler(BaseHandler):
         )
         verdict = dmarc_verdict(outcome)
         trace = self.trace_header(server, session, envelope, transaction_id)
-        columns = message_columns(
-            outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from, headers=summarize_headers(content)
-        )
+        columns = message_columns(outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from)
         recipients = [Recipient(a, *self._target(a)) for a in envelope.rcpt_tos]
         copies = mailbox_copies(self.config, recipients, verdict, columns)
         message = outcome.authentication_results.encode("utf-8") + trace + content
