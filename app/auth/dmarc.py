@@ -27,7 +27,11 @@ from app.dns import DNSPermanentError, DNSTemporaryError, Resolver
 MAX_TREE_WALK_LABELS = 7  # RFC 9989 4.10: longer names jump to their 7-label suffix (at most 8 queries)
 _DISPOSITIONS = ("none", "quarantine", "reject")
 _MILDER: dict[Disposition, Disposition] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+# RFC 3986 URIs are printable ASCII: anything else (a control, a non-ASCII letter) makes a value unusable.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
+# RFC 9989 4.7 numbers: ASCII digits (str.isdigit also accepts "²", which int() refuses); leading
+# zeros are dropped before the length check, so no value reaches int() with over 10 digits.
+_NUMBER = re.compile(r"0*([0-9]{1,10})")
 _FAILURE_OPTIONS = re.compile(r"^[01ds](?::[01ds])*$")
 
 
@@ -68,10 +72,12 @@ def parse_record(text: str) -> DMARCRecord:
 
     def integer(name: str, high: int) -> int | None:
         value = tags.get(name)
-        if value is not None and value.isdigit() and int(value) <= high:
-            return int(value)
-        if value is not None:
-            invalid.append(name)
+        if value is None:
+            return None
+        number = _NUMBER.fullmatch(value)
+        if number and int(number[1]) <= high:
+            return int(number[1])
+        invalid.append(name)
         return None
 
     fo = tags.get("fo", "0")
@@ -100,7 +106,7 @@ def parse_record(text: str) -> DMARCRecord:
 def _uris(value: str) -> tuple[str, ...]:
     """The syntactically valid URIs of a rua=/ruf= list; the RFC 7489 size suffix "!10m" is dropped."""
     uris = (re.sub(r"![0-9]+[kmgt]?$", "", u.strip(), flags=re.IGNORECASE) for u in value.split(","))
-    return tuple(u for u in uris if _URI.match(u))
+    return tuple(u for u in uris if _URI.fullmatch(u))
 
 
 def _usable(record: DMARCRecord) -> bool:
