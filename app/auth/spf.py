@@ -185,9 +185,18 @@ def _macro(match: re.Match[str], text: str) -> Macro:
     letter, digits, reverse, delimiters = match.groups()
     if letter.lower() not in "slodiphv":
         raise SPFPermError(f"macro letter {letter!r} not allowed in {text!r}")
-    if digits and int(digits) == 0:
+    return Macro(letter.lower(), _parts_to_keep(digits, text), bool(reverse), delimiters, letter.isupper())
+
+
+def _parts_to_keep(digits: str, text: str) -> int | None:
+    """A macro's digit transformer. A name has at most 127 labels, so any number of 4 or more digits
+    keeps them all: it is not converted (int() refuses strings of over 4300 digits)."""
+    if not digits:
+        return None
+    significant = digits.lstrip("0")
+    if not significant:
         raise SPFPermError(f"macro with zero parts in {text!r}")
-    return Macro(letter.lower(), int(digits) if digits else None, bool(reverse), delimiters, letter.isupper())
+    return int(significant) if len(significant) <= 3 else 1000
 
 
 def parse_domain_spec(text: str) -> MacroString:
@@ -410,13 +419,21 @@ async def _expand_domain(evaluation: _Evaluation, spec: MacroString, domain: str
     expanded = (await _expand(evaluation, spec, domain)).rstrip(".")
     if not expanded.isascii():
         expanded = ascii_domain(expanded)
-    labels = expanded.split(".")
-    while len(".".join(labels)) > 253:  # RFC 7208 7.3: truncate from the left
-        labels.pop(0)
+    expanded = _truncate_left(expanded)
     # Macros put local-parts into names: printable labels are fine for DNS.
-    if not all(_MACRO_LABEL.match(label) for label in labels):
+    if not all(_MACRO_LABEL.match(label) for label in expanded.split(".")):
         return ""
-    return ".".join(labels)
+    return expanded
+
+
+def _truncate_left(name: str) -> str:
+    """RFC 7208 7.3: labels are dropped from the left until the name is at most 253 characters: what
+    stays is what follows the first dot among the last 254 characters. In one step, as an expansion
+    can be megabytes of labels (thousands of macros in a record, each a local part of many labels)."""
+    if len(name) <= 253:
+        return name
+    dot = name.find(".", len(name) - 254)
+    return name[dot + 1 :] if dot >= 0 else ""
 
 
 async def _expand(evaluation: _Evaluation, spec: MacroString, domain: str) -> str:
