@@ -6,6 +6,7 @@ code. Relative paths in the file are relative to the directory that holds the fi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -49,6 +51,18 @@ def toml_key(*parts: str | int) -> str:
 
 class ConfigError(Exception):
     """A configuration problem; the message is meant for the operator, as is."""
+
+
+def _network_text(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or network") from None
+    return value
+
+
+# An IP address or network as written (e.g. "10.0.0.0/8"), checked to parse.
+NetworkText = Annotated[str, AfterValidator(_network_text)]
 
 
 class Strict(BaseModel):
@@ -166,6 +180,11 @@ class Delivery(Strict):
     ca_bundle: FilePath | None = None
     connect_timeout: Annotated[float, Field(gt=0)] = 30.0
     command_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # Most one SMTP step may take as a whole: connecting (through STARTTLS and any fallback), one
+    # message's transaction, however the server paces its replies.
+    transaction_timeout: Annotated[float, Field(gt=0)] = 540.0
+    # Networks that MTA-STS fetches and TLS report POSTs may reach although not public (app/ssrf.py).
+    https_allowed_networks: list[NetworkText] = []
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 8
     # How long a worker holds a claimed queue row; renewed before every step that may wait.
     lease_seconds: Annotated[float, Field(gt=0)] = 900.0
@@ -182,6 +201,12 @@ class Delivery(Strict):
             raise ValueError(
                 f"lease_seconds ({self.lease_seconds:g}) must be longer than connect_timeout and "
                 f"command_timeout (the longest is {longest:g})"
+            )
+        # The lease is renewed once a third of it has passed, so a step may start with two thirds left.
+        if self.lease_seconds * 2 / 3 <= self.transaction_timeout:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must be longer than 1.5 times "
+                f"transaction_timeout ({self.transaction_timeout:g})"
             )
         return self
 

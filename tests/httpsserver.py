@@ -24,6 +24,8 @@ import pytest
 import trustme
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
+# What tests allow HTTPS requests to reach (app/ssrf.py refuses non-public addresses by default).
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from tasks import delivery
 from tasks.celery_app import settings
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
-from tests.httpsserver import HTTPSTestServer
+from tests.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
 from tests.smtpfixtures import ThreadedSMTP, client_tls_context, smtp_config_toml
 from tests.smtppeers import AlertingPeer, Peer, PeerHandler, expired_cert, self_signed, smtp_peer, spki_sha256
 
@@ -74,6 +74,7 @@ class World:
 [delivery]
 smtp_port = {smtp_port}
 mtasts_https_port = {self.https.port}
+https_allowed_networks = {json.dumps(LOOPBACK_NETWORKS)}
 ca_bundle = "{self.ca_file}"
 connect_timeout = 5
 command_timeout = 5

@@ -34,7 +34,7 @@ from app.queue.mtasts import (
     refresh_policies,
 )
 from tests.dnsserver import DNSTestServer
-from tests.httpsserver import HTTPSTestServer, Reply
+from tests.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer, Reply
 
 DOMAIN = "example.org"
 POLICY_HOST = f"mta-sts.{DOMAIN}"
@@ -64,7 +64,10 @@ class World:
 
     def fetch_settings(self, timeout: float = 2.0, port: int | None = None) -> MTASTSSettings:
         return MTASTSSettings(
-            ca_bundle=str(self.ca_file), https_port=port or self.https.port, timeout=timeout
+            ca_bundle=str(self.ca_file),
+            https_port=port or self.https.port,
+            timeout=timeout,
+            allowed_networks=LOOPBACK_NETWORKS,
         )
 
     async def discover(self, domain: str = DOMAIN, settings: MTASTSSettings | None = None) -> MTASTSResult:
@@ -98,7 +101,12 @@ def world(
     sqlite_url: str,
     https_ca_file: Path,
 ) -> World:
-    settings = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=2.0)
+    settings = MTASTSSettings(
+        ca_bundle=str(https_ca_file),
+        https_port=https_server.port,
+        timeout=2.0,
+        allowed_networks=LOOPBACK_NETWORKS,
+    )
     return World(dns, https_server, resolver, sqlite_url, https_ca_file, settings)
 
 

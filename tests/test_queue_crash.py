@@ -90,7 +90,7 @@ def test_kill_minus_nine_mid_batch_loses_nothing(
     with smtp_peer(None, handler=sink) as peer:  # type: ignore[arg-type]
         extra = (
             f"\n[delivery]\nsmtp_port = {peer.port}\nlease_seconds = 2\nbatch_size = 20\n"
-            "connect_timeout = 1\ncommand_timeout = 1.5\n"
+            "connect_timeout = 1\ncommand_timeout = 1.5\ntransaction_timeout = 1.3\n"
         )
         config_file = write_config(tmp_path / "config", extra, dns_port=dns.port)
         config = load_config(config_file)

@@ -37,7 +37,7 @@ from app.queue.tlspolicy import (
     decide_tls,
 )
 from tests.dnsserver import DNSTestServer
-from tests.httpsserver import HTTPSTestServer
+from tests.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
 
 DOMAIN = "example.org"
 MX = "mx1.example.org"
@@ -360,7 +360,12 @@ async def test_real_lookups_feed_the_decision(
     dns.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1")
     dns.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
     https_server.serve(f"mta-sts.{DOMAIN}", f"version: STSv1\nmode: enforce\nmx: {MX}\nmax_age: 86400\n")
-    settings = MTASTSSettings(ca_bundle=str(https_ca_file), https_port=https_server.port, timeout=2)
+    settings = MTASTSSettings(
+        ca_bundle=str(https_ca_file),
+        https_port=https_server.port,
+        timeout=2,
+        allowed_networks=LOOPBACK_NETWORKS,
+    )
 
     sts_result = await policy_for_domain(DOMAIN, resolver, sqlite_url, settings)
     mx = await resolver.mx(DOMAIN)

@@ -49,6 +49,7 @@ from app.tlsreports.report import (
 from app.tlsreports.sender import NoSubmitterError, find_submitter, host_domains
 from tests.configs import dkim_keys, write_config
 from tests.dnsserver import DNSTestServer
+from tests.httpsserver import LOOPBACK_NETWORKS
 
 DAY = date(2026, 11, 24)
 STS = PolicyRef(
@@ -428,6 +429,13 @@ async def test_tampered_report_headers_fail_verification(
 # HTTPS POST (RFC 8460 §5.4).
 
 
+async def post_to_loopback(url: str, payload: bytes, resolver: Resolver, ca_file: Path) -> int:
+    """post_report to a test receiver: loopback allowed, as the test configs allow it."""
+    return await post_report(
+        url, payload, resolver, ca_bundle=ca_file, timeout=5, allowed_networks=LOOPBACK_NETWORKS
+    )
+
+
 async def test_post_to_https_rua(
     dns: DNSTestServer, resolver: Resolver, https_ca: trustme.CA, https_ca_file: Path
 ) -> None:
@@ -435,7 +443,7 @@ async def test_post_to_https_rua(
     dns.add("reports.example.net", "A", "127.0.0.1")
     with report_receiver(https_ca) as receiver:
         url = f"https://reports.example.net:{receiver.port}/v1/tlsrpt"
-        assert await post_report(url, report.gzipped(), resolver, ca_bundle=https_ca_file, timeout=5) == 200
+        assert await post_to_loopback(url, report.gzipped(), resolver, https_ca_file) == 200
         [post] = receiver.posts
     assert (post.host, post.path, post.content_type) == ("reports.example.net", "/v1/tlsrpt", MEDIA_TYPE)
     assert post.report == report.to_json()
@@ -450,7 +458,7 @@ async def test_non_2xx_is_a_failure(
         receiver.status = status
         url = f"https://reports.example.net:{receiver.port}/tlsrpt"
         with pytest.raises(PostError, match=f"HTTP {status}"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
+            await post_to_loopback(url, sample_report().gzipped(), resolver, https_ca_file)
         assert len(receiver.posts) == 1  # no redirect followed
 
 
@@ -461,12 +469,12 @@ async def test_certificate_is_verified(
     with report_receiver(trustme.CA(), "reports.example.net") as stranger:  # a CA we do not trust
         url = f"https://reports.example.net:{stranger.port}/tlsrpt"
         with pytest.raises(PostError, match="CERTIFICATE_VERIFY_FAILED"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
+            await post_to_loopback(url, sample_report().gzipped(), resolver, https_ca_file)
         assert stranger.posts == []
     with report_receiver(https_ca, "other.example.net") as wrong_name:
         url = f"https://reports.example.net:{wrong_name.port}/tlsrpt"
         with pytest.raises(PostError, match="CERTIFICATE_VERIFY_FAILED"):
-            await post_report(url, sample_report().gzipped(), resolver, ca_bundle=https_ca_file, timeout=5)
+            await post_to_loopback(url, sample_report().gzipped(), resolver, https_ca_file)
 
 
 async def test_unresolvable_or_unreachable_receiver(
@@ -479,9 +487,7 @@ async def test_unresolvable_or_unreachable_receiver(
         await post_report("https://slow.example.net/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2)
     dns.add("closed.example.net", "A", "127.0.0.1")
     with pytest.raises(PostError, match="ConnectError"):
-        await post_report(
-            "https://closed.example.net:1/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2
-        )
+        await post_to_loopback("https://closed.example.net:1/r", b"x", resolver, https_ca_file)
     with pytest.raises(PostError, match="not an https URL"):
         await post_report("http://closed.example.net/r", b"x", resolver, ca_bundle=https_ca_file, timeout=2)
 

@@ -38,6 +38,7 @@ from app.tlsreports.sender import find_submitter
 from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
+from tests.httpsserver import LOOPBACK_NETWORKS
 from tests.logcapture import CidLog, captured
 from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
 from tests.smtppeers import PeerHandler, smtp_peer
@@ -73,7 +74,10 @@ def make_config(
     tmp_path: Path, dns: DNSTestServer, https_ca_file: Path, extra: str = "", *, database_url: str = ""
 ) -> Config:
     """The DKIM test config, trusting the test CA for HTTPS; `extra` continues the [delivery] table."""
-    settings = f'\n[delivery]\nca_bundle = "{https_ca_file}"\n' + extra
+    settings = (
+        f'\n[delivery]\nca_bundle = "{https_ca_file}"\n'
+        f"https_allowed_networks = {json.dumps(LOOPBACK_NETWORKS)}\n" + extra
+    )
     config = dkim_config(tmp_path / "config", dns, settings)
     if database_url:
         config = config.model_copy(update={"database_url": database_url})

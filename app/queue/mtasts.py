@@ -32,6 +32,7 @@ from app.db import session_scope
 from app.dns import DNSError, Resolver
 from app.models.base import utcnow
 from app.models.mtasts import MTASTSPolicy
+from app.ssrf import AddressRefused, allowed_addresses
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,18 @@ class MTASTSSettings:
     https_port: int = 443
     # Whole fetch (connect, TLS, headers, body); RFC 8461 §3.3 suggests one minute.
     timeout: float = 60.0
+    # Networks the policy host may be in although not public (app/ssrf.py); tests allow loopback.
+    allowed_networks: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, delivery: Delivery) -> MTASTSSettings:
-        """From the `[delivery]` config section (its CA bundle and policy port)."""
+        """From the `[delivery]` config section (its CA bundle, policy port and allowed networks)."""
         ca_bundle = str(delivery.ca_bundle) if delivery.ca_bundle is not None else None
-        return cls(ca_bundle=ca_bundle, https_port=delivery.mtasts_https_port)
+        return cls(
+            ca_bundle=ca_bundle,
+            https_port=delivery.mtasts_https_port,
+            allowed_networks=tuple(delivery.https_allowed_networks),
+        )
 
 
 class Mode(StrEnum):
@@ -261,7 +268,8 @@ async def fetch_policy(domain: str, resolver: Resolver, settings: MTASTSSettings
     """Fetch and validate `https://mta-sts.<domain>/.well-known/mta-sts.txt`; raises PolicyError.
 
     The host name is resolved with our resolver and the connection made to its address, with SNI
-    and certificate verification for `mta-sts.<domain>`. No redirects, no proxies, no caching.
+    and certificate verification for `mta-sts.<domain>`. No redirects, no proxies, no caching. The
+    recipient domain chooses the host, so only its public addresses are used (app/ssrf.py).
     """
     host = f"mta-sts.{domain}"
     try:
@@ -270,6 +278,10 @@ async def fetch_policy(domain: str, resolver: Resolver, settings: MTASTSSettings
         raise PolicyError(STS_POLICY_FETCH_ERROR, f"resolving {host}: {e}") from None
     if not addresses:
         raise PolicyError(STS_POLICY_FETCH_ERROR, f"{host} has no address")
+    try:
+        addresses = allowed_addresses(host, addresses, settings.allowed_networks)
+    except AddressRefused as e:
+        raise PolicyError(STS_POLICY_FETCH_ERROR, str(e)) from None
     try:
         async with asyncio.timeout(settings.timeout):
             body = await _fetch_first_reachable(host, addresses, settings)

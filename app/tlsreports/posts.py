@@ -61,7 +61,11 @@ async def post_due_reports(
         with cid_scope():
             try:
                 status = await post_report(
-                    post.url, post.payload, resolver, ca_bundle=config.delivery.ca_bundle
+                    post.url,
+                    post.payload,
+                    resolver,
+                    ca_bundle=config.delivery.ca_bundle,
+                    allowed_networks=config.delivery.https_allowed_networks,
                 )
             except PostError as e:
                 _failed(db_url, post, str(e), now, summary)
