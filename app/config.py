@@ -215,6 +215,23 @@ class Web(Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     secret_key_file: FilePath | None = None
+    # "auto": cookies are Secure when the request came over HTTPS (as a trusted proxy says).
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    # Peers whose X-Forwarded-Proto/-For are believed (a TLS reverse proxy): addresses or networks.
+    trusted_proxies: list[NetworkText] = ["127.0.0.1", "::1"]
+
+
+class LoginThrottle(Strict):
+    """Failed logins (SMTP AUTH and web), counted per account and per client address range."""
+
+    window: Annotated[float, Field(gt=0)] = 900.0
+    delay_after: Annotated[int, Field(ge=0)] = 3
+    first_delay: Annotated[float, Field(ge=0)] = 1.0
+    max_delay: Annotated[float, Field(ge=0, le=60)] = 10.0
+    account_limit: Annotated[int, Field(ge=1)] = 10
+    network_limit: Annotated[int, Field(ge=1)] = 50
+    ipv4_prefix: Annotated[int, Field(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 64
 
 
 class Config(Strict):
@@ -233,6 +250,7 @@ class Config(Strict):
     limits: Limits = Limits()
     dns: DNS = DNS()
     web: Web = Web()
+    login_throttle: LoginThrottle = LoginThrottle()
     delivery: Delivery = Delivery()
     domains: dict[str, Domain] = {}
     accounts: dict[str, Account] = {}

@@ -1,7 +1,8 @@
 """The submission handler (RFC 6409): authenticated users send mail to anyone, from their own addresses.
 
 AUTH PLAIN and LOGIN only after STARTTLS (the protocol layer answers 530 5.7.0 before it), passwords
-checked against the scrypt hashes in a worker thread (a check takes ~0.1 s of CPU), MAIL FROM limited
+checked against the scrypt hashes in a worker thread (a check takes ~0.1 s of CPU) with failed logins
+throttled (app/throttle.py), MAIL FROM limited
 to the account's configured addresses, any recipient accepted. The message's From must be one of
 the account's addresses too; a missing Date or Message-ID is added (RFC 6409 8.2, 8.3) and the
 message is DKIM-signed with every selector of the From domain. It is stored as one file plus one
@@ -13,25 +14,32 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from collections.abc import Callable
 from email.utils import format_datetime, make_msgid
 
-from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.accounts import account_for_login, owns_address, verify_password
+from app.accounts import account_for_login, owns_address
 from app.auth.dkim import DKIMSigningError, sign
 from app.auth.message import author, header_fields
 from app.config import Config
-from app.db import session_scope
 from app.models.base import utcnow
 from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store import MessageStore, OutgoingCopy, StoreError
+from app.throttle import attempt_login
 
 log = logging.getLogger("app.smtpserver")
 
 BAD_BASE64 = "501 5.5.2 Cannot decode the base64 argument"
+# An answer to a 334 challenge (base64): 1024 octets carry credentials of up to 768 bytes.
+MAX_AUTH_ANSWER = 1024
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
+TOO_MANY_FAILURES = "454 4.7.0 Too many failed logins; try again later"
+AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
+LOGGED_LOGIN_LENGTH = 100  # a login is logged (repr) up to this many characters
 
 
 class SubmissionHandler(BaseHandler):
@@ -81,19 +89,36 @@ class SubmissionHandler(BaseHandler):
         try:
             login, password = login_raw.decode("utf-8"), password_raw.decode("utf-8")
         except UnicodeDecodeError:
+            log.info("submission auth failed ip=%s: login or password is not UTF-8", server.peer_ip)
             return AuthResult(success=False, handled=False)
         account = account_for_login(self.config, login)
-        # Checked even for unknown logins, so the time taken does not tell which accounts exist.
-        valid = await asyncio.to_thread(self._verify, account or "", password)
-        if account is None or not valid:
-            log.info("submission auth failed ip=%s login=%r", server.peer_ip, login)
+        settings = self.config.login_throttle
+        try:
+            # Unknown logins cost one scrypt too (~0.1 s of CPU, in a thread) and are counted alike.
+            result = await asyncio.to_thread(
+                attempt_login, self.database_url, settings, account, login, password, server.peer_ip
+            )
+        except SQLAlchemyError as e:
+            problem = str(e).partition("\n")[0]
+            log.error("submission auth ip=%s: database problem: %s", server.peer_ip, problem)
+            return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
+        shown = login[:LOGGED_LOGIN_LENGTH]
+        if result.retry_after is not None:
+            log.warning(
+                "submission auth refused: too many failed logins ip=%s login=%r retry_after=%ds",
+                server.peer_ip,
+                shown,
+                result.retry_after,
+            )
+            return AuthResult(success=False, handled=False, message=TOO_MANY_FAILURES)
+        if result.account is None:
+            log.info(
+                "submission auth failed ip=%s login=%r failures=%d", server.peer_ip, shown, result.failures
+            )
+            await asyncio.sleep(result.delay)  # a growing delay slows a guesser that waits for replies
             return AuthResult(success=False, handled=False)  # aiosmtpd replies 535 5.7.8
         log.info("submission auth ok ip=%s account=%s", server.peer_ip, account)
         return AuthResult(success=True, auth_data=account)
-
-    def _verify(self, account: str, password: str) -> bool:
-        with session_scope(self.database_url) as session:
-            return verify_password(session, account, password)
 
     # The transaction.
 
@@ -182,7 +207,42 @@ async def _initial_or_challenge(server: PostwardenSMTP, args: list[str], prompt:
 
 
 async def _challenge(server: PostwardenSMTP, prompt: str) -> bytes | None:
-    """Send `334 base64(prompt)`; the decoded answer, or None if the client aborted or sent bad base64
-    (aiosmtpd has replied then)."""
-    answer = await server.challenge_auth(prompt)
-    return None if answer is MISSING else bytes(answer)  # type: ignore[arg-type]
+    """Send `334 base64(prompt)`; the decoded answer, or None (replied to here) if the client aborted
+    with "*", or sent bad base64 or a line over MAX_AUTH_ANSWER octets.
+
+    aiosmtpd's own challenge_auth reads the answer with StreamReader.readline, which fails on a line
+    over the stream's limit after dropping only part of it: the session got a 451 and the rest of the
+    line was taken for commands. Here an over-long line is read to its end and refused with a 500.
+    """
+    await server.push("334 " + b64encode(prompt.encode()).decode("ascii"))
+    line = await _bounded_line(server._reader)
+    if line is None:
+        await server.push(AUTH_LINE_TOO_LONG)
+        return None
+    answer = line.strip()
+    if answer == b"*":
+        await server.push("501 5.7.0 Authentication aborted")
+        return None
+    try:
+        return b64decode(answer, validate=True)
+    except binascii.Error:
+        await server.push(BAD_BASE64)
+        return None
+
+
+async def _bounded_line(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line, or None if it is longer than MAX_AUTH_ANSWER (then read to its end and dropped:
+    the next line is the client's next command). The session's idle timeout bounds the time taken."""
+    too_long = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+            break
+        except asyncio.LimitOverrunError as e:
+            await reader.readexactly(e.consumed)  # over the stream's limit: drop what came, read on
+            too_long = True
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("connection closed during AUTH") from None
+    if too_long or len(line.rstrip(b"\r\n")) > MAX_AUTH_ANSWER:
+        return None
+    return line

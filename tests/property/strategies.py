@@ -49,15 +49,17 @@ def repeated(fragments: st.SearchStrategy[str], size: int) -> st.SearchStrategy[
 
 
 def joined(parts: st.SearchStrategy[str], separators: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    """Several parts joined by separators drawn one per gap."""
-    return st.lists(st.tuples(parts, separators), max_size=12).map(
-        lambda items: "".join(p + s for p, s in items)
-    )
+    """One to a dozen parts with a separator drawn for each gap."""
+    gaps = st.lists(st.tuples(separators, parts), max_size=11)
+    return st.builds(lambda first, rest: first + "".join(s + p for s, p in rest), parts, gaps)
 
 
 # Domain names: valid ones, and hostile text in their place.
 label = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
-domain = st.lists(label, min_size=2, max_size=4).map(".".join)
+top_label = st.from_regex(r"[a-z]{2,6}", fullmatch=True)
+domain = st.builds(
+    lambda labels, top: ".".join([*labels, top]), st.lists(label, min_size=1, max_size=3), top_label
+)
 domain_or_junk = st.one_of(domain, hostile_text)
 localpart = st.from_regex(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(?:\.[A-Za-z0-9_-]{1,8}){0,2}", fullmatch=True
