@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.models import Account, Mailbox
+from app.websessions import end_account_sessions
 
 # scrypt cost: n=2**15, r=8 takes ~32 MiB and ~0.1 s per check on one core: slow for a guesser,
 # bearable for a login. The parameters are stored in each hash, so they can be raised later.
@@ -30,7 +31,10 @@ HASH_SCHEME = "scrypt"
 def hash_password(password: str) -> str:
     """`scrypt$n$r$p$<salt b64>$<hash b64>` for the UTF-8 bytes of `password`."""
     salt = secrets.token_bytes(16)
-    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return _format_hash(salt, _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
+
+
+def _format_hash(salt: bytes, digest: bytes) -> str:
     return "$".join([HASH_SCHEME, str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)])
 
 
@@ -57,20 +61,38 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+# What a login without a stored hash is checked against: well-formed, current parameters, random
+# salt and digest (no password hashes to it), made once per process at no cost.
+_DUMMY_HASH = _format_hash(secrets.token_bytes(16), secrets.token_bytes(32))
+
+
 def set_password(session: Session, account_name: str, password: str) -> None:
-    """Store a new password hash for the account (its row is created if missing)."""
+    """Store a new password hash for the account (its row is created if missing) and end its web
+    sessions: whoever knew the old password is logged out."""
     account = ensure_account(session, account_name)
     account.password_hash = hash_password(password)
+    end_account_sessions(session, account.id)
 
 
 def verify_password(session: Session, account_name: str, password: str) -> bool:
     """True if the account exists, has a password, and `password` is it. Slow on purpose (scrypt)."""
-    stored = session.scalar(select(Account.password_hash).where(Account.name == account_name))
-    if not stored:
-        # Spend the same time as a real check, so timing does not tell which accounts exist.
-        password_matches(password, hash_password(secrets.token_hex(8)))
+    return check_password(password, stored_password_hash(session, account_name))
+
+
+def stored_password_hash(session: Session, account_name: str | None) -> str | None:
+    """The account's password hash; None for no account name, an unknown account or no password.
+    The query runs even without a name (no account is named ""), so every login costs the same."""
+    query = select(Account.password_hash).where(Account.name == (account_name or ""))
+    return session.scalar(query) or None
+
+
+def check_password(password: str, stored_hash: str | None) -> bool:
+    """Whether `password` matches; without a hash, False after the same work as a real check (one
+    scrypt with the current parameters), so the time taken does not tell which accounts exist."""
+    if stored_hash is None:
+        password_matches(password, _DUMMY_HASH)
         return False
-    return password_matches(password, stored)
+    return password_matches(password, stored_hash)
 
 
 def ensure_account(session: Session, name: str) -> Account:

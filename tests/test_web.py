@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -30,8 +28,10 @@ from app.migrate import upgrade_database
 from app.models import Account, JobRun, Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
 from app.web.app import WebSetupError, create_app
+from tests import webclient
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
+from tests.webclient import form_token, served
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
@@ -117,24 +117,14 @@ def client(app: Starlette) -> Iterator[TestClient]:
 def log_in(
     client: TestClient | httpx.Client, account: str = "admin", password: str = PASSWORD, next_page: str = "/"
 ) -> httpx.Response:
-    return client.post("/login", data={"account": account, "password": password, "next": next_page})
+    return webclient.log_in(client, account, password, next_page)
 
 
 @pytest.fixture
-def live_server(app: Starlette) -> Iterator[str]:
+def live_server(app: Starlette, web_config: Config) -> Iterator[str]:
     """The app served by a real uvicorn server on a loopback port, in a thread."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app, web_config) as url:
+        yield url
 
 
 def test_real_server_login_status_metrics_logout(live_server: str, web_config: Config) -> None:
@@ -179,7 +169,7 @@ def test_real_server_login_status_metrics_logout(live_server: str, web_config: C
         assert 'postwarden_job_last_started_timestamp_seconds{job="send_dmarc_reports"}' in scrape.text
         assert 'postwarden_job_last_finished_timestamp_seconds{job="sweep_queue"}' not in scrape.text
 
-        out = http.post("/logout")
+        out = http.post("/logout", data={"csrf_token": form_token(http, "/")})
         assert (out.status_code, out.headers["location"]) == (303, "/login")
         assert http.get("/").status_code == 303
 

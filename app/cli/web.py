@@ -32,4 +32,7 @@ def web_command(ctx: click.Context, address: str | None, port: int | None) -> No
         log_config=None,  # our handlers (text or JSON, with cid) from setup_logging
         log_level=config.log_level,
         server_header=False,
+        # Client address and scheme from X-Forwarded-For/-Proto, believed only from these peers.
+        proxy_headers=True,
+        forwarded_allow_ips=list(config.web.trusted_proxies),
     )

@@ -3,6 +3,7 @@
 from app.models.base import Base
 from app.models.dmarc import DMARCEvaluation, DMARCReportClaim, ReportSuppression
 from app.models.jobs import JobRun
+from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage, SentRecipient
 from app.models.store import Account, Mailbox, Message
@@ -14,6 +15,7 @@ __all__ = [
     "DMARCEvaluation",
     "DMARCReportClaim",
     "JobRun",
+    "LoginFailure",
     "MTASTSPolicy",
     "Mailbox",
     "Message",
@@ -23,4 +25,5 @@ __all__ = [
     "TLSFailureDetail",
     "TLSReportPost",
     "TLSResult",
+    "WebSession",
 ]

@@ -1,4 +1,4 @@
-"""The web process's ASGI app: login, the status and DNS pages, `/health` and `/metrics`."""
+"""The web process's ASGI app: login, the status and DNS pages, `/health`, `/metrics` and the stylesheet."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from app.config import Config
@@ -24,15 +24,15 @@ from app.dns import resolver_from_config
 from app.dnsrecords import DNSRecordsError, check_domain, mta_sts_policy, records_for_domain
 from app.models import JobRun
 from app.models.base import utcnow
-from app.web.auth import admin_page, login, login_form, logout
+from app.web.auth import admin_page, login, login_form, logout, page_context
 from app.web.metrics import metrics_registry
+from app.web.security import Refused, SecurityHeaders
 from app.web.status import REPORT_JOBS, ServerStatus, server_status
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-SESSION_COOKIE = "postwarden_session"
-SESSION_MAX_AGE = 7 * 24 * 3600
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 MIN_SECRET_LENGTH = 16
 
 
@@ -41,7 +41,8 @@ class WebSetupError(Exception):
 
 
 def session_secret(config: Config) -> str:
-    """The cookie-signing secret from `web.secret_key_file`; without one, random (sessions end at restart)."""
+    """The secret sessions and login forms are keyed with, from `web.secret_key_file`; without one,
+    random (sessions end at restart)."""
     path = config.web.secret_key_file
     if path is None:
         log.warning("web.secret_key_file is not set: sessions end when the web process restarts")
@@ -87,6 +88,15 @@ async def database_unavailable(request: Request, error: Exception) -> Response:
     return PlainTextResponse("The database is unavailable; see the web process's log.\n", status_code=503)
 
 
+async def refused(request: Request, error: Exception) -> Response:
+    """A refused request (security.Refused): its status and message on the error page."""
+    assert isinstance(error, Refused)
+    context = {"message": error.message}
+    return request.app.state.templates.TemplateResponse(
+        request, "error.html", context, status_code=error.status_code, headers=error.headers
+    )
+
+
 def _status(database_url: str) -> ServerStatus:
     with session_scope(database_url) as session:
         return server_status(session, utcnow())
@@ -97,12 +107,7 @@ async def status_page(request: Request) -> Response:
     config: Config = request.app.state.config
     status = await run_in_threadpool(_status, config.resolved_database_url)
     reports = {label: status.last_runs.get(job) for job, label in REPORT_JOBS.items()}
-    context = {
-        "account": request.session.get("account"),
-        "status": status,
-        "reports": reports,
-        "config": config,
-    }
+    context = {"status": status, "reports": reports, "config": config}
     return request.app.state.templates.TemplateResponse(request, "status.html", context)
 
 
@@ -110,7 +115,7 @@ async def status_page(request: Request) -> Response:
 async def dns_page(request: Request) -> Response:
     config: Config = request.app.state.config
     domain = request.path_params.get("domain") or next(iter(sorted(config.domains)), None)
-    context = {"account": request.session.get("account"), "domains": sorted(config.domains), "domain": domain}
+    context = {"domains": sorted(config.domains), "domain": domain}
     if domain is None:
         return request.app.state.templates.TemplateResponse(request, "dns.html", context)
     if domain not in config.domains:
@@ -138,20 +143,15 @@ def create_app(config: Config) -> Starlette:
         Route("/", status_page),
         Route("/dns", dns_page),
         Route("/dns/{domain}", dns_page),
-    ]
-    middleware = [
-        Middleware(
-            SessionMiddleware,
-            secret_key=session_secret(config),
-            session_cookie=SESSION_COOKIE,
-            max_age=SESSION_MAX_AGE,
-            same_site="lax",
-        )
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(
-        routes=routes, middleware=middleware, exception_handlers={SQLAlchemyError: database_unavailable}
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={SQLAlchemyError: database_unavailable, Refused: refused},
     )
     app.state.config = config
-    app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    app.state.secret = session_secret(config)
+    app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[page_context])
     app.state.registry = metrics_registry(config.resolved_database_url)
     return app

@@ -1,32 +1,68 @@
-"""Form login against account passwords, the session that remembers it, and who may see what.
+"""Form login against account passwords, the server-side session that remembers it, and who may see
+what.
 
-The status and DNS pages are for the postmaster account (the admin); any account may log in.
+The status and DNS pages are for the postmaster account (the admin); any account may log in. Failed
+logins are throttled with submission AUTH's (app/throttle.py): one scrypt per attempt whether or not
+the account exists, a growing delay, then 429 with Retry-After.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
+from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from app.accounts import verify_password
 from app.db import session_scope
+from app.models import Account
+from app.models.base import utcnow
+from app.throttle import attempt_login
+from app.web.security import (
+    LOGIN_COOKIE,
+    Refused,
+    cookie_is_secure,
+    login_nonce,
+    login_token,
+    login_token_valid,
+    posted_form,
+    set_cookie,
+    tokens_equal,
+)
+from app.websessions import MAX_AGE, LoggedIn, current_session, end_session, start_session
 
 log = logging.getLogger(__name__)
 
-SESSION_ACCOUNT = "account"
+SESSION_COOKIE = "postwarden_session"
+MAX_TOKEN_LENGTH = 100  # a session cookie longer than any token we issue is not looked up
+LOGGED_LOGIN_LENGTH = 100
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def logged_in_account(request: Request) -> str | None:
-    """The account of the session, if it is still in the config (a removed account is logged out)."""
-    account = request.session.get(SESSION_ACCOUNT)
-    return account if account in request.app.state.config.accounts else None
+async def logged_in(request: Request) -> LoggedIn | None:
+    """The request's live session, if its account is still in the config (a removed account is
+    logged out). Kept on request.state, where the templates' context (page_context) finds it."""
+    if hasattr(request.state, "login"):
+        return request.state.login
+    token = request.cookies.get(SESSION_COOKIE, "")
+    found = None
+    if token and len(token) <= MAX_TOKEN_LENGTH:
+        found = await run_in_threadpool(_load_session, request, token)
+    request.state.login = found if found and found.account in request.app.state.config.accounts else None
+    return request.state.login
+
+
+def page_context(request: Request) -> dict[str, Any]:
+    """What every template gets: the logged-in account (for the header) and the session's CSRF token
+    (for the logout form)."""
+    login: LoggedIn | None = getattr(request.state, "login", None)
+    return {"account": login.account if login else None, "csrf_token": login.csrf_token if login else ""}
 
 
 def is_admin(account: str | None, request: Request) -> bool:
@@ -45,19 +81,14 @@ def admin_page(endpoint: Endpoint) -> Endpoint:
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        account = logged_in_account(request)
-        if account is None:
+        login = await logged_in(request)
+        if login is None:
             target = quote(
                 request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/"
             )
             return RedirectResponse(f"/login?next={target}", status_code=303)
-        if not is_admin(account, request):
-            return request.app.state.templates.TemplateResponse(
-                request,
-                "error.html",
-                {"account": account, "message": "This page is for the postmaster account."},
-                status_code=403,
-            )
+        if not is_admin(login.account, request):
+            raise Refused(403, "This page is for the postmaster account.")
         return await endpoint(request)
 
     return guarded
@@ -68,33 +99,71 @@ async def login_form(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    form = await request.form()
-    account = str(form.get("account", "")).strip()
-    password = str(form.get("password", ""))
-    next_page = safe_next(str(form.get("next", "")))
+    form = await posted_form(request)
+    if not login_token_valid(request, request.app.state.secret, form.get("csrf_token", "")):
+        raise Refused(403, "The login form has expired or did not come from this site: reload it and log in.")
+    name, password = form.get("account", "").strip(), form.get("password", "")
+    next_page = safe_next(form.get("next"))
     config = request.app.state.config
-    # Always pay for one scrypt (~0.1 s, off the event loop), so timing tells nothing about accounts.
-    ok = await run_in_threadpool(_check_password, config.resolved_database_url, account, password)
-    if not ok or account not in config.accounts:
-        log.info("web login failed for %r from %s", account, request.client.host if request.client else "-")
+    ip = request.client.host if request.client else "-"
+    account = name if name in config.accounts else None
+    result = await run_in_threadpool(
+        attempt_login, config.resolved_database_url, config.login_throttle, account, name, password, ip
+    )
+    shown = name[:LOGGED_LOGIN_LENGTH]
+    if result.retry_after is not None:
+        log.warning("web login refused: too many failed logins ip=%s login=%r", ip, shown)
+        minutes = -(-result.retry_after // 60)
+        message = f"Too many failed logins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+        raise Refused(429, message, {"Retry-After": str(result.retry_after)})
+    if result.account is None:
+        log.info("web login failed ip=%s login=%r failures=%d", ip, shown, result.failures)
+        await asyncio.sleep(result.delay)  # a growing delay slows a guesser that waits for replies
         return _login_page(request, "Wrong account name or password.", next_page, status_code=401)
-    request.session.clear()
-    request.session[SESSION_ACCOUNT] = account
-    return RedirectResponse(next_page, status_code=303)
+    old_token = request.cookies.get(SESSION_COOKIE, "")
+    token = await run_in_threadpool(_start_session, request, result.account, old_token)
+    response = RedirectResponse(next_page, status_code=303)
+    set_cookie(response, request, SESSION_COOKIE, token, max_age=int(MAX_AGE.total_seconds()))
+    return response
 
 
 async def logout(request: Request) -> Response:
-    request.session.clear()
-    return RedirectResponse("/login", status_code=303)
+    form = await posted_form(request)
+    login = await logged_in(request)
+    if login is not None:
+        if not tokens_equal(login.csrf_token, form.get("csrf_token", "")):
+            raise Refused(403, "The logout form did not come from this site's page: reload it and try again.")
+        await run_in_threadpool(_end_session, request, request.cookies[SESSION_COOKIE])
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax", secure=cookie_is_secure(request))
+    return response
 
 
-def _check_password(database_url: str, account: str, password: str) -> bool:
-    with session_scope(database_url) as session:
-        return verify_password(session, account, password)
+def _load_session(request: Request, token: str) -> LoggedIn | None:
+    with session_scope(request.app.state.config.resolved_database_url) as session:
+        return current_session(session, request.app.state.secret, token, utcnow())
+
+
+def _start_session(request: Request, account: str, old_token: str) -> str:
+    """A new session (a fresh token: one planted before login is worthless); the old one ends."""
+    secret = request.app.state.secret
+    with session_scope(request.app.state.config.resolved_database_url) as session:
+        if old_token:
+            end_session(session, secret, old_token)
+        account_id = session.scalars(select(Account.id).where(Account.name == account)).one()
+        return start_session(session, secret, account_id, utcnow())
+
+
+def _end_session(request: Request, token: str) -> None:
+    with session_scope(request.app.state.config.resolved_database_url) as session:
+        end_session(session, request.app.state.secret, token)
 
 
 def _login_page(request: Request, error: str | None, next_page: str, status_code: int) -> Response:
-    context = {"error": error, "next": next_page, "account": None}
-    return request.app.state.templates.TemplateResponse(
+    nonce = login_nonce(request)
+    context = {"error": error, "next": next_page, "login_token": login_token(request.app.state.secret, nonce)}
+    response = request.app.state.templates.TemplateResponse(
         request, "login.html", context, status_code=status_code
     )
+    set_cookie(response, request, LOGIN_COOKIE, nonce, path="/login")
+    return response

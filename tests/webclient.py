@@ -1,0 +1,68 @@
+"""Helpers for web tests: the app served by a real uvicorn server, and logging in as a browser does
+(fetch the form, post it with its CSRF token)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from app.config import Config
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@contextmanager
+def served(app: Starlette, config: Config) -> Iterator[str]:
+    """`app` served by uvicorn on a loopback port in a thread, as `postwarden web` runs it (the proxy
+    headers of web.trusted_proxies believed); yields the base URL."""
+    settings = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        lifespan="off",
+        proxy_headers=True,
+        forwarded_allow_ips=list(config.web.trusted_proxies),
+    )
+    server = uvicorn.Server(settings)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def form_token(client: TestClient | httpx.Client, path: str) -> str:
+    """The CSRF token of the form on the page at `path` (the login form, or the logout button)."""
+    page = client.get(path)
+    match = CSRF_FIELD.search(page.text)
+    assert match, f"no CSRF token on {path} ({page.status_code})"
+    return match.group(1)
+
+
+def log_in(
+    client: TestClient | httpx.Client,
+    account: str,
+    password: str,
+    next_page: str = "/",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    token = form_token(client, "/login")
+    data = {"account": account, "password": password, "next": next_page, "csrf_token": token}
+    return client.post("/login", data=data, headers=headers)
