@@ -44,8 +44,11 @@ hostile_bytes = st.one_of(
 
 
 def repeated(fragments: st.SearchStrategy[str], size: int) -> st.SearchStrategy[str]:
-    """A fragment repeated up to about `size` characters."""
-    return fragments.filter(bool).map(lambda s: (s * (size // len(s) + 1))[:size])
+    """A fragment repeated to about `size` characters, between a short prefix and suffix (the shape of
+    input that makes a backtracking pattern or a quadratic loop run long: "k:a", spaces, "b")."""
+    body = fragments.filter(bool).map(lambda s: (s * (size // len(s) + 1))[:size])
+    short = st.text(alphabet=st.one_of(tricky_chars, printable_ascii), max_size=4)
+    return st.builds(lambda prefix, middle, suffix: prefix + middle + suffix, short, body, short)
 
 
 def joined(parts: st.SearchStrategy[str], separators: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
