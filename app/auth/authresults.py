@@ -8,6 +8,7 @@ from app.auth.types import DKIMResult, DMARCResult, SPFResult
 
 LINE_LIMIT = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters
 REASON_LIMIT = 100
+AUTHSERV_ID_LIMIT = 255  # our host name, normally: the longest domain name
 # RFC 2045 token: printable ASCII except SPACE and the tspecials.
 _TOKEN = re.compile(r"^[!#$%&\'*+\-.0-9A-Z^_`a-z{|}~]+$")
 
@@ -28,7 +29,7 @@ def authentication_results(
         *([] if dkim else [["dkim=none"]]),
         _dmarc(dmarc),
     ]
-    lines = [f"Authentication-Results: {value(authserv_id)};"]
+    lines = [f"Authentication-Results: {value(_printable(authserv_id, AUTHSERV_ID_LIMIT))};"]
     for index, units in enumerate(resinfos):
         end = ";" if index < len(resinfos) - 1 else ""
         lines += _fold(units, end)
@@ -65,9 +66,11 @@ def _dmarc(result: DMARCResult) -> list[str]:
     return units
 
 
-def _printable(text: str) -> str:
+def _printable(text: str, limit: int = REASON_LIMIT) -> str:
+    """Printable ASCII for the field: anything else (CR, LF, controls, non-ASCII) as "?", shortened to
+    `limit` characters."""
     text = re.sub(r"[^\x20-\x7e]+", "?", text).strip()
-    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fold(units: list[str], end: str) -> list[str]:
