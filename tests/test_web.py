@@ -19,44 +19,26 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from app.accounts import set_password, sync_from_config
 from app.cli import main
 from app.config import Config, load_config
 from app.db import session_scope
 from app.dnsrecords import records_for_domain
-from app.migrate import upgrade_database
 from app.models import Account, JobRun, Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
 from app.web.app import WebSetupError, create_app
 from tests import webclient
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
-from tests.webclient import form_token, served
+from tests.webclient import form_token, served, write_web_config
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
-EXTRA = """
-[web]
-secret_key_file = "web-secret.key"
-
-[accounts.bob]
-addresses = ["bob@example.org"]
-"""
 
 
 @pytest.fixture
 def web_config(tmp_path: Path, dns: DNSTestServer) -> Config:
-    """The test config plus a second (non-admin) account, a session secret, passwords and some data."""
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "web-secret.key").write_text("s3cret-" * 8)
-    path = write_config(tmp_path / "config", EXTRA, dns_port=dns.port)
-    config = load_config(path)
-    upgrade_database(config.resolved_database_url)
-    with session_scope(config.resolved_database_url) as session:
-        sync_from_config(session, config)
-        set_password(session, "admin", PASSWORD)
-        set_password(session, "bob", BOB_PASSWORD)
-    return config
+    """The test config plus a second (non-admin) account, a session secret, passwords."""
+    return write_web_config(tmp_path / "config", dns.port, {"admin": PASSWORD, "bob": BOB_PASSWORD})
 
 
 def add_activity(config: Config) -> None:

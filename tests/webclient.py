@@ -8,15 +8,41 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from app.config import Config
+from app.accounts import set_password, sync_from_config
+from app.config import Config, load_config
+from app.db import session_scope
+from app.migrate import upgrade_database
+from tests.configs import write_config
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+WEB_EXTRA = """
+[web]
+secret_key_file = "web-secret.key"
+
+[accounts.bob]
+addresses = ["bob@example.org"]
+"""
+
+
+def write_web_config(directory: Path, dns_port: int, passwords: dict[str, str]) -> Config:
+    """The test config plus a second (non-admin) account bob and a session secret, migrated, with
+    the given account passwords set."""
+    directory.mkdir(parents=True)
+    (directory / "web-secret.key").write_text("s3cret-" * 8)
+    config = load_config(write_config(directory, WEB_EXTRA, dns_port=dns_port))
+    upgrade_database(config.resolved_database_url)
+    with session_scope(config.resolved_database_url) as session:
+        sync_from_config(session, config)
+        for account, password in passwords.items():
+            set_password(session, account, password)
+    return config
 
 
 @contextmanager

@@ -97,7 +97,8 @@ async def posted_form(request: Request) -> dict[str, str]:
     """The fields of a form posted from our own pages, read up to MAX_FORM_BYTES (Refused otherwise)."""
     if not same_origin(request):
         raise Refused(403, "This form was sent from another site; it is refused.")
-    if request.headers.get("content-type", "").partition(";")[0].strip().lower() != FORM_TYPE:
+    content_type = request.headers.get("content-type", FORM_TYPE).partition(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
         raise Refused(415, "Send the form as application/x-www-form-urlencoded.")
     body = bytearray()
     async for chunk in request.stream():
