@@ -145,6 +145,26 @@ class Limits(Strict):
     max_line_length: Annotated[int, Field(ge=1000)] = 8192
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0
     max_errors: Annotated[int, Field(gt=0)] = 10
+    # Concurrent SMTP sessions, over all listeners and worker processes, and per client address
+    # (IPv6: per /64); beyond them a connection gets 421 4.7.0 and is closed.
+    max_sessions: Annotated[int, Field(gt=0)] = 1000
+    max_sessions_per_ip: Annotated[int, Field(gt=0)] = 20
+    # Connections the kernel queues before we accept them (capped by net.core.somaxconn).
+    listen_backlog: Annotated[int, Field(ge=1, le=65535)] = 1024
+    # DATA: seconds without any incoming data, and for the whole message data.
+    data_timeout: Annotated[float, Field(gt=0)] = 300.0
+    data_total_timeout: Annotated[float, Field(gt=0)] = 3600.0
+    # Bytes of message data a worker process holds in memory at once, over all its sessions.
+    data_memory_budget: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _budget_fits_a_message(self) -> Limits:
+        if self.data_memory_budget < self.max_message_size:
+            raise ValueError(
+                f"data_memory_budget ({self.data_memory_budget}) must be at least max_message_size "
+                f"({self.max_message_size}), or no message of the largest size could be received"
+            )
+        return self
 
 
 class DNS(Strict):

@@ -6,10 +6,19 @@ a per-session error budget (too many errors → 421 4.7.0 and close), a 421 befo
 configured line length, and the PIPELINING / ENHANCEDSTATUSCODES extensions in the EHLO reply.
 Command lines may end in a bare LF (as most servers accept); they carry no message content. What is
 done with a transaction is the handler's (handler.py and its subclasses).
+
+Against hostile clients: a connection beyond the session caps gets 421 4.7.0 before any session
+starts (admission.py); pipelined commands already buffered yield to the event loop every PACE replies
+(aiosmtpd runs them back to back, so a million NOOPs would stall every other session), and once we
+close a session (421) the commands still buffered are dropped, not run. DATA has its own timeouts:
+`data_timeout` without any incoming data, `data_total_timeout` for all of it (aiosmtpd's idle timer
+runs from the DATA command and would cut a long message that is still flowing). Message data held
+in memory is charged to the process's MemoryBudget (data.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -18,7 +27,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from app.config import Limits
-from app.smtpserver.data import read_message_data
+from app.logs import RATE_LIMITED
+from app.smtpserver.admission import SessionGate
+from app.smtpserver.data import OVER_BUDGET, MemoryBudget, MessageData, read_message_data
 
 log = logging.getLogger("app.smtpserver")
 
@@ -44,6 +55,9 @@ SIMPLE_PATH = re.compile(
 )
 # aiosmtpd closes after 5 unknown commands with this reply; it is our too-many-errors close too.
 AIOSMTPD_BOGUS_CLOSE = "502 5.5.1 Too many unrecognized commands, goodbye."
+PACE = 8  # replies between yields to the event loop (pipelined commands run back to back otherwise)
+# After our last reply, how long a client that does not read may keep the connection (and its file).
+CLOSE_GRACE = 10.0
 
 
 def with_enhanced_code(reply: str) -> str:
@@ -66,6 +80,8 @@ class PostwardenSMTP(SMTP):
         hostname: str,
         tls_context: Any = None,
         submission: bool = False,
+        gate: SessionGate | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         # aiosmtpd reads lines with a stream limit of `line_length_limit`; RFC 5321 4.5.3.1.6's 1000
         # octets is a minimum to accept, and the operator's limit is what we enforce.
@@ -86,11 +102,42 @@ class PostwardenSMTP(SMTP):
             auth_require_tls=submission,
         )
         self.limits = limits
+        self.gate = gate  # None: no caps (a session that is not served by SMTPService)
+        self.budget = budget or MemoryBudget(limits.data_memory_budget)
         self.errors = 0
         self._greeted = False
         self._plain_replies = False  # replies to HELO/EHLO carry no enhanced code (RFC 2034)
         self._ehlo_lines: list[str] | None = None
         self._closing = False
+        self._bucket: int | None = None  # the session's place in the gate's counts, once admitted
+        self._replies = 0
+        self._last_data = 0.0  # loop time anything last came in
+        self._data_deadline: float | None = None  # while reading DATA: when it must be over
+
+    def connection_made(self, transport: Any) -> None:
+        # Called again with the TLS transport after STARTTLS; the session was admitted the first time.
+        if self.gate is not None and self._original_transport is None:
+            ip = _peer_ip(transport.get_extra_info("peername"))
+            admitted = self.gate.admit(ip)
+            if isinstance(admitted, str):
+                log.info("refused connection from %s: %s", ip, admitted, extra=RATE_LIMITED)
+                transport.write(f"{admitted}\r\n".encode())
+                transport.close()
+                return  # no session, no handler task, no timer
+            self._bucket = admitted
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is None:
+            return  # refused in connection_made: nothing was started
+        if self._bucket is not None and self.gate is not None:
+            self.gate.leave(self._bucket)
+            self._bucket = None
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        super().data_received(data)
 
     def __dir__(self) -> list[str]:
         # aiosmtpd builds its command and AUTH tables anew for every connection from dir(self),
@@ -113,6 +160,7 @@ class PostwardenSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if self._closing:
+            await asyncio.sleep(0)  # let the close (and the cancelled session task) take effect
             return
         reply = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         if self._ehlo_lines is not None and reply.startswith("250"):
@@ -125,6 +173,9 @@ class PostwardenSMTP(SMTP):
             await self.close_with("421 4.7.0 Too many unrecognized commands, closing connection")
             return
         await super().push(reply)
+        self._replies += 1
+        if not self._replies % PACE:
+            await asyncio.sleep(0)  # give other sessions a turn between pipelined commands
         if reply[:1] in "45" and not reply.startswith(TOO_MANY_RECIPIENTS):
             # Too many recipients is not counted: RFC 5321 4.5.3.1.10 tells clients to go on with the
             # accepted ones, so a pipelining client gets one 452 per extra recipient.
@@ -138,21 +189,47 @@ class PostwardenSMTP(SMTP):
         return with_enhanced_code(reply)
 
     async def close_with(self, reply: str) -> None:
-        """Send a last reply (421) and close the connection; later replies are dropped."""
+        """Send a last reply (421) and close the connection. The session task is cancelled, so commands
+        the client pipelined after this one are not run (the CancelledError ends the session here,
+        when called from it)."""
         log.info("closing session from %s: %s", self.peer_ip, reply)
-        await super().push(reply)
+        self._end_with(reply)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        await asyncio.sleep(0)
+
+    def _end_with(self, reply: str) -> None:
+        """Write a last reply and close; a client that does not read it is cut off after CLOSE_GRACE
+        (a transport waits for its buffer to drain before it closes, holding a file meanwhile)."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
         self._closing = True
-        if self.transport is not None:
-            self.transport.close()
+        transport.write(f"{reply}\r\n".encode())
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(CLOSE_GRACE, transport.abort)
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently; RFC 5321 4.5.3.2 servers may send 421 first, which tells the
         # client why, rather than leaving it to guess from a reset.
+        reply = "421 4.4.2 Idle timeout, closing connection"
+        if self._data_deadline is not None:
+            now = self.loop.time()
+            quiet_until = self._last_data + self.limits.data_timeout
+            if now < min(quiet_until, self._data_deadline):
+                # Data came in since the timer was set: look again when the pause could be too long.
+                self._timeout_handle = self.loop.call_at(
+                    min(quiet_until, self._data_deadline), self._timeout_cb
+                )
+                return
+            if now >= self._data_deadline:
+                reply = f"421 4.4.2 Message data not complete in {self.limits.data_total_timeout:g} s"
+            else:
+                reply = f"421 4.4.2 No message data for {self.limits.data_timeout:g} s"
         if self.transport is not None and not self._closing:
-            self._closing = True
-            log.info("closing idle session from %s", self.peer_ip)
-            self.transport.write(b"421 4.4.2 Idle timeout, closing connection\r\n")
-        super()._timeout_cb()
+            log.info("closing session from %s: %s", self.peer_ip, reply)
+        self._end_with(reply)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -166,22 +243,53 @@ class PostwardenSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        if not self.budget.fits(max(1, self._declared_size())):
+            await self.push(OVER_BUDGET)  # sessions hold what we allow for message data: not now
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data = await read_message_data(
-            self._reader,
-            max_size=self.limits.max_message_size,
-            max_line_length=self.limits.max_line_length,
-        )
+        await self.push(await self._receive_data())
+
+    def _declared_size(self) -> int:
+        """MAIL FROM's SIZE= (RFC 1870); 0 if none or not a plain number (aiosmtpd refused one over
+        the size limit already)."""
+        assert self.envelope is not None
+        for option in self.envelope.mail_options:
+            value = option[5:]
+            if option.startswith("SIZE=") and value.isascii() and value.isdigit() and len(value) <= 20:
+                return int(value)
+        return 0
+
+    async def _receive_data(self) -> str:
+        """Read the data, hand it to the handler, and return the reply. The data is let go (and its
+        budget given back) on return, not after the reply has been written to a slow client."""
+        assert self.envelope is not None
+        data = await self._read_data()
         if data.problem is not None:
             self._set_post_data_state()
-            await self.push(data.problem)
-            return
+            return data.problem
         self.envelope.content = self.envelope.original_content = data.content
         try:
             status = await self._call_handler_hook("DATA")
         finally:
             self._set_post_data_state()  # a failed transaction must not leave its envelope behind
-        await self.push("250 OK" if status is MISSING else status)
+            self.budget.give_back(data.held)
+        return "250 OK" if status is MISSING else status
+
+    async def _read_data(self) -> MessageData:
+        now = self.loop.time()
+        self._last_data, self._data_deadline = now, now + self.limits.data_total_timeout
+        self._reset_timeout(min(self.limits.data_timeout, self.limits.data_total_timeout))
+        try:
+            return await read_message_data(
+                self._reader,
+                max_size=self.limits.max_message_size,
+                max_line_length=self.limits.max_line_length,
+                budget=self.budget,
+            )
+        finally:
+            self._data_deadline = None
+            if self.transport is not None and not self._closing:
+                self._reset_timeout()  # the idle timeout again, for the handler and the next command
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -204,8 +312,11 @@ class PostwardenSMTP(SMTP):
 
     @property
     def peer_ip(self) -> str:
-        peer = self.session.peer if self.session is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        return _peer_ip(self.session.peer if self.session is not None else None)
+
+
+def _peer_ip(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 @functools.cache

@@ -9,11 +9,15 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.accounts import sync_from_config
 from app.config import Config, Listener
 from app.db import session_scope
 from app.dns import Resolver, resolver_from_config
+from app.smtpserver.acceptor import Acceptor
+from app.smtpserver.admission import SessionCounts, SessionGate, open_file_session_cap
+from app.smtpserver.data import MemoryBudget
 from app.smtpserver.evaluation import RecordEvaluation
 from app.smtpserver.handler import BaseHandler
 from app.smtpserver.inbound import InboundHandler
@@ -23,7 +27,7 @@ from app.store import MessageStore
 
 log = logging.getLogger("app.smtpserver")
 
-LISTEN_BACKLOG = 512
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
 class ListenerError(Exception):
@@ -61,6 +65,8 @@ def bind_listeners(config: Config) -> list[BoundListener]:
     """A listening socket per configured listener; ListenerError names the one that cannot be bound.
 
     Binding comes first and apart from serving, so worker processes can share the sockets."""
+    backlog = config.limits.listen_backlog
+    warn_if_backlog_capped(backlog)
     bound: list[BoundListener] = []
     for index, listener in enumerate(config.listeners):
         context = tls_context(listener)
@@ -69,7 +75,7 @@ def bind_listeners(config: Config) -> list[BoundListener]:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((listener.address, listener.port))
-            sock.listen(LISTEN_BACKLOG)
+            sock.listen(backlog)
             sock.setblocking(False)
         except OSError as e:
             sock.close()
@@ -92,6 +98,21 @@ def bind_listeners(config: Config) -> list[BoundListener]:
     return bound
 
 
+def warn_if_backlog_capped(backlog: int) -> None:
+    """The kernel silently caps a listen backlog at net.core.somaxconn: say so when it does."""
+    try:
+        somaxconn = int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return  # not Linux, or not readable: nothing to compare with
+    if backlog > somaxconn:
+        log.warning(
+            "limits.listen_backlog is %d but the kernel caps it at net.core.somaxconn = %d; "
+            "raise that sysctl for a longer queue",
+            backlog,
+            somaxconn,
+        )
+
+
 class SMTPService:
     """Every configured listener over one store, one resolver and one evaluation sink (one process)."""
 
@@ -103,6 +124,7 @@ class SMTPService:
         resolver: Resolver | None = None,
         record_evaluation: RecordEvaluation | None = None,
         wake_queue: Callable[[], None] | None = None,
+        session_counts: SessionCounts | None = None,
     ) -> None:
         self.config = config
         self.database_url = config.resolved_database_url
@@ -110,7 +132,11 @@ class SMTPService:
         self.resolver = resolver or resolver_from_config(config.dns)
         self.record_evaluation = record_evaluation
         self.wake_queue = wake_queue
-        self.servers: list[asyncio.Server] = []
+        # Session counts shared with the other workers (a process of its own: counts of its own).
+        counts = session_counts or SessionCounts()
+        self.gate = SessionGate(config.limits, counts, open_file_session_cap())
+        self.budget = MemoryBudget(config.limits.data_memory_budget)
+        self.acceptors: list[Acceptor] = []
 
     def prepare(self) -> None:
         """Before accepting mail: settle files a crash left behind, create account and mailbox rows."""
@@ -124,10 +150,10 @@ class SMTPService:
     async def start(self, bound: list[BoundListener] | None = None) -> list[BoundListener]:
         """Serve on the given sockets (bound now if none are given)."""
         bound = bind_listeners(self.config) if bound is None else bound
-        loop = asyncio.get_running_loop()
         for each in bound:
-            factory = self._protocol_factory(each.listener, each.tls)
-            self.servers.append(await loop.create_server(factory, sock=each.sock))
+            acceptor = Acceptor(each.sock, self._protocol_factory(each.listener, each.tls))
+            acceptor.start()
+            self.acceptors.append(acceptor)
         return bound
 
     def _protocol_factory(
@@ -143,17 +169,17 @@ class SMTPService:
                 hostname=self.config.hostname,
                 tls_context=context,
                 submission=submission,
+                gate=self.gate,
+                budget=self.budget,
             )
 
         return new_session
 
     async def stop(self) -> None:
         """Stop accepting, then let messages already handed to the store finish committing."""
-        for server in self.servers:
-            server.close()
-        for server in self.servers:
-            await server.wait_closed()
-        self.servers = []
+        for acceptor in self.acceptors:
+            acceptor.close()
+        self.acceptors = []
         await self.store.close()
 
 

@@ -6,6 +6,10 @@ that serve the inherited sockets, each with its own event loop, store committer 
 kernel hands each connection to one of them). SQLite serialises their commits; group commit still
 works within each worker. A worker that dies is replaced; the workers die with the supervisor
 (Linux PR_SET_PDEATHSIG), so a killed supervisor leaves nothing running.
+
+The session caps hold across workers: each worker counts its sessions in its own slot of memory
+shared with the others (admission.py); the supervisor raises the open-file limit before forking and
+clears a dead worker's slot before a new worker takes it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from app.config import Config
 from app.db import engine_for
 from app.process import die_with_parent
+from app.smtpserver.admission import SessionCounts, open_file_session_cap, raise_open_file_limit
 from app.smtpserver.evaluation import RecordEvaluation
 from app.smtpserver.server import (
     BoundListener,
@@ -49,8 +54,9 @@ class Supervisor:
     def __init__(self, config: Config, workers: int) -> None:
         self.config = config
         self.count = workers
-        self.workers: set[int] = set()
-        self.missing = 0  # workers that died and are still to be replaced
+        self.workers: dict[int, int] = {}  # pid -> slot in the session counts
+        self.missing: list[int] = []  # slots of workers that died, still to be replaced
+        self.counts = SessionCounts(workers)
         self.last_start = 0.0
         self.stopping = False
         self.stop_deadline = 0.0
@@ -63,9 +69,23 @@ class Supervisor:
     def prepare(self) -> None:
         """Settle the store and bind every listener (ListenerError if one cannot be bound)."""
         quiet_aiosmtpd_logging()
+        self._raise_open_file_limit()
         prepare_storage(self.config, MessageStore(self.config.data_dir, self.config.resolved_database_url))
         self.bound = bind_listeners(self.config)
         engine_for(self.config.resolved_database_url).dispose()  # no pooled connection crosses a fork
+
+    def _raise_open_file_limit(self) -> None:
+        limit = raise_open_file_limit()
+        cap = open_file_session_cap()
+        log.info("open-file limit %d: at most %d sessions per worker process", limit, cap)
+        if cap * self.count < self.config.limits.max_sessions:
+            log.warning(
+                "limits.max_sessions is %d, but the open-file limit allows %d sessions over %d worker(s); "
+                "raise the hard limit (e.g. LimitNOFILE=) for more",
+                self.config.limits.max_sessions,
+                cap * self.count,
+                self.count,
+            )
 
     def serve(
         self,
@@ -81,8 +101,8 @@ class Supervisor:
         self.wake_queue = wake_queue
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        for _ in range(self.count):
-            self._fork_worker()
+        for slot in range(self.count):
+            self._fork_worker(slot)
         log.info("smtp ready (%d worker process%s)", self.count, "" if self.count == 1 else "es")
         self._supervise()
         log.info("smtp stopped")
@@ -107,31 +127,31 @@ class Supervisor:
 
     def _reap(self) -> None:
         for pid in [pid for pid in self.workers if _reaped(pid)]:
-            self.workers.discard(pid)
+            slot = self.workers.pop(pid)
+            self.counts.clear(slot)  # its sessions ended with it
             if not self.stopping:
                 log.error("smtp worker %d exited unexpectedly; starting a new one", pid)
-                self.missing += 1
+                self.missing.append(slot)
 
     def _replace_missing(self) -> None:
         # At most one new worker a second: one that dies at once (say, the database is gone) must
         # not turn into a fork loop.
         if self.missing and time.monotonic() - self.last_start >= RESTART_INTERVAL:
-            self.missing -= 1
-            self._fork_worker()
+            self._fork_worker(self.missing.pop())
 
     def _kill_if_overdue(self) -> None:
-        self.missing = 0
+        self.missing = []
         self.stop_deadline = self.stop_deadline or time.monotonic() + STOP_TIMEOUT
         if time.monotonic() > self.stop_deadline:
             log.warning("smtp workers did not stop in %.0f s; killing them", STOP_TIMEOUT)
             for pid in self.workers:
                 _kill(pid, signal.SIGKILL)
 
-    def _fork_worker(self) -> None:
+    def _fork_worker(self, slot: int) -> None:
         parent = os.getpid()
         pid = os.fork()
         if pid:
-            self.workers.add(pid)
+            self.workers[pid] = slot
             self.last_start = time.monotonic()
             log.info("smtp worker %d started", pid)
             return
@@ -140,8 +160,12 @@ class Supervisor:
             die_with_parent(parent)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
+            self.counts.slot = slot
             service = SMTPService(
-                self.config, record_evaluation=self.record_evaluation, wake_queue=self.wake_queue
+                self.config,
+                record_evaluation=self.record_evaluation,
+                wake_queue=self.wake_queue,
+                session_counts=self.counts,
             )
             asyncio.run(serve_worker(service, self.bound))
             if self.on_worker_exit is not None:
