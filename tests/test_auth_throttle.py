@@ -32,7 +32,7 @@ from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.logcapture import captured
 from tests.smtpfixtures import ThreadedSMTP, client_tls_context, smtp_config_toml
-from tests.webclient import form_token, log_in, served
+from tests.webclient import form_token, log_in, served, web_process
 
 PASSWORD = "correct horse battery"
 # Timing tests: no throttling in the way.
@@ -175,15 +175,12 @@ def test_success_clears_the_account_count_not_the_range(start_smtp: StartSMTP, t
 
 
 def test_web_and_smtp_failures_count_together(start_smtp: StartSMTP, tls_ca: trustme.CA) -> None:
+    """The web in its own process (`postwarden web`), SMTP here: one count, through the database."""
     server = start_smtp("account_limit = 3\ndelay_after = 100\n")
-    with web_client(server) as http:
-        with captured("app.web") as log:
-            for _ in range(2):
-                assert log_in(http, "bob", "guess").status_code == 401
-        assert log.messages("web login failed ip=127.0.0.1 login='bob' failures=") == [
-            "web login failed ip=127.0.0.1 login='bob' failures=1",
-            "web login failed ip=127.0.0.1 login='bob' failures=2",
-        ]
+    config_file = server.config.data_dir.parent / "postwarden.toml"
+    with web_process(config_file) as web, httpx.Client(base_url=web.url, timeout=30) as http:
+        for _ in range(2):
+            assert log_in(http, "bob", "guess").status_code == 401
         assert timed_auth(server, tls_ca, "bob", "guess")[0] == 535  # the third failure
         assert timed_auth(server, tls_ca, "bob", PASSWORD)[0] == 454
         refused = log_in(http, "bob", PASSWORD)
@@ -191,6 +188,12 @@ def test_web_and_smtp_failures_count_together(start_smtp: StartSMTP, tls_ca: tru
         assert "Too many failed logins. Try again in 15 minutes." in refused.text
         assert 890 <= int(refused.headers["retry-after"]) <= 900
         assert "postwarden_session" not in refused.cookies
+    for line in (
+        "web login failed ip=127.0.0.1 login='bob' failures=1",
+        "web login failed ip=127.0.0.1 login='bob' failures=2",
+        "web login refused: too many failed logins ip=127.0.0.1 login='bob'",
+    ):
+        assert line in web.output, web.output
 
 
 def test_web_failures_are_counted_per_address_range(start_smtp: StartSMTP) -> None:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +25,7 @@ from app.web.app import WebSetupError, create_app
 from tests import webclient
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
-from tests.webclient import form_token, served, write_web_config
+from tests.webclient import form_token, served, web_process, write_web_config
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
@@ -279,37 +275,11 @@ def test_bad_secret_key_file(tmp_path: Path, content: str | None, message: str) 
     assert result.stderr.startswith("postwarden: " + message.format(path=path))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_postwarden_web_command_serves(web_config: Config, tmp_path: Path) -> None:
     """`postwarden web` as the Procfile runs it: a real process on loopback, stopped by SIGTERM."""
-    port = free_port()
-    postwarden = Path(sys.executable).parent / "postwarden"
-    config_file = tmp_path / "config" / "postwarden.toml"
-    process = subprocess.Popen(
-        [postwarden, "--config", config_file, "web", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "postwarden web did not answer"
-                time.sleep(0.05)
+    with web_process(tmp_path / "config" / "postwarden.toml") as web:
+        response = httpx.get(f"{web.url}/health", timeout=10)
         assert response.json() == {"status": "ok", "database": "ok"}
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=10)
     # uvicorn shuts down cleanly, then re-raises the signal so the exit status says what stopped it.
-    assert "Application shutdown complete." in output
-    assert process.returncode == -signal.SIGTERM, output
+    assert "Application shutdown complete." in web.output
+    assert web.process.returncode == -signal.SIGTERM, web.output

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -72,6 +76,48 @@ def served(app: Starlette, config: Config) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class WebProcess:
+    url: str
+    process: subprocess.Popen[str]
+    output: str = ""  # everything it printed, once stopped
+
+
+@contextmanager
+def web_process(config_file: Path) -> Iterator[WebProcess]:
+    """`postwarden web` as the Procfile runs it, in its own process on a free loopback port, once it
+    answers /health; stopped by SIGTERM on leaving (its output and exit status kept)."""
+    port = free_port()
+    postwarden = Path(sys.executable).parent / "postwarden"
+    process = subprocess.Popen(
+        [postwarden, "--config", config_file, "web", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    web = WebProcess(f"http://127.0.0.1:{port}", process)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                httpx.get(f"{web.url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "postwarden web did not answer"
+                time.sleep(0.05)
+        yield web
+    finally:
+        process.terminate()
+        web.output, _ = process.communicate(timeout=10)
 
 
 def form_token(client: TestClient | httpx.Client, path: str) -> str:
