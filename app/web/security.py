@@ -106,7 +106,8 @@ async def posted_form(request: Request) -> dict[str, str]:
         if len(body) > MAX_FORM_BYTES:
             raise Refused(413, "The form is too large.")
     try:
-        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        text = body.decode("utf-8", "replace")  # browsers percent-encode; a raw UTF-8 client is read too
+        fields = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
         raise Refused(400, "The form has too many fields.") from None
     return dict(fields)
