@@ -4,14 +4,21 @@ Message data rules (RFC 5321 2.3.8, 4.1.1.4): the data ends only at CRLF "." CRL
 or CR anywhere in the data is refused (500 5.5.2), not normalised: the two readings of such data are
 what SMTP smuggling exploits, and DKIM canonicalisation of bare line ends differs between verifiers.
 A NUL octet is refused (554 5.6.0; RFC 5322 2.1 and RFC 6152 forbid it in messages).
+
+Text from the client never goes back out or into storage unchecked: the EHLO/HELO argument must be a
+domain name or an address literal (else 501, nothing echoed), and every MAIL/RCPT address passes the
+strict check of app/address.py before it is stored, logged or queued.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 
 from aiosmtpd.smtp import Envelope, Session
 
+from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
 from app.logs import cid_scope
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
@@ -19,6 +26,17 @@ from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
 from app.store import new_file_id
 
 log = logging.getLogger("app.smtpserver")
+
+# An EHLO/HELO domain (RFC 5321 4.1.2): ASCII labels (the client cannot have asked for SMTPUTF8 yet).
+# The underscore, which host names may not contain, is let through: Windows machines send it, and it
+# is harmless here. A final dot is tolerated.
+_HELO_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HELO_DOMAIN = re.compile(rf"{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?")
+# General-address-literal (RFC 5321 4.1.3): Standardized-tag ":" 1*dcontent.
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+")
+MAX_HELO = 255
+# How much of a refused argument goes into the log line (escaped): enough to recognise the client.
+LOGGED_ARGUMENT = 100
 
 
 class BaseHandler:
@@ -38,8 +56,28 @@ class BaseHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        problem = greeting_problem("EHLO", hostname)
+        if problem:
+            self.log_greeting_refused(server, "EHLO", hostname)
+            return [problem]
         session.host_name = hostname  # aiosmtpd leaves this to a handler that has an EHLO hook
         return ehlo_reply(server, hostname, self.offers_auth)
+
+    async def handle_HELO(
+        self, server: PostwardenSMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        """aiosmtpd calls this in place of setting the host name and answering itself."""
+        problem = greeting_problem("HELO", hostname)
+        if problem:
+            self.log_greeting_refused(server, "HELO", hostname)
+            return problem
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    def log_greeting_refused(self, server: PostwardenSMTP, command: str, argument: str) -> None:
+        log.info(
+            "%s %s refused ip=%s argument=%r", self.kind, command, server.peer_ip, argument[:LOGGED_ARGUMENT]
+        )
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("%s session error", self.kind, exc_info=error)
@@ -149,19 +187,40 @@ def envelope_sender(envelope: Envelope) -> str:
     return "" if sender == "<>" else sender
 
 
+def greeting_problem(command: str, argument: str) -> str | None:
+    """The 501 refusing an EHLO/HELO argument that is not a domain name or address literal, or None.
+
+    No enhanced status code: RFC 2034 leaves the replies to EHLO and HELO without one. The argument
+    is not echoed (it may carry control characters or terminal escapes)."""
+    if len(argument) <= MAX_HELO and (_HELO_DOMAIN.fullmatch(argument) or _is_address_literal(argument)):
+        return None
+    return (
+        f"501 Syntax: {command} domain-name or [address literal] (printable ASCII without spaces, "
+        f"at most {MAX_HELO} characters; RFC 5321 4.1.1.1)"
+    )
+
+
+def _is_address_literal(argument: str) -> bool:
+    """`[IPv4]`, `[IPv6:address]` or a general `[tag:content]` literal (RFC 5321 4.1.3)."""
+    if not (argument.startswith("[") and argument.endswith("]")):
+        return False
+    content = argument[1:-1]
+    try:
+        if content[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(content[5:])
+        elif not _GENERAL_LITERAL.fullmatch(content):
+            ipaddress.IPv4Address(content)
+    except ValueError:
+        return False
+    return True
+
+
 def address_problem(address: str, smtputf8: bool, code: str) -> str | None:
     """Reply refusing a MAIL/RCPT address, or None. `code`: 5.1.7 for senders, 5.1.3 for recipients."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
-        return f"553 {code} Address contains a control character"
-    if not address.isascii() and not smtputf8:
+    try:
+        validate_address(address, smtputf8=smtputf8)
+    except NeedsSMTPUTF8:
         return "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531)"
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        return f"553 {code} Address must be of the form localpart@domain"
+    except AddressError as e:
+        return f"553 {code} Address refused: {e}"
     return None
-
-
-def normalize_address(address: str) -> str:
-    """Domain in lower case; the local part is kept as sent (RFC 5321 2.4)."""
-    local, _, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}"

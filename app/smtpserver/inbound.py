@@ -12,6 +12,7 @@ import logging
 
 from aiosmtpd.smtp import Envelope, Session
 
+from app.address import normalize_address
 from app.auth.evaluate import authenticate
 from app.auth.types import AuthOutcome
 from app.config import Config
@@ -30,7 +31,7 @@ from app.smtpserver.evaluation import (
     evaluation_applies,
     reporting_addresses,
 )
-from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
+from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store import MessageStore, StoreError
 

@@ -3,8 +3,10 @@
 AUTH PLAIN and LOGIN only after STARTTLS (the protocol layer answers 530 5.7.0 before it), passwords
 checked against the scrypt hashes in a worker thread (a check takes ~0.1 s of CPU) with failed logins
 throttled (app/throttle.py), MAIL FROM limited
-to the account's configured addresses, any recipient accepted. The message's From must be one of
-the account's addresses too; a missing Date or Message-ID is added (RFC 6409 8.2, 8.3) and the
+to the account's configured addresses, any recipient accepted. The message must have exactly one
+From field, counting those in obsolete syntax (`From : ...`, RFC 5322 4.5.3, which some readers show),
+naming one of the account's addresses; a message with any field in that syntax is refused, as DKIM
+signers do not read it alike. A missing Date or Message-ID is added (RFC 6409 8.2, 8.3) and the
 message is DKIM-signed with every selector of the From domain. It is stored as one file plus one
 outgoing queue row per recipient; delivery is the queue's work.
 """
@@ -22,11 +24,12 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login, owns_address
+from app.address import normalize_address
 from app.auth.dkim import DKIMSigningError, sign
-from app.auth.message import author, header_fields
+from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
 from app.models.base import utcnow
-from app.smtpserver.handler import BaseHandler, envelope_sender, normalize_address
+from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store import MessageStore, OutgoingCopy, StoreError
 from app.throttle import attempt_login
@@ -34,6 +37,12 @@ from app.throttle import attempt_login
 log = logging.getLogger("app.smtpserver")
 
 BAD_BASE64 = "501 5.5.2 Cannot decode the base64 argument"
+FROM_REFUSED = "550 5.7.1 The message must have exactly one From field, naming one of your own addresses"
+OBSOLETE_FIELD_REFUSED = (
+    "554 5.6.0 A header field has white space before its colon (obsolete syntax, RFC 5322 4.5.3); "
+    "write the name and the colon together"
+)
+MAX_SHOWN_FIELD_NAME = 40
 # An answer to a 334 challenge (base64): 1024 octets carry credentials of up to 768 bytes.
 MAX_AUTH_ANSWER = 1024
 AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
@@ -156,12 +165,24 @@ class SubmissionHandler(BaseHandler):
         transaction_id: str,
     ) -> tuple[str, str]:
         account = str(session.auth_data)
-        from_address = author(content).address
+        sender = author(content)
+        from_address = sender.address
         if not from_address or not owns_address(self.config, account, from_address):
             log.info(
-                "submission From refused ip=%s account=%s from=%r", server.peer_ip, account, from_address
+                "submission From refused ip=%s account=%s from=%r problem=%r",
+                server.peer_ip,
+                account,
+                from_address,
+                sender.problem,
             )
-            return "from-refused", "550 5.7.1 The From header must name exactly one of your own addresses"
+            # The problem text is ours (no message text in it): it tells the user what to change.
+            found = f" ({sender.problem})" if sender.problem else ""
+            return "from-refused", f"{FROM_REFUSED}{found}"
+        obsolete = obsolete_field_names(content)
+        if obsolete:
+            # Readers differ on such fields (DKIM signers skip them): nothing we sign may have one.
+            name = obsolete[0][:MAX_SHOWN_FIELD_NAME]
+            return "obsolete-syntax", f"{OBSOLETE_FIELD_REFUSED} (the first is {name!r})"
         try:
             # Signing with an RSA key costs milliseconds of CPU: off the event loop.
             prepared = await asyncio.to_thread(self.prepare, content, from_address)
