@@ -3,6 +3,10 @@
 multipart/mixed with a short text part and the gzipped XML as `application/gzip`. The signing domain is
 the configured domain that is the host name or its nearest parent, which aligns (relaxed) with the
 From domain, so the report itself passes DMARC as RFC 9990 asks.
+
+The recipients come from DNS and the policy domain from a message's From: both are checked again as
+the header fields are written (`address_field`, `checked_domain`), so a CR or LF can never end up in
+a header of a message we sign.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from app.address import address_field
 from app.auth.dkim import sign
+from app.auth.message import checked_domain
 from app.config import Config, DKIMSelector
 from app.dmarcreports.xml import filename
 from app.tlsreports.sender import host_domains
@@ -72,16 +78,18 @@ def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now
 
     Written out directly rather than with the email package: its header objects cost milliseconds per
     message, which an hourly run for thousands of domains pays thousands of times. Every value here
-    is ASCII (host and domain names, the Report-ID), so no header needs encoding.
+    is ASCII (host and domain names, the Report-ID), so no header needs encoding; the values from
+    outside are checked (ValueError if one is not an address or a domain name).
     """
     boundary = f"=_report_{secrets.token_hex(12)}"
-    name = filename(sender.host, report.policy_domain, report.begin, report.end)
+    policy_domain = checked_domain(report.policy_domain)
+    name = filename(sender.host, policy_domain, report.begin, report.end)
     attachment = base64.encodebytes(report.gzipped).replace(b"\n", b"\r\n")
     headers = [
         f"From: {sender.address}",
-        f"To: {', '.join(recipients)}",
+        f"To: {address_field(recipients)}",
         # Folded as RFC 9990 2.6.2 shows it.
-        f"Subject: Report Domain: {report.policy_domain}\r\n Submitter: {sender.host}\r\n"
+        f"Subject: Report Domain: {policy_domain}\r\n Submitter: {sender.host}\r\n"
         f" Report-ID: <{report.report_id}>",
         f"Date: {format_datetime(now.astimezone(UTC))}",
         # RFC 9990 2.6.2: the Report-ID may be reused in the Message-ID, so duplicates are recognisable.

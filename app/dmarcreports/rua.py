@@ -4,6 +4,10 @@ Only `mailto:` URIs are used. The RFC 7489 size suffix (`!10m`) is obsolete in R
 parser (app/auth/dmarc.py) accepts and drops it, so such records keep working. An address outside the
 policy domain's organisation is used only if its domain confirms, with a `v=DMARC1` TXT record at
 `<policy domain>._report._dmarc.<address domain>`, that it wants reports for the policy domain.
+
+A URI comes from DNS, so from anyone: its percent-decoded address must pass the strict check of
+app/address.py (a `%0D%0A` in it would otherwise end up in the report's To field and in RCPT TO),
+and a URI is only ever quoted in reasons and logs with its control characters escaped.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.auth.dmarc import DMARCRecordError, parse_record
 from app.dns import DNSError, DNSTemporaryError, Resolver
+from app.logs import escape_control
 
 OrgDomain = Callable[[str], Awaitable[str]]
 
@@ -26,7 +32,7 @@ class RUAError(ValueError):
 class Destination:
     """A mailto rua, parsed: the URI as published and the address reports go to."""
 
-    uri: str
+    uri: str  # control characters escaped: it is only shown
     address: str
 
     @property
@@ -39,27 +45,31 @@ class Destinations:
     """The addresses a report goes to, and why others were left out."""
 
     addresses: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason), control characters escaped
     temporary_failure: bool = False  # some URI could not be checked now; another run may succeed
 
 
 def parse_mailto(uri: str) -> Destination:
     """Parse one rua URI; RUAError if it is not a usable `mailto:` address."""
     text = uri.strip()
+    shown = escape_control(text)
     scheme, colon, rest = text.partition(":")
     if not colon or scheme.lower() != "mailto":
-        raise RUAError(f"{text}: only mailto: report URIs are supported")
+        raise RUAError(f"{shown}: only mailto: report URIs are supported")
     # Header fields after "?" (RFC 6068) mean nothing for a report; the address is before them.
-    address = unquote(rest.partition("?")[0]).strip()
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or "," in address or " " in address:
-        raise RUAError(f"{text}: not a single mailto: address")
-    if not address.isascii():
-        raise RUAError(f"{text}: addresses that need SMTPUTF8 are not supported for reports")
-    domain = domain.lower().rstrip(".")
+    local, at, domain = unquote(rest.partition("?")[0]).strip().rpartition("@")
+    if not at or not local or not domain or "," in local or "," in domain:
+        raise RUAError(f"{shown}: not a single mailto: address")
+    try:
+        address = validate_address(f"{local}@{domain.rstrip('.')}")
+    except NeedsSMTPUTF8:
+        raise RUAError(f"{shown}: addresses that need SMTPUTF8 are not supported for reports") from None
+    except AddressError as e:
+        raise RUAError(f"{shown}: not a usable mailto: address: {e}") from None
+    domain = address.rpartition("@")[2]
     if "." not in domain:
-        raise RUAError(f"{text}: {domain!r} is not a domain name")
-    return Destination(text, f"{local}@{domain}")
+        raise RUAError(f"{shown}: {domain!r} is not a domain name")
+    return Destination(shown, address)
 
 
 def verification_name(policy_domain: str, address_domain: str) -> str:
@@ -102,7 +112,8 @@ async def verify_external(resolver: Resolver, policy_domain: str, destination: D
         override = parse_mailto(uri)
         if override.domain != destination.domain:
             raise RUAError(
-                f"{destination.uri}: the record at {name} redirects reports to another host ({uri})"
+                f"{destination.uri}: the record at {name} redirects reports to another host "
+                f"({escape_control(uri)})"
             )
         overrides.append(override.address)
     return overrides
@@ -122,10 +133,11 @@ async def report_destinations(
             else:
                 addresses = await verify_external(resolver, policy_domain, destination)
         except RUAError as e:
-            result.skipped.append((uri, str(e)))
+            result.skipped.append((escape_control(uri), str(e)))
             continue
         except DNSTemporaryError as e:
-            result.skipped.append((uri, f"{uri}: temporary DNS error verifying the destination: {e}"))
+            shown = escape_control(uri)
+            result.skipped.append((shown, f"{shown}: temporary DNS error verifying the destination: {e}"))
             result.temporary_failure = True
             continue
         result.addresses += [a for a in addresses if a.lower() not in {x.lower() for x in result.addresses}]

@@ -23,6 +23,7 @@ from publicsuffixlist import PublicSuffixList
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.address import AddressError, validate_address
 from app.config import Config
 from app.db import session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
@@ -52,6 +53,10 @@ def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
 
 
 # Enqueueing (for jobs that create mail, e.g. reports; the submission listener queues through its store).
+
+
+class QueueAddressError(ValueError):
+    """A sender or recipient that is not a valid address: nothing of the batch was queued."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,12 @@ def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -
     The files are written and fsync'd concurrently and their directory once, before any row is
     added: a job queueing thousands of reports waits for one round of fsyncs per batch, not two
     fsyncs one after the other per message.
+
+    Every sender and recipient is checked first (QueueAddressError): they become our MAIL FROM and
+    RCPT TO, and whoever built the message, nothing but a valid address may get that far.
     """
+    for message in messages:
+        _check_addresses(message)
     paths = [outgoing_path(new_file_id()) for _ in messages]
     _write_durably([(config.data_dir / path, m.content) for path, m in zip(paths, messages, strict=True)])
     rows = [
@@ -122,6 +132,17 @@ def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -
     session.add_all([row for message_rows in rows for row in message_rows])
     session.flush()
     return [[row.id for row in message_rows] for message_rows in rows]
+
+
+def _check_addresses(message: Queued) -> None:
+    """QueueAddressError unless the sender ("" is the null reverse-path) and every recipient is valid
+    (SMTPUTF8 allowed: the SMTP client asks for it, or fails the delivery, as the addresses need)."""
+    addresses = [message.sender] if message.sender else []
+    for address in [*addresses, *message.recipients]:
+        try:
+            validate_address(address, smtputf8=True)
+        except AddressError as e:
+            raise QueueAddressError(f"cannot queue a message for {address!r}: {e}") from None
 
 
 def enqueue_report(

@@ -3,6 +3,9 @@
 A short text part, then the gzipped JSON as `application/tlsrpt+gzip` named per §5.1. Headers
 `TLS-Report-Domain` (the policy domain) and `TLS-Report-Submitter` (d) are signed along with the usual
 ones; `TLS-Required: No` (RFC 8689) so our own delivery ignores TLS failures (RFC 8460 §5.3).
+
+The recipients come from DNS and the policy domain from a recipient address: both are checked again
+as the header fields are written (`address_field`, `checked_domain`), so no CR or LF gets into them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from app.address import address_field
 from app.auth.dkim import sign
+from app.auth.message import checked_domain
 from app.tlsreports.report import MEDIA_TYPE, Report
 from app.tlsreports.sender import Submitter
 
@@ -45,21 +50,23 @@ def compose(
 
     Written out directly rather than with the email package (about 40 times faster, which counts when
     a run sends thousands of reports): every part of it is ours and fixed in form. Long header fields
-    are folded at the places the RFC 8460 §5.3 example folds them.
+    are folded at the places the RFC 8460 §5.3 example folds them. Values from outside are checked
+    (ValueError if one is not an address or a domain name).
     """
     boundary = f"=_tlsrpt_{secrets.token_hex(12)}"
     attachment = base64.encodebytes(gzipped).replace(b"\n", b"\r\n")
+    policy_domain = checked_domain(report.policy_domain)
     head = (
         f"From: {submitter.address}\r\n"
-        f"To: {', '.join(recipients)}\r\n"
-        f"Subject: Report Domain: {report.policy_domain}\r\n"
+        f"To: {address_field(recipients)}\r\n"
+        f"Subject: Report Domain: {policy_domain}\r\n"
         f" Submitter: {report.submitter}\r\n"
         f" Report-ID: <{report.id}>\r\n"
         f"Date: {format_datetime(now.astimezone(UTC))}\r\n"
         # The report id has the form of a msg-id (`<day>.<policy domain>@<d>`): a receiver that
         # sees the same Message-ID twice knows it is the same report.
         f"Message-ID: <{report.id}>\r\n"
-        f"TLS-Report-Domain: {report.policy_domain}\r\n"
+        f"TLS-Report-Domain: {policy_domain}\r\n"
         f"TLS-Report-Submitter: {report.submitter}\r\n"
         "TLS-Required: No\r\n"
         "Auto-Submitted: auto-generated\r\n"

@@ -4,6 +4,10 @@ Parsing follows the ABNF of §3: the version first (case-sensitive), fields sepa
 an optional trailing delimiter, at least one `rua` field (more are grammatical: their URIs add up),
 extensions `name=value` that we ignore. Of several TXT records, those not starting with the version are
 discarded; if not exactly one remains, or it is invalid, the domain has no usable TLSRPT policy.
+
+Each mailto address (percent-decoded, RFC 6068) must pass the strict check of app/address.py: it
+goes into a report's To field and our RCPT TO. URIs are quoted in reasons with repr(), so control
+characters in them never reach a log line raw.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
+from app.address import AddressError, validate_address
 from app.dns import DNSError, Resolver
 
 VERSION = "v=TLSRPTv1"
@@ -24,7 +29,7 @@ _EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 # Any visible character except "=" and ";" (RFC 8460 §3 tlsrpt-ext-value).
 _EXTENSION_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+")
 _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-_LOCALPART_DOMAIN = re.compile(r"[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 class TLSRPTRecordError(ValueError):
@@ -63,11 +68,24 @@ class TLSRPTLookup:
 def _mailto_addresses(uri: str) -> list[str]:
     """The addresses of a mailto: URI (RFC 6068: percent-encoded, comma-separated, `?` starts headers)."""
     to = unquote(uri[len("mailto:") :].split("?", 1)[0])
-    addresses = [a.strip() for a in to.split(",") if a.strip()]
-    for address in addresses:
-        if not _LOCALPART_DOMAIN.fullmatch(address):
-            raise TLSRPTRecordError(f"rua {uri!r}: {address!r} is not an email address")
-    return [a.rpartition("@")[0] + "@" + a.rpartition("@")[2].lower() for a in addresses]
+    addresses = []
+    for address in (a.strip() for a in to.split(",") if a.strip()):
+        try:
+            # Reports are sent without SMTPUTF8: a receiver need not support it.
+            valid = validate_address(address)
+        except AddressError as e:
+            raise TLSRPTRecordError(f"rua {uri!r}: {address!r} is not an email address: {e}") from None
+        if " " in valid:  # a quoted local part: valid, but no destination URI may contain a space
+            raise TLSRPTRecordError(f"rua {uri!r}: addresses with a space are not supported for reports")
+        addresses.append(valid)
+    return addresses
+
+
+def _https_host(uri: str) -> str | None:
+    try:
+        return urlsplit(uri).hostname
+    except ValueError:  # e.g. "https://[x": an unclosed IPv6 literal
+        return None
 
 
 def _add_uri(uri: str, mailto: list[str], https: list[str], ignored: list[tuple[str, str]]) -> None:
@@ -80,9 +98,10 @@ def _add_uri(uri: str, mailto: list[str], https: list[str], ignored: list[tuple[
         except TLSRPTRecordError as e:
             ignored.append((uri, str(e)))
     elif scheme == "https":
-        parts = urlsplit(uri)
-        if not parts.hostname:
-            ignored.append((uri, "https URI without a host"))
+        if not _PRINTABLE_ASCII.fullmatch(uri):  # urlsplit() would silently drop a CR, LF or TAB
+            ignored.append((uri, "https URI with a control character, space or non-ASCII character"))
+        elif not _https_host(uri):
+            ignored.append((uri, "https URI without a (valid) host"))
         elif uri not in https:
             https.append(uri)
     else:
@@ -122,7 +141,7 @@ def select_tlsrpt_record(values: list[str]) -> TLSRPTRecord:
         raise TLSRPTRecordError("no TXT value starts with 'v=TLSRPTv1;'")
     record = parse_tlsrpt_record(candidates[0])
     if not record.destinations:
-        reasons = "; ".join(f"{uri}: {why}" for uri, why in record.ignored)
+        reasons = "; ".join(f"{uri!r}: {why}" for uri, why in record.ignored)
         raise TLSRPTRecordError(f"no usable rua URI ({reasons})")
     return record
 
