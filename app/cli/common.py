@@ -14,6 +14,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Config, ConfigError, load_config
+from app.logs import escape_control
 
 
 @click.group()
@@ -38,6 +39,13 @@ def load(ctx: click.Context) -> Config:
     except ConfigError as e:
         click.echo(f"postwarden: {e}", err=True)
         sys.exit(2)
+
+
+def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """click.echo for anything that shows stored or outside text (subjects, addresses, DNS values):
+    control characters are printed as escapes (`\x1b`, `\r`), so a message cannot send terminal
+    escape sequences or start a fake line. JSON output needs none of this: json.dumps escapes them."""
+    click.echo(escape_control(text), err=err, nl=nl)
 
 
 # Every listing takes `--json` (DESIGN.md); one definition so they all read alike.

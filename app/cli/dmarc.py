@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import click
 
-from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
 from app.cli.suppress import suppress_commands
 from app.db import session_scope
 from app.dmarcreports.evaluations import pending_domains
@@ -42,9 +42,9 @@ def evaluations(ctx: click.Context, domain: str | None, as_json: bool) -> None:
         emit_json([asdict(p) for p in pending])
         return
     if not pending:
-        click.echo("no pending evaluations" + (f" for {domain}" if domain else ""))
+        echo("no pending evaluations" + (f" for {domain}" if domain else ""))
     for p in pending:
-        click.echo(
+        echo(
             f"{p.policy_domain}  {p.evaluations} evaluations ({p.optional} optional), "
             f"{p.first:%Y-%m-%d %H:%M} - {p.last:%Y-%m-%d %H:%M} UTC, "
             f"reported from {p.next_report:%Y-%m-%d %H:%M} UTC"
@@ -66,9 +66,9 @@ def send_reports(ctx: click.Context, now: bool, as_json: bool) -> None:
     if as_json:
         emit_json(asdict(summary))
         return
-    click.echo(f"run {summary.cid}: {summary.outcome()}")
+    echo(f"run {summary.cid}: {summary.outcome()}")
     for report_id in summary.reports:
-        click.echo(f"queued report {report_id}")
+        echo(f"queued report {report_id}")
 
 
 suppress_commands(dmarc, "dmarc", "DMARC reports")

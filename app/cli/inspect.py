@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,9 +13,10 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
 from app.config import Config
 from app.db import session_scope
+from app.logs import escape_control
 from app.models import Account, Mailbox, Message
 
 # What `message list` shows per message (all columns are in `message show --json`).
@@ -32,7 +34,7 @@ def _database(config: Config) -> Iterator[Session]:
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"postwarden: {message}", err=True)
+    echo(f"postwarden: {message}", err=True)
     sys.exit(1)
 
 
@@ -107,9 +109,9 @@ def mailbox_list(ctx: click.Context, account: str, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    click.echo(f"{'MAILBOX':30} {'MESSAGES':>8} {'UNSEEN':>8} {'SIZE':>12}")
+    echo(f"{'MAILBOX':30} {'MESSAGES':>8} {'UNSEEN':>8} {'SIZE':>12}")
     for row in rows:
-        click.echo(f"{row['name']:30} {row['messages']:8} {row['unseen']:8} {row['size']:12}")
+        echo(f"{row['name']:30} {row['messages']:8} {row['unseen']:8} {row['size']:12}")
 
 
 @main.group("message")
@@ -138,10 +140,10 @@ def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_
     if as_json:
         emit_json(rows)
         return
-    click.echo(f"{'ID':>7} {'RECEIVED (UTC)':19} {'FLAGS':14} {'FROM':30} SUBJECT")
+    echo(f"{'ID':>7} {'RECEIVED (UTC)':19} {'FLAGS':14} {'FROM':30} SUBJECT")
     for row in rows:
         sender = (row["msg_from"] or "-")[:30]
-        click.echo(
+        echo(
             f"{row['id']:7} {_when(row['received'])} {_flags(row):14} {sender:30} {row['subject'] or ''}"
         )
 
@@ -186,10 +188,18 @@ def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
         return
     for key, value in details.items():
         if value not in (None, "", False):
-            click.echo(f"{key}: {value}")
+            echo(f"{key}: {value}")
     try:
         content = (config.data_dir / details["path"]).read_bytes()
     except OSError as e:
         _fail(f"message file {details['file']} cannot be read: {e.strerror}")
     click.echo("")
-    click.echo(content.decode("utf-8", errors="replace"), nl=False)
+    click.echo(_shown_content(content), nl=False)
+
+
+def _shown_content(content: bytes) -> str:
+    """The message as text for a terminal. Line ends (CRLF, shown as the terminal's newline) and tabs
+    are kept, since they are the message's layout; every other control character, a lone CR
+    included, is printed as an escape: a message can carry terminal escape sequences anywhere."""
+    lines = re.split(r"\r?\n", content.decode("utf-8", errors="replace"))
+    return "\n".join("\t".join(escape_control(part) for part in line.split("\t")) for line in lines)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from app.auth.message import header_fields
-from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
 from app.config import Config
 from app.db import session_scope
 from app.models import OutgoingMessage
@@ -44,15 +44,15 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    click.echo(f"{'ID':>7} {'NEXT ATTEMPT (UTC)':19} {'TRIES':>5} {'FROM':28} {'TO':28} LAST ERROR")
+    echo(f"{'ID':>7} {'NEXT ATTEMPT (UTC)':19} {'TRIES':>5} {'FROM':28} {'TO':28} LAST ERROR")
     for row in rows:
         tries = f"{row['attempts']}/{row['max_attempts']}"
         when = "in progress" if row["held"] else f"{row['next_attempt']:%Y-%m-%d %H:%M:%S}"
         error = (row["last_error"] or "")[:60]
-        click.echo(
+        echo(
             f"{row['id']:7} {when:19} {tries:>5} {row['sender'][:28]:28} {row['recipient'][:28]:28} {error}"
         )
-    click.echo(f"{len(rows)} message(s) queued")
+    echo(f"{len(rows)} message(s) queued")
 
 
 @queue_group.command("show")
@@ -78,9 +78,9 @@ def queue_show(ctx: click.Context, queue_id: int, as_json: bool) -> None:
         return
     for key, value in details.items():
         if key != "headers" and value not in (None, ""):
-            click.echo(f"{key}: {value}")
+            echo(f"{key}: {value}")
     for name, value in details["headers"].items():
-        click.echo(f"header {name}: {value}")
+        echo(f"header {name}: {value}")
 
 
 @queue_group.command("retry")
@@ -118,9 +118,9 @@ def _report(action: str, asked: tuple[int, ...], done: list[int], as_json: bool)
     if as_json:
         emit_json({action: sorted(done), "skipped": skipped})
     else:
-        click.echo(f"{action} {len(done)} message(s)")
+        echo(f"{action} {len(done)} message(s)")
         if skipped:
             ids = " ".join(map(str, skipped))
-            click.echo(f"not {action} (not queued, or being delivered right now): {ids}", err=True)
+            echo(f"not {action} (not queued, or being delivered right now): {ids}", err=True)
     if skipped:
         sys.exit(1)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from app.cli.common import emit_json, json_option, load, main
+from app.cli.common import echo, emit_json, json_option, load, main
 from app.config import Config, config_path
 from app.dns import resolver_from_config
 from app.dnsrecords import (
@@ -86,12 +86,12 @@ def dns_records(ctx: click.Context, domain: str, as_json: bool) -> None:
 
 def _echo_check(result: CheckResult) -> None:
     record = result.record
-    click.echo(f"{result.status:8} {record.kind:12} {record.rtype:5} {record.name}")
-    for value in result.found:
-        click.echo(f"           found: {value}")
+    echo(f"{result.status:8} {record.kind:12} {record.rtype:5} {record.name}")
+    for value in result.found:  # published in DNS: shown escaped
+        echo(f"           found: {value}")
     if result.status != "ok":
-        click.echo(f"           problem: {result.problem}")
-        click.echo(f"           fix: {result.fix}")
+        echo(f"           problem: {result.problem}")
+        echo(f"           fix: {result.fix}")
 
 
 @dns_group.command("check")

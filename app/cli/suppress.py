@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from app.cli.common import emit_json, exit_if_database_unusable, json_option, load
+from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load
 from app.db import session_scope
 from app.models import ReportSuppression
 from app.models.base import utcnow
@@ -41,7 +41,7 @@ def end_of(day: date) -> datetime:
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"postwarden: {message}", err=True)
+    echo(f"postwarden: {message}", err=True)
     sys.exit(1)
 
 
@@ -68,7 +68,7 @@ def suppress_commands(parent: click.Group, kind: ReportKind, reports: str) -> cl
                 row = suppression_row(suppress(session, kind, address, end, comment))
             except SuppressionError as e:
                 fail(str(e))
-        click.echo(f"suppressed {row['address']} until {row['until']}")
+        echo(f"suppressed {row['address']} until {row['until']}")
 
     @group.command("list", help=f"The addresses that get no {reports}.")
     @click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
@@ -83,10 +83,10 @@ def suppress_commands(parent: click.Group, kind: ReportKind, reports: str) -> cl
             emit_json(rows)
             return
         if not rows:
-            click.echo("no suppressed addresses")
+            echo("no suppressed addresses")
         for row in rows:
             comment = f"  ({row['comment']})" if row["comment"] else ""
-            click.echo(f"{row['address']}  until {row['until']}{comment}")
+            echo(f"{row['address']}  until {row['until']}{comment}")
 
     @group.command("remove", help=f"Send {reports} to ADDRESS again.")
     @click.argument("address")
@@ -101,6 +101,6 @@ def suppress_commands(parent: click.Group, kind: ReportKind, reports: str) -> cl
                 fail(str(e))
         if not removed:
             fail(f"{address} is not on the {reports} suppression list")
-        click.echo(f"removed {address}")
+        echo(f"removed {address}")
 
     return group

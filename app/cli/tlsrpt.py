@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from app.cli.common import emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
 from app.cli.suppress import DAY, suppress_commands
 from app.db import session_scope
 from app.logs import setup_logging
@@ -85,17 +85,17 @@ def results(ctx: click.Context, domain: str | None, day: datetime | None, as_jso
         emit_json(listed)
         return
     if not listed:
-        click.echo(
+        echo(
             "no TLS results" + (f" for {name}" if name else "") + (f" on {day:%Y-%m-%d}" if day else "")
         )
         return
     for r in listed:
         policy = f"{r['policy_type']} {r['policy_domain']}" + (" (MX host)" if r["is_host"] else "")
         counts = f"{r['successful']} ok, {r['failed']} failed; {_report_state(r)}"
-        click.echo(f"{r['day']}  to {r['recipient_domain']}  {policy}: {counts}")
+        echo(f"{r['day']}  to {r['recipient_domain']}  {policy}: {counts}")
         for f in r["failure_details"]:
             where = " ".join(v for v in (f["receiving_mx_hostname"], f["receiving_ip"]) if v)
-            click.echo(f"    {f['result_type']} x{f['sessions']} {where}".rstrip())
+            echo(f"    {f['result_type']} x{f['sessions']} {where}".rstrip())
 
 
 @tlsrpt.command("send-reports")
@@ -113,14 +113,14 @@ def send_reports(ctx: click.Context, immediately: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"cid": run.cid, "outcome": run.outcome(), "reports": run.reports, "https": asdict(posts)})
         return
-    click.echo(f"tls reports (cid {run.cid}): {run.outcome()}")
+    echo(f"tls reports (cid {run.cid}): {run.outcome()}")
     for report_id in run.reports:
-        click.echo(f"  {report_id}")
+        echo(f"  {report_id}")
     if posts.posted or posts.retrying or posts.dropped:
         counts = (
             f"{len(posts.posted)} posted, {len(posts.retrying)} to retry later, {len(posts.dropped)} dropped"
         )
-        click.echo(f"https: {counts}")
+        echo(f"https: {counts}")
 
 
 # The suppression list, shared with DMARC reports (app/reportsuppress.py, kind "tlsrpt").
