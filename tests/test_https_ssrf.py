@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import trustme
 
+from app.config import ConfigError, load_config
 from app.dns import Resolver
 from app.queue.mtasts import STS_POLICY_FETCH_ERROR, MTASTSSettings, PolicyError, fetch_policy
 from app.ssrf import is_own_address, refusal
 from app.tlsreports.https import PostError, post_report
+from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.httpsserver import LOOPBACK_NETWORKS
 
@@ -289,3 +291,13 @@ async def test_a_trickling_receiver_is_cut_at_the_deadline(
                     allowed_networks=LOOPBACK_NETWORKS,
                 )
         assert time.monotonic() - start < 1.5
+
+
+def test_allowed_networks_are_checked_when_the_config_loads(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '\n[delivery]\nhttps_allowed_networks = ["127.0.0.0/8", "10.0.0.0/33"]\n')
+    with pytest.raises(
+        ConfigError, match=r"https_allowed_networks\[1\]'.*'10\.0\.0\.0/33' is not an IP address or network"
+    ):
+        load_config(path)
+    path = write_config(tmp_path, '\n[delivery]\nhttps_allowed_networks = ["127.0.0.0/8", "::1"]\n')
+    assert MTASTSSettings.from_config(load_config(path).delivery).allowed_networks == LOOPBACK_NETWORKS

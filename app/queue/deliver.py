@@ -111,6 +111,7 @@ class _Run:
             helo=config.hostname,
             connect_timeout=delivery.connect_timeout,
             command_timeout=delivery.command_timeout,
+            transaction_timeout=delivery.transaction_timeout,
             ca_bundle=delivery.ca_bundle,
         )
         self.report = DeliveryReport()

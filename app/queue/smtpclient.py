@@ -7,6 +7,13 @@ host and negotiates TLS as the policy decision's `TLSSettings` (app/queue/tlspol
 permanent, with an RFC 3463 status and the SMTP diagnostic; TLS failures carry their RFC 8460
 result type.
 
+Bounds, since the server is whoever the recipient domain names: every read and write waits at most
+`command_timeout` for progress and, in total, each step at most `transaction_timeout` (opening the
+session with any fallbacks, one message's transaction; QUIT gets what the last step left, at most
+QUIT_WAIT), however the server paces its bytes. A reply line is at most REPLY_LINE_MAX octets, a
+reply at most REPLY_MAX. Past a bound the connection is dropped with a transient error. Reply text
+is kept (DSNs, logs, database) as printable ASCII on one line, at most REPLY_TEXT_MAX characters.
+
 TLS failure handling: a failed certificate verification (PKIX or DANE) is recorded and, when
 `ignore_verification_errors` is set or STARTTLS is not required, the host is retried with TLS but
 without verification. Any other TLS failure (no STARTTLS, a failed handshake, or an alert on the
@@ -20,11 +27,13 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from app.queue.dane import (
     CERTIFICATE_EXPIRED,
@@ -35,6 +44,15 @@ from app.queue.dane import (
 from app.queue.tlspolicy import TLSFailure, TLSSettings
 
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+
+# RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; servers send longer ones, so be generous.
+REPLY_LINE_MAX = 4096
+REPLY_MAX = 64 * 1024  # one reply, every line (an EHLO reply is a few hundred octets)
+REPLY_TEXT_MAX = 1000  # characters of reply text kept
+HELO_NAME_MAX = 255  # the server's name from its EHLO reply, as TLS reports keep it (a host name)
+QUIT_WAIT = 10.0  # seconds at most: QUIT is a courtesy, not worth a long wait
+_RECV_SIZE = 16 * 1024
+_MIN_WAIT = 0.001  # a socket timeout of 0 would mean non-blocking, not "no time left"
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) and the RFC 8460 result type each one means.
 _VERIFY_CODE_RESULTS = {
@@ -54,6 +72,7 @@ class ClientOptions:
     helo: str
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
+    transaction_timeout: float = 540.0
     ca_bundle: Path | None = None
 
 
@@ -164,21 +183,146 @@ class _Mode(Enum):
     PLAIN = "plain"
 
 
-class _Client(smtplib.SMTP):
-    """smtplib connected to a chosen IP while `server_name` is used for SNI and verification."""
+class StepTimeout(TimeoutError):
+    """A step of the session (its opening, a transaction, QUIT) ran past its deadline."""
 
-    def __init__(self, target: Target, server_name: str, options: ClientOptions) -> None:
+
+class ReplyTooLong(smtplib.SMTPException):
+    """A reply line or a whole reply beyond our bounds: the server is broken or hostile."""
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """When the current step must be done, by the monotonic clock."""
+
+    step: str
+    seconds: float
+    at: float
+
+    @classmethod
+    def start(cls, step: str, seconds: float) -> _Deadline:
+        return cls(step, seconds, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> StepTimeout:
+        return StepTimeout(f"{self.step} not done within {self.seconds:g} s")
+
+
+class _Client(smtplib.SMTP):
+    """smtplib connected to a chosen IP while `server_name` is used for SNI and verification.
+
+    Every byte in or out goes through `send` and `_recv` here, and replies are read by `getreply`
+    here, so the module's bounds hold for everything smtplib does (greeting, EHLO, STARTTLS, QUIT).
+    """
+
+    def __init__(self, target: Target, server_name: str, options: ClientOptions, deadline: _Deadline) -> None:
         self._address = target.ip
         self._connect_timeout = options.connect_timeout
+        self._command_timeout = options.command_timeout
+        self.transaction_timeout = options.transaction_timeout
+        self.deadline = deadline
+        self._buffer = bytearray()  # received, not yet read as reply lines
         # smtplib uses the host given here as the TLS server_hostname.
         super().__init__(
             server_name, target.port, local_hostname=options.helo, timeout=options.command_timeout
         )
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # type: ignore[override]
-        sock = socket.create_connection((self._address, port), self._connect_timeout)
-        sock.settimeout(timeout)
-        return sock
+        return socket.create_connection((self._address, port), self._wait(self._connect_timeout))
+
+    def _wait(self, limit: float) -> float:
+        """How long the next socket operation may wait: `limit`, or less as the deadline nears."""
+        left = self.deadline.remaining()
+        if left <= 0:
+            self.close()
+            raise self.deadline.error()
+        return min(limit, left)
+
+    def _timed_out(self, doing: str) -> TimeoutError:
+        self.close()
+        if self.deadline.remaining() <= 0:
+            return self.deadline.error()
+        return TimeoutError(f"{doing}: nothing for {self._command_timeout:g} s")
+
+    def send(self, s: bytes | str) -> None:
+        """Write all of `s`; each wait for the socket is bounded (SSLSocket.sendall's is not in total)."""
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        view = memoryview(s.encode(self.command_encoding) if isinstance(s, str) else s)
+        while len(view):
+            self.sock.settimeout(self._wait(self._command_timeout))
+            try:
+                view = view[self.sock.send(view) :]
+            except TimeoutError:
+                raise self._timed_out("sending") from None
+            except OSError as e:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(f"Server not connected: {e}")  # noqa: B904
+
+    def getreply(self) -> tuple[int, bytes]:
+        """One reply as smtplib returns it (code, the lines' text joined by LF), bounded in size.
+
+        A code that is not three digits ends the reply with code -1, as in smtplib.
+        """
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self._read_line()
+            size += len(line)
+            if size > REPLY_MAX:
+                self.close()
+                raise ReplyTooLong(f"reply longer than {REPLY_MAX} octets")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            code = int(line[:3]) if line[:3].isdigit() else -1
+            if code == -1 or line[3:4] != b"-":
+                break
+        if self.sock is not None:
+            # smtplib may go on with the socket by itself (the TLS handshake after STARTTLS's 220):
+            # bound that too. Not an error here when time is up: this reply arrived in time.
+            left = self.deadline.remaining()
+            self.sock.settimeout(max(min(self._command_timeout, left), _MIN_WAIT))
+        return code, b"\n".join(lines)
+
+    def _read_line(self) -> bytes:
+        """The next line from the server, LF included; the buffer never exceeds a line and a read."""
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end >= REPLY_LINE_MAX or (end < 0 and len(self._buffer) >= REPLY_LINE_MAX):
+                self.close()
+                raise ReplyTooLong(f"reply line longer than {REPLY_LINE_MAX} octets")
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line
+            start = len(self._buffer)
+            self._buffer += self._recv()
+
+    def _recv(self) -> bytes:
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        self.sock.settimeout(self._wait(self._command_timeout))
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            raise self._timed_out("waiting for a reply") from None
+        except OSError as e:
+            self.close()
+            # Raised here, so the OSError stays its context (_ssl_reason reads a TLS alert from it).
+            raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {e}")  # noqa: B904
+        if not data:
+            self.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return data
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        reply = super().starttls(*args, **kwargs)
+        # Anything the server sent in plain text after its 220 must not pass for a reply under TLS
+        # (response injection); smtplib drops its read buffer here too.
+        self._buffer.clear()
+        return reply
 
 
 class Session:
@@ -195,6 +339,7 @@ class Session:
     def send(self, sender: str, recipients: Sequence[str], content: bytes) -> list[RecipientResult]:
         """One transaction; a result per recipient. Raises DeliveryError if the session broke."""
         envelope = self._envelope(sender, recipients, content)
+        self._client.deadline = _Deadline.start("transaction", self._client.transaction_timeout)
         try:
             return self._transaction(envelope, recipients, content)
         except (smtplib.SMTPException, OSError) as e:
@@ -264,6 +409,9 @@ class Session:
 
     def close(self) -> None:
         """QUIT politely; the connection is gone either way."""
+        # Within what is left of the last step, so a step and the QUIT after it fit the lease.
+        quit_by = min(self._client.deadline.at, time.monotonic() + QUIT_WAIT)
+        self._client.deadline = _Deadline("QUIT", QUIT_WAIT, quit_by)
         try:
             self._client.quit()
         except (smtplib.SMTPException, OSError):
@@ -284,20 +432,21 @@ def _dot_stuffed(content: bytes) -> bytes:
 
 def open_session(target: Target, tls: TLSSettings, options: ClientOptions) -> Session:
     """Connect and negotiate TLS per `tls`, falling back as the module doc describes."""
+    deadline = _Deadline.start("opening the session", options.transaction_timeout)
     try:
-        return _establish(target, tls, options, _Mode.AS_SET)
+        return _establish(target, tls, options, _Mode.AS_SET, deadline)
     except TLSError as e:
         fallback = _fallback(tls, e)
         if fallback is None:
             raise
         failure = e.failure
     try:
-        session = _establish(target, tls, options, fallback)
+        session = _establish(target, tls, options, fallback, deadline)
     except TLSError as e:
         plain = _fallback(tls, e)
         if plain is None:
             raise
-        session = _establish(target, tls, options, _Mode.PLAIN)
+        session = _establish(target, tls, options, _Mode.PLAIN, deadline)
     session.info.tls_failure = failure
     return session
 
@@ -309,9 +458,11 @@ def _fallback(tls: TLSSettings, error: TLSError) -> _Mode | None:
     return None if tls.starttls_required else _Mode.PLAIN
 
 
-def _establish(target: Target, tls: TLSSettings, options: ClientOptions, mode: _Mode) -> Session:
+def _establish(
+    target: Target, tls: TLSSettings, options: ClientOptions, mode: _Mode, deadline: _Deadline
+) -> Session:
     try:
-        client = _Client(target, tls.server_name or target.host, options)
+        client = _Client(target, tls.server_name or target.host, options, deadline)
     except smtplib.SMTPConnectError as e:
         raise _reply(e.smtp_code, e.smtp_error).error(f"greeting from {target.host}") from e
     except (smtplib.SMTPException, OSError) as e:
@@ -441,11 +592,22 @@ def _connection_error(target: Target, error: BaseException) -> DeliveryError:
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
 def _reply(code: int, text: bytes | str) -> Reply:
+    return Reply(code, _printable(text, REPLY_TEXT_MAX))
+
+
+def _printable(text: bytes | str, limit: int) -> str:
+    """Remote text as kept for DSN fields, logs and the database: printable ASCII on one line (each
+    run of whitespace and control characters one space, other characters "?"), at most `limit`."""
     value = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-    return Reply(code, " ".join(value.split()))
+    value = " ".join(_NON_ASCII.sub("?", _CONTROLS.sub(" ", value)).split())
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def _first_word(text: bytes) -> str | None:
-    words = text.decode("ascii", errors="replace").split()
-    return words[0] if words else None
+    words = _printable(text, REPLY_TEXT_MAX).split()
+    return words[0][:HELO_NAME_MAX] if words else None
