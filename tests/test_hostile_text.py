@@ -159,9 +159,8 @@ def test_submission_addresses_with_control_characters_are_refused_and_never_queu
             code, reply = raw_command(client, f"RCPT TO:<friend{c}x@elsewhere.example>")
             assert refused(f"{code} {reply}", "5.1.3", c), reply
             assert raw_command(client, "RSET")[0] == 250
-        assert (
-            client.sendmail("bob@example.org", ["friend@elsewhere.example"], message("From: <bob@example.org>")) == {}
-        )
+        data = message("From: <bob@example.org>")
+        assert client.sendmail("bob@example.org", ["friend@elsewhere.example"], data) == {}
     assert [row.recipient for row in outgoing_rows(hostile)] == ["friend@elsewhere.example"]
     assert_clean_log(smtp_log)
 
