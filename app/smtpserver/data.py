@@ -8,13 +8,15 @@ the next (pipelined) command. Data over the size limit is read to its end and dr
 The bytes held are charged to the process's MemoryBudget as they arrive: sessions that together
 would hold more than the budget get 452 4.3.1 (their data is dropped as it arrives, like data over
 the size limit) instead of the process growing until the kernel kills it. Each piece is unstuffed
-as it comes (no copy when it has no stuffed dot), so the whole message exists twice only while the
-pieces are joined.
+as it comes (no copy when it has no stuffed dot) and appended to a BytesIO, whose getvalue() hands
+over its buffer without a copy: the message is never held twice here (joining a list of pieces
+would, for a moment).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, field
 
 END_OF_LINE_DOT = b".\r\n"
@@ -51,7 +53,7 @@ class MessageData:
 
 @dataclass
 class _Progress:
-    """What has been read so far: sizes, line lengths, the pieces kept and the bytes charged for them."""
+    """What has been read so far: sizes, line lengths, the data kept and the bytes charged for it."""
 
     budget: MemoryBudget
     max_size: int
@@ -60,7 +62,7 @@ class _Progress:
     open_line: int = 0  # length of the unfinished line
     held: int = 0
     over_budget: bool = False
-    pieces: list[bytes] = field(default_factory=list)
+    kept: io.BytesIO = field(default_factory=io.BytesIO)
 
     def add(self, piece: bytes, at_line_start: bool) -> None:
         self.size += len(piece)
@@ -73,14 +75,14 @@ class _Progress:
             self.drop()
         elif self.budget.take(len(piece)):
             self.held += len(piece)
-            self.pieces.append(_unstuff(piece, at_line_start))
+            self.kept.write(_unstuff(piece, at_line_start))
         else:
             self.over_budget = True
             self.drop()
 
     def drop(self) -> None:
         """Give back what is held and keep nothing more (the rest is read and dropped)."""
-        self.pieces = []
+        self.kept = io.BytesIO()
         self.budget.give_back(self.held)
         self.held = 0
 
@@ -106,9 +108,7 @@ async def read_message_data(
         return MessageData(b"", f"500 5.5.2 Line too long: the limit is {max_line_length} octets")
     if progress.over_budget:
         return MessageData(b"", OVER_BUDGET)
-    content = b"".join(progress.pieces)
-    progress.pieces = []
-    return MessageData(content, held=progress.held)
+    return MessageData(progress.kept.getvalue(), held=progress.held)
 
 
 async def _read_pieces(reader: asyncio.StreamReader, progress: _Progress) -> None:
