@@ -26,7 +26,13 @@ from pathlib import Path
 import pytest
 
 from app.config import Limits
-from app.smtpserver.admission import open_file_session_cap
+from app.smtpserver.admission import (
+    TOO_MANY_FROM_ADDRESS,
+    TOO_MANY_SESSIONS,
+    SessionCounts,
+    SessionGate,
+    open_file_session_cap,
+)
 from app.smtpserver.data import OVER_BUDGET, MemoryBudget, read_message_data
 from tests.celeryworker import wait_for_text
 from tests.dnsserver import DNSTestServer
@@ -412,6 +418,22 @@ def test_data_has_a_total_deadline(smtp_factory: Callable[..., ThreadedSMTP]) ->
     reply = client.reply()
     assert reply == "421 4.4.2 Message data not complete in 1.5 s"
     assert 1.4 < time.monotonic() - started < 5
+
+
+def test_session_counts_group_ipv6_by_64_and_forget_a_dead_worker() -> None:
+    counts = SessionCounts(slots=2)
+    assert counts.bucket("2001:db8:1:2::1") == counts.bucket("2001:db8:1:2:ffff::9")
+    assert counts.bucket("::ffff:192.0.2.7") == counts.bucket("192.0.2.7")
+    gate = SessionGate(Limits(max_sessions=3, max_sessions_per_ip=2), counts, open_file_cap=100)
+    first = gate.admit("2001:db8:1:2::1")
+    counts.slot = 1  # another worker, same memory
+    assert isinstance(first, int) and gate.admit("2001:db8:1:2::2") == first
+    assert gate.admit("2001:db8:1:2::3") == TOO_MANY_FROM_ADDRESS, "the /64 is full over both workers"
+    assert isinstance(gate.admit("2001:db8:9::1"), int)
+    assert gate.admit("192.0.2.1") == TOO_MANY_SESSIONS
+    counts.clear(1)  # the second worker died with its two sessions
+    assert (counts.total(), counts.in_bucket(first)) == (1, 1)
+    assert isinstance(gate.admit("2001:db8:1:2::3"), int)
 
 
 def test_open_file_cap_leaves_room() -> None:
