@@ -44,10 +44,11 @@ def value(text: str) -> str:
 
 
 def _resinfo(method: str, result: str, reason: str, properties: list[tuple[str, str]]) -> list[str]:
-    units = [f"{method}={result}"]
-    if reason and result != "pass":
-        units.append(f"reason={value(_printable(reason))}")
-    return units + [f"{name}={value(_printable(text))}" for name, text in properties if text]
+    # A value with nothing printable is left out: `reason=""` says nothing (and trips some parsers).
+    reason = _printable(reason) if result != "pass" else ""
+    units = [f"{method}={result}"] + ([f"reason={value(reason)}"] if reason else [])
+    values = [(name, _printable(text)) for name, text in properties]
+    return units + [f"{name}={value(text)}" for name, text in values if text]
 
 
 def _dkim(result: DKIMResult) -> list[str]:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "property",
     max_examples=200,
-    deadline=timedelta(seconds=2),
+    deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("property")

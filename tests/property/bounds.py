@@ -14,6 +14,9 @@ from contextlib import contextmanager
 # Large inputs are the size of the largest text a peer can hand these parsers: a TXT record over DNS
 # (a TCP answer is at most 64 KiB) or an MTA-STS policy file (we read at most 64 KiB).
 LARGE = 64 * 1024
+# A linear parser takes milliseconds on LARGE input; a quadratic one, seconds to minutes. The bound is
+# generous for a busy shared machine.
+LARGE_INPUT_SECONDS = 2.0
 
 
 class Hang(AssertionError):

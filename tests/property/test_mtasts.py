@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.queue.mtasts import MAX_AGE_LIMIT, Mode, Policy, parse_policy, parse_record
-from tests.property.bounds import LARGE, finishes_within
+from tests.property.bounds import LARGE, LARGE_INPUT_SECONDS, finishes_within
 from tests.property.strategies import decoded_text, domain, joined, numberish, repeated
 
 KEYS = ("version", "mode", "max_age", "mx", "x-ext", "Mode", " mx")
@@ -66,7 +66,7 @@ def test_policy_lines_are_read_back(policy: Policy, line_end: str, random: objec
 
 QUADRATIC_VALUE = (
     "known bug in app/queue/mtasts.py: _POLICY_LINE's lazy value `(.*?)[ \\t]*` is quadratic in a run of "
-    "spaces before a non-space: 'k:a' + 64 KiB of spaces + 'b' takes about 10 s; match the whole value "
+    "spaces before a non-space: 'k:a' + 64 KiB of spaces + 'b' took 18 s here; match the whole value "
     "and strip it instead (remove this skip once fixed)"
 )
 
@@ -75,7 +75,7 @@ QUADRATIC_VALUE = (
 @given(repeated(st.one_of(policy_line.map(lambda line: line + "\n"), st.sampled_from(" \t:*.")), LARGE))
 @example("k:a" + " " * LARGE + "b")
 def test_large_policies_parse_quickly(text: str) -> None:
-    with finishes_within(1.0):
+    with finishes_within(LARGE_INPUT_SECONDS):
         try:
             check_policy(parse_policy(text))
         except ValueError:
@@ -104,7 +104,7 @@ def test_record_parse_raises_only_value_error(text: str) -> None:
 
 @given(repeated(record_field.map(lambda f: f + ";"), LARGE))
 def test_large_records_parse_quickly(rest: str) -> None:
-    with finishes_within(1.0):
+    with finishes_within(LARGE_INPUT_SECONDS):
         try:
             parse_record("v=STSv1;" + rest)
         except ValueError:
