@@ -9,6 +9,7 @@ bind to other loopback addresses (127.0.0.2...) to act as other senders.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import resource
@@ -306,6 +307,20 @@ def test_commands_pipelined_after_a_421_are_not_run(smtp_factory: Callable[..., 
     assert [r[:3] for r in replies] == ["550", "550", "550", "421", ""]
     assert log.messages("n2@relay.example"), "the refused recipients are logged"
     assert not log.messages("after"), "nothing pipelined after the 421 reached the handler"
+
+
+def test_malformed_paths_and_sizes_get_a_reply_not_a_traceback(
+    smtp_factory: Callable[..., ThreadedSMTP],
+) -> None:
+    client = Client(smtp_factory(max_errors=20).inbound_port)
+    assert client.command("EHLO client.sender.example").startswith("250")
+    with captured("app.smtpserver") as log:
+        for path in ("<", "<@", "<a@"):
+            assert client.command(f"MAIL FROM:{path}").startswith("553 5.1.3")
+        for size in ("\u00b2", "1" * 30, "١٢"):
+            assert client.command(f"MAIL FROM:<{SENDER}> SIZE={size}").startswith("501 5.5.4")
+        assert client.command(f"MAIL FROM:<{SENDER}> SIZE=1000").startswith("250")
+    assert not [line for _, level, line in log.lines if level >= logging.ERROR]
 
 
 # Memory for message data.

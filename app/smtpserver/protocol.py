@@ -53,6 +53,7 @@ SIMPLE_PATH = re.compile(
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
     r"(?:[ \t]+(?P<rest>.*))?\Z"
 )
+SIZE_VALUE = re.compile(r"[0-9]{1,20}\Z")  # RFC 1870 size-value (str.isdigit() also takes "²")
 # aiosmtpd closes after 5 unknown commands with this reply; it is our too-many-errors close too.
 AIOSMTPD_BOGUS_CLOSE = "502 5.5.1 Too many unrecognized commands, goodbye."
 PACE = 8  # replies between yields to the event loop (pipelined commands run back to back otherwise)
@@ -151,8 +152,20 @@ class PostwardenSMTP(SMTP):
         # (quoted or UTF-8 local parts, address literals, source routes, <>) still goes to aiosmtpd.
         match = SIMPLE_PATH.match(arg)
         if match is None:
-            return super()._getaddr(arg)
+            try:
+                return super()._getaddr(arg)
+            except Exception:  # the email parser raises more than the HeaderParseError aiosmtpd expects
+                return None, None  # (IndexError for "<", "<a@"): a malformed path, 553
         return match["address"], match["rest"] or ""
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        # aiosmtpd converts SIZE with int() after str.isdigit(), which passes "²" and numbers too long
+        # for int(): refuse those as a syntax error (501) instead of failing with 451 and a traceback.
+        result = super()._getparams(params)
+        size = result.get("SIZE") if result is not None else None
+        if isinstance(size, str) and not SIZE_VALUE.match(size):
+            return None
+        return result
 
     @property
     def tls_active(self) -> bool:
@@ -250,13 +263,11 @@ class PostwardenSMTP(SMTP):
         await self.push(await self._receive_data())
 
     def _declared_size(self) -> int:
-        """MAIL FROM's SIZE= (RFC 1870); 0 if none or not a plain number (aiosmtpd refused one over
-        the size limit already)."""
+        """MAIL FROM's SIZE= (RFC 1870), 0 if none (aiosmtpd refused one over the size limit)."""
         assert self.envelope is not None
         for option in self.envelope.mail_options:
-            value = option[5:]
-            if option.startswith("SIZE=") and value.isascii() and value.isdigit() and len(value) <= 20:
-                return int(value)
+            if option.startswith("SIZE=") and SIZE_VALUE.match(option[5:]):
+                return int(option[5:])
         return 0
 
     async def _receive_data(self) -> str:
