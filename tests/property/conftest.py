@@ -1,5 +1,6 @@
-"""Fixtures of the property tests: one SMTP service per module (hypothesis runs many examples in one
-test, so a function-scoped service would be shared by all of them anyway)."""
+"""Fixtures of the property tests, one per module (hypothesis runs many examples in one test, so a
+function-scoped one would be shared by all of them anyway): the SMTP service, and a protocol instance
+whose path parser is called directly. tests/fuzz/run.py uses the same context managers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.smtpserver.protocol import PostwardenSMTP
 from tests.dnsserver import DNSTestServer
-from tests.property.servers import running_smtp
+from tests.property.servers import running_smtp, smtp_protocol
 from tests.smtpfixtures import ThreadedSMTP
 
 
@@ -18,3 +20,9 @@ def smtp_server(
 ) -> Iterator[ThreadedSMTP]:
     with running_smtp(tmp_path_factory.mktemp("smtp"), dns_server) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def protocol() -> Iterator[PostwardenSMTP]:
+    with smtp_protocol() as instance:
+        yield instance

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.config import load_config
+from app.config import Limits, load_config
+from app.smtpserver.protocol import PostwardenSMTP
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import ThreadedSMTP, write_smtp_config
 
@@ -19,3 +21,17 @@ def running_smtp(directory: Path, dns: DNSTestServer) -> Iterator[ThreadedSMTP]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def smtp_protocol() -> Iterator[PostwardenSMTP]:
+    """A protocol instance (no connection) for calling its parser directly; aiosmtpd wants a loop."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop.run_until_complete(_new_protocol())
+    finally:
+        loop.close()
+
+
+async def _new_protocol() -> PostwardenSMTP:
+    return PostwardenSMTP(object(), limits=Limits(), hostname="mx.example")

@@ -4,16 +4,13 @@ real session on loopback that is sent hostile MAIL and RCPT arguments."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Iterator
 
 import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.config import Limits
 from app.smtpserver.handler import address_problem
 from app.smtpserver.protocol import SIMPLE_PATH, PostwardenSMTP
 from tests.property.fields import check_field
@@ -41,19 +38,6 @@ GETADDR_BUG = (
     "the client gets 451 4.3.0 Internal error and a traceback is logged; _getaddr should refuse the path "
     "(None, None) on any parser exception (remove this skip once fixed)"
 )
-
-
-@pytest.fixture(scope="module")
-def protocol() -> Iterator[PostwardenSMTP]:
-    """A protocol instance for calling its parser directly (aiosmtpd wants an event loop for it)."""
-    loop = asyncio.new_event_loop()
-    instance = loop.run_until_complete(_protocol())
-    yield instance
-    loop.close()
-
-
-async def _protocol() -> PostwardenSMTP:
-    return PostwardenSMTP(object(), limits=Limits(), hostname="mx.example")
 
 
 @pytest.mark.skip(reason=GETADDR_BUG)
