@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.address import normalize_address
 from app.config import Config
 from app.models import Account, Mailbox
 from app.websessions import end_account_sessions
@@ -165,7 +166,5 @@ def account_for_login(config: Config, login: str) -> str | None:
 
 def owns_address(config: Config, account_name: str, address: str) -> bool:
     """Whether `address` is one of the account's configured addresses (domain compared case-insensitively)."""
-    local, _, domain = address.rpartition("@")
-    normalized = f"{local}@{domain.lower()}"
     account = config.accounts.get(account_name)
-    return account is not None and normalized in account.addresses
+    return account is not None and normalize_address(address) in account.addresses

@@ -2,8 +2,8 @@
 
 Log lines carry text from the network (addresses, HELO names, replies); a CR, LF or terminal escape
 in it must not forge a line or repaint an operator's terminal. The text format escapes every control
-character (C0, DEL, C1, U+2028/2029) in the line itself and indents each line of a traceback, so
-only a record's own first line starts at the left margin; the JSON format is escaped by the JSON
+character (C0, DEL, C1, U+2028/2029, the bidi controls) in the line itself and indents each line of a
+traceback, so only a record's own first line starts at the left margin; the JSON format is escaped by the JSON
 encoder (ensure_ascii). A repeated line (same logger, level and message template) is logged at
 most `burst` times a window, then summed up in one line: a fault that fires in a loop (say, accept()
 out of file descriptors) must not fill the disk. Warnings and errors are always limited this way;
@@ -32,7 +32,9 @@ current_cid: contextvars.ContextVar[str | None] = contextvars.ContextVar("cid", 
 
 # `extra=` for an INFO line that the outside world can repeat at will (one per refused connection).
 RATE_LIMITED = {"rate_limited": True}
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0, DEL, C1, the line and paragraph separators, and the bidirectional controls (which can make a
+# terminal show text in another order than it was written, e.g. a file name that hides its extension).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 TRACEBACK_INDENT = "    "
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]

@@ -31,6 +31,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account, ensure_mailbox
+from app.address import validate_address
 from app.auth.message import summarize_headers
 from app.db import session_factory
 from app.models import Mailbox, Message, OutgoingMessage
@@ -85,6 +86,11 @@ class OutgoingCopy:
     account: str
     sender: str
     recipients: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # They become our MAIL FROM and RCPT TO: the queue takes nothing but valid addresses (AddressError).
+        for address in [self.sender, *self.recipients] if self.sender else self.recipients:
+            validate_address(address, smtputf8=True)
 
 
 @dataclass

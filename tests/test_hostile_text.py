@@ -110,17 +110,37 @@ def test_ehlo_and_helo_with_control_characters_are_refused_and_never_echoed(
     assert_clean_log(smtp_log)
 
 
+def test_client_text_echoed_by_aiosmtpd_comes_back_escaped(hostile: ThreadedSMTP) -> None:
+    """aiosmtpd names an unknown command and VRFY's argument in its reply: escaped on the way out."""
+    client = greeted(hostile.inbound_port)
+    for c in COMMAND_CONTROLS.values():
+        reply = client.command(f"VRFY a{c}[31m")
+        assert reply.startswith("502") and not UNSAFE.search(reply), reply
+    # aiosmtpd closes after five unknown commands: three are enough to show it.
+    for c in ("\x1b", "\x7f", "\x85"):
+        reply = client.command(f"X{c}[31mEVIL")
+        assert reply.startswith("500") and not UNSAFE.search(reply), reply
+    assert "\\x1b[31M" in client.command("Y\x1b[31mEVIL"), "the escape is shown, not sent"
+
+
+def test_a_refused_ehlo_keeps_the_transaction_in_progress(hostile: ThreadedSMTP) -> None:
+    """RFC 5321 4.1.4: after a refused EHLO the session is as it was (aiosmtpd resets it first)."""
+    client = greeted(hostile.inbound_port)
+    assert client.command("MAIL FROM:<eve@sender.example>").startswith("250")
+    assert client.command("EHLO bad\x1bname").startswith("501")
+    assert client.command("RCPT TO:<admin@example.org>").startswith("250"), "MAIL FROM was kept"
+    assert client.command("EHLO client.sender.example").startswith("250")
+    assert client.command("RCPT TO:<admin@example.org>").startswith("503"), "a good EHLO resets it"
+
+
 # Item 1: MAIL FROM and RCPT TO, and what is stored and logged for a transaction.
 
 
 def refused(reply: str, code: str, c: str) -> bool:
-    """553 from our address check or 501 from aiosmtpd's path parser. That parser (the email
-    package's) reads white space characters (TAB, CR, NEL, U+2028) inside the brackets as folding
-    white space (`<eve\tx@...>` becomes `"eve x"@...`, one in a domain vanishes): what it hands on
-    is then a clean address, which our checks judge as any other."""
-    if c.isspace():
-        return not UNSAFE.search(reply)
-    return reply.startswith((f"553 {code}", "501 5.5.4")) and not UNSAFE.search(reply)
+    """553 from our address check, or from the path reader, which refuses a path with a character that
+    is not printable before the email package's parser could read TAB, CR, NEL or U+2028 inside the
+    brackets as folding white space (`<eve\tx@...>` would become `"eve x"@...`)."""
+    return reply.startswith((f"553 {code}", "553 5.1.3", "501 5.5.4")) and not UNSAFE.search(reply)
 
 
 def test_inbound_mail_from_and_rcpt_to_with_control_characters_are_refused(

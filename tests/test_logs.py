@@ -53,6 +53,12 @@ def test_escape_control_characters() -> None:
     )
 
 
+def test_bidirectional_controls_are_escaped() -> None:
+    """U+202E and friends reorder what a terminal shows ("invoice\u202efdp.exe" reads as ...exe.pdf)."""
+    for char in "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069":
+        assert escape_control(f"a{char}b") == f"a\\u{ord(char):04x}b"
+
+
 def test_text_lines_escape_attacker_text(logged: tuple[logging.Logger, io.StringIO]) -> None:
     logger, out = logged
     logger.info("helo=%s", HOSTILE)

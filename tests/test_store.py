@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from app.accounts import configured_mailboxes, ensure_account, sync_from_config
+from app.address import AddressError
 from app.config import load_config
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
@@ -127,6 +128,16 @@ async def test_outgoing_file_and_one_row_per_recipient(store: MessageStore, sqli
             ("y@c.example", "c.example", outgoing_path(file_id), 5),
         ]
     assert (store.data_dir / outgoing_path(file_id)).read_bytes() == b"msg\r\n"
+
+
+@pytest.mark.parametrize("bad", ["bob\r\nRCPT TO:<x@evil.example>@a.example", "no-domain", "a b@c.example"])
+async def test_outgoing_copy_takes_only_valid_addresses(bad: str) -> None:
+    """The queue's addresses become MAIL FROM and RCPT TO: nothing else gets that far."""
+    with pytest.raises(AddressError):
+        OutgoingCopy("bob", bad, ("x@b.example",))
+    with pytest.raises(AddressError):
+        OutgoingCopy("bob", "bob@a.example", ("x@b.example", bad))
+    assert OutgoingCopy("bob", "", ("x@b.example",)).sender == ""  # the null reverse-path
 
 
 async def test_has_accepted_mail_from(store: MessageStore, sqlite_url: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from app.config import Limits
-from app.logs import RATE_LIMITED
+from app.logs import RATE_LIMITED, escape_control
 from app.smtpserver.admission import SessionGate
 from app.smtpserver.data import OVER_BUDGET, MemoryBudget, MessageData, read_message_data
 
@@ -54,6 +54,8 @@ SIMPLE_PATH = re.compile(
     r"(?:[ \t]+(?P<rest>.*))?\Z"
 )
 SIZE_VALUE = re.compile(r"[0-9]{1,20}\Z")  # RFC 1870 size-value (str.isdigit() also takes "²")
+# Any "<...>" path and what follows it, for paths that are handed on unparsed (see `_getaddr`).
+BRACKETED_PATH = re.compile(r"<(?P<path>[^<>]*)>(?:[ \t]+(?P<rest>.*))?\Z", re.DOTALL)
 # aiosmtpd closes after 5 unknown commands with this reply; it is our too-many-errors close too.
 AIOSMTPD_BOGUS_CLOSE = "502 5.5.1 Too many unrecognized commands, goodbye."
 PACE = 8  # replies between yields to the event loop (pipelined commands run back to back otherwise)
@@ -150,6 +152,12 @@ class PostwardenSMTP(SMTP):
         # aiosmtpd parses every MAIL/RCPT path with the email package's full RFC 5322 parser, a large
         # share of a session's cost. The common <local@domain> form is read here; anything else
         # (quoted or UTF-8 local parts, address literals, source routes, <>) still goes to aiosmtpd.
+        if not arg.isprintable():
+            # aiosmtpd's parser reads TAB, CR, NEL or U+2028 inside <...> as white space and quietly
+            # makes another address of it ("<eve\tx@...>" becomes '"eve x"@...'): the path goes to the
+            # handler as sent, whose address check refuses it with the sender's or recipient's code.
+            bracketed = BRACKETED_PATH.match(arg)
+            return (bracketed["path"], bracketed["rest"] or "") if bracketed else (None, None)
         match = SIMPLE_PATH.match(arg)
         if match is None:
             try:
@@ -175,7 +183,9 @@ class PostwardenSMTP(SMTP):
         if self._closing:
             await asyncio.sleep(0)  # let the close (and the cancelled session task) take effect
             return
-        reply = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        # aiosmtpd echoes client text in some replies (an unknown command's name, VRFY's argument):
+        # escaped here, so no reply carries a control character or terminal escape back.
+        reply = escape_control(status.decode("utf-8", "replace") if isinstance(status, bytes) else status)
         if self._ehlo_lines is not None and reply.startswith("250"):
             self._ehlo_lines.append(reply)
             return
@@ -311,6 +321,10 @@ class PostwardenSMTP(SMTP):
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # aiosmtpd writes each EHLO line on its own (a send() each); one write is cheaper for both ends.
+        # It also resets the transaction before asking the handler, so a refused EHLO would end one
+        # in progress: RFC 5321 4.1.4 keeps the state as it was, so that is put back.
+        envelope, size_limits = self.envelope, dict(self.command_size_limits)
+        extended = self.session.extended_smtp if self.session is not None else False
         self._plain_replies = True
         self._ehlo_lines = []
         try:
@@ -320,6 +334,9 @@ class PostwardenSMTP(SMTP):
             lines, self._ehlo_lines = self._ehlo_lines, None
         if lines:
             await super().push("\r\n".join(lines))
+        elif self.session is not None:
+            self.envelope, self.session.extended_smtp = envelope, extended
+            self.command_size_limits.update(size_limits)
 
     @property
     def peer_ip(self) -> str:
