@@ -95,7 +95,7 @@ class OutgoingCopy:
 
 @dataclass
 class _Job:
-    content: bytes
+    size: int
     copies: Sequence[MailboxCopy] | OutgoingCopy
     relatives: list[str]  # final paths under the data dir: one per copy (one for outgoing)
     tmp_paths: list[Path]
@@ -140,19 +140,22 @@ class MessageStore:
 
     # Public API.
 
-    async def deliver(self, content: bytes, copies: Sequence[MailboxCopy]) -> list[str]:
+    async def deliver(
+        self, content: bytes, copies: Sequence[MailboxCopy], *, prefix: bytes = b""
+    ) -> list[str]:
         """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out).
-        Message-ID and Subject are indexed from the message itself, whoever delivers it."""
+        Message-ID and Subject are indexed from the message itself, whoever delivers it. `prefix`, our
+        own trace fields, is written before the content: a large message is not copied to prepend them."""
         indexed = summarize_headers(content)
         copies = [
             replace(c, columns={"message_id": indexed.message_id, "subject": indexed.subject, **c.columns})
             for c in copies
         ]
-        return await self._submit(content, copies, [message_path(new_file_id()) for _ in copies])
+        return await self._submit((prefix, content), copies, [message_path(new_file_id()) for _ in copies])
 
-    async def enqueue_outgoing(self, content: bytes, outgoing: OutgoingCopy) -> str:
-        """Store a submitted message and its queue rows durably; its file id."""
-        (file_id,) = await self._submit(content, outgoing, [outgoing_path(new_file_id())])
+    async def enqueue_outgoing(self, content: bytes, outgoing: OutgoingCopy, *, prefix: bytes = b"") -> str:
+        """Store a submitted message (`prefix` then `content`) and its queue rows durably; its file id."""
+        (file_id,) = await self._submit((prefix, content), outgoing, [outgoing_path(new_file_id())])
         return file_id
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
@@ -191,15 +194,15 @@ class MessageStore:
     # Writing files, then the group commit.
 
     async def _submit(
-        self, content: bytes, copies: Sequence[MailboxCopy] | OutgoingCopy, relatives: list[str]
+        self, parts: tuple[bytes, bytes], copies: Sequence[MailboxCopy] | OutgoingCopy, relatives: list[str]
     ) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
-            tmp_paths = await loop.run_in_executor(self._writers, self._write_tmp_files, relatives, content)
+            tmp_paths = await loop.run_in_executor(self._writers, self._write_tmp_files, relatives, parts)
         except Exception as e:
             log.exception("writing a message file failed")
             raise StoreError(str(e)) from None
-        job = _Job(content, copies, relatives, tmp_paths, loop.create_future())
+        job = _Job(sum(map(len, parts)), copies, relatives, tmp_paths, loop.create_future())
         self._pending.append(job)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
@@ -287,7 +290,7 @@ class MessageStore:
         self, session: Session, job: _Job, new_ids: dict[tuple[str, str], tuple[int, int]]
     ) -> list[_PlannedFile]:
         """The job's files with the rows that will point at them (a duplicate reject has none)."""
-        size = len(job.content)
+        size = job.size
         if isinstance(job.copies, OutgoingCopy):
             out = job.copies
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
@@ -334,7 +337,7 @@ class MessageStore:
 
     # Files.
 
-    def _write_tmp_files(self, relatives: list[str], content: bytes) -> list[Path]:
+    def _write_tmp_files(self, relatives: list[str], parts: tuple[bytes, bytes]) -> list[Path]:
         """Write and fsync one tmp file per final path, then the tmp directory, so that the files and
         their names are durable before any row names them; on failure none is left behind."""
         written: list[Path] = []
@@ -343,7 +346,7 @@ class MessageStore:
                 path = self.tmp_dir / relative.replace("/", PATH_SEPARATOR_IN_TMP)
                 with open(path, "xb") as f:
                     written.append(path)
-                    f.write(content)
+                    f.writelines(parts)
                     f.flush()
                     os.fsync(f.fileno())
             fsync_dir(self.tmp_dir)

@@ -131,9 +131,9 @@ class InboundHandler(BaseHandler):
         columns = message_columns(outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from)
         recipients = [Recipient(a, *self._target(a)) for a in envelope.rcpt_tos]
         copies = mailbox_copies(self.config, recipients, verdict, columns)
-        message = outcome.authentication_results.encode("utf-8") + trace + content
+        prefix = outcome.authentication_results.encode("utf-8") + trace
         try:
-            await self.store.deliver(message, copies)
+            await self.store.deliver(content, copies, prefix=prefix)
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
         await self._hand_on_evaluation(outcome, verdict, remote_ip, mail_from, envelope.rcpt_tos)

@@ -185,14 +185,14 @@ class SubmissionHandler(BaseHandler):
             return "obsolete-syntax", f"{OBSOLETE_FIELD_REFUSED} (the first is {name!r})"
         try:
             # Signing with an RSA key costs milliseconds of CPU: off the event loop.
-            prepared = await asyncio.to_thread(self.prepare, content, from_address)
+            added = await asyncio.to_thread(self.prepare, content, from_address)
         except DKIMSigningError as e:
             log.error("submission not signed ip=%s account=%s: %s", server.peer_ip, account, e)
             return "sign-failed", "451 4.3.0 The message could not be signed; try again later"
         trace = self.trace_header(server, session, envelope, transaction_id)
         outgoing = OutgoingCopy(account, envelope_sender(envelope), tuple(envelope.rcpt_tos))
         try:
-            await self.store.enqueue_outgoing(trace + prepared, outgoing)
+            await self.store.enqueue_outgoing(content, outgoing, prefix=trace + added)
         except StoreError:
             return "store-failed", "451 4.3.0 The message could not be queued; try again later"
         if self.wake_queue is not None:
@@ -200,8 +200,9 @@ class SubmissionHandler(BaseHandler):
         return "queued", f"250 2.0.0 Message queued, id {transaction_id}"
 
     def prepare(self, content: bytes, from_address: str) -> bytes:
-        """Add what RFC 6409 lets a submission server complete, then the DKIM signatures of the From
-        domain (none when the domain has no selectors configured)."""
+        """The header fields to put before the content: what RFC 6409 lets a submission server complete,
+        and before them the DKIM signatures of the From domain (none when it has no selectors). The
+        content itself is not copied unless fields are added, which the signature must cover."""
         domain = from_address.rpartition("@")[2].lower()
         present = {name.lower() for name, _ in header_fields(content)}
         added = b""
@@ -209,11 +210,10 @@ class SubmissionHandler(BaseHandler):
             added += f"Date: {format_datetime(utcnow())}\r\n".encode()
         if "message-id" not in present:
             added += f"Message-ID: {make_msgid(domain=self.config.hostname)}\r\n".encode()
-        message = added + content
         selectors = self.config.domains[domain].dkim if domain in self.config.domains else []
         if not selectors:
-            return message
-        return sign(message, domain, selectors) + message
+            return added
+        return sign(added + content if added else content, domain, selectors) + added
 
 
 async def _initial_or_challenge(server: PostwardenSMTP, args: list[str], prompt: str) -> bytes | None:
