@@ -29,13 +29,16 @@ MAX_PTR_NAMES = 10  # RFC 7208 4.6.4: PTR names beyond this are ignored
 TIME_LIMIT = 20.0  # RFC 7208 4.6.4: an overall limit of at least 20 seconds
 
 _RESULTS: dict[str, SPFStatus] = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-_VERSION = re.compile(r"^v=spf1(?: |$)", re.IGNORECASE)
-_MODIFIER = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]*)=(.*)$")
-_MECHANISM = re.compile(r"^([+?~-]?)([A-Za-z][A-Za-z0-9]*)(.*)$")
-_DUAL_CIDR = re.compile(r"(?:/(0|[1-9][0-9]?))?(?://(0|[1-9][0-9]{0,2}))?$")
+# Terms are matched whole (fullmatch, DOTALL): with "(.*)$" a newline in a 64 KiB term made the
+# pattern backtrack quadratically (seconds per record), and "$" also matched before a final newline.
+_VERSION = re.compile(r"v=spf1(?: |\Z)", re.IGNORECASE)
+_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)=(.*)", re.DOTALL)
+_MECHANISM = re.compile(r"([+?~-]?)([A-Za-z][A-Za-z0-9]*)(.*)", re.DOTALL)
+_DUAL_CIDR = re.compile(r"(?:/(0|[1-9][0-9]?))?(?://(0|[1-9][0-9]{0,2}))?\Z")
 _MACRO = re.compile(r"%\{([A-Za-z])([0-9]*)([rR]?)([-.+,/_=]*)\}")
-# RFC 7208 7.1 domain-end: a literal ending must be "." toplabel ["."], a toplabel not all digits.
-_DOMAIN_END = re.compile(r"\.(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\.?$")
+# RFC 7208 7.1 toplabel: letters, digits and inner hyphens, not all digits. Checked on the last label
+# alone: the ABNF as one pattern searched over the text backtracked quadratically on a long label.
+_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 # Printable ASCII except '"', '(', ')', ';' and '\\', which DNS presentation format reads specially.
 _MACRO_LABEL = re.compile(r"^[\x21\x23-\x27\x2a-\x3a\x3c-\x5b\x5d-\x7e]{1,63}$")
 _DOMAIN_MECHANISMS = {"include", "a", "mx", "ptr", "exists"}
@@ -94,7 +97,7 @@ def parse_record(text: str) -> Record:
     for term in text[6:].split(" "):
         if not term:
             continue
-        modifier = _MODIFIER.match(term)
+        modifier = _MODIFIER.fullmatch(term)
         if modifier:
             name, value = modifier.group(1).lower(), modifier.group(2)
             if name in ("redirect", "exp"):
@@ -109,7 +112,7 @@ def parse_record(text: str) -> Record:
 
 
 def _parse_directive(term: str) -> Directive:
-    match = _MECHANISM.match(term)
+    match = _MECHANISM.fullmatch(term)
     if not match:
         raise SPFPermError(f"invalid term {term!r}")
     qualifier, name, rest = match.group(1) or "+", match.group(2).lower(), match.group(3)
@@ -204,9 +207,15 @@ def parse_domain_spec(text: str) -> MacroString:
     if not spec:
         raise SPFPermError("empty domain-spec")
     ends_with_expand = isinstance(spec[-1], Macro) or text.endswith(("%%", "%_", "%-"))
-    if not ends_with_expand and not _DOMAIN_END.search(text):
+    if not ends_with_expand and not _has_domain_end(text):
         raise SPFPermError(f"invalid domain-spec {text!r} (it must end in a dot and a top label)")
     return spec
+
+
+def _has_domain_end(text: str) -> bool:
+    """RFC 7208 7.1 domain-end for a literal ending: "." toplabel ["."]."""
+    _, dot, top = text.removesuffix(".").rpartition(".")
+    return bool(dot) and bool(_LDH_LABEL.fullmatch(top)) and ("-" in top or not top.isdigit())
 
 
 # Evaluation.

@@ -50,14 +50,20 @@ def test_path_parser_returns_an_address_or_refuses(protocol: PostwardenSMTP, arg
 
 
 @given(argument)
+@example("<a@b.example> (comment) SIZE=1")
+@example("<a@b.example> \x1fSIZE=1")
 def test_fast_path_reads_paths_as_aiosmtpd_does(protocol: PostwardenSMTP, arg: str) -> None:
     """SIMPLE_PATH only skips the full parser: where it matches, the full parser finds the same address
-    and the same parameters (aiosmtpd strips the argument before parsing it, and splits the rest on
-    white space, which for str.split includes controls such as \\x1f)."""
+    and the same parameters. aiosmtpd strips the argument before parsing it, as done here, and splits
+    the rest on white space (str.split: controls such as \\x1f too). Its RFC 5322 parser also drops
+    comments after the path, which RFC 5321 paths do not have: the fast path leaves them in the
+    parameters, which are then refused (501)."""
     arg = arg.strip()
     if SIMPLE_PATH.match(arg):
         ours, theirs = protocol._getaddr(arg), SMTP._getaddr(protocol, arg)
-        assert ours[0] == theirs[0] and (ours[1] or "").split() == (theirs[1] or "").split()
+        assert ours[0] == theirs[0]
+        if "(" not in (ours[1] or ""):
+            assert (ours[1] or "").split() == (theirs[1] or "").split()
 
 
 @given(hostile_text, st.booleans(), st.sampled_from(("5.1.7", "5.1.3")))
