@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -32,17 +31,8 @@ parameters = joined(
 argument = st.one_of(path_argument, st.builds("{} {}".format, path_argument, parameters), hostile_text)
 
 
-GETADDR_BUG = (
-    "known bug in app/smtpserver/protocol.py _getaddr: for a path aiosmtpd parses itself, the stdlib's "
-    "get_angle_addr raises IndexError on 'MAIL FROM:<' (also '<@', '<a@'), which aiosmtpd does not catch: "
-    "the client gets 451 4.3.0 Internal error and a traceback is logged; _getaddr should refuse the path "
-    "(None, None) on any parser exception (remove this skip once fixed)"
-)
-
-
-@pytest.mark.skip(reason=GETADDR_BUG)
 @given(argument)
-@example("<")
+@example("<")  # the stdlib's parser raised IndexError (451 Internal error in a session)
 @example("<a@b.example>\r\nRCPT TO:<c@d.example>")
 def test_path_parser_returns_an_address_or_refuses(protocol: PostwardenSMTP, arg: str) -> None:
     address, rest = protocol._getaddr(arg)
@@ -99,7 +89,6 @@ def assert_reply(reply: str) -> None:
     assert not reply.startswith(INTERNAL_ERROR), reply
 
 
-@pytest.mark.skip(reason=GETADDR_BUG)
 @settings(max_examples=max(10, settings().max_examples // 4))
 @given(octets, octets, st.booleans())
 @example(b"<", b"<admin@example.org>", False)
@@ -117,17 +106,9 @@ def test_session_answers_hostile_paths_with_a_reply(
         client.close()
 
 
-SIZE_BUG = (
-    "known bug in aiosmtpd's smtp_MAIL (to be handled in app/smtpserver/protocol.py): SIZE=\u00b2 passes "
-    "str.isdigit() and int() raises ValueError, as it does for a SIZE of over 4300 digits: the client "
-    "gets 451 4.3.0 Internal error and a traceback is logged (remove this skip once fixed)"
-)
-
-
-@pytest.mark.skip(reason=SIZE_BUG)
 @settings(max_examples=max(10, settings().max_examples // 4))
 @given(st.lists(st.builds("{}={}".format, st.sampled_from(("SIZE", "BODY", "size")), numberish), max_size=3))
-@example(["SIZE=\u00b2"])
+@example(["SIZE=\u00b2"])  # str.isdigit() is true, int() raised ValueError (451 Internal error)
 def test_session_answers_hostile_mail_parameters_with_a_reply(
     smtp_server: ThreadedSMTP, params: list[str]
 ) -> None:
