@@ -92,7 +92,9 @@ class ThreadedSMTP:
         self.evaluations: list[dict[str, Any]] = []
         # Imported here, not at the top: this plugin loads for every test module, and a broken SMTP
         # import should fail the SMTP tests only.
-        from app.smtpserver.server import SMTPService
+        from app.smtpserver.server import SMTPService, quiet_aiosmtpd_logging
+
+        quiet_aiosmtpd_logging()  # as every worker does: aiosmtpd logs each command line at INFO
 
         self.loop = asyncio.new_event_loop()
         self.service = SMTPService(config, record_evaluation=self.evaluations.append)
