@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -64,14 +63,6 @@ def test_policy_lines_are_read_back(policy: Policy, line_end: str, random: objec
     assert parsed.mx == tuple(line.removeprefix("mx: ") for line in lines if line.startswith("mx: "))
 
 
-QUADRATIC_VALUE = (
-    "known bug in app/queue/mtasts.py: _POLICY_LINE's lazy value `(.*?)[ \\t]*` is quadratic in a run of "
-    "spaces before a non-space: 'k:a' + 64 KiB of spaces + 'b' took 18 s here; match the whole value "
-    "and strip it instead (remove this skip once fixed)"
-)
-
-
-@pytest.mark.skip(reason=QUADRATIC_VALUE)
 @given(repeated(st.one_of(policy_line.map(lambda line: line + "\n"), st.sampled_from(" \t:*.")), LARGE))
 @example("k:a" + " " * LARGE + "b")
 def test_large_policies_parse_quickly(text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -77,15 +76,6 @@ def test_valid_destinations_are_read_back(uris: list[str], delimiter: str, trail
     assert record.ignored == ()
 
 
-QUADRATIC_SPLIT = (
-    "known bug in app/tlsreports/record.py: re.split on _FIELD_DELIMITER `[ \\t]*;[ \\t]*` (and "
-    "_URI_SEPARATOR `[ \\t]*,[ \\t]*`) is quadratic in a run of blanks without the delimiter: "
-    "'v=TLSRPTv1;rua=mailto:a@b.example' + 64 KiB of tabs + 'x' took 12 s here; split on the bare "
-    "delimiter and strip each piece instead (remove this skip once fixed)"
-)
-
-
-@pytest.mark.skip(reason=QUADRATIC_SPLIT)
 @given(repeated(st.one_of(hostile_text, field.map(lambda f: f + ";")), LARGE))
 @example("rua=mailto:a@b.example" + "\t" * LARGE + "x")
 def test_large_records_parse_quickly(rest: str) -> None:
