@@ -23,7 +23,6 @@ from typing import Any
 import parsedmarc
 import pytest
 from click.testing import CliRunner
-from lxml import etree
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -47,7 +46,7 @@ from tests.logcapture import CidLog, captured
 from tests.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain, smtp_config_toml
 from tests.smtppeers import Peer, PeerHandler, smtp_peer
 from tests.test_dmarc_evaluations import evaluation
-from tests.test_dmarc_reports import SCHEMA
+from tests.test_dmarc_reports import attachment, strictly_parsed
 from tests.test_tlsreports import dkim_config
 
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
@@ -94,7 +93,7 @@ class Queued:
 
     @property
     def report(self) -> dict[str, Any]:
-        SCHEMA.assertValid(etree.fromstring(self.xml))
+        strictly_parsed(self.xml)
         return parsedmarc.parse_aggregate_report_xml(self.xml.decode(), offline=True)
 
     @property
@@ -575,6 +574,9 @@ async def test_inbound_mail_is_reported_an_hour_later_and_parsedmarc_reads_the_d
     ((record,),) = [report["records"]]
     assert (record["count"], record["source"]["ip_address"]) == (3, "127.0.0.1")
     assert (record["policy_evaluated"]["disposition"], record["policy_evaluated"]["spf"]) == ("pass", "pass")
+    # Real SMTP: SPF checked the HELO name too, and RFC 9990 reports only the mfrom result.
+    (strict,) = strictly_parsed(attachment(received.content)[1]).records
+    assert [(r.scope.value if r.scope else None) for r in strict.auth_results.spf] == ["mfrom"]
 
 
 async def test_permanent_failure_ends_quietly_in_the_postmaster_dmarc_mailbox_and_suppresses_the_address(

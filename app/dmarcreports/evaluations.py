@@ -201,7 +201,10 @@ def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[list[
 
 
 def _spf_results(results: list[dict[str, Any]]) -> list[list[str]]:
-    return [[_domain(r["domain"]), str(r["scope"]), str(r["result"])] for r in results if r.get("domain")]
+    """The MAIL FROM result only: RFC 9990 reports one SPF result, scope mfrom, so a HELO result kept
+    here would only split rows that the report shows as equal."""
+    kept = [r for r in results if r.get("domain") and r.get("scope") == "mfrom"]
+    return [[_domain(r["domain"]), "mfrom", str(r["result"])] for r in kept[:1]]
 
 
 def pending_domains(session: Session, domain: str | None = None) -> list[PendingDomain]:

@@ -149,7 +149,7 @@ def _header(metadata: Metadata, policy: PolicyPublished) -> str:
         f"{_element('org_name', metadata.org_name)}{_element('email', metadata.email)}"
         f"{_element('report_id', metadata.report_id)}"
         f"<date_range>{_element('begin', metadata.begin)}{_element('end', metadata.end)}</date_range>"
-        f"{_element('generator', GENERATOR)}{error}"
+        f"{error}{_element('generator', GENERATOR)}"
         "</report_metadata>\n"
         f"{_policy_published(policy)}\n"
     )
@@ -214,9 +214,11 @@ def _dkim_elements(dkim_results: str) -> str:
 
 @lru_cache(maxsize=4096)
 def _spf_elements(spf_results: str, checked_domain: str) -> str:
-    # The schema wants at least one SPF result; without one, SPF found nothing to check.
-    results = json.loads(spf_results) or [[checked_domain, "mfrom", "none"]]
-    return "".join(
-        f"<spf>{_element('domain', domain)}{_element('scope', scope)}{_element('result', result)}</spf>"
-        for domain, scope, result in results
-    )
+    """The one SPF result RFC 9990's schema allows, scope `mfrom` (the HELO result is not reported).
+
+    For the null sender the stored mfrom result is the HELO name's (RFC 7208 2.4). Without one, SPF
+    found nothing to check: reported as `none` for the domain it would have checked.
+    """
+    mfrom = [(domain, result) for domain, scope, result in json.loads(spf_results) if scope == "mfrom"]
+    domain, result = mfrom[0] if mfrom else (checked_domain, "none")
+    return f"<spf>{_element('domain', domain)}{_element('scope', 'mfrom')}{_element('result', result)}</spf>"
