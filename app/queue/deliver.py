@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session as DBSession
 
 from app.auth.message import header_fields
 from app.config import Config
-from app.db import engine_for
+from app.db import engine_for, session_scope
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.models import Account, OutgoingMessage
 from app.models.base import utcnow
@@ -207,21 +207,22 @@ class _Run:
         self, destination: Destination, sts: MTASTSResult | None, group: list[Message], tls_required_no: bool
     ) -> None:
         pending = group
-        last_error = DeliveryError(
-            f"no host of {destination.domain} could be reached", permanent=False, status="4.4.1"
-        )
-        remote: str | None = None
+        unreached = f"no host of {destination.domain} could be reached"
+        tries = _Tries(DeliveryError(unreached, permanent=False, status="4.4.1"))
         record = not all(row.is_tls_report for m in group for row in m.rows)
         for hop in destination.hops:
             if not pending:
                 return
             try:
-                pending = await self._deliver_to_host(destination, hop, sts, pending, tls_required_no, record)
+                pending = await self._deliver_to_host(
+                    destination, hop, sts, pending, tls_required_no, record, tries
+                )
             except DeliveryError as e:
                 log.info("delivery to %s via %s: %s", destination.domain, hop.host, e)
-                last_error, remote = e, hop.host
+                tries.failed(e, hop.host)
+        error = tries.outcome(tries.last)
         for message in pending:
-            await self._settle(message, [last_error] * len(message.rows), remote)
+            await self._settle(message, [error] * len(message.rows), tries.remote)
 
     async def _deliver_to_host(
         self,
@@ -231,6 +232,7 @@ class _Run:
         pending: list[Message],
         tls_required_no: bool,
         record: bool,
+        tries: _Tries,
     ) -> list[Message]:
         """Send to the host's addresses in turn; the messages left. DeliveryError: the host failed."""
         decision = None if hop.tls is not None else await self._decide(destination, hop, sts, tls_required_no)
@@ -254,9 +256,12 @@ class _Run:
                 session = self._open(destination.domain, decision if record else None, target, settings)
                 if isinstance(session, DeliveryError):
                     error = session
+                    tries.failed(error, hop.host)
                     break
                 before = len(pending)
-                pending, error = await self._send_all(session, pending, hop.host)
+                pending, error = await self._send_all(session, pending, hop.host, tries)
+                if error is not None:
+                    tries.failed(error, hop.host)
                 if len(pending) == before:
                     break  # nothing went over this connection: the next address
                 # Some went, then the server ended the session (e.g. a limit of messages per
@@ -289,9 +294,10 @@ class _Run:
         return session
 
     async def _send_all(
-        self, session: Session, pending: list[Message], remote: str
+        self, session: Session, pending: list[Message], remote: str, tries: _Tries
     ) -> tuple[list[Message], DeliveryError | None]:
-        """Send messages until done or the connection breaks; (messages left, the break)."""
+        """Send messages until done or the connection breaks; (messages left, the break). A message
+        refused for good is retried instead when an earlier host or address failed temporarily."""
         left = list(pending)
         try:
             while left:
@@ -302,9 +308,11 @@ class _Run:
                 except DeliveryError as e:
                     if not e.permanent:
                         return left, e  # the connection broke: the rest go to the next address or host
-                    await self._settle(message, [e] * len(message.rows), remote)
+                    await self._settle(message, [tries.outcome(e)] * len(message.rows), remote)
                 else:
-                    outcomes = [None if r.delivered else r.reply.error("recipient") for r in results]
+                    outcomes = [
+                        None if r.delivered else tries.outcome(r.reply.error("recipient")) for r in results
+                    ]
                     await self._settle(message, outcomes, remote)
                 left.pop(0)
         finally:
@@ -463,12 +471,46 @@ class _Run:
             host_failure=_known_failure(decision.host_failure, host),
             connected=connected,
         )
+        # Its own short transaction, apart from the run's: a failure here (a value the database
+        # refuses, a table gone) is logged and costs the report one count, never the delivery.
         try:
-            record_tls_results(self.db, [result])
-            self.db.commit()
-        except BaseException:
-            self.db.rollback()
-            raise
+            with session_scope(self.config.resolved_database_url) as session:
+                record_tls_results(session, [result])
+        except Exception as e:  # whatever the database says, the mail goes on
+            log.error("TLS result for %s via %s not recorded: %s", domain, host, database_error(e))
+
+
+class _Tries:
+    """The failures of the hosts and addresses tried so far for a group of messages.
+
+    A permanent failure stands only when every host tried failed permanently: a backup MX that
+    refuses mail for a domain it does not serve must not bounce a message the primary, down for the
+    moment, will take on a later attempt. The retry schedule (max_attempts) still ends it.
+    """
+
+    def __init__(self, nothing_tried: DeliveryError) -> None:
+        self.last = nothing_tried
+        self.remote: str | None = None
+        self.temporary: tuple[str, DeliveryError] | None = None  # the first temporary failure
+
+    def failed(self, error: DeliveryError, host: str) -> None:
+        self.last, self.remote = error, host
+        if not error.permanent and self.temporary is None:
+            self.temporary = (host, error)
+
+    def outcome(self, error: DeliveryError) -> DeliveryError:
+        """`error`, made temporary when it is permanent but a host before failed temporarily."""
+        if not error.permanent or self.temporary is None:
+            return error
+        host, earlier = self.temporary
+        softened = DeliveryError(
+            f"{error} (retried: {host} failed temporarily: {earlier})",
+            permanent=False,
+            status="4" + error.status[1:],
+            diagnostic=error.diagnostic,
+        )
+        softened.session_info = error.session_info
+        return softened
 
 
 def outcome_connection(url: str) -> Connection:
@@ -480,6 +522,13 @@ def outcome_connection(url: str) -> Connection:
         connection.exec_driver_sql("SET synchronous_commit TO off")
     connection.commit()
     return connection
+
+
+def database_error(error: Exception) -> str:
+    """The error's class and the first line of what the driver said, at most 200 characters: not the
+    statement and its parameters, which would carry remote text into the log."""
+    reason = str(getattr(error, "orig", None) or error).strip().split("\n", 1)[0]
+    return f"{type(error).__name__}: {reason[:200]}"
 
 
 def restore_durability(connection: Connection) -> None:

@@ -5,6 +5,9 @@ Each SMTP session (or a failure before one, such as an MTA-STS policy fetch erro
 when a host was involved, once against that MX host's policy (tlsa / no-policy-found). Counts are
 added with INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL alike, so workers recording at
 the same moment never lose a count.
+
+Some values come from outside: the MX host's EHLO name, MX host names from DNS. Each value is cut to
+its column's length here, whoever produced it: PostgreSQL refuses a longer one (SQLite would keep it).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from app.db import upsert_insert
@@ -119,7 +123,7 @@ def _add(
     table = TLSResult.__table__
     statement = (
         upsert_insert(session, table)
-        .values(values)
+        .values(_fit(table, values))
         .on_conflict_do_update(
             index_elements=["policy_domain", "day", "recipient_domain", "is_host", "policy_key"],
             set_={
@@ -145,20 +149,31 @@ def _add_failure(session: Session, result_id: int, failure: FailureDetail) -> No
         "additional_info": failure.additional_info,
     }
     table = TLSFailureDetail.__table__
+    values = {
+        "result_id": result_id,
+        "detail_key": _digest(*(value or "" for value in fields.values())),
+        "failed_session_count": 1,
+        **fields,
+    }
     statement = (
         upsert_insert(session, table)
-        .values(
-            result_id=result_id,
-            detail_key=_digest(*(value or "" for value in fields.values())),
-            failed_session_count=1,
-            **fields,
-        )
+        .values(_fit(table, values))
         .on_conflict_do_update(
             index_elements=["result_id", "detail_key"],
             set_={"failed_session_count": table.c.failed_session_count + 1},
         )
     )
     session.execute(statement)
+
+
+def _fit(table: Table, values: dict[str, object]) -> dict[str, object]:
+    """`values` with each string cut to its column's length (String(n) columns; Text has none)."""
+    fitted = dict(values)
+    for name, value in values.items():
+        length = getattr(table.c[name].type, "length", None)
+        if isinstance(value, str) and length is not None and len(value) > length:
+            fitted[name] = value[:length]
+    return fitted
 
 
 def _digest(*parts: str) -> str:
