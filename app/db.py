@@ -1,15 +1,27 @@
-"""Database engine and sessions: SQLite by default, PostgreSQL by URL."""
+"""Database engine and sessions: SQLite by default, PostgreSQL by URL.
+
+Only the migrations (`alembic upgrade head`, `postwarden quickstart`) create a SQLite file: every other
+process opening a missing one would get an empty database and fail later with obscure errors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_TIMEOUT = 30  # seconds a statement waits for another process's write lock
+PG_READ_ONLY_TRANSACTION = "25006"  # SQLSTATE read_only_sql_transaction
+MISSING_DATABASE_HINT = "create it with `alembic upgrade head` (or `postwarden quickstart` for a new setup)"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -23,12 +35,53 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = False) -> Engine:
+    """An engine for `url`; a SQLite file must exist unless `create` (the migrations only)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        path = _sqlite_file(url)
+        if path is None or create:
+            engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT})
+        else:
+            engine = create_engine(url, creator=_open_existing(path))
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _discard_read_only_connection)
+    return engine
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names; None for an in-memory database or a URI given to SQLite as it is."""
+    parsed = make_url(url)
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("uri"):
+        return None
+    return parsed.database
+
+
+def _open_existing(path: str) -> Callable[[], sqlite3.Connection]:
+    def connect() -> sqlite3.Connection:
+        # The check gives the clear message; mode=rw makes SQLite itself refuse to create the file.
+        if not os.path.exists(path):
+            raise sqlite3.OperationalError(f"database file {path} does not exist; {MISSING_DATABASE_HINT}")
+        uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT, check_same_thread=False)
+
+    return connect
+
+
+def _discard_read_only_connection(context: ExceptionContext) -> None:
+    """Treat "read-only" errors as a lost connection, so the pool opens new ones.
+
+    They belong to the connection, not the statement: SQLite opens a file it cannot write read-only
+    and stays so after the file is writable again; a PostgreSQL session keeps the
+    default_transaction_read_only it started with. Kept in the pool, such a connection failed every
+    write until a restart."""
+    error = context.original_exception
+    sqlite_code = getattr(error, "sqlite_errorcode", None)
+    if (sqlite_code is not None and sqlite_code & 0xFF == sqlite3.SQLITE_READONLY) or (
+        getattr(error, "sqlstate", None) == PG_READ_ONLY_TRANSACTION
+    ):
+        context.is_disconnect = True
 
 
 @lru_cache(maxsize=8)

@@ -1,10 +1,15 @@
 """Durable message storage: a file under the data dir plus database rows, group-committed.
 
 SPEC R1.6: the file is written and fsync'd and its rows committed before the SMTP 250. Each file is
-first written to `<data_dir>/tmp/` (name: its final relative path with `/` as `!`) and fsync'd with
-the tmp directory; then the rows, which name the *final* path, are committed; then the file is renamed
-into place. A crash can therefore leave a file in tmp/ only, and `recover()` settles each one: rows
-exist → finish the rename; no rows → the client never got a 250, delete it. Nothing else is looked at.
+first written to the store's own directory under `<data_dir>/tmp/` (name: its final relative path with
+`/` as `!`) and fsync'd with that directory; then the rows, which name the *final* path, are committed;
+then the file is renamed into place. A crash can therefore leave a file in tmp/ only, and `recover()`
+settles each one: rows exist → finish the rename; no rows → the client never got a 250, delete it.
+
+Other processes (SMTP workers, the delivery workers writing DSNs) may be writing while `postwarden
+smtp` starts and recovers. Each store therefore holds an exclusive flock on its directory while it
+lives, and recovery settles only directories whose lock it can take: their writer is gone, so no
+file in them is still being committed. (Files straight in tmp/ come from versions before this.)
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
@@ -22,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,12 @@ def new_file_id() -> str:
     """Unique and sorting by time: microseconds since the epoch, process id and a per-process counter,
     in hex. (Random bytes would cost a getrandom() call, which lets other threads take the GIL.)"""
     return f"{time.time_ns() // 1000:014x}{os.getpid():06x}{next(_sequence) & 0xFFFF:04x}"
+
+
+def copy_file_ids(file_id: str, count: int) -> list[str]:
+    """The file ids of a message's copies (one per mailbox): the first is `file_id` itself, so the id
+    an SMTP reply gave finds the message; the others add "-2", "-3", ... to it."""
+    return [file_id, *(f"{file_id}-{n}" for n in range(2, count + 1))]
 
 
 def message_path(file_id: str) -> str:
@@ -137,26 +148,37 @@ class MessageStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = data_dir / COMMIT_LOCK_FILE
         self._lock_fd: int | None = None
+        self._own_dir: tuple[int, Path, int] | None = None  # (pid, directory under tmp/, its locked fd)
 
     # Public API.
 
     async def deliver(
-        self, content: bytes, copies: Sequence[MailboxCopy], *, prefix: bytes = b""
+        self,
+        content: bytes,
+        copies: Sequence[MailboxCopy],
+        *,
+        prefix: bytes = b"",
+        file_id: str | None = None,
     ) -> list[str]:
         """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out).
         Message-ID and Subject are indexed from the message itself, whoever delivers it. `prefix`, our
-        own trace fields, is written before the content: a large message is not copied to prepend them."""
+        own trace fields, is written before the content: a large message is not copied to prepend them.
+        `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids."""
         indexed = summarize_headers(content)
         copies = [
             replace(c, columns={"message_id": indexed.message_id, "subject": indexed.subject, **c.columns})
             for c in copies
         ]
-        return await self._submit((prefix, content), copies, [message_path(new_file_id()) for _ in copies])
+        paths = [message_path(f) for f in copy_file_ids(file_id or new_file_id(), len(copies))]
+        return await self._submit((prefix, content), copies, paths)
 
-    async def enqueue_outgoing(self, content: bytes, outgoing: OutgoingCopy, *, prefix: bytes = b"") -> str:
-        """Store a submitted message (`prefix` then `content`) and its queue rows durably; its file id."""
-        (file_id,) = await self._submit((prefix, content), outgoing, [outgoing_path(new_file_id())])
-        return file_id
+    async def enqueue_outgoing(
+        self, content: bytes, outgoing: OutgoingCopy, *, prefix: bytes = b"", file_id: str | None = None
+    ) -> str:
+        """Store a submitted message (`prefix` then `content`) and its queue rows durably; its file id
+        (`file_id`, the SMTP transaction's id, when given)."""
+        (stored,) = await self._submit((prefix, content), outgoing, [outgoing_path(file_id or new_file_id())])
+        return stored
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
         """Whether mail From `domain` was ever delivered (not rejected); read in a worker thread."""
@@ -169,18 +191,39 @@ class MessageStore:
 
     def recover(self) -> RecoveryReport:
         """Settle files a crash left in tmp/ (see the module doc). Call before accepting mail."""
-        completed = removed = 0
+        settled: list[bool] = []  # per file: completed (True) or removed
         with self._sessions() as session:
-            for entry in sorted(os.scandir(self.tmp_dir), key=lambda e: e.name):
-                relative = entry.name.replace(PATH_SEPARATOR_IN_TMP, "/")
-                if _rows_exist(session, relative):
-                    self._move_into_place(Path(entry.path), relative)
-                    completed += 1
+            for entry in sorted(os.scandir(self.tmp_dir), key=_name):
+                if entry.is_dir(follow_symlinks=False):
+                    settled += self._recover_dir(session, Path(entry.path))
                 else:
-                    os.unlink(entry.path)
-                    removed += 1
+                    settled.append(self._settle(session, Path(entry.path)))
         fsync_dir(self.tmp_dir)
-        return RecoveryReport(completed=completed, removed=removed)
+        return RecoveryReport(completed=settled.count(True), removed=settled.count(False))
+
+    def _recover_dir(self, session: Session, directory: Path) -> list[bool]:
+        """Settle an abandoned store directory and remove it; one whose store still lives is left alone."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("store recovery: %s is in use by a running process; left alone", directory.name)
+                return []
+            settled = [self._settle(session, Path(e.path)) for e in sorted(os.scandir(directory), key=_name)]
+            os.rmdir(directory)  # under the lock: a store that just made it sees it gone (_claim_tmp_dir)
+            return settled
+        finally:
+            os.close(fd)
+
+    def _settle(self, session: Session, tmp: Path) -> bool:
+        """Finish the rename of a committed file (True) or delete an unacknowledged one (False)."""
+        relative = tmp.name.replace(PATH_SEPARATOR_IN_TMP, "/")
+        if _rows_exist(session, relative):
+            self._move_into_place(tmp, relative)
+            return True
+        tmp.unlink()
+        return False
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -190,6 +233,12 @@ class MessageStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._own_dir is not None and self._own_dir[0] == os.getpid():
+            _, path, fd = self._own_dir
+            with suppress(OSError):  # not empty: a file committed but not moved, which recovery finishes
+                os.rmdir(path)
+            os.close(fd)
+            self._own_dir = None
 
     # Writing files, then the group commit.
 
@@ -198,7 +247,10 @@ class MessageStore:
     ) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
-            tmp_paths = await loop.run_in_executor(self._writers, self._write_tmp_files, relatives, parts)
+            directory = self._tmp_dir_of_this_process()
+            tmp_paths = await loop.run_in_executor(
+                self._writers, _write_tmp_files, directory, relatives, parts
+            )
         except Exception as e:
             log.exception("writing a message file failed")
             raise StoreError(str(e)) from None
@@ -337,23 +389,13 @@ class MessageStore:
 
     # Files.
 
-    def _write_tmp_files(self, relatives: list[str], parts: tuple[bytes, bytes]) -> list[Path]:
-        """Write and fsync one tmp file per final path, then the tmp directory, so that the files and
-        their names are durable before any row names them; on failure none is left behind."""
-        written: list[Path] = []
-        try:
-            for relative in relatives:
-                path = self.tmp_dir / relative.replace("/", PATH_SEPARATOR_IN_TMP)
-                with open(path, "xb") as f:
-                    written.append(path)
-                    f.writelines(parts)
-                    f.flush()
-                    os.fsync(f.fileno())
-            fsync_dir(self.tmp_dir)
-        except BaseException:
-            _unlink_all(written)
-            raise
-        return written
+    def _tmp_dir_of_this_process(self) -> Path:
+        """This store's locked directory under tmp/, made on first use (and anew in a forked child:
+        the lock is the parent's)."""
+        if self._own_dir is None or self._own_dir[0] != os.getpid():
+            path, fd = _claim_tmp_dir(self.tmp_dir)
+            self._own_dir = (os.getpid(), path, fd)
+        return self._own_dir[1]
 
     def _move_into_place(self, tmp: Path, relative: str) -> None:
         final = self.data_dir / relative
@@ -361,6 +403,50 @@ class MessageStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(final.parent)
         os.replace(tmp, final)
+
+
+def _claim_tmp_dir(tmp_dir: Path) -> tuple[Path, int]:
+    """A new directory under `tmp_dir` and an fd holding its exclusive flock (see the module doc)."""
+    while True:
+        path = tmp_dir / new_file_id()
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Between mkdir and flock a recovery may have found it empty and removed it: then another.
+        if _names_same_file(path, fd):
+            fsync_dir(tmp_dir)
+            return path, fd
+        os.close(fd)
+
+
+def _names_same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _write_tmp_files(directory: Path, relatives: list[str], parts: tuple[bytes, bytes]) -> list[Path]:
+    """Write and fsync one tmp file per final path, then the directory, so that the files and their
+    names are durable before any row names them; on failure none is left behind."""
+    written: list[Path] = []
+    try:
+        for relative in relatives:
+            path = directory / relative.replace("/", PATH_SEPARATOR_IN_TMP)
+            with open(path, "xb") as f:
+                written.append(path)
+                f.writelines(parts)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(directory)
+    except BaseException:
+        _unlink_all(written)
+        raise
+    return written
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _unlink_all(paths: list[Path]) -> None:

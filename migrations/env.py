@@ -42,7 +42,7 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    engine = make_engine(database_url())
+    engine = make_engine(database_url(), create=True)  # the one place a SQLite file is created
     with engine.connect() as conn:
         run(conn)
     engine.dispose()

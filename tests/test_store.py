@@ -55,7 +55,7 @@ async def test_deliver_writes_the_file_and_the_row(store: MessageStore, sqlite_u
     assert (row.file_id, row.size, row.msg_from, row.seen) == (file_id, 21, "x@y.example", False)
     assert row.path == message_path(file_id) and row.mailbox_orig_id == row.mailbox_id
     assert (store.data_dir / row.path).read_bytes() == b"Subject: hi\r\n\r\nbody\r\n"
-    assert list((store.data_dir / TMP_DIR).iterdir()) == []
+    assert files_under(store.data_dir / TMP_DIR) == []
     with session_scope(sqlite_url) as session:
         names = session.execute(select(Account.name, Mailbox.name).join(Mailbox)).all()
     assert names == [("alice", "Inbox")], "account and mailbox rows are made on demand"
@@ -73,7 +73,7 @@ async def test_concurrent_messages_share_commits(store: MessageStore, sqlite_url
             for i, c in enumerate(contents)
         ]
         deadline = time.monotonic() + 10
-        while len(list((store.data_dir / TMP_DIR).iterdir())) < len(contents):  # all written, waiting
+        while len(files_under(store.data_dir / TMP_DIR)) < len(contents):  # all written, waiting
             assert time.monotonic() < deadline, "the files were not written"
             await asyncio.sleep(0.01)
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -101,7 +101,7 @@ async def test_one_bad_message_fails_alone(store: MessageStore, sqlite_url: str)
         b"good 1\r\n",
         b"good 2\r\n",
     ]
-    assert list((store.data_dir / TMP_DIR).iterdir()) == [], "the failed message's file is removed"
+    assert files_under(store.data_dir / TMP_DIR) == [], "the failed message's file is removed"
 
 
 async def test_reject_is_stored_once_per_message_id(store: MessageStore, sqlite_url: str) -> None:

@@ -1,0 +1,170 @@
+"""The store under database and process faults (issue 9): a read-only episode ends with it, a missing
+database is never created, and recovery leaves alone what another live process is committing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.db import engine_for, session_scope
+from app.migrate import upgrade_database
+from app.models import Message
+from app.store import TMP_DIR, MailboxCopy, MessageStore, StoreError
+from tests.dbfaults import pool_connection_opened_read_only, postgres_read_only, traversable_dir
+
+COPY = [MailboxCopy("alice", "Inbox")]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    path = traversable_dir()
+    yield path
+    shutil.rmtree(path)
+
+
+def stored_paths(url: str) -> list[str]:
+    with session_scope(url) as session:
+        return list(session.scalars(select(Message.path).order_by(Message.id)))
+
+
+async def test_sqlite_read_only_episode_ends_without_a_restart(shared_dir: Path) -> None:
+    database = shared_dir / "postwarden.db"
+    url = f"sqlite:///{database}"
+    upgrade_database(url)
+    store = MessageStore(shared_dir / "data", url)
+    keep_wal = sqlite3.connect(database)  # another process's: keeps the -wal and -shm files
+    keep_wal.execute("SELECT count(*) FROM messages").fetchall()
+    try:
+        database.chmod(0o444)
+        pool_connection_opened_read_only(url)
+        with pytest.raises(StoreError):
+            await store.deliver(b"Subject: while read-only\r\n\r\nx\r\n", COPY)
+        database.chmod(0o644)
+        (file_id,) = await store.deliver(b"Subject: writable again\r\n\r\nx\r\n", COPY)
+        assert [path.rpartition("/")[2] for path in stored_paths(url)] == [file_id]
+    finally:
+        keep_wal.close()
+        await store.close()
+        engine_for(url).dispose()
+
+
+async def test_postgres_read_only_episode_ends_without_a_restart(tmp_path: Path, postgres_url: str) -> None:
+    upgrade_database(postgres_url)
+    store = MessageStore(tmp_path / "data", postgres_url)
+    try:
+        await store.deliver(b"Subject: before\r\n\r\nx\r\n", COPY)  # a pooled session exists
+        postgres_read_only(postgres_url, True, end_sessions=True)
+        with pytest.raises(StoreError):
+            await store.deliver(b"Subject: while read-only\r\n\r\nx\r\n", COPY)
+        # Writable again; the session opened while read-only is still in the pool.
+        postgres_read_only(postgres_url, False, end_sessions=False)
+        (file_id,) = await store.deliver(b"Subject: after\r\n\r\nx\r\n", COPY)
+        assert stored_paths(postgres_url)[-1].endswith(file_id) and len(stored_paths(postgres_url)) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_missing_sqlite_database_is_not_created(tmp_path: Path) -> None:
+    database = tmp_path / "postwarden.db"
+    url = f"sqlite:///{database}"
+    store = MessageStore(tmp_path / "data", url)
+    try:
+        with pytest.raises(StoreError) as raised:
+            await store.deliver(b"Subject: x\r\n\r\nx\r\n", COPY)
+        assert f"database file {database} does not exist" in str(raised.value)
+        assert "alembic upgrade head" in str(raised.value)
+        assert not database.exists()
+        assert tmp_files(tmp_path / "data") == [], "the message's file is removed"
+    finally:
+        await store.close()
+    upgrade_database(url)  # the migrations do create it
+    assert database.exists() and stored_paths(url) == []
+
+
+# A second process storing a message (as a delivery worker stores a DSN) whose commit waits.
+WRITER = """
+import asyncio, sys
+from pathlib import Path
+from app.store import MailboxCopy, MessageStore
+
+async def main():
+    store = MessageStore(Path(sys.argv[1]), sys.argv[2])
+    (file_id,) = await store.deliver(b"Subject: DSN\\r\\n\\r\\nbody\\r\\n", [MailboxCopy("alice", "Inbox")])
+    await store.close()
+    print(file_id)
+
+asyncio.run(main())
+"""
+
+
+def tmp_files(data: Path) -> list[Path]:
+    return sorted(p for p in (data / TMP_DIR).rglob("*") if p.is_file())
+
+
+def start_writer_held_mid_commit(
+    data: Path, url: str, database: Path
+) -> tuple[subprocess.Popen[str], sqlite3.Connection]:
+    """The writer process with its file written and its commit waiting for our write lock."""
+    lock = sqlite3.connect(database, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(data), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not tmp_files(data):
+        assert writer.poll() is None, writer.communicate()
+        assert time.monotonic() < deadline, "the writer wrote no file"
+        time.sleep(0.01)
+    return writer, lock
+
+
+def test_recovery_leaves_a_file_another_process_is_committing(tmp_path: Path, sqlite_url: str) -> None:
+    data = tmp_path / "data"
+    database = tmp_path / "postwarden.db"
+    MessageStore(data, sqlite_url)  # makes tmp/
+    writer, lock = start_writer_held_mid_commit(data, sqlite_url, database)
+    try:
+        written = tmp_files(data)
+        report = MessageStore(data, sqlite_url).recover()  # what `postwarden smtp` does as it starts
+        assert (report.completed, report.removed) == (0, 0)
+        assert tmp_files(data) == written
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    (path,) = stored_paths(sqlite_url)
+    assert path.endswith(out.strip())
+    assert (data / path).read_bytes() == b"Subject: DSN\r\n\r\nbody\r\n", "the row has its file"
+    assert list((data / TMP_DIR).iterdir()) == [], "the writer removed its directory as it closed"
+
+
+def test_recovery_settles_the_files_of_a_process_that_died(tmp_path: Path, sqlite_url: str) -> None:
+    data = tmp_path / "data"
+    database = tmp_path / "postwarden.db"
+    MessageStore(data, sqlite_url)
+    writer, lock = start_writer_held_mid_commit(data, sqlite_url, database)
+    try:
+        os.killpg(writer.pid, signal.SIGKILL)  # a crash before its commit: no row, no 250
+        writer.wait(timeout=30)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    report = MessageStore(data, sqlite_url).recover()
+    assert (report.completed, report.removed) == (0, 1)
+    assert list((data / TMP_DIR).iterdir()) == [], "the dead process's directory is gone"
+    assert stored_paths(sqlite_url) == []
