@@ -11,6 +11,7 @@ import gzip
 import json
 import smtplib
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,14 +24,14 @@ from typing import Any
 import parsedmarc
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.cli import main
 from app.config import Config, load_config
-from app.db import session_scope
+from app.db import session_factory, session_scope
 from app.dmarcreports import job
-from app.dmarcreports.evaluations import store_evaluation
+from app.dmarcreports.evaluations import record_evaluation, store_evaluation
 from app.dmarcreports.job import RunSummary, send_dmarc_reports
 from app.dns import Resolver
 from app.migrate import upgrade_database
@@ -404,6 +405,67 @@ def test_racing_runs_in_the_same_hour_send_each_report_once(
     with session_scope(config.resolved_database_url) as session:
         claims = list(session.scalars(select(DMARCReportClaim)))
     assert len(claims) == len(domains) and all(c.evaluations_deleted for c in claims)
+
+
+def waiting_for_a_lock(config: Config) -> bool:
+    with session_scope(config.resolved_database_url) as session:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(session.scalar(text(query)))
+
+
+@pytest.mark.postgres
+def test_an_evaluation_committed_out_of_id_order_is_reported_not_deleted_unread(
+    postgres_url: str,
+    tmp_path: Path,
+    dns: DNSTestServer,
+    resolver: Resolver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL hands out ids at insert and commits in any order: the evaluation given the lower id
+    commits last, between the run's read and its delete. It must be read (reported) or left alone."""
+    config = migrated(write_config(tmp_path / "pg", database_url=postgres_url, dns_port=dns.port))
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    when = DAY + timedelta(hours=1, minutes=5)
+    inserted, release, committed, read_done = (threading.Event() for _ in range(4))
+
+    def slow_writer() -> None:  # e.g. a store task whose transaction is still open
+        with session_factory(config.resolved_database_url)() as session:
+            record_evaluation(session, config, ev("hourly.example", when, ri=3600, source_ip="192.0.2.7"))
+            inserted.set()
+            release.wait(60)
+            session.commit()
+        committed.set()
+
+    def releaser() -> None:
+        """Let the slow writer commit once the run has read, or once the run waits for it."""
+        deadline = time.monotonic() + 60
+        while not (read_done.is_set() or waiting_for_a_lock(config)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        release.set()
+
+    delete_done = job._Run.delete_done
+
+    def delete_after_the_late_commit(self: job._Run) -> None:
+        read_done.set()
+        assert committed.wait(60)
+        delete_done(self)
+
+    monkeypatch.setattr(job._Run, "delete_done", delete_after_the_late_commit)
+    threads = [threading.Thread(target=slow_writer), threading.Thread(target=releaser)]
+    threads[0].start()
+    assert inserted.wait(30)
+    store(config, ev("hourly.example", when, ri=3600))  # a higher id, committed first
+    threads[1].start()
+    summary = run(config, resolver, DAY + timedelta(hours=2, seconds=45))
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(summary.reports) == 1
+    (report,) = queued(config)
+    ips = sorted(r["source"]["ip_address"] for r in report.report["records"])
+    assert (ips, report.messages, count(config)) == (["192.0.2.10", "192.0.2.7"], 2, 0)
 
 
 def test_a_run_that_died_after_claiming_is_finished_by_the_next_without_a_second_report(

@@ -9,9 +9,10 @@ lookups of all domains start before the database sorts, and run while it does.
 Each report is queued in the transaction that claims (policy domain, H): a second worker racing in the
 same hour fails the claim and sends nothing. A writer thread commits the reports a batch at a time
 while the next batch is built and signed. The claimed evaluations (the domain's, up to the highest id
-the run saw, of intervals ended by H) are deleted in bulk at the end of the run, or by the next run if
-this one died first: deleting one domain's rows at a time would rewrite most pages of the table once
-per domain. Reports are spread over the hour through their first delivery time.
+the run saw once every lower id was committed, see `settled_max_id`, of intervals ended by H) are
+deleted in bulk at the end of the run, or by the next run if this one died first: deleting one
+domain's rows at a time would rewrite most pages of the table once per domain. Reports are spread
+over the hour through their first delivery time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Update, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Update, case, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.dkim import DKIMSigningError
@@ -173,9 +174,9 @@ class _Run:
                 "dmarc reports go out unsigned: no configured domain with DKIM selectors is %s or a parent",
                 self.config.hostname,
             )
+        self.max_id = settled_max_id(self.sessions)
         with self.sessions() as session:
             self.suppressed = suppressed_addresses(session, "dmarc", self.now)
-            self.max_id = session.scalar(select(func.max(E.id))) or 0
             domains = self.domains(session)
         self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
         log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
@@ -207,10 +208,9 @@ class _Run:
         if len(self.excluded) > MAX_EXCLUDED:
             self.summary.deleted += finish_deletions(self.sessions)
             return
-        ended = [E.id <= self.max_id, E.interval_end <= self.run_hour]
         with self.sessions.begin() as session:
             session.execute(mark_deleted(self.summary.cid))
-            done = delete(E).where(*ended, E.policy_domain.not_in(self.excluded))
+            done = delete(E).where(*self.selected(), E.policy_domain.not_in(self.excluded))
             self.summary.deleted += session.execute(done).rowcount or 0
 
     def domains(self, session: Session) -> list[str]:
@@ -423,6 +423,22 @@ def claim(session: Session, claims: list[dict[str, object]]) -> set[str]:
         .returning(C.__table__.c.policy_domain)
     )
     return set(session.scalars(statement))
+
+
+def settled_max_id(sessions: sessionmaker[Session]) -> int:
+    """The highest evaluation id, once every evaluation with a lower id is committed (or rolled back).
+
+    A run reads and deletes "up to this id", so no row below it may still be on its way. On PostgreSQL
+    ids come from a sequence when a row is inserted, and commits may come in another order: a row
+    given id 7 can commit after the row given id 8, and a run that saw 8 would delete 7 unread. A
+    SHARE lock waits for the transactions that are writing the table and holds new writers back while
+    the maximum is read (a few milliseconds); their ids are then higher. On SQLite there is one
+    writer at a time, and the row of an open write transaction gets its id above every committed one.
+    """
+    with sessions.begin() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"LOCK TABLE {E.__tablename__} IN SHARE MODE"))
+        return session.scalar(select(func.max(E.id))) or 0
 
 
 def finish_deletions(sessions: sessionmaker[Session]) -> int:
