@@ -210,6 +210,8 @@ class Delivery(Strict):
     lease_seconds: Annotated[float, Field(gt=0)] = 900.0
     # Most queue rows one delivery run takes for one destination (one connection).
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    # Days each delivery attempt (time, relay, TLS, reply) stays visible to `queue show`.
+    history_days: Annotated[float, Field(gt=0, le=3650)] = 14.0
     routes: list[Route] = []
 
     @model_validator(mode="after")

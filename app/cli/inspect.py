@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
@@ -21,6 +21,7 @@ from app.models import Account, Mailbox, Message
 
 # What `message list` shows per message (all columns are in `message show --json`).
 LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk", "is_reject", "reason")
+MAX_ROW_DIGITS = 18  # a longer number is no row id (SQLite's and PostgreSQL's reach 2**63 - 1)
 
 
 @contextmanager
@@ -143,14 +144,19 @@ def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_
     echo(f"{'ID':>7} {'RECEIVED (UTC)':19} {'FLAGS':14} {'FROM':30} SUBJECT")
     for row in rows:
         sender = (row["msg_from"] or "-")[:30]
-        echo(
-            f"{row['id']:7} {_when(row['received'])} {_flags(row):14} {sender:30} {row['subject'] or ''}"
-        )
+        echo(f"{row['id']:7} {_when(row['received'])} {_flags(row):14} {sender:30} {row['subject'] or ''}")
+
+
+def row_number(ident: str) -> int | None:
+    """The row id an ID argument gives as a number, or None when it is a file id (or a number no
+    row id can be: more digits than a 64-bit id has)."""
+    return int(ident) if ident.isascii() and ident.isdigit() and len(ident) <= MAX_ROW_DIGITS else None
 
 
 def _find_message(session: Session, ident: str) -> Message:
-    """By numeric id (as `message list` shows) or by file id."""
-    where = Message.id == int(ident) if ident.isdigit() else Message.file_id == ident
+    """By numeric id (as `message list` shows) or by file id (the id an SMTP 250 reply gave)."""
+    number = row_number(ident)
+    where = Message.id == number if number is not None else Message.file_id == ident
     message = session.scalar(select(Message).where(where))
     if message is None:
         _fail(f"no message {ident!r}")
@@ -171,7 +177,17 @@ def _message_details(session: Session, config: Config, message: Message) -> dict
     details = _columns(message)
     details.update(zip(("account", "mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
     details["file"] = str(config.data_dir / message.path)
+    details["other_copies"] = _other_copies(session, message.file_id)
     return details
+
+
+def _other_copies(session: Session, file_id: str) -> list[str]:
+    """The file ids of the other mailboxes' copies stored by the same SMTP transaction (the first
+    copy has the transaction's id, the others that id with "-2", "-3"...: app/store.py)."""
+    transaction_id = file_id.partition("-")[0]
+    same = or_(Message.file_id == transaction_id, Message.file_id.like(f"{transaction_id}-%"))
+    query = select(Message.file_id).where(same, Message.file_id != file_id).order_by(Message.id)
+    return list(session.scalars(query))
 
 
 @message_group.command("show")

@@ -1,4 +1,6 @@
-"""`postwarden queue list|show|retry|drop`: look into and act on the outgoing queue."""
+"""`postwarden queue list|show|retry|drop`: look into and act on the outgoing queue.
+
+`queue show` also answers for a message no longer queued: its delivery history (app/queue/history.py)."""
 
 from __future__ import annotations
 
@@ -6,21 +8,27 @@ import sys
 from typing import Any
 
 import click
+from sqlalchemy import select
 
 from app.auth.message import header_fields
 from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.inspect import row_number
 from app.config import Config
 from app.db import session_scope
 from app.models import OutgoingMessage
 from app.models.base import utcnow
-from app.queue import outgoing
+from app.models.queue import DeliveryAttempt
+from app.queue import history, outgoing
+from app.store import outgoing_path
 
 SHOWN_HEADERS = ("from", "to", "subject", "date", "message-id")
+HISTORY_COLUMNS = ("attempted", "recipient", "result", "host", "ip", "tls", "reply_code", "reply")
 
 
 def _columns(row: OutgoingMessage) -> dict[str, Any]:
     values = {column.key: getattr(row, column.key) for column in OutgoingMessage.__table__.columns}
     values["held"] = row.lease_until is not None and row.lease_until > utcnow()
+    values["file_id"] = history.file_id_of(row.path)  # the id the submission's 250 reply gave
     return values
 
 
@@ -49,38 +57,96 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
         tries = f"{row['attempts']}/{row['max_attempts']}"
         when = "in progress" if row["held"] else f"{row['next_attempt']:%Y-%m-%d %H:%M:%S}"
         error = (row["last_error"] or "")[:60]
-        echo(
-            f"{row['id']:7} {when:19} {tries:>5} {row['sender'][:28]:28} {row['recipient'][:28]:28} {error}"
-        )
+        echo(f"{row['id']:7} {when:19} {tries:>5} {row['sender'][:28]:28} {row['recipient'][:28]:28} {error}")
     echo(f"{len(rows)} message(s) queued")
 
 
 @queue_group.command("show")
-@click.argument("queue_id", type=int, metavar="ID")
+@click.argument("ident", metavar="ID")
 @json_option
 @click.pass_context
-def queue_show(ctx: click.Context, queue_id: int, as_json: bool) -> None:
-    """Show one queued message: its queue row and its main header fields."""
+def queue_show(ctx: click.Context, ident: str, as_json: bool) -> None:
+    """Show a message's queue row, main header fields and delivery history (each attempt's time,
+    relay, TLS and reply; kept `[delivery] history_days` after delivery or failure). ID is the number
+    `queue list` shows, or the id the submission's 250 reply gave: then every recipient's row."""
     config = load(ctx)
-    rows = _rows(config, (queue_id,))
-    if not rows:
-        sys.exit(f"postwarden: no queued message {queue_id} (see `postwarden queue list`)")
-    details = rows[0]
-    details["file"] = str(config.data_dir / details["path"])
-    try:
-        fields = header_fields((config.data_dir / details["path"]).read_bytes())
-    except OSError as e:
-        fields = []
-        details["file_error"] = e.strerror
-    details["headers"] = {name: value for name, value in fields if name.lower() in SHOWN_HEADERS}
+    entries = _entries(config, ident)
+    if not entries:
+        sys.exit(f"postwarden: no queued message or delivery history {ident!r} (see `postwarden queue list`)")
     if as_json:
-        emit_json(details)
+        emit_json(entries[0] if row_number(ident) is not None else entries)
         return
-    for key, value in details.items():
-        if key != "headers" and value not in (None, ""):
+    for number, entry in enumerate(entries):
+        if number:
+            echo("")
+        _print_entry(entry)
+
+
+def _entries(config: Config, ident: str) -> list[dict[str, Any]]:
+    """One entry per queue row of the message: its columns while queued, and its kept attempts."""
+    url = config.resolved_database_url
+    with exit_if_database_unusable(url), session_scope(url) as session:
+        queue_id = row_number(ident)
+        if queue_id is not None:
+            rows = outgoing.list_rows(session, (queue_id,))
+            attempts = history.attempts_for(session, queue_ids=(queue_id,))
+        else:
+            query = select(OutgoingMessage).where(OutgoingMessage.path == outgoing_path(ident))
+            rows = list(session.scalars(query.order_by(OutgoingMessage.id)))
+            attempts = history.attempts_for(session, file_id=ident)
+    entries = {row.id: _columns(row) | {"state": "queued", "history": []} for row in rows}
+    for attempt in attempts:  # oldest first: a finished row's state is its last attempt's result
+        entry = entries.setdefault(attempt.queue_id, _finished(attempt))
+        entry["history"].append(_attempt(attempt))
+        if entry["state"] != "queued":
+            # Gone after a deferral: `queue drop` took it.
+            entry["state"] = "dropped" if attempt.result == "deferred" else attempt.result
+    headers: dict[str, dict[str, Any]] = {}
+    for entry in entries.values():
+        if "path" in entry:
+            entry["file"] = str(config.data_dir / entry["path"])
+            if entry["path"] not in headers:
+                headers[entry["path"]] = _headers(config, entry["path"])
+            entry.update(headers[entry["path"]])
+    return [entries[key] for key in sorted(entries)]
+
+
+def _finished(attempt: DeliveryAttempt) -> dict[str, Any]:
+    """The entry of a row that is gone (delivered or failed): what its attempts tell."""
+    return {
+        "id": attempt.queue_id,
+        "file_id": attempt.file_id,
+        "recipient": attempt.recipient,
+        "state": attempt.result,
+        "history": [],
+    }
+
+
+def _attempt(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return {key: getattr(attempt, key) for key in HISTORY_COLUMNS}
+
+
+def _headers(config: Config, path: str) -> dict[str, Any]:
+    try:
+        fields = header_fields((config.data_dir / path).read_bytes())
+    except OSError as e:
+        return {"headers": {}, "file_error": e.strerror}
+    return {"headers": {name: value for name, value in fields if name.lower() in SHOWN_HEADERS}}
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    for key, value in entry.items():
+        if key not in ("headers", "history") and value not in (None, ""):
             echo(f"{key}: {value}")
-    for name, value in details["headers"].items():
+    for name, value in entry.get("headers", {}).items():
         echo(f"header {name}: {value}")
+    for attempt in entry["history"]:
+        reply = " ".join(str(part) for part in (attempt["reply_code"], attempt["reply"]) if part is not None)
+        echo(
+            f"attempt {attempt['attempted']:%Y-%m-%d %H:%M:%S} {attempt['result']} "
+            f"relay={attempt['host'] or '-'} ip={attempt['ip'] or '-'} tls={attempt['tls'] or '-'} "
+            f"reply: {reply}"
+        )
 
 
 @queue_group.command("retry")

@@ -13,8 +13,13 @@ from app.models.base import Base, UTCDateTime, utcnow
 class OutgoingMessage(Base):
     __tablename__ = "outgoing"
     # A delivery run claims a domain's due rows oldest first: found in index order, not by a sort
-    # of all the domain's rows.
-    __table_args__ = (Index("ix_outgoing_domain_due", "recipient_domain", "next_attempt", "id"),)
+    # of all the domain's rows. AUTOINCREMENT: SQLite would otherwise give a new row the id of the
+    # last row deleted, and an id a user looked up (`queue show`, the delivery history) must name
+    # one message only. (PostgreSQL's sequences never go back.)
+    __table_args__ = (
+        Index("ix_outgoing_domain_due", "recipient_domain", "next_attempt", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
@@ -59,3 +64,24 @@ class SentRecipient(Base):
     first_sent: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_sent: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class DeliveryAttempt(Base):
+    """One delivery attempt of one queue row: kept after the row is gone, for `queue show`, until
+    `[delivery] history_days` have passed (app/queue/history.py)."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(Integer, index=True)
+    # The message file's id: the id the submission listener's 250 reply gave.
+    file_id: Mapped[str] = mapped_column(String(64), index=True)
+    attempted: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    recipient: Mapped[str] = mapped_column(String(512))
+    # The relay that answered (None: no host was reached, e.g. the MX lookup failed).
+    host: Mapped[str | None] = mapped_column(String(255))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    tls: Mapped[str | None] = mapped_column(String(128))
+    reply_code: Mapped[int | None] = mapped_column(Integer)
+    reply: Mapped[str] = mapped_column(String(512))
+    result: Mapped[str] = mapped_column(String(16))  # delivered, deferred or failed

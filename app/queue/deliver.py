@@ -38,7 +38,7 @@ from app.db import engine_for, session_scope
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.models import Account, OutgoingMessage
 from app.models.base import utcnow
-from app.queue import outgoing
+from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
 from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
@@ -47,6 +47,7 @@ from app.queue.routes import Destination, Hop, host_addresses, resolve_destinati
 from app.queue.smtpclient import (
     ClientOptions,
     DeliveryError,
+    Reply,
     Session,
     SessionInfo,
     Target,
@@ -131,6 +132,7 @@ class _Run:
         )
         if self.rows:
             self.rows_per_path = outgoing.rows_per_path(self.db, sorted({r.path for r in self.rows}))
+            history.prune(self.db, self.config.delivery.history_days)  # once a run: one indexed DELETE
         self.db.commit()  # no transaction left open while DNS and policy lookups run
         if not self.rows:
             return
@@ -308,12 +310,13 @@ class _Run:
                 except DeliveryError as e:
                     if not e.permanent:
                         return left, e  # the connection broke: the rest go to the next address or host
-                    await self._settle(message, [tries.outcome(e)] * len(message.rows), remote)
+                    await self._settle(message, [tries.outcome(e)] * len(message.rows), remote, session.info)
                 else:
                     outcomes = [
                         None if r.delivered else tries.outcome(r.reply.error("recipient")) for r in results
                     ]
-                    await self._settle(message, outcomes, remote)
+                    replies = [r.reply for r in results]
+                    await self._settle(message, outcomes, remote, session.info, replies)
                 left.pop(0)
         finally:
             session.close()
@@ -322,9 +325,16 @@ class _Run:
     # Outcomes.
 
     async def _settle(
-        self, message: Message, outcomes: Sequence[DeliveryError | None], remote: str | None
+        self,
+        message: Message,
+        outcomes: Sequence[DeliveryError | None],
+        remote: str | None,
+        info: SessionInfo | None = None,
+        replies: Sequence[Reply] = (),
     ) -> None:
-        """Store the DSN (if any), then commit the rows' outcome: a crash may repeat a DSN, never lose one."""
+        """Store the DSN (if any), then commit the rows' outcome: a crash may repeat a DSN, never lose one.
+        `info` is the session's (when one was open), `replies` the server's reply per row (when the
+        transaction went through): with the outcomes, they make the delivery history."""
         now = utcnow()
         statuses = []
         is_report = any(r.is_dmarc_report or r.is_tls_report for r in message.rows)
@@ -343,9 +353,13 @@ class _Run:
         # Core statements straight on the run's connection: per message, the ORM session would cost
         # more than the statements themselves.
         connection = self._connection
+        finals = [final for _, _, final in plans]
+        relay = history.Relay.of(remote, info)
+        attempts = history.attempts_of(message.rows, outcomes, finals, replies, relay, now)
         try:
-            for row, error, final in plans:
-                self._write_outcome(connection, row, error, final, now)
+            history.record(connection, attempts)
+            for (row, error, final), attempt in zip(plans, attempts, strict=True):
+                self._write_outcome(connection, row, error, final, now, attempt)
             self._renew_lease_if_due(connection)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
             connection.commit()
@@ -382,6 +396,7 @@ class _Run:
         error: DeliveryError | None,
         final: bool,
         now: datetime,
+        attempt: history.Attempt,
     ) -> None:
         if error is None or final:
             if not outgoing.finish(session, row):
@@ -390,15 +405,28 @@ class _Run:
                 self.report.delivered.append(row.id)
                 if row.account_id is not None and not (row.is_dmarc_report or row.is_tls_report):
                     outgoing.record_sent_recipient(session, row.account_id, row.recipient)
-                log.info("delivered id=%d to=<%s>", row.id, row.recipient)
+                log.info(
+                    "delivered id=%d file=%s to=<%s> %s",
+                    row.id,
+                    attempt.file_id,
+                    row.recipient,
+                    attempt.describe(),
+                )
             else:
                 self.report.failed.append(row.id)
-                log.info("delivery failed id=%d to=<%s>: %s", row.id, row.recipient, error)
+                log.info(
+                    "delivery failed id=%d file=%s to=<%s>: %s", row.id, attempt.file_id, row.recipient, error
+                )
             return
         outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
         self.report.deferred.append(row.id)
         log.info(
-            "delivery deferred id=%d to=<%s> attempt=%d: %s", row.id, row.recipient, row.attempts + 1, error
+            "delivery deferred id=%d file=%s to=<%s> attempt=%d: %s",
+            row.id,
+            attempt.file_id,
+            row.recipient,
+            row.attempts + 1,
+            error,
         )
 
     def _renew_lease_if_due(self, session: Connection) -> None:

@@ -84,7 +84,10 @@ class BaseHandler:
         return "451 4.3.0 Internal error; try again later"
 
     async def handle_DATA(self, server: PostwardenSMTP, session: Session, envelope: Envelope) -> str:
-        """Check the data, let `receive` act on it, log one line for the transaction, reply."""
+        """Check the data, let `receive` act on it, log one line for the transaction, reply.
+
+        The transaction id is also the stored file's id (the queue file's, for submissions), so the
+        id the 250 reply names is what `postwarden message show` and `queue show` look up."""
         with cid_scope(new_file_id()) as transaction_id:
             content = envelope.original_content or b""
             problem = content_problem(content)

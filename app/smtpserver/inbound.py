@@ -133,7 +133,7 @@ class InboundHandler(BaseHandler):
         copies = mailbox_copies(self.config, recipients, verdict, columns)
         prefix = outcome.authentication_results.encode("utf-8") + trace
         try:
-            await self.store.deliver(content, copies, prefix=prefix)
+            await self.store.deliver(content, copies, prefix=prefix, file_id=transaction_id)
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
         await self._hand_on_evaluation(outcome, verdict, remote_ip, mail_from, envelope.rcpt_tos)

@@ -192,7 +192,7 @@ class SubmissionHandler(BaseHandler):
         trace = self.trace_header(server, session, envelope, transaction_id)
         outgoing = OutgoingCopy(account, envelope_sender(envelope), tuple(envelope.rcpt_tos))
         try:
-            await self.store.enqueue_outgoing(content, outgoing, prefix=trace + added)
+            await self.store.enqueue_outgoing(content, outgoing, prefix=trace + added, file_id=transaction_id)
         except StoreError:
             return "store-failed", "451 4.3.0 The message could not be queued; try again later"
         if self.wake_queue is not None:
