@@ -20,7 +20,9 @@ from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import Message
 from app.store import TMP_DIR, MailboxCopy, MessageStore, StoreError
+from tests.configs import write_config
 from tests.dbfaults import pool_connection_opened_read_only, postgres_read_only, traversable_dir
+from tests.smtpfixtures import smtp_config_toml
 
 COPY = [MailboxCopy("alice", "Inbox")]
 
@@ -168,3 +170,17 @@ def test_recovery_settles_the_files_of_a_process_that_died(tmp_path: Path, sqlit
     assert (report.completed, report.removed) == (0, 1)
     assert list((data / TMP_DIR).iterdir()) == [], "the dead process's directory is gone"
     assert stored_paths(sqlite_url) == []
+
+
+@pytest.mark.parametrize("command", [["smtp"], ["mailbox", "list", "admin"]])
+def test_processes_do_not_create_a_missing_database(tmp_path: Path, command: list[str]) -> None:
+    """`postwarden smtp` and the CLI, as an operator runs them: a clear message, the file not made."""
+    config_file = write_config(tmp_path / "cfg", smtp_config_toml(None), dns_port=53)
+    database = tmp_path / "cfg" / "data" / "postwarden.db"
+    postwarden = Path(sys.executable).parent / "postwarden"
+    env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
+    done = subprocess.run([postwarden, *command], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"database file {database} does not exist" in done.stderr
+    assert "alembic upgrade head" in done.stderr and "Traceback" not in done.stderr
+    assert not database.exists()
