@@ -51,9 +51,11 @@ def repeated(fragments: st.SearchStrategy[str], size: int) -> st.SearchStrategy[
     return st.builds(lambda prefix, middle, suffix: prefix + middle + suffix, short, body, short)
 
 
-def joined(parts: st.SearchStrategy[str], separators: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    """One to a dozen parts with a separator drawn for each gap."""
-    gaps = st.lists(st.tuples(separators, parts), max_size=11)
+def joined(
+    parts: st.SearchStrategy[str], separators: st.SearchStrategy[str], max_parts: int = 12
+) -> st.SearchStrategy[str]:
+    """One to `max_parts` parts with a separator drawn for each gap."""
+    gaps = st.lists(st.tuples(separators, parts), max_size=max_parts - 1)
     return st.builds(lambda first, rest: first + "".join(s + p for s, p in rest), parts, gaps)
 
 

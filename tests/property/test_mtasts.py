@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.queue.mtasts import MAX_AGE_LIMIT, Mode, Policy, parse_policy, parse_record
@@ -63,6 +63,7 @@ def test_policy_lines_are_read_back(policy: Policy, line_end: str, random: objec
     assert parsed.mx == tuple(line.removeprefix("mx: ") for line in lines if line.startswith("mx: "))
 
 
+@settings(max_examples=max(10, settings().max_examples // 4))  # large inputs: fewer
 @given(repeated(st.one_of(policy_line.map(lambda line: line + "\n"), st.sampled_from(" \t:*.")), LARGE))
 @example("k:a" + " " * LARGE + "b")
 def test_large_policies_parse_quickly(text: str) -> None:
@@ -93,6 +94,7 @@ def test_record_parse_raises_only_value_error(text: str) -> None:
     assert re.fullmatch(r"[A-Za-z0-9]{1,32}", record_id)
 
 
+@settings(max_examples=max(10, settings().max_examples // 4))  # large inputs: fewer
 @given(repeated(record_field.map(lambda f: f + ";"), LARGE))
 def test_large_records_parse_quickly(rest: str) -> None:
     with finishes_within(LARGE_INPUT_SECONDS):
