@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import threading
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
+from celery.signals import worker_init, worker_shutting_down
 
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
+from tasks.eventqueues import prune_event_queues
 from tasks.schedule import beat_schedule
+
+log = logging.getLogger(__name__)
+
+# honcho (`make run`) SIGKILLs what has not exited 5 s after its SIGTERM. A warm shutdown spends up
+# to 4 s in the polling loop of the filesystem transport and 2-4 s more stopping the pool, so the
+# worker ends itself first. Unacknowledged task messages are then lost, which costs nothing: the
+# database is the truth and the sweep wakes the workers again (DESIGN.md).
+SHUTDOWN_GRACE = 4.0
+# An ephemeral queue whose oldest message waited this long has no consumer left.
+STALE_QUEUE_AGE = 60.0
 
 
 @cache
@@ -27,7 +43,7 @@ def broker_options(config: Config) -> dict[str, object]:
     """kombu's filesystem transport needs shared folders; other brokers need nothing extra."""
     if not config.resolved_broker_url.startswith("filesystem"):
         return {}
-    folder = config.data_dir / "queue"
+    folder = queue_folder(config)
     processed = folder / "processed"
     processed.mkdir(parents=True, exist_ok=True)
     return {
@@ -38,6 +54,18 @@ def broker_options(config: Config) -> dict[str, object]:
         "store_processed": False,
         "polling_interval": 0.2,
     }
+
+
+def queue_folder(config: Config) -> Path:
+    return config.data_dir / "queue"
+
+
+def prune_broker_queues(min_age: float) -> None:
+    """Prune the event and reply queues nobody consumes (tasks/eventqueues.py); filesystem broker only."""
+    config = settings()
+    if config.resolved_broker_url.startswith("filesystem"):
+        folder = queue_folder(config)
+        prune_event_queues(folder, folder / "control", min_age)
 
 
 def celery_settings(config: Config) -> dict[str, Any]:
@@ -70,3 +98,22 @@ def _configure(sender: Celery, **_: object) -> None:
     # Lazy: the config is read when Celery first needs its settings, not at import, so importing
     # a task module (tests, the CLI) does not require a config file.
     sender.conf.update(celery_settings(settings()))
+
+
+@worker_init.connect
+def _prune_stale_queues(**_: object) -> None:
+    prune_broker_queues(STALE_QUEUE_AGE)
+
+
+@worker_shutting_down.connect
+def _bound_shutdown(**_: object) -> None:
+    # Runs in the signal handler: only start a timer thread here.
+    timer = threading.Timer(SHUTDOWN_GRACE, _exit_now)
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now() -> None:
+    log.warning("worker: not stopped %.0f s after the signal; exiting now", SHUTDOWN_GRACE)
+    logging.shutdown()
+    os._exit(0)
