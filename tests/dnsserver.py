@@ -36,13 +36,8 @@ class DNSTestServer:
         self.servfail_names: set[str] = set()
         self.queries: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((host, 0))
+        self._udp, self._tcp = _bind_pair(host)
         self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((host, self.port))
-        self._tcp.listen(64)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="dns-test-server", daemon=True)
 
@@ -178,3 +173,22 @@ class DNSTestServer:
             break
         if name not in self._names and not any(n.endswith("." + name) for n in self._names):
             response.set_rcode(dns.rcode.NXDOMAIN)
+
+
+def _bind_pair(host: str, tries: int = 20) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket on one free port. The UDP port the kernel picks may be taken for
+    TCP by another test at the same moment: then a new pair is tried."""
+    for _ in range(tries):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(64)
+        return udp, tcp
+    raise OSError(f"no port free for both UDP and TCP on {host} after {tries} tries")
