@@ -24,7 +24,7 @@ from typing import Any
 import parsedmarc
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.cli import main
@@ -44,6 +44,7 @@ from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.logcapture import CidLog, captured
+from tests.pglocks import waiting_for_a_lock
 from tests.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain, smtp_config_toml
 from tests.smtppeers import Peer, PeerHandler, smtp_peer
 from tests.test_dmarc_evaluations import evaluation
@@ -405,15 +406,6 @@ def test_racing_runs_in_the_same_hour_send_each_report_once(
     with session_scope(config.resolved_database_url) as session:
         claims = list(session.scalars(select(DMARCReportClaim)))
     assert len(claims) == len(domains) and all(c.evaluations_deleted for c in claims)
-
-
-def waiting_for_a_lock(config: Config) -> bool:
-    with session_scope(config.resolved_database_url) as session:
-        query = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return bool(session.scalar(text(query)))
 
 
 @pytest.mark.postgres

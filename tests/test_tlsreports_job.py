@@ -9,6 +9,8 @@ import email
 import json
 import logging
 import smtplib
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,13 +26,15 @@ from sqlalchemy import func, select
 from app.auth.dkimkeys import dns_txt_value
 from app.cli import main
 from app.config import Config, load_config
-from app.db import session_scope
+from app.db import session_factory, session_scope
+from app.dbclock import database_now
 from app.dns import Resolver
 from app.migrate import upgrade_database
 from app.models import JobRun, Mailbox, Message, OutgoingMessage, TLSReportPost, TLSResult
 from app.queue.deliver import deliver
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import is_suppressed, suppress
+from app.tlsreports import job as tlsjob
 from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_reports
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
@@ -40,6 +44,7 @@ from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.httpsserver import LOOPBACK_NETWORKS
 from tests.logcapture import CidLog, captured
+from tests.pglocks import waiting_for_a_lock
 from tests.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
 from tests.smtppeers import PeerHandler, smtp_peer
 from tests.test_tlsreports import attachment, check_rfc8460, dkim_config, report_receiver, sample_report
@@ -490,6 +495,90 @@ async def test_racing_runs_on_postgresql(
     reports = [r for run in runs for r in run.reports]
     assert sorted(reports) == sorted(f"20261124.d{i}.example@example.org" for i in range(12))
     assert len(posts(config)) == 12 and unsent(config) == 0
+
+
+# One clock, and results that come late (item 6 of issue 9).
+
+
+async def test_results_recorded_after_their_day_was_reported_get_a_report_of_their_own_id(
+    config: Config, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    first = await send_tls_reports(config, NOW, resolver=resolver)
+    assert first.reports == ["20261124.example.net@example.org"]
+    # A result of the same day, recorded after its report went (say a run by hand ahead of time).
+    record(config, sessions("example.net", PolicyRef.none_found("example.net"), None, 0, [NO_STARTTLS]))
+    late = await send_tls_reports(config, NOW + timedelta(hours=1), resolver=resolver)
+    assert late.reports == [f"20261124.{late.cid}.example.net@example.org"], "never the first report's id"
+    with session_scope(config.resolved_database_url) as session:
+        rows = list(session.scalars(select(OutgoingMessage).order_by(OutgoingMessage.id)))
+    assert len(rows) == 2
+    part, report = attachment(message_file(config, rows[1]).read_bytes())
+    check_rfc8460(report, YESTERDAY)
+    assert report["report-id"] == late.reports[0]
+    assert [p["policy"]["policy-type"] for p in report["policies"]] == ["no-policy-found"]
+    start = int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
+    assert part.get_filename() == f"example.org!example.net!{start}!{start + 86399}!{late.cid}.json.gz"
+    assert unsent(config) == 0
+
+
+@pytest.mark.postgres
+async def test_a_result_still_being_written_is_waited_for_and_joins_its_days_one_report(
+    tmp_path: Path,
+    dns: DNSTestServer,
+    resolver: Resolver,
+    https_ca_file: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery's result, counted under the database's date, is not yet committed when the run
+    starts: the run waits for it, so the day gets one report with it, not a second one later."""
+    config = make_config(tmp_path, dns, https_ca_file, database_url=postgres_url)
+    dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    with session_scope(config.resolved_database_url) as session:
+        today = database_now(session).date()
+        record_tls_results(session, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
+    inserted, release, committed, read_done = (threading.Event() for _ in range(4))
+
+    def slow_delivery() -> None:
+        with session_factory(config.resolved_database_url)() as session:
+            record_tls_results(session, sessions("example.net", STS_NET, TLSA_NET, 0, [EXPIRED]))
+            inserted.set()
+            release.wait(60)
+            session.commit()
+        committed.set()
+
+    def releaser() -> None:
+        deadline = time.monotonic() + 60
+        while not (read_done.is_set() or waiting_for_a_lock(config)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        release.set()
+
+    read_rows = tlsjob.report_rows
+
+    def rows_then_the_late_commit(*args: Any) -> Any:
+        found = read_rows(*args)
+        read_done.set()
+        assert committed.wait(60)
+        return found
+
+    monkeypatch.setattr(tlsjob, "report_rows", rows_then_the_late_commit)
+    threads = [threading.Thread(target=slow_delivery), threading.Thread(target=releaser)]
+    threads[0].start()
+    assert inserted.wait(30)
+    threads[1].start()
+    # The job runs on a day after the results (its clock is given, the recording's is the database's).
+    tomorrow = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC) + timedelta(minutes=5)
+    first = await send_tls_reports(config, tomorrow, resolver=resolver)
+    for thread in threads:
+        thread.join(timeout=60)
+    again = await send_tls_reports(config, tomorrow + timedelta(hours=1), resolver=resolver)
+    assert (first.reports, again.reports) == ([f"{today:%Y%m%d}.example.net@example.org"], [])
+    (row,) = queued(config).values()
+    _, report = attachment(message_file(config, row).read_bytes())
+    sts = policies_by_domain(report)[("sts", "example.net")]
+    assert sts["summary"]["total-failure-session-count"] == 2, "the late-committed session is in it"
 
 
 def test_default_spacing_fits_four_hours() -> None:

@@ -106,9 +106,10 @@ def send_reports(ctx: click.Context, immediately: bool, as_json: bool) -> None:
     """Run the daily report job once, for the days before today (UTC)."""
     config = load(ctx)
     setup_logging(config.log_level, config.log_format)
-    now = utcnow()
     with exit_if_database_unusable(config.resolved_database_url):
-        run = asyncio.run(send_tls_reports(config, now, spacing=timedelta(0) if immediately else None))
+        run = asyncio.run(send_tls_reports(config, spacing=timedelta(0) if immediately else None))
+        # The reports' due times are on the run's clock (the database's).
+        now = run.clock or utcnow()
         posts = asyncio.run(post_due_reports(config, now, limit=100_000)) if immediately else PostSummary()
     if as_json:
         emit_json({"cid": run.cid, "outcome": run.outcome(), "reports": run.reports, "https": asdict(posts)})

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table
 from sqlalchemy.orm import Session
 
 from app.db import upsert_insert
+from app.dbclock import utc_today
 from app.models import TLSFailureDetail, TLSResult
-from app.models.base import utcnow
 
 PolicyType = Literal["sts", "tlsa", "no-policy-found"]
 
@@ -77,8 +77,11 @@ class SessionResult:
 
 
 def record_tls_results(session: Session, results: Iterable[SessionResult], day: date | None = None) -> None:
-    """Add the results to today's (UTC) counts; the caller commits."""
-    today = day or utcnow().date()
+    """Add the results to today's (UTC) counts; the caller commits.
+
+    Today is the database's (app/dbclock.py), read as each upsert runs: the daily report job fixes
+    the days it reports on the same clock (app/tlsreports/job.py)."""
+    today = day if day is not None else utc_today(session)
     for result in results:
         _count(session, today, result, result.domain_policy, result.domain_failure, is_host=False)
         if result.host_policy is not None:
@@ -87,7 +90,7 @@ def record_tls_results(session: Session, results: Iterable[SessionResult], day: 
 
 def _count(
     session: Session,
-    day: date,
+    day: date | ColumnElement[date],
     result: SessionResult,
     policy: PolicyRef,
     own_failure: FailureDetail | None,
@@ -101,7 +104,7 @@ def _count(
 
 def _add(
     session: Session,
-    day: date,
+    day: date | ColumnElement[date],
     recipient_domain: str,
     policy: PolicyRef,
     failure: FailureDetail | None,

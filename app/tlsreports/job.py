@@ -18,6 +18,11 @@ temporary error keeps them for the next run. Results older than 48 h are dropped
 the n-th report is due n x spacing after the run (spacing: a parameter, by default 4 h / reports, at
 most 5 minutes); mail goes through the queue, `https:` rua are POSTed by app/tlsreports/posts.py.
 
+One clock: delivery counts each result under the database's UTC date, and a run takes "today" from
+the database once the results still being written are committed (`ReportJob._start_run`), so a
+result never joins a day that was reported. Should one all the same (a clock set back, a run by hand
+with a `now` ahead), it is reported on its own, with an id and file name of its own (`Report.late`).
+
 Reports are worked through in chunks: the chunk's TLSRPT records are looked up concurrently first,
 then its rows are read, marked and queued in one transaction, so the database sees a few statements
 and one commit per chunk, and no transaction waits for DNS.
@@ -31,13 +36,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.auth.dkim import DKIMSigningError
 from app.config import Config
 from app.db import session_scope
+from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
 from app.logs import cid_scope, new_cid
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
@@ -57,6 +63,7 @@ from app.tlsreports.results import (
     pending_reports,
     policy_result,
     report_rows,
+    reported_before,
     unclaim,
 )
 from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
@@ -74,6 +81,7 @@ CHUNK = 256  # reports per transaction (and per batch of DNS lookups)
 @dataclass
 class RunSummary:
     cid: str
+    clock: datetime | None = None  # the run's "now": reports are due from then on
     disabled: bool = False
     no_submitter: str = ""
     dropped: int = 0
@@ -122,19 +130,20 @@ def default_spacing(reports: int) -> timedelta:
 
 
 class ReportJob:
-    """One run; `now` is the run's clock (tests pass it in)."""
+    """One run; `now` is the run's clock: the database's unless given (tests pass it in)."""
 
     def __init__(
         self,
         config: Config,
-        now: datetime,
+        now: datetime | None = None,
         *,
         resolver: Resolver | None = None,
         spacing: timedelta | None = None,
     ) -> None:
         self.config = config
         self.db_url = config.resolved_database_url
-        self.now = now
+        self.given_now = now
+        self.now = now or utcnow()  # until the run starts: then the database's clock, unless given
         # No cache: each domain is looked up once a run, and a cache of 100,000 answers is 300 MB.
         self.resolver = resolver or resolver_from_config(config.dns, cache=False)
         self.spacing = spacing
@@ -146,6 +155,7 @@ class ReportJob:
         with cid_scope() as cid:
             summary = RunSummary(cid)
             run_id = self._start_run(cid)
+            summary.clock = self.now
             try:
                 await self._run(summary)
             finally:
@@ -193,8 +203,10 @@ class ReportJob:
                 self._remember_rua(domain)
         try:
             with session_scope(self.db_url) as session:
-                rows = report_rows(session, keys[0].role, [(key.day, key.domain) for key in keys])
+                wanted = [(key.day, key.domain) for key in keys]
+                rows = report_rows(session, keys[0].role, wanted)
                 failures = failures_by_result(session, [r.id for found in rows.values() for r in found])
+                sender.reported = reported_before(session, keys[0].role, wanted)
                 for key in keys:
                     self._report(session, sender, key, rows.get((key.day, key.domain), []), failures)
         except SQLAlchemyError as e:
@@ -261,7 +273,10 @@ class ReportJob:
             shared = ", ".join(sorted(left_out))
             sender.skip(session, key, rows, f"every affected recipient domain ({shared}) has the host's rua")
             return None
-        report = build_report(key.domain, key.day, sender.submitter.domain, policies)
+        # Results recorded after their day's report (a clock set back, a run by hand) get a report
+        # of their own id: receivers take a report id seen before for a duplicate.
+        late = sender.summary.cid if (key.day, key.domain) in sender.reported else ""
+        report = build_report(key.domain, key.day, sender.submitter.domain, policies, late)
         if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
             sender.skip(session, key, rows, f"no failures ({report.sessions[0]} successful session(s))")
             return None
@@ -304,10 +319,21 @@ class ReportJob:
     # The record of runs, for the status page.
 
     def _start_run(self, cid: str) -> int:
+        """Record the run, and take its clock once every result of an earlier day is committed.
+
+        Delivery counts a result under the database's date when its upsert runs (app/dbclock.py).
+        Here the writers of tls_results are waited for (PostgreSQL: a SHARE lock; SQLite: the write
+        lock that inserting the run takes) and the date is read while they are held back: a result
+        still on its way counts for today, which this run does not report, never for a day it does.
+        """
         with session_scope(self.db_url) as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text(f"LOCK TABLE {TLSResult.__tablename__} IN SHARE MODE"))
             run = JobRun(job=JOB_NAME, cid=cid, started=self.now)
             session.add(run)
             session.flush()
+            self.now = self.given_now or database_now(session)
+            run.started = self.now
             return run.id
 
     def _finish_run(self, run_id: int, summary: RunSummary) -> None:
@@ -331,6 +357,7 @@ class _Sender:
         self.submitter = submitter
         self.spacing = spacing
         self.scheduled = 0
+        self.reported: set[tuple[date, str]] = set()  # the chunk's (day, domain) reported before
         self._done: list[Callable[[], None]] = []  # outcomes of the open chunk, applied at its commit
         self._chunk_reports: list[str] = []
 
@@ -443,7 +470,12 @@ def _lookup_problem(domain: str, lookup: TLSRPTLookup) -> str:
 
 
 async def send_tls_reports(
-    config: Config, now: datetime, *, resolver: Resolver | None = None, spacing: timedelta | None = None
+    config: Config,
+    now: datetime | None = None,
+    *,
+    resolver: Resolver | None = None,
+    spacing: timedelta | None = None,
 ) -> RunSummary:
-    """Run the daily job once (the beat task and `postwarden tlsrpt send-reports`)."""
+    """Run the daily job once (the beat task and `postwarden tlsrpt send-reports`): for the days
+    before today by the database's clock, or by `now` if given."""
     return await ReportJob(config, now, resolver=resolver, spacing=spacing).run()

@@ -124,14 +124,18 @@ def day_range(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1, seconds=-1)
 
 
-def report_id(day: date, policy_domain: str, submitter: str) -> str:
-    return f"{day:%Y%m%d}.{policy_domain}@{submitter}"
+def report_id(day: date, policy_domain: str, submitter: str, late: str = "") -> str:
+    """`YYYYMMDD.<policy domain>@<submitter>`; a late report of a day already reported has its own,
+    `YYYYMMDD.<late>.<policy domain>@<submitter>` (late: the run's cid, letters and digits)."""
+    return f"{day:%Y%m%d}.{late + '.' if late else ''}{policy_domain}@{submitter}"
 
 
-def report_filename(day: date, policy_domain: str, submitter: str) -> str:
-    """RFC 8460 §5.1: `sender!policy-domain!begin-timestamp!end-timestamp.json.gz` (Unix seconds)."""
+def report_filename(day: date, policy_domain: str, submitter: str, late: str = "") -> str:
+    """RFC 8460 §5.1: `sender!policy-domain!begin-timestamp!end-timestamp[!unique-id].json.gz` (Unix
+    seconds); a late report's `late` is the unique-id that tells it from the day's first report."""
     start, end = day_range(day)
-    return f"{submitter}!{policy_domain}!{int(start.timestamp())}!{int(end.timestamp())}.json.gz"
+    unique = f"!{late}" if late else ""
+    return f"{submitter}!{policy_domain}!{int(start.timestamp())}!{int(end.timestamp())}{unique}.json.gz"
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -146,14 +150,15 @@ class Report:
     day: date
     submitter: str
     policies: tuple[PolicyResult, ...]
+    late: str = ""  # set when the day was reported already: results recorded after its report
 
     @property
     def id(self) -> str:
-        return report_id(self.day, self.policy_domain, self.submitter)
+        return report_id(self.day, self.policy_domain, self.submitter, self.late)
 
     @property
     def filename(self) -> str:
-        return report_filename(self.day, self.policy_domain, self.submitter)
+        return report_filename(self.day, self.policy_domain, self.submitter, self.late)
 
     @property
     def contact(self) -> str:
@@ -186,5 +191,7 @@ class Report:
         return gzip.compress(self.json_bytes(), compresslevel=6, mtime=0)
 
 
-def build_report(policy_domain: str, day: date, submitter: str, results: Iterable[PolicyResult]) -> Report:
-    return Report(policy_domain, day, submitter, tuple(merge_policies(results)))
+def build_report(
+    policy_domain: str, day: date, submitter: str, results: Iterable[PolicyResult], late: str = ""
+) -> Report:
+    return Report(policy_domain, day, submitter, tuple(merge_policies(results)), late)

@@ -63,20 +63,38 @@ def report_rows(
     session: Session, role: Role, keys: Sequence[tuple[date, str]]
 ) -> dict[tuple[date, str], list[TLSResult]]:
     """The unsent rows of each report (a recipient domain's day, or a host's day), in a few queries."""
-    column = _key_column(role)
     found: dict[tuple[date, str], list[TLSResult]] = defaultdict(list)
     wanted = set(keys)
-    days = sorted({day for day, _ in keys})
-    for start in range(0, len(keys), 500):
-        domains = sorted({domain for _, domain in keys[start : start + 500]})
-        query = select(TLSResult).where(~_marker(role), TLSResult.day.in_(days), column.in_(domains))
-        if role == "host":
-            query = query.where(_is_host_report_row())
+    for where in _of_reports(role, keys, sent=False):
+        query = select(TLSResult).where(*where)
         for row in session.scalars(query.order_by(TLSResult.is_host, TLSResult.policy_domain, TLSResult.id)):
             key = (row.day, row.recipient_domain if role == "recipient" else row.policy_domain)
             if key in wanted:
                 found[key].append(row)
     return found
+
+
+def reported_before(session: Session, role: Role, keys: Sequence[tuple[date, str]]) -> set[tuple[date, str]]:
+    """The reports among these whose day had rows marked already: their new rows were recorded after
+    that day's report (or its decision not to send one), and a report of them needs its own id."""
+    found: set[tuple[date, str]] = set()
+    for where in _of_reports(role, keys, sent=True):
+        query = select(TLSResult.day, _key_column(role)).where(*where).distinct()
+        found.update((day, domain) for day, domain in session.execute(query))
+    return found & set(keys)
+
+
+def _of_reports(
+    role: Role, keys: Sequence[tuple[date, str]], sent: bool
+) -> Iterable[list[ColumnElement[bool]]]:
+    """Conditions for the rows of these reports, sent or not yet, 500 domains per query."""
+    column = _key_column(role)
+    marker = _marker(role) if sent else ~_marker(role)
+    days = sorted({day for day, _ in keys})
+    for start in range(0, len(keys), 500):
+        domains = sorted({domain for _, domain in keys[start : start + 500]})
+        where = [marker, TLSResult.day.in_(days), column.in_(domains)]
+        yield [*where, _is_host_report_row()] if role == "host" else where
 
 
 def affected_recipient_domains(session: Session, hosts: Sequence[str]) -> set[str]:
