@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 @app.task(name="tasks.tlsreports.send_tls_reports")
 def send_tls_reports_task() -> list[str]:
     """Reports for the previous UTC day(s); the ids of the reports scheduled."""
-    summary = asyncio.run(send_tls_reports(settings(), utcnow()))
+    summary = asyncio.run(send_tls_reports(settings()))  # on the database's clock
     return summary.reports
 
 
