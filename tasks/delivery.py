@@ -17,6 +17,7 @@ from app.queue.deliver import deliver
 from app.queue.mtasts import MTASTSSettings, refresh_policies
 from app.queue.outgoing import remove_orphan_files
 from tasks.celery_app import app, settings
+from tasks.jobruns import recorded
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def deliver_task(queue_id: int) -> int:
 
 
 @app.task(name="tasks.delivery.refresh_mtasts_policies")
+@recorded("refresh_mtasts_policies")
 def refresh_mtasts_policies() -> int:
     """Refresh the cached MTA-STS policies (SPEC R4.3); how many were refreshed."""
     config = settings()
@@ -61,6 +63,7 @@ def refresh_mtasts_policies() -> int:
 
 
 @app.task(name="tasks.delivery.remove_orphan_files")
+@recorded("remove_orphan_files")
 def remove_orphan_files_task() -> int:
     """Delete queue files no row needs any more, older than an hour (crash leftovers); how many."""
     with cid_scope():

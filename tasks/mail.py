@@ -10,6 +10,7 @@ from app.dmarcreports.evaluations import store_evaluations
 from app.queue.outgoing import count_due, due_wakeups
 from tasks.celery_app import app, settings
 from tasks.delivery import deliver_task
+from tasks.jobruns import recorded
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def record_dmarc_evaluation(*evaluations: dict[str, Any]) -> int:
 
 
 @app.task(name="tasks.mail.sweep_queue")
+@recorded("sweep_queue")
 def sweep_queue() -> int:
     """Wake workers for due rows no worker holds (DESIGN.md: the DB is the truth, the broker only
     wakes workers): one deliver task per batch of a recipient domain. A lost task message, a broker

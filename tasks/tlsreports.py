@@ -9,6 +9,7 @@ from app.models.base import utcnow
 from app.tlsreports.job import send_tls_reports
 from app.tlsreports.posts import post_due_reports
 from tasks.celery_app import app, settings
+from tasks.jobruns import recorded
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def send_tls_reports_task() -> list[str]:
 
 
 @app.task(name="tasks.tlsreports.post_tls_reports")
+@recorded("post_tls_reports")
 def post_tls_reports_task() -> int:
     """POST the reports to https rua whose time has come; how many were accepted."""
     summary = asyncio.run(post_due_reports(settings(), utcnow()))

@@ -43,12 +43,19 @@ class StatusCollector(Collector):
             "End of the latest run of a job (absent while it runs).",
             labels=["job"],
         )
-        for run in status.last_runs.values():
-            started.add_metric([run.job], run.started.timestamp())
+        ran = GaugeMetricFamily(
+            "postwarden_job_ever_ran", "1 if the job has a recorded run, 0 if it never ran.", labels=["job"]
+        )
+        for job, run in status.periodic:
+            ran.add_metric([job.name], 0 if run is None else 1)
+            if run is None:
+                continue
+            started.add_metric([job.name], run.started.timestamp())
             if run.finished is not None:
-                finished.add_metric([run.job], run.finished.timestamp())
+                finished.add_metric([job.name], run.finished.timestamp())
         yield started
         yield finished
+        yield ran
 
 
 def metrics_registry(database_url: str) -> CollectorRegistry:

@@ -8,10 +8,11 @@ from datetime import datetime, time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.jobs import JOBS, Job
 from app.models import JobRun, Message, OutgoingMessage
 
-# The report jobs the status page names (SPEC §2 and §5; the beat tasks record runs under these names).
-REPORT_JOBS = {"send_dmarc_reports": "DMARC reports", "send_tls_reports": "TLS reports"}
+# The report jobs the status page names first (SPEC §2 and §5), by their registry name.
+REPORT_JOBS = {job.name: job.label for job in JOBS if job.report}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class ServerStatus:
     oldest_queued: datetime | None
     # The latest run of each job that ever ran, by job name.
     last_runs: dict[str, JobStatus]
+
+    @property
+    def periodic(self) -> list[tuple[Job, JobStatus | None]]:
+        """Every registered job, in registry order, with its latest run if it ever ran."""
+        return [(job, self.last_runs.get(job.name)) for job in JOBS]
 
 
 def server_status(session: Session, now: datetime) -> ServerStatus:
