@@ -11,7 +11,7 @@ import dkim
 import pytest
 
 from app.auth import dkim as pwdkim
-from app.auth.dkim import DKIMSigningError, sign, verify_all
+from app.auth.dkim import DKIMMessageError, DKIMSigningError, sign, verify_all
 from app.auth.dkimkeys import DKIMAlgorithm, dkimpy_private_key, dns_txt_value, generate_private_key_pem
 from app.config import DKIMSelector
 from app.dns import Resolver
@@ -303,3 +303,16 @@ def test_signing_keys_are_cached_until_the_file_changes(tmp_path: Path) -> None:
     second = sign(MESSAGE, "example.com", [key])
     assert pwdkim._load_private_key.cache_info().misses == after.misses + 1
     assert first.split(b"b=")[-1] != second.split(b"b=")[-1]
+
+
+def test_a_malformed_header_is_a_message_error_not_a_key_error(
+    tmp_path: Path, keys: dict[DKIMAlgorithm, Path]
+) -> None:
+    """Issue 9: the caller answers a message error permanently (5xx) and a key problem with a 4xx."""
+    malformed = b"From: alice@example.com\r\nnot a field\r\n\r\nbody\r\n"
+    with pytest.raises(DKIMMessageError, match="header line 2 is not a header field"):
+        sign(malformed, "example.com", [selector(keys, "rsa")])
+    missing = DKIMSelector(selector="x", algorithm="rsa", private_key_file=tmp_path / "missing.pem")
+    with pytest.raises(DKIMSigningError) as raised:
+        sign(MESSAGE, "example.com", [missing])
+    assert not isinstance(raised.value, DKIMMessageError)

@@ -130,7 +130,8 @@ def test_auth_then_submission_queues_one_row_per_recipient(
     assert content.startswith(
         b"Received: from laptop.example ([127.0.0.1])\r\n\tby mail.example.org with ESMTPSA"
     )
-    assert list((submission.config.data_dir / "tmp").iterdir()) == []
+    tmp = submission.config.data_dir / "tmp"
+    assert [p for p in tmp.rglob("*") if p.is_file()] == [], "no file is left in tmp/"
 
 
 def test_mail_from_must_be_an_address_of_the_account(submission: ThreadedSMTP, tls_ca: trustme.CA) -> None:
@@ -235,3 +236,57 @@ def test_from_header_must_be_one_of_the_accounts_addresses(
             client.sendmail("bob@example.org", ["friend@elsewhere.example"], message)
     assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (550, b"5.7.1")
     assert outgoing_rows(signing_submission) == []
+
+
+MALFORMED_HEADERS = {
+    "no-colon": (b"this line has no colon\r\n", 3),
+    "non-ascii-name": (b"X-\xc3\xa9t\xc3\xa9: value\r\n", 3),
+    "space-in-name": (b"X Mailer: value\r\n", 3),
+    "control-in-name": (b"X-\x01: value\r\n", 3),
+}
+
+
+def refused_submission(server: ThreadedSMTP, ca: trustme.CA, message: bytes) -> smtplib.SMTPDataError:
+    with tls_client(server, ca) as client:
+        client.login("bob", PASSWORD)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("bob@example.org", ["friend@elsewhere.example"], message)
+    return refused.value
+
+
+@pytest.mark.parametrize("signing", [True, False], ids=["signing", "not-signing"])
+@pytest.mark.parametrize(("line", "number"), MALFORMED_HEADERS.values(), ids=MALFORMED_HEADERS.keys())
+def test_a_malformed_header_line_is_a_permanent_error_naming_it(
+    request: pytest.FixtureRequest, tls_ca: trustme.CA, signing: bool, line: bytes, number: int
+) -> None:
+    """Issue 9: such a message got 451 and clients retried it for days; it can never be signed."""
+    server = request.getfixturevalue("signing_submission" if signing else "submission")
+    message = b"From: <bob@example.org>\r\nTo: <f@x.example>\r\n" + line + b"Subject: s\r\n\r\nHello.\r\n"
+    refused = refused_submission(server, tls_ca, message)
+    assert (refused.smtp_code, refused.smtp_error[:5]) == (554, b"5.6.0")
+    reply = refused.smtp_error.decode("ascii")
+    assert f"header line {number} is not a header field" in reply
+    assert line.split(b":")[0].decode("latin-1") not in reply, "the message's own text is not echoed"
+    assert outgoing_rows(server) == []
+
+
+def test_a_first_header_line_that_continues_nothing_is_refused(
+    signing_submission: ThreadedSMTP, tls_ca: trustme.CA
+) -> None:
+    message = b" folded\r\nFrom: <bob@example.org>\r\nTo: <f@x.example>\r\n\r\nHello.\r\n"
+    refused = refused_submission(signing_submission, tls_ca, message)
+    assert (refused.smtp_code, refused.smtp_error[:5]) == (554, b"5.6.0")
+    assert b"starts with white space" in refused.smtp_error
+    assert outgoing_rows(signing_submission) == []
+
+
+def test_unusual_but_well_formed_headers_are_still_signed(
+    signing_submission: ThreadedSMTP, tls_ca: trustme.CA
+) -> None:
+    """Folded fields and a long one are fine (the check refuses only what is not a field)."""
+    message = (
+        b"From: <bob@example.org>\r\nTo: <f@x.example>\r\nSubject: a\r\n\tfolded subject\r\n"
+        b"X-Long: " + b"a" * 1900 + b"\r\n\r\nHello.\r\n"
+    )
+    submit(signing_submission, tls_ca, message)
+    assert len(outgoing_rows(signing_submission)) == 1

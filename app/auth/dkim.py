@@ -32,12 +32,36 @@ _SIGNING_ALGORITHMS: dict[DKIMAlgorithm, bytes] = {"rsa": b"rsa-sha256", "ed2551
 _SELECTOR = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_-]{1,63})*$")
 # dkimpy's own parsers raise these (besides DKIMException) on hostile input.
 _PARSE_ERRORS = (dkim.DKIMException, InvalidTagValueList, IndexError, ValueError, TypeError, KeyError)
+# The start of a header field (RFC 5322 2.2: a name of printable ASCII but the colon, then the colon;
+# white space before it is obsolete syntax, 4.5.3), and of a header line (CRLF or a bare LF).
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_HEADER_LINE = re.compile(rb"\r?\n")
 
 _log = logging.getLogger(__name__)
 
 
 class DKIMSigningError(Exception):
     """A message cannot be signed with the configured keys; the message names the key file or reason."""
+
+
+class DKIMMessageError(DKIMSigningError):
+    """The message's own header section cannot be signed: the sender must change it, a retry cannot
+    help. The text is ours (no message text in it)."""
+
+
+def header_problem(message: bytes) -> str | None:
+    """Why the header section is not a list of header fields (which DKIM signers refuse), or None."""
+    lines = _HEADER_LINE.split(header_section(message))
+    for number, line in enumerate(lines, start=1):
+        if line[:1] in (b" ", b"\t"):
+            if number == 1:
+                return "the first header line starts with white space, so it continues no field"
+        elif line and not _FIELD_START.match(line):
+            return (
+                f"header line {number} is not a header field: it must start with a name of printable "
+                "ASCII characters and a colon"
+            )
+    return None
 
 
 # Verification.
@@ -220,10 +244,14 @@ def sign(
     signing_domain = ascii_domain(domain)
     if not signing_domain:
         raise DKIMSigningError(f"cannot sign for {domain!r}: not a valid domain name")
+    problem = header_problem(message)
+    if problem is not None:
+        raise DKIMMessageError(problem)
     try:
         signer = dkim.DKIM(message, logger=_log)
     except _PARSE_ERRORS as e:
-        raise DKIMSigningError(f"cannot sign for {domain}: message header cannot be parsed: {e}") from None
+        _log.warning("dkimpy cannot parse a message header: %s", _text(e))
+        raise DKIMMessageError("the header section cannot be parsed for DKIM signing") from None
     # Fields a message has at most once (RFC 5322 3.6; dkimpy's list lacks Subject) are oversigned.
     signer.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
     include = signer.default_sign_headers() + [h.lower() for h in extra_headers]

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login, owns_address
 from app.address import normalize_address
-from app.auth.dkim import DKIMSigningError, sign
+from app.auth.dkim import DKIMMessageError, DKIMSigningError, header_problem, sign
 from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
 from app.models.base import utcnow
@@ -43,6 +43,8 @@ OBSOLETE_FIELD_REFUSED = (
     "write the name and the colon together"
 )
 MAX_SHOWN_FIELD_NAME = 40
+# A permanent problem of the message itself: a 4xx would have the client retry it for days.
+MALFORMED_HEADER = "554 5.6.0 The message header section is malformed"
 # An answer to a 334 challenge (base64): 1024 octets carry credentials of up to 768 bytes.
 MAX_AUTH_ANSWER = 1024
 AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
@@ -186,6 +188,9 @@ class SubmissionHandler(BaseHandler):
         try:
             # Signing with an RSA key costs milliseconds of CPU: off the event loop.
             added = await asyncio.to_thread(self.prepare, content, from_address)
+        except DKIMMessageError as e:  # the text is ours, naming the line, never the message's text
+            log.info("submission malformed header ip=%s account=%s: %s", server.peer_ip, account, e)
+            return "malformed-header", f"{MALFORMED_HEADER}: {e}"
         except DKIMSigningError as e:
             log.error("submission not signed ip=%s account=%s: %s", server.peer_ip, account, e)
             return "sign-failed", "451 4.3.0 The message could not be signed; try again later"
@@ -202,7 +207,11 @@ class SubmissionHandler(BaseHandler):
     def prepare(self, content: bytes, from_address: str) -> bytes:
         """The header fields to put before the content: what RFC 6409 lets a submission server complete,
         and before them the DKIM signatures of the From domain (none when it has no selectors). The
-        content itself is not copied unless fields are added, which the signature must cover."""
+        content itself is not copied unless fields are added, which the signature must cover.
+        DKIMMessageError if the header section is malformed, whether or not the domain signs."""
+        problem = header_problem(content)
+        if problem is not None:
+            raise DKIMMessageError(problem)
         domain = from_address.rpartition("@")[2].lower()
         present = {name.lower() for name, _ in header_fields(content)}
         added = b""
