@@ -195,7 +195,8 @@ def _other_copies(session: Session, file_id: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (metadata and file path, not the content).")
 @click.pass_context
 def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
-    """Show a message's metadata and content; ID is the number `message list` shows, or the file id."""
+    """Show a message's metadata and content; ID is the number `message list` shows, or the file id
+    (the id the SMTP 250 reply gave; other mailboxes' copies of that message add -2, -3...)."""
     config = load(ctx)
     with _database(config) as s:
         details = _message_details(s, config, _find_message(s, ident))
