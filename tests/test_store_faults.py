@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -16,15 +17,24 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.config import load_config
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import Message
 from app.store import TMP_DIR, MailboxCopy, MessageStore, StoreError
 from tests.configs import write_config
 from tests.dbfaults import pool_connection_opened_read_only, postgres_read_only, traversable_dir
-from tests.smtpfixtures import smtp_config_toml
+from tests.dnsserver import DNSTestServer
+from tests.smtpfixtures import (
+    ThreadedSMTP,
+    make_message,
+    publish_sender_domain,
+    smtp_config_toml,
+    write_smtp_config,
+)
 
 COPY = [MailboxCopy("alice", "Inbox")]
+SENDER = "alice@sender.example"
 
 
 @pytest.fixture
@@ -184,3 +194,31 @@ def test_processes_do_not_create_a_missing_database(tmp_path: Path, command: lis
     assert f"database file {database} does not exist" in done.stderr
     assert "alembic upgrade head" in done.stderr and "Traceback" not in done.stderr
     assert not database.exists()
+
+
+def test_smtp_takes_mail_again_once_the_database_is_writable(shared_dir: Path, dns: DNSTestServer) -> None:
+    """The reported episode end to end: 451 while the file is read-only, 250 once it is not."""
+    publish_sender_domain(dns, "sender.example", "v=DMARC1; p=none")
+    config = load_config(write_smtp_config(shared_dir / "cfg", dns, None))
+    url = config.resolved_database_url
+    database = config.data_dir / "postwarden.db"
+    server = ThreadedSMTP(config).start()
+    other_process = sqlite3.connect(database)
+    other_process.execute("SELECT count(*) FROM messages").fetchall()
+    try:
+        database.chmod(0o444)
+        pool_connection_opened_read_only(url)
+        with smtplib.SMTP("127.0.0.1", server.inbound_port, timeout=30) as client:
+            client.ehlo("client.sender.example")
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(SENDER, ["admin@example.org"], make_message(SENDER, "admin@example.org"))
+            assert refused.value.smtp_code == 451
+            database.chmod(0o644)
+            message = make_message(SENDER, "admin@example.org", message_id="<after@sender.example>")
+            assert client.sendmail(SENDER, ["admin@example.org"], message) == {}
+        with session_scope(url) as session:
+            assert list(session.scalars(select(Message.message_id))) == ["<after@sender.example>"]
+    finally:
+        other_process.close()
+        server.stop()
+        engine_for(url).dispose()
