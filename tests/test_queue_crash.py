@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from celery import Celery
 
-from app.config import load_config
+from app.config import Config, load_config
 from app.db import session_scope
 from app.migrate import upgrade_database
 from app.queue.outgoing import enqueue, queue_size, remove_orphan_files
@@ -82,53 +83,71 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def queue_for_the_sink(tmp_path: Path, dns: DNSTestServer, delivery: str) -> tuple[Path, Config]:
+    """A config with `delivery` as its [delivery] section, example.net's MX on 127.0.0.1, and
+    MESSAGES messages queued for it (Message-ID <i@crash.test>)."""
+    config_file = write_config(tmp_path / "config", f"\n[delivery]\n{delivery}", dns_port=dns.port)
+    config = load_config(config_file)
+    upgrade_database(config.resolved_database_url)
+    dns.add("example.net", "MX", "10 mx.example.net.")
+    dns.add("mx.example.net", "A", "127.0.0.1")
+    with session_scope(config.resolved_database_url) as session:
+        for i in range(MESSAGES):
+            content = f"Message-ID: <{i}@crash.test>\r\nSubject: {i}\r\n\r\nbody {i}\r\n".encode()
+            enqueue(session, config, content, sender="admin@example.org", recipients=[f"r{i}@example.net"])
+    return config_file, config
+
+
+def kill_at_the_hold(config_file: Path, log: Path, sink: HoldingSink, client: Celery) -> float:
+    """Start a worker, sweep, SIGKILL the worker's process group once the sink holds; when (monotonic)."""
+    with celery_worker(config_file, log, concurrency=1) as worker:
+        client.send_task("tasks.mail.sweep_queue")
+        assert sink.holding.wait(timeout=30), "the worker never reached the hold point"
+        os.killpg(worker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        worker.wait(timeout=10)
+    sink.release()
+    return killed
+
+
+def sweep_until_empty(
+    config_file: Path, log: Path, client: Celery, url: str, timeout: float, every: float = 1.0
+) -> None:
+    """Start a worker and sweep `every` seconds (what beat does every minute, sped up) until the
+    queue is empty, within `timeout` seconds."""
+    with celery_worker(config_file, log, concurrency=2) as worker:
+        last_sweep = 0.0
+
+        def queue_empty() -> bool:
+            nonlocal last_sweep
+            if time.monotonic() - last_sweep > every:
+                client.send_task("tasks.mail.sweep_queue")
+                last_sweep = time.monotonic()
+            with session_scope(url) as session:
+                return queue_size(session) == 0
+
+        wait_until(queue_empty, timeout=timeout, what="the queue to drain after the kill")
+        # Done: the queue is empty. A cold shutdown of this worker can take Celery up to 20 s.
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+
+
 @pytest.mark.parametrize(("phase", "duplicates"), [("RCPT", 0), ("DATA", 1)])
 def test_kill_minus_nine_mid_batch_loses_nothing(
     phase: Literal["RCPT", "DATA"], duplicates: int, tmp_path: Path, dns: DNSTestServer
 ) -> None:
     sink = HoldingSink(phase)
     with smtp_peer(None, handler=sink) as peer:  # type: ignore[arg-type]
-        extra = (
-            f"\n[delivery]\nsmtp_port = {peer.port}\nlease_seconds = 2\nbatch_size = 20\n"
+        delivery = (
+            f"smtp_port = {peer.port}\nlease_seconds = 2\nbatch_size = 20\n"
             "connect_timeout = 1\ncommand_timeout = 1.5\ntransaction_timeout = 1.3\n"
         )
-        config_file = write_config(tmp_path / "config", extra, dns_port=dns.port)
-        config = load_config(config_file)
-        upgrade_database(config.resolved_database_url)
-        dns.add("example.net", "MX", "10 mx.example.net.")
-        dns.add("mx.example.net", "A", "127.0.0.1")
-        with session_scope(config.resolved_database_url) as session:
-            for i in range(MESSAGES):
-                content = f"Message-ID: <{i}@crash.test>\r\nSubject: {i}\r\n\r\nbody {i}\r\n".encode()
-                enqueue(
-                    session, config, content, sender="admin@example.org", recipients=[f"r{i}@example.net"]
-                )
+        config_file, config = queue_for_the_sink(tmp_path, dns, delivery)
         client = client_for(config_file)
-
-        with celery_worker(config_file, tmp_path / "worker1.log", concurrency=1) as worker:
-            client.send_task("tasks.mail.sweep_queue")
-            assert sink.holding.wait(timeout=30), "the worker never reached the hold point"
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
-        sink.release()
+        kill_at_the_hold(config_file, tmp_path / "worker1.log", sink, client)
         delivered_before_restart = len(set(sink.received))
         assert 0 < delivered_before_restart < MESSAGES
-
-        with celery_worker(config_file, tmp_path / "worker2.log", concurrency=2) as worker:
-            last_sweep = 0.0
-
-            def queue_empty() -> bool:
-                nonlocal last_sweep
-                if time.monotonic() - last_sweep > 1.0:  # what beat does every minute, sped up
-                    client.send_task("tasks.mail.sweep_queue")
-                    last_sweep = time.monotonic()
-                with session_scope(config.resolved_database_url) as session:
-                    return queue_size(session) == 0
-
-            wait_until(queue_empty, timeout=30, what="the queue to drain after the restart")
-            # Done: the queue is empty. A cold shutdown of this worker can take Celery up to 20 s.
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
+        sweep_until_empty(config_file, tmp_path / "worker2.log", client, config.resolved_database_url, 30)
 
     counts = Counter(sink.received)
     assert set(counts) == {f"{i}@crash.test" for i in range(MESSAGES)}  # every message at least once

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import trustme
 
-from app.config import ConfigError, load_config
 from app.queue.smtpclient import (
     HELO_NAME_MAX,
     REPLY_LINE_MAX,
@@ -34,7 +33,6 @@ from app.queue.smtpclient import (
     Target,
     open_session,
 )
-from tests.configs import write_config
 from tests.test_deliver import MX, World, world  # noqa: F401 (the fixture)
 from tests.test_smtpclient import HOST, OPPORTUNISTIC
 
@@ -405,14 +403,3 @@ async def test_delivery_to_a_trickling_mx_is_deferred_within_the_bound(world: Wo
     (row,) = world.rows()
     assert row.last_error is not None
     assert row.last_error.endswith(f"transaction not done within {DEADLINE:g} s")
-
-
-def test_a_lease_shorter_than_one_and_a_half_transactions_is_refused(tmp_path: Path) -> None:
-    # A step may start when a third of the lease has passed unrenewed: it must fit the other two.
-    path = write_config(tmp_path, "\n[delivery]\nlease_seconds = 600\ntransaction_timeout = 400\n")
-    with pytest.raises(
-        ConfigError, match=r"lease_seconds \(600\) must be longer than 1\.5 times transaction_timeout \(400\)"
-    ):
-        load_config(path)
-    path = write_config(tmp_path, "\n[delivery]\nlease_seconds = 601\ntransaction_timeout = 400\n")
-    assert load_config(path).delivery.transaction_timeout == 400

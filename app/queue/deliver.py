@@ -1,8 +1,9 @@
 """One delivery run for a queue row (SPEC R4.1-R4.7).
 
 `deliver(config, queue_id)` claims the row and more due rows for the same recipient domain (a lease:
-no other worker delivers them meanwhile), resolves where the domain's mail goes (MX or a smarthost
-route), decides TLS per host from MTA-STS and DANE (app/queue/tlspolicy.py), and sends the messages
+no other worker delivers them meanwhile; short, and renewed by a heartbeat while the run works, see
+app/queue/lease.py), resolves where the domain's mail goes (MX or a smarthost route), decides TLS
+per host from MTA-STS and DANE (app/queue/tlspolicy.py), and sends the messages
 over one connection per host, falling back to the next IP and host when a connection fails. Each
 message's outcome is committed right after its SMTP transaction, so a crash repeats at most the
 message in flight. A repeated or stale wake-up finds nothing to claim and does nothing.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +42,7 @@ from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
 from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
+from app.queue.lease import Heartbeat
 from app.queue.mtasts import MTASTSResult, MTASTSSettings, policy_for_domain
 from app.queue.routes import Destination, Hop, host_addresses, resolve_destination
 from app.queue.smtpclient import (
@@ -60,6 +61,9 @@ from app.store import MailboxCopy, MessageStore, StoreError
 
 log = logging.getLogger(__name__)
 
+# What a step may take beyond its own timeout (DNS, the database, storing a DSN) before the run
+# counts as stuck and its lease is left to lapse.
+STEP_MARGIN = 120.0
 # TLSA records are published for port 25 (RFC 7672 §2.2); tests deliver to other ports, same names.
 DANE_PORT = 25
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -117,7 +121,7 @@ class _Run:
         )
         self.report = DeliveryReport()
         self.rows: list[OutgoingMessage] = []
-        self.lease_renewed = time.monotonic()
+        self._heartbeat: Heartbeat | None = None
         # One database session for the run, committed after every message.
         self._connection = outcome_connection(config.resolved_database_url)
         self.db = DBSession(bind=self._connection, expire_on_commit=False)
@@ -136,11 +140,24 @@ class _Run:
         self.db.commit()  # no transaction left open while DNS and policy lookups run
         if not self.rows:
             return
-        domain = self.rows[0].recipient_domain
-        await self._deliver_batch(domain, await self._load_messages(self.rows))
+        domain, owner = self.rows[0].recipient_domain, self.rows[0].lease_owner
+        assert owner is not None  # claim_batch returns the rows it leased
+        url = self.config.resolved_database_url
+        with Heartbeat(url, owner, self.lease, self._longest_step()) as self._heartbeat:
+            await self._deliver_batch(domain, await self._load_messages(self.rows))
         if len(self.rows) >= self.config.delivery.batch_size:
             self.report.more_due = outgoing.next_due_id(self.db, domain)
             self.db.commit()
+
+    def _longest_step(self) -> float:
+        """Longer than any step of a run can take (the heartbeat's `stall_after`): a connection or a
+        transaction, an MTA-STS fetch, plus a margin for DNS, the database and storing a DSN."""
+        delivery = self.config.delivery
+        return max(delivery.transaction_timeout, MTASTSSettings.from_config(delivery).timeout) + STEP_MARGIN
+
+    def _step(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.step()
 
     async def _deliver_batch(self, domain: str, messages: list[Message]) -> None:
         try:
@@ -150,6 +167,7 @@ class _Run:
             for message in messages:
                 await self._settle(message, [e] * len(message.rows), remote=None)
             return
+        self._step()
         sts = await self._mtasts(destination)
         for tls_required_no in (False, True):
             group = [m for m in messages if m.tls_required_no == tls_required_no]
@@ -237,6 +255,7 @@ class _Run:
         tries: _Tries,
     ) -> list[Message]:
         """Send to the host's addresses in turn; the messages left. DeliveryError: the host failed."""
+        self._step()
         decision = None if hop.tls is not None else await self._decide(destination, hop, sts, tls_required_no)
         settings = hop.tls if decision is None else decision.settings
         if decision is not None and not decision.use_host:
@@ -278,7 +297,7 @@ class _Run:
         self, domain: str, decision: TLSDecision | None, target: Target, settings: TLSSettings
     ) -> Session | DeliveryError:
         """A session with the target, its TLS result recorded when `decision` says how."""
-        self._keep_lease()
+        self._step()
         try:
             session = open_session(target, settings, self.options)
         except DeliveryError as e:
@@ -304,7 +323,7 @@ class _Run:
         try:
             while left:
                 message = left[0]
-                self._keep_lease()
+                self._step()
                 try:
                     results = session.send(message.sender, message.recipients, message.content)
                 except DeliveryError as e:
@@ -360,7 +379,6 @@ class _Run:
             history.record(connection, attempts)
             for (row, error, final), attempt in zip(plans, attempts, strict=True):
                 self._write_outcome(connection, row, error, final, now, attempt)
-            self._renew_lease_if_due(connection)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
             connection.commit()
         except BaseException:
@@ -429,21 +447,6 @@ class _Run:
             error,
         )
 
-    def _renew_lease_if_due(self, session: Connection) -> None:
-        if time.monotonic() - self.lease_renewed > self.lease.total_seconds() / 3:
-            outgoing.renew_lease(session, self.rows, self.lease)
-            self.lease_renewed = time.monotonic()
-
-    def _keep_lease(self) -> None:
-        """Renew the lease before a step that may wait long (connecting, a slow server's replies),
-        so a run that is slow but alive keeps its rows; the lease then only needs to outlast one step."""
-        try:
-            self._renew_lease_if_due(self._connection)
-            self._connection.commit()
-        except BaseException:
-            self._connection.rollback()
-            raise
-
     async def _store_dsn(self, message: Message, statuses: list[RecipientStatus], now: datetime) -> None:
         row = message.rows[0]
         account = self._account_name(row.account_id)
@@ -505,7 +508,7 @@ class _Run:
             with session_scope(self.config.resolved_database_url) as session:
                 record_tls_results(session, [result])
         except Exception as e:  # whatever the database says, the mail goes on
-            log.error("TLS result for %s via %s not recorded: %s", domain, host, database_error(e))
+            log.error("TLS result for %s via %s not recorded: %s", domain, host, outgoing.database_error(e))
 
 
 class _Tries:
@@ -550,13 +553,6 @@ def outcome_connection(url: str) -> Connection:
         connection.exec_driver_sql("SET synchronous_commit TO off")
     connection.commit()
     return connection
-
-
-def database_error(error: Exception) -> str:
-    """The error's class and the first line of what the driver said, at most 200 characters: not the
-    statement and its parameters, which would carry remote text into the log."""
-    reason = str(getattr(error, "orig", None) or error).strip().split("\n", 1)[0]
-    return f"{type(error).__name__}: {reason[:200]}"
 
 
 def restore_durability(connection: Connection) -> None:

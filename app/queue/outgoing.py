@@ -2,8 +2,10 @@
 
 The rows are the truth (DESIGN.md). A delivery run claims rows by writing its own lease owner and
 an expiry into them with one UPDATE whose WHERE re-checks that they are due and free, so two workers
-never hold the same row; a worker that dies leaves a lease that simply expires. Every outcome is
-written only while the lease is still ours.
+never hold the same row; a worker that dies leaves a lease that simply expires. Leases are short
+(`delivery.lease_seconds`) and a run renews its own while it works (app/queue/lease.py), so a
+crashed worker's rows are free again within one lease. Every outcome is written only while the
+lease is still ours.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def queue_size(session: Session) -> int:
 def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
     free = or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
     return (_TABLE.c.next_attempt <= now, free)
+
+
+def database_error(error: Exception) -> str:
+    """For a log line: the error's class and the first line of what the driver said, at most 200
+    characters; not the statement and its parameters, which may carry remote text."""
+    reason = str(getattr(error, "orig", None) or error).strip().split("\n", 1)[0]
+    return f"{type(error).__name__}: {reason[:200]}"
 
 
 # Enqueueing (for jobs that create mail, e.g. reports; the submission listener queues through its store).
@@ -237,11 +246,16 @@ def next_due_id(session: Session, domain: str) -> int | None:
     return session.scalar(query.order_by(_TABLE.c.next_attempt, _TABLE.c.id).limit(1))
 
 
-def renew_lease(session: Session | Connection, rows: Sequence[OutgoingMessage], lease: timedelta) -> None:
-    """Push the lease of rows still held further out (the run is making progress)."""
-    owners = {r.lease_owner for r in rows}
-    statement = update(_TABLE).where(_TABLE.c.lease_owner.in_(owners))
-    session.execute(statement.values(lease_until=utcnow() + lease))
+def renew_lease(session: Session | Connection, owner: str, lease: timedelta) -> int:
+    """Push the lease of the rows `owner` still holds further out; how many.
+
+    Rows that the run is writing an outcome for at this moment are skipped (SKIP LOCKED on
+    PostgreSQL): waiting for them, or locking the rows in another order than the run does, could
+    deadlock with it; they are finished a moment later, or renewed next time.
+    """
+    held = select(_TABLE.c.id).where(_TABLE.c.lease_owner == owner).with_for_update(skip_locked=True)
+    statement = update(_TABLE).where(_TABLE.c.id.in_(held.scalar_subquery()), _TABLE.c.lease_owner == owner)
+    return session.execute(statement.values(lease_until=utcnow() + lease)).rowcount or 0
 
 
 def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
