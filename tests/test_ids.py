@@ -40,6 +40,7 @@ from tests.smtpfixtures import (
 )
 from tests.smtppeers import PeerHandler, smtp_peer
 from tests.test_deliver import MX, RCPT, SENDER, World
+from tests.test_delivery_faults import on_postgresql
 
 PASSWORD = "correct horse battery"
 CAROL = "carol@example.net"
@@ -248,10 +249,18 @@ async def test_the_success_log_line_cuts_and_quotes_the_relays_reply(submitted: 
     assert len(kept["reply"]) <= 512 and "\x1b" not in kept["reply"]
 
 
-async def test_history_is_pruned_after_history_days(submitted: SubmissionWorld) -> None:
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_history_is_pruned_after_history_days(
+    submitted: SubmissionWorld, database: str, request: pytest.FixtureRequest
+) -> None:
     world = submitted.world
     with smtp_peer(None) as peer:
-        submitted.configure(peer.port, "history_days = 2\n")
+        config = submitted.configure(peer.port, "history_days = 2\n")
+        if database == "postgresql":
+            url = request.getfixturevalue("postgres_url")
+            on_postgresql(world, url)
+            text = submitted.config_path.read_text()
+            submitted.config_path.write_text(text.replace(config.database_url, url))  # for the CLI
         (old,) = world.queue()
         await world.run(old)
         with session_scope(world.url) as session:
