@@ -46,11 +46,12 @@ from app.dmarcreports.evaluations import evaluation_row  # noqa: E402
 from app.dmarcreports.job import ROW_COLUMNS, E, send_dmarc_reports  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import DMARCEvaluation, OutgoingMessage  # noqa: E402
+from tests.bench.args import count  # noqa: E402
 from tests.configs import write_config  # noqa: E402
 from tests.dnsserver import DNSTestServer  # noqa: E402
 
-EVALUATIONS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 1_000_000
-DOMAINS = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 2_000
+EVALUATIONS = count(1, smoke=2_000, full=1_000_000)
+DOMAINS = count(2, smoke=20, full=2_000)
 KINDS = 25  # distinct report rows per domain
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 NOW = DAY + timedelta(days=1, seconds=45)

@@ -38,13 +38,14 @@ from app.config import DKIMSelector, load_config  # noqa: E402
 from app.db import session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import Message  # noqa: E402
+from tests.bench.args import SMOKE  # noqa: E402
 from tests.configs import write_config  # noqa: E402
 from tests.dnsserver import DNSTestServer  # noqa: E402
 
-MESSAGES = 5000
-SESSIONS = 10
+MESSAGES = 40 if SMOKE else 5000
+SESSIONS = 2 if SMOKE else 10
 SIZE = 4096
-DISTINCT_SIGNED = 200
+DISTINCT_SIGNED = 5 if SMOKE else 200
 SENDER_DOMAIN = "sender.example"
 SENDER = f"bench@{SENDER_DOMAIN}"
 RECIPIENT = "admin@example.org"

@@ -39,14 +39,16 @@ from app.models import TLSResult  # noqa: E402
 from app.queue.deliver import outcome_connection, restore_durability  # noqa: E402
 from app.queue.outgoing import enqueue, queue_size  # noqa: E402
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
+from tests.bench.args import SMOKE, count  # noqa: E402
 from tests.celeryworker import celery_worker, client_for  # noqa: E402
 from tests.configs import write_config  # noqa: E402
 from tests.dnsserver import DNSTestServer  # noqa: E402
 
-MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5_000
+MESSAGES = count(1, smoke=40, full=5_000)
 POSTGRES = "--postgres" in sys.argv
 BATCH_SIZE = Delivery().batch_size  # the default
-ROUNDS = 3
+ROUNDS = 1 if SMOKE else 3
+RECORD_CALLS = 20 if SMOKE else 2000
 WORKER_PROCESSES = 2
 SINK = "/usr/sbin/smtp-sink"
 TARGET_RATIO = 0.5
@@ -128,7 +130,7 @@ def drain(config_file: Path, config: Config, log: Path) -> float:
         time.sleep(0.01)
 
 
-def tls_record_cost(config: Config, calls: int = 2000) -> float:
+def tls_record_cost(config: Config, calls: int = RECORD_CALLS) -> float:
     """Seconds per recorded session result (two upserts and a commit), on a connection like the
     worker's (commits not waiting for the disk), measured alone."""
     domain = PolicyRef("sts", "example.com", ("version: STSv1", "mode: enforce"), ("mx.example.com",))
@@ -181,6 +183,7 @@ def main() -> None:
     finally:
         sink.kill()
         dns.stop()
+    shutil.rmtree(directory, ignore_errors=True)  # kept, with the worker's log, only when it failed
 
     deliveries = MESSAGES * ROUNDS
     bare, queued = min(bare_times), min(queue_times)

@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importa
 from sqlalchemy import func, insert, select  # noqa: E402
 
 from app.auth.dkim import sign  # noqa: E402
-from app.auth.dkimkeys import generate_private_key_pem  # noqa: E402
 from app.config import Config, load_config  # noqa: E402
 from app.db import session_scope  # noqa: E402
 from app.dns import DNSError, Resolver  # noqa: E402
@@ -48,14 +47,14 @@ from app.tlsreports.message import SIGNED_REPORT_HEADERS, compose  # noqa: E402
 from app.tlsreports.report import build_report  # noqa: E402
 from app.tlsreports.results import failures_by_result, policy_result, report_rows  # noqa: E402
 from app.tlsreports.sender import find_submitter  # noqa: E402
-from tests.configs import write_config  # noqa: E402
+from tests.bench.args import count  # noqa: E402
+from tests.configs import dkim_keys, write_config  # noqa: E402
 from tests.dnsserver import DNSTestServer  # noqa: E402
-from tests.test_tlsreports import DKIM_EXTRA  # noqa: E402
 
-RECIPIENT_DOMAINS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 50_000
+RECIPIENT_DOMAINS = count(1, smoke=40, full=50_000)
 NOW = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)
 DAY = date(2026, 11, 24)
-SAMPLE = 2000  # reports whose build is timed apart
+SAMPLE = min(2000, RECIPIENT_DOMAINS)  # reports whose build is timed apart
 TARGET_BUILD_MS = 2.0
 TARGET_RSS_MB = 300
 NSD = "/usr/sbin/nsd"
@@ -201,9 +200,7 @@ def wait_until_answering(port: int, timeout: float = 60.0) -> None:
 def setup(directory: Path, dns_port: int, n: int) -> Path:
     """Config (with DKIM keys for example.org), migrated database, and the day's results."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, algorithm in (("ed1", "ed25519"), ("rsa1", "rsa")):
-        (directory / f"{name}.pem").write_bytes(generate_private_key_pem(algorithm))  # type: ignore[arg-type]
-    path = write_config(directory, DKIM_EXTRA, dns_port=dns_port)
+    path = write_config(directory, dkim_keys(directory), dns_port=dns_port)
     # The tests' 1 s DNS timeout is tight for a loaded machine; production's default is 5 s.
     path.write_text(path.read_text().replace("timeout = 1.0", "timeout = 5.0"))
     config = load_config(path)

@@ -1,0 +1,38 @@
+"""Every benchmark still runs: each with --smoke (tiny data, seconds), its headline as its last line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent / "bench"
+# The last line of each benchmark: the figure its target is about.
+HEADLINES = {
+    "dmarc_reports.py": r"dmarc reports: job [\d.]+ s, bare GROUP BY [\d.]+ s, ratio [\d.]+, peak RSS \d+ MB",
+    "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+",
+    "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
+    "tls_reports.py": r"tls reports: build [\d.]+ ms/report \(\+ DKIM [\d.]+ ms\), job [\d.]+ s, "
+    r"peak RSS \d+ MB",
+}
+
+
+def test_every_benchmark_has_a_smoke_run() -> None:
+    assert sorted(HEADLINES) == sorted(p.name for p in BENCH.glob("*.py") if p.name != "args.py")
+
+
+@pytest.mark.parametrize("script", sorted(HEADLINES))
+def test_benchmark_smoke_run(script: str) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, f"{script} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    last = run.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(HEADLINES[script], last), last
