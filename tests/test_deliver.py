@@ -259,6 +259,8 @@ async def test_mtasts_testing_with_expired_certificate_delivers_and_records_the_
     assert counts(world.results()[DOMAIN, False]) == ("sts", 0, 1)
     (detail,) = world.failures(DOMAIN, False)
     assert_failure(detail, "certificate-expired", peer)
+    # The PKIX check was MTA-STS's: under the host's no-policy-found the session completed TLS.
+    assert counts(world.results()[MX, True]) == ("no-policy-found", 1, 0)
 
 
 @pytest.mark.parametrize(
@@ -336,6 +338,20 @@ async def test_tlsa_mismatch_is_not_delivered(world: World) -> None:
     assert_failure(detail, "tlsa-invalid", peer)
 
 
+async def test_a_dane_failure_is_the_tlsa_policys_only_never_also_the_sts_policys(world: World) -> None:
+    with smtp_peer(self_signed(world.tmp, MX)) as peer:
+        world.mtasts("enforce")
+        world.dane("3 1 1 " + "ab" * 32)
+        queue_id, report = await world.deliver_one(peer)
+    assert report.deferred == [queue_id] and peer.received == []
+    assert counts(world.results()[MX, True]) == ("tlsa", 0, 1)
+    (detail,) = world.failures(MX, True)
+    assert_failure(detail, "tlsa-invalid", peer)
+    # DANE, not MTA-STS, rejected the session, which had negotiated TLS (SPEC R4.7).
+    assert counts(world.results()[DOMAIN, False]) == ("sts", 1, 0)
+    assert world.failures(DOMAIN, False) == []
+
+
 async def test_tlsa_without_the_ad_bit_is_no_dane(world: World) -> None:
     with smtp_peer(self_signed(world.tmp, MX)) as peer:
         world.dane("3 1 1 " + "ab" * 32, authentic=False)  # would not match: must not be used
@@ -344,14 +360,15 @@ async def test_tlsa_without_the_ad_bit_is_no_dane(world: World) -> None:
     assert counts(world.results()[MX, True]) == ("no-policy-found", 1, 0)
 
 
-async def test_missing_starttls_with_dane_is_dane_required(world: World) -> None:
+async def test_missing_starttls_with_dane_is_starttls_not_supported(world: World) -> None:
+    """RFC 8460 §4.3.1: dane-required is for DANE required by configuration without TLSA records."""
     cert = self_signed(world.tmp, MX)
     with smtp_peer(cert, handler=PeerHandler(starttls=False)) as peer:
         world.dane(f"3 1 1 {spki_sha256(cert)}")
         queue_id, report = await world.deliver_one(peer)
     assert report.deferred == [queue_id] and peer.received == []
     (detail,) = world.failures(MX, True)
-    assert_failure(detail, "dane-required", peer)
+    assert_failure(detail, "starttls-not-supported", peer)
 
 
 async def test_failed_tlsa_lookup_in_a_signed_zone_is_dnssec_invalid(world: World) -> None:

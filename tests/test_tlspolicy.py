@@ -10,8 +10,10 @@ import pytest
 
 from app.dns import Resolver
 from app.queue.dane import (
-    DANE_REQUIRED,
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
     DNSSEC_INVALID,
+    TLSA_INVALID,
     VALIDATION_FAILURE,
     DANELookup,
     DANEStatus,
@@ -27,6 +29,7 @@ from app.queue.mtasts import (
     policy_for_domain,
 )
 from app.queue.tlspolicy import (
+    CERTIFICATE_NOT_TRUSTED,
     NO_POLICY_FOUND,
     POLICY_STS,
     POLICY_TLSA,
@@ -69,7 +72,8 @@ def dane(status: DANEStatus, host: str = MX) -> DANELookup:
     return DANELookup(status, host, host, records, (host,), detail=f"{status} for {host}")
 
 
-DANE_RESULTS = {"none": None, **{status.value: dane(status) for status in DANEStatus}}
+# "not-looked-up" (None) apart from DANEStatus.NONE ("none"): one key for both made 192 combinations, not 240.
+DANE_RESULTS = {"not-looked-up": None, **{status.value: dane(status) for status in DANEStatus}}
 
 # (use_host, starttls_required, verify_pkix, verify_dane, ignore_errors, domain policy type,
 #  host policy type, domain failure type, host failure type, STARTTLS-missing result type)
@@ -164,7 +168,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             MX,
             True,
             False,
-            (True, True, False, True, False, NPF, POLICY_TLSA, None, None, DANE_REQUIRED),
+            (True, True, False, True, False, NPF, POLICY_TLSA, None, None, SNS),
         ),
         (
             "enforce",
@@ -172,7 +176,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             STRANGER,
             True,
             False,
-            (True, True, False, True, False, POLICY_STS, POLICY_TLSA, None, None, DANE_REQUIRED),
+            (True, True, False, True, False, POLICY_STS, POLICY_TLSA, None, None, SNS),
         ),
         # Without an authenticated MX lookup, TLSA records do not count.
         (
@@ -198,7 +202,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             MX,
             True,
             False,
-            (True, True, False, False, False, NPF, POLICY_TLSA, None, None, DANE_REQUIRED),
+            (True, True, False, False, False, NPF, POLICY_TLSA, None, None, SNS),
         ),
         (
             "testing",
@@ -206,7 +210,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             MX,
             True,
             False,
-            (True, True, True, False, True, POLICY_STS, POLICY_TLSA, None, None, DANE_REQUIRED),
+            (True, True, True, False, True, POLICY_STS, POLICY_TLSA, None, None, SNS),
         ),
         (
             "enforce",
@@ -214,7 +218,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             STRANGER,
             True,
             False,
-            (False, True, True, False, False, POLICY_STS, POLICY_TLSA, VF, None, DANE_REQUIRED),
+            (False, True, True, False, False, POLICY_STS, POLICY_TLSA, VF, None, SNS),
         ),
         # A TLSA lookup that failed in a signed zone: do not use the host now.
         (
@@ -240,7 +244,7 @@ NPF, SNS, VF = NO_POLICY_FOUND, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
             MX,
             True,
             True,
-            (True, False, False, True, True, NPF, POLICY_TLSA, None, None, DANE_REQUIRED),
+            (True, False, False, True, True, NPF, POLICY_TLSA, None, None, SNS),
         ),
         (
             "no-record",
@@ -277,9 +281,17 @@ def test_report_policies_name_the_policies_as_rfc_8460_does() -> None:
         POLICY_STS,
         DOMAIN,
         ("version: STSv1", "mode: enforce", f"mx: {MX}", "mx: *.backup.example.net", "max_age: 86400"),
-        (MX, "*.backup.example.net"),
+        (MX,),  # mx-host: the policy's pattern this host matched, one entry per MX host
     )
     assert decision.host_policy == ReportPolicy(POLICY_TLSA, MX, (EE.text(), PKIX_EE.text()), (MX,))
+    backup = decide_tls(DOMAIN, "b1.backup.example.net", False, sts(Mode.TESTING), None)
+    assert backup.domain_policy.mx_host == ("*.backup.example.net",)
+    # RFC 8460 §1.3 / RFC 7672 §2.2.3: a tlsa policy's domain is the TLSA base domain, the MX host
+    # after secure CNAME expansion; mx-host stays the MX host.
+    expanded = DANELookup(DANEStatus.DANE, MX, "mx.provider.net", (EE,), ("mx.provider.net", MX))
+    assert decide_tls(DOMAIN, MX, True, NO_STS, expanded).host_policy == ReportPolicy(
+        POLICY_TLSA, "mx.provider.net", (EE.text(),), (MX,)
+    )
     plain = decide_tls(DOMAIN, MX, False, NO_STS, None)
     assert plain.domain_policy == ReportPolicy(NO_POLICY_FOUND, DOMAIN)
     assert plain.host_policy == ReportPolicy(NO_POLICY_FOUND, MX, (), (MX,))
@@ -310,6 +322,10 @@ def every_combination() -> list[tuple[str, str, str, bool, bool]]:
     return list(itertools.product(STS_RESULTS, DANE_RESULTS, (MX, STRANGER), (False, True), (False, True)))
 
 
+def test_every_combination_is_240() -> None:
+    assert len(every_combination()) == len(STS_RESULTS) * len(DANE_RESULTS) * 2 * 2 * 2 == 240
+
+
 @pytest.mark.parametrize(
     ("sts_key", "dane_key", "host", "mx_authentic", "tls_required_no"), every_combination()
 )
@@ -330,7 +346,23 @@ def test_invariants_hold_for_every_combination(
     assert (decision.domain_policy.policy_type == POLICY_STS) == (
         mode in (Mode.ENFORCE, Mode.TESTING) or sts_key == "fetch-failed"
     )
-    assert (s.starttls_missing_result == DANE_REQUIRED) == (status in (DANEStatus.DANE, DANEStatus.UNUSABLE))
+    # RFC 8460 §4.3.1: a host without STARTTLS is starttls-not-supported, DANE or not; dane-required
+    # is for DANE required by configuration, which has no setting here.
+    assert s.starttls_missing_result == STARTTLS_NOT_SUPPORTED
+    if decision.host_policy.policy_type == POLICY_TLSA:
+        assert lookup is not None and decision.host_policy.policy_domain == lookup.base_domain
+    else:
+        assert decision.host_policy.policy_domain == host
+    assert decision.host_policy.mx_host == (host,), "mx-host is one string: the MX host"
+    assert len(decision.domain_policy.mx_host) <= 1
+    # Which policy a session's failure belongs to (R4.7).
+    for checked in (CERTIFICATE_HOST_MISMATCH, CERTIFICATE_EXPIRED, CERTIFICATE_NOT_TRUSTED, TLSA_INVALID):
+        owner = decision.failure_owner(TLSFailure(checked, "x"))
+        assert owner == ("host" if s.verify_dane else "domain" if s.verify_pkix else None)
+        assert not (owner == "domain" and decision.domain_policy.policy_type != POLICY_STS)
+        assert not (owner == "host" and decision.host_policy.policy_type != POLICY_TLSA)
+    for unnegotiated in (STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE):
+        assert decision.failure_owner(TLSFailure(unnegotiated, "x")) is None, "no TLS: both policies"
     if tls_required_no:
         assert decision.use_host and not s.starttls_required and s.ignore_verification_errors
     else:

@@ -86,8 +86,8 @@ def check_rfc8460(report: dict[str, Any], day: date) -> None:
         policy = entry["policy"]
         assert policy["policy-type"] in POLICY_TYPES
         assert isinstance(policy["policy-domain"], str) and policy["policy-domain"]
-        for key in ("policy-string", "mx-host"):
-            assert all(isinstance(v, str) for v in policy.get(key, []))
+        assert all(isinstance(v, str) for v in policy.get("policy-string", []))
+        assert isinstance(policy.get("mx-host", ""), str), "mx-host is one string (RFC 8460 §4.4)"
         summary = entry["summary"]
         ok, failed = summary["total-successful-session-count"], summary["total-failure-session-count"]
         assert isinstance(ok, int) and isinstance(failed, int) and ok >= 0 and failed >= 0
@@ -279,6 +279,24 @@ async def test_lookup_over_dns(dns: DNSTestServer, resolver: Resolver) -> None:
 # The report (RFC 8460 §4).
 
 
+def test_mx_host_is_a_string_and_each_mx_host_has_its_own_policy_entry() -> None:
+    backup = PolicyRef("sts", "example.net", STS.policy_string, ("*.backup.example.net",))
+    report = build_report(
+        "example.net", DAY, "example.org", [PolicyResult(STS, 2, 0), PolicyResult(backup, 1, 0)]
+    )
+    document = json.loads(report.json_bytes())
+    check_rfc8460(document, DAY)
+    mx_hosts = [p["policy"]["mx-host"] for p in document["policies"]]
+    assert mx_hosts == ["mx1.example.net", "*.backup.example.net"]
+    # A row stored with all of a policy's patterns (before results were kept per MX host) cannot be
+    # split per host: it has no mx-host rather than a list.
+    legacy = PolicyRef("sts", "example.net", STS.policy_string, ("mx1.example.net", "*.backup.example.net"))
+    (entry,) = build_report("example.net", DAY, "example.org", [PolicyResult(legacy, 1, 0)]).to_json()[
+        "policies"
+    ]
+    assert "mx-host" not in entry["policy"]
+
+
 def test_report_json_follows_rfc8460_and_parsedmarc_reads_the_counts() -> None:
     report = sample_report()
     document = json.loads(report.json_bytes())
@@ -291,7 +309,7 @@ def test_report_json_follows_rfc8460_and_parsedmarc_reads_the_counts() -> None:
         "policy-type": "sts",
         "policy-string": list(STS.policy_string),
         "policy-domain": "example.net",
-        "mx-host": ["mx1.example.net"],
+        "mx-host": "mx1.example.net",
     }
     assert sts["failure-details"][0] == {
         "result-type": "certificate-expired",

@@ -114,7 +114,8 @@ def record(config: Config, results: list[SessionResult], day: date = YESTERDAY) 
 def mixed_day(config: Config) -> None:
     """A day of deliveries to five recipient domains through their MX hosts."""
     none_com = PolicyRef.none_found("example.com")
-    host_com = PolicyRef.none_found("mx.example.com")
+    # As delivery records it: the host's no-policy-found names the host in mx-host.
+    host_com = PolicyRef("no-policy-found", "mx.example.com", (), ("mx.example.com",))
     info = PolicyRef.none_found("example.info")
     tlsa_info = PolicyRef("tlsa", "mx.example.info", ("3 1 1 aabb",), ("mx.example.info",))
     record(
@@ -234,15 +235,16 @@ async def test_a_day_of_deliveries_gives_each_policy_domain_its_report(
             ("tlsa", 17, 3),
         }
 
-        # The MX host's own report names the affected recipient domain, the host in mx-host.
+        # The MX host's own report: its tlsa policy, policy-domain the TLSA base domain (RFC 8460
+        # §1.3; not the recipient domain), mx-host the host, as one string.
         _, host_report = attachment(message_file(config, mail["dane-reports@example.net"]).read_bytes())
         check_rfc8460(host_report, YESTERDAY)
         [entry] = host_report["policies"]
         assert entry["policy"] == {
             "policy-type": "tlsa",
             "policy-string": ["3 1 1 0a0b0c"],
-            "policy-domain": "example.net",
-            "mx-host": ["mx1.example.net"],
+            "policy-domain": "mx1.example.net",
+            "mx-host": "mx1.example.net",
         }
         assert entry["summary"]["total-failure-session-count"] == 3
 
@@ -271,8 +273,8 @@ async def test_a_day_of_deliveries_gives_each_policy_domain_its_report(
         [entry] = received.report["policies"]
         assert entry["policy"] == {
             "policy-type": "no-policy-found",
-            "policy-domain": "example.com",
-            "mx-host": ["mx.example.com"],
+            "policy-domain": "mx.example.com",
+            "mx-host": "mx.example.com",
         }
         assert entry["summary"] == {"total-successful-session-count": 4, "total-failure-session-count": 1}
         assert entry["failure-details"][0]["result-type"] == "starttls-not-supported"

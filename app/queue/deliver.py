@@ -493,13 +493,16 @@ class _Run:
         host: str,
         failure: TLSFailure | None = None,
     ) -> None:
+        detail = _session_failure(info, failure) if failure is not None else None
+        # A failed certificate check is the checking policy's only (tlspolicy.TLSDecision.failure_owner).
+        owner = decision.failure_owner(failure) if failure is not None else None
         result = SessionResult(
             recipient_domain=domain,
             domain_policy=_policy_ref(decision.domain_policy),
             host_policy=_policy_ref(decision.host_policy),
-            failure=_session_failure(info, failure) if failure is not None else None,
-            domain_failure=_known_failure(decision.domain_failure, host),
-            host_failure=_known_failure(decision.host_failure, host),
+            failure=detail if owner is None else None,
+            domain_failure=_known_failure(decision.domain_failure, host) or _owned(detail, owner, "domain"),
+            host_failure=_known_failure(decision.host_failure, host) or _owned(detail, owner, "host"),
             connected=connected,
         )
         # Its own short transaction, apart from the run's: a failure here (a value the database
@@ -619,6 +622,10 @@ def _known_failure(failure: TLSFailure | None, host: str) -> FailureDetail | Non
     if failure is None:
         return None
     return FailureDetail(failure.result_type, receiving_mx_hostname=host, failure_reason_code=failure.reason)
+
+
+def _owned(detail: FailureDetail | None, owner: str | None, policy: str) -> FailureDetail | None:
+    return detail if owner == policy else None
 
 
 def _session_failure(info: SessionInfo | None, failure: TLSFailure) -> FailureDetail:

@@ -41,9 +41,7 @@ from app.queue.dane import (
     VALIDATION_FAILURE,
     check_chain,
 )
-from app.queue.tlspolicy import TLSFailure, TLSSettings
-
-CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+from app.queue.tlspolicy import CERTIFICATE_NOT_TRUSTED, TLSFailure, TLSSettings
 
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; servers send longer ones, so be generous.
 REPLY_LINE_MAX = 4096

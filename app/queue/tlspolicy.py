@@ -23,28 +23,42 @@ Rules (RFC 8461, RFC 7672, RFC 8689):
 - `TLS-Required: No` (RFC 8689): every host is used, STARTTLS is opportunistic and verification
   failures are recorded but ignored.
 
-Recording (R4.6): every decision names two RFC 8460 policies, one for the recipient domain and one
-for the MX host. For each of them: if the decision carries a failure for it (`domain_failure`,
-`host_failure`), record that failure for this attempt and nothing else; otherwise record the
-session's outcome (a success, or the TLS failure with its result type). When `use_host` is False,
-no connection is made: record the failures, treat the host as a temporary failure of this attempt.
+Recording (R4.6, R4.7): every decision names two RFC 8460 policies, one for the recipient domain
+(sts / no-policy-found, `mx-host` the policy's pattern the host matched) and one for the MX host
+(tlsa with the TLSA base domain as policy domain, or no-policy-found; `mx-host` the host), so each
+MX host has policy entries of its own. For each of them: if the decision carries a failure for it
+(`domain_failure`, `host_failure`), record that failure for this attempt and nothing else;
+otherwise record the session's outcome. A failed certificate check is the failure of the policy
+that asked for it (`failure_owner`: DANE's tlsa, or MTA-STS's sts), and for the other policy the
+session negotiated TLS: a success (so a DANE failure is never also the sts policy's, and a session
+under no policy that completed TLS is a success of no-policy-found). A session without TLS (no
+STARTTLS, a failed handshake) is a failure of both. When `use_host` is False, no connection is
+made: record the failures, treat the host as a temporary failure of this attempt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from app.queue.dane import (
-    DANE_REQUIRED,
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
     DNSSEC_INVALID,
+    TLSA_INVALID,
     VALIDATION_FAILURE,
     DANELookup,
     DANEStatus,
     TLSARecord,
 )
-from app.queue.mtasts import Mode, MTASTSResult, Policy
+from app.queue.mtasts import Mode, MTASTSResult, Policy, host_matches_pattern
 
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+# Results of checking the certificate a completed handshake presented (RFC 8460 §4.3.1, §4.3.2).
+CERTIFICATE_CHECKS = frozenset(
+    {CERTIFICATE_HOST_MISMATCH, CERTIFICATE_EXPIRED, CERTIFICATE_NOT_TRUSTED, TLSA_INVALID}
+)
 
 POLICY_STS = "sts"
 POLICY_TLSA = "tlsa"
@@ -65,8 +79,8 @@ class TLSSettings:
     - `server_name`: the SNI to send and the PKIX reference identifier: the MX host name, or for
       DANE the TLSA base domain (RFC 7672 §8.1).
     - `starttls_missing_result`: the RFC 8460 result type to record when the server offers no
-      STARTTLS: `dane-required` when DANE TLSA records make TLS mandatory, else
-      `starttls-not-supported`.
+      STARTTLS: `starttls-not-supported`, for a DANE host too (RFC 8460 §4.3.1); `dane-required`
+      means DANE required by configuration without validated TLSA records, which has no setting.
     """
 
     starttls_required: bool
@@ -84,9 +98,11 @@ class ReportPolicy:
     """An RFC 8460 §4.4 `policy` object: the policy a TLS result is counted under.
 
     `policy_type` is `sts`, `tlsa` or `no-policy-found`. For the recipient domain: policy_domain is
-    the domain, policy_string the MTA-STS policy lines, mx_host the policy's mx patterns. For the MX
-    host: policy_domain is the host name, policy_string its TLSA records in presentation form,
-    mx_host the host name.
+    the domain, policy_string the MTA-STS policy lines, mx_host the policy's pattern that the MX host
+    matched (the host itself when none did). For the MX host: policy_domain is the TLSA base domain
+    (RFC 8460 §1.3: the host after secure CNAME expansion; the host name under no-policy-found),
+    policy_string its TLSA records in presentation form, mx_host the host name. `mx-host` is one
+    string in a report: mx_host holds at most one.
     """
 
     policy_type: str
@@ -121,6 +137,18 @@ class TLSDecision:
     host_failure: TLSFailure | None
     basis: str
 
+    def failure_owner(self, failure: TLSFailure) -> Literal["domain", "host"] | None:
+        """The one policy a session's failure belongs to; None: to both.
+
+        A failed certificate check belongs to the policy that checked: DANE's tlsa (RFC 7672), or
+        PKIX for MTA-STS. Anything else left the session without TLS, under either policy.
+        """
+        if failure.result_type not in CERTIFICATE_CHECKS:
+            return None
+        if self.settings.verify_dane:
+            return "host"
+        return "domain" if self.settings.verify_pkix else None
+
 
 def decide_tls(
     recipient_domain: str,
@@ -136,7 +164,7 @@ def decide_tls(
     host = mx_host.lower().rstrip(".")
     # DANE counts only when the MX RRset itself was authenticated (SPEC R4.4).
     dane = dane if mx_authentic else None
-    domain_policy, domain_failure = _domain_policy(domain, sts)
+    domain_policy, domain_failure = _domain_policy(domain, host, sts)
     host_policy, host_failure = _host_policy(host, dane)
     policy = _active_policy(sts)
     mx_mismatch = policy is not None and not policy.allows_mx(host)
@@ -157,10 +185,13 @@ def _active_policy(sts: MTASTSResult | None) -> Policy | None:
     return sts.policy
 
 
-def _domain_policy(domain: str, sts: MTASTSResult | None) -> tuple[ReportPolicy, TLSFailure | None]:
+def _domain_policy(
+    domain: str, host: str, sts: MTASTSResult | None
+) -> tuple[ReportPolicy, TLSFailure | None]:
     policy = _active_policy(sts)
     if policy is not None:
-        return ReportPolicy(POLICY_STS, domain, policy.lines(), policy.mx), None
+        matched = next((pattern for pattern in policy.mx if host_matches_pattern(host, pattern)), host)
+        return ReportPolicy(POLICY_STS, domain, policy.lines(), (matched,)), None
     if sts is not None and sts.failure is not None:
         # The domain publishes MTA-STS but we could not get its policy: reported under sts.
         return ReportPolicy(POLICY_STS, domain), TLSFailure(sts.failure, sts.error or sts.failure)
@@ -170,7 +201,7 @@ def _domain_policy(domain: str, sts: MTASTSResult | None) -> tuple[ReportPolicy,
 def _host_policy(host: str, dane: DANELookup | None) -> tuple[ReportPolicy, TLSFailure | None]:
     if dane is None or dane.status == DANEStatus.NONE:
         return ReportPolicy(NO_POLICY_FOUND, host, mx_host=(host,)), None
-    policy = ReportPolicy(POLICY_TLSA, host, dane.policy_strings, (host,))
+    policy = ReportPolicy(POLICY_TLSA, dane.base_domain, dane.policy_strings, (host,))
     if dane.status == DANEStatus.DNSSEC_INVALID:
         return policy, TLSFailure(DNSSEC_INVALID, dane.detail or "TLSA lookup failed")
     return policy, None
@@ -190,7 +221,6 @@ def _settings(
             server_name=dane.base_domain,
             tlsa_records=dane.usable_records,
             dane_hostnames=dane.hostnames,
-            starttls_missing_result=DANE_REQUIRED,
         )
         return settings, True, "DANE"
     if status == DANEStatus.DNSSEC_INVALID:
@@ -208,7 +238,6 @@ def _settings(
         verify_dane=False,
         ignore_verification_errors=not enforce,
         server_name=host,
-        starttls_missing_result=DANE_REQUIRED if dane_mandates_tls else STARTTLS_NOT_SUPPORTED,
     )
     if enforce and mx_mismatch:
         return settings, False, f"{prefix}MTA-STS enforce: MX host not in the policy"
@@ -222,5 +251,4 @@ def _opportunistic(host: str, tls_mandatory: bool = False) -> TLSSettings:
         verify_dane=False,
         ignore_verification_errors=False,
         server_name=host,
-        starttls_missing_result=DANE_REQUIRED if tls_mandatory else STARTTLS_NOT_SUPPORTED,
     )

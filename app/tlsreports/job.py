@@ -5,10 +5,11 @@ was missed or DNS failed), one report per policy domain that publishes a TLSRPT 
 
 1. Recipient domains first. A recipient domain's report holds everything recorded for deliveries to
    it: its own policy (sts / no-policy-found) and the policies of the MX hosts it used (tlsa /
-   no-policy-found, policy-domain the host).
-2. Then MX hosts (that are not recipient domains themselves), from the host's own TLSRPT record. The
-   report names each affected recipient domain as policy-domain, with the host in mx-host, and leaves
-   out the recipient domains whose rua is the host's: they got the same results in step 1.
+   no-policy-found, policy-domain the TLSA base domain, mx-host the host).
+2. Then the MX hosts' policy domains (the TLSA base domain, or the host under no-policy-found; not
+   recipient domains themselves), from their own TLSRPT record. The report holds their tlsa /
+   no-policy-found policies as recorded (RFC 8460 §1.3: the policy domain is the TLSA base domain)
+   and leaves out the sessions for recipient domains whose rua is the host's: they got them in 1.
 
 A report goes out only if it holds a failure (unless `outgoing_tls_reports_for_all_success`). Its rows
 are marked sent before it is queued, all or none and only if no other run marked them first (so a
@@ -56,7 +57,6 @@ from app.tlsreports.report import FailureCount, PolicyResult, Report, build_repo
 from app.tlsreports.results import (
     Role,
     affected_recipient_domains,
-    as_seen_by_host,
     claim,
     drop_old_results,
     failures_by_result,
@@ -307,7 +307,7 @@ class ReportJob:
             if self.recipient_rua.get(row.recipient_domain) == host_rua:
                 left_out.add(row.recipient_domain)
             else:
-                policies.append(as_seen_by_host(row, failures.get(row.id, [])))
+                policies.append(policy_result(row, failures.get(row.id, [])))
         return policies, left_out
 
     def _suppressed(self, session: Session, key: _Key, address: str) -> bool:

@@ -80,8 +80,10 @@ class PolicyResult:
         if p.policy_string:
             policy["policy-string"] = list(p.policy_string)
         policy["policy-domain"] = p.policy_domain
-        if p.mx_host:
-            policy["mx-host"] = list(p.mx_host)
+        # RFC 8460 §4.4: one string; results are recorded per MX host, so a policy has one. Rows
+        # recorded before that with all of a policy's patterns cannot be split: no mx-host then.
+        if len(p.mx_host) == 1:
+            policy["mx-host"] = p.mx_host[0]
         entry: dict[str, Any] = {
             "policy": policy,
             "summary": {

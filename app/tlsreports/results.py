@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Literal
 
@@ -178,13 +177,6 @@ def policy_result(
     row: TLSResult, failures: Sequence[FailureCount], policy: PolicyRef | None = None
 ) -> PolicyResult:
     return PolicyResult(policy or policy_ref(row), row.success_count, row.failure_count, tuple(failures))
-
-
-def as_seen_by_host(row: TLSResult, failures: Sequence[FailureCount]) -> PolicyResult:
-    """A host row in the report to the host: the affected recipient domain as policy-domain, the host
-    in mx-host (SPEC R5.2), so the host's operator sees whose mail was affected."""
-    policy = replace(policy_ref(row), policy_domain=row.recipient_domain, mx_host=(row.policy_domain,))
-    return policy_result(row, failures, policy)
 
 
 def results_for(session: Session, domain: str | None, day: date | None) -> list[TLSResult]:
