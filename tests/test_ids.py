@@ -28,6 +28,7 @@ from app.db import session_scope
 from app.migrate import downgrade_database, upgrade_database
 from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
+from app.queue.history import Relay
 from app.queue.outgoing import enqueue
 from tests import test_deliver
 from tests.logcapture import captured
@@ -294,3 +295,10 @@ def test_queue_ids_are_not_reused_after_deletes_on_sqlite(world: World) -> None:
     with session_scope(world.url) as session:
         (fourth,) = enqueue(session, config, b"Subject: x\r\n\r\nx\r\n", sender=SENDER, recipients=[RCPT])
     assert fourth > third
+
+
+def test_a_relay_name_longer_than_its_column_is_cut() -> None:
+    """An MX name in presentation form (\\DDD escapes) can outgrow DeliveryAttempt.host; PostgreSQL would
+    refuse the row, and with it the delivery's outcome."""
+    name = "\\000" * 80 + ".mx.example"
+    assert len(Relay.of(name, None).host or "") == DeliveryAttempt.host.type.length == 255

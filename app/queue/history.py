@@ -26,6 +26,7 @@ from app.queue.smtpclient import DeliveryError, Reply, SessionInfo
 
 Result = Literal["delivered", "deferred", "failed"]
 REPLY_KEPT = 512  # DeliveryAttempt.reply's length
+HOST_KEPT = 255  # DeliveryAttempt.host's length
 REPLY_LOGGED = 200
 _TABLE = DeliveryAttempt.__table__
 # A DSN diagnostic as the SMTP client writes it for a server's reply (Reply.diagnostic).
@@ -42,9 +43,10 @@ class Relay:
 
     @classmethod
     def of(cls, host: str | None, info: SessionInfo | None) -> Relay:
+        # An MX name from DNS, in presentation form with \DDD escapes, can outgrow its column (255).
         if info is None:
-            return cls(host)
-        return cls(info.target.host, info.target.ip, tls_summary(info))
+            return cls(host and host[:HOST_KEPT])
+        return cls(info.target.host[:HOST_KEPT], info.target.ip, tls_summary(info))
 
 
 def tls_summary(info: SessionInfo) -> str:
