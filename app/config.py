@@ -296,6 +296,21 @@ class Config(Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _one_listener_per_port(self) -> Config:
+        """Two sockets on one port (the same address, or a wildcard one) make the second process or
+        listener exit at start with "address in use"; say so when the config is read."""
+        endpoints = [(toml_key("listeners", i), x.address, x.port) for i, x in enumerate(self.listeners)]
+        endpoints.append(("web", self.web.address, self.web.port))
+        for i, (key, address, port) in enumerate(endpoints):
+            for other, other_address, other_port in endpoints[:i]:
+                if port != 0 and port == other_port and _addresses_overlap(address, other_address):
+                    raise ValueError(
+                        f"keys {other!r} and {key!r} both listen on port {port} "
+                        f"({other_address} and {address}): give each its own address or port"
+                    )
+        return self
+
     # Derived settings; kept here so every process agrees on them.
 
     @property
@@ -335,6 +350,17 @@ class Config(Strict):
             if target is not None:
                 index.setdefault(f"{target.localpart}@{domain}", (target.account, target.mailbox))
         return index
+
+
+def _addresses_overlap(first: str, second: str) -> bool:
+    """Whether two listening addresses on one port collide: equal, or one a wildcard that covers the
+    other ("0.0.0.0" every IPv4 address; "::" every address, IPv4 mapped as Linux does by default)."""
+    if first == second:
+        return True
+    for wildcard, other in ((first, second), (second, first)):
+        if wildcard == "::" or (wildcard == "0.0.0.0" and ":" not in other):
+            return True
+    return False
 
 
 def _describe_error(error: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ def install_example(directory: Path) -> Path:
             key_file = config_dir / selector["private_key_file"]
             key_file.parent.mkdir(parents=True, exist_ok=True)
             key_file.write_bytes(generate_private_key_pem(selector["algorithm"]))
+    (config_dir / raw["web"]["secret_key_file"]).write_text("example-secret-" * 4)
     path = config_dir / "postwarden.toml"
     path.write_text(text)
     return path

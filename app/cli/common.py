@@ -48,6 +48,13 @@ def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
     click.echo(escape_control(text), err=err, nl=nl)
 
 
+# Row ids are 64-bit signed integers in both databases: a larger number is refused by click with a
+# clear message instead of reaching the driver (SQLite raised OverflowError with a traceback).
+MAX_ROW_ID = 2**63 - 1
+ROW_ID = click.IntRange(1, MAX_ROW_ID)
+# A count of rows to show: bounded the same way (it becomes a SQL LIMIT).
+ROW_LIMIT = click.IntRange(1, MAX_ROW_ID)
+
 # Every listing takes `--json` (DESIGN.md); one definition so they all read alike.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 

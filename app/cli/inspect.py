@@ -13,7 +13,16 @@ import click
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import (
+    MAX_ROW_ID,
+    ROW_LIMIT,
+    echo,
+    emit_json,
+    exit_if_database_unusable,
+    json_option,
+    load,
+    main,
+)
 from app.config import Config
 from app.db import session_scope
 from app.logs import escape_control
@@ -21,7 +30,6 @@ from app.models import Account, Mailbox, Message
 
 # What `message list` shows per message (all columns are in `message show --json`).
 LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk", "is_reject", "reason")
-MAX_ROW_DIGITS = 18  # a longer number is no row id (SQLite's and PostgreSQL's reach 2**63 - 1)
 
 
 @contextmanager
@@ -123,7 +131,7 @@ def message_group() -> None:
 @message_group.command("list")
 @click.argument("account")
 @click.argument("mailbox")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest N messages.")
+@click.option("--limit", default=50, show_default=True, type=ROW_LIMIT, help="Newest N messages.")
 @json_option
 @click.pass_context
 def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_json: bool) -> None:
@@ -150,7 +158,10 @@ def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_
 def row_number(ident: str) -> int | None:
     """The row id an ID argument gives as a number, or None when it is a file id (or a number no
     row id can be: more digits than a 64-bit id has)."""
-    return int(ident) if ident.isascii() and ident.isdigit() and len(ident) <= MAX_ROW_DIGITS else None
+    if not (ident.isascii() and ident.isdigit()) or len(ident) > len(str(MAX_ROW_ID)):
+        return None
+    number = int(ident)
+    return number if number <= MAX_ROW_ID else None
 
 
 def _find_message(session: Session, ident: str) -> Message:

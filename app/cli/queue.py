@@ -11,7 +11,7 @@ import click
 from sqlalchemy import select
 
 from app.auth.message import header_fields
-from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load, main
+from app.cli.common import ROW_ID, echo, emit_json, exit_if_database_unusable, json_option, load, main
 from app.cli.inspect import row_number
 from app.config import Config
 from app.db import session_scope
@@ -150,7 +150,7 @@ def _print_entry(entry: dict[str, Any]) -> None:
 
 
 @queue_group.command("retry")
-@click.argument("queue_ids", type=int, nargs=-1, metavar="[ID]...")
+@click.argument("queue_ids", type=ROW_ID, nargs=-1, metavar="[ID]...")
 @click.option("--all", "retry_all", is_flag=True, help="Every queued message.")
 @json_option
 @click.pass_context
@@ -165,7 +165,7 @@ def queue_retry(ctx: click.Context, queue_ids: tuple[int, ...], retry_all: bool,
 
 
 @queue_group.command("drop")
-@click.argument("queue_ids", type=int, nargs=-1, required=True, metavar="ID...")
+@click.argument("queue_ids", type=ROW_ID, nargs=-1, required=True, metavar="ID...")
 @json_option
 @click.pass_context
 def queue_drop(ctx: click.Context, queue_ids: tuple[int, ...], as_json: bool) -> None:
