@@ -32,6 +32,7 @@ from app.queue.dane import (
     lookup_tlsa,
     verify_chain,
 )
+from app.queue.tlspolicy import decide_tls
 from tests.dnssec import DNSSECTestbed, Zone, missing_tools, stub_resolver
 from tests.dnsserver import DNSTestServer
 
@@ -364,10 +365,18 @@ async def test_secure_cname_expansion_is_tried_first_then_the_mx_name(
     expanded = await lookup_tlsa(resolver, MX)
     assert (expanded.base_domain, expanded.hostnames) == ("mx.provider.net", ("mx.provider.net", MX))
     assert expanded.records == (TLSARecord(3, 1, 1, b"\x11" * 32),)
+    # RFC 8460 §1.3, RFC 7672 §2.2.3: the tlsa policy reported is the TLSA base domain's, for this MX.
+    host_policy = decide_tls("example.org", MX, True, None, expanded).host_policy
+    assert (host_policy.policy_type, host_policy.policy_domain, host_policy.mx_host) == (
+        "tlsa",
+        "mx.provider.net",
+        (MX,),
+    )
 
     dns.authentic_zones.discard("provider.net.")  # the target's TLSA is no longer authenticated
     fallback = await lookup_tlsa(resolver, MX)
     assert fallback.base_domain == MX and fallback.records == (TLSARecord(3, 1, 1, b"\x22" * 32),)
+    assert decide_tls("example.org", MX, True, None, fallback).host_policy.policy_domain == MX
 
 
 async def test_cname_chain_through_an_unauthenticated_link_is_not_expanded(
