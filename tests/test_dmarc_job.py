@@ -533,7 +533,7 @@ def test_cli_suppression_list(config_file: Path) -> None:
 
 
 def test_beat_starts_a_run_every_whole_hour_after_30_to_90_seconds() -> None:
-    entry = beat_schedule()["dmarc-reports"]
+    entry = beat_schedule()["send_dmarc_reports"]
     assert entry["task"] == "tasks.reports.schedule_dmarc_reports"
     assert (entry["schedule"].minute, len(entry["schedule"].hour)) == ({0}, 24)
     assert all(30 <= job.start_delay() <= 90 for _ in range(200))

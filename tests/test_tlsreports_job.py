@@ -683,11 +683,11 @@ def test_cli_results_send_reports_and_suppressions(
 def test_beat_runs_the_job_minutes_after_midnight_utc() -> None:
     from tasks.schedule import beat_schedule
 
-    schedule = beat_schedule()["tls-reports"]
+    schedule = beat_schedule()["tls_reports"]
     assert schedule["task"] == "tasks.tlsreports.send_tls_reports"
     cron = schedule["schedule"]
     assert cron.hour == {0} and cron.minute == {5}
-    assert beat_schedule()["tls-report-posts"]["task"] == "tasks.tlsreports.post_tls_reports"
+    assert beat_schedule()["post_tls_reports"]["task"] == "tasks.tlsreports.post_tls_reports"
 
 
 # Reports about our own MX host (SPEC R5.5): `host_tlsrpt` receives them.
