@@ -8,28 +8,41 @@ PYTHON ?= python3
 
 export POSTWARDEN_CONFIG := $(CONFIG)
 
-.PHONY: run test install lint bench
+# Quickstart's output (mode 0600), read for the ready block's password and then removed (app/firstrun.py).
+FIRST_RUN := $(CONFIG).first-run
 
+.PHONY: run test install install-test lint bench
+
+# `make run` installs Postwarden alone; the test tools (pytest, playwright, parsedmarc...) only for
+# `make test`, `make lint` and `make bench`.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
 
-$(CONFIG): | $(BIN)/.installed
-	$(BIN)/postwarden --config $(CONFIG) quickstart $(DEV_ADDRESS) --dev
+install-test: $(BIN)/.installed-test
 
+$(CONFIG): | $(BIN)/.installed
+	umask 077 && $(BIN)/postwarden --config $(CONFIG) quickstart $(DEV_ADDRESS) --dev > $(FIRST_RUN)
+	cat $(FIRST_RUN)
+
+# The ready block (app/firstrun.py) waits in the background for the processes to answer.
 run: install $(CONFIG)
 	$(BIN)/alembic upgrade head
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+	$(BIN)/python -m app.firstrun $(FIRST_RUN) & PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check app tasks tests migrations
 
-test: install lint
+test: install-test lint
 	$(BIN)/pytest
 
-bench: install
-	for b in tests/bench/*.py; do $(BIN)/python $$b || exit 1; done
+bench: install-test
+	for b in dmarc_reports inbound outbound tls_reports; do $(BIN)/python tests/bench/$$b.py || exit 1; done

@@ -97,7 +97,16 @@ app = Celery("postwarden", include=["tasks.mail", "tasks.delivery", "tasks.repor
 def _configure(sender: Celery, **_: object) -> None:
     # Lazy: the config is read when Celery first needs its settings, not at import, so importing
     # a task module (tests, the CLI) does not require a config file.
-    sender.conf.update(celery_settings(settings()))
+    config = settings()
+    sender.conf.update(celery_settings(config))
+    if config.resolved_broker_url.startswith("filesystem"):
+        logging.getLogger("kombu.connection").addFilter(_no_hostname_noise)
+
+
+def _no_hostname_noise(record: logging.LogRecord) -> bool:
+    """kombu warns at every connection that a URL without a host means localhost: the filesystem
+    broker's URL never has one, so for it the warning is noise (a dozen lines at each start)."""
+    return not record.getMessage().startswith("No hostname was supplied")
 
 
 @worker_init.connect
