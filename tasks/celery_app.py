@@ -22,10 +22,11 @@ from tasks.schedule import beat_schedule
 log = logging.getLogger(__name__)
 
 # honcho (`make run`) SIGKILLs what has not exited 5 s after its SIGTERM. A warm shutdown spends up
-# to 4 s in the polling loop of the filesystem transport and 2-4 s more stopping the pool, so the
-# worker ends itself first. Unacknowledged task messages are then lost, which costs nothing: the
-# database is the truth and the sweep wakes the workers again (DESIGN.md).
-SHUTDOWN_GRACE = 4.0
+# to 4 s in the polling loop of the filesystem transport and 2-4 s more stopping the pool, so under
+# honcho (the Procfile sets this variable) the worker ends itself first, after this many seconds.
+# Unacknowledged task messages are then lost, which costs nothing: the database is the truth and the
+# sweep wakes the workers again (DESIGN.md). Elsewhere (systemd...) the warm shutdown runs its course.
+STOP_GRACE_VARIABLE = "POSTWARDEN_WORKER_STOP_GRACE"
 # An ephemeral queue whose oldest message waited this long has no consumer left.
 STALE_QUEUE_AGE = 60.0
 
@@ -117,12 +118,16 @@ def _prune_stale_queues(**_: object) -> None:
 @worker_shutting_down.connect
 def _bound_shutdown(**_: object) -> None:
     # Runs in the signal handler: only start a timer thread here.
-    timer = threading.Timer(SHUTDOWN_GRACE, _exit_now)
+    try:
+        grace = float(os.environ.get(STOP_GRACE_VARIABLE, ""))
+    except ValueError:
+        return
+    timer = threading.Timer(grace, _exit_now, args=(grace,))
     timer.daemon = True
     timer.start()
 
 
-def _exit_now() -> None:
-    log.warning("worker: not stopped %.0f s after the signal; exiting now", SHUTDOWN_GRACE)
+def _exit_now(grace: float) -> None:
+    log.warning("worker: not stopped %.1f s after the signal; exiting now", grace)
     logging.shutdown()
     os._exit(0)
