@@ -96,3 +96,18 @@ def test_out_of_range_ids_and_limits_are_usage_errors(tmp_path: Path, args: list
     assert result.exit_code == 2
     assert "is not in the range 1<=x<=9223372036854775807" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_database_broker_and_data_dir_a_process_could_not_use(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    path = write_config(tmp_path / "config", database_url="postgres://db.invalid/x", broker_url="bogus://")
+    inside_a_file = tmp_path / "a-file" / "data"
+    path.write_text(path.read_text().replace('data_dir = "data"', f'data_dir = "{inside_a_file}"'))
+    code, out, err = check(path, "--json")
+    problems = json.loads(out)["problems"]
+    assert code == 2 and err == ""
+    assert problems == [
+        f"{path}: database_url: Can't load plugin: sqlalchemy.dialects:postgres",
+        f"{path}: broker_url: no broker transport 'bogus' ('No such transport: bogus')",
+        f"{path}: data_dir: {str(tmp_path / 'a-file')!r} is not a directory",
+    ]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
+from kombu.transport import resolve_transport
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from app.cli.common import emit_json, json_option, main
 from app.config import Config, ConfigError, config_path, load_config
@@ -12,14 +17,43 @@ from app.web.app import WebSetupError, session_secret
 
 
 def start_problems(config: Config) -> list[str]:
-    """Checks the processes make when they start, beyond reading the config (which load_config does):
-    the web process reads its session secret (app/web/app.py) with the same function."""
+    """What the processes need at start, beyond what load_config checks: the web's session secret
+    (read by the web's own function), a database URL SQLAlchemy can load, a broker kombu knows, and a
+    data folder the processes can write (or create)."""
     problems: list[str] = []
     try:
         session_secret(config)
     except WebSetupError as e:
         problems.append(str(e))
+    problems += url_problems(config) + data_dir_problems(config.data_dir)
     return problems
+
+
+def url_problems(config: Config) -> list[str]:
+    problems: list[str] = []
+    try:
+        make_url(config.resolved_database_url).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as e:
+        problems.append(f"database_url: {e}")
+    scheme = config.resolved_broker_url.partition("://")[0]
+    try:
+        resolve_transport(scheme)
+    except (KeyError, ImportError) as e:
+        problems.append(f"broker_url: no broker transport {scheme!r} ({e})")
+    return problems
+
+
+def data_dir_problems(data_dir: Path) -> list[str]:
+    """The data folder exists and is writable, or the nearest existing parent lets it be created."""
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"data_dir: {str(existing)!r} is not a directory"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "data_dir" if existing == data_dir else f"data_dir {str(data_dir)!r}: its parent"
+        return [f"{what} {str(existing)!r} is not writable"]
+    return []
 
 
 @main.command("check-config")
