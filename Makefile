@@ -15,14 +15,17 @@ FIRST_RUN := $(CONFIG).first-run
 
 # `make run` installs Postwarden alone; the test tools (pytest, playwright, parsedmarc...) only for
 # `make test`, `make lint` and `make bench`.
+# PYTHONWARNINGS: the build backend's notes on editable installs are not the user's concern.
+PIP := PYTHONWARNINGS=ignore $(BIN)/pip install -q --disable-pip-version-check
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e .
+	$(PIP) --upgrade pip
+	$(PIP) -e .
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed

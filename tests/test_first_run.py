@@ -28,7 +28,7 @@ def make_dry_run(target: str, tmp_path: Path) -> str:
 
 def test_make_run_installs_postwarden_without_the_test_extras(tmp_path: Path) -> None:
     run = make_dry_run("run", tmp_path)
-    assert "pip install -q --disable-pip-version-check -e .\n" in run
+    assert "pip install -q --disable-pip-version-check -e .\n" in run and "PYTHONWARNINGS=ignore" in run
     assert "[test]" not in run
     assert "python -m app.firstrun" in run and "honcho start" in run
     assert "-e '.[test]'" in make_dry_run("test", tmp_path)
