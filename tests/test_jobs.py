@@ -19,7 +19,7 @@ from app.models import JobRun
 from app.models.base import utcnow
 from app.tlsreports import job as tls_job
 from app.web.app import create_app
-from tasks.schedule import beat_schedule
+from tasks.schedule import beat_schedule, celery_schedule
 from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.dnsserver import DNSTestServer
 from tests.test_celery import queue_rows
@@ -30,7 +30,7 @@ def test_beat_schedule_is_the_registry() -> None:
     schedule = beat_schedule()
     assert sorted(schedule) == sorted(job.name for job in JOBS)
     for job in JOBS:
-        assert schedule[job.name] == {"task": job.task, "schedule": job.schedule}
+        assert schedule[job.name] == {"task": job.task, "schedule": celery_schedule(job.schedule)}
     assert len({job.name for job in JOBS}) == len({job.label for job in JOBS}) == len(JOBS)
 
 

@@ -41,6 +41,7 @@ from app.dmarcreports.mail import ReportMail, report_message, report_sender
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
+from app.jobs import job_named
 from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
@@ -49,7 +50,7 @@ from app.reportsuppress import normalize_address, suppressed_addresses
 
 log = logging.getLogger(__name__)
 
-JOB_NAME = "send_dmarc_reports"  # as the status page names it
+JOB_NAME = job_named("send_dmarc_reports").name  # a KeyError at import if the registry drifts
 MAX_AGE = timedelta(hours=48)
 MAX_SPACING = timedelta(minutes=5)
 SPREAD = timedelta(minutes=50)  # the last minutes of the hour belong to the next run

@@ -46,6 +46,7 @@ from app.config import Config
 from app.db import session_scope
 from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
+from app.jobs import job_named
 from app.logs import cid_scope, new_cid
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
 from app.models.base import utcnow
@@ -70,7 +71,7 @@ from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
 
 log = logging.getLogger("app.tlsreports")
 
-JOB_NAME = "tls_reports"
+JOB_NAME = job_named("tls_reports").name  # a KeyError at import if the registry drifts
 SEND_WINDOW = timedelta(hours=4)  # RFC 8460 §4.1: spread sending over hours, not all at midnight
 MAX_SPACING = timedelta(minutes=5)
 MAX_REPORT_ATTEMPTS = 5  # SPEC R5.3: mail deliveries of a report
