@@ -17,6 +17,7 @@ from celery.signals import worker_init, worker_shutting_down
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
 from tasks.eventqueues import prune_event_queues
+from tasks.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
 from tasks.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,16 @@ def prune_broker_queues(min_age: float) -> None:
         prune_event_queues(folder, folder / "control", min_age)
 
 
+def broker_transport(config: Config) -> str | None:
+    """Our filesystem transport (tasks/fsbroker.py: whole messages, claimed once) for `filesystem://`;
+    None lets the URL's scheme choose."""
+    return FILESYSTEM_TRANSPORT if config.resolved_broker_url.startswith("filesystem") else None
+
+
 def celery_settings(config: Config) -> dict[str, Any]:
     return {
         "broker_url": config.resolved_broker_url,
+        "broker_transport": broker_transport(config),
         "broker_transport_options": broker_options(config),
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
