@@ -17,6 +17,7 @@ and the sink hold can be told apart per try:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -109,10 +110,14 @@ class Sink(PeerHandler):
     """The remote MX: records when it took each try (monotonic), in this process's clock."""
 
     taken: list[tuple[Try, float]] = field(default_factory=list)
+    # Seconds between taking a message and its 250, as a real MX spends on its checks: a worker
+    # killed then has the message delivered but not marked so (the redelivery window).
+    reply_after: float = 0.03
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         found = attempt_of(envelope.original_content or envelope.content)
         self.taken.append((found or (-1, -1), time.monotonic()))
+        await asyncio.sleep(self.reply_after)
         return "250 2.0.0 OK"
 
 
@@ -148,7 +153,8 @@ def message_for(number: int, attempt: int) -> tuple[str, list[str], bytes]:
     inbound = number % 2 == 0
     sender = INBOUND_SENDER if inbound else SUBMITTER[2]
     recipient = "admin@example.org" if inbound else f"r{number}@example.net"
-    body = "".join(f"chaos {number} line {line} " + "x" * 60 + "\r\n" for line in range(8))
+    # 32 KB: long enough in transit and in the store that kills land inside transactions.
+    body = "".join(f"chaos {number} line {line} " + "x" * 60 + "\r\n" for line in range(400))
     content = (
         f"From: <{sender}>\r\nTo: <{recipient}>\r\nSubject: chaos {number}\r\n"
         f"Message-ID: <chaos-{number}@chaos.test>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
@@ -239,7 +245,8 @@ class Chaos:
 
     def finish(self) -> None:
         self.stop.set()
-        self._thread.join(timeout=120)
+        if self._thread.is_alive():  # not started when a process failed its first start
+            self._thread.join(timeout=120)
 
     def _run(self) -> None:
         order: list[Process] = []
@@ -390,12 +397,12 @@ def run_chaos(
 ) -> Figures:
     """The whole run: start the processes, send under chaos, settle with everything up, count."""
     started = time.monotonic()
-    for process in processes.values():
-        process.start()
     ledger = Ledger()
     chaos = Chaos(random.Random(plan.seed), list(processes.values()), pause)
     sweeper = Sweeper(celery_client)
     try:
+        for process in processes.values():
+            process.start()
         chaos.start()
         send_all(plan, ledger)
         chaos.finish()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,17 @@ from app.config import load_config
 from app.db import session_scope
 from app.migrate import upgrade_database
 from tests.celeryworker import client_for
-from tests.chaos import Plan, Sink, celery_process, free_port, redis_process, run_chaos, smtp_process
+from tests.chaos import (
+    Ledger,
+    Plan,
+    Sink,
+    celery_process,
+    figures,
+    free_port,
+    redis_process,
+    run_chaos,
+    smtp_process,
+)
 from tests.configs import write_config
 from tests.dnsserver import DNSTestServer
 from tests.smtpfixtures import EXTRA_ACCOUNTS, client_tls_context, publish_sender_domain
@@ -90,3 +101,21 @@ def test_acknowledged_mail_survives_kills_of_smtp_worker_and_broker(
     assert result.duplicates == [], "no try is stored twice"
     assert result.undelivered == [], "every acknowledged submission reaches the sink"
     assert result.delays, "delays were measured"
+
+
+def test_the_counts_follow_the_definitions_per_try() -> None:
+    """Even numbers went inbound (store), odd ones were submitted (sink); (n, a) is try a of message n."""
+    ledger = Ledger()
+    ledger.tries.update({0: 2, 1: 1, 2: 1, 3: 2, 4: 1, 5: 1})
+    ledger.acked = {0: (2, 10.0), 1: (1, 10.0), 2: (1, 10.0), 3: (2, 10.0), 5: (1, 10.0)}
+    stored = Counter({(0, 1): 1, (0, 2): 1, (2, 1): 2})  # 0: an earlier try also stored; 2: twice
+    sink = Sink(taken=[((1, 1), 11.0), ((1, 1), 13.0), ((3, 1), 12.0), ((3, 2), 14.0)])
+    result = figures(6, ledger, stored, ["messages/x"], sink)
+    assert result.unsent == [4]
+    assert result.lost == [] and result.duplicates == [(2, 1)] and result.broken == ["messages/x"]
+    assert result.unacked_stored == 1  # (0, 1): allowed, its client never saw the 250
+    assert result.undelivered == [(5, 1)]
+    assert result.redeliveries == 1 and result.unacked_delivered == 1  # (1, 1) twice; (3, 1) unacked
+    assert sorted(result.delays) == [1.0, 4.0]  # from each acknowledged try's 250 to its first receipt
+    ledger.acked[4] = (1, 10.0)
+    assert figures(6, ledger, stored, [], sink).lost == [(4, 1)]
