@@ -66,6 +66,30 @@ class Channel(filesystem.Channel):
             staged.unlink(missing_ok=True)
             raise ChannelError(f"cannot queue a message for {queue[:MAX_LOGGED_NAME]!r}: {exc}") from exc
 
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        # kombu creates a missing exchange table with open("wb") before it locks it: a reader then
+        # parses an empty table, and binders racing on a new table truncate each other's writes
+        # (a shorter table over a longer one: "Extra data" from then on). So the table is created
+        # whole first, by a link that fails if it exists; kombu then takes its locked update path.
+        self._create_table(self._exchange_file(exchange))
+        super()._queue_bind(exchange, routing_key, pattern, queue)
+
+    def _create_table(self, table: Path) -> None:
+        if table.exists():
+            return
+        table.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.staging_folder / f"{uuid.uuid4().hex}.exchange"
+        try:
+            staged.write_bytes(b"[]")
+            os.link(staged, table)
+        except FileExistsError:  # another binder created it first: its table is the one
+            pass
+        except OSError as exc:
+            name = table.name[:MAX_LOGGED_NAME]
+            raise ChannelError(f"cannot create the exchange table {name!r}: {exc}") from exc
+        finally:
+            staged.unlink(missing_ok=True)
+
     def _get(self, queue: str) -> dict[str, Any]:
         folder = Path(self.data_folder_in)
         for name in sorted(os.listdir(folder)):
