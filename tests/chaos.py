@@ -301,20 +301,25 @@ def send_all(plan: Plan, ledger: Ledger) -> None:
 
 
 def stored_tries(config: Config) -> tuple[Counter[Try], list[str]]:
-    """Inbound tries in the store (per try, how many Message rows), and rows whose file is wrong."""
+    """Inbound tries in the store (per try, how many Message rows), and what is half-stored: rows
+    whose file is missing or wrong, files without a row (recovery at each restart removes those)."""
     engine_for(config.resolved_database_url).dispose()  # connections from before a kill
     stored: Counter[Try] = Counter()
     broken = []
     with session_scope(config.resolved_database_url) as session:
-        rows = session.scalars(select(Message).where(Message.message_id.like("<chaos-%")))
-        for row in rows:
-            path = config.data_dir / row.path
-            content = path.read_bytes() if path.is_file() else b""
-            found = attempt_of(content)
-            if found is None or len(content) != row.size:
-                broken.append(row.path)
-            else:
-                stored[found] += 1
+        rows = list(session.scalars(select(Message)))
+    for row in rows:
+        path = config.data_dir / row.path
+        content = path.read_bytes() if path.is_file() else b""
+        found = attempt_of(content)
+        if found is None or len(content) != row.size:
+            broken.append(row.path)
+        else:
+            stored[found] += 1
+    paths = {row.path for row in rows}
+    for folder in ("messages", "tmp"):
+        files = (p for p in (config.data_dir / folder).rglob("*") if p.is_file())
+        broken += [f"no row: {p}" for p in files if p.relative_to(config.data_dir).as_posix() not in paths]
     return stored, broken
 
 
@@ -352,7 +357,7 @@ class Figures:
         return (
             f"messages {self.messages}, tries {self.tries}, unsent {len(self.unsent)}, "
             f"rejected {len(self.rejected)}\ntries without a 250: {dict(self.failures.most_common(8))}\n"
-            f"inbound: lost {len(self.lost)}, duplicates {len(self.duplicates)}, broken rows "
+            f"inbound: lost {len(self.lost)}, duplicates {len(self.duplicates)}, half-stored "
             f"{len(self.broken)}, unacknowledged tries stored {self.unacked_stored}\n"
             f"submission: undelivered {len(self.undelivered)}, redeliveries {self.redeliveries}, "
             f"unacknowledged tries delivered {self.unacked_delivered}\n"
