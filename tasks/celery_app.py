@@ -17,6 +17,7 @@ from celery.signals import worker_init, worker_shutting_down
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
 from tasks.eventqueues import prune_event_queues
+from tasks.fsbroker import STAGING, prune_staging
 from tasks.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
 from tasks.schedule import beat_schedule
 
@@ -63,11 +64,13 @@ def queue_folder(config: Config) -> Path:
 
 
 def prune_broker_queues(min_age: float) -> None:
-    """Prune the event and reply queues nobody consumes (tasks/eventqueues.py); filesystem broker only."""
+    """Prune the event and reply queues nobody consumes (tasks/eventqueues.py) and the messages
+    killed writers left unfinished (tasks/fsbroker.py); filesystem broker only."""
     config = settings()
     if config.resolved_broker_url.startswith("filesystem"):
         folder = queue_folder(config)
         prune_event_queues(folder, folder / "control", min_age)
+        prune_staging(folder / STAGING)
 
 
 def broker_transport(config: Config) -> str | None:

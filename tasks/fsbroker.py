@@ -40,6 +40,9 @@ TRANSPORT = "tasks.fsbroker:Transport"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_LOGGED_NAME = 200
 SUFFIX = ".msg"
+STAGING = "staging"
+# A write takes microseconds: a staged file this old (seconds) belongs to a writer that was killed.
+STALE_STAGED_AGE = 60.0
 
 
 def message_name(queue: str) -> str:
@@ -134,7 +137,7 @@ class Channel(filesystem.Channel):
     @cached_property
     def staging_folder(self) -> Path:
         """Where messages are written before they appear: off the queue folder's listing, same filesystem."""
-        return self._folder("staging_folder", "staging")
+        return self._folder("staging_folder", STAGING)
 
     @cached_property
     def claim_folder(self) -> Path:
@@ -149,6 +152,24 @@ class Channel(filesystem.Channel):
         folder = Path(self.transport_options.get(option) or Path(self.data_folder_out) / default)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+def prune_staging(staging: Path) -> int:
+    """Remove what writers killed mid-write left in the staging folder; how many went."""
+    if not staging.is_dir():
+        return 0
+    removed = 0
+    cutoff = time.time() - STALE_STAGED_AGE
+    for entry in os.scandir(staging):
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # renamed into place or removed meanwhile
+            continue
+    if removed:
+        log.info("broker: removed %d unfinished message file(s) from %s", removed, staging)
+    return removed
 
 
 def parse_message(data: bytes) -> dict[str, Any]:

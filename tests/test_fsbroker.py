@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from app.config import load_config
 from app.migrate import upgrade_database
 from tasks.celery_app import queue_folder
-from tasks.fsbroker import MAX_MESSAGE_BYTES, TRANSPORT
+from tasks.fsbroker import MAX_MESSAGE_BYTES, STALE_STAGED_AGE, TRANSPORT, prune_staging
 from tests.celeryworker import celery_worker, client_for, wait_for_text
 from tests.configs import write_config
 from tests.logcapture import captured
@@ -278,3 +279,15 @@ def test_a_worker_on_the_filesystem_broker_survives_a_torn_message_and_runs_the_
         text = wait_for_text(log, "queue sweep: 0 message(s) due")
     assert text.count("'000000000000001_torn.celery.msg' unreadable") == 1, text[-3000:]
     assert (folder / "quarantine" / "000000000000001_torn.celery.msg").exists()
+
+
+def test_a_message_a_killed_writer_left_in_staging_is_pruned_and_a_fresh_one_kept(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    old, fresh = staging / "1_old.celery.msg", staging / "2_fresh.celery.msg"
+    old.write_bytes(b'{"bo')
+    fresh.write_bytes(b'{"bo')
+    long_ago = time.time() - STALE_STAGED_AGE - 5
+    os.utime(old, (long_ago, long_ago))
+    assert prune_staging(staging) == 1
+    assert not old.exists() and fresh.exists()
