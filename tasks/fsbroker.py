@@ -11,7 +11,8 @@ Here the writer fills the file in a staging folder next to the queue folder and 
 place: on one filesystem a rename is atomic, so a reader sees the whole file or nothing. The reader
 claims a file by renaming it into the processed folder (one rename succeeds, the others find it
 gone: each message is delivered once) and parses it there; a file that does not parse is moved to a
-quarantine folder with one log line, and the reader goes on with the next one.
+quarantine folder with one log line, and the reader goes on with the next one. A new exchange
+table (control folder) is likewise created whole before kombu's locked update writes to it.
 
 No fsync: a power cut can lose queued messages or leave an empty file under its final name. The
 database is the truth and the sweep sends the work again (DESIGN.md); the reader quarantines such an
@@ -33,6 +34,8 @@ from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.json import dumps, loads
 
+from tasks.eventqueues import message_queue
+
 log = logging.getLogger(__name__)
 
 TRANSPORT = "tasks.fsbroker:Transport"
@@ -51,12 +54,8 @@ def message_name(queue: str) -> str:
     return f"{time.monotonic_ns() // 1_000_000:015d}_{uuid.uuid4().hex}.{queue}{SUFFIX}"
 
 
-def queue_of(name: str) -> str:
-    return name.partition(".")[2].removesuffix(SUFFIX) if name.endswith(SUFFIX) else ""
-
-
 class Channel(filesystem.Channel):
-    """Atomic put, claim-by-rename get; exchange tables and the rest stay kombu's."""
+    """Atomic put, claim-by-rename get, exchange tables created whole; the rest stays kombu's."""
 
     def _put(self, queue: str, payload: dict[str, Any], **_: Any) -> None:
         name = message_name(queue)
@@ -96,7 +95,7 @@ class Channel(filesystem.Channel):
     def _get(self, queue: str) -> dict[str, Any]:
         folder = Path(self.data_folder_in)
         for name in sorted(os.listdir(folder)):
-            if queue_of(name) != queue:
+            if message_queue(name) != queue:
                 continue
             claimed = self.claim_folder / name
             try:
