@@ -483,6 +483,14 @@ def _rows_exist(session: Session, relative: str) -> bool:
     return session.scalar(query.limit(1)) is not None
 
 
+def awaiting_rename(data_dir: Path, relative: str) -> bool:
+    """Whether the committed file `relative` is still in tmp/: rows are committed before their file is
+    renamed into place, and a crash in between leaves the rename to the next start's recover()."""
+    name = relative.replace("/", PATH_SEPARATOR_IN_TMP)
+    tmp = data_dir / TMP_DIR
+    return (tmp / name).exists() or any(tmp.glob(f"*/{name}"))
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in `path` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -57,7 +57,7 @@ from app.queue.smtpclient import (
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import suppress_after_failure
-from app.store import MailboxCopy, MessageStore, StoreError
+from app.store import MailboxCopy, MessageStore, StoreError, awaiting_rename
 
 log = logging.getLogger(__name__)
 
@@ -184,24 +184,49 @@ class _Run:
     # Messages.
 
     async def _load_messages(self, rows: Sequence[OutgoingMessage]) -> list[Message]:
-        """Group rows into transactions (same file and sender); a missing file fails its rows."""
+        """Group rows into transactions (same file and sender); rows whose file awaits its rename wait
+        for the next sweep, rows whose file is gone fail."""
         grouped: dict[tuple[str, str], list[OutgoingMessage]] = {}
         for row in rows:
             grouped.setdefault((row.path, row.sender), []).append(row)
         messages = []
         for (path, sender), group in grouped.items():
             try:
-                content = (self.config.data_dir / path).read_bytes()
+                content = self._read_file(path)
             except OSError as e:
                 log.error("queue file %s of rows %s unreadable: %s", path, [r.id for r in group], e)
                 lost = Message(path, sender, group, b"", tls_required_no=False)
                 error = DeliveryError(f"message file unreadable: {e}", permanent=True, status="5.3.0")
                 await self._settle(lost, [error] * len(group), remote=None)
                 continue
+            if content is None:
+                self._release(path, group)
+                continue
             content, tls_required_no = prepare_content(content)
             tls_required_no = tls_required_no or any(r.require_tls is False for r in group)
             messages.append(Message(path, sender, group, content, tls_required_no))
         return messages
+
+    def _read_file(self, path: str) -> bytes | None:
+        """The message file, or None while its committed rows wait for the file's rename (app/store.py)."""
+        try:
+            return (self.config.data_dir / path).read_bytes()
+        except FileNotFoundError:
+            if awaiting_rename(self.config.data_dir, path):
+                return None
+            return (self.config.data_dir / path).read_bytes()  # renamed since the first read, or lost
+
+    def _release(self, path: str, group: list[OutgoingMessage]) -> None:
+        """Give rows back, no attempt counted: the next sweep takes them once their file is in place."""
+        ids = [r.id for r in group]
+        log.info("queue file %s of rows %s not in place yet; left for the next sweep", path, ids)
+        try:
+            for row in group:
+                outgoing.release(self._connection, row)
+            self._connection.commit()
+        except BaseException:
+            self._connection.rollback()
+            raise
 
     # Policies.
 

@@ -288,6 +288,12 @@ def postpone(session: Session | Connection, row: OutgoingMessage, error: str, ne
     return bool(session.execute(statement).rowcount)
 
 
+def release(session: Session | Connection, row: OutgoingMessage) -> bool:
+    """Free a row without counting an attempt, due at once; False if the lease was lost."""
+    statement = update(_TABLE).where(_ours(row)).values(lease_owner=None, lease_until=None)
+    return bool(session.execute(statement).rowcount)
+
+
 def path_in_use(session: Session | Connection, path: str) -> bool:
     """Whether any queue row still points at the message file."""
     return session.execute(_PATH_IN_USE, {"path": path}).first() is not None
