@@ -70,6 +70,7 @@ class Process:
     def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path, ready: str) -> None:
         self.name, self.command, self.env, self.logs, self.ready = name, command, env, logs, ready
         self.runs = 0
+        self.exits: list[int] = []  # return codes of runs that ended without being killed
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -81,10 +82,20 @@ class Process:
             )
         wait_for_text(log, self.ready, timeout=60, process=self.process)
 
+    def revive(self) -> None:
+        """What a process manager (systemd's Restart=) does: start again what ended by itself."""
+        if self.process is not None and self.process.poll() is not None:
+            self.exits.append(self.process.returncode)
+            self.start()
+
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
+        if self.process is None:
+            return
+        if self.process.poll() is not None:  # ended by itself since the last look
+            self.exits.append(self.process.returncode)
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=20)
 
 
 def redis_process(port: int, logs: Path) -> Process:
@@ -250,18 +261,24 @@ class Chaos:
 
     def _run(self) -> None:
         order: list[Process] = []
-        while not self.stop.wait(self.rng.uniform(*self.pause)):
-            if not order:  # each in turn, in a shuffled order: every kind gets killed
-                order = self.rng.sample(self.targets, len(self.targets))
-            target = order.pop()
-            target.kill()
-            self.kills[target.name] += 1
-            time.sleep(self.rng.uniform(0.0, 1.0))  # down for a while, clients meet a closed port
+        next_kill = time.monotonic() + self.rng.uniform(*self.pause)
+        while not self.stop.wait(0.1):
             try:
+                for process in self.targets:
+                    process.revive()
+                if time.monotonic() < next_kill:
+                    continue
+                if not order:  # each in turn, in a shuffled order: every kind gets killed
+                    order = self.rng.sample(self.targets, len(self.targets))
+                target = order.pop()
+                target.kill()
+                self.kills[target.name] += 1
+                time.sleep(self.rng.uniform(0.0, 1.0))  # down for a while, clients meet a closed port
                 target.start()
             except AssertionError as e:
-                self.errors.append(f"{target.name} did not restart: {e}")
+                self.errors.append(f"a process did not start again: {e}")
                 return
+            next_kill = time.monotonic() + self.rng.uniform(*self.pause)
 
 
 class Sweeper:
@@ -301,8 +318,9 @@ def send_all(plan: Plan, ledger: Ledger) -> None:
 
 
 def stored_tries(config: Config) -> tuple[Counter[Try], list[str]]:
-    """Inbound tries in the store (per try, how many Message rows), and what is half-stored: rows
-    whose file is missing or wrong, files without a row (recovery at each restart removes those)."""
+    """Inbound tries in the store (per try, how many Message rows), and what should not be there: rows
+    whose file is missing or wrong, files without a row (recovery at each restart removes those), and
+    messages the clients did not send (bounces)."""
     engine_for(config.resolved_database_url).dispose()  # connections from before a kill
     stored: Counter[Try] = Counter()
     broken = []
@@ -312,8 +330,10 @@ def stored_tries(config: Config) -> tuple[Counter[Try], list[str]]:
         path = config.data_dir / row.path
         content = path.read_bytes() if path.is_file() else b""
         found = attempt_of(content)
-        if found is None or len(content) != row.size:
-            broken.append(row.path)
+        if len(content) != row.size:
+            broken.append(f"file missing or incomplete: {row.path}")
+        elif found is None:  # no message of the clients: a bounce (DSN) of a submission
+            broken.append(f"not a client's message: {row.path} {row.subject!r}")
         else:
             stored[found] += 1
     paths = {row.path for row in rows}
@@ -323,11 +343,15 @@ def stored_tries(config: Config) -> tuple[Counter[Try], list[str]]:
     return stored, broken
 
 
-def settle(config: Config, sink: Sink, ledger: Ledger, timeout: float) -> float:
+def settle(
+    config: Config, sink: Sink, ledger: Ledger, processes: list[Process], timeout: float
+) -> float:
     """Wait until the outgoing queue is empty and the sink has every acknowledged submission; seconds."""
     started = time.monotonic()
     wanted = {(n, a) for n, (a, _) in ledger.acked.items() if n % 2}
     while time.monotonic() - started < timeout:
+        for process in processes:
+            process.revive()
         with session_scope(config.resolved_database_url) as session:
             empty = queue_size(session) == 0
         if empty and wanted <= {t for t, _ in sink.taken}:
@@ -351,13 +375,14 @@ class Figures:
     unacked_delivered: int
     redeliveries: int
     delays: list[float]
+    exits: dict[str, list[int]] = field(default_factory=dict)  # per process, runs that ended alone
 
     def report(self) -> str:
         delays = sorted(self.delays) or [0.0]
         return (
             f"messages {self.messages}, tries {self.tries}, unsent {len(self.unsent)}, "
             f"rejected {len(self.rejected)}\ntries without a 250: {dict(self.failures.most_common(8))}\n"
-            f"inbound: lost {len(self.lost)}, duplicates {len(self.duplicates)}, half-stored "
+            f"inbound: lost {len(self.lost)}, duplicates {len(self.duplicates)}, unexpected "
             f"{len(self.broken)}, unacknowledged tries stored {self.unacked_stored}\n"
             f"submission: undelivered {len(self.undelivered)}, redeliveries {self.redeliveries}, "
             f"unacknowledged tries delivered {self.unacked_delivered}\n"
@@ -413,7 +438,7 @@ def run_chaos(
         chaos.finish()
         assert chaos.errors == [], chaos.errors
         sent = time.monotonic()
-        settled = settle(config, sink, ledger, settle_timeout)
+        settled = settle(config, sink, ledger, list(processes.values()), settle_timeout)
         stored, broken = stored_tries(config)
     finally:
         chaos.finish()
@@ -421,9 +446,11 @@ def run_chaos(
         for process in processes.values():
             process.kill()
     result = figures(plan.messages, ledger, stored, broken, sink)
+    result.exits = {p.name: p.exits for p in processes.values() if p.exits}
     say(
         f"chaos seed {plan.seed}: {plan.messages} messages over {plan.sessions} sessions; kills "
-        f"{dict(chaos.kills)}; sending {sent - started:.1f} s, settling {settled:.1f} s, "
-        f"wall {time.monotonic() - started:.1f} s\n{result.report()}"
+        f"{dict(chaos.kills)}; exited by themselves (restarted): {result.exits}; sending "
+        f"{sent - started:.1f} s, settling {settled:.1f} s, wall {time.monotonic() - started:.1f} s\n"
+        f"{result.report()}"
     )
     return result

@@ -97,10 +97,15 @@ def test_acknowledged_mail_survives_kills_of_smtp_worker_and_broker(
         )
 
     assert result.unsent == [] and result.rejected == {}, "every message must get its 250 in the end"
-    assert result.lost == [] and result.broken == [], "an acknowledged try is stored, complete"
+    assert result.lost == [] and result.broken == [], "acknowledged tries stored, complete; no bounce"
     assert result.duplicates == [], "no try is stored twice"
     assert result.undelivered == [], "every acknowledged submission reaches the sink"
     assert result.delays, "delays were measured"
+    # Only the Celery worker may end by itself: with kombu 5.7's Redis transport, a broker lost while
+    # the worker holds unacknowledged tasks can end it ("Unrecoverable error: AttributeError: 'NoneType'
+    # object has no attribute 'hostname'" in restore_unacked). Its process manager starts it again, as
+    # Process.revive does here; the mail is not affected (the database is the truth).
+    assert set(result.exits) <= {"celery"}, f"processes ended by themselves: {result.exits}"
 
 
 def test_the_counts_follow_the_definitions_per_try() -> None:
