@@ -74,11 +74,31 @@ def address_field(addresses: Iterable[str]) -> str:
     return ", ".join(validate_address(address) for address in addresses)
 
 
+# Three views of one address; every place that compares or stores addresses uses one of them:
+# - normalize_address: what we store, send and match exactly (configured addresses, accounts, the
+#   recipients our users sent to, TLSRPT report destinations);
+# - address_key: for the places that match on purpose without the local part's case (inbound
+#   recipients once the exact match failed, DMARC report destinations, the report suppression list);
+# - address_domain: the domain alone, for domain columns and per-domain decisions.
+
+
 def normalize_address(address: str) -> str:
     """The domain in lower case; the local part is kept as sent (RFC 5321 2.4: only its host may
     interpret it)."""
     local, _, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}"
+
+
+def address_key(address: str) -> str:
+    """The whole address in lower case, local part included: a key for matching case-insensitively
+    where we are the host that may decide (RFC 5321 2.4) that "Admin@" and "admin@" are one mailbox.
+    Only for comparing: what is stored or sent keeps its local part (`normalize_address`)."""
+    return address.lower()
+
+
+def address_domain(address: str) -> str:
+    """The domain of an address in lower case (the text after the last "@"; all of it without one)."""
+    return address.rpartition("@")[2].lower()
 
 
 def _check_local_part(local: str) -> None:

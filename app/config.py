@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.address import normalize_address
 from app.auth.dkimkeys import DKIMKeyError, load_private_key
 
 DEFAULT_CONFIG_PATH = Path("config/postwarden.toml")
@@ -122,7 +123,7 @@ class Account(Strict):
             local, at, domain = address.rpartition("@")
             if not at or not local or not domain:
                 raise ValueError(f"{address!r} is not an address of the form localpart@domain")
-        return [a.rpartition("@")[0] + "@" + a.rpartition("@")[2].lower() for a in addresses]
+        return [normalize_address(a) for a in addresses]
 
 
 class Listener(Strict):
@@ -327,8 +328,7 @@ class Config(Strict):
 
     def account_for_address(self, address: str) -> tuple[str, str] | None:
         """(account name, mailbox) for a local address, including the special reporting addresses."""
-        local, _, domain = address.rpartition("@")
-        return self.address_index.get(f"{local}@{domain.lower()}")
+        return self.address_index.get(normalize_address(address))
 
     @cached_property
     def address_index(self) -> dict[str, tuple[str, str]]:

@@ -17,6 +17,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from app.address import address_key
 from app.auth.dkimkeys import DKIMKeyError, dns_txt_value
 from app.config import Config
 from app.dns import DNSError, Resolver
@@ -279,7 +280,7 @@ async def _check_dkim(record: DNSRecord, resolver: Resolver) -> CheckResult:
 def _mailto_addresses(rua: str) -> set[str]:
     """The mailto: addresses of a DMARC/TLSRPT rua tag (size suffixes like `!10m` dropped)."""
     uris = [u.strip() for u in rua.split(",")]
-    return {u[len("mailto:") :].split("!")[0].lower() for u in uris if u.lower().startswith("mailto:")}
+    return {address_key(u[len("mailto:") :].split("!")[0]) for u in uris if u.lower().startswith("mailto:")}
 
 
 async def _check_reporting(record: DNSRecord, resolver: Resolver, label: str) -> CheckResult:

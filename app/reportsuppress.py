@@ -12,6 +12,7 @@ from typing import Literal
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.address import address_key
 from app.db import upsert_insert
 from app.models import ReportSuppression
 from app.models.base import utcnow
@@ -27,12 +28,14 @@ class SuppressionError(ValueError):
     """Bad input for the suppression list; the message is meant for the operator."""
 
 
-def normalize_address(address: str) -> str:
+def suppression_key(address: str) -> str:
+    """What the list stores and matches: the address without surrounding spaces or the domain's
+    final dot, as `address_key` (case-insensitive, local part included: a report address differing
+    only in case is the same mailbox in practice). SuppressionError if it has no local part or domain."""
     local, at, domain = address.strip().rpartition("@")
     if not at or not local or not domain:
         raise SuppressionError(f"{address!r} is not an address of the form localpart@domain")
-    # Matched case-insensitively: a report address differing only in case is the same mailbox in practice.
-    return f"{local}@{domain.rstrip('.')}".lower()
+    return address_key(f"{local}@{domain.rstrip('.')}")
 
 
 def _check_kind(kind: str) -> None:
@@ -48,7 +51,7 @@ def suppress(
     _check_kind(kind)
     if until.tzinfo is None:
         raise SuppressionError("the expiry needs a time zone")
-    address = normalize_address(address)
+    address = suppression_key(address)
     table = ReportSuppression.__table__
     statement = upsert_insert(session, table).values(
         kind=kind, address=address, until=until, comment=comment, created=utcnow()
@@ -78,7 +81,7 @@ def suppress_after_failure(
 def is_suppressed(session: Session, kind: ReportKind, address: str, now: datetime | None = None) -> bool:
     query = select(ReportSuppression.id).where(
         ReportSuppression.kind == kind,
-        ReportSuppression.address == normalize_address(address),
+        ReportSuppression.address == suppression_key(address),
         ReportSuppression.until > (now or utcnow()),
     )
     return session.scalar(query) is not None
@@ -107,7 +110,7 @@ def unsuppress(session: Session, kind: ReportKind, address: str) -> bool:
     _check_kind(kind)
     result = session.execute(
         delete(ReportSuppression).where(
-            ReportSuppression.kind == kind, ReportSuppression.address == normalize_address(address)
+            ReportSuppression.kind == kind, ReportSuppression.address == suppression_key(address)
         )
     )
     return bool(result.rowcount)

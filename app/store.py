@@ -36,7 +36,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account, ensure_mailbox
-from app.address import validate_address
+from app.address import address_domain, validate_address
 from app.auth.message import summarize_headers
 from app.db import session_factory
 from app.models import Mailbox, Message, OutgoingMessage
@@ -459,7 +459,7 @@ def _outgoing_row(account_id: int, sender: str, recipient: str, relative: str, s
         "account_id": account_id,
         "sender": sender,
         "recipient": recipient,
-        "recipient_domain": recipient.rpartition("@")[2].lower(),
+        "recipient_domain": address_domain(recipient),
         "path": relative,
         "size": size,
     }

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from app.address import AddressError, NeedsSMTPUTF8, address_field, validate_address
+from app.address import (
+    AddressError,
+    NeedsSMTPUTF8,
+    address_domain,
+    address_field,
+    address_key,
+    normalize_address,
+    validate_address,
+)
 from app.smtpserver.handler import greeting_problem
 from tests.hostile import CONTROLS
 
@@ -117,3 +125,21 @@ def test_greeting_arguments_taken(argument: str) -> None:
 def test_greeting_arguments_refused_without_echo(argument: str) -> None:
     problem = greeting_problem("HELO", argument)
     assert problem is not None and problem.startswith("501 Syntax: HELO") and argument not in problem
+
+
+@pytest.mark.parametrize(
+    ("address", "normalised", "key", "domain"),
+    [
+        ("Admin@Example.ORG", "Admin@example.org", "admin@example.org", "example.org"),
+        ('"A B"@x.EXAMPLE', '"A B"@x.example', '"a b"@x.example', "x.example"),
+        ("a@b@C.example", "a@b@c.example", "a@b@c.example", "c.example"),
+        ("Postmaster", "@postmaster", "postmaster", "postmaster"),
+        ("", "@", "", ""),
+    ],
+)
+def test_the_three_views_of_an_address(address: str, normalised: str, key: str, domain: str) -> None:
+    """normalize_address keeps the local part's case (what is stored and sent), address_key folds it
+    (case-insensitive matching only), address_domain is the domain alone; all split at the last "@"."""
+    assert normalize_address(address) == normalised
+    assert address_key(address) == key
+    assert address_domain(address) == domain

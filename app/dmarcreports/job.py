@@ -46,7 +46,7 @@ from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
 from app.queue.outgoing import Queued, enqueue_many
-from app.reportsuppress import normalize_address, suppressed_addresses
+from app.reportsuppress import suppressed_addresses, suppression_key
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ class _Run:
     def unsuppressed(self, domain: str, addresses: Iterable[str]) -> list[str]:
         usable = []
         for address in addresses:
-            if normalize_address(address) in self.suppressed:
+            if suppression_key(address) in self.suppressed:
                 log.info(SKIPPED, domain, address, "on the suppression list")
             else:
                 usable.append(address)

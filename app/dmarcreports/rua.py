@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from app.address import AddressError, NeedsSMTPUTF8, validate_address
+from app.address import AddressError, NeedsSMTPUTF8, address_key, validate_address
 from app.auth.dmarc import DMARCRecordError, parse_record
 from app.dns import DNSError, DNSTemporaryError, Resolver
 from app.logs import escape_control
@@ -140,5 +140,8 @@ async def report_destinations(
             result.skipped.append((shown, f"{shown}: temporary DNS error verifying the destination: {e}"))
             result.temporary_failure = True
             continue
-        result.addresses += [a for a in addresses if a.lower() not in {x.lower() for x in result.addresses}]
+        # One report per mailbox, however the record spells the local part's case (address_key).
+        result.addresses += [
+            a for a in addresses if address_key(a) not in {address_key(x) for x in result.addresses}
+        ]
     return result

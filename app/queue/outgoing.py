@@ -25,7 +25,7 @@ from publicsuffixlist import PublicSuffixList
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.address import AddressError, validate_address
+from app.address import AddressError, address_domain, normalize_address, validate_address
 from app.config import Config
 from app.db import session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
@@ -126,7 +126,7 @@ def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -
                 account_id=m.account_id,
                 sender=m.sender,
                 recipient=recipient,
-                recipient_domain=recipient.rpartition("@")[2].lower(),
+                recipient_domain=address_domain(recipient),
                 path=path,
                 size=len(m.content),
                 next_attempt=m.next_attempt or utcnow(),
@@ -429,15 +429,15 @@ def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
 
 def record_sent_recipient(session: Session | Connection, account_id: int, address: str) -> None:
     """Count a delivery by the account to `address` (one row per account and address)."""
-    local, _, domain = address.rpartition("@")
-    domain = domain.lower()
+    address = normalize_address(address)
+    domain = address_domain(address)
     now = utcnow()
     table = SentRecipient.__table__
     statement = (
         upsert_insert(session, table)
         .values(
             account_id=account_id,
-            address=f"{local}@{domain}",
+            address=address,
             domain=domain,
             org_domain=organisational_domain(domain),
             first_sent=now,

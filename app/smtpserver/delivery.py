@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.address import address_domain
 from app.auth.types import AuthOutcome
 from app.config import Config
 from app.store import MailboxCopy
@@ -66,7 +67,7 @@ def message_columns(outcome: AuthOutcome, *, remote_ip: str, helo: str, mail_fro
         "remote_ip": remote_ip,
         "ehlo": helo[:255],
         "mail_from": mail_from[:512],
-        "mail_from_domain": mail_from.rpartition("@")[2].lower()[:255] or None,
+        "mail_from_domain": address_domain(mail_from)[:255] or None,
         "msg_from": outcome.from_address[:512] or None,
         "msg_from_domain": outcome.from_domain[:255] or None,
         "msg_from_org_domain": outcome.dmarc.organizational_domain[:255] or None,

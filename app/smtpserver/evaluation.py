@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from app.address import address_domain
 from app.auth.types import AuthOutcome
 from app.config import Config
 from app.models.base import utcnow
@@ -67,9 +68,9 @@ def dmarc_evaluation(
         "dkim_aligned": dmarc.dkim_aligned,
         "spf_aligned": dmarc.spf_aligned,
         "override_reasons": [],
-        "envelope_to": recipients[0].rpartition("@")[2].lower() if recipients else "",
+        "envelope_to": address_domain(recipients[0]) if recipients else "",
         # For the null sender SPF checked the HELO name, which the report names then (RFC 7208 2.4).
-        "envelope_from": mail_from.rpartition("@")[2].lower() or outcome.spf_mailfrom.domain,
+        "envelope_from": address_domain(mail_from) or outcome.spf_mailfrom.domain,
         "header_from": outcome.from_domain,
         "dkim": [{"domain": r.domain, "selector": r.selector, "result": r.status} for r in outcome.dkim],
         "spf": [

@@ -12,7 +12,7 @@ import logging
 
 from aiosmtpd.smtp import Envelope, Session
 
-from app.address import normalize_address
+from app.address import address_key, normalize_address
 from app.auth.evaluate import authenticate
 from app.auth.types import AuthOutcome
 from app.config import Config
@@ -59,11 +59,11 @@ class InboundHandler(BaseHandler):
         self.reporting_addresses = reporting_addresses(config)
         # Local parts are matched as configured first, then case-insensitively (RFC 5321 2.4 lets
         # the receiving host decide; mail to "Admin@" bouncing would surprise every user).
-        self._folded_addresses = {a.lower(): target for a, target in config.address_index.items()}
+        self._folded_addresses = {address_key(a): target for a, target in config.address_index.items()}
 
     def target_for(self, address: str) -> tuple[str, str] | None:
         """(account, mailbox) a recipient address delivers to, or None if it is not ours."""
-        return self.config.account_for_address(address) or self._folded_addresses.get(address.lower())
+        return self.config.account_for_address(address) or self._folded_addresses.get(address_key(address))
 
     async def handle_AUTH(
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, args: list[str]
@@ -83,7 +83,7 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if address.lower() == "postmaster":  # RFC 5321 4.5.1: <Postmaster> without a domain
+        if address_key(address) == "postmaster":  # RFC 5321 4.5.1: <Postmaster> without a domain
             address = f"postmaster@{self.config.hostname}"
         problem = self.recipient_problem(envelope, address)
         if problem:

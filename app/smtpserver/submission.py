@@ -24,7 +24,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login, owns_address
-from app.address import normalize_address
+from app.address import address_domain, normalize_address
 from app.auth.dkim import DKIMMessageError, DKIMSigningError, header_problem, sign
 from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
@@ -212,7 +212,7 @@ class SubmissionHandler(BaseHandler):
         problem = header_problem(content)
         if problem is not None:
             raise DKIMMessageError(problem)
-        domain = from_address.rpartition("@")[2].lower()
+        domain = address_domain(from_address)
         present = {name.lower() for name, _ in header_fields(content)}
         added = b""
         if "date" not in present:

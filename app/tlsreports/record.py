@@ -92,6 +92,8 @@ def _add_uri(uri: str, mailto: list[str], https: list[str], ignored: list[tuple[
     scheme = uri.split(":", 1)[0].lower()
     if scheme == "mailto":
         try:
+            # Duplicates compared as normalised (normalize_address: the local part's case kept),
+            # unlike DMARC's rua list, which compares with address_key.
             mailto += [a for a in _mailto_addresses(uri) if a not in mailto]
         except TLSRPTRecordError as e:
             ignored.append((uri, str(e)))
