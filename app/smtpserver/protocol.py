@@ -62,6 +62,26 @@ PACE = 8  # replies between yields to the event loop (pipelined commands run bac
 # After our last reply, how long a client that does not read may keep the connection (and its file).
 CLOSE_GRACE = 10.0
 
+# Every name of aiosmtpd's SMTP that is not its documented API and that we use, read, set or override
+# (here and in submission.py). A release may rename any of them without notice, so pyproject.toml pins
+# aiosmtpd's minor version and tests/test_aiosmtpd_contract.py checks that each still exists and that
+# this list is complete.
+AIOSMTPD_PRIVATE_NAMES = (
+    "_original_transport",  # set after STARTTLS: connection_made admits a session only the first time
+    "_tls_protocol",  # not None once TLS is on: our tls_active
+    "_reader",  # the StreamReader: DATA (data.py) and the AUTH answer (submission.py) read from it
+    "_getaddr",  # overridden: a fast path for <local@domain>, and unprintable paths handed on as sent
+    "_getparams",  # overridden: SIZE= values str.isdigit() passes but int() or RFC 1870 does not
+    "_handler_coroutine",  # the session task: close_with cancels it so pipelined commands are dropped
+    "_timeout_cb",  # overridden: 421 before an idle close, and the DATA timeouts
+    "_timeout_handle",  # set by _timeout_cb to look again when data came in since the timer was set
+    "_reset_timeout",  # arms the idle timer with the DATA timeouts, then the idle timeout again
+    "_call_handler_hook",  # our smtp_DATA hands the data to the handler's handle_DATA through it
+    "_set_post_data_state",  # our smtp_DATA ends the transaction with it, as aiosmtpd's does
+    "command_size_limits",  # per-command line limits, saved and put back by a refused EHLO
+    "line_length_limit",  # class attribute: aiosmtpd's stream limit, set to our max_line_length
+)
+
 
 def with_enhanced_code(reply: str) -> str:
     """`reply` with an enhanced status code after the reply code, unless it has one or cannot (3xx)."""
