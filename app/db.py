@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +24,7 @@ PG_READ_ONLY_TRANSACTION = "25006"  # SQLSTATE read_only_sql_transaction
 MISSING_DATABASE_HINT = "create it with `alembic upgrade head` (or `postwarden quickstart` for a new setup)"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     # WAL lets the web and CLI read while the SMTP process writes; synchronous=FULL keeps a
     # committed row durable across power loss, which the 250 reply promises (SPEC R1.6).
     cursor = dbapi_connection.cursor()
@@ -107,6 +107,14 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE changed: `Session.execute` is typed as returning a plain `Result`,
+    but a DML statement's result is a `CursorResult`, which alone counts them."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} is not the result of an UPDATE or DELETE")
+    return result.rowcount
 
 
 def upsert_insert(session: Session | Connection, table: Any) -> postgresql.Insert | sqlite.Insert:

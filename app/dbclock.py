@@ -31,7 +31,7 @@ def utc_today(session: Session) -> ColumnElement[date]:
 def database_now(session: Session) -> datetime:
     """The database's current UTC time (aware)."""
     if _dialect(session) == "postgresql":
-        moment: datetime = session.scalar(select(func.clock_timestamp()))
+        moment: datetime = session.execute(select(func.clock_timestamp())).scalar_one()
         return moment.astimezone(UTC)
-    text: str = session.scalar(select(func.strftime("%Y-%m-%d %H:%M:%f", "now")))
+    text: str = session.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()
     return datetime.fromisoformat(text).replace(tzinfo=UTC)

@@ -112,8 +112,8 @@ def record_failure(
     table = LoginFailure.__table__
     counts = []
     for scope, key in keys:
-        statement = upsert_insert(session, table).values(scope=scope, key=key, failures=1, last_failure=now)
-        statement = statement.on_conflict_do_update(
+        insert = upsert_insert(session, table).values(scope=scope, key=key, failures=1, last_failure=now)
+        statement = insert.on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={"failures": table.c.failures + 1, "last_failure": now},
         ).returning(table.c.failures)

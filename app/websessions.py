@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db import affected_rows
 from app.models import Account, WebSession
 
 # A session ends a week after login, or after a day without a request.
@@ -78,7 +79,7 @@ def end_session(session: Session, secret: str, token: str) -> None:
 def end_account_sessions(session: Session, account_id: int) -> int:
     """End every session of the account (its password changed); returns how many there were."""
     result = session.execute(delete(WebSession).where(WebSession.account_id == account_id))
-    return int(result.rowcount)
+    return affected_rows(result)
 
 
 def _prune(session: Session, now: datetime) -> None:

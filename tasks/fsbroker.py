@@ -57,7 +57,8 @@ def message_name(queue: str) -> str:
 class Channel(filesystem.Channel):
     """Atomic put, claim-by-rename get, exchange tables created whole; the rest stays kombu's."""
 
-    def _put(self, queue: str, payload: dict[str, Any], **_: Any) -> None:
+    # kombu's filesystem Channel (our parent, whose name we keep) calls AbstractChannel's `message` `payload`.
+    def _put(self, queue: str, payload: dict[str, Any], **_: Any) -> None:  # type: ignore[override]
         name = message_name(queue)
         staged = self.staging_folder / name
         try:
@@ -92,7 +93,8 @@ class Channel(filesystem.Channel):
         finally:
             staged.unlink(missing_ok=True)
 
-    def _get(self, queue: str) -> dict[str, Any]:
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        # `timeout` is kombu's signature; a poll of the folder does not wait.
         folder = Path(self.data_folder_in)
         for name in sorted(os.listdir(folder)):
             if message_queue(name) != queue:

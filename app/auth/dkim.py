@@ -134,7 +134,7 @@ def _unparseable(message: bytes, reason: str) -> list[DKIMResult]:
 
 def _broken(value: str, reason: str) -> DKIMResult:
     """The permerror of a signature dkimpy could not take, with what can be read of d=, s= and a=."""
-    tags = {}
+    tags: dict[str, str] = {}
     for part in value.split(";"):
         name, _, tag_value = part.partition("=")
         tags.setdefault(name.strip(), re.sub(r"\s+", "", tag_value))

@@ -8,6 +8,7 @@ atomic upserts that add to the counts, so concurrent workers never lose a count.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Literal
 
 from sqlalchemy import (
     Boolean,
@@ -24,6 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
+
+# RFC 8460 §4.4 policy-type values.
+PolicyType = Literal["sts", "tlsa", "no-policy-found"]
 
 
 class TLSResult(Base):
@@ -44,7 +48,7 @@ class TLSResult(Base):
     # recipient domain in a report to the host (SPEC R5.2).
     recipient_domain: Mapped[str] = mapped_column(String(255))
     is_host: Mapped[bool] = mapped_column(Boolean)
-    policy_type: Mapped[str] = mapped_column(String(16))  # sts | tlsa | no-policy-found
+    policy_type: Mapped[PolicyType] = mapped_column(String(16))
     # JSON lists of strings, as in the report: the policy's lines / TLSA records, and the MX patterns.
     policy_string: Mapped[str] = mapped_column(Text)
     mx_host: Mapped[str] = mapped_column(Text)

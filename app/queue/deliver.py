@@ -56,7 +56,7 @@ from app.queue.smtpclient import (
 )
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
-from app.reportsuppress import suppress_after_failure
+from app.reportsuppress import ReportKind, suppress_after_failure
 from app.store import MailboxCopy, MessageStore, StoreError, awaiting_rename
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,11 @@ class _Run:
     ) -> list[Message]:
         """Send to the host's addresses in turn; the messages left. DeliveryError: the host failed."""
         self._step()
-        decision = None if hop.tls is not None else await self._decide(destination, hop, sts, tls_required_no)
-        settings = hop.tls if decision is None else decision.settings
+        decision: TLSDecision | None = None
+        settings = hop.tls
+        if settings is None:
+            decision = await self._decide(destination, hop, sts, tls_required_no)
+            settings = decision.settings
         if decision is not None and not decision.use_host:
             failure = decision.domain_failure or decision.host_failure
             reason = failure.reason if failure else decision.basis
@@ -420,7 +423,7 @@ class _Run:
         failed = [(row, error) for row, error, final in plans if final and error is not None]
         for row, error in failed:
             if row.is_dmarc_report or row.is_tls_report:
-                kind = "dmarc" if row.is_dmarc_report else "tlsrpt"
+                kind: ReportKind = "dmarc" if row.is_dmarc_report else "tlsrpt"
                 suppress_after_failure(self.db, kind, row.recipient, str(error), now)
                 self.db.commit()
 
@@ -640,7 +643,7 @@ def _retry_until(row: OutgoingMessage, now: datetime) -> datetime:
 
 
 def _policy_ref(policy: ReportPolicy) -> PolicyRef:
-    return PolicyRef(policy.policy_type, policy.policy_domain, policy.policy_string, policy.mx_host)  # type: ignore[arg-type]
+    return PolicyRef(policy.policy_type, policy.policy_domain, policy.policy_string, policy.mx_host)
 
 
 def _known_failure(failure: TLSFailure | None, host: str) -> FailureDetail | None:

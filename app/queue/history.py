@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
 
+from app.db import affected_rows
 from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt, OutgoingMessage
 from app.queue.smtpclient import DeliveryError, Reply, SessionInfo
@@ -133,7 +134,7 @@ def record(connection: Connection, attempts: Sequence[Attempt]) -> None:
 def prune(session: Session | Connection, days: float, now: datetime | None = None) -> int:
     """Remove attempts older than `days`; how many."""
     cutoff = (now or utcnow()) - timedelta(days=days)
-    return session.execute(delete(_TABLE).where(_TABLE.c.attempted < cutoff)).rowcount or 0
+    return affected_rows(session.execute(delete(_TABLE).where(_TABLE.c.attempted < cutoff)))
 
 
 def attempts_for(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.queue.dane import (
     CERTIFICATE_EXPIRED,
@@ -42,6 +42,9 @@ from app.queue.dane import (
     check_chain,
 )
 from app.queue.tlspolicy import CERTIFICATE_NOT_TRUSTED, TLSFailure, TLSSettings
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; servers send longer ones, so be generous.
 REPLY_LINE_MAX = 4096
@@ -227,7 +230,7 @@ class _Client(smtplib.SMTP):
             server_name, target.port, local_hostname=options.helo, timeout=options.command_timeout
         )
 
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # type: ignore[override]
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return socket.create_connection((self._address, port), self._wait(self._connect_timeout))
 
     def _wait(self, limit: float) -> float:
@@ -244,7 +247,7 @@ class _Client(smtplib.SMTP):
             return self.deadline.error()
         return TimeoutError(f"{doing}: nothing for {self._command_timeout:g} s")
 
-    def send(self, s: bytes | str) -> None:
+    def send(self, s: Buffer | str) -> None:
         """Write all of `s`; each wait for the socket is bounded (SSLSocket.sendall's is not in total)."""
         if self.sock is None:
             raise smtplib.SMTPServerDisconnected("please run connect() first")
@@ -465,6 +468,7 @@ def _establish(
         raise _reply(e.smtp_code, e.smtp_error).error(f"greeting from {target.host}") from e
     except (smtplib.SMTPException, OSError) as e:
         raise _connection_error(target, e) from e
+    assert client.sock is not None  # smtplib.SMTP connects in its constructor or raises
     info = SessionInfo(target, sending_ip=client.sock.getsockname()[0])
     try:
         _ehlo(client, info)
@@ -557,8 +561,9 @@ def _tls_context(verify_pkix: bool, ca_bundle: Path | None) -> ssl.SSLContext:
 
 def peer_chain(sslsock: ssl.SSLSocket) -> list[bytes]:
     """The chain the peer presented (DER, leaf first), whether or not it was verified."""
-    # Public as SSLSocket.get_unverified_chain() from Python 3.13; the C object has it on 3.11.
-    chain = sslsock._sslobj.get_unverified_chain()  # type: ignore[union-attr]
+    # Public as SSLSocket.get_unverified_chain() from Python 3.13; the C object has it on 3.11. The
+    # stubs list neither that private `_sslobj` nor the C module `ssl._ssl`, hence the two ignores.
+    chain = sslsock._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain or []]  # type: ignore[attr-defined]
 
 

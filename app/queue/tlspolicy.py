@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from app.models.tlsrpt import PolicyType
 from app.queue.dane import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_HOST_MISMATCH,
@@ -60,9 +61,9 @@ CERTIFICATE_CHECKS = frozenset(
     {CERTIFICATE_HOST_MISMATCH, CERTIFICATE_EXPIRED, CERTIFICATE_NOT_TRUSTED, TLSA_INVALID}
 )
 
-POLICY_STS = "sts"
-POLICY_TLSA = "tlsa"
-NO_POLICY_FOUND = "no-policy-found"
+POLICY_STS: PolicyType = "sts"
+POLICY_TLSA: PolicyType = "tlsa"
+NO_POLICY_FOUND: PolicyType = "no-policy-found"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class ReportPolicy:
     string in a report: mx_host holds at most one.
     """
 
-    policy_type: str
+    policy_type: PolicyType
     policy_domain: str
     policy_string: tuple[str, ...] = ()
     mx_host: tuple[str, ...] = ()
@@ -168,7 +169,7 @@ def decide_tls(
     host_policy, host_failure = _host_policy(host, dane)
     policy = _active_policy(sts)
     mx_mismatch = policy is not None and not policy.allows_mx(host)
-    if mx_mismatch and (dane is None or dane.status != DANEStatus.DANE):
+    if policy is not None and mx_mismatch and (dane is None or dane.status != DANEStatus.DANE):
         reason = f"MX host {host} does not match the MTA-STS policy of {domain} ({', '.join(policy.mx)})"
         domain_failure = domain_failure or TLSFailure(VALIDATION_FAILURE, reason)
     settings, use_host, basis = _settings(host, policy, mx_mismatch, dane)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
 
 from sqlalchemy import ColumnElement, Table
 from sqlalchemy.orm import Session
@@ -25,8 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import upsert_insert
 from app.dbclock import utc_today
 from app.models import TLSFailureDetail, TLSResult
-
-PolicyType = Literal["sts", "tlsa", "no-policy-found"]
+from app.models.tlsrpt import PolicyType
 
 
 @dataclass(frozen=True)
@@ -169,7 +167,7 @@ def _add_failure(session: Session, result_id: int, failure: FailureDetail) -> No
     session.execute(statement)
 
 
-def _fit(table: Table, values: dict[str, object]) -> dict[str, object]:
+def _fit(table: Table, values: Mapping[str, object]) -> dict[str, object]:
     """`values` with each string cut to its column's length (String(n) columns; Text has none)."""
     fitted = dict(values)
     for name, value in values.items():

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 
 from app.config import Config
-from app.db import session_scope
+from app.db import affected_rows, session_scope
 from app.dns import Resolver, resolver_from_config
 from app.logs import cid_scope
 from app.models import TLSReportPost
@@ -45,7 +45,7 @@ def _take_due(db_url: str, now: datetime, limit: int) -> list[TLSReportPost]:
                 .where(TLSReportPost.id == post.id, TLSReportPost.due == post.due)
                 .values(due=now + HTTPS_LEASE)
             )
-            if session.execute(lease).rowcount:
+            if affected_rows(session.execute(lease)):
                 taken.append(post)
     return taken
 

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy import ColumnElement, ColumnExpressionArgument, and_, delete, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from app.db import affected_rows
 from app.models import TLSFailureDetail, TLSResult
 from app.queue.tlsresult import FailureDetail, PolicyRef
 from app.tlsreports.report import FailureCount, PolicyResult
@@ -38,7 +39,7 @@ def drop_old_results(session: Session, now: datetime) -> int:
     first_kept = (now - KEEP_RESULTS).date()
     old = select(TLSResult.id).where(TLSResult.day < first_kept)
     session.execute(delete(TLSFailureDetail).where(TLSFailureDetail.result_id.in_(old)))
-    return session.execute(delete(TLSResult).where(TLSResult.day < first_kept)).rowcount or 0
+    return affected_rows(session.execute(delete(TLSResult).where(TLSResult.day < first_kept)))
 
 
 def pending_reports(session: Session, role: Role, before: date) -> list[tuple[date, str]]:
@@ -85,14 +86,14 @@ def reported_before(session: Session, role: Role, keys: Sequence[tuple[date, str
 
 def _of_reports(
     role: Role, keys: Sequence[tuple[date, str]], sent: bool
-) -> Iterable[list[ColumnElement[bool]]]:
+) -> Iterable[list[ColumnExpressionArgument[bool]]]:
     """Conditions for the rows of these reports, sent or not yet, 500 domains per query."""
     column = _key_column(role)
     marker = _marker(role) if sent else ~_marker(role)
     days = sorted({day for day, _ in keys})
     for start in range(0, len(keys), 500):
         domains = sorted({domain for _, domain in keys[start : start + 500]})
-        where = [marker, TLSResult.day.in_(days), column.in_(domains)]
+        where: list[ColumnExpressionArgument[bool]] = [marker, TLSResult.day.in_(days), column.in_(domains)]
         yield [*where, _is_host_report_row()] if role == "host" else where
 
 
@@ -166,7 +167,7 @@ def failures_by_result(session: Session, ids: Iterable[int]) -> dict[int, list[F
 
 def policy_ref(row: TLSResult) -> PolicyRef:
     return PolicyRef(
-        row.policy_type,  # type: ignore[arg-type]
+        row.policy_type,
         row.policy_domain,
         tuple(json.loads(row.policy_string)),
         tuple(json.loads(row.mx_host)),

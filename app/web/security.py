@@ -139,8 +139,15 @@ def cookie_is_secure(request: Request) -> bool:
     return mode == "always" or (mode == "auto" and request.url.scheme == "https")
 
 
-def set_cookie(response: Response, request: Request, name: str, value: str, **options: object) -> None:
+def set_cookie(
+    response: Response,
+    request: Request,
+    name: str,
+    value: str,
+    *,
+    max_age: int | None = None,
+    path: str = "/",
+) -> None:
     """HttpOnly, SameSite=Lax, and Secure as configured."""
-    response.set_cookie(
-        name, value, httponly=True, samesite="lax", secure=cookie_is_secure(request), **options  # type: ignore[arg-type]
-    )
+    secure = cookie_is_secure(request)
+    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="lax", secure=secure)
