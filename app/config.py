@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from app.address import normalize_address
 from app.auth.dkimkeys import DKIMKeyError, load_private_key
@@ -285,9 +286,9 @@ class Config(Strict):
             "postmaster": self.postmaster,
             "host_tlsrpt": self.host_tlsrpt,
         }
-        for dname, domain in self.domains.items():
-            targets[toml_key("domains", dname, "dmarc_reports")] = domain.dmarc_reports
-            targets[toml_key("domains", dname, "tls_reports")] = domain.tls_reports
+        for dname, settings in self.domains.items():
+            targets[toml_key("domains", dname, "dmarc_reports")] = settings.dmarc_reports
+            targets[toml_key("domains", dname, "tls_reports")] = settings.tls_reports
         for key, target in targets.items():
             if target is not None and target.account not in self.accounts:
                 known = ", ".join(sorted(self.accounts)) or "none"
@@ -363,7 +364,7 @@ def _addresses_overlap(first: str, second: str) -> bool:
     return False
 
 
-def _describe_error(error: dict[str, Any]) -> str:
+def _describe_error(error: ErrorDetails) -> str:
     key = toml_key(*error["loc"])
     kind = error["type"]
     if kind == "missing":

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.address import address_key
-from app.db import upsert_insert
+from app.db import affected_rows, upsert_insert
 from app.models import ReportSuppression
 from app.models.base import utcnow
 
@@ -113,4 +113,4 @@ def unsuppress(session: Session, kind: ReportKind, address: str) -> bool:
             ReportSuppression.kind == kind, ReportSuppression.address == suppression_key(address)
         )
     )
-    return bool(result.rowcount)
+    return bool(affected_rows(result))

@@ -280,7 +280,7 @@ class MessageStore:
                 else:
                     job.future.set_result(outcome)
 
-    def _store_batch(self, batch: list[_Job]) -> list[list[str] | Exception]:
+    def _store_batch(self, batch: list[_Job]) -> Sequence[list[str] | Exception]:
         """All jobs in one transaction; if that fails, each job alone, so one bad job fails alone."""
         try:
             return self._store_jobs(batch)

@@ -35,7 +35,7 @@ from app.auth.dkim import DKIMSigningError
 from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
-from app.db import session_factory, upsert_insert
+from app.db import affected_rows, session_factory, upsert_insert
 from app.dmarcreports.interval import whole_hour
 from app.dmarcreports.mail import ReportMail, report_message, report_sender
 from app.dmarcreports.rua import report_destinations
@@ -212,7 +212,7 @@ class _Run:
         with self.sessions.begin() as session:
             session.execute(mark_deleted(self.summary.cid))
             done = delete(E).where(*self.selected(), E.policy_domain.not_in(self.excluded))
-            self.summary.deleted += session.execute(done).rowcount or 0
+            self.summary.deleted += affected_rows(session.execute(done))
 
     def domains(self, session: Session) -> list[str]:
         """The policy domains with a non-optional evaluation to report (R2.1)."""
@@ -224,6 +224,7 @@ class _Run:
         pending = chunks(self.reportable(reader), CHUNK)
         # Read in a thread: the first batch waits for the database's sort, during which the event
         # loop keeps answering DNS (sqlite and psycopg release the GIL while they work).
+        chunk: list[DomainRows]
         while chunk := await asyncio.to_thread(next, pending, []):
             outcomes = []
             for domain_rows in chunk:
@@ -241,7 +242,7 @@ class _Run:
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
         with self.sessions.begin() as session:
-            self.summary.purged = session.execute(delete(E).where(E.evaluated < self.cutoff)).rowcount or 0
+            self.summary.purged = affected_rows(session.execute(delete(E).where(E.evaluated < self.cutoff)))
             session.execute(delete(C).where(C.run_hour < self.cutoff, C.evaluations_deleted.is_(True)))
         if self.summary.purged:
             log.info("dmarc evaluations older than 48 hours dropped count=%d", self.summary.purged)
@@ -462,7 +463,8 @@ def finish_deletions(sessions: sessionmaker[Session]) -> int:
             claimed = select(C.policy_domain).where(C.run_cid == run_cid)
             for start in range(low, max_id, RECOVERY_SLICE):
                 rows = [E.id > start, E.id <= min(start + RECOVERY_SLICE, max_id), E.interval_end <= run_hour]
-                deleted += session.execute(delete(E).where(*rows, E.policy_domain.in_(claimed))).rowcount or 0
+                expired = delete(E).where(*rows, E.policy_domain.in_(claimed))
+                deleted += affected_rows(session.execute(expired))
     return deleted
 
 
@@ -522,7 +524,7 @@ async def send_dmarc_reports(
         started = utcnow()
         if config.no_outgoing_dmarc_reports:
             with sessions.begin() as session:
-                dropped = session.execute(delete(E)).rowcount  # stored before reports were turned off
+                dropped = affected_rows(session.execute(delete(E)))  # stored before reports were turned off
             log.info(
                 "dmarc reports are disabled (no_outgoing_dmarc_reports); %d evaluations dropped", dropped
             )

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.address import AddressError, address_domain, normalize_address, validate_address
 from app.config import Config
-from app.db import session_scope, upsert_insert
+from app.db import affected_rows, session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
 from app.store import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
@@ -222,7 +222,7 @@ def claim_batch(
     owner = secrets.token_hex(8)
     values = {"lease_owner": owner, "lease_until": now + lease}
     first = update(_TABLE).where(_TABLE.c.id == queue_id, *_due_and_free(now)).values(values)
-    claimed = session.execute(first).rowcount or 0
+    claimed = affected_rows(session.execute(first))
     if batch_size > claimed:
         # SKIP LOCKED (PostgreSQL; SQLite serializes writers anyway) keeps concurrent claimers from
         # waiting on, or deadlocking over, the same rows; the outer WHERE re-checks each row.
@@ -255,7 +255,7 @@ def renew_lease(session: Session | Connection, owner: str, lease: timedelta) -> 
     """
     held = select(_TABLE.c.id).where(_TABLE.c.lease_owner == owner).with_for_update(skip_locked=True)
     statement = update(_TABLE).where(_TABLE.c.id.in_(held.scalar_subquery()), _TABLE.c.lease_owner == owner)
-    return session.execute(statement.values(lease_until=utcnow() + lease)).rowcount or 0
+    return affected_rows(session.execute(statement.values(lease_until=utcnow() + lease)))
 
 
 def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
@@ -268,7 +268,7 @@ _PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).lim
 
 def finish(session: Session | Connection, row: OutgoingMessage) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
-    return bool(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner}).rowcount)
+    return bool(affected_rows(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner})))
 
 
 def postpone(session: Session | Connection, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
@@ -285,13 +285,13 @@ def postpone(session: Session | Connection, row: OutgoingMessage, error: str, ne
             lease_until=None,
         )
     )
-    return bool(session.execute(statement).rowcount)
+    return bool(affected_rows(session.execute(statement)))
 
 
 def release(session: Session | Connection, row: OutgoingMessage) -> bool:
     """Free a row without counting an attempt, due at once; False if the lease was lost."""
     statement = update(_TABLE).where(_ours(row)).values(lease_owner=None, lease_until=None)
-    return bool(session.execute(statement).rowcount)
+    return bool(affected_rows(session.execute(statement)))
 
 
 def path_in_use(session: Session | Connection, path: str) -> bool:

@@ -166,7 +166,8 @@ class PostwardenSMTP(SMTP):
         # aiosmtpd builds its command and AUTH tables anew for every connection from dir(self),
         # keeping only smtp_* and auth_* names; listing just those (once per class) saves most of the
         # cost of opening a session.
-        return _command_and_auth_names(type(self))
+        # mypy checks the class object against Hashable with the instances' __hash__ (a false positive).
+        return _command_and_auth_names(type(self))  # type: ignore[arg-type]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT path with the email package's full RFC 5322 parser, a large
@@ -245,7 +246,8 @@ class PostwardenSMTP(SMTP):
         """Write a last reply and close; a client that does not read it is cut off after CLOSE_GRACE
         (a transport waits for its buffer to drain before it closes, holding a file meanwhile)."""
         transport = self.transport
-        if transport is None or self._closing:
+        # aiosmtpd types it as a BaseTransport; a connected socket's (TLS or not) is a full Transport.
+        if not isinstance(transport, asyncio.Transport) or self._closing:
             return
         self._closing = True
         transport.write(f"{reply}\r\n".encode())
