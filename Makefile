@@ -11,7 +11,7 @@ export POSTWARDEN_CONFIG := $(CONFIG)
 # Quickstart's output (mode 0600), read for the ready block's password and then removed (app/firstrun.py).
 FIRST_RUN := $(CONFIG).first-run
 
-.PHONY: run test install install-test lint bench
+.PHONY: run test install install-test lint typecheck bench
 
 # `make run` installs Postwarden alone; the test tools (pytest, playwright, parsedmarc...) only for
 # `make test`, `make lint` and `make bench`.
@@ -44,7 +44,11 @@ run: install $(CONFIG)
 lint: install-test
 	$(BIN)/ruff check app tasks tests migrations
 
-test: install-test lint
+# Checks app/ and tasks/ as configured in pyproject.toml's [tool.mypy].
+typecheck: install-test
+	$(BIN)/mypy
+
+test: install-test lint typecheck
 	$(BIN)/pytest
 
 bench: install-test
