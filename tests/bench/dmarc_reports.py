@@ -1,4 +1,5 @@
 """The hourly DMARC report job at scale: 1,000,000 evaluations over 2,000 policy domains.
+`--smoke` runs it on tiny data in seconds (tests/test_bench_smoke.py does, in `make test`).
 
 The evaluations (yesterday's, as the run just after midnight UTC finds them: every daily interval has
 ended) sit in a SQLite file database, in the order they would have arrived: interleaved across the

@@ -1,4 +1,5 @@
 """Inbound SMTP throughput: a bare aiosmtpd sink against our full inbound listener (`postwarden smtp`).
+`--smoke` runs it on tiny data in seconds (tests/test_bench_smoke.py does, in `make test`).
 
 Ours does everything it does in production: SPF, DKIM and DMARC against the loopback DNS server (the
 sender domain publishes SPF, DKIM and a DMARC record with rua), Authentication-Results and Received,

@@ -1,4 +1,5 @@
 """Outgoing delivery throughput: 5,000 queued 4 KB messages to Postfix's smtp-sink.
+`--smoke` runs it on tiny data in seconds (tests/test_bench_smoke.py does, in `make test`).
 
 The whole path runs: a real Celery worker with 2 processes takes the queue rows (leases, one
 connection per batch), looks up MX, MTA-STS and DANE in the loopback DNS server (tests/dnsserver.py),

@@ -1,4 +1,5 @@
 """The daily TLS report job at scale: TLS results for 100,000 policy domains over one day.
+`--smoke` runs it on tiny data in seconds (tests/test_bench_smoke.py does, in `make test`).
 
 50,000 recipient domains, each delivered to through its own MX host (so 100,000 policy domains: the
 recipient domains' sts / no-policy-found results and the hosts' tlsa / no-policy-found results), 40 %
