@@ -6,6 +6,8 @@ Content-Security-Policy."""
 from __future__ import annotations
 
 import re
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,7 +24,7 @@ from app.db import session_scope
 from app.models import Account, LoginFailure, WebSession
 from app.models.base import utcnow
 from app.web.app import create_app
-from app.web.security import CONTENT_SECURITY_POLICY
+from app.web.security import CONTENT_SECURITY_POLICY, FORM_READ_SECONDS
 from app.websessions import current_session, start_session
 from tests.dnsserver import DNSTestServer
 from tests.webclient import form_token, log_in, served, write_web_config
@@ -147,6 +149,9 @@ def test_login_needs_its_form_token_and_our_origin(base_url: str, web_config: Co
             assert refused.status_code == 403, headers
             assert "This form was sent from another site; it is refused." in refused.text
             assert SESSION not in refused.cookies
+        # A forged token that is not ASCII is refused like any other (compare_digest on str raised: 500).
+        forged = http.post("/login", data={**credentials, "csrf_token": "é" * 64})
+        assert forged.status_code == 403
         ours = http.post("/login", data={**credentials, "csrf_token": token}, headers={"Origin": base_url})
         assert ours.status_code == 303 and SESSION in ours.cookies
     with session_scope(web_config.resolved_database_url) as session:
@@ -180,6 +185,27 @@ def test_forms_are_bounded(base_url: str) -> None:
         assert many.status_code == 400
         as_json = http.post("/login", json={"account": "admin", "password": PASSWORD, "csrf_token": token})
         assert as_json.status_code == 415
+
+
+def test_a_trickled_form_is_cut(base_url: str) -> None:
+    """A client that sends its form a byte at a time does not hold the request open for ever."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /login HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {base_url}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        reply = b""
+        while not reply and time.monotonic() - started < 25:
+            sock.sendall(b"a")
+            sock.settimeout(0.5)
+            try:
+                reply = sock.recv(4096)
+            except TimeoutError:
+                continue
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+        assert time.monotonic() - started < FORM_READ_SECONDS + 5
 
 
 @pytest.mark.parametrize(

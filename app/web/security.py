@@ -8,6 +8,7 @@ another site can neither read the nonce nor compute the token.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -35,9 +36,10 @@ STATIC_PREFIX = "/static/"
 LOGIN_COOKIE = "postwarden_login"
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 10
+FORM_READ_SECONDS = 10.0  # a client trickling its form must not hold the request open
 FORM_TYPE = "application/x-www-form-urlencoded"
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+_NONCE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 
 class Refused(Exception):
@@ -100,11 +102,18 @@ async def posted_form(request: Request) -> dict[str, str]:
     content_type = request.headers.get("content-type", FORM_TYPE).partition(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         raise Refused(415, "Send the form as application/x-www-form-urlencoded.")
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise Refused(413, "The form is too large.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise Refused(413, "The form is too large.")
+    try:
+        async with asyncio.timeout(FORM_READ_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:
+                    raise Refused(413, "The form is too large.")
+    except TimeoutError:
+        raise Refused(408, "The form took too long to arrive.") from None
     try:
         text = body.decode("utf-8", "replace")  # browsers percent-encode; a raw UTF-8 client is read too
         fields = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
@@ -116,7 +125,7 @@ async def posted_form(request: Request) -> dict[str, str]:
 def login_nonce(request: Request) -> str:
     """The nonce the login form's token is made from: the browser's, or a new one (set as a cookie)."""
     nonce = request.cookies.get(LOGIN_COOKIE, "")
-    return nonce if _NONCE.match(nonce) else secrets.token_urlsafe(32)
+    return nonce if _NONCE.fullmatch(nonce) else secrets.token_urlsafe(32)
 
 
 def login_token(secret: str, nonce: str) -> str:
@@ -125,7 +134,8 @@ def login_token(secret: str, nonce: str) -> str:
 
 def login_token_valid(request: Request, secret: str, token: str) -> bool:
     nonce = request.cookies.get(LOGIN_COOKIE, "")
-    return bool(_NONCE.match(nonce)) and hmac.compare_digest(login_token(secret, nonce), token)
+    # tokens_equal compares bytes: compare_digest on str raises for non-ASCII (a 500 for a forged form).
+    return bool(_NONCE.fullmatch(nonce)) and tokens_equal(login_token(secret, nonce), token)
 
 
 def tokens_equal(expected: str, given: str) -> bool:
