@@ -118,6 +118,20 @@ async def test_every_host_refusing_for_good_bounces(world: World) -> None:
     assert b"Action: failed" in dsn and b"554" in dsn
 
 
+async def test_one_host_refusing_for_good_on_its_second_address_bounces(world: World) -> None:
+    """Only another host's temporary failure softens a refusal: the same MX's other address being
+    down does not (the host that answered has said no)."""
+    with smtp_peer(None, address="127.0.0.2", handler=REFUSING_BACKUP) as host:
+        world.configure(host.port)
+        world.dns.add(DOMAIN, "MX", f"10 {MX1}.")
+        world.dns.add(MX1, "A", "127.0.0.1", "127.0.0.2")  # nothing listens on the first
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.failed == [queue_id] and world.rows() == []
+    ((_, dsn),) = world.mailbox("admin", "Inbox")
+    assert b"Action: failed" in dsn and b"554" in dsn
+
+
 # Item 2: remote text longer than a column; TLS results that cannot be recorded.
 
 

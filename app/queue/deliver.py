@@ -265,7 +265,7 @@ class _Run:
             except DeliveryError as e:
                 log.info("delivery to %s via %s: %s", destination.domain, hop.host, e)
                 tries.failed(e, hop.host)
-        error = tries.outcome(tries.last)
+        error = tries.outcome(tries.last, tries.remote)
         for message in pending:
             await self._settle(message, [error] * len(message.rows), tries.remote)
 
@@ -357,10 +357,10 @@ class _Run:
                 except DeliveryError as e:
                     if not e.permanent:
                         return left, e  # the connection broke: the rest go to the next address or host
-                    await self._settle(message, [tries.outcome(e)] * len(message.rows), remote, session.info)
+                    await self._settle(message, [tries.outcome(e, remote)] * len(message.rows), remote, session.info)
                 else:
                     outcomes = [
-                        None if r.delivered else tries.outcome(r.reply.error("recipient")) for r in results
+                        None if r.delivered else tries.outcome(r.reply.error("recipient"), remote) for r in results
                     ]
                     replies = [r.reply for r in results]
                     await self._settle(message, outcomes, remote, session.info, replies)
@@ -560,9 +560,11 @@ class _Tries:
         if not error.permanent and self.temporary is None:
             self.temporary = (host, error)
 
-    def outcome(self, error: DeliveryError) -> DeliveryError:
-        """`error`, made temporary when it is permanent but a host before failed temporarily."""
-        if not error.permanent or self.temporary is None:
+    def outcome(self, error: DeliveryError, host: str | None) -> DeliveryError:
+        """`error` (from `host`), made temporary when it is permanent but another host failed
+        temporarily before; another address of the same host failing does not count (its answer for
+        good is the host's)."""
+        if not error.permanent or self.temporary is None or self.temporary[0] == host:
             return error
         host, earlier = self.temporary
         softened = DeliveryError(
