@@ -203,7 +203,10 @@ class MessageStore:
 
     def _recover_dir(self, session: Session, directory: Path) -> list[bool]:
         """Settle an abandoned store directory and remove it; one whose store still lives is left alone."""
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []  # its store closed and removed it since the listing
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

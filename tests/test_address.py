@@ -13,7 +13,7 @@ from app.address import (
     normalize_address,
     validate_address,
 )
-from app.smtpserver.handler import greeting_problem
+from app.smtpserver.greeting import greeting_problem
 from tests.hostile import CONTROLS
 
 

@@ -124,11 +124,13 @@ def test_client_text_echoed_by_aiosmtpd_comes_back_escaped(hostile: ThreadedSMTP
 
 
 def test_a_refused_ehlo_keeps_the_transaction_in_progress(hostile: ThreadedSMTP) -> None:
-    """RFC 5321 4.1.4: after a refused EHLO the session is as it was (aiosmtpd resets it first)."""
+    """RFC 5321 4.1.4: after a refused EHLO or HELO the session is as it was (aiosmtpd resets it first)."""
     client = greeted(hostile.inbound_port)
     assert client.command("MAIL FROM:<eve@sender.example>").startswith("250")
     assert client.command("EHLO bad\x1bname").startswith("501")
     assert client.command("RCPT TO:<admin@example.org>").startswith("250"), "MAIL FROM was kept"
+    assert client.command("HELO bad\x1bname").startswith("501")
+    assert client.command("RCPT TO:<admin@example.org>").startswith("250"), "and after a refused HELO"
     assert client.command("EHLO client.sender.example").startswith("250")
     assert client.command("RCPT TO:<admin@example.org>").startswith("503"), "a good EHLO resets it"
 

@@ -14,6 +14,7 @@ default of 100, and a burst beyond that waits for the client's SYN retries (1 s,
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from collections.abc import Callable
 log = logging.getLogger("app.smtpserver")
 
 ACCEPT_PAUSE = 0.5
+# accept() errors that mean the process or the system is out of something (pause); others are the
+# connection's own.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Connections taken per readiness event: a burst is accepted in a few rounds, each followed by
 # the sessions' own work, rather than in one long turn of the event loop.
 ACCEPT_BATCH = 32
@@ -58,8 +62,10 @@ class Acceptor:
             except ConnectionAbortedError:
                 continue  # the client gave up while queued
             except OSError as error:
-                self._pause(error)
-                return
+                if error.errno in OUT_OF_RESOURCES:
+                    self._pause(error)
+                    return
+                continue  # an error of that one connection (Linux passes on ENETDOWN, EPROTO, ...)
             task = self._loop.create_task(self._connect(conn))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)

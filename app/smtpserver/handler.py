@@ -12,9 +12,7 @@ strict check of app/address.py before it is stored, logged or queued.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -27,14 +25,6 @@ from app.store import new_file_id
 
 log = logging.getLogger("app.smtpserver")
 
-# An EHLO/HELO domain (RFC 5321 4.1.2): ASCII labels (the client cannot have asked for SMTPUTF8 yet).
-# The underscore, which host names may not contain, is let through: Windows machines send it, and it
-# is harmless here. A final dot is tolerated.
-_HELO_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HELO_DOMAIN = re.compile(rf"{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?")
-# General-address-literal (RFC 5321 4.1.3): Standardized-tag ":" 1*dcontent.
-_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+")
-MAX_HELO = 255
 # How much of a refused argument goes into the log line (escaped): enough to recognise the client.
 LOGGED_ARGUMENT = 100
 
@@ -56,23 +46,8 @@ class BaseHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        problem = greeting_problem("EHLO", hostname)
-        if problem:
-            self.log_greeting_refused(server, "EHLO", hostname)
-            return [problem]
         session.host_name = hostname  # aiosmtpd leaves this to a handler that has an EHLO hook
         return ehlo_reply(server, hostname, self.offers_auth)
-
-    async def handle_HELO(
-        self, server: PostwardenSMTP, session: Session, envelope: Envelope, hostname: str
-    ) -> str:
-        """aiosmtpd calls this in place of setting the host name and answering itself."""
-        problem = greeting_problem("HELO", hostname)
-        if problem:
-            self.log_greeting_refused(server, "HELO", hostname)
-            return problem
-        session.host_name = hostname
-        return f"250 {server.hostname}"
 
     def log_greeting_refused(self, server: PostwardenSMTP, command: str, argument: str) -> None:
         log.info(
@@ -188,34 +163,6 @@ def envelope_sender(envelope: Envelope) -> str:
     """MAIL FROM's address; "" for the null reverse-path `<>` (aiosmtpd gives the text "<>")."""
     sender = envelope.mail_from or ""
     return "" if sender == "<>" else sender
-
-
-def greeting_problem(command: str, argument: str) -> str | None:
-    """The 501 refusing an EHLO/HELO argument that is not a domain name or address literal, or None.
-
-    No enhanced status code: RFC 2034 leaves the replies to EHLO and HELO without one. The argument
-    is not echoed (it may carry control characters or terminal escapes)."""
-    if len(argument) <= MAX_HELO and (_HELO_DOMAIN.fullmatch(argument) or _is_address_literal(argument)):
-        return None
-    return (
-        f"501 Syntax: {command} domain-name or [address literal] (printable ASCII without spaces, "
-        f"at most {MAX_HELO} characters; RFC 5321 4.1.1.1)"
-    )
-
-
-def _is_address_literal(argument: str) -> bool:
-    """`[IPv4]`, `[IPv6:address]` or a general `[tag:content]` literal (RFC 5321 4.1.3)."""
-    if not (argument.startswith("[") and argument.endswith("]")):
-        return False
-    content = argument[1:-1]
-    try:
-        if content[:5].lower() == "ipv6:":
-            ipaddress.IPv6Address(content[5:])
-        elif not _GENERAL_LITERAL.fullmatch(content):
-            ipaddress.IPv4Address(content)
-    except ValueError:
-        return False
-    return True
 
 
 def address_problem(address: str, smtputf8: bool, code: str) -> str | None:

@@ -30,6 +30,7 @@ from app.config import Limits
 from app.logs import RATE_LIMITED, escape_control
 from app.smtpserver.admission import SessionGate
 from app.smtpserver.data import OVER_BUDGET, MemoryBudget, MessageData, read_message_data
+from app.smtpserver.greeting import greeting_problem
 
 log = logging.getLogger("app.smtpserver")
 
@@ -78,7 +79,6 @@ AIOSMTPD_PRIVATE_NAMES = (
     "_reset_timeout",  # arms the idle timer with the DATA timeouts, then the idle timeout again
     "_call_handler_hook",  # our smtp_DATA hands the data to the handler's handle_DATA through it
     "_set_post_data_state",  # our smtp_DATA ends the transaction with it, as aiosmtpd's does
-    "command_size_limits",  # per-command line limits, saved and put back by a refused EHLO
     "line_length_limit",  # class attribute: aiosmtpd's stream limit, set to our max_line_length
 )
 
@@ -334,19 +334,19 @@ class PostwardenSMTP(SMTP):
             if self.transport is not None and not self._closing:
                 self._reset_timeout()  # the idle timeout again, for the handler and the next command
 
-    async def smtp_HELO(self, hostname: str) -> None:
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if await self._greeting_refused("HELO", hostname):
+            return
         self._plain_replies = True
         try:
             await super().smtp_HELO(hostname)
         finally:
             self._plain_replies = False
 
-    async def smtp_EHLO(self, hostname: str) -> None:
+    async def smtp_EHLO(self, hostname: str | None) -> None:
         # aiosmtpd writes each EHLO line on its own (a send() each); one write is cheaper for both ends.
-        # It also resets the transaction before asking the handler, so a refused EHLO would end one
-        # in progress: RFC 5321 4.1.4 keeps the state as it was, so that is put back.
-        envelope, size_limits = self.envelope, dict(self.command_size_limits)
-        extended = self.session.extended_smtp if self.session is not None else False
+        if await self._greeting_refused("EHLO", hostname):
+            return
         self._plain_replies = True
         self._ehlo_lines = []
         try:
@@ -356,9 +356,20 @@ class PostwardenSMTP(SMTP):
             lines, self._ehlo_lines = self._ehlo_lines, None
         if lines:
             await super().push("\r\n".join(lines))
-        elif self.session is not None:
-            self.envelope, self.session.extended_smtp = envelope, extended
-            self.command_size_limits.update(size_limits)
+
+    async def _greeting_refused(self, command: str, argument: str | None) -> bool:
+        """Answer 501 to an unusable EHLO/HELO argument before aiosmtpd resets the session (greeting.py)."""
+        argument = argument or ""  # aiosmtpd passes None for a command without one
+        problem = greeting_problem(command, argument)
+        if problem is None:
+            return False
+        self.event_handler.log_greeting_refused(self, command, argument)
+        self._plain_replies = True
+        try:
+            await self.push(problem)
+        finally:
+            self._plain_replies = False
+        return True
 
     @property
     def peer_ip(self) -> str:
