@@ -51,7 +51,7 @@ STALE_STAGED_AGE = 60.0
 def message_name(queue: str) -> str:
     """`<ms>_<uuid>.<queue>.msg`, kombu's naming (tasks/eventqueues.py parses it); the zero-padded
     time keeps the name order, which the reader follows, the order of sending."""
-    return f"{time.monotonic_ns() // 1_000_000:015d}_{uuid.uuid4().hex}.{queue}{SUFFIX}"
+    return f"{time.time_ns() // 1_000_000:015d}_{uuid.uuid4().hex}.{queue}{SUFFIX}"
 
 
 class Channel(filesystem.Channel):

@@ -44,7 +44,9 @@ class Heartbeat:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stop.set()
-        self._thread.join()
+        # A renewal stuck on the database must not hold the run: the thread is a daemon, and its
+        # rows' leases simply run out.
+        self._thread.join(timeout=self._lease.total_seconds())
 
     def step(self) -> None:
         """The run starts a step (a connection, a transaction, a lookup): it is alive."""

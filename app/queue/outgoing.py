@@ -34,6 +34,8 @@ from app.store import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
+# A row handed back unattempted (its file not in place yet) is due again after this.
+RELEASE_DELAY = timedelta(seconds=5)
 # Claims and outcomes use Core statements on the table: they run per message, on the hot path, where
 # the ORM's bulk-statement machinery would cost more than the statement itself.
 _TABLE = OutgoingMessage.__table__
@@ -289,8 +291,10 @@ def postpone(session: Session | Connection, row: OutgoingMessage, error: str, ne
 
 
 def release(session: Session | Connection, row: OutgoingMessage) -> bool:
-    """Free a row without counting an attempt, due at once; False if the lease was lost."""
-    statement = update(_TABLE).where(_ours(row)).values(lease_owner=None, lease_until=None)
+    """Free a row without counting an attempt, due again in RELEASE_DELAY; False if the lease was lost.
+    Not at once: a run that found its batch full would claim the same row again straight away."""
+    values = {"lease_owner": None, "lease_until": None, "next_attempt": utcnow() + RELEASE_DELAY}
+    statement = update(_TABLE).where(_ours(row)).values(values)
     return bool(affected_rows(session.execute(statement)))
 
 
