@@ -357,10 +357,12 @@ class _Run:
                 except DeliveryError as e:
                     if not e.permanent:
                         return left, e  # the connection broke: the rest go to the next address or host
-                    await self._settle(message, [tries.outcome(e, remote)] * len(message.rows), remote, session.info)
+                    refused = tries.outcome(e, remote)
+                    await self._settle(message, [refused] * len(message.rows), remote, session.info)
                 else:
                     outcomes = [
-                        None if r.delivered else tries.outcome(r.reply.error("recipient"), remote) for r in results
+                        None if r.delivered else tries.outcome(r.reply.error("recipient"), remote)
+                        for r in results
                     ]
                     replies = [r.reply for r in results]
                     await self._settle(message, outcomes, remote, session.info, replies)
