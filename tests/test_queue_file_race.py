@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.models.base import utcnow
+from app.queue.outgoing import RELEASE_DELAY
 from app.store import PATH_SEPARATOR_IN_TMP
 from tests import test_deliver
 from tests.smtppeers import smtp_peer
@@ -39,10 +41,14 @@ async def test_a_row_whose_file_awaits_its_rename_waits_for_the_next_sweep(world
         assert report.failed == [] and report.deferred == [] and report.delivered == []
         (row,) = world.rows()
         assert (row.attempts, row.lease_owner, row.last_error) == (0, None, None), "given back, no attempt"
+        # Due again a little later, not at once (a run with a full batch would take it straight back).
+        assert utcnow() < row.next_attempt <= utcnow() + RELEASE_DELAY
         assert world.mailbox("admin", "Inbox") == [], "no failure DSN"
 
         assert world.config is not None
         (pending / path.replace("/", PATH_SEPARATOR_IN_TMP)).rename(world.config.data_dir / path)
+        assert (await world.run(queue_id)).delivered == [], "not due yet"
+        world.make_due()  # RELEASE_DELAY has passed
         report = await world.run(queue_id)
     assert report.delivered == [queue_id] and world.rows() == []
     assert len(peer.received) == 1
