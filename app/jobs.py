@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.logs import cid_scope, current_cid
@@ -112,5 +113,10 @@ def finish_run(database_url: str, name: str, run_id: int, outcome: str) -> None:
         if run is not None:
             run.finished = utcnow()
             run.outcome = outcome
-        kept = select(JobRun.id).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(KEPT_RUNS)
-        session.execute(delete(JobRun).where(JobRun.job == name, JobRun.id.not_in(kept.scalar_subquery())))
+        prune_runs(session, name)
+
+
+def prune_runs(session: Session, name: str) -> None:
+    """Drop the job's runs beyond the newest KEPT_RUNS (every job that records runs calls this)."""
+    kept = select(JobRun.id).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(KEPT_RUNS)
+    session.execute(delete(JobRun).where(JobRun.job == name, JobRun.id.not_in(kept.scalar_subquery())))

@@ -34,6 +34,7 @@ from app.dmarcreports import job
 from app.dmarcreports.evaluations import record_evaluation, store_evaluation
 from app.dmarcreports.job import RunSummary, send_dmarc_reports
 from app.dns import Resolver
+from app.jobs import KEPT_RUNS
 from app.migrate import upgrade_database
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun, Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
@@ -659,3 +660,12 @@ async def test_permanent_failure_ends_quietly_in_the_postmaster_dmarc_mailbox_an
         assert is_suppressed(session, "dmarc", "dmarc@sender.example")
     assert (second.reports, second.discarded) == ([], ["sender.example"])
     assert cid_log.messages("address=dmarc@sender.example reason=on the suppression list")
+
+
+def test_the_hourly_run_keeps_only_the_newest_runs(config: Config, resolver: Resolver) -> None:
+    """One recorded run an hour must not pile up: the job prunes as every recorded job does."""
+    for hour in range(KEPT_RUNS + 2):
+        run(config, resolver, utcnow() + timedelta(hours=hour))
+    with session_scope(config.resolved_database_url) as session:
+        runs = session.scalars(select(JobRun).where(JobRun.job == job.JOB_NAME)).all()
+    assert len(runs) == KEPT_RUNS

@@ -41,7 +41,7 @@ from app.dmarcreports.mail import ReportMail, report_message, report_sender
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
-from app.jobs import job_named
+from app.jobs import job_named, prune_runs
 from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
@@ -536,4 +536,5 @@ async def send_dmarc_reports(
             session.add(
                 JobRun(job=JOB_NAME, cid=cid, started=started, finished=utcnow(), outcome=summary.outcome())
             )
+            prune_runs(session, JOB_NAME)
         return summary

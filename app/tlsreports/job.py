@@ -46,7 +46,7 @@ from app.config import Config
 from app.db import session_scope
 from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
-from app.jobs import job_named
+from app.jobs import job_named, prune_runs
 from app.logs import cid_scope, new_cid
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
 from app.models.base import utcnow
@@ -343,6 +343,7 @@ class ReportJob:
             if run is not None:
                 run.finished = max(utcnow(), run.started)  # tests run the job on a clock of their own
                 run.outcome = summary.outcome()
+            prune_runs(session, JOB_NAME)
 
 
 class _Sender:
