@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+import time
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MIN_SECRET_LENGTH = 16
+HEALTH_PROBE_SECONDS = 2.0
 
 
 class WebSetupError(Exception):
@@ -74,8 +77,14 @@ def database_problem(database_url: str) -> str | None:
 
 
 async def health(request: Request) -> Response:
-    """Status only: anyone may ask, so the database's own error text goes to the log, not the reply."""
-    problem = await run_in_threadpool(database_problem, request.app.state.config.resolved_database_url)
+    """Status only: anyone may ask, so the database's own error text goes to the log, not the reply.
+    The probe takes the database's write lock, so its answer is reused for HEALTH_PROBE_SECONDS: a
+    stream of requests must not contend with the mail processes' writes."""
+    state = request.app.state
+    checked, problem = state.health_probe
+    if time.monotonic() - checked >= HEALTH_PROBE_SECONDS:
+        problem = await run_in_threadpool(database_problem, state.config.resolved_database_url)
+        state.health_probe = (time.monotonic(), problem)
     if problem is not None:
         log.error("health: database problem: %s", problem)
         return JSONResponse({"status": "error", "database": "error"}, status_code=503)
@@ -156,6 +165,7 @@ def create_app(config: Config) -> Starlette:
         exception_handlers={SQLAlchemyError: database_unavailable, Refused: refused},
     )
     app.state.config = config
+    app.state.health_probe = (-math.inf, None)  # (when probed, the problem found)
     app.state.secret = session_secret(config)
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[page_context])
     app.state.registry = metrics_registry(config.resolved_database_url)
