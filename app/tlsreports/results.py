@@ -174,10 +174,8 @@ def policy_ref(row: TLSResult) -> PolicyRef:
     )
 
 
-def policy_result(
-    row: TLSResult, failures: Sequence[FailureCount], policy: PolicyRef | None = None
-) -> PolicyResult:
-    return PolicyResult(policy or policy_ref(row), row.success_count, row.failure_count, tuple(failures))
+def policy_result(row: TLSResult, failures: Sequence[FailureCount]) -> PolicyResult:
+    return PolicyResult(policy_ref(row), row.success_count, row.failure_count, tuple(failures))
 
 
 def results_for(session: Session, domain: str | None, day: date | None) -> list[TLSResult]:
