@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.config import Config, ConfigError, config_path, load_config
 
-# The Procfile's flower port (tests/test_first_run.py checks they agree).
+# The Procfile's flower port (tests/cli/test_first_run.py checks they agree).
 FLOWER_PORT = 5555
 READY_TIMEOUT = 90.0
 PASSWORD_LINE = re.compile(r"^Account '([^']{1,64})' \(([^)]{1,320})\), password: (\S{1,128})$", re.MULTILINE)

@@ -14,14 +14,14 @@ from app.config import load_config
 from app.db import engine_for
 from app.dns import Resolver
 from app.migrate import upgrade_database
-from tests.configs import write_config
-from tests.dnsserver import DNSTestServer
+from tests.support.configs import write_config
+from tests.support.dnsserver import DNSTestServer
 
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 # SMTP test fixtures (certificates, a running SMTP service, raw client) and the HTTPS server for
 # MTA-STS policies live in their own modules.
-pytest_plugins = ["tests.smtpfixtures", "tests.httpsserver"]
+pytest_plugins = ["tests.support.smtpfixtures", "tests.support.httpsserver"]
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def config_file(tmp_path: Path, dns: DNSTestServer) -> Path:
-    """A valid config (tests/configs.py) using the loopback DNS server, with a migrated SQLite DB."""
+    """A valid config (tests/support/configs.py) using the loopback DNS server, with a migrated SQLite DB."""
     path = write_config(tmp_path / "config", dns_port=dns.port)
     upgrade_database(load_config(path).resolved_database_url)
     return path

@@ -14,7 +14,7 @@ from app.address import (
     validate_address,
 )
 from app.smtpserver.greeting import greeting_problem
-from tests.hostile import CONTROLS
+from tests.support.hostile import CONTROLS
 
 
 @pytest.mark.parametrize(

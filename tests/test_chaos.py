@@ -1,7 +1,7 @@
 """Chaos (issue 9, item 8): the SMTP process group, a Celery worker and the Redis broker each killed with
 SIGKILL and restarted at random points while 20 sessions send; PostgreSQL holds the store and the
 queue (the production topology). What "stored exactly once" and "delivered at least once" mean per
-try is in tests/chaos.py. The seed is printed; CHAOS_SEED replays a run, CHAOS_MESSAGES and
+try is in tests/support/chaos.py. The seed is printed; CHAOS_SEED replays a run, CHAOS_MESSAGES and
 CHAOS_SESSIONS make it bigger and CHAOS_SPREAD (seconds the sending is spread over) longer:
 `CHAOS_MESSAGES=3000 CHAOS_SPREAD=90 pytest tests/test_chaos.py -s`.
 """
@@ -20,8 +20,8 @@ from app.accounts import set_password
 from app.config import load_config
 from app.db import session_scope
 from app.migrate import upgrade_database
-from tests.celeryworker import client_for
-from tests.chaos import (
+from tests.support.celeryworker import client_for
+from tests.support.chaos import (
     Ledger,
     Plan,
     Sink,
@@ -32,10 +32,10 @@ from tests.chaos import (
     run_chaos,
     smtp_process,
 )
-from tests.configs import write_config
-from tests.dnsserver import DNSTestServer
-from tests.smtpfixtures import EXTRA_ACCOUNTS, client_tls_context, publish_sender_domain
-from tests.smtppeers import smtp_peer
+from tests.support.configs import write_config
+from tests.support.dnsserver import DNSTestServer
+from tests.support.smtpfixtures import EXTRA_ACCOUNTS, client_tls_context, publish_sender_domain
+from tests.support.smtppeers import smtp_peer
 
 MESSAGES = int(os.environ.get("CHAOS_MESSAGES", "600"))
 SESSIONS = int(os.environ.get("CHAOS_SESSIONS", "20"))

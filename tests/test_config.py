@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from app.auth.dkimkeys import generate_private_key_pem
 from app.cli import main
 from app.config import Config, ConfigError, load_config
-from tests.configs import write_config
+from tests.support.configs import write_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "postwarden.example.toml"
 TLS_DIR = "/etc/letsencrypt/live/mail.example.org"

@@ -3,7 +3,7 @@
 import pytest
 
 from app.dns import MX, DNSTemporaryError, Resolver
-from tests.dnsserver import DNSTestServer
+from tests.support.dnsserver import DNSTestServer
 
 
 async def test_txt_joins_character_strings(dns: DNSTestServer, resolver: Resolver) -> None:

@@ -23,8 +23,8 @@ from app.dnsrecords import (
     mta_sts_policy,
     records_for_domain,
 )
-from tests.configs import dkim_keys, write_config
-from tests.dnsserver import DNSTestServer
+from tests.support.configs import dkim_keys, write_config
+from tests.support.dnsserver import DNSTestServer
 
 HOST = "mail.example.org"
 HOST_IP = "192.0.2.10"

@@ -26,9 +26,9 @@ from app.dns import Resolver
 from app.queue.mtasts import STS_POLICY_FETCH_ERROR, MTASTSSettings, PolicyError, fetch_policy
 from app.ssrf import is_own_address, refusal
 from app.tlsreports.https import PostError, post_report
-from tests.configs import write_config
-from tests.dnsserver import DNSTestServer
-from tests.httpsserver import LOOPBACK_NETWORKS
+from tests.support.configs import write_config
+from tests.support.dnsserver import DNSTestServer
+from tests.support.httpsserver import LOOPBACK_NETWORKS
 
 RUA_HOST = "reports.example.net"
 

@@ -20,10 +20,10 @@ from app.models.base import utcnow
 from app.tlsreports import job as tls_job
 from app.web.app import create_app
 from tasks.schedule import beat_schedule, celery_schedule
-from tests.celeryworker import celery_worker, client_for, wait_for_text
-from tests.dnsserver import DNSTestServer
-from tests.test_celery import queue_rows
-from tests.webclient import log_in, write_web_config
+from tests.support.celeryworker import celery_worker, client_for, wait_for_text
+from tests.support.dnsserver import DNSTestServer
+from tests.support.webclient import log_in, write_web_config
+from tests.tasks.test_celery import queue_rows
 
 
 def test_beat_schedule_is_the_registry() -> None:

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.celeryworker import wait_for_text
-from tests.configs import write_config
-from tests.webclient import free_port
+from tests.support.celeryworker import wait_for_text
+from tests.support.configs import write_config
+from tests.support.webclient import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HONCHO = str(Path(sys.executable).with_name("honcho"))

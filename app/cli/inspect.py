@@ -194,7 +194,7 @@ def _message_details(session: Session, config: Config, message: Message) -> dict
 
 def _other_copies(session: Session, file_id: str) -> list[str]:
     """The file ids of the other mailboxes' copies stored by the same SMTP transaction (the first
-    copy has the transaction's id, the others that id with "-2", "-3"...: app/store.py)."""
+    copy has the transaction's id, the others that id with "-2", "-3"...: app/store/files.py)."""
     transaction_id = file_id.partition("-")[0]
     same = or_(Message.file_id == transaction_id, Message.file_id.like(f"{transaction_id}-%"))
     query = select(Message.file_id).where(same, Message.file_id != file_id).order_by(Message.id)

@@ -19,7 +19,7 @@ from app.models import OutgoingMessage
 from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
 from app.queue import history, outgoing
-from app.store import outgoing_path
+from app.store.files import outgoing_path
 
 SHOWN_HEADERS = ("from", "to", "subject", "date", "message-id")
 HISTORY_COLUMNS = ("attempted", "recipient", "result", "host", "ip", "tls", "reply_code", "reply")

@@ -57,7 +57,7 @@ from app.queue.smtpclient import (
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import ReportKind, suppress_after_failure
-from app.store import MailboxCopy, MessageStore, StoreError, awaiting_rename
+from app.store.files import MailboxCopy, MessageStore, StoreError, awaiting_rename
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ class _Run:
         return messages
 
     def _read_file(self, path: str) -> bytes | None:
-        """The message file, or None while its committed rows wait for the file's rename (app/store.py)."""
+        """The message file, or None while its committed rows wait for the file's rename
+        (app/store/files.py)."""
         try:
             return (self.config.data_dir / path).read_bytes()
         except FileNotFoundError:
@@ -494,7 +495,7 @@ class _Run:
         )
         columns = {"seen": target.seen, "msg_from": f"postmaster@{self.config.hostname}"}
         try:
-            await self._dsn_store().deliver(dsn, [MailboxCopy(target.account, target.mailbox, columns)])
+            await self._dsn_store().store_copies(dsn, [MailboxCopy(target.account, target.mailbox, columns)])
         except StoreError as e:
             log.error("DSN for %s to %s/%s not stored: %s", message.path, target.account, target.mailbox, e)
 

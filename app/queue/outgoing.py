@@ -21,16 +21,16 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from publicsuffixlist import PublicSuffixList
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.address import AddressError, address_domain, normalize_address, validate_address
+from app.auth.publicsuffix import psl_organizational_domain
 from app.config import Config
 from app.db import affected_rows, session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
-from app.store import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
+from app.store.files import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
@@ -443,7 +443,7 @@ def record_sent_recipient(session: Session | Connection, account_id: int, addres
             account_id=account_id,
             address=address,
             domain=domain,
-            org_domain=organisational_domain(domain),
+            org_domain=psl_organizational_domain(domain),
             first_sent=now,
             last_sent=now,
             count=1,
@@ -454,13 +454,3 @@ def record_sent_recipient(session: Session | Connection, account_id: int, addres
         )
     )
     session.execute(statement)
-
-
-@cache
-def _public_suffixes() -> PublicSuffixList:
-    return PublicSuffixList()  # parsing the list takes a while: once per process
-
-
-def organisational_domain(domain: str) -> str:
-    """The registrable domain per the public suffix list (the domain itself if it is a suffix)."""
-    return _public_suffixes().privatesuffix(domain) or domain

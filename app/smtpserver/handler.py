@@ -21,7 +21,7 @@ from app.config import Config
 from app.logs import cid_scope
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
 from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
-from app.store import new_file_id
+from app.store.files import new_file_id
 
 log = logging.getLogger("app.smtpserver")
 

@@ -17,14 +17,6 @@ from app.auth.evaluate import authenticate
 from app.auth.types import AuthOutcome
 from app.config import Config
 from app.dns import Resolver
-from app.smtpserver.delivery import (
-    DMARC_REJECT_REPLY,
-    Recipient,
-    Verdict,
-    dmarc_verdict,
-    mailbox_copies,
-    message_columns,
-)
 from app.smtpserver.evaluation import (
     RecordEvaluation,
     dmarc_evaluation,
@@ -33,12 +25,20 @@ from app.smtpserver.evaluation import (
 )
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
-from app.store import MessageStore, StoreError
+from app.store.files import MessageStore, StoreError
+from app.verdict.analysis import (
+    DMARC_REJECT_REPLY,
+    Recipient,
+    Verdict,
+    dmarc_verdict,
+    mailbox_copies,
+    message_columns,
+)
 
 log = logging.getLogger("app.smtpserver")
 
 STORE_FAILED_REPLY = "451 4.3.0 The message could not be stored; try again later"
-APPLIED_DISPOSITION = {"deliver": "none", "quarantine": "quarantine", "reject": "reject"}
+APPLIED_DISPOSITION = {"accept": "none", "quarantine": "quarantine", "reject": "reject"}
 
 
 class InboundHandler(BaseHandler):
@@ -133,13 +133,13 @@ class InboundHandler(BaseHandler):
         copies = mailbox_copies(self.config, recipients, verdict, columns)
         prefix = outcome.authentication_results.encode("utf-8") + trace
         try:
-            await self.store.deliver(content, copies, prefix=prefix, file_id=transaction_id)
+            await self.store.store_copies(content, copies, prefix=prefix, file_id=transaction_id)
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
         await self._hand_on_evaluation(outcome, verdict, remote_ip, mail_from, envelope.rcpt_tos)
         if verdict.action == "reject":
             return "rejected-dmarc", DMARC_REJECT_REPLY
-        result = "quarantined" if verdict.action == "quarantine" else "delivered"
+        result = "quarantined" if verdict.action == "quarantine" else "accepted"
         return result, f"250 2.0.0 Message accepted, id {transaction_id}"
 
     def _target(self, address: str) -> tuple[str, str]:

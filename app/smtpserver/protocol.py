@@ -65,8 +65,8 @@ CLOSE_GRACE = 10.0
 
 # Every name of aiosmtpd's SMTP that is not its documented API and that we use, read, set or override
 # (here and in submission.py). A release may rename any of them without notice, so pyproject.toml pins
-# aiosmtpd's minor version and tests/test_aiosmtpd_contract.py checks that each still exists and that
-# this list is complete.
+# aiosmtpd's minor version and tests/smtpserver/test_aiosmtpd_contract.py checks that each still exists
+# and that this list is complete.
 AIOSMTPD_PRIVATE_NAMES = (
     "_original_transport",  # set after STARTTLS: connection_made admits a session only the first time
     "_tls_protocol",  # not None once TLS is on: our tls_active

@@ -23,7 +23,7 @@ from app.smtpserver.handler import BaseHandler
 from app.smtpserver.inbound import InboundHandler
 from app.smtpserver.protocol import PostwardenSMTP
 from app.smtpserver.submission import SubmissionHandler
-from app.store import MessageStore
+from app.store.files import MessageStore
 
 log = logging.getLogger("app.smtpserver")
 

@@ -31,7 +31,7 @@ from app.config import Config
 from app.models.base import utcnow
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
-from app.store import MessageStore, OutgoingCopy, StoreError
+from app.store.files import MessageStore, OutgoingCopy, StoreError
 from app.throttle import attempt_login
 
 log = logging.getLogger("app.smtpserver")

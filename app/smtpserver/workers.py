@@ -35,7 +35,7 @@ from app.smtpserver.server import (
     quiet_aiosmtpd_logging,
     serve_worker,
 )
-from app.store import MessageStore
+from app.store.files import MessageStore
 
 log = logging.getLogger("app.smtpserver")
 

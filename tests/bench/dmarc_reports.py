@@ -5,7 +5,7 @@ The evaluations (yesterday's, as the run just after midnight UTC finds them: eve
 ended) sit in a SQLite file database, in the order they would have arrived: interleaved across the
 domains, each domain with 25 kinds of rows (source IP, results) that merge. Every policy domain
 publishes a DMARC record with a rua address in its own domain in the loopback DNS server
-(tests/dnsserver.py); reports are DKIM-signed (ed25519) and queued with their files fsync'd, as in
+(tests/support/dnsserver.py); reports are DKIM-signed (ed25519) and queued with their files fsync'd, as in
 production, with the default spreading over the hour.
 
 Printed: the job's wall time, next to a bare `SELECT ... GROUP BY` of the same table in the same run
@@ -48,8 +48,8 @@ from app.dmarcreports.job import ROW_COLUMNS, E, send_dmarc_reports  # noqa: E40
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import DMARCEvaluation, OutgoingMessage  # noqa: E402
 from tests.bench.args import count  # noqa: E402
-from tests.configs import write_config  # noqa: E402
-from tests.dnsserver import DNSTestServer  # noqa: E402
+from tests.support.configs import write_config  # noqa: E402
+from tests.support.dnsserver import DNSTestServer  # noqa: E402
 
 EVALUATIONS = count(1, smoke=2_000, full=1_000_000)
 DOMAINS = count(2, smoke=20, full=2_000)

@@ -40,8 +40,8 @@ from app.db import session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import Message  # noqa: E402
 from tests.bench.args import SMOKE  # noqa: E402
-from tests.configs import write_config  # noqa: E402
-from tests.dnsserver import DNSTestServer  # noqa: E402
+from tests.support.configs import write_config  # noqa: E402
+from tests.support.dnsserver import DNSTestServer  # noqa: E402
 
 MESSAGES = 40 if SMOKE else 5000
 SESSIONS = 2 if SMOKE else 10

@@ -2,7 +2,7 @@
 `--smoke` runs it on tiny data in seconds (tests/test_bench_smoke.py does, in `make test`).
 
 The whole path runs: a real Celery worker with 2 processes takes the queue rows (leases, one
-connection per batch), looks up MX, MTA-STS and DANE in the loopback DNS server (tests/dnsserver.py),
+connection per batch), looks up MX, MTA-STS and DANE in the loopback DNS server (tests/support/dnsserver.py),
 sends to smtp-sink (which offers no STARTTLS: opportunistic, plain text; PIPELINING is used),
 commits each message's outcome, removes its file, records TLS results per session. In the same run
 a bare smtplib loop sends the same 5,000 messages to the same sink with the same connection reuse
@@ -41,9 +41,9 @@ from app.queue.deliver import outcome_connection, restore_durability  # noqa: E4
 from app.queue.outgoing import enqueue, queue_size  # noqa: E402
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
 from tests.bench.args import SMOKE, count  # noqa: E402
-from tests.celeryworker import celery_worker, client_for  # noqa: E402
-from tests.configs import write_config  # noqa: E402
-from tests.dnsserver import DNSTestServer  # noqa: E402
+from tests.support.celeryworker import celery_worker, client_for  # noqa: E402
+from tests.support.configs import write_config  # noqa: E402
+from tests.support.dnsserver import DNSTestServer  # noqa: E402
 
 MESSAGES = count(1, smoke=40, full=5_000)
 POSTGRES = "--postgres" in sys.argv

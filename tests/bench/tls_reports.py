@@ -5,7 +5,7 @@
 recipient domains' sts / no-policy-found results and the hosts' tlsa / no-policy-found results), 40 %
 with failures. Every recipient domain publishes a TLSRPT record (half mailto, half https); of the
 hosts, half share their recipient domain's rua, a quarter have their own (https), a quarter none. The
-results sit in a SQLite file database, the records in the loopback DNS server (tests/dnsserver.py).
+results sit in a SQLite file database, the records in the loopback DNS server (tests/support/dnsserver.py).
 
 Printed: the job's wall time (DNS, database, building, queueing: message files are fsync'd as in
 production) and the peak RSS of the process that ran it; the per-report build time measured apart
@@ -49,8 +49,8 @@ from app.tlsreports.report import build_report  # noqa: E402
 from app.tlsreports.results import failures_by_result, policy_result, report_rows  # noqa: E402
 from app.tlsreports.sender import find_submitter  # noqa: E402
 from tests.bench.args import count  # noqa: E402
-from tests.configs import dkim_keys, write_config  # noqa: E402
-from tests.dnsserver import DNSTestServer  # noqa: E402
+from tests.support.configs import dkim_keys, write_config  # noqa: E402
+from tests.support.dnsserver import DNSTestServer  # noqa: E402
 
 RECIPIENT_DOMAINS = count(1, smoke=40, full=50_000)
 NOW = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)

@@ -31,9 +31,9 @@ from typing import Any
 from hypothesis import HealthCheck, is_hypothesis_test, settings
 
 import tests.property  # registers and loads the "property" profile, which the "fuzz" one replaces
-from tests.dnsserver import DNSTestServer
 from tests.property.bounds import finishes_within
 from tests.property.servers import running_smtp, smtp_protocol
+from tests.support.dnsserver import DNSTestServer
 
 # One round's size: hypothesis shrinks a failure within a round, and a round's examples are all new.
 ROUND = 500

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from app.smtpserver.protocol import PostwardenSMTP
-from tests.dnsserver import DNSTestServer
 from tests.property.servers import running_smtp, smtp_protocol
-from tests.smtpfixtures import ThreadedSMTP
+from tests.support.dnsserver import DNSTestServer
+from tests.support.smtpfixtures import ThreadedSMTP
 
 
 @pytest.fixture(scope="module")

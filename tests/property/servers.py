@@ -9,8 +9,8 @@ from pathlib import Path
 
 from app.config import Limits, load_config
 from app.smtpserver.protocol import PostwardenSMTP
-from tests.dnsserver import DNSTestServer
-from tests.smtpfixtures import ThreadedSMTP, write_smtp_config
+from tests.support.dnsserver import DNSTestServer
+from tests.support.smtpfixtures import ThreadedSMTP, write_smtp_config
 
 
 @contextmanager

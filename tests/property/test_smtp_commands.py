@@ -14,7 +14,7 @@ from app.smtpserver.handler import address_problem
 from app.smtpserver.protocol import SIMPLE_PATH, PostwardenSMTP
 from tests.property.fields import check_field
 from tests.property.strategies import address, domain, hostile_text, joined, numberish
-from tests.smtpfixtures import LineClient, ThreadedSMTP, stored_messages
+from tests.support.smtpfixtures import LineClient, ThreadedSMTP, stored_messages
 
 PATH_PARTS = ("<", ">", "<>", "@", '"', "\\", ".", " ", "\t", "[", "]", ":", ",", "IPv6:", "@a,@b:", "(", ")")
 path_argument = st.one_of(

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from app.auth.spf import SPFPermError, check_host, parse_record
 from app.auth.types import SPFResult, SPFStatus
 from app.dns import Resolver
-from tests.dnsserver import DNSTestServer
 from tests.property.bounds import LARGE, LARGE_INPUT_SECONDS, finishes_within
 from tests.property.strategies import (
     address,
@@ -24,6 +23,7 @@ from tests.property.strategies import (
     printable_ascii,
     repeated,
 )
+from tests.support.dnsserver import DNSTestServer
 
 MECHANISMS = ("all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists", "redirect", "exp", "unknown")
 MACROS = st.builds(
