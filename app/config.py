@@ -100,7 +100,7 @@ class Domain(Strict):
 
 
 class Ruleset(Strict):
-    """Deliver matching mail into `mailbox`; options as in SPEC R3.5."""
+    """Store matching mail into `mailbox`; options as in SPEC R3.5."""
 
     mailbox: str
     smtp_mail_from_regexp: str | None = None
