@@ -127,7 +127,7 @@ class _PlannedFile:
     tmp: Path
     relative: str  # final path under the data dir
     rows: list[dict[str, Any]]
-    # Inserts the rows of every file it plans, in one statement per batch (mailboxes.add_messages).
+    # What inserts rows of this kind (mailboxes.add_messages for a mailbox's); a batch calls it once.
     insert_rows: Callable[[Session, list[dict[str, Any]]], None]
 
 
