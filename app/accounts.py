@@ -1,4 +1,5 @@
-"""Account and mailbox rows, kept in step with the config, and account passwords.
+"""Account rows and the configured mailboxes (made through app/store/mailboxes.py) kept in step with
+the config, and account passwords.
 
 The config is the truth for which accounts and addresses exist; the database holds what the config
 cannot: ids for foreign keys, mailboxes created later, and password hashes (scrypt, RFC 7914).
@@ -12,12 +13,13 @@ import hmac
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.address import normalize_address
 from app.config import Config
-from app.models import Account, Mailbox
+from app.db import insert_once
+from app.models import Account
+from app.store.mailboxes import ensure_mailbox
 from app.websessions import end_account_sessions
 
 # scrypt cost: n=2**15, r=8 takes ~32 MiB and ~0.1 s per check on one core: slow for a guesser,
@@ -101,32 +103,9 @@ def ensure_account(session: Session, name: str) -> Account:
     account = session.scalar(select(Account).where(Account.name == name))
     if account is None:
         account = Account(name=name)
-        if not _insert_once(session, account):
+        if not insert_once(session, account):
             account = session.scalars(select(Account).where(Account.name == name)).one()
     return account
-
-
-def ensure_mailbox(session: Session, account_id: int, name: str) -> int:
-    """The id of the account's mailbox with this name, created if missing."""
-    query = select(Mailbox.id).where(Mailbox.account_id == account_id, Mailbox.name == name)
-    mailbox_id = session.scalar(query)
-    if mailbox_id is not None:
-        return mailbox_id
-    mailbox = Mailbox(account_id=account_id, name=name)
-    if _insert_once(session, mailbox):
-        return mailbox.id
-    return session.scalars(query).one()
-
-
-def _insert_once(session: Session, row: Account | Mailbox) -> bool:
-    """Insert in a savepoint; False if another process created the same row first (unique key)."""
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
 
 
 def configured_mailboxes(config: Config) -> dict[str, set[str]]:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_TIMEOUT = 30  # seconds a statement waits for another process's write lock
@@ -125,3 +126,15 @@ def upsert_insert(session: Session | Connection, table: Any) -> postgresql.Inser
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise NotImplementedError(f"upserts need SQLite or PostgreSQL, not {dialect}")
+
+
+def insert_once(session: Session, row: object) -> bool:
+    """Add the mapped `row` and flush it in a savepoint; False if another process inserted the same
+    row first (a unique key), the session being as it was."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True

@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.cli.common import (
     MAX_ROW_ID,
@@ -26,7 +26,8 @@ from app.cli.common import (
 from app.config import Config
 from app.db import session_scope
 from app.logs import escape_control
-from app.models import Account, Mailbox, Message
+from app.models import Account
+from app.store import mailboxes
 
 # What `message list` shows per message (all columns are in `message show --json`).
 LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk", "is_reject", "reason")
@@ -55,41 +56,12 @@ def _account(session: Session, name: str) -> Account:
     return account
 
 
-def _mailbox(session: Session, account: Account, name: str) -> Mailbox:
-    mailbox = session.scalar(select(Mailbox).where(Mailbox.account_id == account.id, Mailbox.name == name))
-    if mailbox is None:
-        query = select(Mailbox.name).where(Mailbox.account_id == account.id).order_by(Mailbox.name)
-        known = ", ".join(session.scalars(query)) or "none"
+def _mailbox_id(session: Session, account: Account, name: str) -> int:
+    mailbox_id = mailboxes.mailbox_id(session, account.id, name)
+    if mailbox_id is None:
+        known = ", ".join(mailboxes.mailbox_names(session, account.id)) or "none"
         _fail(f"account {account.name!r} has no mailbox {name!r} (mailboxes: {known})")
-    return mailbox
-
-
-def _mailbox_rows(session: Session, account: Account) -> list[dict[str, Any]]:
-    """Each mailbox of the account with its message count, unseen count and total size."""
-    counts = (
-        select(
-            Message.mailbox_id,
-            func.count(Message.id).label("messages"),
-            func.count(Message.id).filter(Message.seen.is_(False)).label("unseen"),
-            func.coalesce(func.sum(Message.size), 0).label("size"),
-        )
-        .group_by(Message.mailbox_id)
-        .subquery()
-    )
-    query = (
-        select(Mailbox.name, counts.c.messages, counts.c.unseen, counts.c.size)
-        .outerjoin(counts, counts.c.mailbox_id == Mailbox.id)
-        .where(Mailbox.account_id == account.id)
-        .order_by(Mailbox.name)
-    )
-    return [
-        {"name": name, "messages": messages or 0, "unseen": unseen or 0, "size": size or 0}
-        for name, messages, unseen, size in session.execute(query)
-    ]
-
-
-def _columns(message: Message) -> dict[str, Any]:
-    return {column.key: getattr(message, column.key) for column in Message.__table__.columns}
+    return mailbox_id
 
 
 def _flags(row: dict[str, Any]) -> str:
@@ -114,7 +86,7 @@ def mailbox_list(ctx: click.Context, account: str, as_json: bool) -> None:
     """List ACCOUNT's mailboxes with message counts."""
     config = load(ctx)
     with _database(config) as s:
-        rows = _mailbox_rows(s, _account(s, account))
+        rows = mailboxes.mailbox_summaries(s, _account(s, account).id)
     if as_json:
         emit_json(rows)
         return
@@ -138,14 +110,8 @@ def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_
     """List the newest messages in ACCOUNT's MAILBOX."""
     config = load(ctx)
     with _database(config) as s:
-        box = _mailbox(s, _account(s, account), mailbox)
-        query = (
-            select(Message)
-            .where(Message.mailbox_id == box.id)
-            .order_by(Message.received.desc(), Message.id.desc())
-            .limit(limit)
-        )
-        rows = [{key: getattr(m, key) for key in LIST_COLUMNS} for m in s.scalars(query)]
+        box = _mailbox_id(s, _account(s, account), mailbox)
+        rows = [{key: m[key] for key in LIST_COLUMNS} for m in mailboxes.newest_messages(s, box, limit)]
     if as_json:
         emit_json(rows)
         return
@@ -164,41 +130,20 @@ def row_number(ident: str) -> int | None:
     return number if number <= MAX_ROW_ID else None
 
 
-def _find_message(session: Session, ident: str) -> Message:
+def _find_message(session: Session, ident: str) -> dict[str, Any]:
     """By numeric id (as `message list` shows) or by file id (the id an SMTP 250 reply gave)."""
     number = row_number(ident)
-    where = Message.id == number if number is not None else Message.file_id == ident
-    message = session.scalar(select(Message).where(where))
+    message = mailboxes.find_message(session, ident if number is None else number)
     if message is None:
         _fail(f"no message {ident!r}")
     return message
 
 
-def _message_details(session: Session, config: Config, message: Message) -> dict[str, Any]:
-    orig, destined = aliased(Mailbox), aliased(Mailbox)
-    names = session.execute(
-        select(Account.name, Mailbox.name, orig.name, destined.name)
-        .select_from(Message)
-        .join(Account, Account.id == Message.account_id)
-        .join(Mailbox, Mailbox.id == Message.mailbox_id)
-        .outerjoin(orig, orig.id == Message.mailbox_orig_id)
-        .outerjoin(destined, destined.id == Message.mailbox_destined_id)
-        .where(Message.id == message.id)
-    ).one()
-    details = _columns(message)
-    details.update(zip(("account", "mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
-    details["file"] = str(config.data_dir / message.path)
-    details["other_copies"] = _other_copies(session, message.file_id)
+def _message_details(session: Session, config: Config, message: dict[str, Any]) -> dict[str, Any]:
+    details = {**message, **mailboxes.message_placement(session, message["id"])}
+    details["file"] = str(config.data_dir / message["path"])
+    details["other_copies"] = mailboxes.other_copies(session, message["file_id"])
     return details
-
-
-def _other_copies(session: Session, file_id: str) -> list[str]:
-    """The file ids of the other mailboxes' copies stored by the same SMTP transaction (the first
-    copy has the transaction's id, the others that id with "-2", "-3"...: app/store/files.py)."""
-    transaction_id = file_id.partition("-")[0]
-    same = or_(Message.file_id == transaction_id, Message.file_id.like(f"{transaction_id}-%"))
-    query = select(Message.file_id).where(same, Message.file_id != file_id).order_by(Message.id)
-    return list(session.scalars(query))
 
 
 @message_group.command("show")

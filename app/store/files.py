@@ -1,4 +1,5 @@
-"""Durable message storage: a file under the data dir plus database rows, group-committed.
+"""Durable message storage: a file under the data dir plus database rows, group-committed. This module
+decides when rows are written; what a mailbox message's rows are, and their SQL, is app/store/mailboxes.py.
 
 SPEC R1.6: the file is written and fsync'd and its rows committed before the SMTP 250. Each file is
 first written to the store's own directory under `<data_dir>/tmp/` (name: its final relative path with
@@ -25,7 +26,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -35,12 +36,19 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from app.accounts import ensure_account, ensure_mailbox
+from app.accounts import ensure_account
 from app.address import address_domain, validate_address
 from app.auth.message import summarize_headers
 from app.db import session_factory
-from app.models import Mailbox, Message, OutgoingMessage
-from app.models.base import utcnow
+from app.models import OutgoingMessage
+from app.store.mailboxes import (
+    add_messages,
+    ensure_mailbox,
+    file_id_stored,
+    has_accepted_mail_from,
+    holds_message_id,
+    new_message_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ def copy_file_ids(file_id: str, count: int) -> list[str]:
 
 
 def message_path(file_id: str) -> str:
-    """Where a delivered message lives, relative to the data dir: one directory per UTC day."""
+    """Where a message stored in a mailbox lives, relative to the data dir: one directory per UTC day."""
     return f"{MESSAGES_DIR}/{time.strftime('%Y%m%d', time.gmtime())}/{file_id}"
 
 
@@ -80,7 +88,8 @@ def outgoing_path(file_id: str) -> str:
 
 @dataclass(frozen=True)
 class MailboxCopy:
-    """One copy of an incoming message for a mailbox; `columns` are further `Message` columns."""
+    """One copy of an incoming message for a mailbox; `columns` are further message row columns
+    (app/store/mailboxes.py)."""
 
     account: str
     mailbox: str
@@ -117,8 +126,9 @@ class _Job:
 class _PlannedFile:
     tmp: Path
     relative: str  # final path under the data dir
-    model: type[Message] | type[OutgoingMessage]
     rows: list[dict[str, Any]]
+    # What inserts rows of this kind (mailboxes.add_messages for a mailbox's); a batch calls it once.
+    insert_rows: Callable[[Session, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,7 @@ class MessageStore:
         file_id: str | None = None,
     ) -> list[str]:
         """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out).
-        Message-ID and Subject are indexed from the message itself, whoever delivers it. `prefix`, our
+        Message-ID and Subject are indexed from the message itself, whoever hands it in. `prefix`, our
         own trace fields, is written before the content: a large message is not copied to prepend them.
         `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids."""
         indexed = summarize_headers(content)
@@ -181,7 +191,7 @@ class MessageStore:
         return stored
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
-        """Whether mail From `domain` was ever delivered (not rejected); read in a worker thread."""
+        """Whether mail From `domain` was ever accepted (not rejected); read in a worker thread."""
 
         def query() -> bool:
             with self._sessions() as session:
@@ -307,10 +317,7 @@ class MessageStore:
         try:
             with self._commit_lock(), self._sessions() as session:
                 planned = [self._plan_rows(session, job, new_ids) for job in jobs]
-                for model in (Message, OutgoingMessage):
-                    rows = [row for files in planned for f in files if f.model is model for row in f.rows]
-                    if rows:
-                        session.execute(insert(model), rows)
+                _insert_planned_rows(session, planned)
                 session.commit()
         except BaseException:
             self._ids.clear()  # ids created in the failed transaction are gone; ask the DB again
@@ -351,27 +358,24 @@ class MessageStore:
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
             relative = job.relatives[0]
             rows = [_outgoing_row(account_id, out.sender, rcpt, relative, size) for rcpt in out.recipients]
-            return [_PlannedFile(job.tmp_paths[0], relative, OutgoingMessage, rows)]
+            return [_PlannedFile(job.tmp_paths[0], relative, rows, _insert_outgoing_rows)]
         files = []
         for copy, relative, tmp in zip(job.copies, job.relatives, job.tmp_paths, strict=True):
             account_id, mailbox_id = self._ids_for(session, copy.account, copy.mailbox, new_ids)
             destined_id = None
             if copy.destined_mailbox is not None:
                 _, destined_id = self._ids_for(session, copy.account, copy.destined_mailbox, new_ids)
-                if _already_stored(session, mailbox_id, copy.columns.get("message_id")):
+                if holds_message_id(session, mailbox_id, copy.columns.get("message_id")):
                     continue
-            row = {
-                **copy.columns,
-                "file_id": relative.rpartition("/")[2],
-                "account_id": account_id,
-                "mailbox_id": mailbox_id,
-                "mailbox_orig_id": mailbox_id,
-                "mailbox_destined_id": destined_id,
-                "path": relative,
-                "size": size,
-                "received": utcnow(),
-            }
-            files.append(_PlannedFile(tmp, relative, Message, [row]))
+            row = new_message_row(
+                copy.columns,
+                account_id=account_id,
+                mailbox_id=mailbox_id,
+                destined_mailbox_id=destined_id,
+                path=relative,
+                size=size,
+            )
+            files.append(_PlannedFile(tmp, relative, [row], add_messages))
         return files
 
     def _ids_for(
@@ -468,22 +472,28 @@ def _outgoing_row(account_id: int, sender: str, recipient: str, relative: str, s
     }
 
 
-def _already_stored(session: Session, mailbox_id: int, message_id: str | None) -> bool:
-    if not message_id:
-        return False
-    query = select(Message.id).where(Message.mailbox_id == mailbox_id, Message.message_id == message_id)
-    return session.scalar(query.limit(1)) is not None
+def _insert_outgoing_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    session.execute(insert(OutgoingMessage), rows)
+
+
+def _insert_planned_rows(session: Session, planned: list[list[_PlannedFile]]) -> None:
+    """The rows of every planned file, one INSERT per kind of row."""
+    by_insert: dict[Callable[[Session, list[dict[str, Any]]], None], list[dict[str, Any]]] = {}
+    for files in planned:
+        for f in files:
+            by_insert.setdefault(f.insert_rows, []).extend(f.rows)
+    for insert_rows, rows in by_insert.items():
+        if rows:
+            insert_rows(session, rows)
 
 
 def _rows_exist(session: Session, relative: str) -> bool:
     if relative.startswith(f"{MESSAGES_DIR}/"):
-        file_id = relative.rpartition("/")[2]
-        query = select(Message.id).where(Message.file_id == file_id)
-    elif relative.startswith(f"{OUTGOING_DIR}/"):
+        return file_id_stored(session, relative.rpartition("/")[2])
+    if relative.startswith(f"{OUTGOING_DIR}/"):
         query = select(OutgoingMessage.id).where(OutgoingMessage.path == relative)
-    else:
-        return False
-    return session.scalar(query.limit(1)) is not None
+        return session.scalar(query.limit(1)) is not None
+    return False
 
 
 def awaiting_rename(data_dir: Path, relative: str) -> bool:
@@ -501,13 +511,3 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def has_accepted_mail_from(session: Session, domain: str) -> bool:
-    """Whether any message From `domain` was ever delivered (not rejected); SPEC R2.1's optional rule."""
-    query = select(Message.id).where(
-        Message.mailbox_orig_id.in_(select(Mailbox.id)),
-        Message.msg_from_domain == domain,
-        Message.is_reject.is_(False),
-    )
-    return session.scalar(query.limit(1)) is not None

@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.jobs import JOBS, Job
-from app.models import JobRun, Message, OutgoingMessage
+from app.models import JobRun, OutgoingMessage
+from app.store.mailboxes import count_received_since
 
 # The report jobs the status page names first (SPEC §2 and §5), by their registry name.
 REPORT_JOBS = {job.name: job.label for job in JOBS if job.report}
@@ -41,7 +42,7 @@ class ServerStatus:
 def server_status(session: Session, now: datetime) -> ServerStatus:
     """The counts as of `now` (aware, UTC); "today" is the UTC day."""
     midnight = datetime.combine(now.date(), time.min, tzinfo=now.tzinfo)
-    messages_today = session.scalar(select(func.count(Message.id)).where(Message.received >= midnight)) or 0
+    messages_today = count_received_since(session, midnight)
     queue_size, oldest = session.execute(
         select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
     ).one()

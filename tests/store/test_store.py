@@ -24,11 +24,11 @@ from app.store.files import (
     MessageStore,
     OutgoingCopy,
     StoreError,
-    has_accepted_mail_from,
     message_path,
     new_file_id,
     outgoing_path,
 )
+from app.store.mailboxes import has_accepted_mail_from
 from tests.support.configs import write_config
 
 
@@ -48,7 +48,7 @@ def files_under(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
-async def test_deliver_writes_the_file_and_the_row(store: MessageStore, sqlite_url: str) -> None:
+async def test_store_copies_writes_the_file_and_the_row(store: MessageStore, sqlite_url: str) -> None:
     copy = MailboxCopy("alice", "Inbox", {"msg_from": "x@y.example", "message_id": "<1@y>"})
     (file_id,) = await store.store_copies(b"Subject: hi\r\n\r\nbody\r\n", [copy])
     (row,) = rows(sqlite_url)
