@@ -29,7 +29,7 @@ class Mailbox(Base):
 
 
 class Message(Base):
-    """One delivered message. The file lives under the data dir at `path`; the row is the index."""
+    """One message stored in a mailbox. The file lives under the data dir at `path`; the row is the index."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -47,7 +47,7 @@ class Message(Base):
     file_id: Mapped[str] = mapped_column(String(64), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"))
-    # The mailbox it was delivered to, and the one it would have gone to had it not been rejected.
+    # The mailbox it was first stored in, and the one it would have gone to had it not been rejected.
     mailbox_orig_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
     mailbox_destined_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
     received: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
