@@ -16,22 +16,16 @@ from app.address import address_key, normalize_address
 from app.auth.evaluate import authenticate
 from app.config import Config
 from app.dns import Resolver
-from app.smtpserver.evaluation import (
-    RecordEvaluation,
-    dmarc_evaluation,
-    evaluation_applies,
-    reporting_addresses,
-)
+from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store.files import MessageStore, StoreError
-from app.verdict.analysis import Analysis, analyze
+from app.verdict.analysis import analyze
 from app.verdict.types import Arrival, Recipient
 
 log = logging.getLogger("app.smtpserver")
 
 STORE_FAILED_REPLY = "451 4.3.0 The message could not be stored; try again later"
-APPLIED_DISPOSITION = {"accept": "none", "quarantine": "quarantine", "reject": "reject"}
 
 
 class InboundHandler(BaseHandler):
@@ -47,9 +41,10 @@ class InboundHandler(BaseHandler):
         super().__init__(config)
         self.store = store
         self.resolver = resolver
-        self.record_evaluation = record_evaluation
+        self.hand_on_evaluation = (
+            None if record_evaluation is None else EvaluationHandOn(config, store, record_evaluation)
+        )
         self.local_domains = set(config.domains) | {config.hostname}
-        self.reporting_addresses = reporting_addresses(config)
         # Local parts are matched as configured first, then case-insensitively (RFC 5321 2.4 lets
         # the receiving host decide; mail to "Admin@" bouncing would surprise every user).
         self._folded_addresses = {address_key(a): target for a, target in config.address_index.items()}
@@ -126,33 +121,11 @@ class InboundHandler(BaseHandler):
             await self.store.store_copies(content, analysis.copies, prefix=prefix, file_id=transaction_id)
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
-        await self._hand_on_evaluation(arrival, analysis)
+        if self.hand_on_evaluation is not None:
+            await self.hand_on_evaluation(arrival, analysis)
         return analysis.result, analysis.reply
 
     def _recipient(self, address: str) -> Recipient:
         target = self.target_for(address)
         assert target is not None  # RCPT accepted only such addresses
         return Recipient(address, *target)
-
-    async def _hand_on_evaluation(self, arrival: Arrival, analysis: Analysis) -> None:
-        outcome = arrival.outcome
-        if self.record_evaluation is None or not evaluation_applies(outcome):
-            return
-        recipients = [r.address for r in arrival.recipients]
-        optional = any(r in self.reporting_addresses for r in recipients)
-        if analysis.action == "reject" and not optional:
-            # R2.1: a reject is reported only for domains we accepted mail from, so nobody can make
-            # us send a stream of reports to a third party by forging its domain.
-            optional = not await self.store.has_accepted_mail_from(outcome.from_domain)
-        evaluation = dmarc_evaluation(
-            outcome,
-            remote_ip=arrival.remote_ip,
-            mail_from=arrival.mail_from,
-            recipients=recipients,
-            disposition=APPLIED_DISPOSITION[analysis.action],
-            optional=optional,
-        )
-        try:
-            self.record_evaluation(evaluation)
-        except Exception:  # reports are best effort; the message is stored and must get its reply
-            log.exception("could not hand on the DMARC evaluation for %s", outcome.dmarc.policy_domain)
