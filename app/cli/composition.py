@@ -19,3 +19,9 @@ def celery_publish() -> Publish:
 
     return publish
 
+
+def broker_problem(broker_url: str) -> str | None:
+    """Why Celery could not use this broker URL (no transport for its scheme), or None."""
+    from tasks.celery_app import broker_problem
+
+    return broker_problem(broker_url)
