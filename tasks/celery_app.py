@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
 from celery.signals import worker_init, worker_shutting_down
+from kombu.transport import resolve_transport
 
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
@@ -77,6 +78,16 @@ def broker_transport(config: Config) -> str | None:
     """Our filesystem transport (tasks/fsbroker.py: whole messages, claimed once) for `filesystem://`;
     None lets the URL's scheme choose."""
     return FILESYSTEM_TRANSPORT if config.resolved_broker_url.startswith("filesystem") else None
+
+
+def broker_problem(broker_url: str) -> str | None:
+    """For `postwarden check-config`: why kombu has no transport for the URL's scheme, or None."""
+    scheme = broker_url.partition("://")[0]
+    try:
+        resolve_transport(scheme)
+    except (KeyError, ImportError) as e:
+        return f"no broker transport {scheme!r} ({e})"
+    return None
 
 
 def celery_settings(config: Config) -> dict[str, Any]:

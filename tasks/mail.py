@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 @app.task(name="tasks.mail.record_dmarc_evaluation")
 def record_dmarc_evaluation(*evaluations: dict[str, Any]) -> int:
-    """Store DMARC evaluations for aggregate reporting (SPEC R2.1/R2.2); how many were stored.
-
-    The SMTP process sends what it has gathered as one task (one broker message, one transaction)."""
+    """Store DMARC evaluations (each Evaluation.to_json()) for aggregate reporting (SPEC R2.1/R2.2); how
+    many were stored. The SMTP process sends what it has gathered as one task (tasks/handoff.py): one
+    broker message, one transaction."""
     return store_evaluations(settings(), evaluations)
 
 

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import click
-from kombu.transport import resolve_transport
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from app.cli.common import emit_json, json_option, main
+from app.cli.composition import broker_problem
 from app.config import Config, ConfigError, config_path, load_config
 from app.web.app import WebSetupError, session_secret
 
@@ -35,11 +35,9 @@ def url_problems(config: Config) -> list[str]:
         make_url(config.resolved_database_url).get_dialect()
     except (ArgumentError, NoSuchModuleError) as e:
         problems.append(f"database_url: {e}")
-    scheme = config.resolved_broker_url.partition("://")[0]
-    try:
-        resolve_transport(scheme)
-    except (KeyError, ImportError) as e:
-        problems.append(f"broker_url: no broker transport {scheme!r} ({e})")
+    broker = broker_problem(config.resolved_broker_url)
+    if broker is not None:
+        problems.append(f"broker_url: {broker}")
     return problems
 
 

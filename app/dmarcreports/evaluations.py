@@ -1,13 +1,12 @@
 """Storing DMARC evaluations for aggregate reports (SPEC R2.1, R2.2, R2.9), and listing what is pending.
 
-The SMTP server hands over a JSON-able dict per evaluated message (app/smtpserver/evaluation.py); it
-is checked here again, because what is stored decides what third parties are sent.
+The SMTP server hands over an Evaluation per evaluated message (evaluation.py); the task gets it as
+JSON and `store_evaluations` reads it back with Evaluation.from_json, which checks it again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 from collections.abc import Iterable
@@ -20,19 +19,15 @@ from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.db import session_scope
+from app.dmarcreports.evaluation import DKIMAuth, Evaluation, EvaluationError, SPFAuth, normalized_domain
 from app.dmarcreports.interval import interval_at, interval_hours
 from app.models import DMARCEvaluation
 
 log = logging.getLogger(__name__)
 
-DISPOSITIONS = ("none", "quarantine", "reject")
 # RFC 9990 2.1.2: a report row carries at most 100 DKIM results, the most useful first.
 MAX_DKIM_RESULTS = 100
 RECORD_KEY_LENGTH = 16  # hex digits: 64 bits, no collision among the rows of a report
-
-
-class EvaluationError(ValueError):
-    """The evaluation dict is malformed; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -47,19 +42,20 @@ class PendingDomain:
     next_report: datetime  # the end of its earliest interval: the hourly run that reports it
 
 
-def store_evaluation(config: Config, evaluation: dict[str, Any]) -> bool:
-    """Store one evaluation if R2.1 says so; whether it was stored."""
+def store_evaluation(config: Config, evaluation: Any) -> bool:
+    """Store one evaluation (as the task gets it) if R2.1 says so; whether it was stored."""
     return store_evaluations(config, [evaluation]) == 1
 
 
-def store_evaluations(config: Config, evaluations: Iterable[dict[str, Any]]) -> int:
-    """The task's work: store each evaluation that R2.1 says is stored, in one transaction, logging
-    each either way; how many were stored. A malformed one is logged and skipped, not fatal to the rest."""
+def store_evaluations(config: Config, evaluations: Iterable[Any]) -> int:
+    """The task's work: store each evaluation (Evaluation.to_json(), as it came over the broker) that
+    R2.1 says is stored, in one transaction, logging each either way; how many were stored. A malformed
+    one is logged and skipped, not fatal to the rest."""
     stored = 0
     with session_scope(config.resolved_database_url) as session:
         for evaluation in evaluations:
             try:
-                row = record_evaluation(session, config, evaluation)
+                row = record_evaluation(session, config, Evaluation.from_json(evaluation))
             except EvaluationError as e:
                 log.warning("dmarc evaluation not stored: %s", e)
                 continue
@@ -75,70 +71,55 @@ def store_evaluations(config: Config, evaluations: Iterable[dict[str, Any]]) -> 
     return stored
 
 
-def record_evaluation(session: Session, config: Config, evaluation: dict[str, Any]) -> DMARCEvaluation | None:
+def record_evaluation(session: Session, config: Config, evaluation: Evaluation) -> DMARCEvaluation | None:
     """Add the evaluation's row if R2.1 says it is stored; None (and a log line) when it is not."""
     if config.no_outgoing_dmarc_reports:
         log.info("dmarc evaluation not stored: no_outgoing_dmarc_reports is set")  # R2.9
         return None
-    row = evaluation_row(evaluation)
-    if not json.loads(row.rua):
-        log.info("dmarc evaluation not stored: %s publishes no rua", row.policy_domain)
+    if not evaluation.rua:
+        log.info("dmarc evaluation not stored: %s publishes no rua", evaluation.policy_domain)
         return None
+    row = evaluation_row(evaluation)
     session.add(row)
     session.flush()
     return row
 
 
-def evaluation_row(evaluation: dict[str, Any]) -> DMARCEvaluation:
-    """The database row for an evaluation dict; EvaluationError names what is wrong with it."""
-    try:
-        return _row(evaluation)
-    except EvaluationError:
-        raise
-    except KeyError as e:
-        raise EvaluationError(f"malformed DMARC evaluation: field {e} is missing") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise EvaluationError(f"malformed DMARC evaluation: {e}") from None
-
-
-def _row(evaluation: dict[str, Any]) -> DMARCEvaluation:
-    policy = evaluation["policy"]
-    evaluated = datetime.fromisoformat(evaluation["evaluated"])
-    if evaluated.tzinfo is None:
-        raise EvaluationError(f"evaluated: {evaluation['evaluated']!r} has no time zone")
-    interval = interval_at(evaluated, interval_hours(policy.get("ri")))
-    disposition = _choice(evaluation, "disposition", DISPOSITIONS)
+def evaluation_row(evaluation: Evaluation) -> DMARCEvaluation:
+    """The database row for an evaluation."""
+    policy = evaluation.policy
+    interval = interval_at(evaluation.evaluated, interval_hours(policy.ri))
     identity = {
-        "source_ip": _source_ip(evaluation["source_ip"]),
-        "disposition": disposition,
-        "requested_disposition": evaluation.get("requested_disposition"),
-        "dkim_aligned": bool(evaluation["dkim_aligned"]),
-        "spf_aligned": bool(evaluation["spf_aligned"]),
-        "override_reasons": _json([str(r) for r in evaluation.get("override_reasons", [])]),
-        "envelope_to": _domain(evaluation.get("envelope_to", "")),
-        "envelope_from": _domain(evaluation.get("envelope_from", "")),
-        "header_from": _required_domain(evaluation, "header_from"),
-        "dkim_results": _json(_dkim_results(evaluation.get("dkim", []), _domain(evaluation["header_from"]))),
-        "spf_results": _json(_spf_results(evaluation.get("spf", []))),
+        "source_ip": evaluation.source_ip,
+        "disposition": evaluation.disposition,
+        "requested_disposition": evaluation.requested_disposition,
+        "dkim_aligned": evaluation.dkim_aligned,
+        "spf_aligned": evaluation.spf_aligned,
+        "override_reasons": _json(list(evaluation.override_reasons)),
+        "envelope_to": evaluation.envelope_to,
+        "envelope_from": evaluation.envelope_from,
+        "header_from": evaluation.header_from,
+        "dkim_results": _json(_dkim_results(evaluation.dkim, evaluation.header_from)),
+        "spf_results": _json(_spf_results(evaluation.spf)),
     }
     return DMARCEvaluation(
-        policy_domain=_required_domain(evaluation, "policy_domain"),
-        evaluated=evaluated,
+        policy_domain=evaluation.policy_domain,
+        evaluated=evaluation.evaluated,
         interval_hours=interval.hours,
         interval_start=interval.start,
         interval_end=interval.end,
-        optional=bool(evaluation.get("optional", False)),
-        rua=_json([str(u) for u in evaluation.get("rua", [])]),
+        optional=evaluation.optional,
+        rua=_json(list(evaluation.rua)),
         # RFC 9989 4.10.1: a record without a usable p= but with rua= acts as p=none.
-        p=policy.get("p") or "none",
-        sp=policy.get("sp"),
-        np=policy.get("np"),
-        adkim=policy.get("adkim") or "r",
-        aspf=policy.get("aspf") or "r",
-        testing=bool(policy.get("testing", False)),
-        psd=policy.get("psd") or "u",
-        fo=policy.get("fo"),
-        discovery_method=policy.get("discovery_method") or "treewalk",
+        p=policy.p or "none",
+        sp=policy.sp,
+        np=policy.np,
+        adkim=policy.adkim,
+        aspf=policy.aspf,
+        testing=policy.testing,
+        psd=policy.psd,
+        fo=policy.fo,
+        discovery_method=policy.discovery_method,
         record_key=record_key(identity),
         **identity,
     )
@@ -153,40 +134,13 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _choice(values: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-    value = values[key]
-    if value not in allowed:
-        raise EvaluationError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    return str(value)
-
-
-def _domain(value: object) -> str:
-    if not isinstance(value, str):
-        raise EvaluationError(f"{value!r} is not a domain name")
-    return value.strip().lower().rstrip(".")
-
-
-def _required_domain(values: dict[str, Any], key: str) -> str:
-    domain = _domain(values[key])
-    if not domain:
-        raise EvaluationError(f"{key}: a domain name is required")
-    return domain
-
-
-def _source_ip(value: str) -> str:
-    ip = ipaddress.ip_address(value)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
 # Results are stored as compact JSON lists, [domain, selector, result] and [domain, scope, result]:
 # they repeat in every evaluation, and the width of a row is what deleting a million of them costs.
 
 
-def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[list[str]]:
+def _dkim_results(results: Iterable[DKIMAuth], header_from: str) -> list[list[str]]:
     """DKIM results in RFC 9990 2.1.2 order: aligned passes (strict, relaxed), other passes, the rest."""
-    cleaned = [[_domain(r["domain"]), str(r["selector"]), str(r["result"])] for r in results]
+    cleaned = [[r.domain, r.selector, r.result] for r in results]
 
     def rank(result: list[str]) -> int:
         domain, _, status = result
@@ -200,11 +154,11 @@ def _dkim_results(results: list[dict[str, Any]], header_from: str) -> list[list[
     return sorted(cleaned, key=rank)[:MAX_DKIM_RESULTS]
 
 
-def _spf_results(results: list[dict[str, Any]]) -> list[list[str]]:
+def _spf_results(results: Iterable[SPFAuth]) -> list[list[str]]:
     """The MAIL FROM result only: RFC 9990 reports one SPF result, scope mfrom, so a HELO result kept
     here would only split rows that the report shows as equal."""
-    kept = [r for r in results if r.get("domain") and r.get("scope") == "mfrom"]
-    return [[_domain(r["domain"]), "mfrom", str(r["result"])] for r in kept[:1]]
+    kept = [r for r in results if r.domain and r.scope == "mfrom"]
+    return [[r.domain, "mfrom", r.result] for r in kept[:1]]
 
 
 def pending_domains(session: Session, domain: str | None = None) -> list[PendingDomain]:
@@ -223,5 +177,5 @@ def pending_domains(session: Session, domain: str | None = None) -> list[Pending
         .order_by(e.policy_domain)
     )
     if domain is not None:
-        query = query.where(e.policy_domain == _domain(domain))
+        query = query.where(e.policy_domain == normalized_domain(domain))
     return [PendingDomain(d, n, int(o or 0), f, la, nx) for d, n, o, f, la, nx in session.execute(query)]

@@ -1,5 +1,5 @@
 """SMTP listeners (aiosmtpd): inbound MX mail and authenticated submission.
 
 server.py starts the listeners; protocol.py is the shared SMTP layer; inbound.py and submission.py
-are the handlers. The decision about a message (which mailbox, which reply) is app/verdict/'s.
+are the handlers (the decision about an inbound message is app/verdict/).
 """

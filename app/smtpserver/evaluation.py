@@ -1,26 +1,31 @@
-"""The DMARC evaluation an incoming message leaves for aggregate reports (SPEC R2.1, R2.2).
+"""Handing on the DMARC evaluation of an inbound message (SPEC R2.1), after its reply is decided.
 
-The SMTP server only builds the record (a JSON-able dict) and hands it to a callable; the composition
-root (`postwarden smtp`) sends it to the `tasks.mail.record_dmarc_evaluation` task.
+Whether an evaluation applies and what it holds is app/dmarcreports/evaluation.py's; this step decides
+what only the SMTP process knows (is it *optional*?) and gives it to the hand-off (handoff.py), which
+sends it to the task that stores it. Best effort: the message is stored whatever happens here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
 
-from app.address import address_domain
-from app.auth.types import AuthOutcome
+from app.auth.types import Disposition
 from app.config import Config
-from app.models.base import utcnow
+from app.dmarcreports.evaluation import Evaluation, evaluation_applies, evaluation_for
+from app.store.files import MessageStore
+from app.verdict.analysis import Analysis
+from app.verdict.types import Action, Arrival
 
-RecordEvaluation = Callable[[dict[str, Any]], None]
+log = logging.getLogger("app.smtpserver")
 
-
-def evaluation_applies(outcome: AuthOutcome) -> bool:
-    """R2.1: the From domain's DMARC record has a rua address and DMARC was evaluated (pass or fail)."""
-    dmarc = outcome.dmarc
-    return dmarc.record is not None and bool(dmarc.record.rua) and dmarc.status in ("pass", "fail")
+RecordEvaluation = Callable[[Evaluation], None]
+# The disposition an evaluation reports is what we did with the message.
+APPLIED_DISPOSITION: dict[Action, Disposition] = {
+    "accept": "none",
+    "quarantine": "quarantine",
+    "reject": "reject",
+}
 
 
 def reporting_addresses(config: Config) -> set[str]:
@@ -31,50 +36,37 @@ def reporting_addresses(config: Config) -> set[str]:
     return {f"{target.localpart}@{domain}" for domain, target in targets if target is not None}
 
 
-def dmarc_evaluation(
-    outcome: AuthOutcome,
-    *,
-    remote_ip: str,
-    mail_from: str,
-    recipients: list[str],
-    disposition: str,
-    optional: bool,
-) -> dict[str, Any]:
-    """The evaluation record for R2.2, as plain JSON types. `disposition` is what we applied."""
-    dmarc = outcome.dmarc
-    record = dmarc.record
-    assert record is not None  # evaluation_applies() holds
-    return {
-        "policy_domain": dmarc.policy_domain,
-        "evaluated": utcnow().isoformat(),
-        "optional": optional,
-        "rua": list(record.rua),
-        "policy": {
-            "p": record.p,
-            "sp": record.sp,
-            "np": record.np,
-            "adkim": record.adkim,
-            "aspf": record.aspf,
-            "testing": record.testing,
-            "psd": record.psd,
-            "ri": record.ri,
-            "discovery_method": dmarc.discovery_method,
-            "fo": record.fo,
-        },
-        "source_ip": remote_ip,
-        "disposition": disposition,
-        # The published policy that applied (p, sp or np); DMARC decides it only for failing mail.
-        "requested_disposition": dmarc.requested_disposition if dmarc.status == "fail" else None,
-        "dkim_aligned": dmarc.dkim_aligned,
-        "spf_aligned": dmarc.spf_aligned,
-        "override_reasons": [],
-        "envelope_to": address_domain(recipients[0]) if recipients else "",
-        # For the null sender SPF checked the HELO name, which the report names then (RFC 7208 2.4).
-        "envelope_from": address_domain(mail_from) or outcome.spf_mailfrom.domain,
-        "header_from": outcome.from_domain,
-        "dkim": [{"domain": r.domain, "selector": r.selector, "result": r.status} for r in outcome.dkim],
-        "spf": [
-            {"domain": r.domain, "scope": r.scope, "result": r.status}
-            for r in (outcome.spf_mailfrom, outcome.spf_helo)
-        ],
-    }
+class EvaluationHandOn:
+    """The inbound handler's last step before the reply: the evaluation, if R2.1 asks for one."""
+
+    def __init__(self, config: Config, store: MessageStore, record: RecordEvaluation) -> None:
+        self.store = store
+        self.record = record
+        self.reporting_addresses = reporting_addresses(config)
+
+    async def __call__(self, arrival: Arrival, analysis: Analysis) -> None:
+        outcome = arrival.outcome
+        if not evaluation_applies(outcome):
+            return
+        recipients = [r.address for r in arrival.recipients]
+        evaluation = evaluation_for(
+            outcome,
+            remote_ip=arrival.remote_ip,
+            mail_from=arrival.mail_from,
+            recipients=recipients,
+            disposition=APPLIED_DISPOSITION[analysis.action],
+            optional=await self._optional(arrival, analysis, recipients),
+        )
+        try:
+            self.record(evaluation)
+        except Exception:  # reports are best effort; the message is stored and must get its reply
+            log.exception("could not hand on the DMARC evaluation for %s", outcome.dmarc.policy_domain)
+
+    async def _optional(self, arrival: Arrival, analysis: Analysis, recipients: list[str]) -> bool:
+        if any(r in self.reporting_addresses for r in recipients):
+            return True  # two servers must not trade reports about reports forever
+        # A reject is reported only for domains we accepted mail from, so nobody can make us send a
+        # stream of reports to a third party by forging its domain.
+        return analysis.action == "reject" and not await self.store.has_accepted_mail_from(
+            arrival.outcome.from_domain
+        )

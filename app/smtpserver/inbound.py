@@ -14,31 +14,18 @@ from aiosmtpd.smtp import Envelope, Session
 
 from app.address import address_key, normalize_address
 from app.auth.evaluate import authenticate
-from app.auth.types import AuthOutcome
 from app.config import Config
 from app.dns import Resolver
-from app.smtpserver.evaluation import (
-    RecordEvaluation,
-    dmarc_evaluation,
-    evaluation_applies,
-    reporting_addresses,
-)
+from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
 from app.store.files import MessageStore, StoreError
-from app.verdict.analysis import (
-    DMARC_REJECT_REPLY,
-    Recipient,
-    Verdict,
-    dmarc_verdict,
-    mailbox_copies,
-    message_columns,
-)
+from app.verdict.analysis import analyze
+from app.verdict.types import Arrival, Recipient
 
 log = logging.getLogger("app.smtpserver")
 
 STORE_FAILED_REPLY = "451 4.3.0 The message could not be stored; try again later"
-APPLIED_DISPOSITION = {"accept": "none", "quarantine": "quarantine", "reject": "reject"}
 
 
 class InboundHandler(BaseHandler):
@@ -54,9 +41,10 @@ class InboundHandler(BaseHandler):
         super().__init__(config)
         self.store = store
         self.resolver = resolver
-        self.record_evaluation = record_evaluation
+        self.hand_on_evaluation = (
+            None if record_evaluation is None else EvaluationHandOn(config, store, record_evaluation)
+        )
         self.local_domains = set(config.domains) | {config.hostname}
-        self.reporting_addresses = reporting_addresses(config)
         # Local parts are matched as configured first, then case-insensitively (RFC 5321 2.4 lets
         # the receiving host decide; mail to "Admin@" bouncing would surprise every user).
         self._folded_addresses = {address_key(a): target for a, target in config.address_index.items()}
@@ -115,57 +103,29 @@ class InboundHandler(BaseHandler):
         content: bytes,
         transaction_id: str,
     ) -> tuple[str, str]:
-        mail_from = envelope_sender(envelope)
-        helo = session.host_name or ""
-        remote_ip = server.peer_ip
+        mail_from, helo = envelope_sender(envelope), session.host_name or ""
         outcome = await authenticate(
             self.resolver,
             authserv_id=self.config.hostname,
-            remote_ip=remote_ip,
+            remote_ip=server.peer_ip,
             helo=helo,
             mail_from=mail_from,
             message=content,
         )
-        verdict = dmarc_verdict(outcome)
+        recipients = tuple(self._recipient(a) for a in envelope.rcpt_tos)
+        arrival = Arrival(outcome, server.peer_ip, helo, mail_from, recipients, transaction_id)
+        analysis = analyze(self.config, arrival)
         trace = self.trace_header(server, session, envelope, transaction_id)
-        columns = message_columns(outcome, remote_ip=remote_ip, helo=helo, mail_from=mail_from)
-        recipients = [Recipient(a, *self._target(a)) for a in envelope.rcpt_tos]
-        copies = mailbox_copies(self.config, recipients, verdict, columns)
-        prefix = outcome.authentication_results.encode("utf-8") + trace
+        prefix = "".join(analysis.headers).encode("utf-8") + trace
         try:
-            await self.store.store_copies(content, copies, prefix=prefix, file_id=transaction_id)
+            await self.store.store_copies(content, analysis.copies, prefix=prefix, file_id=transaction_id)
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
-        await self._hand_on_evaluation(outcome, verdict, remote_ip, mail_from, envelope.rcpt_tos)
-        if verdict.action == "reject":
-            return "rejected-dmarc", DMARC_REJECT_REPLY
-        result = "quarantined" if verdict.action == "quarantine" else "accepted"
-        return result, f"250 2.0.0 Message accepted, id {transaction_id}"
+        if self.hand_on_evaluation is not None:
+            await self.hand_on_evaluation(arrival, analysis)
+        return analysis.result, analysis.reply
 
-    def _target(self, address: str) -> tuple[str, str]:
+    def _recipient(self, address: str) -> Recipient:
         target = self.target_for(address)
         assert target is not None  # RCPT accepted only such addresses
-        return target
-
-    async def _hand_on_evaluation(
-        self, outcome: AuthOutcome, verdict: Verdict, remote_ip: str, mail_from: str, recipients: list[str]
-    ) -> None:
-        if self.record_evaluation is None or not evaluation_applies(outcome):
-            return
-        optional = any(r in self.reporting_addresses for r in recipients)
-        if verdict.action == "reject" and not optional:
-            # R2.1: a reject is reported only for domains we accepted mail from, so nobody can make
-            # us send a stream of reports to a third party by forging its domain.
-            optional = not await self.store.has_accepted_mail_from(outcome.from_domain)
-        evaluation = dmarc_evaluation(
-            outcome,
-            remote_ip=remote_ip,
-            mail_from=mail_from,
-            recipients=recipients,
-            disposition=APPLIED_DISPOSITION[verdict.action],
-            optional=optional,
-        )
-        try:
-            self.record_evaluation(evaluation)
-        except Exception:  # reports are best effort; the message is stored and must get its reply
-            log.exception("could not hand on the DMARC evaluation for %s", outcome.dmarc.policy_domain)
+        return Recipient(address, *target)

@@ -18,8 +18,8 @@ from app.dns import Resolver, resolver_from_config
 from app.smtpserver.acceptor import Acceptor
 from app.smtpserver.admission import SessionCounts, SessionGate, open_file_session_cap
 from app.smtpserver.data import MemoryBudget
-from app.smtpserver.evaluation import RecordEvaluation
 from app.smtpserver.handler import BaseHandler
+from app.smtpserver.handoff import Handoff
 from app.smtpserver.inbound import InboundHandler
 from app.smtpserver.protocol import PostwardenSMTP
 from app.smtpserver.submission import SubmissionHandler
@@ -114,7 +114,7 @@ def warn_if_backlog_capped(backlog: int) -> None:
 
 
 class SMTPService:
-    """Every configured listener over one store, one resolver and one evaluation sink (one process)."""
+    """Every configured listener over one store, one resolver and one hand-off to Celery (one process)."""
 
     def __init__(
         self,
@@ -122,16 +122,14 @@ class SMTPService:
         *,
         store: MessageStore | None = None,
         resolver: Resolver | None = None,
-        record_evaluation: RecordEvaluation | None = None,
-        wake_queue: Callable[[], None] | None = None,
+        handoff: Handoff | None = None,
         session_counts: SessionCounts | None = None,
     ) -> None:
         self.config = config
         self.database_url = config.resolved_database_url
         self.store = store or MessageStore(config.data_dir, self.database_url)
         self.resolver = resolver or resolver_from_config(config.dns)
-        self.record_evaluation = record_evaluation
-        self.wake_queue = wake_queue
+        self.handoff = handoff
         # Session counts shared with the other workers (a process of its own: counts of its own).
         counts = session_counts or SessionCounts()
         self.gate = SessionGate(config.limits, counts, open_file_session_cap())
@@ -143,9 +141,12 @@ class SMTPService:
         prepare_storage(self.config, self.store)
 
     def handler_for(self, listener: Listener) -> BaseHandler:
+        handoff = self.handoff
         if listener.kind == "submission":
-            return SubmissionHandler(self.config, self.store, self.database_url, self.wake_queue)
-        return InboundHandler(self.config, self.store, self.resolver, self.record_evaluation)
+            wake_queue = None if handoff is None else handoff.wake_queue
+            return SubmissionHandler(self.config, self.store, self.database_url, wake_queue)
+        record_evaluation = None if handoff is None else handoff.record_evaluation
+        return InboundHandler(self.config, self.store, self.resolver, record_evaluation)
 
     async def start(self, bound: list[BoundListener] | None = None) -> list[BoundListener]:
         """Serve on the given sockets (bound now if none are given)."""

@@ -26,7 +26,7 @@ from app.config import Config
 from app.db import engine_for
 from app.process import die_with_parent
 from app.smtpserver.admission import SessionCounts, open_file_session_cap, raise_open_file_limit
-from app.smtpserver.evaluation import RecordEvaluation
+from app.smtpserver.handoff import Handoff
 from app.smtpserver.server import (
     BoundListener,
     SMTPService,
@@ -61,8 +61,7 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.bound: list[BoundListener] = []
-        self.record_evaluation: RecordEvaluation | None = None
-        self.wake_queue: Callable[[], None] | None = None
+        self.handoff: Handoff | None = None
         self.on_worker_exit: Callable[[], None] | None = None
         self.tend: Callable[[], None] | None = None
 
@@ -89,16 +88,14 @@ class Supervisor:
 
     def serve(
         self,
-        record_evaluation: RecordEvaluation | None,
+        handoff: Handoff | None,
         *,
-        wake_queue: Callable[[], None] | None = None,
         on_worker_exit: Callable[[], None] | None = None,
         tend: Callable[[], None] | None = None,
     ) -> None:
         """Fork the workers and supervise them until SIGTERM/SIGINT. `on_worker_exit` runs in a worker
         before it exits (e.g. flush a queue); `tend` runs in the supervisor every tick."""
-        self.record_evaluation, self.on_worker_exit, self.tend = record_evaluation, on_worker_exit, tend
-        self.wake_queue = wake_queue
+        self.handoff, self.on_worker_exit, self.tend = handoff, on_worker_exit, tend
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for slot in range(self.count):
@@ -161,12 +158,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
             self.counts.slot = slot
-            service = SMTPService(
-                self.config,
-                record_evaluation=self.record_evaluation,
-                wake_queue=self.wake_queue,
-                session_counts=self.counts,
-            )
+            service = SMTPService(self.config, handoff=self.handoff, session_counts=self.counts)
             asyncio.run(serve_worker(service, self.bound))
             if self.on_worker_exit is not None:
                 self.on_worker_exit()

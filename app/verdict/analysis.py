@@ -1,48 +1,65 @@
-"""From an authentication outcome to where an incoming message is stored and what the client is told.
+"""From an authenticated message to where it is stored, what the client is told and what is logged.
 
-SPEC R1.5: DMARC failing with p=reject → 550 5.7.1; p=quarantine → the account's Junk mailbox.
+The decisions run in order and the first that says something decides (today only DMARC, R1.5; the
+reputation analysis R3.4 and rulesets R3.5 join DECISIONS). The verdict then places the copies:
 SPEC R3.1/R3.2: a rejected message is still stored in the account's Rejects mailbox, marked seen,
 with `mailbox_destined_id` naming the mailbox it would have gone to; the reply stays 550.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from app.address import address_domain
-from app.auth.types import AuthOutcome
 from app.config import Config
 from app.store.files import MailboxCopy
+from app.verdict.dmarc import dmarc_verdict
+from app.verdict.types import ACCEPT, Action, Arrival, Recipient, Verdict
 
-Action = Literal["accept", "quarantine", "reject"]
-DMARC_REJECT_REPLY = "550 5.7.1 Message rejected: the From domain's DMARC policy says reject, and it failed"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    action: Action
-    reason: str | None  # stored as Message.reason, e.g. "dmarc-policy"
-
-
-def dmarc_verdict(outcome: AuthOutcome) -> Verdict:
-    """What DMARC asks for this message. The outcome's disposition already accounts for testing mode
-    (t=y, legacy pct=0: one level milder than published), so it is applied as it is."""
-    dmarc = outcome.dmarc
-    if dmarc.status != "fail" or dmarc.disposition == "none":
-        return Verdict("accept", None)
-    return Verdict(dmarc.disposition, "dmarc-policy")
+Decision = Callable[[Arrival], Verdict | None]
+DECISIONS: tuple[Decision, ...] = (dmarc_verdict,)
+RESULTS: dict[Action, str] = {"accept": "accepted", "quarantine": "quarantined"}  # a reject names its own
 
 
 @dataclass(frozen=True)
-class Recipient:
-    address: str  # as given in RCPT TO, domain lower-cased
-    account: str
-    mailbox: str  # the mailbox the address delivers to (Inbox, or a special address's mailbox)
+class Analysis:
+    """Everything the SMTP handler acts on: store `copies` with `headers` prepended, then reply."""
+
+    verdict: Verdict
+    copies: tuple[MailboxCopy, ...]
+    reply: str  # sent once the copies are stored
+    result: str  # the transaction log line's result: accepted, quarantined, rejected-dmarc
+    headers: tuple[str, ...]  # whole header lines to prepend, each ending in CRLF
+
+    @property
+    def action(self) -> Action:
+        return self.verdict.action
+
+
+def analyze(config: Config, arrival: Arrival) -> Analysis:
+    verdict = decide(arrival)
+    return Analysis(
+        verdict=verdict,
+        copies=tuple(mailbox_copies(config, arrival.recipients, verdict, message_columns(arrival))),
+        reply=verdict.reply or f"250 2.0.0 Message accepted, id {arrival.transaction_id}",
+        result=verdict.result or RESULTS[verdict.action],
+        headers=(arrival.outcome.authentication_results,),
+    )
+
+
+def decide(arrival: Arrival) -> Verdict:
+    """The first verdict a decision gives; accept when none gives one."""
+    for decision in DECISIONS:
+        verdict = decision(arrival)
+        if verdict is not None:
+            return verdict
+    return ACCEPT
 
 
 def mailbox_copies(
-    config: Config, recipients: list[Recipient], verdict: Verdict, columns: dict[str, Any]
+    config: Config, recipients: Iterable[Recipient], verdict: Verdict, columns: dict[str, Any]
 ) -> list[MailboxCopy]:
     """One copy per distinct (account, mailbox) the recipients lead to, placed per the verdict."""
     copies: dict[tuple[str, str], MailboxCopy] = {}
@@ -60,12 +77,13 @@ def mailbox_copies(
     return list(copies.values())
 
 
-def message_columns(outcome: AuthOutcome, *, remote_ip: str, helo: str, mail_from: str) -> dict[str, Any]:
+def message_columns(arrival: Arrival) -> dict[str, Any]:
     """The `Message` columns that come from the session and the authentication results."""
+    outcome, mail_from = arrival.outcome, arrival.mail_from
     passed_dkim = [r for r in outcome.dkim if r.status == "pass"]
     return {
-        "remote_ip": remote_ip,
-        "ehlo": helo[:255],
+        "remote_ip": arrival.remote_ip,
+        "ehlo": arrival.helo[:255],
         "mail_from": mail_from[:512],
         "mail_from_domain": address_domain(mail_from)[:255] or None,
         "msg_from": outcome.from_address[:512] or None,

@@ -43,6 +43,7 @@ from sqlalchemy import func, insert, select, text  # noqa: E402
 from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem  # noqa: E402
 from app.config import Config, load_config  # noqa: E402
 from app.db import engine_for, session_scope  # noqa: E402
+from app.dmarcreports.evaluation import Evaluation  # noqa: E402
 from app.dmarcreports.evaluations import evaluation_row  # noqa: E402
 from app.dmarcreports.job import ROW_COLUMNS, E, send_dmarc_reports  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
@@ -93,7 +94,7 @@ def template(d: str, kind: int) -> dict[str, Any]:
         "dkim": [{"domain": d, "selector": "s1", "result": "pass" if passing else "fail"}],
         "spf": [{"domain": d, "scope": "mfrom", "result": "pass" if passing else "softfail"}],
     }
-    row = evaluation_row(evaluation)
+    row = evaluation_row(Evaluation.from_json(evaluation))
     return {c.key: getattr(row, c.key) for c in DMARCEvaluation.__table__.columns if c.key != "id"}
 
 

@@ -22,8 +22,8 @@ from app.accounts import set_password
 from app.cli import main
 from app.config import Config, load_config
 from app.db import session_scope
+from app.dmarcreports.evaluation import Evaluation, EvaluationError
 from app.dmarcreports.evaluations import (
-    EvaluationError,
     evaluation_row,
     record_evaluation,
     store_evaluation,
@@ -45,7 +45,7 @@ RUA_POLICY = "v=DMARC1; p=reject; sp=quarantine; adkim=s; rua=mailto:dmarc@sende
 
 
 def evaluation(**changes: Any) -> dict[str, Any]:
-    """An evaluation dict as app/smtpserver/evaluation.py builds it."""
+    """An evaluation as the task gets it: Evaluation.to_json() of what the SMTP process handed on."""
     base: dict[str, Any] = {
         "policy_domain": "sender.example",
         "evaluated": "2026-11-25T13:37:00+00:00",
@@ -76,6 +76,10 @@ def evaluation(**changes: Any) -> dict[str, Any]:
         "spf": [{"domain": "sender.example", "scope": "mfrom", "result": "pass"}],
     }
     return {**base, **changes}
+
+
+def row_of(**changes: Any) -> DMARCEvaluation:
+    return evaluation_row(Evaluation.from_json(evaluation(**changes)))
 
 
 def stored(config: Config) -> list[DMARCEvaluation]:
@@ -215,10 +219,7 @@ def test_an_evaluation_keeps_the_fields_of_r2_2(config_file: Path) -> None:
 
 
 def test_identical_records_share_a_key_that_any_difference_changes() -> None:
-    first, second = (
-        evaluation_row(evaluation()),
-        evaluation_row(evaluation(evaluated="2026-11-25T20:00:00+00:00")),
-    )
+    first, second = row_of(), row_of(evaluated="2026-11-25T20:00:00+00:00")
     assert first.record_key == second.record_key, "the time is not part of a report row"
     for change in (
         {"source_ip": "192.0.2.11"},
@@ -229,7 +230,7 @@ def test_identical_records_share_a_key_that_any_difference_changes() -> None:
         {"spf": [{"domain": "sender.example", "scope": "mfrom", "result": "softfail"}]},
         {"override_reasons": ["mailing_list"]},
     ):
-        assert evaluation_row(evaluation(**change)).record_key != first.record_key, change
+        assert row_of(**change).record_key != first.record_key, change
 
 
 @pytest.mark.parametrize(
@@ -248,11 +249,11 @@ def test_malformed_evaluations_are_refused_with_the_field_named(
     changes: dict[str, Any], message: str | None
 ) -> None:
     if message is None:  # a sparse policy takes the defaults
-        row = evaluation_row(evaluation(**changes))
+        row = row_of(**changes)
         assert (row.adkim, row.aspf, row.psd, row.interval_hours) == ("r", "r", "u", 1)
         return
     with pytest.raises(EvaluationError, match=message):
-        evaluation_row(evaluation(**changes))
+        Evaluation.from_json(evaluation(**changes))
 
 
 def test_a_missing_field_is_named_and_the_task_logs_instead_of_failing(
@@ -261,7 +262,7 @@ def test_a_missing_field_is_named_and_the_task_logs_instead_of_failing(
     broken = evaluation()
     del broken["header_from"]
     with pytest.raises(EvaluationError, match="field 'header_from' is missing"):
-        evaluation_row(broken)
+        Evaluation.from_json(broken)
     with caplog.at_level(logging.WARNING):
         assert store_evaluation(load_config(config_file), broken) is False
     assert (
@@ -284,7 +285,7 @@ def test_a_batch_is_stored_in_one_go_and_a_malformed_member_is_skipped(config_fi
 def test_without_rua_nothing_is_stored(config_file: Path) -> None:
     config = load_config(config_file)
     with session_scope(config.resolved_database_url) as session:
-        assert record_evaluation(session, config, evaluation(rua=[])) is None
+        assert record_evaluation(session, config, Evaluation.from_json(evaluation(rua=[]))) is None
     assert stored(config) == []
 
 
@@ -395,3 +396,29 @@ def test_cli_lists_pending_evaluations_per_domain(config_file: Path) -> None:
     assert "sender.example" not in one.output
     none = runner.invoke(main, ["--config", str(config_file), "dmarc", "evaluations", "nothing.example"])
     assert none.exit_code == 0 and "no pending evaluations for nothing.example" in none.output
+
+
+# The one serialiser of the hand-off.
+
+
+def test_an_evaluation_reads_back_from_its_json_unchanged() -> None:
+    handed_on = Evaluation.from_json(evaluation(policy={"p": None, "ri": 3600, "testing": True}))
+    assert handed_on.policy.p is None and handed_on.policy.ri == 3600 and handed_on.policy.adkim == "r"
+    wire = json.loads(json.dumps(handed_on.to_json()))  # as Celery's json serializer carries it
+    assert Evaluation.from_json(wire) == handed_on
+    assert wire == {**evaluation(), "policy": wire["policy"]}, "the fields of the wire form are R2.2's"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"requested_disposition": "drop"}, "requested_disposition: 'drop' is not one of"),
+        ({"policy": {"p": 1}}, "p: 1 is not text"),
+        ({"policy": {"ri": "hourly"}}, "ri: 'hourly' is not a number of seconds"),
+        ({"dkim": [{"domain": "sender.example"}]}, "field 'selector' is missing"),
+        ({"spf": "pass"}, "malformed DMARC evaluation"),
+    ],
+)
+def test_the_task_input_is_checked_field_by_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(EvaluationError, match=message):
+        Evaluation.from_json(evaluation(**changes))

@@ -31,6 +31,7 @@ from app.cli import main
 from app.config import Config, load_config
 from app.db import session_factory, session_scope
 from app.dmarcreports import job
+from app.dmarcreports.evaluation import Evaluation
 from app.dmarcreports.evaluations import record_evaluation, store_evaluation
 from app.dmarcreports.job import RunSummary, send_dmarc_reports
 from app.dns import Resolver
@@ -426,7 +427,8 @@ def test_an_evaluation_committed_out_of_id_order_is_reported_not_deleted_unread(
 
     def slow_writer() -> None:  # e.g. a store task whose transaction is still open
         with session_factory(config.resolved_database_url)() as session:
-            record_evaluation(session, config, ev("hourly.example", when, ri=3600, source_ip="192.0.2.7"))
+            hourly = ev("hourly.example", when, ri=3600, source_ip="192.0.2.7")
+            record_evaluation(session, config, Evaluation.from_json(hourly))
             inserted.set()
             release.wait(60)
             session.commit()

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from app.config import Config, load_config
 from app.db import session_scope
+from app.dmarcreports.evaluation import Evaluation
 from app.migrate import upgrade_database
 from app.models import Account, Mailbox, Message, OutgoingMessage
 from tests.support.configs import write_config
@@ -84,12 +85,27 @@ def write_smtp_config(
     return path
 
 
+class RecordedHandoff:
+    """The SMTP service's hand-off to Celery, kept: evaluations in the form the broker carries
+    (Evaluation.to_json()); queue wake-ups are not needed by any test."""
+
+    def __init__(self) -> None:
+        self.evaluations: list[dict[str, Any]] = []
+
+    def record_evaluation(self, evaluation: Evaluation) -> None:
+        self.evaluations.append(evaluation.to_json())
+
+    def wake_queue(self) -> None:
+        pass
+
+
 class ThreadedSMTP:
     """The SMTP service on its own event loop in a background thread, as `postwarden smtp` runs it."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.evaluations: list[dict[str, Any]] = []
+        self.handoff = RecordedHandoff()
+        self.evaluations = self.handoff.evaluations
         # Imported here, not at the top: this plugin loads for every test module, and a broken SMTP
         # import should fail the SMTP tests only.
         from app.smtpserver.server import SMTPService, quiet_aiosmtpd_logging
@@ -97,7 +113,7 @@ class ThreadedSMTP:
         quiet_aiosmtpd_logging()  # as every worker does: aiosmtpd logs each command line at INFO
 
         self.loop = asyncio.new_event_loop()
-        self.service = SMTPService(config, record_evaluation=self.evaluations.append)
+        self.service = SMTPService(config, handoff=self.handoff)
         self.ports: dict[str, int] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, name="smtp-test-server", daemon=True)
 
