@@ -50,7 +50,7 @@ class InboundHandler(BaseHandler):
         self._folded_addresses = {address_key(a): target for a, target in config.address_index.items()}
 
     def target_for(self, address: str) -> tuple[str, str] | None:
-        """(account, mailbox) a recipient address delivers to, or None if it is not ours."""
+        """(account, mailbox) mail to a recipient address goes to, or None if it is not ours."""
         return self.config.account_for_address(address) or self._folded_addresses.get(address_key(address))
 
     async def handle_AUTH(

@@ -14,7 +14,7 @@ Action = Literal["accept", "quarantine", "reject"]
 class Recipient:
     address: str  # as given in RCPT TO, domain lower-cased
     account: str
-    mailbox: str  # the mailbox the address delivers to (Inbox, or a special address's mailbox)
+    mailbox: str  # where mail to the address goes (Inbox, or a special address's mailbox)
 
 
 @dataclass(frozen=True)
