@@ -1,4 +1,4 @@
-"""Queue operations on the outgoing table: claim with a lease, outcomes, retry, drop, list.
+"""Queue operations on the outgoing table: what is due, claim with a lease, outcomes, retry, drop, list.
 (The way in, for every kind of message, is app/queue/enqueue.py.)
 
 The rows are the truth (DESIGN.md). A delivery run claims rows by writing its own lease owner and
@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -40,9 +41,10 @@ RELEASE_DELAY = timedelta(seconds=5)
 _TABLE = OutgoingMessage.__table__
 
 
-def count_due(session: Session) -> int:
-    """Messages whose next attempt time has come and that no worker holds."""
-    query = select(func.count()).select_from(OutgoingMessage).where(*_due_and_free(utcnow()))
+def count_due(session: Session, now: datetime | None = None) -> int:
+    """How many rows are due (`due`): what the sweep, the status page, `/metrics` and `queue list`
+    count."""
+    query = select(func.count()).select_from(OutgoingMessage).where(due(now or utcnow()))
     return session.scalar(query) or 0
 
 
@@ -50,9 +52,14 @@ def queue_size(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutgoingMessage)) or 0
 
 
-def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    free = or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
-    return (_TABLE.c.next_attempt <= now, free)
+def due(now: datetime) -> ColumnElement[bool]:
+    """The one definition of a due row: its next attempt time has come and no worker holds it."""
+    return (_TABLE.c.next_attempt <= now) & free(now)
+
+
+def free(now: datetime) -> ColumnElement[bool]:
+    """No worker holds the row: it has no lease, or the lease has expired (its worker died)."""
+    return or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
 
 
 def database_error(error: Exception) -> str:
@@ -82,19 +89,19 @@ def claim_batch(
         return []
     owner = secrets.token_hex(8)
     values = {"lease_owner": owner, "lease_until": now + lease}
-    first = update(_TABLE).where(_TABLE.c.id == queue_id, *_due_and_free(now)).values(values)
+    first = update(_TABLE).where(_TABLE.c.id == queue_id, due(now)).values(values)
     claimed = affected_rows(session.execute(first))
     if batch_size > claimed:
         # SKIP LOCKED (PostgreSQL; SQLite serializes writers anyway) keeps concurrent claimers from
         # waiting on, or deadlocking over, the same rows; the outer WHERE re-checks each row.
         candidates = (
             select(_TABLE.c.id)
-            .where(_TABLE.c.recipient_domain == domain, *_due_and_free(now))
+            .where(_TABLE.c.recipient_domain == domain, due(now))
             .order_by(_TABLE.c.next_attempt, _TABLE.c.id)
             .limit(batch_size - claimed)
             .with_for_update(skip_locked=True)
         )
-        more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), *_due_and_free(now))
+        more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), due(now))
         session.execute(more.values(values))
     session.commit()
     held = select(OutgoingMessage).where(OutgoingMessage.lease_owner == owner).order_by(OutgoingMessage.id)
@@ -103,7 +110,7 @@ def claim_batch(
 
 def next_due_id(session: Session, domain: str) -> int | None:
     """The oldest due row for the domain that no worker holds, if any."""
-    query = select(_TABLE.c.id).where(_TABLE.c.recipient_domain == domain, *_due_and_free(utcnow()))
+    query = select(_TABLE.c.id).where(_TABLE.c.recipient_domain == domain, due(utcnow()))
     return session.scalar(query.order_by(_TABLE.c.next_attempt, _TABLE.c.id).limit(1))
 
 
@@ -235,7 +242,7 @@ def due_wakeups(session: Session, batch_size: int, now: datetime | None = None) 
     now = now or utcnow()
     query = (
         select(OutgoingMessage.id, OutgoingMessage.recipient_domain)
-        .where(*_due_and_free(now))
+        .where(due(now))
         .order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
         .limit(SWEEP_SCAN_LIMIT)
     )
@@ -252,18 +259,32 @@ def due_wakeups(session: Session, batch_size: int, now: datetime | None = None) 
 # Operator commands.
 
 
-def list_rows(session: Session, ids: Sequence[int] = ()) -> list[OutgoingMessage]:
-    query = select(OutgoingMessage).order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
+@dataclass(frozen=True)
+class Listed:
+    """A queue row as operators see it: whether it is due and whether a worker holds it are the
+    queue's own answers (`due`, `free`), so `queue list` agrees with the sweep and the status page."""
+
+    row: OutgoingMessage
+    due: bool
+    held: bool
+
+
+def list_rows(session: Session, ids: Sequence[int] = (), path: str | None = None) -> list[Listed]:
+    """The rows (those with the ids, or of the file at `path`, when given), next attempt first."""
+    now = utcnow()
+    query = select(OutgoingMessage, due(now), free(now))
+    query = query.order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
     if ids:
         query = query.where(OutgoingMessage.id.in_(ids))
-    return list(session.scalars(query))
+    if path is not None:
+        query = query.where(OutgoingMessage.path == path)
+    return [Listed(row, bool(is_due), not is_free) for row, is_due, is_free in session.execute(query)]
 
 
 def retry_now(session: Session, ids: Sequence[int] = ()) -> list[int]:
     """Make rows due now (all rows when `ids` is empty); rows a worker holds are left alone."""
     now = utcnow()
-    free = or_(OutgoingMessage.lease_until.is_(None), OutgoingMessage.lease_until < now)
-    query = select(OutgoingMessage.id).where(free)
+    query = select(OutgoingMessage.id).where(free(now))
     if ids:
         query = query.where(OutgoingMessage.id.in_(ids))
     chosen = list(session.scalars(query))
@@ -276,10 +297,8 @@ def retry_now(session: Session, ids: Sequence[int] = ()) -> list[int]:
 
 def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
     """Delete rows no worker holds, without a DSN; (dropped ids, their file paths)."""
-    now = utcnow()
-    free = or_(OutgoingMessage.lease_until.is_(None), OutgoingMessage.lease_until < now)
     rows = session.execute(
-        select(OutgoingMessage.id, OutgoingMessage.path).where(OutgoingMessage.id.in_(ids), free)
+        select(OutgoingMessage.id, OutgoingMessage.path).where(OutgoingMessage.id.in_(ids), free(utcnow()))
     ).all()
     dropped = [queue_id for queue_id, _ in rows]
     if dropped:
