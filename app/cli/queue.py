@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from app.auth.message import header_fields
 from app.cli.common import ROW_ID, echo, emit_json, exit_if_database_unusable, json_option, load, main
@@ -16,7 +15,6 @@ from app.cli.inspect import row_number
 from app.config import Config
 from app.db import session_scope
 from app.models import OutgoingMessage
-from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
 from app.queue import history, outgoing
 from app.store.files import outgoing_path
@@ -25,17 +23,19 @@ SHOWN_HEADERS = ("from", "to", "subject", "date", "message-id")
 HISTORY_COLUMNS = ("attempted", "recipient", "result", "host", "ip", "tls", "reply_code", "reply")
 
 
-def _columns(row: OutgoingMessage) -> dict[str, Any]:
+def _columns(listed: outgoing.Listed) -> dict[str, Any]:
+    row = listed.row
     values = {column.key: getattr(row, column.key) for column in OutgoingMessage.__table__.columns}
-    values["held"] = row.lease_until is not None and row.lease_until > utcnow()
+    values["due"] = listed.due
+    values["held"] = listed.held
     values["file_id"] = history.file_id_of(row.path)  # the id the submission's 250 reply gave
     return values
 
 
-def _rows(config: Config, ids: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+def _rows(config: Config) -> list[dict[str, Any]]:
     url = config.resolved_database_url
     with exit_if_database_unusable(url), session_scope(url) as session:
-        return [_columns(row) for row in outgoing.list_rows(session, ids)]
+        return [_columns(listed) for listed in outgoing.list_rows(session)]
 
 
 @main.group("queue")
@@ -58,7 +58,7 @@ def queue_list(ctx: click.Context, as_json: bool) -> None:
         when = "in progress" if row["held"] else f"{row['next_attempt']:%Y-%m-%d %H:%M:%S}"
         error = (row["last_error"] or "")[:60]
         echo(f"{row['id']:7} {when:19} {tries:>5} {row['sender'][:28]:28} {row['recipient'][:28]:28} {error}")
-    echo(f"{len(rows)} message(s) queued")
+    echo(f"{len(rows)} message(s) queued, {sum(row['due'] for row in rows)} due")
 
 
 @queue_group.command("show")
@@ -91,10 +91,9 @@ def _entries(config: Config, ident: str) -> list[dict[str, Any]]:
             rows = outgoing.list_rows(session, (queue_id,))
             attempts = history.attempts_for(session, queue_ids=(queue_id,))
         else:
-            query = select(OutgoingMessage).where(OutgoingMessage.path == outgoing_path(ident))
-            rows = list(session.scalars(query.order_by(OutgoingMessage.id)))
+            rows = outgoing.list_rows(session, path=outgoing_path(ident))
             attempts = history.attempts_for(session, file_id=ident)
-    entries = {row.id: _columns(row) | {"state": "queued", "history": []} for row in rows}
+    entries = {listed.row.id: _columns(listed) | {"state": "queued", "history": []} for listed in rows}
     for attempt in attempts:  # oldest first: a finished row's state is its last attempt's result
         entry = entries.setdefault(attempt.queue_id, _finished(attempt))
         entry["history"].append(_attempt(attempt))

@@ -45,7 +45,7 @@ from app.jobs import job_named, prune_runs
 from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
-from app.queue.outgoing import Queued, enqueue_many
+from app.queue.enqueue import Queued, enqueue_many
 from app.reportsuppress import suppressed_addresses, suppression_key
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class _Run:
             outcome.addresses,
             next_attempt=outcome.due,
             max_attempts=REPORT_ATTEMPTS,
-            is_dmarc_report=True,
+            kind="dmarc-report",
         )
 
     def claim_values(self, outcome: Outcome) -> dict[str, object]:

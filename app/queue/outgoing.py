@@ -1,4 +1,5 @@
-"""Queue operations on the outgoing table: enqueue, claim with a lease, outcomes, retry, drop, list.
+"""Queue operations on the outgoing table: what is due, claim with a lease, outcomes, retry, drop, list.
+(The way in, for every kind of message, is app/queue/enqueue.py.)
 
 The rows are the truth (DESIGN.md). A delivery run claims rows by writing its own lease owner and
 an expiry into them with one UPDATE whose WHERE re-checks that they are due and free, so two workers
@@ -19,18 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.address import AddressError, address_domain, normalize_address, validate_address
+from app.address import address_domain, normalize_address
 from app.auth.publicsuffix import psl_organizational_domain
 from app.config import Config
 from app.db import affected_rows, session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
-from app.store.files import OUTGOING_DIR, fsync_dir, new_file_id, outgoing_path
+from app.store.files import OUTGOING_DIR
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
@@ -41,9 +41,10 @@ RELEASE_DELAY = timedelta(seconds=5)
 _TABLE = OutgoingMessage.__table__
 
 
-def count_due(session: Session) -> int:
-    """Messages whose next attempt time has come and that no worker holds."""
-    query = select(func.count()).select_from(OutgoingMessage).where(*_due_and_free(utcnow()))
+def count_due(session: Session, now: datetime | None = None) -> int:
+    """How many rows are due (`due`): what the sweep, the status page, `/metrics` and `queue list`
+    count."""
+    query = select(func.count()).select_from(OutgoingMessage).where(due(now or utcnow()))
     return session.scalar(query) or 0
 
 
@@ -51,9 +52,14 @@ def queue_size(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutgoingMessage)) or 0
 
 
-def _due_and_free(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    free = or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
-    return (_TABLE.c.next_attempt <= now, free)
+def due(now: datetime) -> ColumnElement[bool]:
+    """The one definition of a due row: its next attempt time has come and no worker holds it."""
+    return (_TABLE.c.next_attempt <= now) & free(now)
+
+
+def free(now: datetime) -> ColumnElement[bool]:
+    """No worker holds the row: it has no lease, or the lease has expired (its worker died)."""
+    return or_(_TABLE.c.lease_until.is_(None), _TABLE.c.lease_until < now)
 
 
 def database_error(error: Exception) -> str:
@@ -61,146 +67,6 @@ def database_error(error: Exception) -> str:
     characters; not the statement and its parameters, which may carry remote text."""
     reason = str(getattr(error, "orig", None) or error).strip().split("\n", 1)[0]
     return f"{type(error).__name__}: {reason[:200]}"
-
-
-# Enqueueing (for jobs that create mail, e.g. reports; the submission listener queues through its store).
-
-
-class QueueAddressError(ValueError):
-    """A sender or recipient that is not a valid address: nothing of the batch was queued."""
-
-
-@dataclass(frozen=True)
-class Queued:
-    """One message for `enqueue_many`, with the options `enqueue` takes."""
-
-    content: bytes
-    sender: str
-    recipients: Sequence[str]
-    account_id: int | None = None
-    next_attempt: datetime | None = None
-    max_attempts: int | None = None
-    is_dmarc_report: bool = False
-    is_tls_report: bool = False
-
-
-def enqueue(
-    session: Session,
-    config: Config,
-    content: bytes,
-    *,
-    sender: str,
-    recipients: Sequence[str],
-    account_id: int | None = None,
-    next_attempt: datetime | None = None,
-    max_attempts: int | None = None,
-    is_dmarc_report: bool = False,
-    is_tls_report: bool = False,
-) -> list[int]:
-    """Write the message file durably, then add one row per recipient in the caller's transaction.
-
-    The rows become visible with the caller's commit, so a job can mark its work done and queue the
-    mail atomically. A rollback or crash before that commit leaves only an unreferenced file.
-    """
-    message = Queued(
-        content, sender, recipients, account_id, next_attempt, max_attempts, is_dmarc_report, is_tls_report
-    )
-    return enqueue_many(session, config, [message])[0]
-
-
-def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -> list[list[int]]:
-    """`enqueue` for several messages at once; the row ids per message.
-
-    The files are written and fsync'd concurrently and their directory once, before any row is
-    added: a job queueing thousands of reports waits for one round of fsyncs per batch, not two
-    fsyncs one after the other per message.
-
-    Every sender and recipient is checked first (QueueAddressError): they become our MAIL FROM and
-    RCPT TO, and whoever built the message, nothing but a valid address may get that far.
-    """
-    for message in messages:
-        _check_addresses(message)
-    paths = [outgoing_path(new_file_id()) for _ in messages]
-    _write_durably([(config.data_dir / path, m.content) for path, m in zip(paths, messages, strict=True)])
-    rows = [
-        [
-            OutgoingMessage(
-                account_id=m.account_id,
-                sender=m.sender,
-                recipient=recipient,
-                recipient_domain=address_domain(recipient),
-                path=path,
-                size=len(m.content),
-                next_attempt=m.next_attempt or utcnow(),
-                max_attempts=m.max_attempts or config.delivery.max_attempts,
-                is_dmarc_report=m.is_dmarc_report,
-                is_tls_report=m.is_tls_report,
-            )
-            for recipient in m.recipients
-        ]
-        for path, m in zip(paths, messages, strict=True)
-    ]
-    session.add_all([row for message_rows in rows for row in message_rows])
-    session.flush()
-    return [[row.id for row in message_rows] for message_rows in rows]
-
-
-def _check_addresses(message: Queued) -> None:
-    """QueueAddressError unless the sender ("" is the null reverse-path) and every recipient is valid
-    (SMTPUTF8 allowed: the SMTP client asks for it, or fails the delivery, as the addresses need)."""
-    addresses = [message.sender] if message.sender else []
-    for address in [*addresses, *message.recipients]:
-        try:
-            validate_address(address, smtputf8=True)
-        except AddressError as e:
-            raise QueueAddressError(f"cannot queue a message for {address!r}: {e}") from None
-
-
-def enqueue_report(
-    session: Session,
-    config: Config,
-    *,
-    message: bytes,
-    sender: str,
-    recipients: Sequence[str],
-    kind: Literal["dmarc", "tls"],
-    due: datetime | None = None,
-    max_attempts: int | None = None,
-) -> list[int]:
-    """Queue a DMARC or TLS report message (R2.6, R5.3): its failure DSN goes to the postmaster."""
-    return enqueue(
-        session,
-        config,
-        message,
-        sender=sender,
-        recipients=recipients,
-        next_attempt=due,
-        max_attempts=max_attempts,
-        is_dmarc_report=kind == "dmarc",
-        is_tls_report=kind == "tls",
-    )
-
-
-def _write_durably(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Write and fsync the files (several at once), then their directory entries, so a committed row
-    never points at nothing."""
-    directories = {path.parent for path, _ in files}
-    for directory in directories:
-        directory.mkdir(parents=True, exist_ok=True)
-    if len(files) == 1:
-        _write_file(*files[0])
-    elif files:
-        with ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="queue-file-writer") as writers:
-            list(writers.map(lambda file: _write_file(*file), files))
-    for directory in directories:
-        fsync_dir(directory)
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # Claiming and leases.
@@ -223,19 +89,19 @@ def claim_batch(
         return []
     owner = secrets.token_hex(8)
     values = {"lease_owner": owner, "lease_until": now + lease}
-    first = update(_TABLE).where(_TABLE.c.id == queue_id, *_due_and_free(now)).values(values)
+    first = update(_TABLE).where(_TABLE.c.id == queue_id, due(now)).values(values)
     claimed = affected_rows(session.execute(first))
     if batch_size > claimed:
         # SKIP LOCKED (PostgreSQL; SQLite serializes writers anyway) keeps concurrent claimers from
         # waiting on, or deadlocking over, the same rows; the outer WHERE re-checks each row.
         candidates = (
             select(_TABLE.c.id)
-            .where(_TABLE.c.recipient_domain == domain, *_due_and_free(now))
+            .where(_TABLE.c.recipient_domain == domain, due(now))
             .order_by(_TABLE.c.next_attempt, _TABLE.c.id)
             .limit(batch_size - claimed)
             .with_for_update(skip_locked=True)
         )
-        more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), *_due_and_free(now))
+        more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), due(now))
         session.execute(more.values(values))
     session.commit()
     held = select(OutgoingMessage).where(OutgoingMessage.lease_owner == owner).order_by(OutgoingMessage.id)
@@ -244,7 +110,7 @@ def claim_batch(
 
 def next_due_id(session: Session, domain: str) -> int | None:
     """The oldest due row for the domain that no worker holds, if any."""
-    query = select(_TABLE.c.id).where(_TABLE.c.recipient_domain == domain, *_due_and_free(utcnow()))
+    query = select(_TABLE.c.id).where(_TABLE.c.recipient_domain == domain, due(utcnow()))
     return session.scalar(query.order_by(_TABLE.c.next_attempt, _TABLE.c.id).limit(1))
 
 
@@ -376,7 +242,7 @@ def due_wakeups(session: Session, batch_size: int, now: datetime | None = None) 
     now = now or utcnow()
     query = (
         select(OutgoingMessage.id, OutgoingMessage.recipient_domain)
-        .where(*_due_and_free(now))
+        .where(due(now))
         .order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
         .limit(SWEEP_SCAN_LIMIT)
     )
@@ -393,18 +259,32 @@ def due_wakeups(session: Session, batch_size: int, now: datetime | None = None) 
 # Operator commands.
 
 
-def list_rows(session: Session, ids: Sequence[int] = ()) -> list[OutgoingMessage]:
-    query = select(OutgoingMessage).order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
+@dataclass(frozen=True)
+class Listed:
+    """A queue row as operators see it: whether it is due and whether a worker holds it are the
+    queue's own answers (`due`, `free`), so `queue list` agrees with the sweep and the status page."""
+
+    row: OutgoingMessage
+    due: bool
+    held: bool
+
+
+def list_rows(session: Session, ids: Sequence[int] = (), path: str | None = None) -> list[Listed]:
+    """The rows (those with the ids, or of the file at `path`, when given), next attempt first."""
+    now = utcnow()
+    query = select(OutgoingMessage, due(now), free(now))
+    query = query.order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
     if ids:
         query = query.where(OutgoingMessage.id.in_(ids))
-    return list(session.scalars(query))
+    if path is not None:
+        query = query.where(OutgoingMessage.path == path)
+    return [Listed(row, bool(is_due), not is_free) for row, is_due, is_free in session.execute(query)]
 
 
 def retry_now(session: Session, ids: Sequence[int] = ()) -> list[int]:
     """Make rows due now (all rows when `ids` is empty); rows a worker holds are left alone."""
     now = utcnow()
-    free = or_(OutgoingMessage.lease_until.is_(None), OutgoingMessage.lease_until < now)
-    query = select(OutgoingMessage.id).where(free)
+    query = select(OutgoingMessage.id).where(free(now))
     if ids:
         query = query.where(OutgoingMessage.id.in_(ids))
     chosen = list(session.scalars(query))
@@ -417,10 +297,8 @@ def retry_now(session: Session, ids: Sequence[int] = ()) -> list[int]:
 
 def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
     """Delete rows no worker holds, without a DSN; (dropped ids, their file paths)."""
-    now = utcnow()
-    free = or_(OutgoingMessage.lease_until.is_(None), OutgoingMessage.lease_until < now)
     rows = session.execute(
-        select(OutgoingMessage.id, OutgoingMessage.path).where(OutgoingMessage.id.in_(ids), free)
+        select(OutgoingMessage.id, OutgoingMessage.path).where(OutgoingMessage.id.in_(ids), free(utcnow()))
     ).all()
     dropped = [queue_id for queue_id, _ in rows]
     if dropped:

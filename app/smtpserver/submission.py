@@ -29,9 +29,10 @@ from app.auth.dkim import DKIMMessageError, DKIMSigningError, header_problem, si
 from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
 from app.models.base import utcnow
+from app.queue.enqueue import Queued
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
-from app.store.files import MessageStore, OutgoingCopy, StoreError
+from app.store.files import MessageStore, StoreError
 from app.throttle import attempt_login
 
 log = logging.getLogger("app.smtpserver")
@@ -195,9 +196,15 @@ class SubmissionHandler(BaseHandler):
             log.error("submission not signed ip=%s account=%s: %s", server.peer_ip, account, e)
             return "sign-failed", "451 4.3.0 The message could not be signed; try again later"
         trace = self.trace_header(server, session, envelope, transaction_id)
-        outgoing = OutgoingCopy(account, envelope_sender(envelope), tuple(envelope.rcpt_tos))
+        message = Queued(content, envelope_sender(envelope), tuple(envelope.rcpt_tos))
         try:
-            await self.store.enqueue_outgoing(content, outgoing, prefix=trace + added, file_id=transaction_id)
+            await self.store.enqueue_outgoing(
+                message,
+                account=account,
+                default_max_attempts=self.config.delivery.max_attempts,
+                prefix=trace + added,
+                file_id=transaction_id,
+            )
         except StoreError:
             return "store-failed", "451 4.3.0 The message could not be queued; try again later"
         if self.wake_queue is not None:

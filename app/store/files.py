@@ -12,6 +12,9 @@ smtp` starts and recovers. Each store therefore holds an exclusive flock on its 
 lives, and recovery settles only directories whose lock it can take: their writer is gone, so no
 file in them is still being committed. (Files straight in tmp/ come from versions before this.)
 
+The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
+come from `Queued.rows`, and `write_durably` here writes the files the queue's jobs enqueue too.
+
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
 in one database transaction (group commit). Blocking work stays off the event loop. The SMTP worker
@@ -31,13 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
-from app.address import address_domain, validate_address
 from app.auth.message import summarize_headers
 from app.db import session_factory
 from app.models import OutgoingMessage
@@ -49,6 +51,9 @@ from app.store.mailboxes import (
     holds_message_id,
     new_message_row,
 )
+
+if TYPE_CHECKING:  # app.queue.enqueue writes through this module: the name only, no import cycle
+    from app.queue.enqueue import Queued
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +105,19 @@ class MailboxCopy:
 
 
 @dataclass(frozen=True)
-class OutgoingCopy:
-    """A submitted message: one file, one queue row per recipient."""
+class _Outgoing:
+    """A submitted message for the queue, sent by the account named `account` (its id looked up, or
+    the account made, at commit, like a mailbox)."""
 
     account: str
-    sender: str
-    recipients: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        # They become our MAIL FROM and RCPT TO: the queue takes nothing but valid addresses (AddressError).
-        for address in [self.sender, *self.recipients] if self.sender else self.recipients:
-            validate_address(address, smtputf8=True)
+    message: Queued
+    default_max_attempts: int
 
 
 @dataclass
 class _Job:
     size: int
-    copies: Sequence[MailboxCopy] | OutgoingCopy
+    copies: Sequence[MailboxCopy] | _Outgoing
     relatives: list[str]  # final paths under the data dir: one per copy (one for outgoing)
     tmp_paths: list[Path]
     future: asyncio.Future[list[str]]
@@ -183,11 +184,20 @@ class MessageStore:
         return await self._submit((prefix, content), copies, paths)
 
     async def enqueue_outgoing(
-        self, content: bytes, outgoing: OutgoingCopy, *, prefix: bytes = b"", file_id: str | None = None
+        self,
+        message: Queued,
+        *,
+        account: str,
+        default_max_attempts: int,
+        prefix: bytes = b"",
+        file_id: str | None = None,
     ) -> str:
-        """Store a submitted message (`prefix` then `content`) and its queue rows durably; its file id
-        (`file_id`, the SMTP transaction's id, when given)."""
-        (stored,) = await self._submit((prefix, content), outgoing, [outgoing_path(file_id or new_file_id())])
+        """Store a submitted message (`prefix` then its content) and its queue rows durably (the
+        queue's rules: app/queue/enqueue.py); its file id (`file_id`, the SMTP transaction's id, when
+        given). The rows belong to the account named `account`, made on demand like a mailbox's."""
+        outgoing = _Outgoing(account, message, default_max_attempts)
+        relatives = [outgoing_path(file_id or new_file_id())]
+        (stored,) = await self._submit((prefix, message.content), outgoing, relatives)
         return stored
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
@@ -256,7 +266,7 @@ class MessageStore:
     # Writing files, then the group commit.
 
     async def _submit(
-        self, parts: tuple[bytes, bytes], copies: Sequence[MailboxCopy] | OutgoingCopy, relatives: list[str]
+        self, parts: tuple[bytes, bytes], copies: Sequence[MailboxCopy] | _Outgoing, relatives: list[str]
     ) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
@@ -353,11 +363,11 @@ class MessageStore:
     ) -> list[_PlannedFile]:
         """The job's files with the rows that will point at them (a duplicate reject has none)."""
         size = job.size
-        if isinstance(job.copies, OutgoingCopy):
+        if isinstance(job.copies, _Outgoing):
             out = job.copies
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
             relative = job.relatives[0]
-            rows = [_outgoing_row(account_id, out.sender, rcpt, relative, size) for rcpt in out.recipients]
+            rows = out.message.rows(relative, size, out.default_max_attempts, account_id)
             return [_PlannedFile(job.tmp_paths[0], relative, rows, _insert_outgoing_rows)]
         files = []
         for copy, relative, tmp in zip(job.copies, job.relatives, job.tmp_paths, strict=True):
@@ -434,22 +444,40 @@ def _names_same_file(path: Path, fd: int) -> bool:
 
 
 def _write_tmp_files(directory: Path, relatives: list[str], parts: tuple[bytes, bytes]) -> list[Path]:
-    """Write and fsync one tmp file per final path, then the directory, so that the files and their
-    names are durable before any row names them; on failure none is left behind."""
-    written: list[Path] = []
+    """One tmp file per final path, written durably (`write_durably`)."""
+    paths = [directory / relative.replace("/", PATH_SEPARATOR_IN_TMP) for relative in relatives]
+    write_durably([(path, parts) for path in paths])
+    return paths
+
+
+def write_durably(files: Sequence[tuple[Path, Sequence[bytes]]], *, concurrently: bool = False) -> None:
+    """Create each file (never over another) from its parts and fsync it, then fsync the files'
+    directories, so that the files and their names are durable before any row names them; on
+    failure none is left behind. The one writer of message files: the store's and the queue's.
+
+    `concurrently`: several files at once in a thread pool (the filesystem journal commits
+    concurrent fsyncs together), for a caller with many files and no writer threads of its own."""
+    written: list[Path] = []  # only files this call created are removed on failure
+
+    def write(path: Path, parts: Sequence[bytes]) -> None:
+        with open(path, "xb") as f:
+            written.append(path)
+            f.writelines(parts)
+            f.flush()
+            os.fsync(f.fileno())
+
     try:
-        for relative in relatives:
-            path = directory / relative.replace("/", PATH_SEPARATOR_IN_TMP)
-            with open(path, "xb") as f:
-                written.append(path)
-                f.writelines(parts)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_dir(directory)
+        if concurrently and len(files) > 1:
+            with ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="file-writer") as writers:
+                list(writers.map(lambda file: write(*file), files))
+        else:
+            for path, parts in files:
+                write(path, parts)
+        for directory in {path.parent for path, _ in files}:
+            fsync_dir(directory)
     except BaseException:
         _unlink_all(written)
         raise
-    return written
 
 
 def _name(entry: os.DirEntry[str]) -> str:
@@ -459,17 +487,6 @@ def _name(entry: os.DirEntry[str]) -> str:
 def _unlink_all(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def _outgoing_row(account_id: int, sender: str, recipient: str, relative: str, size: int) -> dict[str, Any]:
-    return {
-        "account_id": account_id,
-        "sender": sender,
-        "recipient": recipient,
-        "recipient_domain": address_domain(recipient),
-        "path": relative,
-        "size": size,
-    }
 
 
 def _insert_outgoing_rows(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -48,9 +48,9 @@ from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
 from app.jobs import job_named, prune_runs
 from app.logs import cid_scope, new_cid
-from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
+from app.models import JobRun, TLSReportPost, TLSResult
 from app.models.base import utcnow
-from app.queue.outgoing import enqueue_report
+from app.queue.enqueue import Queued, enqueue
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
@@ -429,18 +429,17 @@ class _Sender:
             session.add(post)
         if not planned.mailto:
             return
-        ids = enqueue_report(
-            session,
-            self.job.config,
-            message=planned.message,
-            sender=self.submitter.address,
-            recipients=planned.mailto,
-            kind="tls",
-            due=due,
+        report_mail = Queued(
+            planned.message,
+            self.submitter.address,
+            planned.mailto,
+            kind="tls-report",
+            next_attempt=due,
             max_attempts=MAX_REPORT_ATTEMPTS,
+            # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
+            require_tls=False,
         )
-        # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
-        session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(ids)).values(require_tls=False))
+        enqueue(session, self.job.config, report_mail)
 
     def _log(self, cid: str, planned: _Planned, due: datetime) -> None:
         report = planned.report

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.jobs import JOBS, Job
 from app.models import JobRun, OutgoingMessage
+from app.queue.outgoing import count_due
 from app.store.mailboxes import count_received_since
 
 # The report jobs the status page names first (SPEC §2 and §5), by their registry name.
@@ -46,13 +47,10 @@ def server_status(session: Session, now: datetime) -> ServerStatus:
     queue_size, oldest = session.execute(
         select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
     ).one()
-    due = (
-        session.scalar(select(func.count(OutgoingMessage.id)).where(OutgoingMessage.next_attempt <= now)) or 0
-    )
     return ServerStatus(
         messages_today=messages_today,
         queue_size=queue_size or 0,
-        queue_due=due,
+        queue_due=count_due(session, now),  # the sweep's count: rows a live lease holds are not due
         oldest_queued=oldest,  # min() keeps the column's type: an aware datetime
         last_runs=last_job_runs(session),
     )

@@ -38,7 +38,8 @@ from app.db import engine_for, session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import TLSResult  # noqa: E402
 from app.queue.deliver import outcome_connection, restore_durability  # noqa: E402
-from app.queue.outgoing import enqueue, queue_size  # noqa: E402
+from app.queue.enqueue import Queued, enqueue  # noqa: E402
+from app.queue.outgoing import queue_size  # noqa: E402
 from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
 from tests.bench.args import SMOKE, count  # noqa: E402
 from tests.support.celeryworker import celery_worker, client_for  # noqa: E402
@@ -100,7 +101,7 @@ def database_url(directory: Path) -> str:
 def queue_messages(config: Config) -> None:
     with session_scope(config.resolved_database_url) as session:
         for i in range(MESSAGES):
-            enqueue(session, config, message(i), sender="admin@example.org", recipients=[f"r{i}@example.net"])
+            enqueue(session, config, Queued(message(i), "admin@example.org", [f"r{i}@example.net"]))
 
 
 def bare_smtplib(port: int) -> float:

@@ -38,7 +38,8 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.queue.deliver import DeliveryReport, deliver, prepare_content
-from app.queue.outgoing import enqueue, enqueue_report, remove_orphan_files
+from app.queue.enqueue import Queued, enqueue
+from app.queue.outgoing import remove_orphan_files
 from tasks import delivery
 from tasks.celery_app import settings
 from tests.support.configs import write_config
@@ -114,13 +115,7 @@ command_timeout = 5
         with session_scope(self.config.resolved_database_url) as session:
             account_id = ensure_account(session, "admin").id
             return enqueue(
-                session,
-                self.config,
-                content,
-                sender=SENDER,
-                recipients=recipients,
-                account_id=account_id,
-                **options,
+                session, self.config, Queued(content, SENDER, recipients, account_id=account_id, **options)
             )
 
     def queue_report(
@@ -128,15 +123,14 @@ command_timeout = 5
     ) -> int:
         assert self.config is not None
         with session_scope(self.url) as session:
-            (queue_id,) = enqueue_report(
-                session,
-                self.config,
-                message=content,
-                sender="postmaster@mail.example.org",
-                recipients=[RCPT],
-                kind=kind,
+            report = Queued(
+                content,
+                "postmaster@mail.example.org",
+                [RCPT],
+                kind="dmarc-report" if kind == "dmarc" else "tls-report",
                 max_attempts=max_attempts,
             )
+            (queue_id,) = enqueue(session, self.config, report)
         return queue_id
 
     async def deliver_one(

@@ -26,7 +26,8 @@ from celery import Celery
 from app.config import Config, load_config
 from app.db import session_scope
 from app.migrate import upgrade_database
-from app.queue.outgoing import enqueue, queue_size, remove_orphan_files
+from app.queue.enqueue import Queued, enqueue
+from app.queue.outgoing import queue_size, remove_orphan_files
 from tests.support.celeryworker import celery_worker, client_for
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
@@ -94,7 +95,7 @@ def queue_for_the_sink(tmp_path: Path, dns: DNSTestServer, delivery: str) -> tup
     with session_scope(config.resolved_database_url) as session:
         for i in range(MESSAGES):
             content = f"Message-ID: <{i}@crash.test>\r\nSubject: {i}\r\n\r\nbody {i}\r\n".encode()
-            enqueue(session, config, content, sender="admin@example.org", recipients=[f"r{i}@example.net"])
+            enqueue(session, config, Queued(content, "admin@example.org", [f"r{i}@example.net"]))
     return config_file, config
 
 

@@ -26,7 +26,7 @@ from app.dmarcreports.mail import ReportMail, ReportSender, compose
 from app.dns import Resolver
 from app.models import OutgoingMessage
 from app.queue.deliver import deliver
-from app.queue.outgoing import QueueAddressError, enqueue
+from app.queue.enqueue import QueueAddressError, Queued, enqueue
 from app.tlsreports.job import send_tls_reports
 from tests.reports.test_dmarc_job import DAY, DELIVERY, ev, migrated, queued, report_rows, run, store
 from tests.reports.test_tlsreports_job import (
@@ -188,13 +188,7 @@ def test_the_queue_refuses_an_address_with_a_control_character(
     bad = f"x{CONTROLS[name]}RCPT TO:<victim@example.net>@example.net"
     addresses = {"sender": "postmaster@mail.example.org", "recipient": "dmarc@example.net", field: bad}
     with session_scope(config.resolved_database_url) as session, pytest.raises(QueueAddressError) as refused:
-        enqueue(
-            session,
-            config,
-            b"Subject: x\r\n\r\n",
-            sender=addresses["sender"],
-            recipients=[addresses["recipient"]],
-        )
+        enqueue(session, config, Queued(b"Subject: x\r\n\r\n", addresses["sender"], [addresses["recipient"]]))
     assert "cannot queue a message for" in str(refused.value) and not UNSAFE.search(str(refused.value))
     assert queue_rows(config) == []
     assert not list((config.data_dir / "outgoing").glob("**/*.*")), "no message file written"

@@ -28,8 +28,8 @@ from app.db import session_scope
 from app.migrate import downgrade_database, upgrade_database
 from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
+from app.queue.enqueue import Queued, enqueue
 from app.queue.history import Relay
-from app.queue.outgoing import enqueue
 from tests.queue import test_deliver
 from tests.queue.test_deliver import MX, RCPT, SENDER, World
 from tests.queue.test_delivery_faults import on_postgresql
@@ -293,7 +293,7 @@ def test_queue_ids_are_not_reused_after_deletes_on_sqlite(world: World) -> None:
     assert third > second
     assert cli(config_path, "queue", "drop", str(first), str(third)).exit_code == 0
     with session_scope(world.url) as session:
-        (fourth,) = enqueue(session, config, b"Subject: x\r\n\r\nx\r\n", sender=SENDER, recipients=[RCPT])
+        (fourth,) = enqueue(session, config, Queued(b"Subject: x\r\n\r\nx\r\n", SENDER, [RCPT]))
     assert fourth > third
 
 

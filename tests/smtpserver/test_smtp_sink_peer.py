@@ -26,7 +26,7 @@ from app.dns import Resolver
 from app.migrate import upgrade_database
 from app.models import OutgoingMessage, TLSResult
 from app.queue.deliver import deliver
-from app.queue.outgoing import enqueue
+from app.queue.enqueue import Queued, enqueue
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 
@@ -91,7 +91,7 @@ def setup(tmp_path: Path, dns: DNSTestServer, port: int) -> Config:
 
 def queue(config: Config, content: bytes, *recipients: str) -> list[int]:
     with session_scope(config.resolved_database_url) as session:
-        return enqueue(session, config, content, sender="admin@example.org", recipients=recipients)
+        return enqueue(session, config, Queued(content, "admin@example.org", recipients))
 
 
 def message(i: int, body: str = "Hello.") -> bytes:

@@ -17,16 +17,17 @@ from app.config import load_config
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import Account, Mailbox, Message, OutgoingMessage
+from app.queue.enqueue import Queued
 from app.store.files import (
     COMMIT_LOCK_FILE,
     TMP_DIR,
     MailboxCopy,
     MessageStore,
-    OutgoingCopy,
     StoreError,
     message_path,
     new_file_id,
     outgoing_path,
+    write_durably,
 )
 from app.store.mailboxes import has_accepted_mail_from
 from tests.support.configs import write_config
@@ -118,26 +119,42 @@ async def test_reject_is_stored_once_per_message_id(store: MessageStore, sqlite_
 
 
 async def test_outgoing_file_and_one_row_per_recipient(store: MessageStore, sqlite_url: str) -> None:
-    file_id = await store.enqueue_outgoing(
-        b"msg\r\n", OutgoingCopy("bob", "bob@a.example", ("x@B.example", "y@c.example"))
-    )
+    message = Queued(b"msg\r\n", "bob@a.example", ("x@B.example", "y@c.example"))
+    file_id = await store.enqueue_outgoing(message, account="bob", default_max_attempts=3, prefix=b"T\r\n")
     with session_scope(sqlite_url) as session:
         queued = session.scalars(select(OutgoingMessage).order_by(OutgoingMessage.id)).all()
+        account_id = session.scalars(select(Account.id).where(Account.name == "bob")).one()
         assert [(q.recipient, q.recipient_domain, q.path, q.size) for q in queued] == [
-            ("x@B.example", "b.example", outgoing_path(file_id), 5),
-            ("y@c.example", "c.example", outgoing_path(file_id), 5),
+            ("x@B.example", "b.example", outgoing_path(file_id), 8),
+            ("y@c.example", "c.example", outgoing_path(file_id), 8),
         ]
-    assert (store.data_dir / outgoing_path(file_id)).read_bytes() == b"msg\r\n"
+        assert all(q.account_id == account_id and q.max_attempts == 3 for q in queued)
+        assert all(q.require_tls is None and not (q.is_dmarc_report or q.is_tls_report) for q in queued)
+    assert (store.data_dir / outgoing_path(file_id)).read_bytes() == b"T\r\nmsg\r\n"
 
 
 @pytest.mark.parametrize("bad", ["bob\r\nRCPT TO:<x@evil.example>@a.example", "no-domain", "a b@c.example"])
-async def test_outgoing_copy_takes_only_valid_addresses(bad: str) -> None:
+async def test_the_queue_takes_only_valid_addresses(bad: str) -> None:
     """The queue's addresses become MAIL FROM and RCPT TO: nothing else gets that far."""
     with pytest.raises(AddressError):
-        OutgoingCopy("bob", bad, ("x@b.example",))
+        Queued(b"", bad, ("x@b.example",))
     with pytest.raises(AddressError):
-        OutgoingCopy("bob", "bob@a.example", ("x@b.example", bad))
-    assert OutgoingCopy("bob", "", ("x@b.example",)).sender == ""  # the null reverse-path
+        Queued(b"", "bob@a.example", ("x@b.example", bad))
+    assert Queued(b"", "", ("x@b.example",)).sender == ""  # the null reverse-path
+
+
+@pytest.mark.parametrize("concurrently", [False, True])
+def test_a_failed_write_leaves_no_file_of_its_own(tmp_path: Path, concurrently: bool) -> None:
+    """write_durably, the store's and the queue's writer: never over an existing file, and on failure
+    it removes what it wrote (nothing a row could name), not the file that was there."""
+    (tmp_path / "taken").write_bytes(b"someone else's")
+    files = [(tmp_path / name, (b"a", b"b")) for name in ("one", "taken", "two")]
+    with pytest.raises(FileExistsError):
+        write_durably(files, concurrently=concurrently)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert (tmp_path / "taken").read_bytes() == b"someone else's"
+    write_durably([(tmp_path / "one", (b"a", b"b"))], concurrently=concurrently)
+    assert (tmp_path / "one").read_bytes() == b"ab"
 
 
 async def test_has_accepted_mail_from(store: MessageStore, sqlite_url: str) -> None:

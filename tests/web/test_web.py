@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
@@ -22,6 +23,8 @@ from app.db import session_scope
 from app.dnsrecords import records_for_domain
 from app.models import Account, JobRun, Mailbox, Message, OutgoingMessage
 from app.models.base import utcnow
+from app.queue.enqueue import Queued
+from app.queue.outgoing import count_due
 from app.web.app import WebSetupError, create_app
 from tests.support import webclient
 from tests.support.configs import write_config
@@ -161,6 +164,36 @@ def test_empty_status_and_metrics(client: TestClient) -> None:
     assert "No job has run yet." in page.text
     scrape = client.get("/metrics").text
     assert "postwarden_outgoing_queue_size 0.0" in scrape
+
+
+def test_a_leased_row_is_due_nowhere(client: TestClient, web_config: Config, tmp_path: Path) -> None:
+    """One definition of "due" (app/queue/outgoing.py): a row whose time has come is not due while a
+    live lease holds it, for the sweep's count, the status page, /metrics and `queue list` alike."""
+    now = utcnow()
+    past, soon = now - timedelta(minutes=5), now + timedelta(minutes=5)
+    # (next attempt, lease until): free; lease expired (its worker died); held; not yet due.
+    rows = [(past, None), (past, now - timedelta(minutes=1)), (past, soon), (now + timedelta(hours=1), None)]
+    with session_scope(web_config.resolved_database_url) as session:
+        for n, (next_attempt, lease_until) in enumerate(rows):
+            message = Queued(b"x", "admin@example.org", [f"r{n}@example.net"], next_attempt=next_attempt)
+            (row,) = message.rows(f"outgoing/{n}", 1, default_max_attempts=8)
+            session.add(OutgoingMessage(**row, lease_owner=lease_until and "worker", lease_until=lease_until))
+    with session_scope(web_config.resolved_database_url) as session:
+        assert count_due(session) == 2  # what the sweep counts
+    log_in(client)
+    assert re.search(r'id="queue-size">4<', client.get("/").text)
+    assert re.search(r'id="queue-due">2<', client.get("/").text)
+    assert "postwarden_outgoing_queue_due 2.0" in client.get("/metrics").text
+    config_file = str(tmp_path / "config" / "postwarden.toml")
+    listed = CliRunner().invoke(main, ["--config", config_file, "queue", "list", "--json"])
+    assert [(r["recipient"], r["due"], r["held"]) for r in json.loads(listed.output)] == [
+        ("r0@example.net", True, False),
+        ("r1@example.net", True, False),
+        ("r2@example.net", False, True),
+        ("r3@example.net", False, False),
+    ]
+    text = CliRunner().invoke(main, ["--config", config_file, "queue", "list"]).output
+    assert "4 message(s) queued, 2 due" in text
 
 
 def test_login_keeps_next_and_refuses_other_sites(client: TestClient) -> None:
