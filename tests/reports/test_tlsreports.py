@@ -28,7 +28,6 @@ import trustme
 
 from app.config import Config, load_config
 from app.dns import Resolver
-from app.queue.tlsresult import FailureDetail, PolicyRef
 from app.tlsreports.https import PostError, post_report
 from app.tlsreports.message import report_message, subject
 from app.tlsreports.record import (
@@ -43,6 +42,8 @@ from app.tlsreports.report import (
     POLICY_TYPES,
     RESULT_TYPES,
     FailureCount,
+    FailureDetail,
+    PolicyRef,
     PolicyResult,
     build_report,
 )

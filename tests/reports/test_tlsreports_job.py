@@ -32,12 +32,13 @@ from app.dns import Resolver
 from app.migrate import upgrade_database
 from app.models import JobRun, Mailbox, Message, OutgoingMessage, TLSReportPost, TLSResult
 from app.queue.deliver import deliver
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import is_suppressed, suppress
 from app.tlsreports import job as tlsjob
 from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_reports
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
+from app.tlsreports.report import FailureDetail, PolicyRef
+from app.tlsreports.results import SessionResult, record_tls_results
 from app.tlsreports.sender import find_submitter
 from tests.reports.test_tlsreports import (
     attachment,
