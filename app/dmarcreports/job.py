@@ -37,7 +37,7 @@ from app.auth.types import DMARCRecord
 from app.config import Config
 from app.db import affected_rows, session_factory, upsert_insert
 from app.dmarcreports.interval import whole_hour
-from app.dmarcreports.mail import ReportMail, report_message, report_sender
+from app.dmarcreports.mail import ReportMail, report_message
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
@@ -46,6 +46,7 @@ from app.logs import cid_scope, new_cid
 from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
 from app.models.base import utcnow
 from app.queue.outgoing import Queued, enqueue_many
+from app.reportsender import dmarc_report_sender
 from app.reportsuppress import suppressed_addresses, suppression_key
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class _Run:
         self.resolver = resolver
         self.records = SharedLookups(resolver)
         self.sessions = session_factory(config.resolved_database_url)
-        self.sender = report_sender(config)
+        self.sender = dmarc_report_sender(config)
         self.now = now
         self.cutoff = now - MAX_AGE
         self.summary = RunSummary(cid, whole_hour(now))

@@ -51,6 +51,7 @@ from app.logs import cid_scope, new_cid
 from app.models import JobRun, OutgoingMessage, TLSReportPost, TLSResult
 from app.models.base import utcnow
 from app.queue.outgoing import enqueue_report
+from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
@@ -67,7 +68,6 @@ from app.tlsreports.results import (
     reported_before,
     unclaim,
 )
-from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
 
 log = logging.getLogger("app.tlsreports")
 
@@ -174,8 +174,8 @@ class ReportJob:
             log.info("tls reports: not sending: no_outgoing_tls_reports is set")
             return
         try:
-            submitter = find_submitter(self.config)
-        except NoSubmitterError as e:
+            submitter = tls_report_sender(self.config)
+        except NoReportSenderError as e:
             summary.no_submitter = str(e)
             log.warning("tls reports: nothing sent: %s", e)
             return
@@ -353,7 +353,9 @@ class _Sender:
     sends nothing and marks nothing, and its log says so.
     """
 
-    def __init__(self, job: ReportJob, summary: RunSummary, submitter: Submitter, spacing: timedelta) -> None:
+    def __init__(
+        self, job: ReportJob, summary: RunSummary, submitter: ReportSender, spacing: timedelta
+    ) -> None:
         self.job = job
         self.summary = summary
         self.submitter = submitter
