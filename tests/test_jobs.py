@@ -41,8 +41,8 @@ def test_report_jobs_record_runs_under_their_registry_names() -> None:
 
 def test_a_run_is_recorded_with_its_outcome_and_old_runs_are_dropped(sqlite_url: str) -> None:
     for i in range(KEPT_RUNS + 5):
-        with recorded_run(sqlite_url, "sweep_queue") as outcome:
-            outcome.append(f"{i} message(s) due")
+        with recorded_run(sqlite_url, "sweep_queue") as run:
+            run.outcome.append(f"{i} message(s) due")
     with pytest.raises(RuntimeError), recorded_run(sqlite_url, "post_tls_reports"):
         raise RuntimeError("boom")
     with session_scope(sqlite_url) as session:
