@@ -111,9 +111,9 @@ def recorded_run(database_url: str, name: str, clock: Clock | None = None) -> It
     end and outcome at the end, the oldest runs beyond KEPT_RUNS dropped. The caller appends its
     outcome to the run's `outcome`; a run that raises is recorded as failed.
 
-    `clock`, if given, is called in the transaction that inserts the row, which then holds the
-    database's write lock: what it returns is the run's start (the TLS report job takes the
-    database's date there, once the writers of its table are held back)."""
+    `clock`, if given, is called in the transaction that inserts the row, after the insert (on SQLite
+    that transaction then holds the write lock): what it returns is the run's start (the TLS report
+    job takes the database's date there, once the writers of its table are held back)."""
     job_named(name)  # an unregistered name is a programming error, caught at the first run
     with cid_scope(current_cid.get()) as cid:
         run_id, started = _start_run(database_url, name, cid, clock)
@@ -124,7 +124,7 @@ def recorded_run(database_url: str, name: str, clock: Clock | None = None) -> It
             run.outcome.append(f"failed: {type(error).__name__}")
             raise
         finally:
-            finish_run(database_url, name, run_id, "; ".join(run.outcome) or "done")
+            _finish_run(database_url, name, run_id, "; ".join(run.outcome) or "done")
 
 
 def _start_run(database_url: str, name: str, cid: str, clock: Clock | None) -> tuple[int, datetime]:
@@ -137,13 +137,13 @@ def _start_run(database_url: str, name: str, cid: str, clock: Clock | None) -> t
         return row.id, row.started
 
 
-def finish_run(database_url: str, name: str, run_id: int, outcome: str) -> None:
+def _finish_run(database_url: str, name: str, run_id: int, outcome: str) -> None:
     with session_scope(database_url) as session:
         run = session.get(JobRun, run_id)
         if run is not None:
             run.finished = max(utcnow(), run.started)  # a run's clock may be ahead (tests, runs by hand)
             run.outcome = outcome
-        prune_runs(session, name)
+        _prune_runs(session, name)
 
 
 class RunSummary(Protocol):
@@ -175,7 +175,7 @@ async def report_run(
         return summary
 
 
-def prune_runs(session: Session, name: str) -> None:
-    """Drop the job's runs beyond the newest KEPT_RUNS (every job that records runs calls this)."""
+def _prune_runs(session: Session, name: str) -> None:
+    """Drop the job's runs beyond the newest KEPT_RUNS (at the end of every recorded run)."""
     kept = select(JobRun.id).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(KEPT_RUNS)
     session.execute(delete(JobRun).where(JobRun.job == name, JobRun.id.not_in(kept.scalar_subquery())))
