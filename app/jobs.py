@@ -1,15 +1,19 @@
 """The periodic jobs, in one registry: the beat schedule (tasks/schedule.py), the status page and
 `/metrics` all read their names from here, and each job's run is recorded under `name` in job_runs.
 
-The DMARC and TLS report runs record themselves (app/dmarcreports/job.py, app/tlsreports/job.py,
-under the names below); the other jobs are recorded by the task wrapper (tasks/jobruns.py).
+Every run is recorded by `recorded_run`: the report jobs through `report_run`, the skeleton the DMARC
+and TLS report runs share (app/dmarcreports/job.py, app/tlsreports/job.py, under the names below),
+the other jobs through the task wrapper (tasks/jobruns.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -21,6 +25,9 @@ from app.models.base import utcnow
 
 # How many runs of a job job_runs keeps: the minute jobs would otherwise add 1440 rows a day.
 KEPT_RUNS = 20
+# The report jobs' names, which their runs are recorded under (SPEC §2 and §5).
+DMARC_REPORTS = "send_dmarc_reports"
+TLS_REPORTS = "tls_reports"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ JOBS: tuple[Job, ...] = (
     ),
     # SPEC R2.3: every whole hour; the task starts the run 30 to 90 s later.
     Job(
-        "send_dmarc_reports",
+        DMARC_REPORTS,
         "DMARC reports",
         "tasks.reports.schedule_dmarc_reports",
         Daily(minute=0),
@@ -69,7 +76,7 @@ JOBS: tuple[Job, ...] = (
     ),
     # SPEC R5.2: daily, 4 to 6 minutes after 00:00 UTC (the app's timezone is UTC).
     Job(
-        "tls_reports",
+        TLS_REPORTS,
         "TLS reports",
         "tasks.tlsreports.send_tls_reports",
         Daily(minute=5, hour=0),
@@ -85,38 +92,90 @@ def job_named(name: str) -> Job:
     return JOBS_BY_NAME[name]
 
 
+@dataclass
+class Run:
+    """One run as it goes: its cid, its start (the run's clock) and what it did, as it will be recorded."""
+
+    cid: str
+    started: datetime
+    outcome: list[str] = field(default_factory=list)
+
+
+# Gives a run its start in the transaction that records it (see recorded_run).
+Clock = Callable[[Session], datetime]
+
+
 @contextmanager
-def recorded_run(database_url: str, name: str) -> Iterator[list[str]]:
+def recorded_run(database_url: str, name: str, clock: Clock | None = None) -> Iterator[Run]:
     """Record one run of job `name` (under the current cid, or a fresh one): a row at the start, its
     end and outcome at the end, the oldest runs beyond KEPT_RUNS dropped. The caller appends its
-    outcome to the yielded list."""
+    outcome to the run's `outcome`; a run that raises is recorded as failed.
+
+    `clock`, if given, is called in the transaction that inserts the row, after the insert (on SQLite
+    that transaction then holds the write lock): what it returns is the run's start (the TLS report
+    job takes the database's date there, once the writers of its table are held back)."""
     job_named(name)  # an unregistered name is a programming error, caught at the first run
     with cid_scope(current_cid.get()) as cid:
-        with session_scope(database_url) as session:
-            run = JobRun(job=name, cid=cid, started=utcnow())
-            session.add(run)
-            session.flush()
-            run_id = run.id
-        outcome: list[str] = []
+        run_id, started = _start_run(database_url, name, cid, clock)
+        run = Run(cid, started)
         try:
-            yield outcome
+            yield run
         except Exception as error:
-            outcome.append(f"failed: {type(error).__name__}")
+            run.outcome.append(f"failed: {type(error).__name__}")
             raise
         finally:
-            finish_run(database_url, name, run_id, "; ".join(outcome) or "done")
+            _finish_run(database_url, name, run_id, "; ".join(run.outcome) or "done")
 
 
-def finish_run(database_url: str, name: str, run_id: int, outcome: str) -> None:
+def _start_run(database_url: str, name: str, cid: str, clock: Clock | None) -> tuple[int, datetime]:
+    with session_scope(database_url) as session:
+        row = JobRun(job=name, cid=cid, started=utcnow())
+        session.add(row)
+        session.flush()
+        if clock is not None:
+            row.started = clock(session)
+        return row.id, row.started
+
+
+def _finish_run(database_url: str, name: str, run_id: int, outcome: str) -> None:
     with session_scope(database_url) as session:
         run = session.get(JobRun, run_id)
         if run is not None:
-            run.finished = utcnow()
+            run.finished = max(utcnow(), run.started)  # a run's clock may be ahead (tests, runs by hand)
             run.outcome = outcome
-        prune_runs(session, name)
+        _prune_runs(session, name)
 
 
-def prune_runs(session: Session, name: str) -> None:
-    """Drop the job's runs beyond the newest KEPT_RUNS (every job that records runs calls this)."""
+class RunSummary(Protocol):
+    """What a report run returns: the run's cid and its outcome in one line (recorded and logged)."""
+
+    cid: str
+
+    def outcome(self) -> str: ...
+
+
+Summary = TypeVar("Summary", bound=RunSummary)
+
+
+async def report_run(
+    database_url: str,
+    name: str,
+    work: Callable[[Run], Awaitable[Summary]],
+    *,
+    log: logging.Logger,
+    done: str,
+    clock: Clock | None = None,
+) -> Summary:
+    """One run of a report job, the skeleton both share: under a cid of its own (every line it logs
+    carries it), recorded in job_runs with its summary's outcome, logged as `done` % outcome."""
+    with cid_scope(), recorded_run(database_url, name, clock) as run:
+        summary = await work(run)
+        run.outcome.append(summary.outcome())
+        log.info(done, summary.outcome())
+        return summary
+
+
+def _prune_runs(session: Session, name: str) -> None:
+    """Drop the job's runs beyond the newest KEPT_RUNS (at the end of every recorded run)."""
     kept = select(JobRun.id).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(KEPT_RUNS)
     session.execute(delete(JobRun).where(JobRun.job == name, JobRun.id.not_in(kept.scalar_subquery())))

@@ -14,7 +14,8 @@ from functools import cache
 from app.dns import Resolver, resolver_from_config
 from app.logs import cid_scope
 from app.queue.deliver import deliver
-from app.queue.mtasts import MTASTSSettings, refresh_policies
+from app.queue.mtasts import refresh_policies
+from app.queue.mtastsfetch import MTASTSSettings
 from app.queue.outgoing import remove_orphan_files
 from tasks.celery_app import app, settings
 from tasks.jobruns import recorded

@@ -16,9 +16,9 @@ def recorded(name: str) -> Callable[[Callable[[], int]], Callable[[], int]]:
     def wrap(task: Callable[[], int]) -> Callable[[], int]:
         @functools.wraps(task)
         def run() -> int:
-            with recorded_run(settings().resolved_database_url, job.name) as outcome:
+            with recorded_run(settings().resolved_database_url, job.name) as run:
                 count = task()
-                outcome.append(f"{count} {job.counted}")
+                run.outcome.append(f"{count} {job.counted}")
             return count
 
         return run

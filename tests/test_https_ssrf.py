@@ -23,7 +23,8 @@ import trustme
 
 from app.config import ConfigError, load_config
 from app.dns import Resolver
-from app.queue.mtasts import STS_POLICY_FETCH_ERROR, MTASTSSettings, PolicyError, fetch_policy
+from app.queue.mtasts import fetch_policy
+from app.queue.mtastsfetch import STS_POLICY_FETCH_ERROR, MTASTSSettings, PolicyError
 from app.ssrf import is_own_address, refusal
 from app.tlsreports.https import PostError, post_report
 from tests.support.configs import write_config

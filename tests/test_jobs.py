@@ -3,6 +3,9 @@ under, the status page and /metrics agree; runs are recorded and their number bo
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from app import jobs
 from app.config import load_config
 from app.db import session_scope
 from app.dmarcreports import job as dmarc_job
-from app.jobs import JOBS, KEPT_RUNS, recorded_run
+from app.jobs import JOBS, KEPT_RUNS, Run, recorded_run, report_run
 from app.models import JobRun
 from app.models.base import utcnow
 from app.tlsreports import job as tls_job
@@ -41,8 +44,8 @@ def test_report_jobs_record_runs_under_their_registry_names() -> None:
 
 def test_a_run_is_recorded_with_its_outcome_and_old_runs_are_dropped(sqlite_url: str) -> None:
     for i in range(KEPT_RUNS + 5):
-        with recorded_run(sqlite_url, "sweep_queue") as outcome:
-            outcome.append(f"{i} message(s) due")
+        with recorded_run(sqlite_url, "sweep_queue") as run:
+            run.outcome.append(f"{i} message(s) due")
     with pytest.raises(RuntimeError), recorded_run(sqlite_url, "post_tls_reports"):
         raise RuntimeError("boom")
     with session_scope(sqlite_url) as session:
@@ -53,6 +56,44 @@ def test_a_run_is_recorded_with_its_outcome_and_old_runs_are_dropped(sqlite_url:
         assert failed.outcome == "failed: RuntimeError" and failed.finished is not None
     with pytest.raises(KeyError):
         jobs.job_named("not_a_job")
+
+
+@dataclass
+class Summary:
+    cid: str
+    reports: int = 0
+
+    def outcome(self) -> str:
+        return f"{self.reports} report(s)"
+
+
+def test_a_report_run_is_recorded_on_its_clock_with_its_summary_or_as_failed(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The skeleton both report jobs run in (app/jobs.py report_run)."""
+    clock = utcnow() + timedelta(days=3)  # a run by hand, ahead of time
+    log = logging.getLogger("tests.report_run")
+
+    async def work(run: Run) -> Summary:
+        assert run.started == clock
+        return Summary(run.cid, 2)
+
+    async def failing(run: Run) -> Summary:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.INFO, logger=log.name):
+        summary = asyncio.run(
+            report_run(sqlite_url, "tls_reports", work, log=log, done="done: %s", clock=lambda _: clock)
+        )
+    with pytest.raises(RuntimeError):
+        asyncio.run(report_run(sqlite_url, "send_dmarc_reports", failing, log=log, done="done: %s"))
+    assert "done: 2 report(s)" in caplog.messages
+    with session_scope(sqlite_url) as session:
+        tls = session.scalars(select(JobRun).where(JobRun.job == "tls_reports")).one()
+        assert (tls.cid, tls.started, tls.outcome) == (summary.cid, clock, "2 report(s)")
+        assert tls.finished is not None and tls.finished >= clock
+        dmarc = session.scalars(select(JobRun).where(JobRun.job == "send_dmarc_reports")).one()
+        assert dmarc.outcome == "failed: RuntimeError" and dmarc.finished is not None
 
 
 def test_the_sweep_task_records_its_run_on_a_real_worker(config_file: Path, tmp_path: Path) -> None:

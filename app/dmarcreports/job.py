@@ -37,20 +37,21 @@ from app.auth.types import DMARCRecord
 from app.config import Config
 from app.db import affected_rows, session_factory, upsert_insert
 from app.dmarcreports.interval import whole_hour
-from app.dmarcreports.mail import ReportMail, report_message, report_sender
+from app.dmarcreports.mail import ReportMail, report_message
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
-from app.jobs import job_named, prune_runs
-from app.logs import cid_scope, new_cid
-from app.models import DMARCEvaluation, DMARCReportClaim, JobRun
+from app.jobs import DMARC_REPORTS, Run, report_run
+from app.logs import new_cid
+from app.models import DMARCEvaluation, DMARCReportClaim
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue_many
+from app.reportsender import dmarc_report_sender
 from app.reportsuppress import suppressed_addresses, suppression_key
 
 log = logging.getLogger(__name__)
 
-JOB_NAME = job_named("send_dmarc_reports").name  # a KeyError at import if the registry drifts
+JOB_NAME = DMARC_REPORTS  # the registry's name (app/jobs.py): the status page finds the runs by it
 MAX_AGE = timedelta(hours=48)
 MAX_SPACING = timedelta(minutes=5)
 SPREAD = timedelta(minutes=50)  # the last minutes of the hour belong to the next run
@@ -152,7 +153,7 @@ class _Run:
         self.resolver = resolver
         self.records = SharedLookups(resolver)
         self.sessions = session_factory(config.resolved_database_url)
-        self.sender = report_sender(config)
+        self.sender = dmarc_report_sender(config)
         self.now = now
         self.cutoff = now - MAX_AGE
         self.summary = RunSummary(cid, whole_hour(now))
@@ -519,22 +520,19 @@ async def send_dmarc_reports(
     line logged carries the run's cid."""
     moment = now or utcnow()
     resolver = resolver or resolver_from_config(config.dns)
-    sessions = session_factory(config.resolved_database_url)
-    with cid_scope() as cid:
-        started = utcnow()
+
+    async def work(run: Run) -> RunSummary:
         if config.no_outgoing_dmarc_reports:
-            with sessions.begin() as session:
-                dropped = affected_rows(session.execute(delete(E)))  # stored before reports were turned off
-            log.info(
-                "dmarc reports are disabled (no_outgoing_dmarc_reports); %d evaluations dropped", dropped
-            )
-            summary = RunSummary(cid, whole_hour(moment), purged=int(dropped or 0))
-        else:
-            summary = await _Run(config, resolver, moment, cid).run(spacing)
-        log.info("dmarc report run done: %s", summary.outcome())
-        with sessions.begin() as session:
-            session.add(
-                JobRun(job=JOB_NAME, cid=cid, started=started, finished=utcnow(), outcome=summary.outcome())
-            )
-            prune_runs(session, JOB_NAME)
-        return summary
+            return drop_evaluations(config, run.cid, moment)
+        return await _Run(config, resolver, moment, run.cid).run(spacing)
+
+    url = config.resolved_database_url
+    return await report_run(url, JOB_NAME, work, log=log, done="dmarc report run done: %s")
+
+
+def drop_evaluations(config: Config, cid: str, now: datetime) -> RunSummary:
+    """Reports are turned off: the evaluations stored before are dropped, none is reported."""
+    with session_factory(config.resolved_database_url).begin() as session:
+        dropped = affected_rows(session.execute(delete(E)))
+    log.info("dmarc reports are disabled (no_outgoing_dmarc_reports); %d evaluations dropped", dropped)
+    return RunSummary(cid, whole_hour(now), purged=int(dropped or 0))

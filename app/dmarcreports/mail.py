@@ -1,8 +1,9 @@
 """The report message (SPEC R2.4, R2.6; RFC 9990 2.6.2): From postmaster@<our host>, DKIM-signed.
 
 multipart/mixed with a short text part and the gzipped XML as `application/gzip`. The signing domain is
-the configured domain that is the host name or its nearest parent, which aligns (relaxed) with the
-From domain, so the report itself passes DMARC as RFC 9990 asks.
+the configured domain that is the host name or its nearest parent (`dmarc_report_sender`,
+app/reportsender.py), which aligns (relaxed) with the From domain, so the report itself passes DMARC
+as RFC 9990 asks.
 
 The recipients come from DNS and the policy domain from a message's From: both are checked again as
 the header fields are written (`address_field`, `checked_domain`), so a CR or LF can never end up in
@@ -20,20 +21,8 @@ from email.utils import format_datetime
 from app.address import address_field
 from app.auth.dkim import sign
 from app.auth.message import checked_domain
-from app.config import Config, DKIMSelector
 from app.dmarcreports.xml import filename
-from app.tlsreports.sender import host_domains
-
-
-@dataclass(frozen=True)
-class ReportSender:
-    host: str
-    signing_domain: str | None  # None: no configured domain for the host; reports go out unsigned
-    selectors: tuple[DKIMSelector, ...]
-
-    @property
-    def address(self) -> str:
-        return f"postmaster@{self.host}"
+from app.reportsender import ReportSender
 
 
 @dataclass(frozen=True)
@@ -47,14 +36,6 @@ class ReportMail:
     rows: int
     messages: int
     gzipped: bytes
-
-
-def report_sender(config: Config) -> ReportSender:
-    for name in host_domains(config.hostname):
-        domain = config.domains.get(name)
-        if domain is not None:
-            return ReportSender(config.hostname, name, tuple(domain.dkim))
-    return ReportSender(config.hostname, None, ())
 
 
 def _utc(seconds: int) -> str:
@@ -83,22 +64,22 @@ def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now
     """
     boundary = f"=_report_{secrets.token_hex(12)}"
     policy_domain = checked_domain(report.policy_domain)
-    name = filename(sender.host, policy_domain, report.begin, report.end)
+    name = filename(sender.domain, policy_domain, report.begin, report.end)
     attachment = base64.encodebytes(report.gzipped).replace(b"\n", b"\r\n")
     headers = [
         f"From: {sender.address}",
         f"To: {address_field(recipients)}",
         # Folded as RFC 9990 2.6.2 shows it.
-        f"Subject: Report Domain: {policy_domain}\r\n Submitter: {sender.host}\r\n"
+        f"Subject: Report Domain: {policy_domain}\r\n Submitter: {sender.domain}\r\n"
         f" Report-ID: <{report.report_id}>",
         f"Date: {format_datetime(now.astimezone(UTC))}",
         # RFC 9990 2.6.2: the Report-ID may be reused in the Message-ID, so duplicates are recognisable.
-        f"Message-ID: <{report.report_id}@{sender.host}>",
+        f"Message-ID: <{report.report_id}@{sender.domain}>",
         "Auto-Submitted: auto-generated",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/mixed; boundary="{boundary}"',
     ]
-    text = _text(report, sender.host).replace("\n", "\r\n")
+    text = _text(report, sender.domain).replace("\n", "\r\n")
     parts = [
         "\r\n".join(headers),
         "",

@@ -55,9 +55,10 @@ from app.queue.smtpclient import (
     open_session,
 )
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
 from app.reportsuppress import ReportKind, suppress_after_failure
 from app.store.files import MailboxCopy, MessageStore, StoreError, awaiting_rename
+from app.tlsreports.report import FailureDetail, PolicyRef
+from app.tlsreports.results import SessionResult, record_tls_results
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ the n-th report is due n x spacing after the run (spacing: a parameter, by defau
 most 5 minutes); mail goes through the queue, `https:` rua are POSTed by app/tlsreports/posts.py.
 
 One clock: delivery counts each result under the database's UTC date, and a run takes "today" from
-the database once the results still being written are committed (`ReportJob._start_run`), so a
+the database once the results still being written are committed (`ReportJob._clock`), so a
 result never joins a day that was reported. Should one all the same (a clock set back, a run by hand
 with a `now` ahead), it is reported on its own, with an id and file name of its own (`Report.late`).
 
@@ -46,11 +46,12 @@ from app.config import Config
 from app.db import session_scope
 from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
-from app.jobs import job_named, prune_runs
+from app.jobs import TLS_REPORTS, Run, report_run
 from app.logs import cid_scope, new_cid
-from app.models import JobRun, TLSReportPost, TLSResult
+from app.models import TLSReportPost, TLSResult
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue
+from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
@@ -67,11 +68,10 @@ from app.tlsreports.results import (
     reported_before,
     unclaim,
 )
-from app.tlsreports.sender import NoSubmitterError, Submitter, find_submitter
 
 log = logging.getLogger("app.tlsreports")
 
-JOB_NAME = job_named("tls_reports").name  # a KeyError at import if the registry drifts
+JOB_NAME = TLS_REPORTS  # the registry's name (app/jobs.py): the status page finds the runs by it
 SEND_WINDOW = timedelta(hours=4)  # RFC 8460 §4.1: spread sending over hours, not all at midnight
 MAX_SPACING = timedelta(minutes=5)
 MAX_REPORT_ATTEMPTS = 5  # SPEC R5.3: mail deliveries of a report
@@ -153,16 +153,27 @@ class ReportJob:
         self.recipient_rua: dict[str, frozenset[str]] = {}
 
     async def run(self) -> RunSummary:
-        with cid_scope() as cid:
-            summary = RunSummary(cid)
-            run_id = self._start_run(cid)
-            summary.clock = self.now
-            try:
-                await self._run(summary)
-            finally:
-                self._finish_run(run_id, summary)
-            log.info("tls reports: run finished: %s", summary.outcome())
-            return summary
+        done = "tls reports: run finished: %s"
+        return await report_run(self.db_url, JOB_NAME, self._recorded, log=log, done=done, clock=self._clock)
+
+    async def _recorded(self, run: Run) -> RunSummary:
+        self.now = run.started
+        summary = RunSummary(run.cid, clock=self.now)
+        await self._run(summary)
+        return summary
+
+    def _clock(self, session: Session) -> datetime:
+        """The run's clock, taken once every result of an earlier day is committed.
+
+        Delivery counts a result under the database's date when its upsert runs (app/dbclock.py).
+        Here the writers of tls_results are waited for (PostgreSQL: a SHARE lock; SQLite: the write
+        lock that inserting the run's record took) and the date is read while they are held back: a
+        result still on its way counts for today, which this run does not report, never for a day it
+        does.
+        """
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"LOCK TABLE {TLSResult.__tablename__} IN SHARE MODE"))
+        return self.given_now or database_now(session)
 
     async def _run(self, summary: RunSummary) -> None:
         today = self.now.date()
@@ -174,8 +185,8 @@ class ReportJob:
             log.info("tls reports: not sending: no_outgoing_tls_reports is set")
             return
         try:
-            submitter = find_submitter(self.config)
-        except NoSubmitterError as e:
+            submitter = tls_report_sender(self.config)
+        except NoReportSenderError as e:
             summary.no_submitter = str(e)
             log.warning("tls reports: nothing sent: %s", e)
             return
@@ -317,34 +328,6 @@ class ReportJob:
         log.info("tls reports: %s: not sending to %s: on the suppression list", key, address)
         return True
 
-    # The record of runs, for the status page.
-
-    def _start_run(self, cid: str) -> int:
-        """Record the run, and take its clock once every result of an earlier day is committed.
-
-        Delivery counts a result under the database's date when its upsert runs (app/dbclock.py).
-        Here the writers of tls_results are waited for (PostgreSQL: a SHARE lock; SQLite: the write
-        lock that inserting the run takes) and the date is read while they are held back: a result
-        still on its way counts for today, which this run does not report, never for a day it does.
-        """
-        with session_scope(self.db_url) as session:
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text(f"LOCK TABLE {TLSResult.__tablename__} IN SHARE MODE"))
-            run = JobRun(job=JOB_NAME, cid=cid, started=self.now)
-            session.add(run)
-            session.flush()
-            self.now = self.given_now or database_now(session)
-            run.started = self.now
-            return run.id
-
-    def _finish_run(self, run_id: int, summary: RunSummary) -> None:
-        with session_scope(self.db_url) as session:
-            run = session.get(JobRun, run_id)
-            if run is not None:
-                run.finished = max(utcnow(), run.started)  # tests run the job on a clock of their own
-                run.outcome = summary.outcome()
-            prune_runs(session, JOB_NAME)
-
 
 class _Sender:
     """Marks rows and queues reports in the chunk's transaction, one report `spacing` after the other.
@@ -353,7 +336,9 @@ class _Sender:
     sends nothing and marks nothing, and its log says so.
     """
 
-    def __init__(self, job: ReportJob, summary: RunSummary, submitter: Submitter, spacing: timedelta) -> None:
+    def __init__(
+        self, job: ReportJob, summary: RunSummary, submitter: ReportSender, spacing: timedelta
+    ) -> None:
         self.job = job
         self.summary = summary
         self.submitter = submitter

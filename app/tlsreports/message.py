@@ -18,8 +18,8 @@ from email.utils import format_datetime
 from app.address import address_field
 from app.auth.dkim import sign
 from app.auth.message import checked_domain
+from app.reportsender import ReportSender
 from app.tlsreports.report import MEDIA_TYPE, Report
-from app.tlsreports.sender import Submitter
 
 SIGNED_REPORT_HEADERS = (b"TLS-Report-Domain", b"TLS-Report-Submitter")
 
@@ -44,7 +44,7 @@ def _text(report: Report) -> str:
 
 
 def compose(
-    report: Report, gzipped: bytes, submitter: Submitter, recipients: list[str], now: datetime
+    report: Report, gzipped: bytes, submitter: ReportSender, recipients: list[str], now: datetime
 ) -> bytes:
     """The unsigned message, CRLF line ends.
 
@@ -89,7 +89,7 @@ def compose(
 
 
 def report_message(
-    report: Report, gzipped: bytes, submitter: Submitter, recipients: list[str], now: datetime
+    report: Report, gzipped: bytes, submitter: ReportSender, recipients: list[str], now: datetime
 ) -> bytes:
     """The DKIM-signed report message: d= is the From domain, and the TLS-Report-* headers are signed."""
     unsigned = compose(report, gzipped, submitter, recipients, now)

@@ -1,7 +1,8 @@
 """RFC 8460 §4 aggregate report: the JSON document, its gzip form, its id and file name.
 
-Input is plain data (`PolicyResult`, built on delivery's `PolicyRef` and `FailureDetail`), so building a
-report needs no database and no DNS; the daily job turns stored TLS results into these. Identical
+Input is plain data (`PolicyResult`, built on `PolicyRef` and `FailureDetail`: the terms delivery records
+its TLS results in, app/tlsreports/results.py), so building a report needs no database and no DNS; the
+daily job turns stored TLS results into these. Identical
 policies are merged (counts summed, equal failures merged), so a report names each policy once.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from app.queue.tlsresult import FailureDetail, PolicyRef
+from app.models.tlsrpt import PolicyType
 
 POLICY_TYPES = frozenset({"tlsa", "sts", "no-policy-found"})
 # RFC 8460 §4.3: negotiation failures, then DANE (policy-type tlsa), then MTA-STS (sts) failures.
@@ -37,8 +38,35 @@ MEDIA_TYPE = "application/tlsrpt+gzip"
 
 
 @dataclass(frozen=True)
+class PolicyRef:
+    """A policy as a report names it (RFC 8460 §4.4 "policy")."""
+
+    policy_type: PolicyType
+    policy_domain: str
+    policy_string: tuple[str, ...] = ()
+    mx_host: tuple[str, ...] = ()
+
+    @staticmethod
+    def none_found(domain: str) -> PolicyRef:
+        return PolicyRef("no-policy-found", domain)
+
+
+@dataclass(frozen=True)
+class FailureDetail:
+    """RFC 8460 §4.4 "failure-details" of one failed session."""
+
+    result_type: str
+    sending_ip: str | None = None
+    receiving_mx_hostname: str | None = None
+    receiving_mx_helo: str | None = None
+    receiving_ip: str | None = None
+    failure_reason_code: str | None = None
+    additional_info: str | None = None
+
+
+@dataclass(frozen=True)
 class FailureCount:
-    """A failure as recorded by delivery (app/queue/tlsresult.py) and how many sessions it ended."""
+    """A failure as recorded by delivery (app/tlsreports/results.py) and how many sessions it ended."""
 
     detail: FailureDetail
     sessions: int

@@ -40,7 +40,8 @@ from app.models import TLSResult  # noqa: E402
 from app.queue.deliver import outcome_connection, restore_durability  # noqa: E402
 from app.queue.enqueue import Queued, enqueue  # noqa: E402
 from app.queue.outgoing import queue_size  # noqa: E402
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results  # noqa: E402
+from app.tlsreports.report import FailureDetail, PolicyRef  # noqa: E402
+from app.tlsreports.results import SessionResult, record_tls_results  # noqa: E402
 from tests.bench.args import SMOKE, count  # noqa: E402
 from tests.support.celeryworker import celery_worker, client_for  # noqa: E402
 from tests.support.configs import write_config  # noqa: E402

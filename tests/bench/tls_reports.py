@@ -44,10 +44,10 @@ from app.db import session_scope  # noqa: E402
 from app.dns import DNSError, Resolver  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import OutgoingMessage, TLSFailureDetail, TLSReportPost, TLSResult  # noqa: E402
+from app.reportsender import tls_report_sender  # noqa: E402
 from app.tlsreports.message import SIGNED_REPORT_HEADERS, compose  # noqa: E402
 from app.tlsreports.report import build_report  # noqa: E402
 from app.tlsreports.results import failures_by_result, policy_result, report_rows  # noqa: E402
-from app.tlsreports.sender import find_submitter  # noqa: E402
 from tests.bench.args import count  # noqa: E402
 from tests.support.configs import dkim_keys, write_config  # noqa: E402
 from tests.support.dnsserver import DNSTestServer  # noqa: E402
@@ -246,7 +246,7 @@ def job_in_subprocess(config_path: Path) -> dict[str, Any]:
 
 def time_builds(config: Config) -> dict[str, float]:
     """Mean ms per report of each step the job takes for a report, apart from DNS and queueing."""
-    submitter = find_submitter(config)
+    submitter = tls_report_sender(config)
     keys = [(DAY, recipient(i)) for i in range(SAMPLE)]
     spent = dict.fromkeys(("rows", "json_gzip", "mime", "dkim", "baseline"), 0.0)
     with session_scope(config.resolved_database_url) as session:

@@ -1,5 +1,5 @@
-"""Properties of the MTA-STS parsers (app/queue/mtasts.py): the policy file a recipient domain serves
-over HTTPS and its `_mta-sts` TXT record, on any text."""
+"""Properties of the MTA-STS parsers: the policy file a recipient domain serves over HTTPS
+(app/queue/mtasts.py) and its `_mta-sts` TXT record (app/queue/mtastsfetch.py), on any text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.queue.mtasts import MAX_AGE_LIMIT, Mode, Policy, parse_policy, parse_record
+from app.queue.mtasts import MAX_AGE_LIMIT, Mode, Policy, parse_policy
+from app.queue.mtastsfetch import parse_record
 from tests.property.bounds import LARGE, LARGE_INPUT_SECONDS, finishes_within
 from tests.property.strategies import decoded_text, domain, joined, numberish, repeated
 

@@ -19,7 +19,8 @@ from sqlalchemy import select, text
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import TLSFailureDetail, TLSResult
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.tlsreports.report import FailureDetail, PolicyRef
+from app.tlsreports.results import SessionResult, record_tls_results
 from tests.queue import test_deliver
 from tests.queue.test_deliver import DOMAIN, MX, RCPT, World
 from tests.support.logcapture import captured

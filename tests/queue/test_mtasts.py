@@ -18,20 +18,22 @@ from app.dns import Resolver
 from app.models.mtasts import MTASTSPolicy
 from app.queue.mtasts import (
     MAX_AGE_LIMIT,
-    MAX_POLICY_SIZE,
-    STS_POLICY_FETCH_ERROR,
-    STS_POLICY_INVALID,
-    STS_WEBPKI_INVALID,
     Mode,
     MTASTSResult,
-    MTASTSSettings,
     Policy,
     RefreshSummary,
     host_matches_pattern,
     parse_policy,
-    parse_record,
     policy_for_domain,
     refresh_policies,
+)
+from app.queue.mtastsfetch import (
+    MAX_POLICY_SIZE,
+    STS_POLICY_FETCH_ERROR,
+    STS_POLICY_INVALID,
+    STS_WEBPKI_INVALID,
+    MTASTSSettings,
+    parse_record,
 )
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer, Reply

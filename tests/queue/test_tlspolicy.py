@@ -20,14 +20,8 @@ from app.queue.dane import (
     TLSARecord,
     dane_for_mx,
 )
-from app.queue.mtasts import (
-    STS_POLICY_FETCH_ERROR,
-    Mode,
-    MTASTSResult,
-    MTASTSSettings,
-    Policy,
-    policy_for_domain,
-)
+from app.queue.mtasts import Mode, MTASTSResult, Policy, policy_for_domain
+from app.queue.mtastsfetch import STS_POLICY_FETCH_ERROR, MTASTSSettings
 from app.queue.tlspolicy import (
     CERTIFICATE_NOT_TRUSTED,
     NO_POLICY_FOUND,

@@ -30,7 +30,6 @@ from app.config import Config, load_config
 from app.db import session_scope
 from app.dmarcreports.evaluations import store_evaluation
 from app.dmarcreports.job import send_dmarc_reports
-from app.dmarcreports.mail import report_sender
 from app.dmarcreports.rua import RUAError, parse_mailto, report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import Resolver
@@ -38,7 +37,6 @@ from app.migrate import upgrade_database
 from app.models import OutgoingMessage
 from tests.reports.test_dmarc_evaluations import evaluation
 from tests.reports.test_tlsreports import dkim_config
-from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 
 # RFC 9990 Appendix A, the working group's final schema, never a copy edited until our output passed.
@@ -215,20 +213,6 @@ async def test_report_mail_is_dkim_signed_for_the_host_domain_and_verifies(
         assert await dkim.asyncsupport.DKIM(message).verify(idx=index, dnsfunc=resolver.dkim_txt)
     forged = message.replace(b"Report Domain: sender.example", b"Report Domain: sender.exampl3")
     assert not await dkim.asyncsupport.DKIM(forged).verify(dnsfunc=resolver.dkim_txt)
-
-
-def test_sender_signs_with_the_nearest_configured_parent_of_the_host(
-    tmp_path: Path, dns: DNSTestServer
-) -> None:
-    nearest = load_config(write_config(tmp_path / "a", '\n[domains."mail.example.org"]\n', dns_port=dns.port))
-    assert report_sender(nearest).signing_domain == "mail.example.org"
-    parent = load_config(write_config(tmp_path / "b", dns_port=dns.port))
-    assert (report_sender(parent).signing_domain, report_sender(parent).address) == (
-        "example.org",
-        "postmaster@mail.example.org",
-    )
-    lonely = parent.model_copy(update={"hostname": "mx.other.example"})
-    assert report_sender(lonely).signing_domain is None
 
 
 # The XML itself.

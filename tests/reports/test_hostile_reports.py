@@ -22,11 +22,12 @@ from sqlalchemy import select
 
 from app.config import Config
 from app.db import session_scope
-from app.dmarcreports.mail import ReportMail, ReportSender, compose
+from app.dmarcreports.mail import ReportMail, compose
 from app.dns import Resolver
 from app.models import OutgoingMessage
 from app.queue.deliver import deliver
 from app.queue.enqueue import QueueAddressError, Queued, enqueue
+from app.reportsender import ReportSender
 from app.tlsreports.job import send_tls_reports
 from tests.reports.test_dmarc_job import DAY, DELIVERY, ev, migrated, queued, report_rows, run, store
 from tests.reports.test_tlsreports_job import (

@@ -28,7 +28,7 @@ import trustme
 
 from app.config import Config, load_config
 from app.dns import Resolver
-from app.queue.tlsresult import FailureDetail, PolicyRef
+from app.reportsender import tls_report_sender
 from app.tlsreports.https import PostError, post_report
 from app.tlsreports.message import report_message, subject
 from app.tlsreports.record import (
@@ -43,10 +43,11 @@ from app.tlsreports.report import (
     POLICY_TYPES,
     RESULT_TYPES,
     FailureCount,
+    FailureDetail,
+    PolicyRef,
     PolicyResult,
     build_report,
 )
-from app.tlsreports.sender import NoSubmitterError, find_submitter, host_domains
 from tests.support.configs import dkim_keys, write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS
@@ -366,37 +367,13 @@ def test_names_and_period() -> None:
     )
 
 
-# Who sends (SPEC R5.3).
-
-
-def test_submitter_is_the_first_configured_domain_walking_up_from_the_host(
-    tmp_path: Path, dns: DNSTestServer
-) -> None:
-    assert host_domains("mail.eu.example.org") == [
-        "mail.eu.example.org",
-        "eu.example.org",
-        "example.org",
-        "org",
-    ]
-    config = dkim_config(tmp_path, dns, '\n[domains."eu.example.org"]\n')
-    # eu.example.org is configured but has no DKIM: it is the first found, so no reports at all.
-    config = config.model_copy(update={"hostname": "mail.eu.example.org"})
-    with pytest.raises(NoSubmitterError, match=r"'eu.example.org' .* has no DKIM selectors"):
-        find_submitter(config)
-    submitter = find_submitter(config.model_copy(update={"hostname": "mail.example.org"}))
-    assert (submitter.domain, submitter.address) == ("example.org", "postmaster@example.org")
-    assert [s.selector for s in submitter.selectors] == ["ed1", "rsa1"]
-    with pytest.raises(NoSubmitterError, match=r"no configured domain is mail host 'mx.example.com'"):
-        find_submitter(config.model_copy(update={"hostname": "mx.example.com"}))
-
-
 # The report mail (RFC 8460 §5.3).
 
 
 async def test_report_message_is_dkim_signed_by_exactly_the_from_domain(
     tmp_path: Path, dns: DNSTestServer, resolver: Resolver
 ) -> None:
-    submitter = find_submitter(dkim_config(tmp_path, dns))
+    submitter = tls_report_sender(dkim_config(tmp_path, dns))
     report = sample_report()
     now = datetime(2026, 11, 25, 0, 5, tzinfo=UTC)
     message = report_message(report, report.gzipped(), submitter, ["tls@example.net"], now)
@@ -436,7 +413,7 @@ async def test_report_message_is_dkim_signed_by_exactly_the_from_domain(
 async def test_tampered_report_headers_fail_verification(
     tmp_path: Path, dns: DNSTestServer, resolver: Resolver
 ) -> None:
-    submitter = find_submitter(dkim_config(tmp_path, dns))
+    submitter = tls_report_sender(dkim_config(tmp_path, dns))
     report = sample_report()
     message = report_message(report, report.gzipped(), submitter, ["tls@example.net"], datetime.now(UTC))
     forged = message.replace(b"TLS-Report-Domain: example.net", b"TLS-Report-Domain: example.com")

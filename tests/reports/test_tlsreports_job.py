@@ -32,13 +32,14 @@ from app.dns import Resolver
 from app.migrate import upgrade_database
 from app.models import JobRun, Mailbox, Message, OutgoingMessage, TLSReportPost, TLSResult
 from app.queue.deliver import deliver
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.reportsender import tls_report_sender
 from app.reportsuppress import is_suppressed, suppress
 from app.tlsreports import job as tlsjob
 from app.tlsreports.job import MAX_REPORT_ATTEMPTS, default_spacing, send_tls_reports
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import HTTPS_RETRY_DELAY, post_due_reports
-from app.tlsreports.sender import find_submitter
+from app.tlsreports.report import FailureDetail, PolicyRef
+from app.tlsreports.results import SessionResult, record_tls_results
 from tests.reports.test_tlsreports import (
     attachment,
     check_rfc8460,
@@ -706,7 +707,7 @@ def test_host_tlsrpt_address_receives_reports_over_smtp(
     by a real SMTP client lands in that mailbox, intact."""
     assert smtp.config.host_tlsrpt is not None
     address = f"{smtp.config.host_tlsrpt.localpart}@{HOSTNAME}"
-    submitter = find_submitter(dkim_config(tmp_path / "reporter", dns))
+    submitter = tls_report_sender(dkim_config(tmp_path / "reporter", dns))
     report = sample_report()
     message = report_message(report, report.gzipped(), submitter, [address], datetime.now(UTC))
     with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=10) as client:

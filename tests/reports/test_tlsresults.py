@@ -12,7 +12,8 @@ from sqlalchemy import select
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import TLSFailureDetail, TLSResult
-from app.queue.tlsresult import FailureDetail, PolicyRef, SessionResult, record_tls_results
+from app.tlsreports.report import FailureDetail, PolicyRef
+from app.tlsreports.results import SessionResult, record_tls_results
 
 DAY = date(2026, 11, 25)
 STS = PolicyRef(
