@@ -84,7 +84,7 @@ class RunSummary:
     cid: str
     clock: datetime | None = None  # the run's "now": reports are due from then on
     disabled: bool = False
-    no_submitter: str = ""
+    no_sender: str = ""
     dropped: int = 0
     reports: list[str] = field(default_factory=list)  # ids of reports queued or scheduled for POST
     skipped: int = 0  # marked without a report: no record, invalid record, no failure, nothing left
@@ -93,8 +93,8 @@ class RunSummary:
     def outcome(self) -> str:
         if self.disabled:
             return "disabled by no_outgoing_tls_reports"
-        if self.no_submitter:
-            return f"nothing sent: {self.no_submitter}"
+        if self.no_sender:
+            return f"nothing sent: {self.no_sender}"
         return (
             f"{len(self.reports)} report(s) scheduled, {self.skipped} skipped, "
             f"{self.kept} kept for the next run, {self.dropped} result(s) older than 48 h dropped"
@@ -185,9 +185,9 @@ class ReportJob:
             log.info("tls reports: not sending: no_outgoing_tls_reports is set")
             return
         try:
-            submitter = tls_report_sender(self.config)
+            report_sender = tls_report_sender(self.config)
         except NoReportSenderError as e:
-            summary.no_submitter = str(e)
+            summary.no_sender = str(e)
             log.warning("tls reports: nothing sent: %s", e)
             return
         with session_scope(self.db_url) as session:
@@ -198,7 +198,7 @@ class ReportJob:
         spacing = self.spacing
         if spacing is None:
             spacing = default_spacing(sum(len(keys) for _, keys in phases))
-        sender = _Sender(self, summary, submitter, spacing)
+        sender = _Sender(self, summary, report_sender, spacing)
         for role, keys in phases:
             for start in range(0, len(keys), CHUNK):
                 await self._chunk(
@@ -288,7 +288,7 @@ class ReportJob:
         # Results recorded after their day's report (a clock set back, a run by hand) get a report
         # of their own id: receivers take a report id seen before for a duplicate.
         late = sender.summary.cid if (key.day, key.domain) in sender.reported else ""
-        report = build_report(key.domain, key.day, sender.submitter.domain, policies, late)
+        report = build_report(key.domain, key.day, sender.report_sender.domain, policies, late)
         if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
             sender.skip(session, key, rows, f"no failures ({report.sessions[0]} successful session(s))")
             return None
@@ -298,7 +298,8 @@ class ReportJob:
             return None
         gzipped = report.gzipped()
         try:
-            message = report_message(report, gzipped, sender.submitter, mailto, self.now) if mailto else b""
+            from_ = sender.report_sender
+            message = report_message(report, gzipped, from_, mailto, self.now) if mailto else b""
         except DKIMSigningError as e:
             sender.keep(key, f"cannot DKIM-sign the report: {e}", logging.ERROR)
             return None
@@ -337,11 +338,11 @@ class _Sender:
     """
 
     def __init__(
-        self, job: ReportJob, summary: RunSummary, submitter: ReportSender, spacing: timedelta
+        self, job: ReportJob, summary: RunSummary, report_sender: ReportSender, spacing: timedelta
     ) -> None:
         self.job = job
         self.summary = summary
-        self.submitter = submitter
+        self.report_sender = report_sender
         self.spacing = spacing
         self.scheduled = 0
         self.reported: set[tuple[date, str]] = set()  # the chunk's (day, domain) reported before
@@ -416,7 +417,7 @@ class _Sender:
             return
         report_mail = Queued(
             planned.message,
-            self.submitter.address,
+            self.report_sender.address,
             planned.mailto,
             kind="tls-report",
             next_attempt=due,

@@ -390,7 +390,7 @@ async def test_without_dkim_for_the_host_domain_nothing_is_sent(
     dns.txt("_smtp._tls.example.net", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
     record(config, sessions("example.net", STS_NET, None, 1, [EXPIRED]))
     summary = await send_tls_reports(config, NOW, resolver=resolver)
-    assert summary.reports == [] and "has no DKIM selectors" in summary.no_submitter
+    assert summary.reports == [] and "has no DKIM selectors" in summary.no_sender
     assert queued(config) == {} and unsent(config) == 1
     [line] = [m for _, level, m in job_log.lines if level == logging.WARNING]
     assert line.startswith("tls reports: nothing sent: domain 'example.org' of mail host 'mail.example.org'")
