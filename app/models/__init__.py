@@ -6,7 +6,7 @@ from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage, SentRecipient
-from app.models.store import Account, Mailbox, Message
+from app.models.store import Account, Mailbox, Message, MessageSignal
 from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "MTASTSPolicy",
     "Mailbox",
     "Message",
+    "MessageSignal",
     "OutgoingMessage",
     "ReportSuppression",
     "SentRecipient",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -39,8 +39,10 @@ class Message(Base):
         Index("ix_messages_orig_from_domain", "mailbox_orig_id", "msg_from_domain", "received"),
         Index("ix_messages_orig_ip", "mailbox_orig_id", "remote_ip", "received"),
         Index("ix_messages_received", "received"),
-        # A retried reject is stored in Rejects only once (SPEC R3.1): looked up by Message-ID.
+        # A retried reject is stored in Rejects only once (SPEC R3.1): looked up by Message-ID, or by
+        # the content's hash for a message without one.
         Index("ix_messages_mailbox_message_id", "mailbox_id", "message_id"),
+        Index("ix_messages_mailbox_content_hash", "mailbox_id", "content_hash"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -69,6 +71,8 @@ class Message(Base):
     msg_from_domain: Mapped[str | None] = mapped_column(String(255))
     msg_from_org_domain: Mapped[str | None] = mapped_column(String(255))
     message_id: Mapped[str | None] = mapped_column(String(998))
+    # SHA-256 of the content as received (hex): identifies a retried message that has no Message-ID.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(Text)
     # What we concluded: verified domains (space separated) and results.
     dkim_domains: Mapped[str | None] = mapped_column(Text)
@@ -80,3 +84,39 @@ class Message(Base):
     dmarc_result: Mapped[str | None] = mapped_column(String(32))
     dmarc_disposition: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class MessageSignal(Base):
+    """One identifying signal of a stored message, for reputation analysis (SPEC R3.4).
+
+    A message has one row per signal: its From address (kind `from`, or `from-unvalidated` when DMARC
+    did not validate it), From domain (`domain`), organizational domain (`orgdomain`), each verified
+    DKIM domain (`dkim`), its SPF-validated MAIL FROM domain (`spf`) and EHLO name (`ehlo`), and its
+    IP masked three ways (`ip1`, `ip2`, `ip3`: /32 /26 /21 for IPv4, /64 /48 /32 for IPv6).
+
+    The mailbox and the junk/notjunk flags are copies of the message's own, kept in step by the store
+    whenever a move or flag change touches them, so that each reputation step is one range scan of a
+    partial index holding only flagged messages: its cost does not grow with the mailbox.
+    """
+
+    __tablename__ = "message_signals"
+    __table_args__ = (
+        Index(
+            "ix_message_signals_history",
+            "mailbox_orig_id",
+            "kind",
+            "value",
+            "received",
+            sqlite_where=text("junk OR notjunk"),
+            postgresql_where=text("junk OR notjunk"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    mailbox_orig_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    value: Mapped[str] = mapped_column(String(512))
+    received: Mapped[datetime] = mapped_column(UTCDateTime)
+    junk: Mapped[bool] = mapped_column(Boolean, default=False)
+    notjunk: Mapped[bool] = mapped_column(Boolean, default=False)
