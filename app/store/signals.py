@@ -1,0 +1,102 @@
+"""The identifying signals of stored messages, for reputation analysis (SPEC R3.4): the one module
+that reads and changes `message_signals` rows.
+
+Each stored message gets one row per signal (see `MessageSignal`), written with the message's own
+rows. The rows copy the message's `mailbox_orig_id`, `received` and junk/notjunk flags, so a
+reputation step is one range scan of a partial index that holds only flagged messages; whatever
+moves or flags a message calls `resync_signals` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.orm import Session
+
+from app.address import address_key
+from app.models import MessageSignal
+
+# The networks a sending IP is counted in (R3.4 e): /32, /26, /21 for IPv4; /64, /48, /32 for IPv6.
+IP_PREFIXES = {4: (32, 26, 21), 6: (64, 48, 32)}
+# The signals a forwarder would otherwise be blamed for (R3.5 `is_forward`): they name the forwarder.
+FORWARDER_KINDS = frozenset({"ip1", "ip2", "ip3", "ehlo", "spf"})
+
+
+def ip_networks(ip: str) -> list[str]:
+    """The sending IP masked three ways, as network text ("192.0.2.0/26"); [] for no valid IP."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return []
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefixes = IP_PREFIXES[address.version]
+    return [str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes]
+
+
+def signals_of(columns: Mapping[str, Any], *, forwarded: bool = False) -> list[tuple[str, str]]:
+    """(kind, value) for each signal of a message with these `messages` columns. A `forwarded`
+    message leaves out its forwarder's signals (IP, EHLO, MAIL FROM domain)."""
+    found: list[tuple[str, str]] = []
+    if columns.get("msg_from"):
+        kind = "from" if columns.get("msg_from_validated") else "from-unvalidated"
+        found.append((kind, address_key(columns["msg_from"])))
+    for kind, key in (("domain", "msg_from_domain"), ("orgdomain", "msg_from_org_domain")):
+        if columns.get(key):
+            found.append((kind, columns[key].lower()))
+    found += [("dkim", domain.lower()) for domain in (columns.get("dkim_domains") or "").split()]
+    if columns.get("spf_mailfrom_validated") and columns.get("mail_from_domain"):
+        found.append(("spf", columns["mail_from_domain"].lower()))
+    if columns.get("ehlo_validated") and columns.get("ehlo"):
+        found.append(("ehlo", columns["ehlo"].lower()))
+    found += list(zip(("ip1", "ip2", "ip3"), ip_networks(columns.get("remote_ip") or ""), strict=False))
+    if forwarded:
+        found = [(kind, value) for kind, value in found if kind not in FORWARDER_KINDS]
+    return [(kind, value[:512]) for kind, value in dict.fromkeys(found)]
+
+
+def add_signals(session: Session, messages: Iterable[tuple[int, Mapping[str, Any], bool]]) -> None:
+    """Insert the signal rows of newly stored messages: (message row id, its `messages` columns,
+    forwarded) each. The columns must hold `mailbox_orig_id` and `received`."""
+    rows = [
+        {
+            "message_id": row_id,
+            "mailbox_orig_id": columns["mailbox_orig_id"],
+            "kind": kind,
+            "value": value,
+            "received": columns["received"],
+            "junk": bool(columns.get("junk")),
+            "notjunk": bool(columns.get("notjunk")),
+        }
+        for row_id, columns, forwarded in messages
+        for kind, value in signals_of(columns, forwarded=forwarded)
+    ]
+    if rows:
+        session.execute(insert(MessageSignal), rows)
+
+
+def resync_signals(session: Session, changes: Sequence[SignalState]) -> None:
+    """Copy messages' new `mailbox_orig_id` and junk/notjunk flags into their signal rows; whatever
+    changes those columns of a message calls this in the same transaction."""
+    if changes:
+        session.execute(_RESYNC, [{f"b_{k}": v for k, v in state._asdict().items()} for state in changes])
+
+
+class SignalState(NamedTuple):
+    """What a message's signal rows copy from it."""
+
+    message_id: int
+    mailbox_orig_id: int | None
+    junk: bool
+    notjunk: bool
+
+
+_TABLE = MessageSignal.__table__
+_RESYNC = (
+    update(_TABLE)
+    .where(_TABLE.c.message_id == bindparam("b_message_id"))
+    .values({column: bindparam(f"b_{column}") for column in ("mailbox_orig_id", "junk", "notjunk")})
+)
