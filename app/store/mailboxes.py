@@ -5,20 +5,31 @@ Every function works in the caller's session and leaves committing to it: the st
 message's rows with its file (app/store/files.py), the CLI and the web only read. Messages leave
 here as `MessageRow`s, plain dicts, so no caller depends on the model. The sections follow what a
 mailbox is used for: mailboxes; adding messages; reading them (list, find, count); what reputation
-asks of them. Moving, flagging and expunging messages will be sections here too.
+asks of them; moving, copying and flagging them (SPEC R3.3); the cleanup of Rejects (R3.1).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import errno
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, func, insert, or_, select
+from sqlalchemy import Select, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from app.db import insert_once
+from app.db import insert_once, session_scope
 from app.models import Account, Mailbox, Message
 from app.models.base import utcnow
+from app.store.signals import SignalState, resync_signals
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+log = logging.getLogger(__name__)
 
 # Every column of a `messages` row by name, in the table's column order.
 MessageRow = dict[str, Any]
@@ -189,3 +200,214 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
         Message.is_reject.is_(False),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+# Moving, copying and flagging messages (SPEC R3.3): every path that does (the CLI, the web, IMAP
+# when built) calls these two, so the columns reputation reads change the same way in all of them.
+# Nothing else changes a message's mailbox, `mailbox_orig_id`, `is_reject`, junk or notjunk.
+
+
+class MailboxError(Exception):
+    """A move or flag change that cannot be made (an unknown mailbox, a message not of the account);
+    the message is meant for the user, as is."""
+
+
+class MoveRules(NamedTuple):
+    """What a move needs beyond the rows: the names of the account's Junk and Rejects mailboxes
+    (their flag rules) and the data dir, where a copy gets a file of its own."""
+
+    junk: str
+    rejects: str
+    data_dir: Path
+
+    @classmethod
+    def of(cls, config: Config, account: str) -> MoveRules:
+        """The rules of a configured account."""
+        settings = config.accounts[account]
+        return cls(settings.junk_mailbox, settings.rejects_mailbox, config.data_dir)
+
+
+def move_messages(
+    session: Session,
+    account_id: int,
+    message_ids: Sequence[int],
+    target: str,
+    *,
+    rules: MoveRules,
+    copy: bool = False,
+) -> list[int]:
+    """Move the account's messages into its mailbox `target`, or with `copy` add a copy of each there
+    (a row and a hard-linked file); the ids of the moved rows or of the copies, in the order given.
+
+    A reject that leaves its mailbox for another than Rejects becomes the delivery it would have
+    been: `mailbox_orig_id` takes its `mailbox_destined_id` and it is no longer a reject, so
+    reputation counts it for that mailbox. Into Junk sets junk; out of Junk or Rejects into another
+    mailbox sets notjunk. A message already in `target` is left as it is (a copy is still made). A
+    copy has no signal rows: the original is the one that counts in reputation."""
+    target_id = mailbox_id(session, account_id, target)
+    if target_id is None:
+        known = ", ".join(mailbox_names(session, account_id)) or "none"
+        raise MailboxError(f"no mailbox {target!r} (mailboxes: {known})")
+    special = (mailbox_id(session, account_id, rules.junk), mailbox_id(session, account_id, rules.rejects))
+    messages = _messages_of(session, account_id, message_ids)
+    if copy:
+        return [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
+    for message in messages:
+        for key, value in _moved_columns(message, target_id, *special).items():
+            setattr(message, key, value)
+    resync_signals(session, [_signal_state(m) for m in messages])
+    return [m.id for m in messages]
+
+
+def set_flags(
+    session: Session,
+    account_id: int,
+    message_ids: Sequence[int],
+    *,
+    seen: bool | None = None,
+    junk: bool | None = None,
+    notjunk: bool | None = None,
+) -> int:
+    """Set or clear the flags given (None leaves one as it is) on the account's messages; how many
+    messages changed. Junk and notjunk exclude each other: setting one clears the other."""
+    if junk and notjunk:
+        raise MailboxError("a message cannot be both junk and not junk")
+    flags = {"seen": seen, "junk": junk, "notjunk": notjunk}
+    if junk:
+        flags["notjunk"] = False
+    if notjunk:
+        flags["junk"] = False
+    wanted = {key: value for key, value in flags.items() if value is not None}
+    changed = []
+    for message in _messages_of(session, account_id, message_ids):
+        if any(getattr(message, key) != value for key, value in wanted.items()):
+            for key, value in wanted.items():
+                setattr(message, key, value)
+            changed.append(message)
+    resync_signals(session, [_signal_state(m) for m in changed])
+    return len(changed)
+
+
+def _messages_of(session: Session, account_id: int, message_ids: Sequence[int]) -> list[Message]:
+    """The messages with these ids, in the order given; every one must be the account's."""
+    query = select(Message).where(Message.id.in_(message_ids), Message.account_id == account_id)
+    found = {m.id: m for m in session.scalars(query)}
+    missing = [str(i) for i in dict.fromkeys(message_ids) if i not in found]
+    if missing:
+        raise MailboxError(f"no message {', '.join(missing)} in this account")
+    return [found[i] for i in dict.fromkeys(message_ids)]
+
+
+def _moved_columns(
+    message: Message, target_id: int, junk_id: int | None, rejects_id: int | None
+) -> dict[str, Any]:
+    """The columns that change when `message` goes from its mailbox to `target_id` (SPEC R3.3)."""
+    if message.mailbox_id == target_id:
+        return {}
+    changes: dict[str, Any] = {"mailbox_id": target_id}
+    if message.is_reject and message.mailbox_destined_id is not None and target_id != rejects_id:
+        changes |= {"mailbox_orig_id": message.mailbox_destined_id, "is_reject": False}
+    if target_id == junk_id:
+        changes |= {"junk": True, "notjunk": False}
+    elif message.mailbox_id in (junk_id, rejects_id) and target_id != rejects_id:
+        changes |= {"junk": False, "notjunk": True}
+    return changes
+
+
+def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir: Path) -> int:
+    """A copy of `message` with `changes`, under a new file id naming a link to its file; its row id.
+    The file is durable before the caller commits the row (a failed commit leaves it unnamed)."""
+    # A local import: app/store/files.py imports this module, so this one cannot import it first.
+    from app.store.files import message_path, new_file_id
+
+    path = message_path(new_file_id())
+    _link_file(data_dir / message.path, data_dir / path)
+    row = {**_columns(message), **changes, "path": path, "file_id": path.rpartition("/")[2]}
+    del row["id"]
+    return int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
+
+
+def _link_file(source: Path, copy: Path) -> None:
+    """`copy` names the content of `source`: a hard link (message files never change) or, where the
+    filesystem cannot link, a copy; durable with its name either way."""
+    # Same local import as in _copy, for the one writer of message files.
+    from app.store.files import fsync_dir, write_durably
+
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, copy)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+            raise MailboxError(f"message file {source} cannot be copied: {e.strerror}") from None
+        write_durably([(copy, [source.read_bytes()])])
+        return
+    fsync_dir(copy.parent)
+
+
+def _signal_state(message: Message) -> SignalState:
+    return SignalState(message.id, message.mailbox_orig_id, message.junk, message.notjunk)
+
+
+# The cleanup of Rejects (SPEC R3.1): an hourly job keeps each account's Rejects mailbox to the
+# configured age and count (`[rejects]`).
+
+# Rows deleted per transaction: each commit is short, and the files of a batch are unlinked after it.
+REJECTS_BATCH = 500
+# The deleted rows are not in the session: nothing there to keep in step.
+_NO_SYNC = {"synchronize_session": False}
+
+
+def remove_old_rejects(config: Config) -> int:
+    """Remove from each configured account's Rejects mailbox the messages received more than
+    `keep_days` ago, and the oldest beyond its newest `keep_max`; how many.
+
+    Each batch of rows is deleted in its own transaction (a message's signal rows go with it: ON
+    DELETE CASCADE) and its files are unlinked after the commit: a crash in between leaves files no
+    row names, never a row without its file."""
+    url, settings = config.resolved_database_url, config.rejects
+    cutoff = utcnow() - timedelta(days=settings.keep_days)
+    removed = 0
+    for account, account_settings in config.accounts.items():
+        with session_scope(url) as session:
+            box = _mailbox_of(session, account, account_settings.rejects_mailbox)
+        if box is None:
+            continue
+        too_old = (
+            select(Message.id)
+            .where(Message.mailbox_id == box, Message.received < cutoff)
+            .order_by(Message.received, Message.id)
+        )
+        # The newest `keep_max` are skipped; what follows them (newest first) is beyond the count.
+        beyond = (
+            select(Message.id)
+            .where(Message.mailbox_id == box)
+            .order_by(Message.received.desc(), Message.id.desc())
+            .offset(settings.keep_max)
+        )
+        for query in (too_old, beyond):
+            removed += _remove_in_batches(url, config.data_dir, box, query)
+    if removed:
+        log.info("rejects: removed %d old message(s)", removed)
+    return removed
+
+
+def _mailbox_of(session: Session, account: str, name: str) -> int | None:
+    """The id of the mailbox `name` of the account named `account`; None if either is missing."""
+    query = select(Mailbox.id).join(Account, Account.id == Mailbox.account_id)
+    return session.scalar(query.where(Account.name == account, Mailbox.name == name))
+
+
+def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -> int:
+    """Delete the rows `query` selects (still in mailbox `box`), a batch per transaction, each
+    batch's files unlinked after its commit; how many."""
+    removed = 0
+    while True:
+        with session_scope(url) as session:
+            batch = query.limit(REJECTS_BATCH).scalar_subquery()
+            statement = delete(Message).where(Message.id.in_(batch), Message.mailbox_id == box)
+            paths = list(session.scalars(statement.returning(Message.path), execution_options=_NO_SYNC))
+        for path in paths:
+            (data_dir / path).unlink(missing_ok=True)
+        removed += len(paths)
+        if len(paths) < REJECTS_BATCH:
+            return removed

@@ -1,17 +1,16 @@
 """app/store/mailboxes.py on its own: its queries against a real database, SQLite and PostgreSQL (the
-aggregates, LIKE, aware datetimes and savepoints are where the two differ)."""
+aggregates, LIKE, aware datetimes and savepoints are where the two differ; the `url` fixture,
+tests/store/conftest.py, gives each)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
 from app.db import insert_once, session_scope
-from app.migrate import upgrade_database
 from app.models import Mailbox, Message
 from app.models.base import utcnow
 from app.store.mailboxes import (
@@ -30,15 +29,6 @@ from app.store.mailboxes import (
     newest_messages,
     other_copies,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest) -> str:
-    """A migrated database of each kind."""
-    database_url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    if request.param == "postgresql":
-        upgrade_database(database_url)
-    return database_url
 
 
 def store(
