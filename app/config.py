@@ -218,6 +218,14 @@ class Delivery(Strict):
     routes: list[Route] = []
 
 
+class Rejects(Strict):
+    """How long each account's Rejects mailbox keeps messages (SPEC R3.1): an hourly job removes those
+    older than `keep_days` and, per account, the oldest beyond the newest `keep_max`."""
+
+    keep_days: Annotated[float, Field(gt=0, le=3650)] = 14.0
+    keep_max: Annotated[int, Field(ge=1)] = 10000
+
+
 class Web(Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -259,6 +267,7 @@ class Config(Strict):
     web: Web = Web()
     login_throttle: LoginThrottle = LoginThrottle()
     delivery: Delivery = Delivery()
+    rejects: Rejects = Rejects()
     domains: dict[str, Domain] = {}
     accounts: dict[str, Account] = {}
 

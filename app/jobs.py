@@ -66,6 +66,14 @@ JOBS: tuple[Job, ...] = (
         Daily(minute=47),
         "files removed",
     ),
+    # SPEC R3.1: Rejects keeps messages to an age and a count ([rejects]).
+    Job(
+        "remove_old_rejects",
+        "Rejects cleanup",
+        "tasks.mailboxes.remove_old_rejects",
+        Daily(minute=23),
+        "message(s) removed",
+    ),
     # SPEC R2.3: every whole hour; the task starts the run 30 to 90 s later.
     Job(
         DMARC_REPORTS,

@@ -113,7 +113,8 @@ def _configure_logging(**_: object) -> None:
     setup_logging(config.log_level, config.log_format)
 
 
-app = Celery("postwarden", include=["tasks.mail", "tasks.delivery", "tasks.reports", "tasks.tlsreports"])
+TASK_MODULES = ["tasks.mail", "tasks.delivery", "tasks.mailboxes", "tasks.reports", "tasks.tlsreports"]
+app = Celery("postwarden", include=TASK_MODULES)
 
 
 @app.on_configure.connect
