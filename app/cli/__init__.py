@@ -7,6 +7,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     config_cmd,
     dmarc,
     inspect,
+    message,
     queue,
     server,
     setup,

@@ -34,7 +34,7 @@ LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk",
 
 
 @contextmanager
-def _database(config: Config) -> Iterator[Session]:
+def database_session(config: Config) -> Iterator[Session]:
     """A session; a database that is unreachable or not migrated ends the command with a clear message."""
     with (
         exit_if_database_unusable(config.resolved_database_url),
@@ -43,16 +43,16 @@ def _database(config: Config) -> Iterator[Session]:
         yield s
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
     echo(f"postwarden: {message}", err=True)
     sys.exit(1)
 
 
-def _account(session: Session, name: str) -> Account:
+def account_named(session: Session, name: str) -> Account:
     account = session.scalar(select(Account).where(Account.name == name))
     if account is None:
         known = ", ".join(session.scalars(select(Account.name).order_by(Account.name))) or "none"
-        _fail(f"no account {name!r} in the database (accounts: {known})")
+        fail(f"no account {name!r} in the database (accounts: {known})")
     return account
 
 
@@ -60,7 +60,7 @@ def _mailbox_id(session: Session, account: Account, name: str) -> int:
     mailbox_id = mailboxes.mailbox_id(session, account.id, name)
     if mailbox_id is None:
         known = ", ".join(mailboxes.mailbox_names(session, account.id)) or "none"
-        _fail(f"account {account.name!r} has no mailbox {name!r} (mailboxes: {known})")
+        fail(f"account {account.name!r} has no mailbox {name!r} (mailboxes: {known})")
     return mailbox_id
 
 
@@ -85,8 +85,8 @@ def mailbox_group() -> None:
 def mailbox_list(ctx: click.Context, account: str, as_json: bool) -> None:
     """List ACCOUNT's mailboxes with message counts."""
     config = load(ctx)
-    with _database(config) as s:
-        rows = mailboxes.mailbox_summaries(s, _account(s, account).id)
+    with database_session(config) as s:
+        rows = mailboxes.mailbox_summaries(s, account_named(s, account).id)
     if as_json:
         emit_json(rows)
         return
@@ -109,8 +109,8 @@ def message_group() -> None:
 def message_list(ctx: click.Context, account: str, mailbox: str, limit: int, as_json: bool) -> None:
     """List the newest messages in ACCOUNT's MAILBOX."""
     config = load(ctx)
-    with _database(config) as s:
-        box = _mailbox_id(s, _account(s, account), mailbox)
+    with database_session(config) as s:
+        box = _mailbox_id(s, account_named(s, account), mailbox)
         rows = [{key: m[key] for key in LIST_COLUMNS} for m in mailboxes.newest_messages(s, box, limit)]
     if as_json:
         emit_json(rows)
@@ -130,12 +130,12 @@ def row_number(ident: str) -> int | None:
     return number if number <= MAX_ROW_ID else None
 
 
-def _find_message(session: Session, ident: str) -> dict[str, Any]:
+def message_named(session: Session, ident: str) -> dict[str, Any]:
     """By numeric id (as `message list` shows) or by file id (the id an SMTP 250 reply gave)."""
     number = row_number(ident)
     message = mailboxes.find_message(session, ident if number is None else number)
     if message is None:
-        _fail(f"no message {ident!r}")
+        fail(f"no message {ident!r}")
     return message
 
 
@@ -154,8 +154,8 @@ def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     """Show a message's metadata and content; ID is the number `message list` shows, or the file id
     (the id the SMTP 250 reply gave; other mailboxes' copies of that message add -2, -3...)."""
     config = load(ctx)
-    with _database(config) as s:
-        details = _message_details(s, config, _find_message(s, ident))
+    with database_session(config) as s:
+        details = _message_details(s, config, message_named(s, ident))
     if as_json:
         emit_json(details)
         return
@@ -165,7 +165,7 @@ def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     try:
         content = (config.data_dir / details["path"]).read_bytes()
     except OSError as e:
-        _fail(f"message file {details['file']} cannot be read: {e.strerror}")
+        fail(f"message file {details['file']} cannot be read: {e.strerror}")
     click.echo("")
     click.echo(_shown_content(content), nl=False)
 

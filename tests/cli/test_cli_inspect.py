@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,27 +24,37 @@ def message(subject: str) -> bytes:
     return f"{headers}\r\nBody of {subject}.\r\n".encode()
 
 
-@pytest.fixture
-async def stored(config_file: Path) -> dict[str, str]:
-    """Three messages in Inbox (one seen) and one in Junk; their file ids by subject."""
+async def store_messages(config_file: Path, copies: dict[str, MailboxCopy]) -> dict[str, str]:
+    """Store a `message(subject)` for each subject as that copy (accounts made from the config, the
+    subject added to its columns); their file ids by subject."""
     config = load_config(config_file)
     with session_scope(config.resolved_database_url) as session:
         sync_from_config(session, config)
     store = MessageStore(config.data_dir, config.resolved_database_url)
     ids: dict[str, str] = {}
     try:
-        for subject, mailbox, columns in [
-            ("first", "Inbox", {"seen": True}),
-            ("second", "Inbox", {}),
-            ("junky", "Junk", {"junk": True, "reason": "ip1", "dmarc_result": "fail"}),
-            ("third", "Inbox", {"msg_from_domain": "example.net"}),
-        ]:
-            content = message(subject)
-            columns = {"msg_from": "alice@example.net", "subject": subject, **columns}
-            (ids[subject],) = await store.store_copies(content, [MailboxCopy("admin", mailbox, columns)])
+        for subject, copy in copies.items():
+            copy = replace(copy, columns={"subject": subject, **copy.columns})
+            (ids[subject],) = await store.store_copies(message(subject), [copy])
     finally:
         await store.close()
     return ids
+
+
+@pytest.fixture
+async def stored(config_file: Path) -> dict[str, str]:
+    """Three messages in Inbox (one seen) and one in Junk; their file ids by subject."""
+    sender = {"msg_from": "alice@example.net"}
+    junk = {"junk": True, "reason": "ip1", "dmarc_result": "fail"}
+    return await store_messages(
+        config_file,
+        {
+            "first": MailboxCopy("admin", "Inbox", {**sender, "seen": True}),
+            "second": MailboxCopy("admin", "Inbox", sender),
+            "junky": MailboxCopy("admin", "Junk", {**sender, **junk}),
+            "third": MailboxCopy("admin", "Inbox", {**sender, "msg_from_domain": "example.net"}),
+        },
+    )
 
 
 def run(config_file: Path, *args: str) -> Result:
