@@ -222,7 +222,7 @@ class MoveRules(NamedTuple):
 
     @classmethod
     def of(cls, config: Config, account: str) -> MoveRules:
-        """The rules of a configured account."""
+        """The rules of an account in the config (KeyError for one that is not)."""
         settings = config.accounts[account]
         return cls(settings.junk_mailbox, settings.rejects_mailbox, config.data_dir)
 
@@ -252,10 +252,8 @@ def move_messages(
     messages = _messages_of(session, account_id, message_ids)
     if copy:
         return [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
-    for message in messages:
-        for key, value in _moved_columns(message, target_id, *special).items():
-            setattr(message, key, value)
-    resync_signals(session, [_signal_state(m) for m in messages])
+    changed = [_apply(m, _moved_columns(m, target_id, *special)) for m in messages]
+    _resync(session, messages, changed)
     return [m.id for m in messages]
 
 
@@ -278,14 +276,10 @@ def set_flags(
     if notjunk:
         flags["junk"] = False
     wanted = {key: value for key, value in flags.items() if value is not None}
-    changed = []
-    for message in _messages_of(session, account_id, message_ids):
-        if any(getattr(message, key) != value for key, value in wanted.items()):
-            for key, value in wanted.items():
-                setattr(message, key, value)
-            changed.append(message)
-    resync_signals(session, [_signal_state(m) for m in changed])
-    return len(changed)
+    messages = _messages_of(session, account_id, message_ids)
+    changed = [_apply(m, wanted) for m in messages]
+    _resync(session, messages, changed)
+    return sum(1 for keys in changed if keys)
 
 
 def _messages_of(session: Session, account_id: int, message_ids: Sequence[int]) -> list[Message]:
@@ -344,8 +338,22 @@ def _link_file(source: Path, copy: Path) -> None:
     fsync_dir(copy.parent)
 
 
-def _signal_state(message: Message) -> SignalState:
-    return SignalState(message.id, message.mailbox_orig_id, message.junk, message.notjunk)
+def _apply(message: Message, changes: dict[str, Any]) -> set[str]:
+    """Set the columns `changes` gives; the names of those whose value changed."""
+    changed = {key for key, value in changes.items() if getattr(message, key) != value}
+    for key in changed:
+        setattr(message, key, changes[key])
+    return changed
+
+
+def _resync(session: Session, messages: list[Message], changed: list[set[str]]) -> None:
+    """Keep the signal rows of the messages whose copied columns `changed` in step (SignalState)."""
+    states = [
+        SignalState(m.id, m.mailbox_orig_id, m.junk, m.notjunk)
+        for m, keys in zip(messages, changed, strict=True)
+        if keys & {"mailbox_orig_id", "junk", "notjunk"}
+    ]
+    resync_signals(session, states)
 
 
 # The cleanup of Rejects (SPEC R3.1): an hourly job keeps each account's Rejects mailbox to the
@@ -387,7 +395,7 @@ def remove_old_rejects(config: Config) -> int:
         for query in (too_old, beyond):
             removed += _remove_in_batches(url, config.data_dir, box, query)
     if removed:
-        log.info("rejects: removed %d old message(s)", removed)
+        log.info("rejects cleanup: removed %d message(s)", removed)
     return removed
 
 

@@ -32,8 +32,8 @@ def config_file(tmp_path: Path, dns: DNSTestServer) -> Path:
 
 @pytest.fixture
 async def stored(config_file: Path) -> dict[str, str]:
-    """admin: a reject in Rejects (destined for Inbox) and a message in Inbox; bob: one in Inbox.
-    Their file ids by subject."""
+    """admin: a reject in Rejects (destined for Inbox) and a message in Inbox; bob and carol: one in
+    Inbox each. Their file ids by subject."""
     rejected = {"is_reject": True, "seen": True}
     return await store_messages(
         config_file,
@@ -41,6 +41,7 @@ async def stored(config_file: Path) -> dict[str, str]:
             "rejected": MailboxCopy("admin", "Rejects", rejected, destined_mailbox="Inbox"),
             "hello": MailboxCopy("admin", "Inbox"),
             "bobs": MailboxCopy("bob", "Inbox"),
+            "carols": MailboxCopy("carol", "Inbox"),  # an account no longer in the config
         },
     )
 
@@ -113,12 +114,16 @@ def test_flag(config_file: Path, stored: dict[str, str]) -> None:
             "message '{bobs}' is of account 'bob', not 'admin'",
         ),
         (
-            ["flag", "{hello}", "--junk", "--account", "carol"],
-            "no account 'carol' in the database (accounts: admin, bob)",
+            ["flag", "{hello}", "--junk", "--account", "dave"],
+            "no account 'dave' in the database (accounts: admin, bob, carol)",
         ),
         (
             ["move", "{hello}", "{bobs}", "--to", "Inbox"],
             "the messages are of several accounts (admin, bob): give --account",
+        ),
+        (
+            ["move", "{carols}", "--to", "Junk"],
+            "account 'carol' is not in the config, so its Junk and Rejects mailboxes are unknown",
         ),
     ],
 )
