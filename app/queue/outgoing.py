@@ -52,6 +52,14 @@ def queue_size(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutgoingMessage)) or 0
 
 
+def size_and_oldest(session: Session) -> tuple[int, datetime | None]:
+    """How many rows the queue holds and when the oldest was queued (None when empty), in one read."""
+    size, oldest = session.execute(
+        select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
+    ).one()
+    return size or 0, oldest  # min() keeps the column's type: an aware datetime
+
+
 def due(now: datetime) -> ColumnElement[bool]:
     """The one definition of a due row: its next attempt time has come and no worker holds it."""
     return (_TABLE.c.next_attempt <= now) & free(now)
