@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.address import address_domain, normalize_address
@@ -39,6 +40,20 @@ RELEASE_DELAY = timedelta(seconds=5)
 # Claims and outcomes use Core statements on the table: they run per message, on the hot path, where
 # the ORM's bulk-statement machinery would cost more than the statement itself.
 _TABLE = OutgoingMessage.__table__
+
+
+def add_rows(session: Session, rows_per_message: Sequence[list[dict[str, Any]]]) -> list[list[int]]:
+    """Add the rows (app/queue/enqueue.py's `Queued.rows`) in the caller's transaction; their ids, per
+    message."""
+    added = [[OutgoingMessage(**row) for row in rows] for rows in rows_per_message]
+    session.add_all([row for rows in added for row in rows])
+    session.flush()
+    return [[row.id for row in rows] for rows in added]
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Add the rows in one INSERT, no ids read back (the store's group commit of submissions)."""
+    session.execute(insert(OutgoingMessage), rows)
 
 
 def count_due(session: Session, now: datetime | None = None) -> int:
@@ -275,6 +290,11 @@ class Listed:
     row: OutgoingMessage
     due: bool
     held: bool
+
+
+def row_values(row: OutgoingMessage) -> dict[str, Any]:
+    """Every column of the row, by name (what `queue list --json` shows of it)."""
+    return {column.key: getattr(row, column.key) for column in _TABLE.columns}
 
 
 def list_rows(session: Session, ids: Sequence[int] = (), path: str | None = None) -> list[Listed]:
