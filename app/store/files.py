@@ -13,7 +13,8 @@ lives, and recovery settles only directories whose lock it can take: their write
 file in them is still being committed. (Files straight in tmp/ come from versions before this.)
 
 The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
-come from `Queued.rows`, and `write_durably` here writes the files the queue's jobs enqueue too.
+come from `Queued.rows` and are inserted (and found by recovery) through the queue table's owner,
+app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too.
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
