@@ -17,7 +17,7 @@ from sqlalchemy import Select, func, insert, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import insert_once
-from app.models import Account, Mailbox, Message
+from app.models import Mailbox, Message
 from app.models.base import utcnow
 
 # Every column of a `messages` row by name, in the table's column order.
@@ -145,19 +145,18 @@ def find_message(session: Session, key: int | str) -> MessageRow | None:
 
 
 def message_placement(session: Session, row_id: int) -> dict[str, str | None]:
-    """The names of the message's account, its mailbox, the one it arrived in (`mailbox_orig`) and,
-    for a reject, the one it would have gone to (`mailbox_destined`)."""
+    """The names of the message's mailbox, the one it arrived in (`mailbox_orig`) and, for a reject,
+    the one it would have gone to (`mailbox_destined`). (Its account's name is app/accounts.py's.)"""
     orig, destined = aliased(Mailbox), aliased(Mailbox)
     names = session.execute(
-        select(Account.name, Mailbox.name, orig.name, destined.name)
+        select(Mailbox.name, orig.name, destined.name)
         .select_from(Message)
-        .join(Account, Account.id == Message.account_id)
         .join(Mailbox, Mailbox.id == Message.mailbox_id)
         .outerjoin(orig, orig.id == Message.mailbox_orig_id)
         .outerjoin(destined, destined.id == Message.mailbox_destined_id)
         .where(Message.id == row_id)
     ).one()
-    return dict(zip(("account", "mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
+    return dict(zip(("mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
 
 
 def other_copies(session: Session, file_id: str) -> list[str]:
