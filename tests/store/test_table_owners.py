@@ -18,6 +18,7 @@ OWNERS = {
     "Account": "app/accounts.py",
     "Mailbox": "app/store/mailboxes.py",
     "Message": "app/store/mailboxes.py",
+    "MessageSignal": "app/store/signals.py",
     "OutgoingMessage": "app/queue/outgoing.py",
     "SentRecipient": "app/queue/outgoing.py",
     "DeliveryAttempt": "app/queue/history.py",
