@@ -108,6 +108,25 @@ def ensure_account(session: Session, name: str) -> Account:
     return account
 
 
+def find_account(session: Session, name: str) -> Account | None:
+    return session.scalar(select(Account).where(Account.name == name))
+
+
+def account_names(session: Session) -> list[str]:
+    """Every account name in the database, sorted (what a command lists when one is not found)."""
+    return list(session.scalars(select(Account.name).order_by(Account.name)))
+
+
+def account_id(session: Session, name: str) -> int:
+    """The id of an account known to exist (NoResultFound otherwise)."""
+    return session.scalars(select(Account.id).where(Account.name == name)).one()
+
+
+def account_name(session: Session, account_id: int) -> str | None:
+    """The name of the account with this id; None if there is none."""
+    return session.scalar(select(Account.name).where(Account.id == account_id))
+
+
 def configured_mailboxes(config: Config) -> dict[str, set[str]]:
     """Every mailbox the config names, per account: Inbox, Junk, Rejects, ruleset and special targets."""
     names: dict[str, set[str]] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, false, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
@@ -187,3 +187,15 @@ def _prune_runs(session: Session, name: str) -> None:
     """Drop the job's runs beyond the newest KEPT_RUNS (at the end of every recorded run)."""
     kept = select(JobRun.id).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(KEPT_RUNS)
     session.execute(delete(JobRun).where(JobRun.job == name, JobRun.id.not_in(kept.scalar_subquery())))
+
+
+def latest_runs(session: Session) -> list[JobRun]:
+    """The latest run of each job that ever ran, by job name (the status page and /metrics)."""
+    latest = select(func.max(JobRun.id)).group_by(JobRun.job).scalar_subquery()
+    return list(session.scalars(select(JobRun).where(JobRun.id.in_(latest)).order_by(JobRun.job)))
+
+
+def probe_write(connection: Connection) -> None:
+    """Take the database's write lock on a migrated table, changing no row (the caller rolls back):
+    the web health check's proof that the database takes writes, not just reads."""
+    connection.execute(update(JobRun).where(false()).values(job=JobRun.job))

@@ -17,7 +17,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import affected_rows
-from app.models import Account, WebSession
+from app.models import WebSession
 
 # A session ends a week after login, or after a day without a request.
 MAX_AGE = timedelta(days=7)
@@ -28,8 +28,8 @@ TOKEN_BYTES = 32
 
 
 @dataclass(frozen=True)
-class LoggedIn:
-    account: str
+class LiveSession:
+    account_id: int
     csrf_token: str
 
 
@@ -53,23 +53,18 @@ def start_session(session: Session, secret: str, account_id: int, now: datetime)
     return token
 
 
-def current_session(session: Session, secret: str, token: str, now: datetime) -> LoggedIn | None:
+def current_session(session: Session, secret: str, token: str, now: datetime) -> LiveSession | None:
     """The live session the cookie's token names, or None (unknown, ended or expired)."""
     key = session_key(secret, token)
-    row = session.execute(
-        select(WebSession, Account.name)
-        .join(Account, Account.id == WebSession.account_id)
-        .where(WebSession.key == key)
-    ).first()
-    if row is None:
+    web_session = session.scalar(select(WebSession).where(WebSession.key == key))
+    if web_session is None:
         return None
-    web_session, account = row
     if web_session.created <= now - MAX_AGE or web_session.last_seen <= now - IDLE_TIMEOUT:
         session.delete(web_session)
         return None
     if web_session.last_seen <= now - TOUCH_INTERVAL:
         session.execute(update(WebSession).where(WebSession.key == key).values(last_seen=now))
-    return LoggedIn(account, web_session.csrf_token)
+    return LiveSession(web_session.account_id, web_session.csrf_token)
 
 
 def end_session(session: Session, secret: str, token: str) -> None:

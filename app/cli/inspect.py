@@ -7,12 +7,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.accounts import account_name, account_names, find_account
 from app.cli.common import (
     MAX_ROW_ID,
     ROW_LIMIT,
@@ -26,8 +26,10 @@ from app.cli.common import (
 from app.config import Config
 from app.db import session_scope
 from app.logs import escape_control
-from app.models import Account
 from app.store import mailboxes
+
+if TYPE_CHECKING:  # rows app/accounts.py hands over
+    from app.models import Account
 
 # What `message list` shows per message (all columns are in `message show --json`).
 LIST_COLUMNS = ("id", "received", "msg_from", "subject", "size", "seen", "junk", "is_reject", "reason")
@@ -49,9 +51,9 @@ def fail(message: str) -> NoReturn:
 
 
 def account_named(session: Session, name: str) -> Account:
-    account = session.scalar(select(Account).where(Account.name == name))
+    account = find_account(session, name)
     if account is None:
-        known = ", ".join(session.scalars(select(Account.name).order_by(Account.name))) or "none"
+        known = ", ".join(account_names(session)) or "none"
         fail(f"no account {name!r} in the database (accounts: {known})")
     return account
 
@@ -140,7 +142,8 @@ def message_named(session: Session, ident: str) -> dict[str, Any]:
 
 
 def _message_details(session: Session, config: Config, message: dict[str, Any]) -> dict[str, Any]:
-    details = {**message, **mailboxes.message_placement(session, message["id"])}
+    account = {"account": account_name(session, message["account_id"])}
+    details = {**message, **account, **mailboxes.message_placement(session, message["id"])}
     details["file"] = str(config.data_dir / message["path"])
     details["other_copies"] = mailboxes.other_copies(session, message["file_id"])
     return details

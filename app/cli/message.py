@@ -12,6 +12,7 @@ from typing import TypeVar
 import click
 from sqlalchemy.orm import Session
 
+from app.accounts import account_name
 from app.cli.common import echo, emit_json, json_option, load
 from app.cli.inspect import account_named, database_session, fail, message_group, message_named
 from app.store import mailboxes
@@ -26,7 +27,7 @@ def _account_of(session: Session, idents: Sequence[str], account: str | None) ->
     """The account of the messages with these IDs, as (id, name), and their row ids: all must be of
     one account, `account` if given."""
     messages = [message_named(session, ident) for ident in idents]
-    names = [str(mailboxes.message_placement(session, m["id"])["account"]) for m in messages]
+    names = [str(account_name(session, m["account_id"])) for m in messages]
     if account is not None:
         account_named(session, account)  # an unknown account is its own error
         for ident, name in zip(idents, names, strict=True):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,10 +14,11 @@ from app.cli.common import ROW_ID, echo, emit_json, exit_if_database_unusable, j
 from app.cli.inspect import row_number
 from app.config import Config
 from app.db import session_scope
-from app.models import OutgoingMessage
-from app.models.queue import DeliveryAttempt
 from app.queue import history, outgoing
 from app.store.files import outgoing_path
+
+if TYPE_CHECKING:  # rows app/queue/history.py hands over
+    from app.models.queue import DeliveryAttempt
 
 SHOWN_HEADERS = ("from", "to", "subject", "date", "message-id")
 HISTORY_COLUMNS = ("attempted", "recipient", "result", "host", "ip", "tls", "reply_code", "reply")
@@ -25,7 +26,7 @@ HISTORY_COLUMNS = ("attempted", "recipient", "result", "host", "ip", "tls", "rep
 
 def _columns(listed: outgoing.Listed) -> dict[str, Any]:
     row = listed.row
-    values = {column.key: getattr(row, column.key) for column in OutgoingMessage.__table__.columns}
+    values = outgoing.row_values(row)
     values["due"] = listed.due
     values["held"] = listed.held
     values["file_id"] = history.file_id_of(row.path)  # the id the submission's 250 reply gave

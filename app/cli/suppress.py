@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, date, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load
 from app.db import session_scope
-from app.models import ReportSuppression
 from app.models.base import utcnow
 from app.reportsuppress import (
     FAILURE_SUPPRESSION,
@@ -23,6 +22,9 @@ from app.reportsuppress import (
     suppressions,
     unsuppress,
 )
+
+if TYPE_CHECKING:  # rows app/reportsuppress.py hands over
+    from app.models import ReportSuppression
 
 DAY = click.DateTime(formats=["%Y-%m-%d"])
 

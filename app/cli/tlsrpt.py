@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,11 +20,13 @@ from app.cli.common import echo, emit_json, exit_if_database_unusable, json_opti
 from app.cli.suppress import DAY, suppress_commands
 from app.db import session_scope
 from app.logs import setup_logging
-from app.models import TLSResult
 from app.models.base import utcnow
 from app.tlsreports.job import send_tls_reports
 from app.tlsreports.posts import PostSummary, post_due_reports
 from app.tlsreports.results import failures_by_result, results_for
+
+if TYPE_CHECKING:  # rows app/tlsreports/results.py hands over
+    from app.models import TLSResult
 
 
 @main.group("tlsrpt")

@@ -1,4 +1,5 @@
-"""Storing DMARC evaluations for aggregate reports (SPEC R2.1, R2.2, R2.9), and listing what is pending.
+"""The DMARC evaluations table: storing evaluations for aggregate reports (SPEC R2.1, R2.2, R2.9),
+listing what is pending, and the reads and deletes of the hourly report run (app/dmarcreports/job.py).
 
 The SMTP server hands over an Evaluation per evaluated message (evaluation.py); the task gets it as
 JSON and `store_evaluations` reads it back with Evaluation.from_json, which checks it again.
@@ -9,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, case, delete, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Config
-from app.db import session_scope
+from app.db import affected_rows, session_scope
 from app.dmarcreports.evaluation import DKIMAuth, Evaluation, EvaluationError, SPFAuth, normalized_domain
 from app.dmarcreports.interval import interval_at, interval_hours
 from app.models import DMARCEvaluation
@@ -28,6 +29,22 @@ log = logging.getLogger(__name__)
 # RFC 9990 2.1.2: a report row carries at most 100 DKIM results, the most useful first.
 MAX_DKIM_RESULTS = 100
 RECORD_KEY_LENGTH = 16  # hex digits: 64 bits, no collision among the rows of a report
+
+E = DMARCEvaluation
+# What makes evaluations one report row: those alike in all of these are counted together.
+ROW_COLUMNS = (
+    E.source_ip,
+    E.disposition,
+    E.requested_disposition,
+    E.dkim_aligned,
+    E.spf_aligned,
+    E.override_reasons,
+    E.envelope_to,
+    E.envelope_from,
+    E.header_from,
+    E.dkim_results,
+    E.spf_results,
+)
 
 
 @dataclass(frozen=True)
@@ -163,19 +180,100 @@ def _spf_results(results: Iterable[SPFAuth]) -> list[list[str]]:
 
 def pending_domains(session: Session, domain: str | None = None) -> list[PendingDomain]:
     """Evaluations waiting for a report, per policy domain (one domain if given)."""
-    e = DMARCEvaluation
     query = (
         select(
-            e.policy_domain,
+            E.policy_domain,
             func.count(),
-            func.sum(case((e.optional, 1), else_=0)),
-            func.min(e.evaluated),
-            func.max(e.evaluated),
-            func.min(e.interval_end),
+            func.sum(case((E.optional, 1), else_=0)),
+            func.min(E.evaluated),
+            func.max(E.evaluated),
+            func.min(E.interval_end),
         )
-        .group_by(e.policy_domain)
-        .order_by(e.policy_domain)
+        .group_by(E.policy_domain)
+        .order_by(E.policy_domain)
     )
     if domain is not None:
-        query = query.where(e.policy_domain == normalized_domain(domain))
+        query = query.where(E.policy_domain == normalized_domain(domain))
     return [PendingDomain(d, n, int(o or 0), f, la, nx) for d, n, o, f, la, nx in session.execute(query)]
+
+
+# The hourly report run's reads and deletes (app/dmarcreports/job.py says when and why).
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The evaluations a report run takes: ids up to `max_id` (settled_max_id), of intervals ended
+    by `run_hour`, evaluated at or after `cutoff` (older ones are purged)."""
+
+    max_id: int
+    run_hour: datetime
+    cutoff: datetime
+
+    def where(self) -> list[ColumnElement[bool]]:
+        return [E.id <= self.max_id, E.interval_end <= self.run_hour, E.evaluated >= self.cutoff]
+
+
+def settled_max_id(sessions: sessionmaker[Session]) -> int:
+    """The highest evaluation id, once every evaluation with a lower id is committed (or rolled back).
+
+    A run reads and deletes "up to this id", so no row below it may still be on its way. On PostgreSQL
+    ids come from a sequence when a row is inserted, and commits may come in another order: a row
+    given id 7 can commit after the row given id 8, and a run that saw 8 would delete 7 unread. A
+    SHARE lock waits for the transactions that are writing the table and holds new writers back while
+    the maximum is read (a few milliseconds); their ids are then higher. On SQLite there is one
+    writer at a time, and the row of an open write transaction gets its id above every committed one.
+    """
+    with sessions.begin() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"LOCK TABLE {E.__tablename__} IN SHARE MODE"))
+        return session.scalar(select(func.max(E.id))) or 0
+
+
+def report_domains(session: Session, ended: Ended) -> list[str]:
+    """The policy domains with a non-optional evaluation to report (R2.1)."""
+    query = select(E.policy_domain).where(*ended.where(), E.optional.is_(False)).distinct()
+    return list(session.scalars(query))
+
+
+def report_row_groups(session: Session, ended: Ended) -> Iterator[Sequence[Any]]:
+    """The ended evaluations merged into report rows, sorted by policy domain, streamed: per row
+    (policy domain, first interval start, last interval end, non-optional evaluations, count,
+    *ROW_COLUMNS)."""
+    required = func.sum(case((E.optional.is_(False), 1), else_=0))
+    query = (
+        select(E.policy_domain, func.min(E.interval_start), func.max(E.interval_end), required)
+        .add_columns(func.count(), *ROW_COLUMNS)
+        .where(*ended.where())
+        .group_by(E.policy_domain, E.record_key, *ROW_COLUMNS)
+        .order_by(E.policy_domain)
+        .execution_options(yield_per=2000)
+    )
+    return iter(session.execute(query))
+
+
+def delete_reported(session: Session, ended: Ended, excluded: Collection[str]) -> int:
+    """Delete the ended evaluations but those of the `excluded` policy domains; how many went."""
+    done = delete(E).where(*ended.where(), E.policy_domain.not_in(excluded))
+    return affected_rows(session.execute(done))
+
+
+def drop_older_than(session: Session, cutoff: datetime) -> int:
+    """Delete the evaluations made before `cutoff`; how many went."""
+    return affected_rows(session.execute(delete(E).where(E.evaluated < cutoff)))
+
+
+def drop_all(session: Session) -> int:
+    """Delete every evaluation (reports are turned off); how many went."""
+    return affected_rows(session.execute(delete(E)))
+
+
+def id_before_lowest(session: Session) -> int:
+    """One less than the lowest evaluation id (0 for none): where a walk over the ids starts."""
+    return (session.scalar(select(func.min(E.id))) or 1) - 1
+
+
+def delete_id_slice(session: Session, start: int, stop: int, run_hour: datetime, domains: Select[Any]) -> int:
+    """Delete the evaluations with ids in (start, stop] of intervals ended by `run_hour` whose policy
+    domain `domains` (a query of domain names) selects; how many went."""
+    rows = [E.id > start, E.id <= stop, E.interval_end <= run_hour]
+    return affected_rows(session.execute(delete(E).where(*rows, E.policy_domain.in_(domains))))

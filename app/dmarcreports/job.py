@@ -28,14 +28,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Update, case, delete, func, select, text, update
+from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.dkim import DKIMSigningError
 from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
-from app.db import affected_rows, session_factory, upsert_insert
+from app.db import session_factory, upsert_insert
+from app.dmarcreports.evaluations import (
+    Ended,
+    delete_id_slice,
+    delete_reported,
+    drop_all,
+    drop_older_than,
+    id_before_lowest,
+    report_domains,
+    report_row_groups,
+    settled_max_id,
+)
 from app.dmarcreports.interval import whole_hour
 from app.dmarcreports.mail import ReportMail, report_message
 from app.dmarcreports.rua import report_destinations
@@ -43,7 +54,7 @@ from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.jobs import DMARC_REPORTS, Run, report_run
 from app.logs import new_cid
-from app.models import DMARCEvaluation, DMARCReportClaim
+from app.models import DMARCReportClaim
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue_many
 from app.reportsender import dmarc_report_sender
@@ -62,21 +73,7 @@ MAX_EXCLUDED = 10_000  # domains a run's final delete names as exceptions; beyon
 RECOVERY_SLICE = 100_000  # ids per delete when finishing a dead run's deletions
 SKIPPED = "dmarc report address skipped policy_domain=%s address=%s reason=%s"
 
-E = DMARCEvaluation
 C = DMARCReportClaim
-ROW_COLUMNS = (
-    E.source_ip,
-    E.disposition,
-    E.requested_disposition,
-    E.dkim_aligned,
-    E.spf_aligned,
-    E.override_reasons,
-    E.envelope_to,
-    E.envelope_from,
-    E.header_from,
-    E.dkim_results,
-    E.spf_results,
-)
 
 
 @dataclass
@@ -212,13 +209,11 @@ class _Run:
             return
         with self.sessions.begin() as session:
             session.execute(mark_deleted(self.summary.cid))
-            done = delete(E).where(*self.selected(), E.policy_domain.not_in(self.excluded))
-            self.summary.deleted += affected_rows(session.execute(done))
+            self.summary.deleted += delete_reported(session, self.ended(), self.excluded)
 
     def domains(self, session: Session) -> list[str]:
         """The policy domains with a non-optional evaluation to report (R2.1)."""
-        query = select(E.policy_domain).where(*self.selected(), E.optional.is_(False)).distinct()
-        return list(session.scalars(query))
+        return report_domains(session, self.ended())
 
     async def outcomes(self, reader: Session) -> AsyncIterator[list[Outcome]]:
         """What to do with each domain, a batch at a time, in domain order."""
@@ -243,26 +238,18 @@ class _Run:
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
         with self.sessions.begin() as session:
-            self.summary.purged = affected_rows(session.execute(delete(E).where(E.evaluated < self.cutoff)))
+            self.summary.purged = drop_older_than(session, self.cutoff)
             session.execute(delete(C).where(C.run_hour < self.cutoff, C.evaluations_deleted.is_(True)))
         if self.summary.purged:
             log.info("dmarc evaluations older than 48 hours dropped count=%d", self.summary.purged)
 
-    def selected(self) -> list[ColumnElement[bool]]:
-        return [E.id <= self.max_id, E.interval_end <= self.run_hour, E.evaluated >= self.cutoff]
+    def ended(self) -> Ended:
+        return Ended(self.max_id, self.run_hour, self.cutoff)
 
     def reportable(self, session: Session) -> Iterator[DomainRows]:
         """The ended evaluations merged into report rows, one domain at a time; optional-only skipped."""
-        required = func.sum(case((E.optional.is_(False), 1), else_=0))
-        query = (
-            select(E.policy_domain, func.min(E.interval_start), func.max(E.interval_end), required)
-            .add_columns(func.count(), *ROW_COLUMNS)
-            .where(*self.selected())
-            .group_by(E.policy_domain, E.record_key, *ROW_COLUMNS)
-            .order_by(E.policy_domain)
-            .execution_options(yield_per=2000)
-        )
-        for domain, grouped in itertools.groupby(session.execute(query), key=lambda r: r[0]):
+        rows = report_row_groups(session, self.ended())
+        for domain, grouped in itertools.groupby(rows, key=lambda r: r[0]):
             groups = list(grouped)
             domain_rows = DomainRows(
                 domain,
@@ -428,22 +415,6 @@ def claim(session: Session, claims: list[dict[str, object]]) -> set[str]:
     return set(session.scalars(statement))
 
 
-def settled_max_id(sessions: sessionmaker[Session]) -> int:
-    """The highest evaluation id, once every evaluation with a lower id is committed (or rolled back).
-
-    A run reads and deletes "up to this id", so no row below it may still be on its way. On PostgreSQL
-    ids come from a sequence when a row is inserted, and commits may come in another order: a row
-    given id 7 can commit after the row given id 8, and a run that saw 8 would delete 7 unread. A
-    SHARE lock waits for the transactions that are writing the table and holds new writers back while
-    the maximum is read (a few milliseconds); their ids are then higher. On SQLite there is one
-    writer at a time, and the row of an open write transaction gets its id above every committed one.
-    """
-    with sessions.begin() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"LOCK TABLE {E.__tablename__} IN SHARE MODE"))
-        return session.scalar(select(func.max(E.id))) or 0
-
-
 def finish_deletions(sessions: sessionmaker[Session]) -> int:
     """Delete the evaluations of claims whose deletion is not done (a run died); the number deleted.
 
@@ -457,15 +428,14 @@ def finish_deletions(sessions: sessionmaker[Session]) -> int:
         runs = session.execute(
             select(C.run_cid, C.run_hour, C.max_id).where(C.evaluations_deleted.is_(False)).distinct()
         ).all()
-        low = (session.scalar(select(func.min(E.id))) or 1) - 1
+        low = id_before_lowest(session)
     for run_cid, run_hour, max_id in runs:
         with sessions.begin() as session:
             session.execute(mark_deleted(run_cid))
             claimed = select(C.policy_domain).where(C.run_cid == run_cid)
             for start in range(low, max_id, RECOVERY_SLICE):
-                rows = [E.id > start, E.id <= min(start + RECOVERY_SLICE, max_id), E.interval_end <= run_hour]
-                expired = delete(E).where(*rows, E.policy_domain.in_(claimed))
-                deleted += affected_rows(session.execute(expired))
+                stop = min(start + RECOVERY_SLICE, max_id)
+                deleted += delete_id_slice(session, start, stop, run_hour, claimed)
     return deleted
 
 
@@ -533,6 +503,6 @@ async def send_dmarc_reports(
 def drop_evaluations(config: Config, cid: str, now: datetime) -> RunSummary:
     """Reports are turned off: the evaluations stored before are dropped, none is reported."""
     with session_factory(config.resolved_database_url).begin() as session:
-        dropped = affected_rows(session.execute(delete(E)))
+        dropped = drop_all(session)
     log.info("dmarc reports are disabled (no_outgoing_dmarc_reports); %d evaluations dropped", dropped)
     return RunSummary(cid, whole_hour(now), purged=int(dropped or 0))

@@ -27,16 +27,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session as DBSession
 
+from app.accounts import account_name
 from app.auth.message import header_fields
 from app.config import Config
 from app.db import engine_for, session_scope
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
-from app.models import Account, OutgoingMessage
 from app.models.base import utcnow
 from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
@@ -59,6 +59,9 @@ from app.reportsuppress import ReportKind, suppress_after_failure
 from app.store.files import MailboxCopy, MessageStore, StoreError, awaiting_rename
 from app.tlsreports.report import FailureDetail, PolicyRef
 from app.tlsreports.results import SessionResult, record_tls_results
+
+if TYPE_CHECKING:  # rows app/queue/outgoing.py claims and hands over
+    from app.models import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +512,7 @@ class _Run:
         if account_id is None:
             return None
         if account_id not in self._accounts:
-            self._accounts[account_id] = self.db.scalar(select(Account.name).where(Account.id == account_id))
+            self._accounts[account_id] = account_name(self.db, account_id)
             self.db.commit()
         return self._accounts[account_id]
 

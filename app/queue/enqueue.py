@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session
 
 from app.address import AddressError, address_domain, validate_address
 from app.config import Config
-from app.models import OutgoingMessage
 from app.models.base import utcnow
+from app.queue.outgoing import add_rows
 from app.store.files import OUTGOING_DIR, new_file_id, outgoing_path, write_durably
 
 # What the queue carries: a failed report's DSN goes to the postmaster's report folder, a submission's
@@ -113,10 +113,6 @@ def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -
     (config.data_dir / OUTGOING_DIR).mkdir(parents=True, exist_ok=True)
     files = [(config.data_dir / path, (m.content,)) for path, m in zip(paths, messages, strict=True)]
     write_durably(files, concurrently=True)
-    rows = [
-        [OutgoingMessage(**row) for row in m.rows(path, len(m.content), config.delivery.max_attempts)]
-        for path, m in zip(paths, messages, strict=True)
-    ]
-    session.add_all([row for message_rows in rows for row in message_rows])
-    session.flush()
-    return [[row.id for row in message_rows] for message_rows in rows]
+    max_attempts = config.delivery.max_attempts
+    rows = [m.rows(path, len(m.content), max_attempts) for path, m in zip(paths, messages, strict=True)]
+    return add_rows(session, rows)

@@ -15,15 +15,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import affected_rows
 from app.models.base import utcnow
-from app.models.queue import DeliveryAttempt, OutgoingMessage
+from app.models.queue import DeliveryAttempt
 from app.queue.smtpclient import DeliveryError, Reply, SessionInfo
+
+if TYPE_CHECKING:  # the rows a delivery run claimed (app/queue/outgoing.py)
+    from app.models import OutgoingMessage
 
 Result = Literal["delivered", "deferred", "failed"]
 REPLY_KEPT = 512  # DeliveryAttempt.reply's length

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.address import address_domain, normalize_address
@@ -41,6 +42,20 @@ RELEASE_DELAY = timedelta(seconds=5)
 _TABLE = OutgoingMessage.__table__
 
 
+def add_rows(session: Session, rows_per_message: Sequence[list[dict[str, Any]]]) -> list[list[int]]:
+    """Add the rows (app/queue/enqueue.py's `Queued.rows`) in the caller's transaction; their ids, per
+    message."""
+    added = [[OutgoingMessage(**row) for row in rows] for rows in rows_per_message]
+    session.add_all([row for rows in added for row in rows])
+    session.flush()
+    return [[row.id for row in rows] for rows in added]
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Add the rows in one INSERT, no ids read back (the store's group commit of submissions)."""
+    session.execute(insert(OutgoingMessage), rows)
+
+
 def count_due(session: Session, now: datetime | None = None) -> int:
     """How many rows are due (`due`): what the sweep, the status page, `/metrics` and `queue list`
     count."""
@@ -50,6 +65,14 @@ def count_due(session: Session, now: datetime | None = None) -> int:
 
 def queue_size(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutgoingMessage)) or 0
+
+
+def size_and_oldest(session: Session) -> tuple[int, datetime | None]:
+    """How many rows the queue holds and when the oldest was queued (None when empty), in one read."""
+    size, oldest = session.execute(
+        select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
+    ).one()
+    return size or 0, oldest  # min() keeps the column's type: an aware datetime
 
 
 def due(now: datetime) -> ColumnElement[bool]:
@@ -267,6 +290,11 @@ class Listed:
     row: OutgoingMessage
     due: bool
     held: bool
+
+
+def row_values(row: OutgoingMessage) -> dict[str, Any]:
+    """Every column of the row, by name (what `queue list --json` shows of it)."""
+    return {column.key: getattr(row, column.key) for column in _TABLE.columns}
 
 
 def list_rows(session: Session, ids: Sequence[int] = (), path: str | None = None) -> list[Listed]:

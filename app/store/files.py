@@ -13,7 +13,8 @@ lives, and recovery settles only directories whose lock it can take: their write
 file in them is still being committed. (Files straight in tmp/ come from versions before this.)
 
 The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
-come from `Queued.rows`, and `write_durably` here writes the files the queue's jobs enqueue too.
+come from `Queued.rows` and are inserted (and found by recovery) through the queue table's owner,
+app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too.
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
@@ -36,13 +37,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
 from app.auth.message import summarize_headers
 from app.db import session_factory
-from app.models import OutgoingMessage
 from app.store.mailboxes import (
     add_messages,
     ensure_mailbox,
@@ -489,10 +488,6 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _insert_outgoing_rows(session: Session, rows: list[dict[str, Any]]) -> None:
-    session.execute(insert(OutgoingMessage), rows)
-
-
 def _insert_planned_rows(session: Session, planned: list[list[_PlannedFile]]) -> None:
     """The rows of every planned file, one INSERT per kind of row."""
     by_insert: dict[Callable[[Session, list[dict[str, Any]]], None], list[dict[str, Any]]] = {}
@@ -508,9 +503,25 @@ def _rows_exist(session: Session, relative: str) -> bool:
     if relative.startswith(f"{MESSAGES_DIR}/"):
         return file_id_stored(session, relative.rpartition("/")[2])
     if relative.startswith(f"{OUTGOING_DIR}/"):
-        query = select(OutgoingMessage.id).where(OutgoingMessage.path == relative)
-        return session.scalar(query.limit(1)) is not None
+        return _outgoing_path_in_use(session, relative)
     return False
+
+
+# The queue's rows, through their owner app/queue/outgoing.py. Its module is imported here, when the
+# store first queues or recovers a submission, and nowhere else in this module: the queue imports this
+# module (OUTGOING_DIR, write_durably), so importing it at the top would be a cycle.
+
+
+def _insert_outgoing_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    from app.queue.outgoing import insert_rows
+
+    insert_rows(session, rows)
+
+
+def _outgoing_path_in_use(session: Session, relative: str) -> bool:
+    from app.queue.outgoing import path_in_use
+
+    return path_in_use(session, relative)
 
 
 def awaiting_rename(data_dir: Path, relative: str) -> bool:

@@ -22,7 +22,7 @@ from sqlalchemy import Select, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import insert_once, session_scope
-from app.models import Account, Mailbox, Message
+from app.models import Mailbox, Message
 from app.models.base import utcnow
 from app.store.signals import SignalState, resync_signals
 
@@ -156,19 +156,18 @@ def find_message(session: Session, key: int | str) -> MessageRow | None:
 
 
 def message_placement(session: Session, row_id: int) -> dict[str, str | None]:
-    """The names of the message's account, its mailbox, the one it arrived in (`mailbox_orig`) and,
-    for a reject, the one it would have gone to (`mailbox_destined`)."""
+    """The names of the message's mailbox, the one it arrived in (`mailbox_orig`) and, for a reject,
+    the one it would have gone to (`mailbox_destined`). (Its account's name is app/accounts.py's.)"""
     orig, destined = aliased(Mailbox), aliased(Mailbox)
     names = session.execute(
-        select(Account.name, Mailbox.name, orig.name, destined.name)
+        select(Mailbox.name, orig.name, destined.name)
         .select_from(Message)
-        .join(Account, Account.id == Message.account_id)
         .join(Mailbox, Mailbox.id == Message.mailbox_id)
         .outerjoin(orig, orig.id == Message.mailbox_orig_id)
         .outerjoin(destined, destined.id == Message.mailbox_destined_id)
         .where(Message.id == row_id)
     ).one()
-    return dict(zip(("account", "mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
+    return dict(zip(("mailbox", "mailbox_orig", "mailbox_destined"), names, strict=True))
 
 
 def other_copies(session: Session, file_id: str) -> list[str]:
@@ -399,10 +398,13 @@ def remove_old_rejects(config: Config) -> int:
     return removed
 
 
-def _mailbox_of(session: Session, account: str, name: str) -> int | None:
-    """The id of the mailbox `name` of the account named `account`; None if either is missing."""
-    query = select(Mailbox.id).join(Account, Account.id == Mailbox.account_id)
-    return session.scalar(query.where(Account.name == account, Mailbox.name == name))
+def _mailbox_of(session: Session, account_name: str, name: str) -> int | None:
+    """The id of the mailbox `name` of the account named `account_name`; None if either is missing."""
+    # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
+    from app.accounts import find_account
+
+    account = find_account(session, account_name)
+    return None if account is None else mailbox_id(session, account.id, name)
 
 
 def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -> int:

@@ -36,8 +36,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -48,12 +48,12 @@ from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
 from app.jobs import TLS_REPORTS, Run, report_run
 from app.logs import cid_scope, new_cid
-from app.models import TLSReportPost, TLSResult
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue
 from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
+from app.tlsreports.posts import add_post
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
 from app.tlsreports.report import FailureCount, PolicyResult, Report, build_report
 from app.tlsreports.results import (
@@ -62,12 +62,16 @@ from app.tlsreports.results import (
     claim,
     drop_old_results,
     failures_by_result,
+    hold_back_writers,
     pending_reports,
     policy_result,
     report_rows,
     reported_before,
     unclaim,
 )
+
+if TYPE_CHECKING:  # rows app/tlsreports/results.py hands over
+    from app.models import TLSResult
 
 log = logging.getLogger("app.tlsreports")
 
@@ -171,8 +175,7 @@ class ReportJob:
         result still on its way counts for today, which this run does not report, never for a day it
         does.
         """
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"LOCK TABLE {TLSResult.__tablename__} IN SHARE MODE"))
+        hold_back_writers(session)
         return self.given_now or database_now(session)
 
     async def _run(self, summary: RunSummary) -> None:
@@ -405,14 +408,14 @@ class _Sender:
     def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
         report = planned.report
         for url in planned.https:
-            post = TLSReportPost(
+            add_post(
+                session,
                 report_id=report.id,
                 policy_domain=report.policy_domain,
                 url=url,
                 payload=planned.gzipped,
                 due=due,
             )
-            session.add(post)
         if not planned.mailto:
             return
         report_mail = Queued(

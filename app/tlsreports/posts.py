@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.db import affected_rows, session_scope
@@ -33,6 +34,14 @@ class PostSummary:
     posted: list[str] = field(default_factory=list)
     retrying: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+
+
+def add_post(
+    session: Session, *, report_id: str, policy_domain: str, url: str, payload: bytes, due: datetime
+) -> None:
+    """Keep a report for an `https:` rua, POSTed from `due` on (added in the caller's transaction)."""
+    post = TLSReportPost(report_id=report_id, policy_domain=policy_domain, url=url, payload=payload, due=due)
+    session.add(post)
 
 
 def _take_due(db_url: str, now: datetime, limit: int) -> list[TLSReportPost]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import ColumnElement, ColumnExpressionArgument, Table, and_, delete, select, update
+from sqlalchemy import ColumnElement, ColumnExpressionArgument, Table, and_, delete, select, text, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db import affected_rows, upsert_insert
@@ -175,6 +175,13 @@ def _marker(role: Role) -> InstrumentedAttribute[bool]:
 
 def _is_host_report_row() -> ColumnElement[bool]:
     return and_(TLSResult.is_host, TLSResult.policy_domain != TLSResult.recipient_domain)
+
+
+def hold_back_writers(session: Session) -> None:
+    """Wait for the transactions writing results to end and hold new ones back until the caller's
+    ends (PostgreSQL: a SHARE lock on the table; on SQLite the caller's write lock already does it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"LOCK TABLE {TLSResult.__tablename__} IN SHARE MODE"))
 
 
 def drop_old_results(session: Session, now: datetime) -> int:

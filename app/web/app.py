@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import false, update
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +23,7 @@ from app.config import Config
 from app.db import engine_for, session_scope
 from app.dns import resolver_from_config
 from app.dnsrecords import DNSRecordsError, check_domain, mta_sts_policy, records_for_domain
-from app.models import JobRun
+from app.jobs import probe_write
 from app.models.base import utcnow
 from app.web.auth import admin_page, login, login_form, logout, page_context
 from app.web.metrics import metrics_registry
@@ -69,7 +68,7 @@ def database_problem(database_url: str) -> str | None:
     probe updates no row, which still needs the write lock, and rolls back."""
     try:
         with engine_for(database_url).connect() as connection:
-            connection.execute(update(JobRun).where(false()).values(job=JobRun.job))
+            probe_write(connection)
             connection.rollback()
     except SQLAlchemyError as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from app.accounts import account_id, account_name
 from app.db import session_scope
-from app.models import Account
 from app.models.base import utcnow
 from app.throttle import attempt_login
 from app.web.security import (
@@ -35,7 +35,7 @@ from app.web.security import (
     set_cookie,
     tokens_equal,
 )
-from app.websessions import MAX_AGE, LoggedIn, current_session, end_session, start_session
+from app.websessions import MAX_AGE, current_session, end_session, start_session
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ SESSION_COOKIE = "postwarden_session"
 MAX_TOKEN_LENGTH = 100  # a session cookie longer than any token we issue is not looked up
 LOGGED_LOGIN_LENGTH = 100
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A request's live session: its account by name (app/websessions.py keeps the account's id)."""
+
+    account: str
+    csrf_token: str
 
 
 async def logged_in(request: Request) -> LoggedIn | None:
@@ -141,7 +149,9 @@ async def logout(request: Request) -> Response:
 
 def _load_session(request: Request, token: str) -> LoggedIn | None:
     with session_scope(request.app.state.config.resolved_database_url) as session:
-        return current_session(session, request.app.state.secret, token, utcnow())
+        live = current_session(session, request.app.state.secret, token, utcnow())
+        account = None if live is None else account_name(session, live.account_id)
+        return None if live is None or account is None else LoggedIn(account, live.csrf_token)
 
 
 def _start_session(request: Request, account: str, old_token: str) -> str:
@@ -150,8 +160,7 @@ def _start_session(request: Request, account: str, old_token: str) -> str:
     with session_scope(request.app.state.config.resolved_database_url) as session:
         if old_token:
             end_session(session, secret, old_token)
-        account_id = session.scalars(select(Account.id).where(Account.name == account)).one()
-        return start_session(session, secret, account_id, utcnow())
+        return start_session(session, secret, account_id(session, account), utcnow())
 
 
 def _end_session(request: Request, token: str) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.jobs import JOBS, Job
-from app.models import JobRun, OutgoingMessage
-from app.queue.outgoing import count_due
+from app.jobs import JOBS, Job, latest_runs
+from app.queue.outgoing import count_due, size_and_oldest
 from app.store.mailboxes import count_received_since
 
 # The report jobs the status page names first (SPEC §2 and §5), by their registry name.
@@ -44,19 +42,16 @@ def server_status(session: Session, now: datetime) -> ServerStatus:
     """The counts as of `now` (aware, UTC); "today" is the UTC day."""
     midnight = datetime.combine(now.date(), time.min, tzinfo=now.tzinfo)
     messages_today = count_received_since(session, midnight)
-    queue_size, oldest = session.execute(
-        select(func.count(OutgoingMessage.id), func.min(OutgoingMessage.created))
-    ).one()
+    queue_size, oldest = size_and_oldest(session)
     return ServerStatus(
         messages_today=messages_today,
-        queue_size=queue_size or 0,
+        queue_size=queue_size,
         queue_due=count_due(session, now),  # the sweep's count: rows a live lease holds are not due
-        oldest_queued=oldest,  # min() keeps the column's type: an aware datetime
+        oldest_queued=oldest,
         last_runs=last_job_runs(session),
     )
 
 
 def last_job_runs(session: Session) -> dict[str, JobStatus]:
-    latest = select(func.max(JobRun.id)).group_by(JobRun.job).scalar_subquery()
-    runs = session.scalars(select(JobRun).where(JobRun.id.in_(latest)).order_by(JobRun.job))
+    runs = latest_runs(session)
     return {run.job: JobStatus(run.job, run.started, run.finished, run.outcome) for run in runs}

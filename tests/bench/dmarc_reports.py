@@ -44,8 +44,8 @@ from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem  # noqa: E
 from app.config import Config, load_config  # noqa: E402
 from app.db import engine_for, session_scope  # noqa: E402
 from app.dmarcreports.evaluation import Evaluation  # noqa: E402
-from app.dmarcreports.evaluations import evaluation_row  # noqa: E402
-from app.dmarcreports.job import ROW_COLUMNS, E, send_dmarc_reports  # noqa: E402
+from app.dmarcreports.evaluations import ROW_COLUMNS, E, evaluation_row  # noqa: E402
+from app.dmarcreports.job import send_dmarc_reports  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import DMARCEvaluation, OutgoingMessage  # noqa: E402
 from tests.bench.args import count  # noqa: E402

@@ -125,13 +125,11 @@ def test_message_placement_names_the_reject_mailboxes(url: str) -> None:
         rejected = store(session, "alice", "Rejects", "p2", destined="Inbox", is_reject=True)
     with session_scope(url) as session:
         assert message_placement(session, accepted) == {
-            "account": "alice",
             "mailbox": "Inbox",
             "mailbox_orig": "Inbox",
             "mailbox_destined": None,
         }
         assert message_placement(session, rejected) == {
-            "account": "alice",
             "mailbox": "Rejects",
             "mailbox_orig": "Rejects",
             "mailbox_destined": "Inbox",
