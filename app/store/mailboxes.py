@@ -5,20 +5,23 @@ Every function works in the caller's session and leaves committing to it: the st
 message's rows with its file (app/store/files.py), the CLI and the web only read. Messages leave
 here as `MessageRow`s, plain dicts, so no caller depends on the model. The sections follow what a
 mailbox is used for: mailboxes; adding messages; reading them (list, find, count); what reputation
-asks of them. Moving, flagging and expunging messages will be sections here too.
+asks of them; what the account web UI reads. Moving, flagging and expunging messages will be
+sections here too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, or_, select
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import insert_once
+from app.db import affected_rows, insert_once
 from app.models import Account, Mailbox, Message
 from app.models.base import utcnow
+from app.store.signals import SignalState, resync_signals
 
 # Every column of a `messages` row by name, in the table's column order.
 MessageRow = dict[str, Any]
@@ -189,3 +192,95 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
         Message.is_reject.is_(False),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+# Web reads: what the account web UI (app/web/mail.py) shows. Every read names the account, so one
+# account can never page through or open another's messages.
+
+
+def account_messages(
+    session: Session, account_id: int, mailbox: str, limit: int, before: tuple[datetime, int] | None = None
+) -> list[MessageRow] | None:
+    """Up to `limit` messages of the account's mailbox, newest first, received before the (received,
+    id) key `before` (the last row of the previous page): keyset paging, one index range scan
+    however deep the page. None if the account has no such mailbox."""
+    box = mailbox_id(session, account_id, mailbox)
+    if box is None:
+        return None
+    query = select(Message).where(Message.mailbox_id == box)
+    if before is not None:
+        received, row_id = before
+        query = query.where(
+            or_(Message.received < received, and_(Message.received == received, Message.id < row_id))
+        )
+    query = query.order_by(Message.received.desc(), Message.id.desc()).limit(limit)
+    return [_columns(message) for message in session.scalars(query)]
+
+
+def account_message(session: Session, account_id: int, row_id: int) -> MessageRow | None:
+    """The message with this row id if it belongs to the account; None otherwise (as if missing)."""
+    message = session.scalar(select(Message).where(Message.id == row_id, Message.account_id == account_id))
+    return None if message is None else _columns(message)
+
+
+# PLACEHOLDER until i11-F merges: move_messages and set_flags with the agreed signatures
+# (/work/notes/issue11.md), as plain row updates, so the web UI works and is tested meanwhile.
+
+
+class MailboxError(Exception):
+    """An unknown mailbox, or a message that is not the account's."""
+
+
+def move_messages(
+    session: Session, account_id: int, message_ids: Sequence[int], target: str, *, copy: bool = False
+) -> list[int]:
+    """Move the account's messages to its mailbox `target` (SPEC R3.3); returns their ids."""
+    if copy:
+        raise NotImplementedError("copying is i11-F's")
+    target_id = mailbox_id(session, account_id, target)
+    messages = list(
+        session.scalars(select(Message).where(Message.id.in_(message_ids), Message.account_id == account_id))
+    )
+    if target_id is None or len(messages) != len(set(message_ids)):
+        raise MailboxError(f"no mailbox {target!r} or a message not of the account")
+    query = select(Mailbox.id, Mailbox.name).where(Mailbox.account_id == account_id)
+    names = {row_id: name for row_id, name in session.execute(query)}
+    for message in messages:
+        source = names[message.mailbox_id]
+        if message.is_reject and message.mailbox_destined_id is not None:
+            message.mailbox_orig_id = message.mailbox_destined_id
+        if target == "Junk":
+            message.junk, message.notjunk = True, False
+        elif source in ("Junk", "Rejects"):
+            message.junk, message.notjunk = False, True
+        message.mailbox_id = target_id
+    _resync(session, messages)
+    return [message.id for message in messages]
+
+
+def set_flags(
+    session: Session,
+    account_id: int,
+    message_ids: Sequence[int],
+    *,
+    seen: bool | None = None,
+    junk: bool | None = None,
+    notjunk: bool | None = None,
+) -> int:
+    """Set the given flags of the account's messages (junk clears notjunk and vice versa)."""
+    values: dict[str, bool] = {}
+    if seen is not None:
+        values["seen"] = seen
+    if junk is not None:
+        values.update(junk=junk, **({"notjunk": False} if junk else {}))
+    if notjunk is not None:
+        values.update(notjunk=notjunk, **({"junk": False} if notjunk else {}))
+    where = and_(Message.id.in_(message_ids), Message.account_id == account_id)
+    changed = affected_rows(session.execute(update(Message).where(where).values(values)))
+    _resync(session, list(session.scalars(select(Message).where(where))))
+    return changed
+
+
+def _resync(session: Session, messages: list[Message]) -> None:
+    session.flush()
+    resync_signals(session, [SignalState(m.id, m.mailbox_orig_id, m.junk, m.notjunk) for m in messages])
