@@ -31,6 +31,7 @@ TOKEN_BYTES = 32
 class LoggedIn:
     account: str
     csrf_token: str
+    account_id: int
 
 
 def session_key(secret: str, token: str) -> str:
@@ -69,7 +70,7 @@ def current_session(session: Session, secret: str, token: str, now: datetime) ->
         return None
     if web_session.last_seen <= now - TOUCH_INTERVAL:
         session.execute(update(WebSession).where(WebSession.key == key).values(last_seen=now))
-    return LoggedIn(account, web_session.csrf_token)
+    return LoggedIn(account, web_session.csrf_token, web_session.account_id)
 
 
 def end_session(session: Session, secret: str, token: str) -> None:
