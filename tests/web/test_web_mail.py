@@ -289,6 +289,8 @@ def test_ordinary_accounts_get_mail_and_no_admin_pages(client: TestClient, store
     assert page.status_code == 200 and 'href="/dns"' not in page.text and 'href="/"' not in page.text
     for path in ("/", "/dns", "/dns/example.org"):
         assert client.get(path).status_code == 403, path
+    for path in ("/mail", "/mailbox/Rejects", f"/message/{stored['lunch']}"):  # the CSP allows neither
+        assert not re.search(r"<style|<script|\sstyle=|\son\w+=", client.get(path).text), path
     with TestClient(client.app, base_url="http://127.0.0.1", follow_redirects=False) as admin:
         assert log_in(admin, "admin", PASSWORD).headers["location"] == "/"
         mine = admin.get("/mail")
