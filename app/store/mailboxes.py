@@ -5,7 +5,8 @@ Every function works in the caller's session and leaves committing to it: the st
 message's rows with its file (app/store/files.py), the CLI and the web only read. Messages leave
 here as `MessageRow`s, plain dicts, so no caller depends on the model. The sections follow what a
 mailbox is used for: mailboxes; adding messages; reading them (list, find, count); what reputation
-asks of them; moving, copying and flagging them (SPEC R3.3); the cleanup of Rejects (R3.1).
+asks of them; what the account web UI reads; moving, copying and flagging them (SPEC R3.3); the
+cleanup of Rejects (R3.1).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, delete, func, insert, or_, select
+from sqlalchemy import Select, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import insert_once, session_scope
@@ -199,6 +200,36 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
         Message.is_reject.is_(False),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+# Web reads: what the account web UI (app/web/mail.py) shows. Every read names the account, so one
+# account can never page through or open another's messages.
+
+
+def account_messages(
+    session: Session, account_id: int, mailbox: str, limit: int, before: tuple[datetime, int] | None = None
+) -> list[MessageRow] | None:
+    """Up to `limit` messages of the account's mailbox, newest first, received before the (received,
+    id) key `before` (the last row of the previous page): keyset paging, one index range scan
+    however deep the page. None if the account has no such mailbox."""
+    box = mailbox_id(session, account_id, mailbox)
+    if box is None:
+        return None
+    query = select(Message).where(Message.mailbox_id == box)
+    if before is not None:
+        received, row_id = before
+        query = query.where(
+            or_(Message.received < received, and_(Message.received == received, Message.id < row_id))
+        )
+    query = query.order_by(Message.received.desc(), Message.id.desc()).limit(limit)
+    return [_columns(message) for message in session.scalars(query)]
+
+
+def account_message(session: Session, account_id: int, row_id: int) -> MessageRow | None:
+    """The message with this row id if it belongs to the account; None otherwise (as if missing)."""
+    message = session.scalar(select(Message).where(Message.id == row_id, Message.account_id == account_id))
+    return None if message is None else _columns(message)
+
 
 
 # Moving, copying and flagging messages (SPEC R3.3): every path that does (the CLI, the web, IMAP

@@ -1,4 +1,5 @@
-"""The web process's ASGI app: login, the status and DNS pages, `/health`, `/metrics` and the stylesheet."""
+"""The web process's ASGI app: login, the status and DNS pages, the account's mail (app/web/mail.py),
+`/health`, `/metrics` and the stylesheet."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from app.dns import resolver_from_config
 from app.dnsrecords import DNSRecordsError, check_domain, mta_sts_policy, records_for_domain
 from app.jobs import probe_write
 from app.models.base import utcnow
-from app.web.auth import admin_page, login, login_form, logout, page_context
+from app.web.auth import MAIL_HOME, admin_page, login, login_form, logout, page_context
+from app.web.mail import mailbox_page, mailboxes_page, message_action, message_page
 from app.web.metrics import metrics_registry
 from app.web.security import Refused, SecurityHeaders
 from app.web.status import REPORT_JOBS, ServerStatus, server_status
@@ -156,6 +158,10 @@ def create_app(config: Config) -> Starlette:
         Route("/", status_page),
         Route("/dns", dns_page),
         Route("/dns/{domain}", dns_page),
+        Route(MAIL_HOME, mailboxes_page),
+        Route("/mailbox/{name:path}", mailbox_page),
+        Route("/message/{id}", message_page),
+        Route("/messages", message_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(

@@ -1,9 +1,10 @@
 """Form login against account passwords, the server-side session that remembers it, and who may see
 what.
 
-The status and DNS pages are for the postmaster account (the admin); any account may log in. Failed
-logins are throttled with submission AUTH's (app/throttle.py): one scrypt per attempt whether or not
-the account exists, a growing delay, then 429 with Retry-After.
+Every account logs in with its own password and reads its own mail (app/web/mail.py); the status
+and DNS pages are for the postmaster account (the admin) alone. Failed logins are throttled with
+submission AUTH's (app/throttle.py): one scrypt per attempt whether or not the account exists, a
+growing delay, then 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ SESSION_COOKIE = "postwarden_session"
 MAX_TOKEN_LENGTH = 100  # a session cookie longer than any token we issue is not looked up
 LOGGED_LOGIN_LENGTH = 100
 Endpoint = Callable[[Request], Awaitable[Response]]
+MAIL_HOME = "/mail"
 
 
 @dataclass(frozen=True)
 class LoggedIn:
-    """A request's live session: its account by name (app/websessions.py keeps the account's id)."""
+    """A request's live session: its account by name and id."""
 
     account: str
     csrf_token: str
+    account_id: int
 
 
 async def logged_in(request: Request) -> LoggedIn | None:
@@ -67,10 +70,14 @@ async def logged_in(request: Request) -> LoggedIn | None:
 
 
 def page_context(request: Request) -> dict[str, Any]:
-    """What every template gets: the logged-in account (for the header) and the session's CSRF token
-    (for the logout form)."""
+    """What every template gets: the logged-in account and whether it is the admin (for the header's
+    links) and the session's CSRF token (for the logout form and the mail forms)."""
     login: LoggedIn | None = getattr(request.state, "login", None)
-    return {"account": login.account if login else None, "csrf_token": login.csrf_token if login else ""}
+    return {
+        "account": login.account if login else None,
+        "admin": is_admin(login.account if login else None, request),
+        "csrf_token": login.csrf_token if login else "",
+    }
 
 
 def is_admin(account: str | None, request: Request) -> bool:
@@ -84,22 +91,38 @@ def safe_next(target: str | None) -> str:
     return "/"
 
 
-def admin_page(endpoint: Endpoint) -> Endpoint:
-    """Redirect to the login form without a session; 403 for accounts other than the admin."""
+def account_page(endpoint: Endpoint) -> Endpoint:
+    """Redirect to the login form without a session (back here after logging in)."""
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        login = await logged_in(request)
-        if login is None:
+        if await logged_in(request) is None:
             target = quote(
                 request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/"
             )
             return RedirectResponse(f"/login?next={target}", status_code=303)
-        if not is_admin(login.account, request):
+        return await endpoint(request)
+
+    return guarded
+
+
+def admin_page(endpoint: Endpoint) -> Endpoint:
+    """As account_page; and 403 for accounts other than the admin."""
+
+    @account_page
+    @wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        if not is_admin(request.state.login.account, request):
             raise Refused(403, "This page is for the postmaster account.")
         return await endpoint(request)
 
     return guarded
+
+
+def home_page(account: str, request: Request) -> str:
+    """Where a login without a page to return to lands: the status page for the admin, the
+    mailboxes for everyone else (the status page would refuse them)."""
+    return "/" if is_admin(account, request) else MAIL_HOME
 
 
 async def login_form(request: Request) -> Response:
@@ -130,7 +153,8 @@ async def login(request: Request) -> Response:
         return _login_page(request, "Wrong account name or password.", next_page, status_code=401)
     old_token = request.cookies.get(SESSION_COOKIE, "")
     token = await run_in_threadpool(_start_session, request, result.account, old_token)
-    response = RedirectResponse(next_page, status_code=303)
+    landing = home_page(result.account, request) if next_page == "/" else next_page
+    response = RedirectResponse(landing, status_code=303)
     set_cookie(response, request, SESSION_COOKIE, token, max_age=int(MAX_AGE.total_seconds()))
     return response
 
@@ -150,8 +174,10 @@ async def logout(request: Request) -> Response:
 def _load_session(request: Request, token: str) -> LoggedIn | None:
     with session_scope(request.app.state.config.resolved_database_url) as session:
         live = current_session(session, request.app.state.secret, token, utcnow())
-        account = None if live is None else account_name(session, live.account_id)
-        return None if live is None or account is None else LoggedIn(account, live.csrf_token)
+        if live is None:
+            return None
+        account = account_name(session, live.account_id)
+        return None if account is None else LoggedIn(account, live.csrf_token, live.account_id)
 
 
 def _start_session(request: Request, account: str, old_token: str) -> str:

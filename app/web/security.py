@@ -97,6 +97,11 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
 
 async def posted_form(request: Request) -> dict[str, str]:
     """The fields of a form posted from our own pages, read up to MAX_FORM_BYTES (Refused otherwise)."""
+    return dict(await posted_fields(request))
+
+
+async def posted_fields(request: Request, max_fields: int = MAX_FORM_FIELDS) -> list[tuple[str, str]]:
+    """posted_form's fields as (name, value) pairs in order, repeated names kept (checkboxes)."""
     if not same_origin(request):
         raise Refused(403, "This form was sent from another site; it is refused.")
     content_type = request.headers.get("content-type", FORM_TYPE).partition(";")[0].strip().lower()
@@ -116,10 +121,9 @@ async def posted_form(request: Request) -> dict[str, str]:
         raise Refused(408, "The form took too long to arrive.") from None
     try:
         text = body.decode("utf-8", "replace")  # browsers percent-encode; a raw UTF-8 client is read too
-        fields = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        return parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields)
     except ValueError:
         raise Refused(400, "The form has too many fields.") from None
-    return dict(fields)
 
 
 def login_nonce(request: Request) -> str:

@@ -26,12 +26,12 @@ from app.models.base import utcnow
 from app.web.app import create_app
 from app.web.security import CONTENT_SECURITY_POLICY, FORM_READ_SECONDS
 from app.websessions import current_session, start_session
+from tests.support.browser import launch_chromium
 from tests.support.dnsserver import DNSTestServer
 from tests.support.webclient import form_token, log_in, served, write_web_config
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
-CHROMIUM = Path("/usr/bin/chromium")
 SESSION = "postwarden_session"
 
 
@@ -266,24 +266,11 @@ def test_flower_listens_on_loopback_only() -> None:
 def test_browser_logs_in_and_out_under_the_csp(base_url: str, tmp_path: Path) -> None:
     """Debian's Chromium through Playwright: the login form, the status page and logging out work, the
     stylesheet applies, and the console shows no Content-Security-Policy violation (or any error)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
     console: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
