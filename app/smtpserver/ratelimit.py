@@ -56,16 +56,16 @@ class Range:
 
 
 RANGES = tuple(Range(f"ipv{v}_{p}", v, p) for v, p in ((4, 32), (4, 26), (4, 21), (6, 64), (6, 48), (6, 32)))
-# Per window: its name, and the range's message and octet limits in it (0: no limit).
-WindowLimits = tuple[tuple[str, int, int], ...]
-# Per window: messages and octets counted in it.
+# Per window of WINDOWS: a range's message and octet limits in it (0: no limit).
+WindowLimits = tuple[tuple[int, int], ...]
+# Per window of WINDOWS: messages and octets counted in it.
 Usage = list[tuple[int, int]]
 
 
 def window_limits(limits: RangeRateLimits) -> WindowLimits:
     return (
-        ("minute", limits.messages_per_minute, limits.bytes_per_minute),
-        ("day", limits.messages_per_day, limits.bytes_per_day),
+        (limits.messages_per_minute, limits.bytes_per_minute),
+        (limits.messages_per_day, limits.bytes_per_day),
     )
 
 
@@ -173,7 +173,9 @@ def range_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address, range_: Ra
 def over_limit(limits: WindowLimits, usage: Usage, size: int) -> str | None:
     """The limit ("300 messages per minute") one more message of `size` octets would go over, or None.
     The octets of a message count only when the window has counted some already (see the module doc)."""
-    for (window, max_messages, max_octets), (messages, octets) in zip(limits, usage, strict=True):
+    for (window, _seconds), (max_messages, max_octets), (messages, octets) in zip(
+        WINDOWS, limits, usage, strict=True
+    ):
         if max_messages and messages >= max_messages:
             return f"{max_messages} messages per {window}"
         if max_octets and octets and octets + max(size, 1) > max_octets:

@@ -36,7 +36,7 @@ class Clock:
 def limiter(clock: Clock, counts: RateCounts | None = None, **ranges: dict[str, int]) -> RateLimiter:
     """Only the given limits, every other one off."""
     tables: dict[str, Any] = {name: {**OFF, **ranges.get(name, {})} for name in RANGE_NAMES}
-    return RateLimiter(RateLimits.model_validate(tables), counts or RateCounts(cells=4096), clock)
+    return RateLimiter(RateLimits.model_validate(tables), counts or RateCounts(), clock)
 
 
 def deliver(rates: RateLimiter, ip: str, times: int = 1, size: int = 100) -> None:
@@ -138,7 +138,7 @@ def test_a_message_larger_than_a_byte_limit_passes_in_an_empty_window() -> None:
 
 
 def test_zero_exempt_networks_and_non_ip_peers_are_not_limited() -> None:
-    counts = RateCounts(cells=64)
+    counts = RateCounts()
     rates = RateLimiter(RateLimits.model_validate({"ipv4_32": OFF}), counts, Clock())
     deliver(rates, "192.0.2.1", 299)  # the /32's limit is off, the /26's is 300 a minute
     deliver(rates, "192.0.2.2")
@@ -146,13 +146,13 @@ def test_zero_exempt_networks_and_non_ip_peers_are_not_limited() -> None:
     deliver(rates, "127.0.0.1", 1000)
     deliver(rates, "::1", 1000)
     deliver(rates, "/run/postwarden.sock", 1000)
-    strict = RateLimiter(RateLimits(exempt_networks=[]), RateCounts(cells=64), Clock())
+    strict = RateLimiter(RateLimits(exempt_networks=[]), RateCounts(), Clock())
     deliver(strict, "127.0.0.1", 100)
     assert strict.refusal("127.0.0.1") == too_fast("IPv4 /32", "100 messages per minute")
 
 
 def test_counts_are_shared_by_worker_rows_and_across_fork() -> None:
-    counts = RateCounts(workers=3, cells=256)
+    counts = RateCounts(workers=3)
     rates = limiter(Clock(), counts, ipv4_32={"messages_per_minute": 4})
     deliver(rates, "192.0.2.1")
     counts.slot = 1  # another worker, same memory
@@ -189,6 +189,13 @@ def test_memory_stays_the_same_with_many_distinct_clients() -> None:
         delivered += 1
     assert delivered <= 100, "a limit is never missed"
     assert rates.refusal("198.51.100.8") == too_fast("IPv4 /32", "100 messages per minute")
+
+
+def test_ranges_sharing_cells_only_make_limits_stricter() -> None:
+    rates = limiter(Clock(), RateCounts(cells=1), ipv4_32={"messages_per_minute": 6})
+    deliver(rates, "192.0.2.1", 2)  # its /32, /26 and /21 all count in the one cell: 6
+    assert rates.refusal("192.0.2.1") == too_fast("IPv4 /32", "6 messages per minute")
+    assert rates.refusal("198.51.100.1") == too_fast("IPv4 /32", "6 messages per minute")
 
 
 def test_config_defaults_scale_with_the_range_and_tables_change_only_what_they_name() -> None:
