@@ -136,6 +136,7 @@ def test_refused_messages_are_not_counted_and_submission_has_no_rate_limit(
 
 
 @needs_swaks
+@pytest.mark.peer
 def test_swaks_sees_the_452(ratelimited: Callable[..., ThreadedSMTP]) -> None:
     server = ratelimited(ipv4_32={"messages_per_day": 1})
     first = swaks(server.inbound_port, "--from", SENDER, "--to", "admin@example.org")
