@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from app.address import normalize_address
@@ -249,6 +250,57 @@ class LoginThrottle(Strict):
     ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 64
 
 
+class RangeRateLimits(Strict):
+    """Deliveries from one client address range (SPEC R3.1): at most so many messages and bytes per
+    minute and per UTC day. 0 turns a limit off."""
+
+    messages_per_minute: Annotated[int, Field(ge=0)]
+    messages_per_day: Annotated[int, Field(ge=0)]
+    bytes_per_minute: Annotated[int, Field(ge=0)]
+    bytes_per_day: Annotated[int, Field(ge=0)]
+
+
+def _range_rate_limits(scale: int) -> RangeRateLimits:
+    """The default limits of a range: those of one address times `scale` (wider ranges hold more
+    senders, e.g. a provider's outgoing pool)."""
+    return RangeRateLimits(
+        messages_per_minute=100 * scale,
+        messages_per_day=10_000 * scale,
+        bytes_per_minute=500 * 1024**2 * scale,
+        bytes_per_day=5 * 1024**3 * scale,
+    )
+
+
+class RateLimits(Strict):
+    """Inbound (MX) delivery rate limits per client address range (SPEC R3.1; app/smtpserver/ratelimit.py):
+    each IPv4 /32, /26 and /21 and each IPv6 /64, /48 and /32 has limits of its own. A range's table
+    names only the limits it changes; the others keep that range's defaults. Clients in
+    `exempt_networks` are not limited (loopback: a local relay or proxy speaks for many senders)."""
+
+    ipv4_32: RangeRateLimits = _range_rate_limits(1)
+    ipv4_26: RangeRateLimits = _range_rate_limits(3)
+    ipv4_21: RangeRateLimits = _range_rate_limits(9)
+    ipv6_64: RangeRateLimits = _range_rate_limits(1)
+    ipv6_48: RangeRateLimits = _range_rate_limits(3)
+    ipv6_32: RangeRateLimits = _range_rate_limits(9)
+    exempt_networks: list[NetworkText] = ["127.0.0.0/8", "::1"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _range_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {key: _over_default(cls.model_fields.get(key), value) for key, value in data.items()}
+
+
+def _over_default(field: FieldInfo | None, value: Any) -> Any:
+    """A range's table merged over that range's default limits."""
+    default = None if field is None else field.default
+    if isinstance(default, RangeRateLimits) and isinstance(value, dict):
+        return {**default.model_dump(), **value}
+    return value
+
+
 class Config(Strict):
     hostname: Annotated[str, Field(min_length=1)]
     data_dir: FilePath = Path("data")
@@ -266,6 +318,7 @@ class Config(Strict):
     dns: DNS = DNS()
     web: Web = Web()
     login_throttle: LoginThrottle = LoginThrottle()
+    ratelimits: RateLimits = RateLimits()
     delivery: Delivery = Delivery()
     rejects: Rejects = Rejects()
     domains: dict[str, Domain] = {}

@@ -5,6 +5,10 @@ or CR anywhere in the data is refused (500 5.5.2), not normalised: the two readi
 what SMTP smuggling exploits, and DKIM canonicalisation of bare line ends differs between verifiers.
 A NUL octet is refused (554 5.6.0; RFC 5322 2.1 and RFC 6152 forbid it in messages).
 
+The inbound listener's delivery rate limits (ratelimit.py, SPEC R3.1) are checked at MAIL FROM (by
+the inbound handler) and again here before a message is handed to `receive`, and an accepted message
+is counted here; a handler without a rate limiter (submission) is not limited.
+
 Text from the client never goes back out or into storage unchecked: the EHLO/HELO argument must be a
 domain name or an address literal (else 501, nothing echoed), and every MAIL/RCPT address passes the
 strict check of app/address.py before it is stored, logged or queued.
@@ -18,9 +22,10 @@ from aiosmtpd.smtp import Envelope, Session
 
 from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
-from app.logs import cid_scope
+from app.logs import RATE_LIMITED, cid_scope
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
 from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
+from app.smtpserver.ratelimit import RateLimiter
 from app.store.files import new_file_id
 
 log = logging.getLogger("app.smtpserver")
@@ -34,6 +39,7 @@ class BaseHandler:
 
     kind = "smtp"
     offers_auth = False
+    rate_limiter: RateLimiter | None = None  # the inbound listener's (set by SMTPService)
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -68,8 +74,11 @@ class BaseHandler:
             problem = content_problem(content)
             if problem:
                 result, reply = "refused", problem
+            elif limited := self.rate_refusal(server, len(content)):
+                result, reply = "rate-limited", limited
             else:
                 result, reply = await self.receive(server, session, envelope, content, transaction_id)
+                self.count_delivery(server, reply, len(content))
             self.log_transaction(server, session, envelope, result, reply, transaction_id)
             return reply
 
@@ -83,6 +92,20 @@ class BaseHandler:
     ) -> tuple[str, str]:
         """(result for the log, SMTP reply) for a message whose data passed the checks."""
         raise NotImplementedError
+
+    def rate_refusal(self, server: PostwardenSMTP, size: int = 0) -> str | None:
+        """The 452 reply if the client's address range has no room for one more message of `size`
+        octets (0 at MAIL FROM: not known yet), else None. Logged rate-limited: a flood of refusals
+        must not flood the log."""
+        refusal = None if self.rate_limiter is None else self.rate_limiter.refusal(server.peer_ip, size)
+        if refusal is not None:
+            log.info("%s rate limit ip=%s reply=%r", self.kind, server.peer_ip, refusal, extra=RATE_LIMITED)
+        return refusal
+
+    def count_delivery(self, server: PostwardenSMTP, reply: str, size: int) -> None:
+        """Count a message against the rate limits once it is accepted (stored, 2xx)."""
+        if self.rate_limiter is not None and reply.startswith("2"):
+            self.rate_limiter.count(server.peer_ip, size)
 
     def sender_problem(self, envelope: Envelope, address: str) -> str | None:
         """The reply refusing a MAIL FROM address (the null sender "" passes), or None."""

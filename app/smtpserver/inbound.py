@@ -62,6 +62,7 @@ class InboundHandler(BaseHandler):
         self, server: PostwardenSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         problem = self.sender_problem(envelope, "" if address == "<>" else address)
+        problem = problem or self.rate_refusal(server)  # SPEC R3.1: a range over its limits, early
         if problem:
             return problem
         envelope.mail_from = address

@@ -22,6 +22,7 @@ from app.smtpserver.handler import BaseHandler
 from app.smtpserver.handoff import Handoff
 from app.smtpserver.inbound import InboundHandler
 from app.smtpserver.protocol import PostwardenSMTP
+from app.smtpserver.ratelimit import RateCounts, RateLimiter
 from app.smtpserver.submission import SubmissionHandler
 from app.store.files import MessageStore
 
@@ -124,6 +125,7 @@ class SMTPService:
         resolver: Resolver | None = None,
         handoff: Handoff | None = None,
         session_counts: SessionCounts | None = None,
+        rate_counts: RateCounts | None = None,
     ) -> None:
         self.config = config
         self.database_url = config.resolved_database_url
@@ -133,6 +135,8 @@ class SMTPService:
         # Session counts shared with the other workers (a process of its own: counts of its own).
         counts = session_counts or SessionCounts()
         self.gate = SessionGate(config.limits, counts, open_file_session_cap())
+        # Delivery counts per address range, shared with the other workers the same way.
+        self.rate_limiter = RateLimiter(config.ratelimits, rate_counts or RateCounts())
         self.budget = MemoryBudget(config.limits.data_memory_budget)
         self.acceptors: list[Acceptor] = []
 
@@ -146,7 +150,9 @@ class SMTPService:
             wake_queue = None if handoff is None else handoff.wake_queue
             return SubmissionHandler(self.config, self.store, self.database_url, wake_queue)
         record_evaluation = None if handoff is None else handoff.record_evaluation
-        return InboundHandler(self.config, self.store, self.resolver, record_evaluation)
+        inbound = InboundHandler(self.config, self.store, self.resolver, record_evaluation)
+        inbound.rate_limiter = self.rate_limiter  # SPEC R3.1: the MX listener only
+        return inbound
 
     async def start(self, bound: list[BoundListener] | None = None) -> list[BoundListener]:
         """Serve on the given sockets (bound now if none are given)."""

@@ -9,7 +9,8 @@ works within each worker. A worker that dies is replaced; the workers die with t
 
 The session caps hold across workers: each worker counts its sessions in its own slot of memory
 shared with the others (admission.py); the supervisor raises the open-file limit before forking and
-clears a dead worker's slot before a new worker takes it.
+clears a dead worker's slot before a new worker takes it. The delivery rate counts (ratelimit.py) are
+shared the same way, but a dead worker's are kept: the messages it accepted still count.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.db import engine_for
 from app.process import die_with_parent
 from app.smtpserver.admission import SessionCounts, open_file_session_cap, raise_open_file_limit
 from app.smtpserver.handoff import Handoff
+from app.smtpserver.ratelimit import RateCounts
 from app.smtpserver.server import (
     BoundListener,
     SMTPService,
@@ -57,6 +59,7 @@ class Supervisor:
         self.workers: dict[int, int] = {}  # pid -> slot in the session counts
         self.missing: list[int] = []  # slots of workers that died, still to be replaced
         self.counts = SessionCounts(workers)
+        self.rate_counts = RateCounts(workers)
         self.last_start = 0.0
         self.stopping = False
         self.stop_deadline = 0.0
@@ -157,8 +160,10 @@ class Supervisor:
             die_with_parent(parent)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker's event loop installs its own
-            self.counts.slot = slot
-            service = SMTPService(self.config, handoff=self.handoff, session_counts=self.counts)
+            self.counts.slot = self.rate_counts.slot = slot
+            service = SMTPService(
+                self.config, handoff=self.handoff, session_counts=self.counts, rate_counts=self.rate_counts
+            )
             asyncio.run(serve_worker(service, self.bound))
             if self.on_worker_exit is not None:
                 self.on_worker_exit()
