@@ -104,17 +104,25 @@ def new_message_row(
     }
 
 
-def add_messages(session: Session, rows: list[MessageRow]) -> None:
-    """Insert the rows (new_message_row) in one statement."""
-    session.execute(insert(Message), rows)
+def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
+    """Insert the rows (new_message_row) in one statement; their new row ids, in the rows' order
+    (INSERT ... RETURNING: SQLite >= 3.35 and PostgreSQL)."""
+    if not rows:
+        return []
+    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+    return list(session.scalars(statement, rows))
 
 
-def holds_message_id(session: Session, mailbox_id: int, message_id: str | None) -> bool:
-    """Whether the mailbox has a message with this Message-ID: a retried reject is stored once
-    (SPEC R3.1). Without a Message-ID nothing matches."""
-    if not message_id:
+def holds_reject(session: Session, mailbox_id: int, columns: MessageRow) -> bool:
+    """Whether the mailbox already has this message: a retried reject is stored once (SPEC R3.1).
+    Found by Message-ID, or by the content's hash when the message has no Message-ID."""
+    if columns.get("message_id"):
+        same = Message.message_id == columns["message_id"]
+    elif columns.get("content_hash"):
+        same = Message.content_hash == columns["content_hash"]
+    else:
         return False
-    query = select(Message.id).where(Message.mailbox_id == mailbox_id, Message.message_id == message_id)
+    query = select(Message.id).where(Message.mailbox_id == mailbox_id, same)
     return session.scalar(query.limit(1)) is not None
 
 
