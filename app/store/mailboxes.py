@@ -10,6 +10,7 @@ asks of them. Moving, flagging and expunging messages will be sections here too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -197,3 +198,21 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
         Message.is_reject.is_(False),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, int] | None:
+    """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
+    reads (SPEC R3.4); None before the first message made it."""
+    query = (
+        select(Account.id, Mailbox.id)
+        .join(Mailbox, Mailbox.account_id == Account.id)
+        .where(Account.name == account, Mailbox.name == mailbox)
+    )
+    row = session.execute(query).first()
+    return None if row is None else (row[0], row[1])
+
+
+def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:
+    """The From addresses of these messages (by row id; reputation asks for at most a few dozen)."""
+    query = select(Message.msg_from).where(Message.id.in_(row_ids), Message.msg_from.is_not(None))
+    return [address for address in session.scalars(query) if address]
