@@ -12,7 +12,7 @@ names are the `X-Postwarden-Reason` values of a conclusive verdict (SPEC R3.5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +23,7 @@ from app.address import address_key
 from app.queue.outgoing import has_sent_to
 from app.store.mailboxes import from_addresses
 from app.store.signals import Flagged, flagged_history, ip_networks
+from app.verdict.types import Delivery, Verdict
 
 YEAR = timedelta(days=365)
 # (window, messages looked at) per step.
@@ -34,6 +35,11 @@ DOMAIN_HAM_PERCENT = 80  # more notjunk than this accepts a domain
 DOMAIN_JUNK_LOCALPARTS = 3  # all junk from this many different senders of a domain rejects it
 DKIMSPF_HAM_RATIO, DKIMSPF_JUNK_RATIO = 0.1, 0.9  # junk ratios below / above which step (d) concludes
 IP_NEEDED = {"ip1": 2, "ip2": 5, "ip3": 10}  # messages a network needs for a conclusive verdict
+# The sender retries while the user decides: a rescued message makes the retry welcome (SPEC R3.1).
+JUNK_REJECT_REPLY = (
+    "451 4.3.0 Message held: it looks like junk to the recipient's filter; it is kept for the "
+    "recipient to review, try again later"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,39 @@ class Subject:
 
 
 Step = Callable[[Session, Subject], Reputation | None]
+
+
+def reputation_verdict(delivery: Delivery) -> Verdict:
+    """The last decision: a conclusive history decides; else a report is accepted ("reporting"); a
+    first message failing SPF is rejected, unless DMARC passed (its DKIM signature authenticates the
+    From domain, so the SPF failure is a forwarder's or another domain's); else accept."""
+    found = delivery.history()
+    if found.conclusive and found.junk is not None:
+        return junk_reject(found.method) if found.junk else Verdict("accept", found.method)
+    arrival = delivery.arrival
+    if carries_report(arrival.headers):
+        return Verdict("accept", "reporting")
+    outcome = arrival.outcome
+    spf_failed = outcome.spf_mailfrom.status in ("fail", "softfail")
+    if found == NO_HISTORY and spf_failed and outcome.dmarc.status != "pass":
+        return junk_reject("spf-fail")
+    return Verdict("accept", "no-bad-signals")
+
+
+def junk_reject(reason: str) -> Verdict:
+    return Verdict("reject", reason, reply=JUNK_REJECT_REPLY, result="rejected-junk")
+
+
+def carries_report(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether the message looks like a DMARC aggregate or TLS report (RFC 9990 and RFC 8460 both
+    use the Subject "Report Domain: ..."; a TLS report is multipart/report; report-type=tlsrpt)."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "subject" and value.lstrip().lower().startswith("report domain:"):
+            return True
+        if lowered == "content-type" and "report-type" in value.lower() and "tlsrpt" in value.lower():
+            return True
+    return False
 
 
 def reputation(session: Session, subject: Subject) -> Reputation:
