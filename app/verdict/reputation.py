@@ -72,7 +72,8 @@ Step = Callable[[Session, Subject], Reputation | None]
 def reputation_verdict(delivery: Delivery) -> Verdict:
     """The last decision: a conclusive history decides; else a report is accepted ("reporting"); a
     first message failing SPF is rejected, unless DMARC passed (its DKIM signature authenticates the
-    From domain, so the SPF failure is a forwarder's or another domain's); else accept."""
+    From domain, so the SPF failure is another domain's) or it was forwarded (the failure is the
+    forwarder's); else accept."""
     found = delivery.history()
     if found.conclusive and found.junk is not None:
         return junk_reject(found.method) if found.junk else Verdict("accept", found.method)
@@ -81,7 +82,7 @@ def reputation_verdict(delivery: Delivery) -> Verdict:
         return Verdict("accept", "reporting")
     outcome = arrival.outcome
     spf_failed = outcome.spf_mailfrom.status in ("fail", "softfail")
-    if found == NO_HISTORY and spf_failed and outcome.dmarc.status != "pass":
+    if found == NO_HISTORY and spf_failed and outcome.dmarc.status != "pass" and not delivery.forwarded:
         return junk_reject("spf-fail")
     return Verdict("accept", "no-bad-signals")
 
