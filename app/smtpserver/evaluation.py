@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.auth.types import Disposition
 from app.config import Config
@@ -67,6 +68,8 @@ class EvaluationHandOn:
             disposition=disposition,
             optional=await self._optional(arrival, analysis, recipients),
         )
+        if analysis.verdict.dmarc_override:  # a ruleset let through what the policy asked to stop
+            evaluation = replace(evaluation, override_reasons=(analysis.verdict.dmarc_override,))
         try:
             self.record(evaluation)
         except Exception:  # reports are best effort; the message is stored and must get its reply

@@ -2,7 +2,7 @@
 
 Each recipient gets its own verdict: rulesets are the account's and reputation is the destination
 mailbox's (SPEC R3.4, R3.5). The decisions run in order and the first that says something decides:
-DMARC (R1.5), a ruleset's mailing list, reputation (which always says something). The verdicts then
+a ruleset's verified mailing list, DMARC (R1.5), reputation (which always says something). The verdicts then
 place the copies: SPEC R3.1/R3.2: a rejected message is still stored in the account's Rejects
 mailbox, marked seen, with `mailbox_destined_id` naming the mailbox it would have gone to; unless a
 ruleset accepts rejects into a mailbox of its own, which makes it an accept everywhere (R3.5).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,8 @@ from app.verdict.types import ACCEPT, Action, Arrival, Delivery, Recipient, Verd
 log = logging.getLogger(__name__)
 
 Decision = Callable[[Delivery], Verdict | None]
-DECISIONS: tuple[Decision, ...] = (dmarc_verdict, mailing_list_verdict, reputation_verdict)
+# A verified mailing list comes first: lists rewrite messages and break their authors' DMARC.
+DECISIONS: tuple[Decision, ...] = (mailing_list_verdict, dmarc_verdict, reputation_verdict)
 RESULTS: dict[Action, str] = {"accept": "accepted", "quarantine": "quarantined"}  # a reject names its own
 REASON_HEADER = "X-Postwarden-Reason"
 
@@ -128,8 +129,10 @@ def _place(
             mailbox,
             verdict.reason,
         )
-        verdict = Verdict("accept", verdict.reason)
+        verdict = Verdict("accept", verdict.reason, dmarc_override=_override(arrival, "local_policy"))
         return _Placed(verdict, MailboxCopy(rcpt.account, mailbox, row | _SEEN_REJECT, None, forwarded))
+    if forwarded and verdict.action != "reject":
+        verdict = replace(verdict, dmarc_override=verdict.dmarc_override or _override(arrival, "forwarded"))
     mailbox, destined = _mailbox_for(account, verdict.action, target)
     if verdict.action == "reject":
         row |= _SEEN_REJECT
@@ -137,6 +140,12 @@ def _place(
 
 
 _SEEN_REJECT = {"seen": True, "is_reject": True}
+
+
+def _override(arrival: Arrival, reason: str) -> str | None:
+    """`reason` if the message failed a DMARC policy asking for more than "none"; else None."""
+    dmarc = arrival.outcome.dmarc
+    return reason if dmarc.status == "fail" and dmarc.disposition != "none" else None
 
 
 def _mailbox_for(account: Account, action: Action, target: str) -> tuple[str, str | None]:

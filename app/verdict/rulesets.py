@@ -47,12 +47,14 @@ def decoded(value: str) -> str:
 
 def mailing_list_verdict(delivery: Delivery) -> Verdict | None:
     """Accept mail of the ruleset's mailing list when its domain is verified by SPF (MAIL FROM) or
-    DKIM; reputation is then skipped (list mail carries many senders' From addresses)."""
+    DKIM, whatever the author's DMARC policy says (lists rewrite messages and break signatures);
+    reputation is then skipped (list mail carries many senders' From addresses)."""
     ruleset = delivery.ruleset
     if ruleset is None or not ruleset.mailing_list_domain:
         return None
     domain, outcome = ruleset.mailing_list_domain.lower(), delivery.arrival.outcome
     spf = outcome.spf_mailfrom.status == "pass" and outcome.spf_mailfrom.domain.lower() == domain
     if spf or domain in (d.lower() for d in outcome.verified_dkim_domains):
-        return Verdict("accept", REASON)
+        failed = outcome.dmarc.status == "fail" and outcome.dmarc.disposition != "none"
+        return Verdict("accept", REASON, dmarc_override="mailing_list" if failed else None)
     return None

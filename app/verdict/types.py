@@ -62,6 +62,9 @@ class Verdict:
     reason: str | None = None  # stored as Message.reason, e.g. "dmarc-policy"
     reply: str | None = None  # a reject's reply (sent after the message is stored in Rejects)
     result: str | None = None  # a reject's word in the transaction log line, e.g. "rejected-dmarc"
+    # Why a failing DMARC policy was not applied (RFC 9990 PolicyOverride: forwarded, mailing_list,
+    # local_policy), for the DMARC evaluation (SPEC R2.2).
+    dmarc_override: str | None = None
 
     def __post_init__(self) -> None:
         if (self.action == "reject") != (self.reply is not None and self.result is not None):

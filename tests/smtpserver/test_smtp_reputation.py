@@ -106,7 +106,9 @@ def test_a_reject_accepted_to_a_mailbox_is_an_accept(
     assert stored.row.seen and stored.row.is_reject and not stored.row.junk
     assert stored.row.mailbox_destined_id is None
     assert "reject accepted to mailbox" in caplog.text
-    assert [(e["disposition"], e["optional"]) for e in server.evaluations] == [("none", False)]
+    assert [(e["disposition"], e["optional"], e["override_reasons"]) for e in server.evaluations] == [
+        ("none", False, ["local_policy"])
+    ]
 
 
 def test_a_forwarded_message_is_not_blamed_on_the_forwarder(server: ThreadedSMTP, dns: DNSTestServer) -> None:
@@ -130,3 +132,6 @@ def test_a_forwarded_message_is_not_blamed_on_the_forwarder(server: ThreadedSMTP
     assert send_raw(client, SENDER, ["bob@example.org"], message).startswith("250 2.0.0")
     last = stored_messages(server)[-1]
     assert (last.mailbox, reason(last.content), last.row.is_reject) == ("Forwarded", "no-bad-signals", False)
+    assert [(e["disposition"], e["override_reasons"]) for e in server.evaluations] == [
+        ("none", ["forwarded"])
+    ]

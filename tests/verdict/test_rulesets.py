@@ -137,6 +137,11 @@ def test_a_verified_mailing_list_is_accepted_without_reputation(config: Config, 
         ["Lists"],
     )
     assert "X-Postwarden-Reason: ruleset\r\n" in analysis.headers
+    assert analysis.verdict.dmarc_override is None, "DMARC passed: nothing overridden"
+    # The author's DMARC fails (the list rewrote the message): the list is still accepted.
+    rewritten = replace(mail, outcome=replace(mail.outcome, dmarc=outcome("fail", "reject").dmarc))
+    analysis = analyze(config, rewritten, session, NOW)
+    assert (analysis.action, analysis.verdict.dmarc_override) == ("accept", "mailing_list")
 
 
 def test_an_unverified_mailing_list_goes_through_reputation(config: Config, session: Session) -> None:
@@ -175,7 +180,7 @@ def test_a_forward_skips_the_dmarc_reject_and_the_forwarders_signals(
     analysis = analyze(config, mail, session, NOW)
     assert (analysis.action, analysis.verdict.reason) == ("accept", "no-bad-signals")
     (copy,) = analysis.copies
-    assert (copy.mailbox, copy.forwarded) == ("Forwarded", True)
+    assert (copy.mailbox, copy.forwarded, analysis.verdict.dmarc_override) == ("Forwarded", True, "forwarded")
     # Without the ruleset the forwarder's signals decide: the SPF domain's history is all junk.
     direct = analyze(config, arrival(), session, NOW)
     assert (direct.action, direct.verdict.reason) == ("reject", "dkimspf")
@@ -193,6 +198,7 @@ def test_accept_rejects_to_mailbox(
         "dmarc-policy",
         "accepted",
     )
+    assert analysis.verdict.dmarc_override == "local_policy"
     assert analysis.reply.startswith("250 ")
     (copy,) = analysis.copies
     assert (copy.mailbox, copy.destined_mailbox) == ("Maybe", None)
