@@ -131,7 +131,7 @@ def _place(
         )
         verdict = Verdict("accept", verdict.reason, dmarc_override=_override(arrival, "local_policy"))
         return _Placed(verdict, MailboxCopy(rcpt.account, mailbox, row | _SEEN_REJECT, None, forwarded))
-    if forwarded and verdict.action != "reject":
+    if forwarded and verdict.action == "accept":  # a quarantine applied what the policy asked
         verdict = replace(verdict, dmarc_override=verdict.dmarc_override or _override(arrival, "forwarded"))
     mailbox, destined = _mailbox_for(account, verdict.action, target)
     if verdict.action == "reject":

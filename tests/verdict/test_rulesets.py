@@ -185,6 +185,10 @@ def test_a_forward_skips_the_dmarc_reject_and_the_forwarders_signals(
     direct = analyze(config, arrival(), session, NOW)
     assert (direct.action, direct.verdict.reason) == ("reject", "dkimspf")
     assert analyze(config, replace(mail, headers=()), session, NOW).reply == DMARC_REJECT_REPLY
+    # A quarantine is not a reject: applied to forwarded mail too, so nothing is overridden.
+    quarantined = analyze(config, replace(mail, outcome=outcome("fail", "quarantine")), session, NOW)
+    assert (quarantined.action, quarantined.verdict.dmarc_override) == ("quarantine", None)
+    assert [c.mailbox for c in quarantined.copies] == ["Junk"]
 
 
 def test_accept_rejects_to_mailbox(
