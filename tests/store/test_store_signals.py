@@ -5,6 +5,7 @@ recognised by its content."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -62,3 +63,9 @@ async def test_a_reject_without_message_id_is_stored_once(store: MessageStore, s
     with session_scope(sqlite_url) as session:
         hashes = session.scalars(select(Message.content_hash).order_by(Message.id)).all()
     assert hashes[0] == hashlib.sha256(content).hexdigest() and len(set(hashes)) == 2
+
+
+async def test_reads_run_in_a_worker_thread(store: MessageStore) -> None:
+    """The SMTP workers' event loop never waits on the database: the analysis reads through this."""
+    thread = await store.read(lambda session: threading.current_thread())
+    assert thread is not threading.main_thread()
