@@ -100,15 +100,38 @@ class Domain(Strict):
     tls_reports: MailboxTarget | None = None
 
 
+def _regexp(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return value
+
+
+# A regular expression (Python `re` syntax), checked to compile when the configuration is loaded.
+Regexp = Annotated[str, AfterValidator(_regexp)]
+
+
 class Ruleset(Strict):
-    """Store matching mail into `mailbox`; options as in SPEC R3.5."""
+    """Store matching mail into `mailbox`; options as in SPEC R3.5. A ruleset matches when its MAIL
+    FROM regexp and every header regexp (header names case-insensitive) are found; see
+    app/verdict/rulesets.py."""
 
     mailbox: str
-    smtp_mail_from_regexp: str | None = None
-    header_regexps: dict[str, str] = {}
+    smtp_mail_from_regexp: Regexp | None = None
+    header_regexps: dict[str, Regexp] = {}
     mailing_list_domain: str | None = None
     is_forward: bool = False
     accept_rejects_to_mailbox: str | None = None
+
+    @cached_property
+    def mail_from_pattern(self) -> re.Pattern[str] | None:
+        return None if self.smtp_mail_from_regexp is None else re.compile(self.smtp_mail_from_regexp)
+
+    @cached_property
+    def header_patterns(self) -> dict[str, re.Pattern[str]]:
+        """Header name (lower-case) -> its compiled regexp."""
+        return {name.lower(): re.compile(value) for name, value in self.header_regexps.items()}
 
 
 class Account(Strict):

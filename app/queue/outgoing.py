@@ -360,3 +360,22 @@ def record_sent_recipient(session: Session | Connection, account_id: int, addres
         )
     )
     session.execute(statement)
+
+
+def has_sent_to(
+    session: Session, account_id: int, *, address: str = "", domain: str = "", org_domain: str = ""
+) -> bool:
+    """Whether the account sent mail to this address, or to any address in this domain or
+    organisational domain (give one); each one lookup of a unique or plain index on
+    (account_id, address | domain | org_domain)."""
+    table = SentRecipient.__table__.c
+    if address:
+        where = table.address == normalize_address(address)
+    elif domain:
+        where = table.domain == domain.lower()
+    elif org_domain:
+        where = table.org_domain == org_domain.lower()
+    else:
+        return False
+    query = select(table.id).where(table.account_id == account_id, where).limit(1)
+    return session.scalar(query) is not None

@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.auth.types import Disposition
 from app.config import Config
 from app.dmarcreports.evaluation import Evaluation, evaluation_applies, evaluation_for
 from app.store.files import MessageStore
 from app.verdict.analysis import Analysis
+from app.verdict.dmarc import REASON as DMARC_REASON
 from app.verdict.types import Action, Arrival
 
 log = logging.getLogger("app.smtpserver")
 
 RecordEvaluation = Callable[[Evaluation], None]
-# The disposition an evaluation reports is what we did with the message.
+# The disposition an evaluation reports is what we did with the message. A reject a ruleset accepted
+# into a mailbox (SPEC R3.5) is an accept here too: its analysis says "accept".
 APPLIED_DISPOSITION: dict[Action, Disposition] = {
     "accept": "none",
     "quarantine": "quarantine",
     "reject": "reject",
 }
+
+
+def applied_disposition(analysis: Analysis) -> Disposition | None:
+    """What an evaluation reports we did; None for a reject that was not DMARC's (a junk reject by
+    reputation): R2.1 stores evaluations of accepted messages and of DMARC rejects only."""
+    if analysis.action == "reject" and analysis.verdict.reason != DMARC_REASON:
+        return None
+    return APPLIED_DISPOSITION[analysis.action]
 
 
 def reporting_addresses(config: Config) -> set[str]:
@@ -45,8 +56,8 @@ class EvaluationHandOn:
         self.reporting_addresses = reporting_addresses(config)
 
     async def __call__(self, arrival: Arrival, analysis: Analysis) -> None:
-        outcome = arrival.outcome
-        if not evaluation_applies(outcome):
+        outcome, disposition = arrival.outcome, applied_disposition(analysis)
+        if disposition is None or not evaluation_applies(outcome):
             return
         recipients = [r.address for r in arrival.recipients]
         evaluation = evaluation_for(
@@ -54,9 +65,11 @@ class EvaluationHandOn:
             remote_ip=arrival.remote_ip,
             mail_from=arrival.mail_from,
             recipients=recipients,
-            disposition=APPLIED_DISPOSITION[analysis.action],
+            disposition=disposition,
             optional=await self._optional(arrival, analysis, recipients),
         )
+        if analysis.verdict.dmarc_override:  # a ruleset let through what the policy asked to stop
+            evaluation = replace(evaluation, override_reasons=(analysis.verdict.dmarc_override,))
         try:
             self.record(evaluation)
         except Exception:  # reports are best effort; the message is stored and must get its reply

@@ -2,8 +2,9 @@
 
 RCPT: a configured address (SPEC R1.2; special reporting and postmaster addresses included) → 250;
 another address in one of our domains → 550 5.1.1; any other domain → 550 5.7.1 (no open relay).
-DATA: SPF/DKIM/DMARC (inline: the reply depends on it), Authentication-Results and Received prepended,
-stored durably (R1.6), then the DMARC evaluation is handed on (R2.1) and the reply sent.
+DATA: SPF/DKIM/DMARC (inline: the reply depends on it), then the analysis (app/verdict: DMARC, rulesets,
+reputation, R3), Authentication-Results, X-Postwarden-Reason and Received prepended, stored durably
+(R1.6), then the DMARC evaluation is handed on (R2.1) and the reply sent.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import logging
 
 from aiosmtpd.smtp import Envelope, Session
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.address import address_key, normalize_address
 from app.auth.evaluate import authenticate
+from app.auth.message import header_fields
 from app.config import Config
 from app.dns import Resolver
 from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
@@ -114,8 +117,13 @@ class InboundHandler(BaseHandler):
             message=content,
         )
         recipients = tuple(self._recipient(a) for a in envelope.rcpt_tos)
-        arrival = Arrival(outcome, server.peer_ip, helo, mail_from, recipients, transaction_id)
-        analysis = analyze(self.config, arrival)
+        headers = tuple(header_fields(content))
+        arrival = Arrival(outcome, server.peer_ip, helo, mail_from, recipients, transaction_id, headers)
+        try:  # reputation reads the history: in a worker thread, never on the event loop
+            analysis = await self.store.read(lambda session: analyze(self.config, arrival, session))
+        except SQLAlchemyError:
+            log.exception("reputation analysis failed for %s", transaction_id)
+            return "store-failed", STORE_FAILED_REPLY
         trace = self.trace_header(server, session, envelope, transaction_id)
         prefix = "".join(analysis.headers).encode("utf-8") + trace
         try:

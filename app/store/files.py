@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -47,9 +48,10 @@ from app.store.mailboxes import (
     ensure_mailbox,
     file_id_stored,
     has_accepted_mail_from,
-    holds_message_id,
+    holds_reject,
     new_message_row,
 )
+from app.store.signals import add_signals
 
 if TYPE_CHECKING:  # app.queue.enqueue writes through this module: the name only, no import cycle
     from app.queue.enqueue import Queued
@@ -67,6 +69,7 @@ FILE_WRITERS = 8
 
 
 _sequence = itertools.count()
+_T = TypeVar("_T")
 
 
 def new_file_id() -> str:
@@ -99,8 +102,10 @@ class MailboxCopy:
     mailbox: str
     columns: dict[str, Any] = field(default_factory=dict)
     # Set for rejects (SPEC R3.2): the mailbox it would have gone to. A reject is stored once per
-    # Message-ID (SPEC R3.1: a retry of the same message is not stored twice).
+    # Message-ID, or per content hash without one (SPEC R3.1: a retry is not stored twice).
     destined_mailbox: str | None = None
+    # A forward ruleset matched (SPEC R3.5): its stored signals leave out the forwarder's.
+    forwarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,10 @@ class _PlannedFile:
     tmp: Path
     relative: str  # final path under the data dir
     rows: list[dict[str, Any]]
-    # What inserts rows of this kind (mailboxes.add_messages for a mailbox's); a batch calls it once.
-    insert_rows: Callable[[Session, list[dict[str, Any]]], None]
+    # What inserts the rows of files of this kind (_insert_message_rows for a mailbox's); a batch
+    # calls it once with all its files of that kind.
+    insert_rows: Callable[[Session, list[_PlannedFile]], None]
+    forwarded: bool = False  # a mailbox message's MailboxCopy.forwarded
 
 
 @dataclass(frozen=True)
@@ -175,10 +182,12 @@ class MessageStore:
         own trace fields, is written before the content: a large message is not copied to prepend them.
         `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids."""
         indexed = summarize_headers(content)
-        copies = [
-            replace(c, columns={"message_id": indexed.message_id, "subject": indexed.subject, **c.columns})
-            for c in copies
-        ]
+        found = {
+            "message_id": indexed.message_id,
+            "subject": indexed.subject,
+            "content_hash": hashlib.sha256(content).hexdigest(),
+        }
+        copies = [replace(c, columns={**found, **c.columns}) for c in copies]
         paths = [message_path(f) for f in copy_file_ids(file_id or new_file_id(), len(copies))]
         return await self._submit((prefix, content), copies, paths)
 
@@ -201,12 +210,17 @@ class MessageStore:
 
     async def has_accepted_mail_from(self, domain: str) -> bool:
         """Whether mail From `domain` was ever accepted (not rejected); read in a worker thread."""
+        return await self.read(lambda session: has_accepted_mail_from(session, domain))
 
-        def query() -> bool:
+    async def read(self, reader: Callable[[Session], _T]) -> _T:
+        """`reader`'s result, called with a session of the store's database in a worker thread: the
+        SMTP workers' event loop never waits on the database."""
+
+        def run() -> _T:
             with self._sessions() as session:
-                return has_accepted_mail_from(session, domain)
+                return reader(session)
 
-        return await asyncio.get_running_loop().run_in_executor(None, query)
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
     def recover(self) -> RecoveryReport:
         """Settle files a crash left in tmp/ (see the module doc). Call before accepting mail."""
@@ -374,7 +388,7 @@ class MessageStore:
             destined_id = None
             if copy.destined_mailbox is not None:
                 _, destined_id = self._ids_for(session, copy.account, copy.destined_mailbox, new_ids)
-                if holds_message_id(session, mailbox_id, copy.columns.get("message_id")):
+                if holds_reject(session, mailbox_id, copy.columns):
                     continue
             row = new_message_row(
                 copy.columns,
@@ -384,7 +398,7 @@ class MessageStore:
                 path=relative,
                 size=size,
             )
-            files.append(_PlannedFile(tmp, relative, [row], add_messages))
+            files.append(_PlannedFile(tmp, relative, [row], _insert_message_rows, copy.forwarded))
         return files
 
     def _ids_for(
@@ -488,15 +502,22 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _insert_message_rows(session: Session, files: list[_PlannedFile]) -> None:
+    """Mailbox messages' rows and, in the same transaction, their reputation signals (SPEC R3.4)."""
+    rows = [row for f in files for row in f.rows]
+    forwarded = [f.forwarded for f in files for _ in f.rows]
+    ids = add_messages(session, rows)
+    add_signals(session, zip(ids, rows, forwarded, strict=True))
+
+
 def _insert_planned_rows(session: Session, planned: list[list[_PlannedFile]]) -> None:
     """The rows of every planned file, one INSERT per kind of row."""
-    by_insert: dict[Callable[[Session, list[dict[str, Any]]], None], list[dict[str, Any]]] = {}
+    by_insert: dict[Callable[[Session, list[_PlannedFile]], None], list[_PlannedFile]] = {}
     for files in planned:
         for f in files:
-            by_insert.setdefault(f.insert_rows, []).extend(f.rows)
-    for insert_rows, rows in by_insert.items():
-        if rows:
-            insert_rows(session, rows)
+            by_insert.setdefault(f.insert_rows, []).append(f)
+    for insert_rows, kind in by_insert.items():
+        insert_rows(session, kind)
 
 
 def _rows_exist(session: Session, relative: str) -> bool:
@@ -512,10 +533,10 @@ def _rows_exist(session: Session, relative: str) -> bool:
 # module (OUTGOING_DIR, write_durably), so importing it at the top would be a cycle.
 
 
-def _insert_outgoing_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+def _insert_outgoing_rows(session: Session, files: list[_PlannedFile]) -> None:
     from app.queue.outgoing import insert_rows
 
-    insert_rows(session, rows)
+    insert_rows(session, [row for f in files for row in f.rows])
 
 
 def _outgoing_path_in_use(session: Session, relative: str) -> bool:

@@ -116,17 +116,25 @@ def new_message_row(
     }
 
 
-def add_messages(session: Session, rows: list[MessageRow]) -> None:
-    """Insert the rows (new_message_row) in one statement."""
-    session.execute(insert(Message), rows)
+def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
+    """Insert the rows (new_message_row) in one statement; their new row ids, in the rows' order
+    (INSERT ... RETURNING: SQLite >= 3.35 and PostgreSQL)."""
+    if not rows:
+        return []
+    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+    return list(session.scalars(statement, rows))
 
 
-def holds_message_id(session: Session, mailbox_id: int, message_id: str | None) -> bool:
-    """Whether the mailbox has a message with this Message-ID: a retried reject is stored once
-    (SPEC R3.1). Without a Message-ID nothing matches."""
-    if not message_id:
+def holds_reject(session: Session, mailbox_id: int, columns: MessageRow) -> bool:
+    """Whether the mailbox already has this message: a retried reject is stored once (SPEC R3.1).
+    Found by Message-ID, or by the content's hash when the message has no Message-ID."""
+    if columns.get("message_id"):
+        same = Message.message_id == columns["message_id"]
+    elif columns.get("content_hash"):
+        same = Message.content_hash == columns["content_hash"]
+    else:
         return False
-    query = select(Message.id).where(Message.mailbox_id == mailbox_id, Message.message_id == message_id)
+    query = select(Message.id).where(Message.mailbox_id == mailbox_id, same)
     return session.scalar(query.limit(1)) is not None
 
 
@@ -200,6 +208,23 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
         Message.is_reject.is_(False),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, int] | None:
+    """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
+    reads (SPEC R3.4); None before the first message made it."""
+    # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
+    from app.accounts import find_account
+
+    found = find_account(session, account)
+    box = None if found is None else mailbox_id(session, found.id, mailbox)
+    return None if found is None or box is None else (found.id, box)
+
+
+def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:
+    """The From addresses of these messages (by row id; reputation asks for at most a few dozen)."""
+    query = select(Message.msg_from).where(Message.id.in_(row_ids), Message.msg_from.is_not(None))
+    return [address for address in session.scalars(query) if address]
 
 
 # Web reads: what the account web UI (app/web/mail.py) shows. Every read names the account, so one
@@ -431,11 +456,8 @@ def remove_old_rejects(config: Config) -> int:
 
 def _mailbox_of(session: Session, account_name: str, name: str) -> int | None:
     """The id of the mailbox `name` of the account named `account_name`; None if either is missing."""
-    # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
-    from app.accounts import find_account
-
-    account = find_account(session, account_name)
-    return None if account is None else mailbox_id(session, account.id, name)
+    ids = destination_ids(session, account_name, name)
+    return None if ids is None else ids[1]
 
 
 def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -> int:

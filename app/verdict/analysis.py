@@ -1,36 +1,51 @@
 """From an authenticated message to where it is stored, what the client is told and what is logged.
 
-The decisions run in order and the first that says something decides (today only DMARC, R1.5; the
-reputation analysis R3.4 and rulesets R3.5 join DECISIONS). The verdict then places the copies:
-SPEC R3.1/R3.2: a rejected message is still stored in the account's Rejects mailbox, marked seen,
-with `mailbox_destined_id` naming the mailbox it would have gone to; the reply stays 550.
+Each recipient gets its own verdict: rulesets are the account's and reputation is the destination
+mailbox's (SPEC R3.4, R3.5). The decisions run in order and the first that says something decides:
+a ruleset's verified mailing list, DMARC (R1.5), reputation (which always says something). The verdicts then
+place the copies: SPEC R3.1/R3.2: a rejected message is still stored in the account's Rejects
+mailbox, marked seen, with `mailbox_destined_id` naming the mailbox it would have gone to; unless a
+ruleset accepts rejects into a mailbox of its own, which makes it an accept everywhere (R3.5).
+The message is accepted (250) if any recipient accepts it; else the first reject's reply is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from app.address import address_domain
-from app.config import Config
-from app.store.files import MailboxCopy
-from app.verdict.dmarc import dmarc_verdict
-from app.verdict.types import ACCEPT, Action, Arrival, Recipient, Verdict
+from sqlalchemy.orm import Session
 
-Decision = Callable[[Arrival], Verdict | None]
-DECISIONS: tuple[Decision, ...] = (dmarc_verdict,)
+from app.address import address_domain
+from app.config import Account, Config
+from app.models.base import utcnow
+from app.store.files import MailboxCopy
+from app.store.mailboxes import destination_ids
+from app.verdict.dmarc import dmarc_verdict
+from app.verdict.reputation import NO_HISTORY, Reputation, Subject, reputation, reputation_verdict
+from app.verdict.rulesets import mailing_list_verdict, matching_ruleset
+from app.verdict.types import ACCEPT, Action, Arrival, Delivery, Recipient, Verdict
+
+log = logging.getLogger(__name__)
+
+Decision = Callable[[Delivery], Verdict | None]
+# A verified mailing list comes first: lists rewrite messages and break their authors' DMARC.
+DECISIONS: tuple[Decision, ...] = (mailing_list_verdict, dmarc_verdict, reputation_verdict)
 RESULTS: dict[Action, str] = {"accept": "accepted", "quarantine": "quarantined"}  # a reject names its own
+REASON_HEADER = "X-Postwarden-Reason"
 
 
 @dataclass(frozen=True)
 class Analysis:
     """Everything the SMTP handler acts on: store `copies` with `headers` prepended, then reply."""
 
-    verdict: Verdict
+    verdict: Verdict  # the one the reply follows
     copies: tuple[MailboxCopy, ...]
     reply: str  # sent once the copies are stored
-    result: str  # the transaction log line's result: accepted, quarantined, rejected-dmarc
+    result: str  # the transaction log line's result: accepted, quarantined, rejected-dmarc, ...
     headers: tuple[str, ...]  # whole header lines to prepend, each ending in CRLF
 
     @property
@@ -38,43 +53,108 @@ class Analysis:
         return self.verdict.action
 
 
-def analyze(config: Config, arrival: Arrival) -> Analysis:
-    verdict = decide(arrival)
+@dataclass(frozen=True)
+class _Placed:
+    verdict: Verdict
+    copy: MailboxCopy
+
+
+def analyze(
+    config: Config, arrival: Arrival, session: Session | None = None, now: datetime | None = None
+) -> Analysis:
+    """The analysis of `arrival`; reputation reads the history through `session` (None: no history,
+    for callers without a database). Call it off the event loop: it reads the database."""
+    columns = message_columns(arrival)
+    when = now or utcnow()
+    placed = [
+        _place(config, arrival, r, columns, _history_reader(session, r, columns, when))
+        for r in arrival.recipients
+    ]
+    verdict = next((p.verdict for p in placed if p.verdict.action != "reject"), placed[0].verdict)
+    copies: dict[tuple[str, str], MailboxCopy] = {}
+    for p in placed:
+        copies.setdefault((p.copy.account, p.copy.mailbox), p.copy)
+    headers = [arrival.outcome.authentication_results]
+    if verdict.reason:  # always one of our own tokens, never text from the message
+        headers.append(f"{REASON_HEADER}: {verdict.reason}\r\n")
     return Analysis(
         verdict=verdict,
-        copies=tuple(mailbox_copies(config, arrival.recipients, verdict, message_columns(arrival))),
+        copies=tuple(copies.values()),
         reply=verdict.reply or f"250 2.0.0 Message accepted, id {arrival.transaction_id}",
         result=verdict.result or RESULTS[verdict.action],
-        headers=(arrival.outcome.authentication_results,),
+        headers=tuple(headers),
     )
 
 
-def decide(arrival: Arrival) -> Verdict:
+def decide(delivery: Delivery) -> Verdict:
     """The first verdict a decision gives; accept when none gives one."""
     for decision in DECISIONS:
-        verdict = decision(arrival)
+        verdict = decision(delivery)
         if verdict is not None:
             return verdict
     return ACCEPT
 
 
-def mailbox_copies(
-    config: Config, recipients: Iterable[Recipient], verdict: Verdict, columns: dict[str, Any]
-) -> list[MailboxCopy]:
-    """One copy per distinct (account, mailbox) the recipients lead to, placed per the verdict."""
-    copies: dict[tuple[str, str], MailboxCopy] = {}
-    for rcpt in recipients:
-        account = config.accounts[rcpt.account]
-        row = {**columns, "rcpt_to": rcpt.address, "reason": verdict.reason}
-        if verdict.action == "reject":
-            mailbox, destined = account.rejects_mailbox, rcpt.mailbox
-            row |= {"seen": True, "is_reject": True}
-        elif verdict.action == "quarantine":
-            mailbox, destined = account.junk_mailbox, None
-        else:
-            mailbox, destined = rcpt.mailbox, None
-        copies.setdefault((rcpt.account, mailbox), MailboxCopy(rcpt.account, mailbox, row, destined))
-    return list(copies.values())
+HistoryReader = Callable[[str, bool], Reputation]  # (destination mailbox, forwarded) -> its history
+
+
+def _history_reader(
+    session: Session | None, rcpt: Recipient, columns: dict[str, Any], now: datetime
+) -> HistoryReader:
+    def read(mailbox: str, forwarded: bool) -> Reputation:
+        ids = None if session is None else destination_ids(session, rcpt.account, mailbox)
+        if session is None or ids is None:
+            return NO_HISTORY
+        return reputation(session, Subject(*ids, columns, forwarded, now))
+
+    return read
+
+
+def _place(
+    config: Config, arrival: Arrival, rcpt: Recipient, columns: dict[str, Any], history: HistoryReader
+) -> _Placed:
+    """The recipient's verdict and the copy it places."""
+    account = config.accounts[rcpt.account]
+    ruleset = matching_ruleset(account.rulesets, arrival)
+    target = ruleset.mailbox if ruleset is not None else rcpt.mailbox
+    forwarded = ruleset is not None and ruleset.is_forward
+    verdict = decide(Delivery(arrival, rcpt, ruleset, lambda: history(target, forwarded)))
+    row = {**columns, "rcpt_to": rcpt.address, "reason": verdict.reason}
+    if verdict.action == "reject" and ruleset is not None and ruleset.accept_rejects_to_mailbox:
+        mailbox = ruleset.accept_rejects_to_mailbox
+        log.info(
+            "reject accepted to mailbox id=%s account=%s mailbox=%s reason=%s",
+            arrival.transaction_id,
+            rcpt.account,
+            mailbox,
+            verdict.reason,
+        )
+        verdict = Verdict("accept", verdict.reason, dmarc_override=_override(arrival, "local_policy"))
+        return _Placed(verdict, MailboxCopy(rcpt.account, mailbox, row | _SEEN_REJECT, None, forwarded))
+    if forwarded and verdict.action == "accept":  # a quarantine applied what the policy asked
+        verdict = replace(verdict, dmarc_override=verdict.dmarc_override or _override(arrival, "forwarded"))
+    mailbox, destined = _mailbox_for(account, verdict.action, target)
+    if verdict.action == "reject":
+        row |= _SEEN_REJECT
+    return _Placed(verdict, MailboxCopy(rcpt.account, mailbox, row, destined, forwarded))
+
+
+_SEEN_REJECT = {"seen": True, "is_reject": True}
+
+
+def _override(arrival: Arrival, reason: str) -> str | None:
+    """`reason` if the message failed a DMARC policy asking for more than "none"; else None."""
+    dmarc = arrival.outcome.dmarc
+    return reason if dmarc.status == "fail" and dmarc.disposition != "none" else None
+
+
+def _mailbox_for(account: Account, action: Action, target: str) -> tuple[str, str | None]:
+    """(mailbox, the mailbox a reject would have gone to) for the action."""
+    if action == "reject":
+        return account.rejects_mailbox, target
+    if action == "quarantine":
+        return account.junk_mailbox, None
+    return target, None
 
 
 def message_columns(arrival: Arrival) -> dict[str, Any]:

@@ -1,11 +1,17 @@
-"""What the analysis of an incoming message reads (Arrival) and what one decision says (Verdict)."""
+"""What the analysis of an incoming message reads (Arrival, and per recipient Delivery) and what one
+decision says (Verdict)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.auth.types import AuthOutcome
+from app.config import Ruleset
+
+if TYPE_CHECKING:  # reputation.py decides on a Delivery: the name only, no import cycle
+    from app.verdict.reputation import Reputation
 
 Action = Literal["accept", "quarantine", "reject"]
 
@@ -28,6 +34,23 @@ class Arrival:
     mail_from: str  # "" for the null sender
     recipients: tuple[Recipient, ...]
     transaction_id: str
+    headers: tuple[tuple[str, str], ...] = ()  # the message's header fields, unfolded (rulesets read them)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The arrival as one recipient's: the input of every decision. Reputation is per destination
+    mailbox (SPEC R3.4), so a decision that needs it calls `history` (read when first asked)."""
+
+    arrival: Arrival
+    recipient: Recipient
+    ruleset: Ruleset | None  # the first of the account's rulesets that matches (SPEC R3.5)
+    history: Callable[[], Reputation]
+
+    @property
+    def forwarded(self) -> bool:
+        """A forward ruleset matched: the connecting host is a forwarder, not the sender."""
+        return self.ruleset is not None and self.ruleset.is_forward
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,9 @@ class Verdict:
     reason: str | None = None  # stored as Message.reason, e.g. "dmarc-policy"
     reply: str | None = None  # a reject's reply (sent after the message is stored in Rejects)
     result: str | None = None  # a reject's word in the transaction log line, e.g. "rejected-dmarc"
+    # Why a failing DMARC policy was not applied (RFC 9990 PolicyOverride: forwarded, mailing_list,
+    # local_policy), for the DMARC evaluation (SPEC R2.2).
+    dmarc_override: str | None = None
 
     def __post_init__(self) -> None:
         if (self.action == "reject") != (self.reply is not None and self.result is not None):

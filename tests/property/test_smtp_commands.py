@@ -122,7 +122,7 @@ def test_session_answers_hostile_mail_parameters_with_a_reply(
 
 
 # A whole transaction: an accepted sender (the strict check lets quoted and UTF-8 local parts through)
-# and a hostile From and Subject reach SPF macros, DMARC, and the two header fields we prepend.
+# and a hostile From and Subject reach SPF macros, DMARC, and the three header fields we prepend.
 
 quoted_local = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
@@ -161,6 +161,7 @@ def test_transaction_headers_stay_safe_whatever_the_sender(
         prepended = content[: -len(data)]
         assert prepended.endswith(b"\r\n")
         fields = [field + b"\r\n" for field in re.split(rb"\r\n(?=[^ \t])", prepended[:-2])]
-        assert len(fields) == 2
+        assert len(fields) == 3
         check_field(fields[0], "Authentication-Results")
-        check_field(fields[1], "Received")
+        assert check_field(fields[1], "X-Postwarden-Reason") == ["X-Postwarden-Reason: no-bad-signals"]
+        check_field(fields[2], "Received")

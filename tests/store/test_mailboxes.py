@@ -20,7 +20,7 @@ from app.store.mailboxes import (
     file_id_stored,
     find_message,
     has_accepted_mail_from,
-    holds_message_id,
+    holds_reject,
     mailbox_id,
     mailbox_names,
     mailbox_summaries,
@@ -170,17 +170,36 @@ def test_has_accepted_mail_from_ignores_rejects(url: str) -> None:
         assert not has_accepted_mail_from(session, "b.example")
 
 
-def test_holds_message_id_and_file_id_stored(url: str) -> None:
+def test_holds_reject_and_file_id_stored(url: str) -> None:
     with session_scope(url) as session:
-        store(session, "alice", "Rejects", "h1", message_id="<1@x>")
+        store(session, "alice", "Rejects", "h1", message_id="<1@x>", content_hash="aa")
+        store(session, "alice", "Rejects", "h3", content_hash="bb")
         alice = ensure_account(session, "alice").id
         rejects, inbox = ensure_mailbox(session, alice, "Rejects"), ensure_mailbox(session, alice, "Inbox")
     with session_scope(url) as session:
-        assert holds_message_id(session, rejects, "<1@x>")
-        assert not holds_message_id(session, inbox, "<1@x>")  # per mailbox
-        assert not holds_message_id(session, rejects, "<2@x>")
-        assert not holds_message_id(session, rejects, None) and not holds_message_id(session, rejects, "")
+        assert holds_reject(session, rejects, {"message_id": "<1@x>"})
+        assert not holds_reject(session, inbox, {"message_id": "<1@x>"})  # per mailbox
+        assert not holds_reject(session, rejects, {"message_id": "<2@x>", "content_hash": "aa"})
+        assert not holds_reject(session, rejects, {"message_id": None})
+        assert not holds_reject(session, rejects, {})
+        # Without a Message-ID, the same content is the same message.
+        assert holds_reject(session, rejects, {"message_id": None, "content_hash": "bb"})
+        assert not holds_reject(session, rejects, {"content_hash": "cc"})
         assert file_id_stored(session, "h1") and not file_id_stored(session, "h2")
+
+
+def test_add_messages_returns_the_new_row_ids_in_order(url: str) -> None:
+    with session_scope(url) as session:
+        alice = ensure_account(session, "alice").id
+        inbox = ensure_mailbox(session, alice, "Inbox")
+        rows = [
+            new_message_row({}, account_id=alice, mailbox_id=inbox, destined_mailbox_id=None,
+                            path=f"messages/20260101/o{n}", size=1)
+            for n in range(3)
+        ]
+        ids = add_messages(session, rows)
+        assert [(find_message(session, i) or {}).get("file_id") for i in ids] == ["o0", "o1", "o2"]
+        assert add_messages(session, []) == []
 
 
 def test_new_message_row_points_at_its_file_and_mailbox() -> None:

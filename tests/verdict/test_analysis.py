@@ -77,13 +77,15 @@ def placed(config: Config, auth: AuthOutcome, *recipients: Recipient) -> list[tu
 
 def test_passing_mail_is_accepted_into_the_recipients_mailbox(config: Config) -> None:
     analysis = analyze(config, arrival(outcome()))
-    assert (analysis.action, analysis.verdict.reason) == ("accept", None)
+    assert (analysis.action, analysis.verdict.reason) == ("accept", "no-bad-signals")  # no history
     assert (analysis.reply, analysis.result) == ("250 2.0.0 Message accepted, id tx1", "accepted")
-    assert analysis.headers == (AUTH_RESULTS,), "the Received trace is the handler's"
+    assert analysis.headers == (AUTH_RESULTS, "X-Postwarden-Reason: no-bad-signals\r\n"), (
+        "the Received trace is the handler's"
+    )
     (copy,) = analysis.copies
     assert (copy.account, copy.mailbox, copy.destined_mailbox) == ("bob", "Inbox", None)
     assert "seen" not in copy.columns and "is_reject" not in copy.columns
-    assert (copy.columns["rcpt_to"], copy.columns["reason"]) == ("bob@example.org", None)
+    assert (copy.columns["rcpt_to"], copy.columns["reason"]) == ("bob@example.org", "no-bad-signals")
 
 
 def test_failing_dmarc_without_a_disposition_is_accepted(config: Config) -> None:
@@ -118,7 +120,9 @@ def test_reject_is_stored_seen_in_rejects_with_the_destined_mailbox(config: Conf
         True,
         "dmarc-policy",
     )
-    assert analysis.headers == (AUTH_RESULTS,), "a stored reject carries its Authentication-Results too"
+    assert analysis.headers == (AUTH_RESULTS, "X-Postwarden-Reason: dmarc-policy\r\n"), (
+        "a stored reject carries its Authentication-Results and reason too"
+    )
 
 
 def test_testing_mode_applies_the_milder_disposition_the_outcome_carries(config: Config) -> None:
@@ -172,7 +176,7 @@ def test_message_columns_come_from_the_session_and_the_outcome(config: Config) -
         "dmarc_result": "pass",
         "dmarc_disposition": "none",
         "rcpt_to": "bob@example.org",
-        "reason": None,
+        "reason": "no-bad-signals",
     }
 
 
