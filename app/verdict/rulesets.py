@@ -17,6 +17,8 @@ REASON = "ruleset"
 
 def matching_ruleset(rulesets: Sequence[Ruleset], arrival: Arrival) -> Ruleset | None:
     """The first ruleset whose MAIL FROM regexp and every header regexp match; None if none does."""
+    if not rulesets:  # most accounts have none: no header is decoded for them
+        return None
     fields = [(name.lower(), decoded(value)) for name, value in arrival.headers[:MAX_FIELDS]]
     for ruleset in rulesets:
         if matches(ruleset, arrival.mail_from, fields):
