@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import insert_once, session_scope
 from app.models import Mailbox, Message
 from app.models.base import utcnow
-from app.store.signals import SignalState, resync_signals
+from app.store.signals import SignalState, copy_signals, resync_signals
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -298,7 +298,8 @@ def move_messages(
     been: `mailbox_orig_id` takes its `mailbox_destined_id` and it is no longer a reject, so
     reputation counts it for that mailbox. Into Junk sets junk; out of Junk or Rejects into another
     mailbox sets notjunk. A message already in `target` is left as it is (a copy is still made). A
-    copy has no signal rows: the original is the one that counts in reputation."""
+    copy gets the original's signal rows with its own mailbox and flags: after a COPY and EXPUNGE
+    out of Rejects, the copy is the one that counts in reputation."""
     target_id = mailbox_id(session, account_id, target)
     if target_id is None:
         known = ", ".join(mailbox_names(session, account_id)) or "none"
@@ -306,7 +307,9 @@ def move_messages(
     special = (mailbox_id(session, account_id, rules.junk), mailbox_id(session, account_id, rules.rejects))
     messages = _messages_of(session, account_id, message_ids)
     if copy:
-        return [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
+        copies = [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
+        copy_signals(session, [(m.id, state) for m, state in zip(messages, copies, strict=True)])
+        return [state.message_id for state in copies]
     changed = [_apply(m, _moved_columns(m, target_id, *special)) for m in messages]
     _resync(session, messages, changed)
     return [m.id for m in messages]
@@ -363,9 +366,10 @@ def _moved_columns(
     return changes
 
 
-def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir: Path) -> int:
-    """A copy of `message` with `changes`, under a new file id naming a link to its file; its row id.
-    The file is durable before the caller commits the row (a failed commit leaves it unnamed)."""
+def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir: Path) -> SignalState:
+    """A copy of `message` with `changes`, under a new file id naming a link to its file; its row id
+    and what its signal rows copy. The file is durable before the caller commits the row (a failed
+    commit leaves it unnamed)."""
     # A local import: app/store/files.py imports this module, so this one cannot import it first.
     from app.store.files import message_path, new_file_id
 
@@ -373,7 +377,8 @@ def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir:
     _link_file(data_dir / message.path, data_dir / path)
     row = {**_columns(message), **changes, "path": path, "file_id": path.rpartition("/")[2]}
     del row["id"]
-    return int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
+    row_id = int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
+    return SignalState(row_id, row["mailbox_orig_id"], row["junk"], row["notjunk"])
 
 
 def _link_file(source: Path, copy: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, insert, select, text, union_all, update
+from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from app.address import address_key
@@ -83,7 +83,16 @@ def resync_signals(session: Session, changes: Sequence[SignalState]) -> None:
     """Copy messages' new `mailbox_orig_id` and junk/notjunk flags into their signal rows; whatever
     changes those columns of a message calls this in the same transaction."""
     if changes:
-        session.execute(_RESYNC, [{f"b_{k}": v for k, v in state._asdict().items()} for state in changes])
+        session.execute(_RESYNC, [_params(state) for state in changes])
+
+
+def copy_signals(session: Session, pairs: Sequence[tuple[int, SignalState]]) -> None:
+    """Give copies of messages their originals' signal rows: (source message id, the copy's state)
+    each, so a copy counts in reputation as the message it copies would in its place (a COPY then
+    EXPUNGE out of Rejects must not lose what the rescue taught)."""
+    if pairs:
+        rows = [{"b_source_id": source, **_params(state)} for source, state in pairs]
+        session.execute(_COPY, rows)
 
 
 class SignalState(NamedTuple):
@@ -95,6 +104,10 @@ class SignalState(NamedTuple):
     notjunk: bool
 
 
+def _params(state: SignalState) -> dict[str, Any]:
+    return {f"b_{k}": v for k, v in state._asdict().items()}
+
+
 _TABLE = MessageSignal.__table__
 # The partial index's own WHERE, word for word: SQLite proves a query implies it only by matching terms.
 _FLAGGED = text("(junk OR notjunk)")
@@ -102,6 +115,20 @@ _RESYNC = (
     update(_TABLE)
     .where(_TABLE.c.message_id == bindparam("b_message_id"))
     .values({column: bindparam(f"b_{column}") for column in ("mailbox_orig_id", "junk", "notjunk")})
+)
+# One INSERT ... SELECT per copy: the source's (kind, value, received) with the copy's id and state;
+# typed parameters, as PostgreSQL cannot infer a parameter's type in a select list.
+_COPY = insert(_TABLE).from_select(
+    ["message_id", "mailbox_orig_id", "junk", "notjunk", "kind", "value", "received"],
+    select(
+        bindparam("b_message_id", type_=Integer),
+        bindparam("b_mailbox_orig_id", type_=Integer),
+        bindparam("b_junk", type_=Boolean),
+        bindparam("b_notjunk", type_=Boolean),
+        _TABLE.c.kind,
+        _TABLE.c.value,
+        _TABLE.c.received,
+    ).where(_TABLE.c.message_id == bindparam("b_source_id")),
 )
 
 

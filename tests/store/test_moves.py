@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
 from app.db import session_scope
-from app.models import MessageSignal
+from app.models import Message, MessageSignal
 from app.store.mailboxes import (
     MailboxError,
     MoveRules,
@@ -23,10 +24,11 @@ from app.store.mailboxes import (
     move_messages,
     set_flags,
 )
-from app.store.signals import add_signals
+from app.store.signals import add_signals, flagged_history
 from tests.store.test_mailboxes import store
 
 MAILBOXES = ("Inbox", "Archive", "Junk", "Rejects")
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -152,6 +154,34 @@ def test_unknown_mailboxes_and_other_accounts_messages_are_refused(url: str, rul
     assert state(url, mine)["mailbox"] == "Rejects"
 
 
+def signal_values(url: str, row_id: int) -> list[tuple[str, str, Any]]:
+    with session_scope(url) as session:
+        query = select(MessageSignal.kind, MessageSignal.value, MessageSignal.received)
+        rows = session.execute(query.where(MessageSignal.message_id == row_id))
+        return sorted((kind, value, received) for kind, value, received in rows)
+
+
+def test_copies_count_in_reputation_for_their_mailbox(url: str, rules: MoveRules) -> None:
+    """Several copies in one call, each with its own state; reputation for Inbox finds the rescued
+    copy (and, after the original is expunged, still does) but not the unflagged one."""
+    with session_scope(url) as session:
+        rescued = reject(session)
+        plain = stored(session, "Inbox", "m1", msg_from="carol@example.net")
+        inbox = ensure_mailbox(session, ensure_account(session, "alice").id, "Inbox")
+    for row_id in (rescued, plain):
+        write_file(rules, row_id, url)
+    copies = move(url, [rescued, plain], "Archive", rules, copy=True)
+    assert [pick(url, c, "mailbox", "orig", "notjunk", "signals") for c in copies] == [
+        ("Archive", "Inbox", True, {("Inbox", False, True)}),
+        ("Archive", "Inbox", False, {("Inbox", False, False)}),
+    ]
+    with session_scope(url) as session:
+        session.execute(delete(Message).where(Message.id == rescued))  # EXPUNGE of the original
+    with session_scope(url) as session:
+        found = flagged_history(session, inbox, [("from-unvalidated", "bob@example.net")], EPOCH, 10)
+    assert [(f.message_id, f.junk) for f in found] == [(copies[0], False)]
+
+
 def write_file(rules: MoveRules, row_id: int, url: str) -> Path:
     with session_scope(url) as session:
         message = find_message(session, row_id)
@@ -169,14 +199,16 @@ def test_a_copy_out_of_rejects_is_a_new_message_with_its_own_file(url: str, rule
     (copy_id,) = move(url, [row_id], "Inbox", rules, copy=True)
     assert copy_id != row_id
     assert pick(url, row_id, "mailbox", "reject") == ("Rejects", True)  # left as it was
-    # The copy has no signal rows: the original is the one reputation counts.
+    # The copy has the original's signal rows with its own mailbox and flags: it counts for Inbox.
     assert pick(url, copy_id, "mailbox", "orig", "reject", "notjunk", "signals") == (
         "Inbox",
         "Inbox",
         False,
         True,
-        set(),
+        {("Inbox", False, True)},
     )
+    assert pick(url, row_id, "signals") == ({("Rejects", False, False)},)
+    assert signal_values(url, copy_id) == signal_values(url, row_id) != []
     with session_scope(url) as session:
         original, copy = find_message(session, row_id), find_message(session, copy_id)
     assert original is not None and copy is not None
