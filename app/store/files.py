@@ -48,7 +48,7 @@ from app.store.mailboxes import (
     ensure_mailbox,
     file_id_stored,
     has_accepted_mail_from,
-    holds_reject,
+    holds_message,
     new_message_row,
 )
 from app.store.signals import add_signals
@@ -177,7 +177,8 @@ class MessageStore:
         prefix: bytes = b"",
         file_id: str | None = None,
     ) -> list[str]:
-        """Store a copy per mailbox durably; the file ids stored (a duplicate reject is left out).
+        """Store a copy per mailbox durably; the file ids stored (a copy its mailbox already holds, a
+        retried reject or the retry of a rescued one, is left out: see holds_message).
         Message-ID and Subject are indexed from the message itself, whoever hands it in. `prefix`, our
         own trace fields, is written before the content: a large message is not copied to prepend them.
         `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids."""
@@ -388,8 +389,10 @@ class MessageStore:
             destined_id = None
             if copy.destined_mailbox is not None:
                 _, destined_id = self._ids_for(session, copy.account, copy.destined_mailbox, new_ids)
-                if holds_reject(session, mailbox_id, copy.columns):
+                if holds_message(session, mailbox_id, copy.columns):
                     continue
+            elif holds_message(session, mailbox_id, copy.columns, rescued=True):
+                continue
             row = new_message_row(
                 copy.columns,
                 account_id=account_id,

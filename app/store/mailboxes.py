@@ -125,9 +125,11 @@ def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
     return list(session.scalars(statement, rows))
 
 
-def holds_reject(session: Session, mailbox_id: int, columns: MessageRow) -> bool:
-    """Whether the mailbox already has this message: a retried reject is stored once (SPEC R3.1).
-    Found by Message-ID, or by the content's hash when the message has no Message-ID."""
+def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, rescued: bool = False) -> bool:
+    """Whether the mailbox already has this message, found by Message-ID, or by the content's hash
+    when the message has none. A retried reject is stored in Rejects once (SPEC R3.1). With `rescued`,
+    only a message the user moved out of Rejects counts: a sender's retry of a message held with a
+    451 finds it in the mailbox it was rescued to, and is not stored twice."""
     if columns.get("message_id"):
         same = Message.message_id == columns["message_id"]
     elif columns.get("content_hash"):
@@ -135,6 +137,8 @@ def holds_reject(session: Session, mailbox_id: int, columns: MessageRow) -> bool
     else:
         return False
     query = select(Message.id).where(Message.mailbox_id == mailbox_id, same)
+    if rescued:
+        query = query.where(Message.mailbox_destined_id.is_not(None), Message.is_reject.is_(False))
     return session.scalar(query.limit(1)) is not None
 
 

@@ -20,7 +20,7 @@ from app.store.mailboxes import (
     file_id_stored,
     find_message,
     has_accepted_mail_from,
-    holds_reject,
+    holds_message,
     mailbox_id,
     mailbox_names,
     mailbox_summaries,
@@ -170,21 +170,21 @@ def test_has_accepted_mail_from_ignores_rejects(url: str) -> None:
         assert not has_accepted_mail_from(session, "b.example")
 
 
-def test_holds_reject_and_file_id_stored(url: str) -> None:
+def test_holds_message_and_file_id_stored(url: str) -> None:
     with session_scope(url) as session:
         store(session, "alice", "Rejects", "h1", message_id="<1@x>", content_hash="aa")
         store(session, "alice", "Rejects", "h3", content_hash="bb")
         alice = ensure_account(session, "alice").id
         rejects, inbox = ensure_mailbox(session, alice, "Rejects"), ensure_mailbox(session, alice, "Inbox")
     with session_scope(url) as session:
-        assert holds_reject(session, rejects, {"message_id": "<1@x>"})
-        assert not holds_reject(session, inbox, {"message_id": "<1@x>"})  # per mailbox
-        assert not holds_reject(session, rejects, {"message_id": "<2@x>", "content_hash": "aa"})
-        assert not holds_reject(session, rejects, {"message_id": None})
-        assert not holds_reject(session, rejects, {})
+        assert holds_message(session, rejects, {"message_id": "<1@x>"})
+        assert not holds_message(session, inbox, {"message_id": "<1@x>"})  # per mailbox
+        assert not holds_message(session, rejects, {"message_id": "<2@x>", "content_hash": "aa"})
+        assert not holds_message(session, rejects, {"message_id": None})
+        assert not holds_message(session, rejects, {})
         # Without a Message-ID, the same content is the same message.
-        assert holds_reject(session, rejects, {"message_id": None, "content_hash": "bb"})
-        assert not holds_reject(session, rejects, {"content_hash": "cc"})
+        assert holds_message(session, rejects, {"message_id": None, "content_hash": "bb"})
+        assert not holds_message(session, rejects, {"content_hash": "cc"})
         assert file_id_stored(session, "h1") and not file_id_stored(session, "h2")
 
 

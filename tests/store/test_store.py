@@ -29,7 +29,7 @@ from app.store.files import (
     outgoing_path,
     write_durably,
 )
-from app.store.mailboxes import has_accepted_mail_from
+from app.store.mailboxes import MoveRules, find_message, has_accepted_mail_from, move_messages
 from tests.support.configs import write_config
 
 
@@ -116,6 +116,26 @@ async def test_reject_is_stored_once_per_message_id(store: MessageStore, sqlite_
     (first, second) = rows(sqlite_url)
     assert first.mailbox_destined_id is not None and first.mailbox_destined_id != first.mailbox_id
     assert second.mailbox_destined_id == first.mailbox_destined_id
+
+
+async def test_a_rescued_reject_is_not_stored_again(store: MessageStore, sqlite_url: str) -> None:
+    """A junk reject is answered 451, so its sender retries; once the user has moved it out of
+    Rejects, the retry is accepted (250) but the mailbox already holds the message."""
+    held = {"message_id": "<held@x>", "is_reject": True, "seen": True}
+    reject = MailboxCopy("alice", "Rejects", held, "Inbox")
+    (file_id,) = await store.store_copies(b"held\r\n", [reject])
+    with session_scope(sqlite_url) as session:
+        row = find_message(session, file_id)
+        assert row is not None
+        rules = MoveRules("Junk", "Rejects", store.data_dir)
+        move_messages(session, row["account_id"], [row["id"]], "Inbox", rules=rules)
+    retry = MailboxCopy("alice", "Inbox", {"message_id": "<held@x>"})
+    assert await store.store_copies(b"held\r\n", [retry]) == []
+    # Mail that was never held is stored however often it comes: only a rescue makes a retry known.
+    again = MailboxCopy("alice", "Inbox", {"message_id": "<plain@x>"})
+    assert len(await store.store_copies(b"plain\r\n", [again])) == 1
+    assert len(await store.store_copies(b"plain\r\n", [again])) == 1
+    assert sorted(r.message_id for r in rows(sqlite_url)) == ["<held@x>", "<plain@x>", "<plain@x>"]
 
 
 async def test_outgoing_file_and_one_row_per_recipient(store: MessageStore, sqlite_url: str) -> None:
