@@ -74,6 +74,7 @@ def mailbox_summaries(session: Session, account_id: int) -> list[dict[str, Any]]
             func.count(Message.id).filter(Message.seen.is_(False)).label("unseen"),
             func.coalesce(func.sum(Message.size), 0).label("size"),
         )
+        .where(Message.account_id == account_id)  # indexed: only this account's messages are counted
         .group_by(Message.mailbox_id)
         .subquery()
     )
