@@ -15,6 +15,8 @@ HEADLINES = {
     "dmarc_reports.py": r"dmarc reports: job [\d.]+ s, bare GROUP BY [\d.]+ s, ratio [\d.]+, peak RSS \d+ MB",
     "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+",
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
+    "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "
+    r"\(target p99 < 5 ms, ratio < 1\.5\)",
     "tls_reports.py": r"tls reports: build [\d.]+ ms/report \(\+ DKIM [\d.]+ ms\), job [\d.]+ s, "
     r"peak RSS \d+ MB",
 }
