@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text, union_all, update
@@ -152,7 +153,8 @@ def flagged_history(
     history; the at most len(signals) * limit rows are merged here."""
     if not signals:
         return []
-    rows = session.execute(history_query(mailbox_orig_id, signals, since, limit)).all()
+    values = _history_values(mailbox_orig_id, signals, since, limit)
+    rows = session.execute(_history_statement(len(signals)), values).all()
     found: dict[int, Flagged] = {}
     for message_id, received, junk in rows:
         found.setdefault(message_id, Flagged(message_id, received, bool(junk)))
@@ -162,21 +164,42 @@ def flagged_history(
 def history_query(
     mailbox_orig_id: int, signals: Sequence[tuple[str, str]], since: datetime, limit: int
 ) -> Select[Any]:
-    """flagged_history's statement (tests check its query plan)."""
-    scans = [_history_scan(mailbox_orig_id, kind, value[:512], since, limit) for kind, value in signals]
-    merged = scans[0] if len(scans) == 1 else union_all(*scans).subquery().select()
+    """flagged_history's statement with its values bound (tests check its query plan)."""
+    return _history_statement(len(signals)).params(_history_values(mailbox_orig_id, signals, since, limit))
+
+
+def _history_values(
+    mailbox_orig_id: int, signals: Sequence[tuple[str, str]], since: datetime, limit: int
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"mailbox": mailbox_orig_id, "since": since, "limit": limit}
+    for n, (kind, value) in enumerate(signals):
+        values |= {f"kind{n}": kind, f"value{n}": value[:512]}
+    return values
+
+
+@cache
+def _history_statement(count: int) -> Select[Any]:
+    """The statement for `count` signals, built once: its values are bound at execution, so
+    SQLAlchemy compiles it once too (building it anew per call cost more than SQLite's own work)."""
+    scans = [_history_scan(n) for n in range(count)]
+    merged = scans[0] if count == 1 else union_all(*scans).subquery().select()
     return merged.order_by(text("received DESC"), text("message_id DESC"))
 
 
-def _history_scan(mailbox_orig_id: int, kind: str, value: str, since: datetime, limit: int) -> Select[Any]:
-    """One signal's newest `limit` flagged rows; the `junk OR notjunk` term lets the partial index
+def _history_scan(n: int) -> Select[Any]:
+    """The newest flagged rows of the n-th signal; the `junk OR notjunk` term lets the partial index
     serve it (the planner uses a partial index only when the query implies its WHERE)."""
     t = _TABLE.c
     scan = (
         select(t.message_id, t.received, t.junk)
-        .where(t.mailbox_orig_id == mailbox_orig_id, t.kind == kind, t.value == value, t.received >= since)
+        .where(
+            t.mailbox_orig_id == bindparam("mailbox"),
+            t.kind == bindparam(f"kind{n}"),
+            t.value == bindparam(f"value{n}"),
+            t.received >= bindparam("since"),
+        )
         .where(_FLAGGED)
         .order_by(t.received.desc())
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
     return select(scan.subquery())
