@@ -35,7 +35,7 @@ CHUNK = 64 * 1024  # input fed to zlib at a time, and the most output asked for 
 Encoding = Literal["gzip", "zip", "plain"]
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member's header; the end record of an empty archive
 # Media types by what they say of the content: compression, and for TLSRPT the kind too.
 MEDIA_TYPES: dict[str, tuple[Encoding, Kind | None]] = {
     "application/gzip": ("gzip", None),
@@ -138,7 +138,7 @@ def _payload(data: bytes, encoding: Encoding, declared: Kind | None) -> Payload:
 def _sniff_encoding(data: bytes) -> Encoding:
     if data.startswith(GZIP_MAGIC):
         return "gzip"
-    if data.startswith(ZIP_MAGIC):
+    if data.startswith(ZIP_MAGICS):
         return "zip"
     return "plain"
 
