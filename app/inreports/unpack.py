@@ -29,7 +29,7 @@ MAX_COMPRESSED = 10 * 1024 * 1024  # the payload as attached (after the transfer
 MAX_DECOMPRESSED = 50 * 1024 * 1024  # the report document itself
 MAX_RATIO = 100  # decompressed : compressed, beyond RATIO_FLOOR
 RATIO_FLOOR = 1024 * 1024
-MAX_PARTS = 100  # MIME parts looked at in one message
+MAX_PARTS = 100  # MIME parts looked at in one message; also the most multiparts (boundaries) it may have
 CHUNK = 64 * 1024  # input fed to zlib at a time, and the most output asked for per step
 
 Encoding = Literal["gzip", "zip", "plain"]
@@ -85,6 +85,10 @@ def from_message(raw: bytes, expect: Kind | None = None) -> Payload:
     reason = reason_for(expect) if expect else DMARC_UNPARSABLE
     if len(raw) > MAX_MESSAGE:
         raise ReportError(reason, "message too large")
+    # Each multipart needs a boundary parameter: counting the word bounds how many there are, and so how
+    # deep the parser, which recurses into nested multiparts, can go (far below the recursion limit).
+    if raw.lower().count(b"boundary") > MAX_PARTS:
+        raise ReportError(reason, "too many MIME parts")
     message = email.message_from_bytes(raw, policy=email.policy.default)
     found = _report_parts(message, reason)
     if len(found) != 1:
@@ -101,15 +105,12 @@ def from_message(raw: bytes, expect: Kind | None = None) -> Payload:
 
 def _report_parts(message: Message, reason: str) -> list[tuple[Message, tuple[Encoding, Kind | None]]]:
     found = []
-    try:
-        for count, part in enumerate(message.walk()):
-            if count >= MAX_PARTS:
-                raise ReportError(reason, "too many MIME parts")
-            described = _described(part)
-            if described is not None and not part.is_multipart():
-                found.append((part, described))
-    except RecursionError as error:  # walk() recurses into nested multiparts
-        raise ReportError(reason, "MIME parts nested too deeply") from error
+    for count, part in enumerate(message.walk()):
+        if count >= MAX_PARTS:
+            raise ReportError(reason, "too many MIME parts")
+        described = _described(part)
+        if described is not None and not part.is_multipart():
+            found.append((part, described))
     return found
 
 

@@ -297,6 +297,15 @@ def test_a_message_of_many_parts_is_refused() -> None:
     assert refusal(lambda: from_message(message)) == (DMARC_UNPARSABLE, "too many MIME parts")
 
 
+def test_deeply_nested_multiparts_are_refused() -> None:
+    nested = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (level, level)
+        for level in range(5000)
+    )
+    message = nested + b"Content-Type: text/xml\r\n\r\n" + samples.RFC7489_REPORT
+    assert refusal(lambda: from_message(message)) == (DMARC_UNPARSABLE, "too many MIME parts")
+
+
 # JSON bounds and malformed TLS reports.
 
 
