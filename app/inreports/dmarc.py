@@ -22,7 +22,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException
 
-from app.inreports.errors import DMARC_UNPARSABLE, ReportError
+from app.auth.message import ascii_domain
+from app.inreports.errors import DMARC_UNPARSABLE, POLICY_DOMAIN_UNPARSABLE, ReportError
 
 MAX_ELEMENTS = 4_000_000  # 100,000 records of some 25 elements each, and room to spare
 MAX_RECORDS = 100_000
@@ -245,9 +246,13 @@ def _metadata(element: Element) -> Metadata:
 
 
 def _policy(element: Element) -> PolicyPublished:
+    """The published policy; its domain in lowercase A-labels, as our domains are compared."""
+    domain = ascii_domain(_required(element, "domain"))
+    if not domain:
+        raise ReportError(POLICY_DOMAIN_UNPARSABLE, "policy domain is not a domain name")
     pct = _field(element, "pct")
     return PolicyPublished(
-        domain=_required(element, "domain"),
+        domain=domain,
         adkim=_field(element, "adkim"),
         aspf=_field(element, "aspf"),
         p=_field(element, "p"),

@@ -11,6 +11,7 @@ from typing import Literal
 Kind = Literal["dmarc", "tls"]
 
 DMARC_UNPARSABLE = "could not parse report"
+POLICY_DOMAIN_UNPARSABLE = "could not parse domain in published policy"
 TLS_UNPARSABLE = "could not parse TLS report"
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from app.auth.message import ascii_domain
 from app.inreports.errors import TLS_UNPARSABLE, ReportError
 
 MAX_CONTAINERS = 200_000  # arrays and objects in the document (counted as brackets)
@@ -139,13 +140,21 @@ def _policy(value: Any) -> PolicyReport:
     details = _list(entry.get("failure-details", []), MAX_FAILURE_DETAILS)
     return PolicyReport(
         policy_type=policy_type,
-        policy_domain=_text(policy["policy-domain"]),
+        policy_domain=_domain(policy["policy-domain"]),
         successful=_count(summary["total-successful-session-count"]),
         failed=_count(summary["total-failure-session-count"]),
         policy_string=tuple(_text(line, MAX_LONG_TEXT) for line in lines),
         mx_host=_optional_text(policy, "mx-host"),
         failure_details=tuple(_failure(detail) for detail in details),
     )
+
+
+def _domain(value: Any) -> str:
+    """A policy domain in lowercase A-labels, as our domains are compared."""
+    domain = ascii_domain(_text(value))
+    if not domain:
+        raise ReportError(TLS_UNPARSABLE, "policy domain is not a domain name")
+    return domain
 
 
 def _failure(value: Any) -> FailureDetail:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from app.inreports import dmarc, tls, unpack
-from app.inreports.errors import DMARC_UNPARSABLE, TLS_UNPARSABLE, ReportError
+from app.inreports.errors import DMARC_UNPARSABLE, POLICY_DOMAIN_UNPARSABLE, TLS_UNPARSABLE, ReportError
 from app.inreports.read import read_message
 from app.inreports.unpack import decompressed_cap, from_file, from_message
 from tests.inreports import samples
@@ -153,6 +153,15 @@ def test_malformed_aggregate_reports_are_refused(old: bytes, new: bytes) -> None
     error, _, _ = refused(lambda: dmarc.parse(document))
     assert error.reason == DMARC_UNPARSABLE
     assert "script" not in str(error) and "294" not in str(error), "attacker text is never echoed"
+
+
+@pytest.mark.parametrize("domain", [b"", b"exa mple.com", b"-x-.example", b"a" * 300, b"example..com"])
+def test_a_published_policy_domain_must_be_a_domain_name(domain: bytes) -> None:
+    document = samples.RFC7489_REPORT.replace(
+        b"<domain>example.com</domain>", b"<domain>" + domain + b"</domain>", 1
+    )
+    reason = DMARC_UNPARSABLE if not domain else POLICY_DOMAIN_UNPARSABLE
+    assert refusal(lambda: dmarc.parse(document))[0] == reason
 
 
 def test_a_report_without_metadata_is_refused() -> None:
@@ -357,6 +366,7 @@ POLICY = ("policies", 0)
         _set((*POLICY, "summary", "total-failure-session-count"), "303"),
         _set((*POLICY, "policy", "policy-type"), "<b>dane</b>"),
         _set((*POLICY, "policy", "policy-domain"), ["company-y.example"]),
+        _set((*POLICY, "policy", "policy-domain"), "company y.example"),
         _set((*POLICY, "failure-details", 0, "failed-session-count"), None),
         _set((*POLICY, "failure-details"), {"result-type": "x"}),
         _set(("date-range", "start-datetime"), "2016-04-01T00:00:00"),  # no zone offset

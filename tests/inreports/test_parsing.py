@@ -102,6 +102,10 @@ def test_an_rfc7489_report_without_namespace() -> None:
     report = dmarc.parse(RFC7489_REPORT)
     assert report.metadata.extra_contact_info == "http://acme.com/dmarc/support"
     assert (report.policy.adkim, report.policy.aspf, report.policy.pct) == ("r", "r", 100)
+    upper = dmarc.parse(
+        RFC7489_REPORT.replace(b"<domain>example.com</domain>", b"<domain>Example.COM.</domain>", 1)
+    )
+    assert upper.policy.domain == "example.com", "policy domains are compared in lowercase A-labels"
     (record,) = report.records
     assert (record.source_ip, record.count, record.header_from) == ("72.150.241.94", 2, "example.com")
     assert record.dkim_results == (dmarc.DKIMResult("example.com", "", "fail"),)
