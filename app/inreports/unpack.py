@@ -70,11 +70,13 @@ class Payload:
 def from_file(data: bytes) -> Payload:
     """A file's bytes: gzip, zip, XML or JSON by their first bytes; anything else is read as a message."""
     encoding = _sniff_encoding(data)
-    if encoding == "plain" and _sniff_kind(data) is None:
+    kind = _sniff_kind(data) if encoding == "plain" else None
+    if encoding == "plain" and kind is None:
         return from_message(data)
+    reason = reason_for(kind or "dmarc")
     if len(data) > MAX_COMPRESSED:
-        raise ReportError(DMARC_UNPARSABLE, "report too large")
-    return _payload(data, encoding, None)
+        raise ReportError(reason, "report too large")
+    return _payload(data, encoding, kind, reason)
 
 
 def from_message(raw: bytes, expect: Kind | None = None) -> Payload:
@@ -100,7 +102,7 @@ def from_message(raw: bytes, expect: Kind | None = None) -> Payload:
         raise ReportError(reason, "empty report")
     if len(body) > MAX_COMPRESSED:
         raise ReportError(reason, "report too large")
-    return _payload(body, encoding, kind)
+    return _payload(body, encoding, kind, reason)
 
 
 def _report_parts(message: Message, reason: str) -> list[tuple[Message, tuple[Encoding, Kind | None]]]:
@@ -124,15 +126,18 @@ def _described(part: Message) -> tuple[Encoding, Kind | None] | None:
     return next((described for ending, described in EXTENSIONS if name.endswith(ending)), None)
 
 
-def _payload(data: bytes, encoding: Encoding, declared: Kind | None) -> Payload:
-    """Decompress as the media type said, after checking the bytes say the same."""
-    reason = reason_for(declared or "dmarc")
+def _payload(data: bytes, encoding: Encoding, declared: Kind | None, reason: str) -> Payload:
+    """Decompress as the media type said, after checking the bytes say the same.
+
+    `declared`: the kind the media type or file name gave, which the document must be; `reason`: the
+    R6.3 reason for a refusal (the kind declared, else the one the recipient address expects).
+    """
     if _sniff_encoding(data) != encoding:
         raise ReportError(reason, "content does not match its media type")
     document = _decompress(data, encoding, reason)
     kind = _sniff_kind(document)
     if kind is None or (declared is not None and kind != declared):
-        raise ReportError(reason_for(declared or kind or "dmarc"), "not a report document")
+        raise ReportError(reason, "not a report document")
     return Payload(kind, document, encoding)
 
 

@@ -272,6 +272,8 @@ MISMATCH = "content does not match its media type"
         (gzipped(XML), "text/xml", None, DMARC_UNPARSABLE, MISMATCH),
         (JSON, "text/xml", None, DMARC_UNPARSABLE, "not a report document"),
         (b"", "application/gzip", None, DMARC_UNPARSABLE, "empty report"),
+        (XML, "application/gzip", "tls", TLS_UNPARSABLE, MISMATCH),  # the address decides the reason
+        (gzipped(JSON)[:-9], "application/gzip", "tls", TLS_UNPARSABLE, "truncated gzip data"),
     ],
 )
 def test_wrong_media_types_are_refused(
