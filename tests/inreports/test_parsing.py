@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import UTC, date, datetime
+from pathlib import Path
 
+import dmarc as dmarc_package
+import parsedmarc
 import pytest
 
 from app.dmarcreports import mail as dmarc_mail
@@ -245,3 +249,44 @@ def test_our_tls_report_reads_back_with_the_same_counts() -> None:
             "mx1.example.net",
         )
         assert read.start == datetime(2026, 11, 24, tzinfo=UTC)
+
+
+# Reports from elsewhere, and a second reader: the sample reports the `dmarc` package ships (MIT; read
+# where it is installed, not copied), and parsedmarc's counts of the same documents.
+
+DMARC_PACKAGE_SAMPLES = Path(dmarc_package.__file__).parent / "tests" / "report" / "data"
+
+
+def our_report_xml() -> bytes:
+    published = PolicyPublished("sender.example", "none", None, None, "r", "r", False, "psl")
+    writer = ReportWriter(Metadata("mail.example.org", "postmaster@example.org", "r-2", 1, 86400), published)
+    writer.add_all(dmarc_rows())
+    return gzip.decompress(writer.finish())
+
+
+@pytest.mark.parametrize("name", ["samplereport.xml", "samplereport-2.0.xml"])
+def test_the_dmarc_package_samples(name: str) -> None:
+    report = read_file((DMARC_PACKAGE_SAMPLES / name).read_bytes())
+    assert isinstance(report, dmarc.AggregateReport)
+    assert report.policy.domain and report.records and report.metadata.begin.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        RFC9990_REPORT,
+        RFC7489_REPORT,
+        (DMARC_PACKAGE_SAMPLES / "samplereport.xml").read_bytes(),
+        (DMARC_PACKAGE_SAMPLES / "samplereport-2.0.xml").read_bytes(),
+        our_report_xml(),
+    ],
+    ids=["rfc9990", "rfc7489", "dmarc-package", "dmarc-package-2.0", "ours"],
+)
+def test_parsedmarc_reads_the_same_records(document: bytes) -> None:
+    theirs = parsedmarc.parse_aggregate_report_xml(document.decode(), offline=True)
+    ours = dmarc.parse(document)
+    assert [(r.source_ip, r.count) for r in ours.records] == [
+        (r["source"]["ip_address"], r["count"]) for r in theirs["records"]
+    ]
+    assert ours.metadata.report_id == theirs["report_metadata"]["report_id"]
+    assert ours.policy.domain == theirs["policy_published"]["domain"]
