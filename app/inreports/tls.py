@@ -20,7 +20,7 @@ from app.inreports.errors import TLS_UNPARSABLE, ReportError
 MAX_CONTAINERS = 200_000  # arrays and objects in the document (counted as brackets)
 MAX_POLICIES = 10_000
 MAX_FAILURE_DETAILS = 10_000  # per policy
-MAX_POLICY_STRINGS = 100  # lines of one policy
+MAX_POLICY_STRINGS = 100  # lines of one policy, and MX hosts
 MAX_TEXT = 256
 MAX_LONG_TEXT = 1024  # policy lines, additional information, contact info
 MAX_COUNT = 2**31 - 1
@@ -46,7 +46,7 @@ class PolicyReport:
     successful: int
     failed: int
     policy_string: tuple[str, ...] = ()
-    mx_host: str = ""
+    mx_host: tuple[str, ...] = ()  # RFC 8460 4.4 has one string; some reporters send a list
     failure_details: tuple[FailureDetail, ...] = ()
 
 
@@ -144,9 +144,14 @@ def _policy(value: Any) -> PolicyReport:
         successful=_count(summary["total-successful-session-count"]),
         failed=_count(summary["total-failure-session-count"]),
         policy_string=tuple(_text(line, MAX_LONG_TEXT) for line in lines),
-        mx_host=_optional_text(policy, "mx-host"),
+        mx_host=_mx_hosts(policy.get("mx-host", [])),
         failure_details=tuple(_failure(detail) for detail in details),
     )
+
+
+def _mx_hosts(value: Any) -> tuple[str, ...]:
+    hosts = [value] if isinstance(value, str) else _list(value, MAX_POLICY_STRINGS)
+    return tuple(_text(host) for host in hosts)
 
 
 def _domain(value: Any) -> str:

@@ -45,7 +45,7 @@ def test_the_rfc8460_example_report() -> None:
     assert (policy.policy_type, policy.policy_domain, policy.mx_host) == (
         "sts",
         "company-y.example",
-        "*.mail.company-y.example",
+        ("*.mail.company-y.example",),
     )
     assert policy.policy_string == (
         "version: STSv1",
@@ -66,7 +66,7 @@ def test_the_rfc8460_example_report() -> None:
     )
     assert no_starttls.receiving_ip == "203.0.113.56"
     assert no_starttls.additional_information.endswith("#StarttlsNotSupported")
-    assert invalid.failure_reason_code == "X509_V_ERR_PROOF_OF_POSSESSION"
+    assert invalid.failure_reason_code == "X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED"
     assert report.sessions == (5326, 303)
 
 
@@ -114,6 +114,13 @@ def test_an_rfc7489_report_without_namespace() -> None:
     assert (record.source_ip, record.count, record.header_from) == ("72.150.241.94", 2, "example.com")
     assert record.dkim_results == (dmarc.DKIMResult("example.com", "", "fail"),)
     assert record.spf_results == (dmarc.SPFResult("example.com", "", "pass"),)
+
+
+def test_mx_host_as_a_list_as_some_reporters_send_it() -> None:
+    example = json.loads(RFC8460_EXAMPLE)
+    example["policies"][0]["policy"]["mx-host"] = ["mx1.company-y.example", "mx2.company-y.example"]
+    (policy,) = tls.parse(json.dumps(example).encode()).policies
+    assert policy.mx_host == ("mx1.company-y.example", "mx2.company-y.example")
 
 
 def test_long_text_is_cut_to_its_bound() -> None:
@@ -242,6 +249,7 @@ def test_our_tls_report_reads_back_with_the_same_counts() -> None:
             "postmaster@example.org",
         )
         assert [p.policy_type for p in read.policies] == ["sts", "tlsa"]
+        assert read.policies[0].mx_host == ("mx1.example.net",)
         (detail,) = read.policies[0].failure_details
         assert (detail.result_type, detail.failed_session_count, detail.receiving_mx_helo) == (
             "certificate-expired",
