@@ -50,12 +50,14 @@ def result_lines(result: ProbeResult) -> list[str]:
         lines.append(f"Error: {result.error}")
     if result.route:
         lines.append(f"Route: smarthost {result.route} (the domain's MTA-STS and DANE do not apply)")
-    else:
+    elif not result.error:
         source = "implicit MX (no MX records: the domain itself)" if result.implicit_mx else "MX records"
         dnssec = "DNSSEC-authenticated" if result.mx_authentic else "not DNSSEC-authenticated"
         lines.append(f"Hosts: {source}, {dnssec}")
     if result.mtasts is not None:
         lines.append(f"MTA-STS: {_mtasts_text(result.mtasts)}")
+        cached = result.mtasts.cached
+        lines.append(f"MTA-STS cache (delivery applies it while the id is unchanged): {cached or 'empty'}")
     for host in result.hosts:
         lines += _host_lines(host)
     if result.hosts_left_out:

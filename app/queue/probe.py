@@ -6,9 +6,11 @@ policy, each host's DANE TLSA lookup (`dane.dane_for_mx`), the TLS decision per 
 (`tlspolicy.decide_tls`) and, with `connect`, the session opening of the SMTP client
 (`smtpclient.open_session`: EHLO, STARTTLS, certificate checks, EHLO again), then QUIT.
 
-Differences from a delivery, on purpose: the MTA-STS policy is fetched fresh and the cache is neither
-read nor written (the probe shows what the domain publishes now; a delivery would fall back to a
-cached policy if this fetch failed); address lookups are made for every host, also those a
+Differences from a delivery, on purpose: the MTA-STS policy is fetched fresh and decided on as
+`mtasts.policy_for_domain` does with an empty cache, and the cache is not written: the probe shows
+what the domain publishes now. A delivery applies the cached policy instead while the record's id is
+unchanged (or when the fetch fails), so the cached policy is shown beside it (`MTASTSProbe.cached`)
+for the operator to compare. Address lookups are made for every host, also those a
 delivery would skip, so the output shows them; no TLS result is recorded for reports.
 
 Everything from DNS or the network is data: cut to TEXT_MAX characters (a reason to ERROR_MAX) and
@@ -25,9 +27,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC
 
 from cryptography import x509
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Config
 from app.dns import DNSTemporaryError, Resolver
+from app.queue import mtastscache
 from app.queue.dane import DANELookup, dane_for_mx
 from app.queue.mtasts import MTASTSResult, fetch_policy
 from app.queue.mtastsfetch import MTASTSSettings, PolicyError, lookup_record
@@ -63,6 +67,8 @@ class MTASTSProbe:
     max_age: int | None
     failure: str | None
     error: str | None
+    # The cached policy a delivery may apply instead, in words; None: nothing cached.
+    cached: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ async def _probe(
     route = _route(destination)
     settings = MTASTSSettings.from_config(config.delivery)
     sts = None if route else await _fresh_mtasts(domain, resolver, settings)
+    cached = None if route else await asyncio.to_thread(_cached_text, config.resolved_database_url, domain)
     options = _client_options(config)
     connections = _Budget(MAX_CONNECTIONS if connect else 0)
     for hop in destination.hops[:MAX_HOSTS]:
@@ -153,7 +160,7 @@ async def _probe(
         route,
         destination.mx_authentic,
         destination.implicit_mx,
-        _mtasts_probe(sts),
+        _mtasts_probe(sts, cached),
         tuple(hosts),
         max(0, len(destination.hops) - MAX_HOSTS),
     )
@@ -177,7 +184,22 @@ async def _fresh_mtasts(domain: str, resolver: Resolver, settings: MTASTSSetting
     return MTASTSResult(domain, policy, record.record_id)
 
 
-def _mtasts_probe(sts: MTASTSResult | None) -> MTASTSProbe | None:
+def _cached_text(db_url: str, domain: str) -> str | None:
+    """The domain's cached policy in words (None: none cached); a cache that cannot be read says so."""
+    try:
+        cached = mtastscache.cached_policy(db_url, domain)
+    except SQLAlchemyError as e:
+        return _text(f"the cache cannot be read: {type(e).__name__}", ERROR_MAX)
+    if cached is None:
+        return None
+    state = "expires" if cached.usable else "expired"
+    mx = ", ".join(cached.mx) or "-"
+    return _text(
+        f"id {cached.record_id}, mode {cached.mode}, mx {mx}, {state} {cached.expires:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _mtasts_probe(sts: MTASTSResult | None, cached: str | None) -> MTASTSProbe | None:
     if sts is None:
         return None
     policy = sts.policy
@@ -188,6 +210,7 @@ def _mtasts_probe(sts: MTASTSResult | None) -> MTASTSProbe | None:
         max_age=policy.max_age if policy else None,
         failure=sts.failure,
         error=_text(sts.error, ERROR_MAX) if sts.error else None,
+        cached=cached,
     )
 
 
@@ -233,28 +256,46 @@ async def _probe_host(
         address_error = f"{host} has no address"
     if hop.tls is not None:
         probe = HostProbe(
-            host, hop.port, addresses, "not looked up (smarthost route)", (), True,
-            tls_mode(hop.tls), "configured route", (), address_error,
-        )  # fmt: skip
+            host,
+            hop.port,
+            addresses,
+            error=address_error,
+            dane="not looked up (smarthost route)",
+            tlsa=(),
+            use_host=True,
+            tls_mode=tls_mode(hop.tls),
+            basis="configured route",
+            failures=(),
+        )
         return await _with_connection(probe, hop.tls, options, connections)
     try:
         dane = await dane_for_mx(resolver, hop.host, destination.mx_authentic, DANE_PORT)
     except DNSTemporaryError as e:
-        # Delivery skips the host for now (a temporary failure of this attempt).
-        error = _text(f"TLSA lookup for {hop.host}: {e}", ERROR_MAX)
-        return HostProbe(host, hop.port, addresses, "lookup failed", (), False, "not used", error, (), error)
+        # Delivery skips the host in this attempt (a temporary failure), as here.
+        return HostProbe(
+            host,
+            hop.port,
+            addresses,
+            error=_text(f"TLSA lookup for {hop.host}: {e}", ERROR_MAX),
+            dane="lookup failed",
+            tlsa=(),
+            use_host=False,
+            tls_mode="not used",
+            basis="TLSA lookup failed: the host is skipped for now",
+            failures=(),
+        )
     decision = decide_tls(destination.domain, hop.host, destination.mx_authentic, sts, dane)
     probe = HostProbe(
         host,
         hop.port,
         addresses,
-        _dane_text(dane, destination.mx_authentic, resolver.trust_dnssec),
-        tuple(_text(r.text()) for r in dane.records) if dane else (),
-        decision.use_host,
-        tls_mode(decision.settings) if decision.use_host else "not used",
-        _text(decision.basis, ERROR_MAX),
-        _failures(decision),
-        address_error,
+        error=address_error,
+        dane=_dane_text(dane, destination.mx_authentic, resolver.trust_dnssec),
+        tlsa=tuple(_text(r.text()) for r in dane.records) if dane else (),
+        use_host=decision.use_host,
+        tls_mode=tls_mode(decision.settings) if decision.use_host else "not used",
+        basis=_text(decision.basis, ERROR_MAX),
+        failures=_failures(decision),
     )
     if not decision.use_host:
         return probe

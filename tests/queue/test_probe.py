@@ -10,6 +10,8 @@ import trustme
 
 from app.config import Config, load_config
 from app.dns import Resolver
+from app.migrate import upgrade_database
+from app.queue import mtastscache
 from app.queue.probe import ProbeResult, probe
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
@@ -24,7 +26,8 @@ BACKUP = "backup.elsewhere.org"
 def probe_config(
     tmp: Path, dns: DNSTestServer, https: HTTPSTestServer, ca_file: Path, smtp_port: int
 ) -> Path:
-    """A config whose delivery reaches loopback peers and the HTTPS server, trusting the test CA."""
+    """A config whose delivery reaches loopback peers and the HTTPS server, trusting the test CA;
+    its database migrated (the probe reads the MTA-STS cache)."""
     toml = f"""
 [delivery]
 smtp_port = {smtp_port}
@@ -34,7 +37,9 @@ ca_bundle = "{ca_file}"
 connect_timeout = 5
 command_timeout = 5
 """
-    return write_config(tmp / "config", toml, dns_port=dns.port)
+    path = write_config(tmp / "config", toml, dns_port=dns.port)
+    upgrade_database(load_config(path).resolved_database_url)
+    return path
 
 
 def publish(dns: DNSTestServer, https: HTTPSTestServer, mode: str | None, *hosts: str) -> None:
@@ -85,6 +90,24 @@ async def test_enforce_policy_decides_per_host(
     # Fetched fresh every time: the HTTPS server saw the request.
     await probe(config(tmp_path, dns, https_server, https_ca_file), resolver, DOMAIN, connect=False)
     assert len([r for r in https_server.requests if r[0] == f"mta-sts.{DOMAIN}"]) == 2
+
+
+async def test_cached_policy_is_shown_beside_the_fresh_one(
+    tmp_path: Path, dns: DNSTestServer, https_server: HTTPSTestServer, https_ca_file: Path, resolver: Resolver
+) -> None:
+    publish(dns, https_server, "enforce", MX)
+    settings = config(tmp_path, dns, https_server, https_ca_file)
+    result = await probe(settings, resolver, DOMAIN, connect=False)
+    assert result.mtasts is not None and result.mtasts.cached is None
+    assert mtastscache.cached_policy(settings.resolved_database_url, DOMAIN) is None, (
+        "the probe writes no cache"
+    )
+    # Same id, older policy: a delivery would apply the cached `testing` one; the probe shows both.
+    mtastscache.save_policy(settings.resolved_database_url, DOMAIN, "20261202", "testing", 86400, (MX,))
+    result = await probe(settings, resolver, DOMAIN, connect=False)
+    assert result.mtasts is not None and result.mtasts.mode == "enforce"
+    assert result.mtasts.cached is not None
+    assert result.mtasts.cached.startswith(f"id 20261202, mode testing, mx {MX}, expires ")
 
 
 async def test_implicit_mx_and_no_policy(
