@@ -6,13 +6,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import trustme
 
 from app.config import Config, load_config
 from app.dns import Resolver
 from app.migrate import upgrade_database
 from app.queue import mtastscache
-from app.queue.probe import ProbeResult, probe
+from app.queue import probe as probe_module
+from app.queue.probe import MAX_HOSTS, ProbeResult, probe
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
@@ -229,3 +231,22 @@ async def test_dane_host_and_tlsa_match(
     assert (
         host.connection is not None and host.connection.verification == "ok: matches the TLSA records (DANE)"
     )
+
+
+async def test_bounds_hosts_and_time(
+    tmp_path: Path,
+    dns: DNSTestServer,
+    https_server: HTTPSTestServer,
+    https_ca_file: Path,
+    resolver: Resolver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(dns, https_server, None, *(f"mx{n}.example.net" for n in range(MAX_HOSTS + 2)))
+    settings = config(tmp_path, dns, https_server, https_ca_file)
+    result = await probe(settings, resolver, DOMAIN, connect=False)
+    assert (len(result.hosts), result.hosts_left_out) == (MAX_HOSTS, 2)
+    # A name server that never answers: the probe's own deadline ends it, with a clear error.
+    monkeypatch.setattr(probe_module, "PROBE_TIMEOUT", 0.3)
+    dns.timeout(DOMAIN)
+    result = await probe(settings, resolver, DOMAIN, connect=False)
+    assert result.error == "probe not finished within 0.3 s" and result.hosts == ()
