@@ -11,6 +11,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     queue,
     server,
     setup,
+    tls,
     tlsrpt,
     web,
 )

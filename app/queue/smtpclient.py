@@ -408,6 +408,11 @@ class Session:
         if self._client.sock is not None:
             self._client.rset()
 
+    def peer_chain(self) -> list[bytes]:
+        """The certificate chain the server presented (DER, leaf first); empty without TLS."""
+        sock = self._client.sock
+        return peer_chain(sock) if isinstance(sock, ssl.SSLSocket) else []
+
     def close(self) -> None:
         """QUIT politely; the connection is gone either way."""
         # Within what is left of the last step, so a step and the QUIT after it fit the lease.

@@ -29,6 +29,7 @@ from app.models.base import utcnow
 from app.web.auth import MAIL_HOME, admin_page, login, login_form, logout, page_context
 from app.web.mail import mailbox_page, mailboxes_page, message_action, message_page
 from app.web.metrics import metrics_registry
+from app.web.probe import probe_page
 from app.web.security import Refused, SecurityHeaders
 from app.web.status import REPORT_JOBS, ServerStatus, server_status
 
@@ -158,6 +159,7 @@ def create_app(config: Config) -> Starlette:
         Route("/", status_page),
         Route("/dns", dns_page),
         Route("/dns/{domain}", dns_page),
+        Route("/tls-probe", probe_page, methods=["GET", "POST"]),
         Route(MAIL_HOME, mailboxes_page),
         Route("/mailbox/{name:path}", mailbox_page),
         Route("/message/{id}", message_page),

@@ -1,0 +1,147 @@
+"""The TLS probe page: postmaster only, GET probes without connecting, the connect action is a POST
+with the CSRF token; and once in Chromium (screenshot probe.png).
+
+Set POSTWARDEN_SCREENSHOTS to a directory to get a copy of the screenshot there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from starlette.testclient import TestClient
+
+from app.config import Config, load_config
+from app.web.app import create_app
+from tests.queue.test_probe import BACKUP, DOMAIN, MX, publish
+from tests.support.browser import launch_chromium
+from tests.support.dnsserver import DNSTestServer
+from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
+from tests.support.smtppeers import smtp_peer
+from tests.support.webclient import form_token, log_in, served, write_web_config
+
+PASSWORD = "correct horse battery"
+BOB_PASSWORD = "bob's own password"
+
+
+@pytest.fixture
+def peer(https_ca: trustme.CA) -> Iterator[int]:
+    """An SMTP peer for MX with a certificate from the test CA; its port."""
+    with smtp_peer(https_ca.issue_cert(MX)) as running:
+        yield running.port
+
+
+@pytest.fixture
+def web_config(
+    tmp_path: Path, dns: DNSTestServer, https_server: HTTPSTestServer, https_ca_file: Path, peer: int
+) -> Config:
+    """The web test config whose delivery reaches the peer and the HTTPS server, trusting the test CA."""
+    write_web_config(tmp_path / "config", dns.port, {"admin": PASSWORD, "bob": BOB_PASSWORD})
+    path = tmp_path / "config" / "postwarden.toml"
+    with path.open("a") as toml:
+        toml.write(
+            f"\n[delivery]\nsmtp_port = {peer}\nmtasts_https_port = {https_server.port}\n"
+            f'https_allowed_networks = {json.dumps(LOOPBACK_NETWORKS)}\nca_bundle = "{https_ca_file}"\n'
+            "connect_timeout = 5\ncommand_timeout = 5\n"
+        )
+    return load_config(path)
+
+
+@pytest.fixture
+def client(web_config: Config) -> Iterator[TestClient]:
+    with TestClient(create_app(web_config), base_url="http://127.0.0.1", follow_redirects=False) as c:
+        yield c
+
+
+def test_only_the_postmaster(client: TestClient, dns: DNSTestServer) -> None:
+    assert client.get("/tls-probe").status_code == 303  # to the login form
+    log_in(client, "bob", BOB_PASSWORD)
+    assert client.get(f"/tls-probe?domain={DOMAIN}").status_code == 403
+
+
+def test_get_probes_without_connecting(
+    client: TestClient, dns: DNSTestServer, https_server: HTTPSTestServer
+) -> None:
+    publish(dns, https_server, "enforce", MX, BACKUP)
+    log_in(client, "admin", PASSWORD)
+    page = client.get(f"/tls-probe?domain={DOMAIN}.")
+    assert page.status_code == 200
+    assert f"TLS probe for {DOMAIN}" in page.text and "mode <strong>enforce</strong>" in page.text
+    assert f"checked by PKIX for {MX}" in page.text and f"MX host {BACKUP} does not match" in page.text
+    assert "Test session" not in page.text, "no connection on a GET"
+    assert 'name="csrf_token"' in page.text
+
+
+def test_connect_is_a_post_with_the_token(
+    client: TestClient, dns: DNSTestServer, https_server: HTTPSTestServer
+) -> None:
+    publish(dns, https_server, "enforce", MX)
+    log_in(client, "admin", PASSWORD)
+    assert client.post("/tls-probe", data={"domain": DOMAIN}).status_code == 403
+    assert client.post("/tls-probe", data={"domain": DOMAIN, "csrf_token": "wrong"}).status_code == 403
+    token = form_token(client, f"/tls-probe?domain={DOMAIN}")
+    page = client.post("/tls-probe", data={"domain": DOMAIN, "csrf_token": token})
+    assert page.status_code == 200
+    assert "session opened" in page.text and "STARTTLS: negotiated" in page.text
+    assert f"ok: PKIX, valid for {MX}" in page.text and "trustme" in page.text
+
+
+def test_bad_domain_and_dns_failure(client: TestClient, dns: DNSTestServer) -> None:
+    log_in(client, "admin", PASSWORD)
+    bad = client.get("/tls-probe?domain=<script>x</script>")
+    assert bad.status_code == 400 and "Not a domain name" in bad.text and "<script>x" not in bad.text
+    dns.servfail(DOMAIN)
+    failed = client.get(f"/tls-probe?domain={DOMAIN}")
+    assert failed.status_code == 200 and f"Delivery has nowhere to go: MX lookup for {DOMAIN}" in failed.text
+
+
+def test_hostile_dns_text_is_escaped(client: TestClient, dns: DNSTestServer) -> None:
+    dns.add(DOMAIN, "MX", "10 mx\\027[31m.example.net.")
+    dns.add(f"_mta-sts.{DOMAIN}", "TXT", '"v=STSv1; id=<b>\\027[2J"')
+    log_in(client, "admin", PASSWORD)
+    page = client.get(f"/tls-probe?domain={DOMAIN}")
+    assert page.status_code == 200 and "\x1b" not in page.text and "<b>" not in page.text
+    assert "mx\\027[31m.example.net" in page.text and "&lt;b&gt;" in page.text
+
+
+def test_browser_probe_and_connect(
+    web_config: Config, dns: DNSTestServer, https_server: HTTPSTestServer, tmp_path: Path
+) -> None:
+    """Chromium: log in as the postmaster, probe a domain, then probe and connect; no console error."""
+    from playwright.sync_api import sync_playwright
+
+    publish(dns, https_server, "enforce", MX, BACKUP)
+    console: list[str] = []
+    shot = tmp_path / "probe.png"
+    with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page.goto(f"{base}/tls-probe")
+            page.fill('input[name="account"]', "admin")
+            page.fill('input[name="password"]', PASSWORD)
+            page.click('button[type="submit"]')
+            page.wait_for_url(f"{base}/tls-probe")
+            page.fill("#domain", DOMAIN)
+            with page.expect_navigation():
+                page.click('form[method="get"] button')
+            assert page.url == f"{base}/tls-probe?domain={DOMAIN}"
+            assert "enforce" in page.inner_text("#mtasts")
+            with page.expect_navigation():
+                page.click("#connect")
+            assert "session opened" in page.inner_text("#hosts")
+            assert "not use it" in page.inner_text("#hosts"), "the host outside the policy"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert console == [], console
+    assert shot.stat().st_size > 1000
+    copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
+    if copy_to:
+        shutil.copy(shot, Path(copy_to) / "probe.png")
