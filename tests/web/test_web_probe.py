@@ -61,6 +61,12 @@ def test_only_the_postmaster(client: TestClient, dns: DNSTestServer) -> None:
     assert client.get("/tls-probe").status_code == 303  # to the login form
     log_in(client, "bob", BOB_PASSWORD)
     assert client.get(f"/tls-probe?domain={DOMAIN}").status_code == 403
+    assert 'href="/tls-probe"' not in client.get("/mail").text  # not in an ordinary account's header
+
+
+def test_the_postmaster_s_header_links_to_the_probe(client: TestClient) -> None:
+    log_in(client, "admin", PASSWORD)
+    assert '<a href="/tls-probe">TLS probe</a>' in client.get("/dns").text
 
 
 def test_get_probes_without_connecting(
