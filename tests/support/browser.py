@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Playwright
+    from playwright.sync_api import Browser, Page, Playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and nothing that reaches out to the network on its own.
@@ -28,3 +28,12 @@ def launch_chromium(playwright: Playwright) -> Browser:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def watched_page(browser: Browser, console: list[str], height: int = 800) -> Page:
+    """A new page whose console messages and uncaught errors are appended to `console`: a test
+    asserts it stays empty (a CSP violation is a console error)."""
+    page = browser.new_page(viewport={"width": 1200, "height": height})
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    return page

@@ -26,7 +26,7 @@ from app.models import Message, MessageSignal
 from app.web.app import create_app
 from tests.smtpserver.test_smtp_inbound import RUA_POLICY, SENDER, open_session, send_raw
 from tests.smtpserver.test_smtp_reputation import reason
-from tests.support.browser import launch_chromium
+from tests.support.browser import launch_chromium, watched_page
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.smtpfixtures import (
@@ -134,10 +134,8 @@ def browser(site: Site) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = launch_chromium(playwright)
         try:
-            page = chromium.new_page(viewport={"width": 1200, "height": 700})
             console: list[str] = []
-            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page = watched_page(chromium, console, height=700)
             log_in(page, site)
             yield Browser(page, console)
             assert console == [], console

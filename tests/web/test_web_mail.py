@@ -25,7 +25,7 @@ from app.store import mailboxes
 from app.store.files import MailboxCopy, MessageStore
 from app.web import mail
 from app.web.app import create_app
-from tests.support.browser import launch_chromium
+from tests.support.browser import launch_chromium, watched_page
 from tests.support.dnsserver import DNSTestServer
 from tests.support.webclient import form_token, log_in, served, write_web_config
 
@@ -165,9 +165,7 @@ def test_browser_rescues_a_reject_and_shows_hostile_text_as_text(
     with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page = watched_page(browser, console)
             page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
             page.on("request", lambda request: requested.append(request.url))
 

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from app.config import Config, load_config
 from app.web.app import create_app
 from tests.queue.test_probe import BACKUP, DOMAIN, MX, publish
-from tests.support.browser import launch_chromium
+from tests.support.browser import launch_chromium, watched_page
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
 from tests.support.smtppeers import smtp_peer
@@ -126,9 +126,7 @@ def test_browser_probe_and_connect(
     with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page = watched_page(browser, console)
             page.goto(f"{base}/tls-probe")
             page.fill('input[name="account"]', "admin")
             page.fill('input[name="password"]', PASSWORD)
