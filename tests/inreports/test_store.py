@@ -35,7 +35,8 @@ def test_reports_are_stored_once_and_read_back(url: str) -> None:
     assert tls_again == store.Duplicate(tls_first.summary)
     assert dmarc_again == store.Duplicate(dmarc_first.summary)
     summary = tls_first.summary
-    assert (summary.kind, summary.reporter, summary.org) == ("tls", "sts-reporting@company-x.example", "Company-X")
+    assert (summary.kind, summary.org) == ("tls", "Company-X")
+    assert summary.reporter == "sts-reporting@company-x.example"
     assert (summary.domain, summary.records, summary.messages) == ("company-y.example", 1, 5326 + 303)
     with session_scope(url) as session:
         listed = store.list_reports(session)
@@ -77,4 +78,5 @@ def test_a_raw_document_is_kept_gzipped_up_to_the_cap(url: str, monkeypatch: pyt
     monkeypatch.setattr(store, "RAW_CAP", 10)
     assert store._raw(RFC8460_EXAMPLE) is None
     with session_scope(url) as session:
-        assert isinstance(store.store_report(session, read_file(RFC8460_EXAMPLE), RFC8460_EXAMPLE), store.Stored)
+        stored = store.store_report(session, read_file(RFC8460_EXAMPLE), RFC8460_EXAMPLE)
+    assert isinstance(stored, store.Stored)
