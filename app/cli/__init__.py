@@ -9,6 +9,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     inspect,
     message,
     queue,
+    reports,
     server,
     setup,
     tls,

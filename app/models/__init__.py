@@ -2,6 +2,7 @@
 
 from app.models.base import Base
 from app.models.dmarc import DMARCEvaluation, DMARCReportClaim, ReportSuppression
+from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReport, TLSReportFailure, TLSReportPolicy
 from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
@@ -13,7 +14,9 @@ __all__ = [
     "Account",
     "Base",
     "DMARCEvaluation",
+    "DMARCReport",
     "DMARCReportClaim",
+    "DMARCReportRecord",
     "JobRun",
     "LoginFailure",
     "MTASTSPolicy",
@@ -24,6 +27,9 @@ __all__ = [
     "ReportSuppression",
     "SentRecipient",
     "TLSFailureDetail",
+    "TLSReport",
+    "TLSReportFailure",
+    "TLSReportPolicy",
     "TLSReportPost",
     "TLSResult",
     "WebSession",

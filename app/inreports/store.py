@@ -1,0 +1,234 @@
+"""Owner of the incoming report tables (app/models/inreports.py): stores a parsed report once per
+(reporter, report id), and reads them back for `postwarden reports` and the dashboards.
+
+Reporter text is cut to its column's size here, so a long value cannot fail the insert; what it says
+is shown escaped by whoever prints it (app/cli/common.py `echo`)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.inreports import dmarc, tls
+from app.inreports.read import Report
+from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReport, TLSReportFailure, TLSReportPolicy
+
+ReportKind = Literal["dmarc", "tls"]
+# Raw documents larger than this, gzipped, are not kept (their parsed rows are).
+RAW_CAP = 1024 * 1024
+MAX_COUNT = 2**63 - 1
+DEFAULT_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A stored report as listed: for DMARC, records and messages; for TLS, policies and sessions."""
+
+    kind: ReportKind
+    id: int
+    reporter: str
+    org: str
+    domain: str
+    report_id: str
+    begin: datetime
+    end: datetime
+    imported: datetime
+    records: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    summary: Summary
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Already stored: the summary of the report kept from the first import."""
+
+    summary: Summary
+
+
+def _cut(text: str, model: Any, column: str) -> str:
+    """`text` cut to the column's declared length."""
+    length: int = getattr(model, column).type.length
+    return text[:length]
+
+
+def _count(value: int) -> int:
+    return max(0, min(value, MAX_COUNT))
+
+
+def _raw(raw: bytes) -> bytes | None:
+    packed = gzip.compress(raw)
+    return packed if len(packed) <= RAW_CAP else None
+
+
+def store_report(session: Session, report: Report, raw: bytes) -> Stored | Duplicate:
+    """Store `report` (parsed from `raw`) unless a report with its reporter and id is stored already;
+    a concurrent import of the same report loses at the unique constraint and answers Duplicate."""
+    row = _dmarc_row(report, raw) if isinstance(report, dmarc.AggregateReport) else _tls_row(report, raw)
+    existing = _stored_as(session, row)
+    if existing is None:
+        try:
+            with session.begin_nested():
+                session.add(row)
+            return Stored(_summary(row))
+        except IntegrityError:
+            existing = _stored_as(session, row)
+            if existing is None:  # a failure other than the unique constraint
+                raise
+    return Duplicate(_summary(existing))
+
+
+def _stored_as(session: Session, row: DMARCReport | TLSReport) -> DMARCReport | TLSReport | None:
+    """The stored report with `row`'s reporter and report id."""
+    if isinstance(row, DMARCReport):
+        same = (DMARCReport.reporter == row.reporter) & (DMARCReport.report_id == row.report_id)
+        return session.scalars(select(DMARCReport).where(same)).first()
+    tls_same = (TLSReport.reporter == row.reporter) & (TLSReport.report_id == row.report_id)
+    return session.scalars(select(TLSReport).where(tls_same)).first()
+
+
+def _dmarc_row(report: dmarc.AggregateReport, raw: bytes) -> DMARCReport:
+    meta = report.metadata
+    domain = _cut(report.policy.domain.lower(), DMARCReport, "domain")
+    return DMARCReport(
+        reporter=_cut((meta.email or meta.org_name).lower(), DMARCReport, "reporter"),
+        org_name=_cut(meta.org_name, DMARCReport, "org_name"),
+        email=_cut(meta.email, DMARCReport, "email"),
+        report_id=_cut(meta.report_id, DMARCReport, "report_id"),
+        domain=domain,
+        begin=meta.begin,
+        end=meta.end,
+        record_count=len(report.records),
+        message_count=_count(sum(record.count for record in report.records)),
+        raw_size=len(raw),
+        raw=_raw(raw),
+        records=[_record_row(record, domain, meta.begin) for record in report.records],
+    )
+
+
+def _record_row(record: dmarc.Record, domain: str, begin: datetime) -> DMARCReportRecord:
+    results = {
+        "dkim": [[r.domain, r.selector, r.result] for r in record.dkim_results],
+        "spf": [[r.domain, r.scope, r.result] for r in record.spf_results],
+        "reasons": [[r.type, r.comment] for r in record.reasons],
+    }
+    auth = json.dumps(results, separators=(",", ":"))
+    return DMARCReportRecord(
+        domain=domain,
+        day=begin.date(),
+        source_ip=_cut(record.source_ip, DMARCReportRecord, "source_ip"),
+        count=_count(record.count),
+        disposition=_cut(record.disposition, DMARCReportRecord, "disposition"),
+        dkim=_cut(record.dkim, DMARCReportRecord, "dkim"),
+        spf=_cut(record.spf, DMARCReportRecord, "spf"),
+        header_from=_cut(record.header_from.lower(), DMARCReportRecord, "header_from"),
+        # Cut JSON is no longer JSON; readers fall back to the text (a report that long is hostile).
+        auth_results=_cut(auth, DMARCReportRecord, "auth_results"),
+    )
+
+
+def _tls_row(report: tls.TLSReport, raw: bytes) -> TLSReport:
+    first = report.policies[0].policy_domain.lower() if report.policies else ""
+    return TLSReport(
+        reporter=_cut((report.contact_info or report.organization_name).lower(), TLSReport, "reporter"),
+        organization=_cut(report.organization_name, TLSReport, "organization"),
+        contact=_cut(report.contact_info, TLSReport, "contact"),
+        report_id=_cut(report.report_id, TLSReport, "report_id"),
+        domain=_cut(first, TLSReport, "domain"),
+        begin=report.start,
+        end=report.end,
+        policy_count=len(report.policies),
+        session_count=_count(sum(p.successful + p.failed for p in report.policies)),
+        raw_size=len(raw),
+        raw=_raw(raw),
+        policies=[_policy_row(policy, report.start) for policy in report.policies],
+    )
+
+
+def _policy_row(policy: tls.PolicyReport, start: datetime) -> TLSReportPolicy:
+    return TLSReportPolicy(
+        policy_type=_cut(policy.policy_type, TLSReportPolicy, "policy_type"),
+        policy_domain=_cut(policy.policy_domain.lower(), TLSReportPolicy, "policy_domain"),
+        mx_host=_cut(",".join(policy.mx_host), TLSReportPolicy, "mx_host"),
+        successful=_count(policy.successful),
+        failed=_count(policy.failed),
+        day=start.date(),
+        failures=[_failure_row(detail) for detail in policy.failure_details],
+    )
+
+
+def _failure_row(detail: tls.FailureDetail) -> TLSReportFailure:
+    return TLSReportFailure(
+        result_type=_cut(detail.result_type, TLSReportFailure, "result_type"),
+        sending_ip=_cut(detail.sending_mta_ip, TLSReportFailure, "sending_ip"),
+        receiving_mx_hostname=_cut(detail.receiving_mx_hostname, TLSReportFailure, "receiving_mx_hostname"),
+        receiving_ip=_cut(detail.receiving_ip, TLSReportFailure, "receiving_ip"),
+        failed_sessions=_count(detail.failed_session_count),
+        additional_information=_cut(
+            detail.additional_information, TLSReportFailure, "additional_information"
+        ),
+        failure_reason_code=_cut(detail.failure_reason_code, TLSReportFailure, "failure_reason_code"),
+    )
+
+
+def _summary(row: DMARCReport | TLSReport) -> Summary:
+    if isinstance(row, DMARCReport):
+        kind: ReportKind = "dmarc"
+        org, records, messages = row.org_name, row.record_count, row.message_count
+    else:
+        kind, org, records, messages = "tls", row.organization, row.policy_count, row.session_count
+    return Summary(
+        kind, row.id, row.reporter, org, row.domain, row.report_id, row.begin, row.end, row.imported,
+        records, messages,
+    )
+
+
+def list_reports(
+    session: Session, kind: ReportKind | None = None, domain: str | None = None, limit: int = DEFAULT_LIMIT
+) -> list[Summary]:
+    """The newest reports first (by their range's start), of one kind or both, about `domain` if given."""
+    found: list[Summary] = []
+    if kind in (None, "dmarc"):
+        query = select(DMARCReport)
+        if domain:
+            query = query.where(DMARCReport.domain == domain.lower())
+        found += map(_summary, session.scalars(query.order_by(DMARCReport.begin.desc()).limit(limit)))
+    if kind in (None, "tls"):
+        tls_query = select(TLSReport)
+        if domain:
+            about = exists().where(TLSReportPolicy.report_id == TLSReport.id)
+            tls_query = tls_query.where(about.where(TLSReportPolicy.policy_domain == domain.lower()))
+        found += map(_summary, session.scalars(tls_query.order_by(TLSReport.begin.desc()).limit(limit)))
+    return sorted(found, key=lambda summary: summary.begin, reverse=True)[:limit]
+
+
+def report_detail(session: Session, kind: ReportKind, ident: int) -> dict[str, Any] | None:
+    """A stored report with its rows, as plain values (the CLI prints them or dumps them as JSON)."""
+    if kind == "dmarc":
+        row = session.get(DMARCReport, ident)
+        if row is None:
+            return None
+        return asdict(_summary(row)) | {"records": [_columns(record) for record in row.records]}
+    tls_row = session.get(TLSReport, ident)
+    if tls_row is None:
+        return None
+    policies = [
+        _columns(policy) | {"failures": list(map(_columns, policy.failures))} for policy in tls_row.policies
+    ]
+    return asdict(_summary(tls_row)) | {"policies": policies}
+
+
+def _columns(row: DMARCReportRecord | TLSReportPolicy | TLSReportFailure) -> dict[str, Any]:
+    """A child row's columns, without the keys that tie it to its parent."""
+    hidden = {"id", "report_id", "policy_id", "domain", "day"}
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in hidden}
