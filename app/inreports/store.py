@@ -58,8 +58,24 @@ class Duplicate:
 
 def _cut(text: str, model: Any, column: str) -> str:
     """`text` cut to the column's declared length."""
+    return text[: _length(model, column)]
+
+
+def _length(model: Any, column: str) -> int:
     length: int = getattr(model, column).type.length
-    return text[:length]
+    return length
+
+
+def _fitting_json(results: dict[str, list[list[str]]], length: int) -> str:
+    """The results as compact JSON of at most `length` characters: while too long, the last entry of
+    the longest list goes (cutting the text would leave something that is no longer JSON)."""
+    lists = {key: list(entries) for key, entries in results.items()}
+    while len(text := json.dumps(lists, separators=(",", ":"))) > length:
+        longest = max(lists.values(), key=len)
+        if not longest:
+            return "{}"
+        longest.pop()
+    return text
 
 
 def _count(value: int) -> int:
@@ -122,7 +138,7 @@ def _record_row(record: dmarc.Record, domain: str, begin: datetime) -> DMARCRepo
         "spf": [[r.domain, r.scope, r.result] for r in record.spf_results],
         "reasons": [[r.type, r.comment] for r in record.reasons],
     }
-    auth = json.dumps(results, separators=(",", ":"))
+    auth = _fitting_json(results, _length(DMARCReportRecord, "auth_results"))
     return DMARCReportRecord(
         domain=domain,
         day=begin.date(),
@@ -132,8 +148,7 @@ def _record_row(record: dmarc.Record, domain: str, begin: datetime) -> DMARCRepo
         dkim=_cut(record.dkim, DMARCReportRecord, "dkim"),
         spf=_cut(record.spf, DMARCReportRecord, "spf"),
         header_from=_cut(record.header_from.lower(), DMARCReportRecord, "header_from"),
-        # Cut JSON is no longer JSON; readers fall back to the text (a report that long is hostile).
-        auth_results=_cut(auth, DMARCReportRecord, "auth_results"),
+        auth_results=auth,
     )
 
 

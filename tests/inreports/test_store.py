@@ -4,12 +4,14 @@ for listing and detail, every reporter text cut to its column."""
 from __future__ import annotations
 
 import gzip
+import json
 from dataclasses import replace
 
 import pytest
 
 from app.db import session_scope
 from app.inreports import store
+from app.inreports.dmarc import AggregateReport, DKIMResult
 from app.inreports.read import read_file
 from app.migrate import upgrade_database
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT
@@ -62,6 +64,20 @@ def test_dmarc_records_keep_domain_day_and_auth_results(url: str) -> None:
     assert stored.summary.messages == sum(record.count for record in report.records)
     assert [r["source_ip"] for r in detail["records"]] == [r.source_ip for r in report.records]
     assert all(r["auth_results"].startswith('{"dkim":') for r in detail["records"])
+
+
+def test_auth_results_too_long_for_their_column_stay_json(url: str) -> None:
+    report = read_file(RFC9990_REPORT)
+    assert isinstance(report, AggregateReport)
+    many = tuple(DKIMResult(f"{n}.{'d' * 200}.example", "s" * 60, "pass") for n in range(100))
+    record = replace(report.records[0], dkim_results=many)
+    with session_scope(url) as session:
+        stored = store.store_report(session, replace(report, records=(record,)), RFC9990_REPORT)
+        detail = store.report_detail(session, "dmarc", stored.summary.id)
+    assert detail is not None
+    kept = json.loads(detail["records"][0]["auth_results"])
+    assert 0 < len(kept["dkim"]) < 100 and kept["dkim"][0][0].startswith("0.")
+    assert len(detail["records"][0]["auth_results"]) <= 2048
 
 
 def test_long_reporter_text_is_cut_to_fit(url: str) -> None:
