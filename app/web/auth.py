@@ -119,6 +119,12 @@ def admin_page(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
+def check_form_token(request: Request, form: dict[str, str]) -> None:
+    """403 unless a form posted to an account_page carries the session's CSRF token."""
+    if not tokens_equal(request.state.login.csrf_token, form.get("csrf_token", "")):
+        raise Refused(403, "The form did not come from this site's page: reload it and try again.")
+
+
 def home_page(account: str, request: Request) -> str:
     """Where a login without a page to return to lands: the status page for the admin, the
     mailboxes for everyone else (the status page would refuse them)."""

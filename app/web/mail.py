@@ -22,9 +22,9 @@ from starlette.responses import RedirectResponse, Response
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
-from app.web.auth import LoggedIn, account_page, safe_next
+from app.web.auth import LoggedIn, account_page, check_form_token, safe_next
 from app.web.mailview import ShownMessage, shown_message
-from app.web.security import Refused, posted_fields, tokens_equal
+from app.web.security import Refused, posted_fields
 
 PAGE_SIZE = 50
 # The selection form: a checkbox per message of a page, and a few fields more.
@@ -170,8 +170,7 @@ async def message_action(request: Request) -> Response:
     login = _login(request)
     fields = await posted_fields(request, max_fields=MAX_ACTION_FIELDS)
     form = dict(fields)
-    if not tokens_equal(login.csrf_token, form.get("csrf_token", "")):
-        raise Refused(403, "The form did not come from this site's page: reload it and try again.")
+    check_form_token(request, form)
     action, given = form.get("action", ""), [value for name, value in fields if name == "id"]
     ids = [row_id for row_id in map(parse_row_id, given) if row_id is not None]
     if action not in ACTIONS:

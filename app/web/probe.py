@@ -18,8 +18,8 @@ from app.config import Config
 from app.dns import resolver_from_config
 from app.logs import escape_control
 from app.queue.probe import probe
-from app.web.auth import admin_page
-from app.web.security import Refused, posted_form, tokens_equal
+from app.web.auth import admin_page, check_form_token
+from app.web.security import posted_form
 
 MAX_DOMAIN_INPUT = 253
 
@@ -29,8 +29,7 @@ async def probe_page(request: Request) -> Response:
     config: Config = request.app.state.config
     if request.method == "POST":
         form = await posted_form(request)
-        if not tokens_equal(request.state.login.csrf_token, form.get("csrf_token", "")):
-            raise Refused(403, "The form did not come from this site's page: reload it and try again.")
+        check_form_token(request, form)
         domain, connect = form.get("domain", ""), True
     else:
         domain, connect = request.query_params.get("domain", ""), False
