@@ -102,10 +102,10 @@ def _history_reader(
     session: Session | None, rcpt: Recipient, columns: dict[str, Any], now: datetime
 ) -> HistoryReader:
     def read(mailbox: str, forwarded: bool) -> Reputation:
-        ids = None if session is None else destination_ids(session, rcpt.account, mailbox)
-        if session is None or ids is None:
+        if session is None:
             return NO_HISTORY
-        return reputation(session, Subject(*ids, columns, forwarded, now))
+        ids = destination_ids(session, rcpt.account, mailbox)
+        return NO_HISTORY if ids is None else reputation(session, Subject(*ids, columns, forwarded, now))
 
     return read
 
