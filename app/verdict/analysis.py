@@ -65,11 +65,8 @@ def analyze(
     """The analysis of `arrival`; reputation reads the history through `session` (None: no history,
     for callers without a database). Call it off the event loop: it reads the database."""
     columns = message_columns(arrival)
-    when = now or utcnow()
-    placed = [
-        _place(config, arrival, r, columns, _history_reader(session, r, columns, when))
-        for r in arrival.recipients
-    ]
+    history = _history_reader(session, columns, now or utcnow())
+    placed = [_place(config, arrival, r, columns, history) for r in arrival.recipients]
     verdict = next((p.verdict for p in placed if p.verdict.action != "reject"), placed[0].verdict)
     copies: dict[tuple[str, str], MailboxCopy] = {}
     for p in placed:
@@ -95,19 +92,36 @@ def decide(delivery: Delivery) -> Verdict:
     return ACCEPT
 
 
-HistoryReader = Callable[[str, bool], Reputation]  # (destination mailbox, forwarded) -> its history
+# (account, destination mailbox, forwarded) -> that mailbox's history of the message
+HistoryReader = Callable[[str, str, bool], Reputation]
 
 
-def _history_reader(
-    session: Session | None, rcpt: Recipient, columns: dict[str, Any], now: datetime
-) -> HistoryReader:
-    def read(mailbox: str, forwarded: bool) -> Reputation:
-        ids = None if session is None else destination_ids(session, rcpt.account, mailbox)
-        if session is None or ids is None:
-            return NO_HISTORY
-        return reputation(session, Subject(*ids, columns, forwarded, now))
+def _history_reader(session: Session | None, columns: dict[str, Any], now: datetime) -> HistoryReader:
+    """Reads a destination's history once per message: recipients of one account and mailbox (aliases)
+    share the answer instead of repeating its queries."""
+    read: dict[tuple[str, str, bool], Reputation] = {}
 
-    return read
+    def history(account: str, mailbox: str, forwarded: bool) -> Reputation:
+        key = (account, mailbox, forwarded)
+        if key not in read:
+            read[key] = _read_history(session, account, mailbox, columns, forwarded, now)
+        return read[key]
+
+    return history
+
+
+def _read_history(
+    session: Session | None,
+    account: str,
+    mailbox: str,
+    columns: dict[str, Any],
+    forwarded: bool,
+    now: datetime,
+) -> Reputation:
+    if session is None:
+        return NO_HISTORY
+    ids = destination_ids(session, account, mailbox)
+    return NO_HISTORY if ids is None else reputation(session, Subject(*ids, columns, forwarded, now))
 
 
 def _place(
@@ -118,7 +132,7 @@ def _place(
     ruleset = matching_ruleset(account.rulesets, arrival)
     target = ruleset.mailbox if ruleset is not None else rcpt.mailbox
     forwarded = ruleset is not None and ruleset.is_forward
-    verdict = decide(Delivery(arrival, rcpt, ruleset, lambda: history(target, forwarded)))
+    verdict = decide(Delivery(arrival, rcpt, ruleset, lambda: history(rcpt.account, target, forwarded)))
     row = {**columns, "rcpt_to": rcpt.address, "reason": verdict.reason}
     if verdict.action == "reject" and ruleset is not None and ruleset.accept_rejects_to_mailbox:
         mailbox = ruleset.accept_rejects_to_mailbox

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
+from sqlalchemy.orm import Session
 
 from app.auth.types import (
     AuthOutcome,
@@ -18,8 +20,10 @@ from app.auth.types import (
     SPFResult,
 )
 from app.config import Config, load_config
+from app.verdict import analysis as analysis_module
 from app.verdict.analysis import analyze
 from app.verdict.dmarc import DMARC_REJECT_REPLY
+from app.verdict.reputation import NO_HISTORY, Reputation, Subject
 from app.verdict.types import Arrival, Recipient, Verdict
 from tests.support.configs import write_config
 
@@ -190,3 +194,25 @@ def test_only_a_reject_names_a_reply() -> None:
         Verdict("reject", "x")
     with pytest.raises(ValueError, match="only a reject"):
         Verdict("accept", reply="550 no", result="rejected-x")
+
+
+def test_recipients_sharing_a_destination_read_its_history_once(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aliases of one account and mailbox share one reading of the history (its queries run once)."""
+    read: list[tuple[int, int]] = []
+
+    def history(session: object, subject: Subject) -> Reputation:
+        read.append((subject.account_id, subject.mailbox_id))
+        return NO_HISTORY
+
+    def ids(session: object, account: str, mailbox: str) -> tuple[int, int]:
+        return len(account), len(mailbox)
+
+    monkeypatch.setattr(analysis_module, "destination_ids", ids)
+    monkeypatch.setattr(analysis_module, "reputation", history)
+    bob = Recipient("bob@example.org", "bob", "Inbox")
+    robert = Recipient("robert@example.org", "bob", "Inbox")
+    reports = Recipient("dmarc@example.org", "bob", "Reports")
+    analyze(config, arrival(outcome(), bob, robert, reports), cast(Session, object()))
+    assert read == [(3, 5), (3, 7)]
