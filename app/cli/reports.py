@@ -17,6 +17,7 @@ from app.db import session_scope
 from app.inreports import store
 from app.inreports.errors import ReportError
 from app.inreports.read import read_file
+from app.inreports.unpack import MAX_MESSAGE
 
 KIND = click.Choice(["dmarc", "tls"])
 
@@ -54,7 +55,10 @@ def reports_import(ctx: click.Context, files: tuple[Path, ...], as_json: bool) -
 
 
 def _import_one(session: Session, path: Path) -> dict[str, Any]:
-    raw = path.read_bytes()
+    # A file longer than the largest message is refused whatever it holds, so one byte past that is
+    # enough to tell; reading it all could take the host's memory.
+    with path.open("rb") as file:
+        raw = file.read(MAX_MESSAGE + 1)
     try:
         report = read_file(raw)
     except ReportError as e:

@@ -16,6 +16,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.auth.message import ascii_domain
 from app.inreports import dmarc, tls
 from app.inreports.read import Report
 from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReport, TLSReportFailure, TLSReportPolicy
@@ -212,17 +213,21 @@ def list_reports(
     session: Session, kind: ReportKind | None = None, domain: str | None = None, limit: int = DEFAULT_LIMIT
 ) -> list[Summary]:
     """The newest reports first (by their range's start), of one kind or both, about `domain` if given."""
+    if domain:
+        domain = ascii_domain(domain)  # as the parsers stored it: lowercase A-labels, no final dot
+        if not domain:
+            return []  # not a domain name: no report is about it
     found: list[Summary] = []
     if kind in (None, "dmarc"):
         query = select(DMARCReport)
         if domain:
-            query = query.where(DMARCReport.domain == domain.lower())
+            query = query.where(DMARCReport.domain == domain)
         found += map(_summary, session.scalars(query.order_by(DMARCReport.begin.desc()).limit(limit)))
     if kind in (None, "tls"):
         tls_query = select(TLSReport)
         if domain:
             about = exists().where(TLSReportPolicy.report_id == TLSReport.id)
-            tls_query = tls_query.where(about.where(TLSReportPolicy.policy_domain == domain.lower()))
+            tls_query = tls_query.where(about.where(TLSReportPolicy.policy_domain == domain))
         found += map(_summary, session.scalars(tls_query.order_by(TLSReport.begin.desc()).limit(limit)))
     return sorted(found, key=lambda summary: summary.begin, reverse=True)[:limit]
 

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from app.cli import reports as reports_cli
 from app.inreports.errors import TLS_UNPARSABLE
+from app.inreports.unpack import MAX_MESSAGE
 from tests.cli.test_cli_inspect import run
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT, gzipped
 
@@ -81,3 +85,16 @@ def test_list_and_show(config_file: Path, tmp_path: Path) -> None:
     assert "    failure result_type=validation-failure" in text
     missing = run(config_file, "reports", "show", "tls", "999")
     assert missing.exit_code == 1 and "no tls report 999" in missing.output
+
+
+def test_a_file_past_the_largest_message_is_refused_after_reading_one_byte_more(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [path] = files(tmp_path, huge=b"x" * (MAX_MESSAGE + 4096))
+    sizes: list[int] = []
+    read_file = reports_cli.read_file
+    monkeypatch.setattr(reports_cli, "read_file", lambda data: sizes.append(len(data)) or read_file(data))
+    result = run(config_file, "reports", "import", "--json", path)
+    assert result.exit_code == 1
+    assert json.loads(result.output)[0]["detail"] == "message too large"
+    assert sizes == [MAX_MESSAGE + 1]

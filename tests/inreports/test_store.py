@@ -45,6 +45,8 @@ def test_reports_are_stored_once_and_read_back(url: str) -> None:
         assert {(s.kind, s.id) for s in listed} == {("tls", summary.id), ("dmarc", dmarc_first.summary.id)}
         assert store.list_reports(session, kind="tls", domain="Company-Y.example") == [summary]
         assert store.list_reports(session, kind="tls", domain="other.example") == []
+        assert store.list_reports(session, kind="tls", domain="company-y.example.") == [summary]
+        assert store.list_reports(session, domain="not a domain") == []
         detail = store.report_detail(session, "tls", summary.id)
         assert store.report_detail(session, "dmarc", summary.id + dmarc_first.summary.id + 1) is None
     assert detail is not None

@@ -11,7 +11,6 @@ import gzip
 import json
 import smtplib
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from tests.support.celeryworker import celery_worker, client_for, wait_for_text
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.logcapture import CidLog, captured
-from tests.support.pglocks import waiting_for_a_lock
+from tests.support.pglocks import release_once_read_or_waited_on
 from tests.support.smtpfixtures import ThreadedSMTP, make_message, publish_sender_domain, smtp_config_toml
 from tests.support.smtppeers import Peer, PeerHandler, smtp_peer
 
@@ -434,13 +433,6 @@ def test_an_evaluation_committed_out_of_id_order_is_reported_not_deleted_unread(
             session.commit()
         committed.set()
 
-    def releaser() -> None:
-        """Let the slow writer commit once the run has read, or once the run waits for it."""
-        deadline = time.monotonic() + 60
-        while not (read_done.is_set() or waiting_for_a_lock(config)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        release.set()
-
     delete_done = job._Run.delete_done
 
     def delete_after_the_late_commit(self: job._Run) -> None:
@@ -449,7 +441,8 @@ def test_an_evaluation_committed_out_of_id_order_is_reported_not_deleted_unread(
         delete_done(self)
 
     monkeypatch.setattr(job._Run, "delete_done", delete_after_the_late_commit)
-    threads = [threading.Thread(target=slow_writer), threading.Thread(target=releaser)]
+    releaser = threading.Thread(target=release_once_read_or_waited_on, args=(config, read_done, release))
+    threads = [threading.Thread(target=slow_writer), releaser]
     threads[0].start()
     assert inserted.wait(30)
     store(config, ev("hourly.example", when, ri=3600))  # a higher id, committed first

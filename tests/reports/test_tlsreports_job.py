@@ -10,7 +10,6 @@ import json
 import logging
 import smtplib
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -52,7 +51,7 @@ from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS
 from tests.support.logcapture import CidLog, captured
-from tests.support.pglocks import waiting_for_a_lock
+from tests.support.pglocks import release_once_read_or_waited_on
 from tests.support.smtpfixtures import HOSTNAME, ThreadedSMTP, stored_messages
 from tests.support.smtppeers import PeerHandler, smtp_peer
 
@@ -558,12 +557,6 @@ async def test_a_result_still_being_written_is_waited_for_and_joins_its_days_one
             session.commit()
         committed.set()
 
-    def releaser() -> None:
-        deadline = time.monotonic() + 60
-        while not (read_done.is_set() or waiting_for_a_lock(config)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        release.set()
-
     read_rows = tlsjob.report_rows
 
     def rows_then_the_late_commit(*args: Any) -> Any:
@@ -573,7 +566,8 @@ async def test_a_result_still_being_written_is_waited_for_and_joins_its_days_one
         return found
 
     monkeypatch.setattr(tlsjob, "report_rows", rows_then_the_late_commit)
-    threads = [threading.Thread(target=slow_delivery), threading.Thread(target=releaser)]
+    releaser = threading.Thread(target=release_once_read_or_waited_on, args=(config, read_done, release))
+    threads = [threading.Thread(target=slow_delivery), releaser]
     threads[0].start()
     assert inserted.wait(30)
     threads[1].start()
