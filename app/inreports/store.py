@@ -9,10 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import exists, select
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -204,8 +204,17 @@ def _summary(row: DMARCReport | TLSReport) -> Summary:
     else:
         kind, org, records, messages = "tls", row.organization, row.policy_count, row.session_count
     return Summary(
-        kind, row.id, row.reporter, org, row.domain, row.report_id, row.begin, row.end, row.imported,
-        records, messages,
+        kind,
+        row.id,
+        row.reporter,
+        org,
+        row.domain,
+        row.report_id,
+        row.begin,
+        row.end,
+        row.imported,
+        records,
+        messages,
     )
 
 
@@ -252,3 +261,215 @@ def _columns(row: DMARCReportRecord | TLSReportPolicy | TLSReportFailure) -> dic
     """A child row's columns, without the keys that tie it to its parent."""
     hidden = {"id", "report_id", "policy_id", "domain", "day"}
     return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in hidden}
+
+
+# The dashboards (app/web/reports.py) read through these. Days are UTC days a report's range begins on,
+# `since` and `until` inclusive.
+
+
+@dataclass(frozen=True)
+class DMARCDay:
+    """Messages the reporters counted on one day: DMARC passed (aligned DKIM or SPF pass) or failed."""
+
+    day: date
+    passed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """One sending IP as the reporters saw it: messages, and how many passed each aligned check."""
+
+    source_ip: str
+    messages: int
+    dmarc_passed: int
+    spf_aligned: int
+    dkim_aligned: int
+    reporters: tuple[str, ...]  # up to SOURCE_REPORTERS of them, most messages first
+
+
+@dataclass(frozen=True)
+class ReporterCount:
+    reporter: str
+    org_name: str
+    reports: int
+    messages: int
+    last_end: datetime
+
+
+@dataclass(frozen=True)
+class TLSDay:
+    day: date
+    policy_type: str  # sts, tlsa, no-policy-found
+    successful: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class TLSFailureCount:
+    result_type: str
+    receiving_mx_hostname: str
+    failed_sessions: int
+    reports: int
+
+
+SOURCE_REPORTERS = 3
+
+
+def report_domains(session: Session) -> list[str]:
+    """Every domain a stored DMARC or TLS report is about, sorted."""
+    dmarc_domains = session.scalars(select(DMARCReport.domain).distinct())
+    tls_domains = session.scalars(select(TLSReportPolicy.policy_domain).distinct())
+    return sorted(set(dmarc_domains) | set(tls_domains))
+
+
+def _dmarc_in(domain: str, since: date, until: date) -> Any:
+    return (
+        (DMARCReportRecord.domain == domain)
+        & (DMARCReportRecord.day >= since)
+        & (DMARCReportRecord.day <= until)
+    )
+
+
+def _passed(column: Any) -> Any:
+    """The record's count when `column` holds "pass", else 0."""
+    return func.sum(case((column, DMARCReportRecord.count), else_=0))
+
+
+def dmarc_days(session: Session, domain: str, since: date, until: date) -> list[DMARCDay]:
+    """Per day with reports, the messages that passed and failed DMARC, oldest day first."""
+    dmarc_pass = (DMARCReportRecord.dkim == "pass") | (DMARCReportRecord.spf == "pass")
+    query = (
+        select(DMARCReportRecord.day, _passed(dmarc_pass), func.sum(DMARCReportRecord.count))
+        .where(_dmarc_in(domain, since, until))
+        .group_by(DMARCReportRecord.day)
+        .order_by(DMARCReportRecord.day)
+    )
+    return [
+        DMARCDay(day, int(passed), int(total) - int(passed)) for day, passed, total in session.execute(query)
+    ]
+
+
+def top_sources(session: Session, domain: str, since: date, until: date, limit: int = 20) -> list[Source]:
+    """The IPs that sent the most messages as `domain` in the period, most first."""
+    dmarc_pass = (DMARCReportRecord.dkim == "pass") | (DMARCReportRecord.spf == "pass")
+    total = func.sum(DMARCReportRecord.count)
+    query = (
+        select(
+            DMARCReportRecord.source_ip,
+            total,
+            _passed(dmarc_pass),
+            _passed(DMARCReportRecord.spf == "pass"),
+            _passed(DMARCReportRecord.dkim == "pass"),
+        )
+        .where(_dmarc_in(domain, since, until))
+        .group_by(DMARCReportRecord.source_ip)
+        .order_by(total.desc(), DMARCReportRecord.source_ip)
+        .limit(limit)
+    )
+    rows = session.execute(query).all()
+    seen_by = _source_reporters(session, domain, since, until, [row[0] for row in rows])
+    return [
+        Source(ip, int(messages), int(passed), int(spf), int(dkim), seen_by.get(ip, ()))
+        for ip, messages, passed, spf, dkim in rows
+    ]
+
+
+def _source_reporters(
+    session: Session, domain: str, since: date, until: date, ips: list[str]
+) -> dict[str, tuple[str, ...]]:
+    if not ips:
+        return {}
+    total = func.sum(DMARCReportRecord.count)
+    query = (
+        select(DMARCReportRecord.source_ip, DMARCReport.reporter, total)
+        .join(DMARCReport, DMARCReport.id == DMARCReportRecord.report_id)
+        .where(_dmarc_in(domain, since, until) & DMARCReportRecord.source_ip.in_(ips))
+        .group_by(DMARCReportRecord.source_ip, DMARCReport.reporter)
+        .order_by(total.desc(), DMARCReport.reporter)
+    )
+    found: dict[str, list[str]] = {}
+    for ip, reporter, _ in session.execute(query):
+        names = found.setdefault(ip, [])
+        if len(names) < SOURCE_REPORTERS:
+            names.append(reporter)
+    return {ip: tuple(names) for ip, names in found.items()}
+
+
+def dmarc_reporters(session: Session, domain: str, since: date, until: date) -> list[ReporterCount]:
+    """Who sent DMARC reports about `domain` in the period, most messages first."""
+    start, stop = _day_start(since), _day_start(until + timedelta(days=1))
+    begins = (DMARCReport.begin >= start) & (DMARCReport.begin < stop)
+    messages = func.sum(DMARCReport.message_count)
+    query = (
+        select(
+            DMARCReport.reporter,
+            func.max(DMARCReport.org_name),
+            func.count(),
+            messages,
+            func.max(DMARCReport.end),
+        )
+        .where((DMARCReport.domain == domain) & begins)
+        .group_by(DMARCReport.reporter)
+        .order_by(messages.desc(), DMARCReport.reporter)
+    )
+    return [ReporterCount(r, org, int(n), int(m), end) for r, org, n, m, end in session.execute(query)]
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _tls_in(domain: str, since: date, until: date) -> Any:
+    return (
+        (TLSReportPolicy.policy_domain == domain)
+        & (TLSReportPolicy.day >= since)
+        & (TLSReportPolicy.day <= until)
+    )
+
+
+def tls_days(session: Session, domain: str, since: date, until: date) -> list[TLSDay]:
+    """Per day and policy type, the sessions that succeeded and failed, oldest day first."""
+    query = (
+        select(
+            TLSReportPolicy.day,
+            TLSReportPolicy.policy_type,
+            func.sum(TLSReportPolicy.successful),
+            func.sum(TLSReportPolicy.failed),
+        )
+        .where(_tls_in(domain, since, until))
+        .group_by(TLSReportPolicy.day, TLSReportPolicy.policy_type)
+        .order_by(TLSReportPolicy.day, TLSReportPolicy.policy_type)
+    )
+    return [TLSDay(day, kind, int(ok), int(failed)) for day, kind, ok, failed in session.execute(query)]
+
+
+def tls_failures(
+    session: Session, domain: str, since: date, until: date, limit: int = 50
+) -> list[TLSFailureCount]:
+    """Failed sessions by result type and receiving MX host, most first."""
+    failed = func.sum(TLSReportFailure.failed_sessions)
+    query = (
+        select(
+            TLSReportFailure.result_type,
+            TLSReportFailure.receiving_mx_hostname,
+            failed,
+            func.count(func.distinct(TLSReportPolicy.report_id)),
+        )
+        .join(TLSReportPolicy, TLSReportPolicy.id == TLSReportFailure.policy_id)
+        .where(_tls_in(domain, since, until))
+        .group_by(TLSReportFailure.result_type, TLSReportFailure.receiving_mx_hostname)
+        .order_by(failed.desc(), TLSReportFailure.result_type, TLSReportFailure.receiving_mx_hostname)
+        .limit(limit)
+    )
+    return [
+        TLSFailureCount(kind, mx, int(n), int(reports)) for kind, mx, n, reports in session.execute(query)
+    ]
+
+
+def report_raw(session: Session, kind: ReportKind, ident: int) -> bytes | None:
+    """The report's document as it arrived (XML or JSON), or None when not kept (larger than RAW_CAP
+    gzipped) or no such report."""
+    model = DMARCReport if kind == "dmarc" else TLSReport
+    packed = session.scalar(select(model.raw).where(model.id == ident))
+    return gzip.decompress(packed) if packed is not None else None
