@@ -14,6 +14,7 @@ is the audit trail and must stay whole.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -75,6 +77,28 @@ def escape_control(text: str) -> str:
     if text.isprintable():  # the common case, checked in C; isprintable() is False for every control
         return text
     return _CONTROL.sub(_escape_one, text)
+
+
+def escape_control_in(value: Any) -> Any:
+    """`value` with control characters in every string it holds (in tuples, lists, dicts and
+    dataclasses, recursively) written as escapes: for pages showing text from the network, where
+    HTML escaping alone would pass them through."""
+    if isinstance(value, str):
+        return escape_control(value)
+    if isinstance(value, tuple | list):
+        return type(value)(escape_control_in(v) for v in value)
+    if isinstance(value, dict):
+        return {escape_control_in(k): escape_control_in(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: escape_control_in(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+def escape_control_lines(text: str) -> str:
+    """`text` escaped as by escape_control, line by line: its line breaks kept (a document shown in
+    a <pre>)."""
+    return "\n".join(escape_control(line) for line in text.replace("\r\n", "\n").split("\n"))
 
 
 class EscapingFormatter(logging.Formatter):
