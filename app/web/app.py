@@ -30,6 +30,7 @@ from app.web.auth import MAIL_HOME, admin_page, login, login_form, logout, page_
 from app.web.mail import mailbox_page, mailboxes_page, message_action, message_page
 from app.web.metrics import metrics_registry
 from app.web.probe import probe_page
+from app.web.reports import report_page, reports_page
 from app.web.security import Refused, SecurityHeaders
 from app.web.status import REPORT_JOBS, ServerStatus, server_status
 
@@ -160,6 +161,8 @@ def create_app(config: Config) -> Starlette:
         Route("/dns", dns_page),
         Route("/dns/{domain}", dns_page),
         Route("/tls-probe", probe_page, methods=["GET", "POST"]),
+        Route("/reports", reports_page),
+        Route("/reports/{kind}/{id}", report_page),
         Route(MAIL_HOME, mailboxes_page),
         Route("/mailbox/{name:path}", mailbox_page),
         Route("/message/{id}", message_page),

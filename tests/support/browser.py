@@ -37,3 +37,12 @@ def watched_page(browser: Browser, console: list[str], height: int = 800) -> Pag
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     return page
+
+
+def log_in_at(page: Page, url: str, account: str, password: str) -> None:
+    """Open `url`, which redirects to the login form, log in there and wait to be back at `url`."""
+    page.goto(url)
+    page.fill('input[name="account"]', account)
+    page.fill('input[name="password"]', password)
+    page.click('button[type="submit"]')
+    page.wait_for_url(url)
