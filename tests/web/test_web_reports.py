@@ -295,6 +295,16 @@ def test_reverse_names_are_bounded_in_time(dns: DNSTestServer) -> None:
     assert reports.PTR_SECONDS - 0.1 < elapsed < reports.PTR_SECONDS + 1
 
 
+@pytest.mark.parametrize(
+    "target", ["x<b>y.evil.example.", "mx\\027[31m.evil.example.", "under\\032score!.example."]
+)
+def test_a_reverse_name_that_is_no_host_name_is_not_shown(dns: DNSTestServer, target: str) -> None:
+    dns.add("7.100.51.198.in-addr.arpa", "PTR", target)
+    resolver = Resolver(["127.0.0.1"], port=dns.port, timeout=5, cache=False)
+    assert asyncio.run(resolver.ptr("198.51.100.7")), "DNS answered with the name"
+    assert asyncio.run(reports.reverse_names(resolver, ["198.51.100.7"])) == {}
+
+
 @contextmanager
 def admin_in_chromium(config: Config, path: str) -> Iterator[tuple[Page, str]]:
     """Chromium logged in as the postmaster at `path` of the served app; the page and the base URL.
