@@ -18,11 +18,11 @@ from starlette.testclient import TestClient
 from app.config import Config, load_config
 from app.web.app import create_app
 from tests.queue.test_probe import BACKUP, DOMAIN, MX, publish
-from tests.support.browser import launch_chromium, log_in_at, watched_page
+from tests.support.browser import logged_in_chromium
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
 from tests.support.smtppeers import smtp_peer, spki_sha256
-from tests.support.webclient import form_token, log_in, served, write_web_config
+from tests.support.webclient import form_token, log_in, write_web_config
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
@@ -124,29 +124,19 @@ def test_browser_probe_and_connect(
 ) -> None:
     """Chromium: log in as the postmaster, probe an MTA-STS domain, then probe and connect; no
     console error."""
-    from playwright.sync_api import sync_playwright
-
     publish(dns, https_server, "enforce", MX, BACKUP)
-    console: list[str] = []
     shot = tmp_path / "probe.png"
-    with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = watched_page(browser, console)
-            log_in_at(page, f"{base}/tls-probe", "admin", PASSWORD)
-            page.fill("#domain", DOMAIN)
-            with page.expect_navigation():
-                page.click('form[method="get"] button')
-            assert page.url == f"{base}/tls-probe?domain={DOMAIN}"
-            assert "enforce" in page.inner_text("#mtasts")
-            with page.expect_navigation():
-                page.click("#connect")
-            assert "session opened" in page.inner_text("#hosts")
-            assert "not use it" in page.inner_text("#hosts"), "the host outside the policy"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert console == [], console
+    with logged_in_chromium(web_config, "/tls-probe", "admin", PASSWORD) as (page, base):
+        page.fill("#domain", DOMAIN)
+        with page.expect_navigation():
+            page.click('form[method="get"] button')
+        assert page.url == f"{base}/tls-probe?domain={DOMAIN}"
+        assert "enforce" in page.inner_text("#mtasts")
+        with page.expect_navigation():
+            page.click("#connect")
+        assert "session opened" in page.inner_text("#hosts")
+        assert "not use it" in page.inner_text("#hosts"), "the host outside the policy"
+        page.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot)
 
 
@@ -159,29 +149,19 @@ def test_browser_probe_of_a_dane_domain(
 ) -> None:
     """Chromium: a DNSSEC-signed domain whose MX has a TLSA record for the peer's key: the page shows
     the TLSA record, DANE deciding, and the test session matching it (screenshot probe-dane.png)."""
-    from playwright.sync_api import sync_playwright
-
     publish(dns, https_server, None, MX)
     dns.add(f"_25._tcp.{MX}", "TLSA", f"3 1 1 {spki_sha256(peer_cert)}")
     dns.authentic(DOMAIN)
-    console: list[str] = []
     shot = tmp_path / "probe-dane.png"
-    with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = watched_page(browser, console)
-            log_in_at(page, f"{base}/tls-probe?domain={DOMAIN}", "admin", PASSWORD)
-            assert "DNSSEC-authenticated" in page.inner_text("#hosts-source")
-            assert "none published" in page.inner_text("#mtasts")
-            with page.expect_navigation():
-                page.click("#connect")
-            hosts = page.inner_text("#hosts")
-            assert f"TLSA at _25._tcp.{MX}" in hosts and f"3 1 1 {spki_sha256(peer_cert).upper()}" in hosts
-            assert "decided by: DANE" in hosts and "ok: matches the TLSA records (DANE)" in hosts
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert console == [], console
+    with logged_in_chromium(web_config, f"/tls-probe?domain={DOMAIN}", "admin", PASSWORD) as (page, _):
+        assert "DNSSEC-authenticated" in page.inner_text("#hosts-source")
+        assert "none published" in page.inner_text("#mtasts")
+        with page.expect_navigation():
+            page.click("#connect")
+        hosts = page.inner_text("#hosts")
+        assert f"TLSA at _25._tcp.{MX}" in hosts and f"3 1 1 {spki_sha256(peer_cert).upper()}" in hosts
+        assert "decided by: DANE" in hosts and "ok: matches the TLSA records (DANE)" in hosts
+        page.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot)
 
 

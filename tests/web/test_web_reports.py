@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +31,9 @@ from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReportPolicy
 from app.web import reports
 from app.web.app import create_app
 from tests.inreports.samples import RFC9990_REPORT
-from tests.support.browser import launch_chromium, log_in_at, watched_page
+from tests.support.browser import logged_in_chromium
 from tests.support.dnsserver import DNSTestServer
-from tests.support.webclient import log_in, served, write_web_config
+from tests.support.webclient import log_in, write_web_config
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -305,22 +305,8 @@ def test_a_reverse_name_that_is_no_host_name_is_not_shown(dns: DNSTestServer, ta
     assert asyncio.run(reports.reverse_names(resolver, ["198.51.100.7"])) == {}
 
 
-@contextmanager
-def admin_in_chromium(config: Config, path: str) -> Iterator[tuple[Page, str]]:
-    """Chromium logged in as the postmaster at `path` of the served app; the page and the base URL.
-    Leaving asserts that nothing reached the browser's console (a CSP violation would)."""
-    from playwright.sync_api import sync_playwright
-
-    console: list[str] = []
-    with served(create_app(config), config) as base, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = watched_page(browser, console)
-            log_in_at(page, f"{base}{path}", "admin", PASSWORD)
-            yield page, base
-        finally:
-            browser.close()
-    assert console == [], console
+def admin_in_chromium(config: Config, path: str) -> AbstractContextManager[tuple[Page, str]]:
+    return logged_in_chromium(config, path, "admin", PASSWORD)
 
 
 def test_browser_charts_tables_and_detail(web_config: Config, tmp_path: Path) -> None:
