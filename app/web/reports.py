@@ -67,6 +67,7 @@ async def reports_page(request: Request) -> Response:
     domains = await run_in_threadpool(_domains, config)
     domain = _domain(request.query_params.get("domain"), domains)
     context: dict[str, Any] = {"domains": domains, "domain": domain, "period": period, "periods": PERIODS}
+    context["report_limit"] = REPORT_LIST_LIMIT
     if domain is not None:
         context["board"] = await _dashboard(config, domain, period)
     return request.app.state.templates.TemplateResponse(request, "reports.html", context)
@@ -120,33 +121,45 @@ def _domains(config: Config) -> list[str]:
     return sorted(set(reported) | set(ours))
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The dashboard queries' answers for one domain and period."""
+
+    dmarc_days: list[store.DMARCDay]
+    sources: list[store.Source]
+    reporters: list[store.ReporterCount]
+    tls_days: list[store.TLSDay]
+    failures: list[store.TLSFailureCount]
+    reports: list[store.Summary]
+
+
 async def _dashboard(config: Config, domain: str, period: Period) -> Dashboard:
-    data = await run_in_threadpool(_read, config.resolved_database_url, domain, period)
-    sources: list[store.Source] = data["sources"]
-    names = await reverse_names(resolver_from_config(config.dns, cache=False), [s.source_ip for s in sources])
+    rows = await run_in_threadpool(_read, config.resolved_database_url, domain, period)
+    resolver = resolver_from_config(config.dns, cache=False)
+    names = await reverse_names(resolver, [source.source_ip for source in rows.sources])
     return Dashboard(
-        dmarc_chart=_dmarc_chart(data["dmarc_days"], period),
-        tls_charts=_tls_charts(data["tls_days"], period),
-        sources=escape_control_in(sources),
+        dmarc_chart=_dmarc_chart(rows.dmarc_days, period),
+        tls_charts=_tls_charts(rows.tls_days, period),
+        sources=escape_control_in(rows.sources),
         names=names,
-        reporters=escape_control_in(data["reporters"]),
-        failures=escape_control_in(data["failures"]),
-        reports=escape_control_in(data["reports"]),
+        reporters=escape_control_in(rows.reporters),
+        failures=escape_control_in(rows.failures),
+        reports=escape_control_in(rows.reports),
     )
 
 
-def _read(database_url: str, domain: str, period: Period) -> dict[str, Any]:
+def _read(database_url: str, domain: str, period: Period) -> _Rows:
     since, until = period.since, period.until
     with session_scope(database_url) as session:
         listed = store.list_reports(session, domain=domain, limit=REPORT_LIST_LIMIT)
-        return {
-            "dmarc_days": store.dmarc_days(session, domain, since, until),
-            "sources": store.top_sources(session, domain, since, until),
-            "reporters": store.dmarc_reporters(session, domain, since, until),
-            "tls_days": store.tls_days(session, domain, since, until),
-            "failures": store.tls_failures(session, domain, since, until),
-            "reports": [s for s in listed if since <= s.begin.date() <= until],
-        }
+        return _Rows(
+            dmarc_days=store.dmarc_days(session, domain, since, until),
+            sources=store.top_sources(session, domain, since, until),
+            reporters=store.dmarc_reporters(session, domain, since, until),
+            tls_days=store.tls_days(session, domain, since, until),
+            failures=store.tls_failures(session, domain, since, until),
+            reports=[s for s in listed if since <= s.begin.date() <= until],
+        )
 
 
 def _report(
