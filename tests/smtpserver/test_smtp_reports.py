@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.inreports.intake import ReportMessage, parse_stored_report
 from app.models.inreports import DMARCReport, TLSReport
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT, gzipped
+from tests.support.celeryworker import celery_worker, client_for, wait_for_text
 from tests.support.dnsserver import DNSTestServer
 from tests.support.smtpfixtures import LineClient, ThreadedSMTP, publish_sender_domain, stored_messages
 
@@ -251,3 +252,24 @@ def test_a_report_the_parse_refuses_later_stores_nothing(smtp: ThreadedSMTP, dns
 
 def test_a_report_message_that_is_gone_is_missing(smtp: ThreadedSMTP) -> None:
     assert parse_stored_report(smtp.config, ReportMessage("0000000000000000000000ff", "dmarc")) == "missing"
+
+
+def test_a_report_sent_over_smtp_is_stored_by_a_celery_worker_once(
+    smtp: ThreadedSMTP, dns: DNSTestServer, tmp_path: Path
+) -> None:
+    assert send_dmarc_report(smtp, dns, dmarc_xml(), "v=spf1 ip4:127.0.0.1 -all").startswith("250 2.0.0")
+    (handed_on,) = smtp.handoff.reports
+    config_file = smtp.config.data_dir.parent / "postwarden.toml"  # tests/support/configs.py's layout
+    log = tmp_path / "worker.log"
+    with celery_worker(config_file, log):
+        client = client_for(config_file)
+        # As tasks/handoff.py publishes it; twice, as a redelivered or repeated hand-off would.
+        for _ in range(2):
+            client.send_task("tasks.inreports.parse_report_message", args=[handed_on.file_id, handed_on.kind])
+        text = wait_for_text(log, "report already stored")
+    assert text.count("report stored") == 1
+    assert "Sample Reporter" not in text and "example-reporter.com" not in text  # no report text logged
+    assert report_rows(smtp) == (1, 0)
+    with session_scope(smtp.database_url) as session:
+        stored = session.scalars(select(DMARCReport)).one()
+        assert (stored.domain, stored.record_count, stored.message_count) == ("example.org", 2, 130)
