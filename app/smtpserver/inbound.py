@@ -25,7 +25,7 @@ from app.inreports.intake import ReportMessage
 from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
-from app.store.files import MessageStore, StoreError
+from app.store.files import MessageStore, StoreError, copy_file_ids
 from app.verdict.analysis import Analysis, analyze
 from app.verdict.types import Arrival, Recipient
 
@@ -141,23 +141,24 @@ class InboundHandler(BaseHandler):
             )
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
-        self._hand_on_report(analysis, stored)
+        self._hand_on_report(analysis, transaction_id, stored)
         if self.hand_on_evaluation is not None:
             await self.hand_on_evaluation(arrival, analysis)
         return analysis.result, analysis.reply
 
-    def _hand_on_report(self, analysis: Analysis, stored: list[str]) -> None:
-        """A valid report, accepted and stored, goes to the parsing task (best effort: if it is lost,
-        the message is in its mailbox for `postwarden reports import`)."""
-        report = analysis.report
-        if self.parse_report is None or report is None or not report.valid:
+    def _hand_on_report(self, analysis: Analysis, transaction_id: str, stored: list[str]) -> None:
+        """The copy holding a valid report goes to the parsing task once stored (best effort: the
+        sweep of app/inreports/intake.py, or `postwarden reports import`, finds a lost one)."""
+        index, report = analysis.report_copy, analysis.report
+        if self.parse_report is None or index is None or report is None:
             return
-        if not stored or analysis.action == "reject":
+        file_id = copy_file_ids(transaction_id, len(analysis.copies))[index]
+        if file_id not in stored:
             return
         try:
-            self.parse_report(ReportMessage(stored[0], report.kind))
+            self.parse_report(ReportMessage(file_id, report.kind))
         except Exception:
-            log.exception("could not hand on report message %s", stored[0])
+            log.exception("could not hand on report message %s", file_id)
 
     def _recipient(self, address: str) -> Recipient:
         target = self.target_for(address)

@@ -25,7 +25,7 @@ from app.models.base import utcnow
 from app.store.files import MailboxCopy
 from app.store.mailboxes import destination_ids
 from app.verdict.dmarc import dmarc_verdict
-from app.verdict.reports import ReportCheck, check_report
+from app.verdict.reports import REPORT_FLAGS, ReportCheck, check_report
 from app.verdict.reputation import NO_HISTORY, Reputation, Subject, reputation, reputation_verdict
 from app.verdict.rulesets import mailing_list_verdict, matching_ruleset
 from app.verdict.types import ACCEPT, Action, Arrival, Delivery, Recipient, Verdict
@@ -53,6 +53,15 @@ class Analysis:
     @property
     def action(self) -> Action:
         return self.verdict.action
+
+    @property
+    def report_copy(self) -> int | None:
+        """The index of the copy that holds a valid report for its reporting address: once stored, its
+        report is parsed (app/inreports/intake.py). None for any other message."""
+        flagged = (
+            i for i, c in enumerate(self.copies) if any(c.columns.get(f) for f in REPORT_FLAGS.values())
+        )
+        return next(flagged, None)
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,8 @@ def _place(
     forwarded = ruleset is not None and ruleset.is_forward
     verdict = decide(Delivery(arrival, rcpt, ruleset, lambda: history(rcpt.account, target, forwarded)))
     row = {**columns, "rcpt_to": rcpt.address, "reason": verdict.reason}
+    if arrival.report is not None and verdict.action != "reject":  # a rejected report is not parsed
+        row |= arrival.report.flags(rcpt)
     if verdict.action == "reject" and ruleset is not None and ruleset.accept_rejects_to_mailbox:
         mailbox = ruleset.accept_rejects_to_mailbox
         log.info(

@@ -36,21 +36,31 @@ UNKNOWN_DOMAIN: dict[Kind, str] = {
     "tls": "report for unknown domain",
 }
 FUTURE_END = "report has end date in the future"
+# The message columns marking the reporting address's copy of a valid report, by kind.
+REPORT_FLAGS: dict[Kind, str] = {"dmarc": "is_dmarc_report", "tls": "is_tls_report"}
 # A reporter whose clock runs a little fast still sends its report just after the range ended.
 CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
 class ReportCheck:
-    """The check of a message to a reporting address: `error` is the R6.3 reason it is not processed,
-    None for a valid report (parsed and stored after the message is stored)."""
+    """The check of a message to a reporting address (`address`, as address_key): `error` is the R6.3
+    reason it is not processed, None for a valid report (parsed and stored after the message is)."""
 
     kind: Kind
+    address: str
     error: str | None = None
 
     @property
     def valid(self) -> bool:
         return self.error is None
+
+    def flags(self, recipient: Recipient) -> dict[str, bool]:
+        """The message row columns marking the reporting address's copy of a valid report, which the
+        sweep for lost hand-offs looks for (app/inreports/intake.py)."""
+        if self.error is not None or address_key(recipient.address) != self.address:
+            return {}
+        return {REPORT_FLAGS[self.kind]: True}
 
     @property
     def header(self) -> str | None:
@@ -70,20 +80,17 @@ def reporting_addresses(config: Config) -> dict[str, Kind]:
     }
 
 
-def report_kind(config: Config, recipients: tuple[Recipient, ...]) -> Kind | None:
-    """The kind of report the first recipient that is a reporting address receives; None if none is."""
-    addresses = reporting_addresses(config)
-    return next((addresses[k] for r in recipients if (k := address_key(r.address)) in addresses), None)
-
-
 def check_report(
     config: Config, outcome: AuthOutcome, recipients: tuple[Recipient, ...], message: bytes, now: datetime
 ) -> ReportCheck | None:
-    """The check of a message to a reporting address; None for mail to other addresses."""
-    kind = report_kind(config, recipients)
-    if kind is None:
+    """The check of a message to a reporting address (the first recipient that is one decides the
+    kind); None for mail to other addresses."""
+    addresses = reporting_addresses(config)
+    address = next((k for r in recipients if (k := address_key(r.address)) in addresses), None)
+    if address is None:
         return None
-    return ReportCheck(kind, _refusal(config, outcome, kind, message, now))
+    kind = addresses[address]
+    return ReportCheck(kind, address, _refusal(config, outcome, kind, message, now))
 
 
 def _refusal(config: Config, outcome: AuthOutcome, kind: Kind, message: bytes, now: datetime) -> str | None:

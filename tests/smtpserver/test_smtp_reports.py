@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.policy
 from dataclasses import dataclass
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from app.auth.dkim import sign
 from app.auth.dkimkeys import dkimpy_private_key, dns_txt_value, generate_private_key_pem
 from app.config import DKIMSelector
 from app.db import session_scope
-from app.inreports.intake import ReportMessage, parse_stored_report
+from app.inreports.intake import (
+    SWEEP_GRACE,
+    SWEEP_WINDOW,
+    ReportMessage,
+    parse_stored_report,
+    sweep_report_messages,
+)
+from app.models.base import utcnow
 from app.models.inreports import DMARCReport, TLSReport
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT, gzipped
 from tests.support.celeryworker import celery_worker, client_for, wait_for_text
@@ -132,12 +140,12 @@ def test_a_dmarc_report_passing_dmarc_is_accepted_and_parsed(smtp: ThreadedSMTP,
     reply = send_dmarc_report(smtp, dns, dmarc_xml(), "v=spf1 ip4:127.0.0.1 -all")
     assert reply.startswith("250 2.0.0")
     (stored,) = stored_messages(smtp)
-    assert (stored.mailbox, stored.row.reason) == ("DMARC", "reporting")
+    assert (stored.mailbox, stored.row.reason, stored.row.is_dmarc_report) == ("DMARC", "reporting", True)
     assert DMARC_HEADER not in header_section(smtp)
-    assert [m.kind for m in smtp.handoff.reports] == ["dmarc"]
+    assert smtp.handoff.reports == [ReportMessage(stored.row.file_id, "dmarc")]
     assert parse_handed_on(smtp) == ["stored"]
     assert report_rows(smtp) == (1, 0)
-    assert parse_handed_on(smtp) == ["duplicate"]  # a second run for the message stores nothing new
+    assert parse_handed_on(smtp) == ["already processed"]  # a second run for the message does nothing
     assert report_rows(smtp) == (1, 0)
 
 
@@ -161,7 +169,7 @@ def test_a_dmarc_report_not_processed_is_delivered_with_its_reason(
     assert send_dmarc_report(smtp, dns, document, spf).startswith("250 2.0.0")
     assert DMARC_HEADER + b": " + reason + b"\r\n" in header_section(smtp) + b"\r\n"
     (stored,) = stored_messages(smtp)
-    assert stored.mailbox == "DMARC"
+    assert (stored.mailbox, stored.row.is_dmarc_report) == ("DMARC", False)
     assert smtp.handoff.reports == []
     assert report_rows(smtp) == (0, 0)
 
@@ -232,7 +240,7 @@ def test_tls_reports_and_their_dkim_signature(
     assert case.dkim + b" " in headers
     if case.reason is None:
         assert TLS_HEADER not in headers
-        assert stored.row.reason == "reporting"
+        assert (stored.row.reason, stored.row.is_tls_report) == ("reporting", True)
         assert parse_handed_on(smtp) == ["stored"]
         assert report_rows(smtp) == (0, 1)
     else:
@@ -247,6 +255,7 @@ def test_a_report_the_parse_refuses_later_stores_nothing(smtp: ThreadedSMTP, dns
     assert send_dmarc_report(smtp, dns, broken, "v=spf1 ip4:127.0.0.1 -all").startswith("250 2.0.0")
     assert DMARC_HEADER not in header_section(smtp)
     assert parse_handed_on(smtp) == ["refused"]
+    assert parse_handed_on(smtp) == ["already processed"]
     assert report_rows(smtp) == (0, 0)
 
 
@@ -266,10 +275,25 @@ def test_a_report_sent_over_smtp_is_stored_by_a_celery_worker_once(
         # As tasks/handoff.py publishes it; twice, as a redelivered or repeated hand-off would.
         for _ in range(2):
             client.send_task("tasks.inreports.parse_report_message", args=[handed_on.file_id, handed_on.kind])
-        text = wait_for_text(log, "report already stored")
+        text = wait_for_text(log, "report message already processed")
     assert text.count("report stored") == 1
     assert "Sample Reporter" not in text and "example-reporter.com" not in text  # no report text logged
     assert report_rows(smtp) == (1, 0)
     with session_scope(smtp.database_url) as session:
         stored = session.scalars(select(DMARCReport)).one()
         assert (stored.domain, stored.record_count, stored.message_count) == ("example.org", 2, 130)
+
+
+def test_the_sweep_parses_report_messages_whose_hand_off_was_lost(
+    smtp: ThreadedSMTP, dns: DNSTestServer
+) -> None:
+    assert send_dmarc_report(smtp, dns, dmarc_xml(), "v=spf1 ip4:127.0.0.1 -all").startswith("250 2.0.0")
+    refused = dmarc_xml(domain="other.example")  # not marked: never parsed, by the sweep either
+    assert send_dmarc_report(smtp, dns, refused, "v=spf1 ip4:127.0.0.1 -all").startswith("250 2.0.0")
+    # The hand-off is lost (nothing runs it). Within the grace period the sweep leaves it to the task.
+    assert sweep_report_messages(smtp.config) == 0
+    later = utcnow() + SWEEP_GRACE + timedelta(seconds=1)
+    assert sweep_report_messages(smtp.config, later) == 1
+    assert report_rows(smtp) == (1, 0)
+    assert sweep_report_messages(smtp.config, later) == 0
+    assert sweep_report_messages(smtp.config, later + SWEEP_WINDOW) == 0  # out of the window

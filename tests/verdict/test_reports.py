@@ -83,9 +83,11 @@ def test_an_end_within_the_clock_skew_is_accepted(tmp_path: Path) -> None:
     rcpt = (Recipient("DMARC-Reports@example.org", "admin", "DMARC"),)
     passing = outcome()
     assert passing.dmarc.status == "pass"
-    assert check_report(config, passing, rcpt, mail, end - CLOCK_SKEW) == ReportCheck("dmarc")
+    assert check_report(config, passing, rcpt, mail, end - CLOCK_SKEW) == ReportCheck(
+        "dmarc", "dmarc-reports@example.org"
+    )
     late = check_report(config, passing, rcpt, mail, end - CLOCK_SKEW - timedelta(seconds=1))
-    assert late == ReportCheck("dmarc", "report has end date in the future")
+    assert late == ReportCheck("dmarc", "dmarc-reports@example.org", "report has end date in the future")
     assert (
         check_report(config, passing, (Recipient("admin@example.org", "admin", "Inbox"),), mail, end) is None
     )

@@ -266,11 +266,14 @@ def test_inconclusive_reports_are_accepted(config: Config, session: Session) -> 
     )
     # Looking like a report is not being one: only the report check of R6.2 makes it "reporting".
     assert analyze(config, mail, session, NOW).verdict.reason == "spf-fail"
-    valid = replace(mail, report=ReportCheck("tls"))
-    assert analyze(config, valid, session, NOW).verdict.reason == "reporting"
-    refused = replace(mail, report=ReportCheck("tls", "no acceptable DKIM signature"))
+    valid = replace(mail, report=ReportCheck("tls", "bob@example.org"))
+    analysis = analyze(config, valid, session, NOW)
+    assert analysis.verdict.reason == "reporting"
+    # The reporting address's copy is marked, for the parse after storage and its sweep.
+    assert (analysis.report_copy, analysis.copies[0].columns["is_tls_report"]) == (0, True)
+    refused = replace(mail, report=ReportCheck("tls", "bob@example.org", "no acceptable DKIM signature"))
     analysis = analyze(config, refused, session, NOW)
-    assert analysis.verdict.reason == "spf-fail"
+    assert (analysis.verdict.reason, analysis.report_copy) == ("spf-fail", None)
     assert "X-Postwarden-TLSReport-Error: no acceptable DKIM signature\r\n" in analysis.headers
 
 
