@@ -5,6 +5,9 @@ and what the parse after storage stores (app/inreports/intake.py, run here as th
 from __future__ import annotations
 
 import email.policy
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
@@ -28,7 +31,7 @@ from app.inreports.intake import (
 from app.models.base import utcnow
 from app.models.inreports import DMARCReport, TLSReport
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT, gzipped
-from tests.support.celeryworker import celery_worker, client_for, wait_for_text
+from tests.support.celeryworker import celery_worker, wait_for_text
 from tests.support.dnsserver import DNSTestServer
 from tests.support.smtpfixtures import LineClient, ThreadedSMTP, publish_sender_domain, stored_messages
 
@@ -261,6 +264,9 @@ def test_a_report_the_parse_refuses_later_stores_nothing(smtp: ThreadedSMTP, dns
 
 def test_a_report_message_that_is_gone_is_missing(smtp: ThreadedSMTP) -> None:
     assert parse_stored_report(smtp.config, ReportMessage("0000000000000000000000ff", "dmarc")) == "missing"
+    assert ReportMessage.from_args("0000000000000000000000ff", "tls").kind == "tls"
+    with pytest.raises(ValueError, match="unknown report kind"):  # task arguments from the broker
+        ReportMessage.from_args("0000000000000000000000ff", "xml")
 
 
 def test_a_report_sent_over_smtp_is_stored_by_a_celery_worker_once(
@@ -271,10 +277,16 @@ def test_a_report_sent_over_smtp_is_stored_by_a_celery_worker_once(
     config_file = smtp.config.data_dir.parent / "postwarden.toml"  # tests/support/configs.py's layout
     log = tmp_path / "worker.log"
     with celery_worker(config_file, log):
-        client = client_for(config_file)
-        # As tasks/handoff.py publishes it; twice, as a redelivered or repeated hand-off would.
-        for _ in range(2):
-            client.send_task("tasks.inreports.parse_report_message", args=[handed_on.file_id, handed_on.kind])
+        # Published as the SMTP service's publisher child does (tasks/handoff.py), in a process of its
+        # own with the config in the environment; twice, as a redelivered or repeated hand-off would.
+        publisher = (
+            "import sys; from app.inreports.intake import ReportMessage; "
+            "from app.smtpserver.handoff import Batch; from tasks.handoff import publish; "
+            "message = ReportMessage(sys.argv[1], sys.argv[2]); publish(Batch((), False, (message, message)))"
+        )
+        env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
+        args = [sys.executable, "-c", publisher, handed_on.file_id, handed_on.kind]
+        subprocess.run(args, env=env, check=True, timeout=60)
         text = wait_for_text(log, "report message already processed")
     assert text.count("report stored") == 1
     assert "Sample Reporter" not in text and "example-reporter.com" not in text  # no report text logged
