@@ -12,6 +12,7 @@ reputation even when its history says nothing (app/verdict/reputation.py).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,9 +21,11 @@ from app.auth.message import ascii_domain
 from app.auth.publicsuffix import is_public_suffix, psl_organizational_domain
 from app.auth.types import AuthOutcome, DKIMResult
 from app.config import Config, MailboxTarget
-from app.inreports.errors import Kind, ReportError
+from app.inreports.errors import Kind, ReportError, reason_for
 from app.inreports.read import read_head
 from app.verdict.types import Recipient
+
+log = logging.getLogger(__name__)
 
 HEADERS: dict[Kind, str] = {
     "dmarc": "X-Postwarden-DMARCReport-Error",
@@ -102,6 +105,9 @@ def _refusal(config: Config, outcome: AuthOutcome, kind: Kind, message: bytes, n
         head = read_head(message, kind)
     except ReportError as error:
         return error.reason
+    except Exception:  # a parser bug must not cost the message its delivery: refused, and logged
+        log.exception("report check failed")
+        return reason_for(kind)
     ours = our_domains(config, kind)
     if not head.domains or not all(domain in ours for domain in head.domains):
         return UNKNOWN_DOMAIN[kind]

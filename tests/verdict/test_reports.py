@@ -12,6 +12,8 @@ import pytest
 from app.auth.types import DKIMResult
 from app.config import load_config
 from app.inreports.dmarc import parse_head
+from app.models.base import utcnow
+from app.verdict import reports
 from app.verdict.reports import (
     CLOCK_SKEW,
     ReportCheck,
@@ -91,3 +93,20 @@ def test_an_end_within_the_clock_skew_is_accepted(tmp_path: Path) -> None:
     assert (
         check_report(config, passing, (Recipient("admin@example.org", "admin", "Inbox"),), mail, end) is None
     )
+
+
+def test_a_parser_bug_refuses_the_report_but_not_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection: whatever the report parser raises, the check answers with a reason."""
+
+    def broken(raw: bytes, expect: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(reports, "read_head", broken)
+    config = load_config(write_config(tmp_path, REPORTING_ADDRESSES))
+    rcpt = (Recipient("tls-reports@example.org", "admin", "TLSRPT"),)
+    signed = replace(outcome(), dkim=[DKIMResult("pass", "sender.example", "sel")])
+    check = check_report(config, signed, rcpt, b"Subject: x\r\n\r\n", utcnow())
+    assert check == ReportCheck("tls", "tls-reports@example.org", "could not parse TLS report")
+    assert "report check failed" in caplog.text
