@@ -91,6 +91,14 @@ JOBS: tuple[Job, ...] = (
         report=True,
     ),
     Job("post_tls_reports", "TLS report POSTs", "tasks.tlsreports.post_tls_reports", 60.0, "reports posted"),
+    # SPEC R6.1: incoming reports whose parse hand-off the broker lost.
+    Job(
+        "sweep_report_messages",
+        "Incoming report sweep",
+        "tasks.inreports.sweep_report_messages",
+        Daily(minute=37),
+        "report message(s) parsed",
+    ),
 )
 
 JOBS_BY_NAME = {job.name: job for job in JOBS}

@@ -113,7 +113,14 @@ def _configure_logging(**_: object) -> None:
     setup_logging(config.log_level, config.log_format)
 
 
-TASK_MODULES = ["tasks.mail", "tasks.delivery", "tasks.mailboxes", "tasks.reports", "tasks.tlsreports"]
+TASK_MODULES = [
+    "tasks.mail",
+    "tasks.delivery",
+    "tasks.mailboxes",
+    "tasks.reports",
+    "tasks.tlsreports",
+    "tasks.inreports",
+]
 app = Celery("postwarden", include=TASK_MODULES)
 
 

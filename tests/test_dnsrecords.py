@@ -23,29 +23,22 @@ from app.dnsrecords import (
     mta_sts_policy,
     records_for_domain,
 )
-from tests.support.configs import dkim_keys, write_config
+from tests.support.configs import REPORTING_ADDRESSES, dkim_keys, write_config
 from tests.support.dnsserver import DNSTestServer
 
 HOST = "mail.example.org"
 HOST_IP = "192.0.2.10"
 
-EXTRA = """
-[domains."example.org".dmarc_reports]
-account = "admin"
-localpart = "dmarc-reports"
-mailbox = "DMARC"
-
-[domains."example.org".tls_reports]
-account = "admin"
-localpart = "tls-reports"
-mailbox = "TLSRPT"
-
+EXTRA = (
+    REPORTING_ADDRESSES
+    + """
 [[listeners]]
 kind = "inbound"
 port = 0
 tls_cert = "cert.pem"
 tls_key = "key.pem"
 """
+)
 
 
 @pytest.fixture

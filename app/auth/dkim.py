@@ -190,8 +190,11 @@ def _judge_key(name: str, record: bytes, signature: _Signature) -> _Key:
     identity = signature.tags.get(b"i", b"").rpartition(b"@")[2].lower()
     if b"s" in flags and identity and identity != signature.tags[b"d"].lower():
         return key("key record t=s forbids a subdomain in i=")
+    # dkimpy knows s= only as one of "*", "email" or "tlsrpt" and drops the key for a list such as
+    # "email:tlsrpt" (RFC 6376 3.6.1 allows one): the services are judged above, so it gets none.
+    without_services = b";".join(k + b"=" + v for k, v in tags.items() if k != b"s")
     try:
-        pk, keysize, ktag, _ = dkim.evaluate_pk(name.encode(), record)
+        pk, keysize, ktag, _ = dkim.evaluate_pk(name.encode(), without_services)
     except _PARSE_ERRORS as e:
         return key(f"key record is invalid: {_text(e)}")
     return key(pk=pk, keysize=keysize, ktag=ktag)

@@ -19,3 +19,8 @@ def _public_suffixes() -> PublicSuffixList:
 def psl_organizational_domain(domain: str) -> str:
     """The registrable domain per the public suffix list (the domain itself if it is a suffix)."""
     return _public_suffixes().privatesuffix(domain) or domain
+
+
+def is_public_suffix(domain: str) -> bool:
+    """Whether `domain` is a public suffix (a TLD, co.uk, ...; an unlisted TLD counts as one)."""
+    return bool(_public_suffixes().is_public(domain))

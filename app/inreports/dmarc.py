@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import io
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 from xml.etree.ElementTree import Element, ParseError
 
 # defusedxml ships no type hints and pyproject has no stub package for it: the two names used are typed here.
@@ -34,6 +35,8 @@ MAX_TEXT = 256  # most text fields (a domain name is at most 253)
 MAX_LONG_TEXT = 1024  # comments, human results, errors, extra contact info
 MAX_COUNT = 2**31 - 1  # a record's message count: fits the database's integer
 MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,29 @@ class AggregateReport:
         return sum(record.count for record in self.records)
 
 
+@dataclass(frozen=True)
+class Head:
+    """What a report says before its records: enough to decide whether to take it (SPEC R6.2)."""
+
+    metadata: Metadata
+    policy: PolicyPublished
+
+
 def parse(document: bytes) -> AggregateReport:
     """The report in `document` (already bounded in size by app/inreports/unpack.py)."""
+    return _guarded(lambda: _Reader().read(document))
+
+
+def parse_head(document: bytes) -> Head:
+    """The metadata and published policy of the report in `document`, read with the same reader and
+    bounds as `parse`, stopping once both are read: the records after them are neither parsed nor
+    checked, so the SMTP transaction pays for the head only (the task parses the whole report)."""
+    return _guarded(lambda: _Reader(head_only=True).read_head(document))
+
+
+def _guarded(read: Callable[[], _T]) -> _T:
     try:
-        return _Reader().read(document)
+        return read()
     except (ParseError, DefusedXmlException, ValueError, KeyError) as error:
         raise ReportError(DMARC_UNPARSABLE, "malformed aggregate report") from error
 
@@ -126,7 +148,8 @@ def _local(tag: str) -> str:
 class _Reader:
     """One pass over the document's start and end events, keeping only what is parsed."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_only: bool = False) -> None:
+        self.head_only = head_only  # stop after the metadata and policy; records are skipped
         self.elements = 0
         self.depth = 0
         self.record_start = 0
@@ -136,6 +159,11 @@ class _Reader:
         self.records: list[Record] = []
 
     def read(self, document: bytes) -> AggregateReport:
+        head = self.read_head(document)
+        return AggregateReport(head.metadata, head.policy, tuple(self.records), self.version)
+
+    def read_head(self, document: bytes) -> Head:
+        """Read the document (up to its head when `head_only`) and check what every report has."""
         root: Element | None = None
         for event, element in self._events(document):
             if event == "start":
@@ -146,11 +174,13 @@ class _Reader:
             if self.depth == 1 and root is not None:  # a child of <feedback>
                 self._top_level(element)
                 root.remove(element)
+                if self.head_only and self.metadata is not None and self.policy is not None:
+                    break
         if root is None or _local(root.tag) != "feedback":
             raise ReportError(DMARC_UNPARSABLE, "not an aggregate report")
         if self.metadata is None or self.policy is None:
             raise ReportError(DMARC_UNPARSABLE, "report metadata or published policy missing")
-        return AggregateReport(self.metadata, self.policy, tuple(self.records), self.version)
+        return Head(self.metadata, self.policy)
 
     @staticmethod
     def _events(document: bytes) -> Iterator[tuple[str, Element]]:
@@ -180,7 +210,8 @@ class _Reader:
     def _top_level(self, element: Element) -> None:
         name = _local(element.tag)
         if name == "record":
-            self.records.append(_record(element))
+            if not self.head_only:
+                self.records.append(_record(element))
             self.record_start = 0
         elif name == "report_metadata":
             self.metadata = _metadata(element)

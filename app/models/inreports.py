@@ -115,3 +115,17 @@ class TLSReportFailure(Base):
     failed_sessions: Mapped[int] = mapped_column(BigInteger)
     additional_information: Mapped[str] = mapped_column(String(1024))
     failure_reason_code: Mapped[str] = mapped_column(String(255))
+
+
+class ReportIntake(Base):
+    """A stored message whose report was parsed after delivery (app/inreports/intake.py), and what came
+    of it: one row per message file, so a repeated hand-off is not parsed again and the sweep for lost
+    hand-offs knows which messages are done."""
+
+    __tablename__ = "report_intakes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(64), unique=True)  # the message's (messages.file_id)
+    outcome: Mapped[str] = mapped_column(String(16))  # stored, duplicate or refused
+    reason: Mapped[str] = mapped_column(String(64))  # a refusal's R6.3 reason, else ""
+    processed: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,12 +11,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from app.address import address_key
 from app.auth.types import Disposition
 from app.config import Config
 from app.dmarcreports.evaluation import Evaluation, evaluation_applies, evaluation_for
 from app.store.files import MessageStore
 from app.verdict.analysis import Analysis
 from app.verdict.dmarc import REASON as DMARC_REASON
+from app.verdict.reports import reporting_addresses
 from app.verdict.types import Action, Arrival
 
 log = logging.getLogger("app.smtpserver")
@@ -37,14 +39,6 @@ def applied_disposition(analysis: Analysis) -> Disposition | None:
     if analysis.action == "reject" and analysis.verdict.reason != DMARC_REASON:
         return None
     return APPLIED_DISPOSITION[analysis.action]
-
-
-def reporting_addresses(config: Config) -> set[str]:
-    """Our addresses that receive DMARC and TLS reports (mail to them gets *optional* evaluations)."""
-    targets = [(config.hostname, config.host_tlsrpt)]
-    for name, domain in config.domains.items():
-        targets += [(name, domain.dmarc_reports), (name, domain.tls_reports)]
-    return {f"{target.localpart}@{domain}" for domain, target in targets if target is not None}
 
 
 class EvaluationHandOn:
@@ -76,7 +70,7 @@ class EvaluationHandOn:
             log.exception("could not hand on the DMARC evaluation for %s", outcome.dmarc.policy_domain)
 
     async def _optional(self, arrival: Arrival, analysis: Analysis, recipients: list[str]) -> bool:
-        if any(r in self.reporting_addresses for r in recipients):
+        if any(address_key(r) in self.reporting_addresses for r in recipients):
             return True  # two servers must not trade reports about reports forever
         # A reject is reported only for domains we accepted mail from, so nobody can make us send a
         # stream of reports to a third party by forging its domain.

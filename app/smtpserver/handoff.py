@@ -1,10 +1,10 @@
 """What the SMTP process hands to Celery, and the child process that publishes it.
 
-`Handoff` is all the SMTP service knows of Celery: DMARC evaluations (R2.1) and wake-ups for the
-delivery queue after a submission. `TaskPublisher` implements it: the event loop only appends to a
-queue, and a child process publishes what has gathered through the `Publish` function it was given
-(tasks/handoff.py; the composition root, app/cli/composition.py, passes it in, so app/ never imports
-Celery).
+`Handoff` is all the SMTP service knows of Celery: DMARC evaluations (R2.1), stored report messages
+to parse (R6.1) and wake-ups for the delivery queue after a submission. `TaskPublisher` implements
+it: the event loop only appends to a queue, and a child process publishes what has gathered through
+the `Publish` function it was given (tasks/handoff.py; the composition root, app/cli/composition.py,
+passes it in, so app/ never imports Celery).
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ from queue import Empty
 from typing import Protocol
 
 from app.dmarcreports.evaluation import Evaluation
+from app.inreports.intake import ReportMessage
 from app.logs import setup_logging
 from app.process import die_with_parent
 
 log = logging.getLogger("app.smtpserver")
 
 WAKE_QUEUE = "wake-queue"  # a queue item asking for a queue sweep (mail was submitted)
-Item = Evaluation | str | None  # an evaluation, WAKE_QUEUE, or None: stop
+Item = Evaluation | ReportMessage | str | None  # an evaluation, a report message, WAKE_QUEUE, or None: stop
 
 
 class Handoff(Protocol):
     """Work for Celery. Each call only queues it and returns at once; the work is best effort."""
 
     def record_evaluation(self, evaluation: Evaluation) -> None: ...
+
+    def parse_report(self, message: ReportMessage) -> None: ...
 
     def wake_queue(self) -> None: ...
 
@@ -44,6 +47,7 @@ class Batch:
 
     evaluations: tuple[Evaluation, ...]
     wake_queue: bool
+    reports: tuple[ReportMessage, ...] = ()
 
 
 Publish = Callable[[Batch], None]
@@ -73,6 +77,9 @@ class TaskPublisher:
 
     def record_evaluation(self, evaluation: Evaluation) -> None:
         self._queue.put(evaluation)
+
+    def parse_report(self, message: ReportMessage) -> None:
+        self._queue.put(message)
 
     def wake_queue(self) -> None:
         self._queue.put(WAKE_QUEUE)
@@ -112,7 +119,9 @@ def publish_tasks(
         items = _next_batch(queue)
         if not items:
             return  # the sentinel, or the parent died
-        publish(Batch(tuple(i for i in items if isinstance(i, Evaluation)), WAKE_QUEUE in items))
+        evaluations = tuple(i for i in items if isinstance(i, Evaluation))
+        reports = tuple(i for i in items if isinstance(i, ReportMessage))
+        publish(Batch(evaluations, WAKE_QUEUE in items, reports))
         if None in items:
             return  # the sentinel came with this batch
 

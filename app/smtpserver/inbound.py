@@ -2,14 +2,16 @@
 
 RCPT: a configured address (SPEC R1.2; special reporting and postmaster addresses included) → 250;
 another address in one of our domains → 550 5.1.1; any other domain → 550 5.7.1 (no open relay).
-DATA: SPF/DKIM/DMARC (inline: the reply depends on it), then the analysis (app/verdict: DMARC, rulesets,
-reputation, R3), Authentication-Results, X-Postwarden-Reason and Received prepended, stored durably
-(R1.6), then the DMARC evaluation is handed on (R2.1) and the reply sent.
+DATA: SPF/DKIM/DMARC (inline: the reply depends on it), then the analysis (app/verdict: the report
+check of mail to reporting addresses (R6.2), DMARC, rulesets, reputation, R3), Authentication-Results,
+X-Postwarden-Reason and Received prepended, stored durably (R1.6), then a valid report is handed on
+for parsing (R6.1) and the DMARC evaluation (R2.1), and the reply sent.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,16 +21,19 @@ from app.auth.evaluate import authenticate
 from app.auth.message import header_fields
 from app.config import Config
 from app.dns import Resolver
+from app.inreports.intake import ReportMessage
 from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
-from app.store.files import MessageStore, StoreError
-from app.verdict.analysis import analyze
+from app.store.files import MessageStore, StoreError, copy_file_ids
+from app.verdict.analysis import Analysis, analyze
 from app.verdict.types import Arrival, Recipient
 
 log = logging.getLogger("app.smtpserver")
 
 STORE_FAILED_REPLY = "451 4.3.0 The message could not be stored; try again later"
+
+ParseReport = Callable[[ReportMessage], None]
 
 
 class InboundHandler(BaseHandler):
@@ -40,10 +45,12 @@ class InboundHandler(BaseHandler):
         store: MessageStore,
         resolver: Resolver,
         record_evaluation: RecordEvaluation | None = None,
+        parse_report: ParseReport | None = None,
     ) -> None:
         super().__init__(config)
         self.store = store
         self.resolver = resolver
+        self.parse_report = parse_report
         self.hand_on_evaluation = (
             None if record_evaluation is None else EvaluationHandOn(config, store, record_evaluation)
         )
@@ -119,20 +126,39 @@ class InboundHandler(BaseHandler):
         recipients = tuple(self._recipient(a) for a in envelope.rcpt_tos)
         headers = tuple(header_fields(content))
         arrival = Arrival(outcome, server.peer_ip, helo, mail_from, recipients, transaction_id, headers)
-        try:  # reputation reads the history: in a worker thread, never on the event loop
-            analysis = await self.store.read(lambda session: analyze(self.config, arrival, session))
+        try:  # the report check and reputation read: in a worker thread, never on the event loop
+            analysis = await self.store.read(
+                lambda session: analyze(self.config, arrival, session, message=content)
+            )
         except SQLAlchemyError:
             log.exception("reputation analysis failed for %s", transaction_id)
             return "store-failed", STORE_FAILED_REPLY
         trace = self.trace_header(server, session, envelope, transaction_id)
         prefix = "".join(analysis.headers).encode("utf-8") + trace
         try:
-            await self.store.store_copies(content, analysis.copies, prefix=prefix, file_id=transaction_id)
+            stored = await self.store.store_copies(
+                content, analysis.copies, prefix=prefix, file_id=transaction_id
+            )
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY
+        self._hand_on_report(analysis, transaction_id, stored)
         if self.hand_on_evaluation is not None:
             await self.hand_on_evaluation(arrival, analysis)
         return analysis.result, analysis.reply
+
+    def _hand_on_report(self, analysis: Analysis, transaction_id: str, stored: list[str]) -> None:
+        """The copy holding a valid report goes to the parsing task once stored (best effort: the
+        sweep of app/inreports/intake.py, or `postwarden reports import`, finds a lost one)."""
+        index, report = analysis.report_copy, analysis.report
+        if self.parse_report is None or index is None or report is None:
+            return
+        file_id = copy_file_ids(transaction_id, len(analysis.copies))[index]
+        if file_id not in stored:
+            return
+        try:
+            self.parse_report(ReportMessage(file_id, report.kind))
+        except Exception:
+            log.exception("could not hand on report message %s", file_id)
 
     def _recipient(self, address: str) -> Recipient:
         target = self.target_for(address)

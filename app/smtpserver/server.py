@@ -150,7 +150,8 @@ class SMTPService:
             wake_queue = None if handoff is None else handoff.wake_queue
             return SubmissionHandler(self.config, self.store, self.database_url, wake_queue)
         record_evaluation = None if handoff is None else handoff.record_evaluation
-        inbound = InboundHandler(self.config, self.store, self.resolver, record_evaluation)
+        parse_report = None if handoff is None else handoff.parse_report
+        inbound = InboundHandler(self.config, self.store, self.resolver, record_evaluation, parse_report)
         inbound.rate_limiter = self.rate_limiter  # SPEC R3.1: the MX listener only
         return inbound
 

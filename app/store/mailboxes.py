@@ -193,6 +193,19 @@ def other_copies(session: Session, file_id: str) -> list[str]:
     return list(session.scalars(query))
 
 
+def report_messages(session: Session, since: datetime, until: datetime) -> list[tuple[str, bool]]:
+    """(file id, holds a TLS report) of the messages marked as a reporting address's copy of a valid
+    report (app/verdict/reports.py) received in [since, until), oldest first: the sweep for lost
+    parse hand-offs (app/inreports/intake.py) reads them."""
+    marked = or_(Message.is_dmarc_report.is_(True), Message.is_tls_report.is_(True))
+    query = (
+        select(Message.file_id, Message.is_tls_report)
+        .where(Message.received >= since, Message.received < until, marked)
+        .order_by(Message.received, Message.id)
+    )
+    return [(file_id, bool(tls)) for file_id, tls in session.execute(query)]
+
+
 def count_received_since(session: Session, since: datetime) -> int:
     """How many messages were stored at or after `since` (aware)."""
     return session.scalar(select(func.count(Message.id)).where(Message.received >= since)) or 0

@@ -25,6 +25,7 @@ from app.models.base import utcnow
 from app.store.files import MailboxCopy
 from app.store.mailboxes import destination_ids
 from app.verdict.dmarc import dmarc_verdict
+from app.verdict.reports import REPORT_FLAGS, ReportCheck, check_report
 from app.verdict.reputation import NO_HISTORY, Reputation, Subject, reputation, reputation_verdict
 from app.verdict.rulesets import mailing_list_verdict, matching_ruleset
 from app.verdict.types import ACCEPT, Action, Arrival, Delivery, Recipient, Verdict
@@ -47,10 +48,20 @@ class Analysis:
     reply: str  # sent once the copies are stored
     result: str  # the transaction log line's result: accepted, quarantined, rejected-dmarc, ...
     headers: tuple[str, ...]  # whole header lines to prepend, each ending in CRLF
+    report: ReportCheck | None = None  # mail to a reporting address: a valid report is parsed once stored
 
     @property
     def action(self) -> Action:
         return self.verdict.action
+
+    @property
+    def report_copy(self) -> int | None:
+        """The index of the copy that holds a valid report for its reporting address: once stored, its
+        report is parsed (app/inreports/intake.py). None for any other message."""
+        flagged = (
+            i for i, c in enumerate(self.copies) if any(c.columns.get(f) for f in REPORT_FLAGS.values())
+        )
+        return next(flagged, None)
 
 
 @dataclass(frozen=True)
@@ -60,27 +71,48 @@ class _Placed:
 
 
 def analyze(
-    config: Config, arrival: Arrival, session: Session | None = None, now: datetime | None = None
+    config: Config,
+    arrival: Arrival,
+    session: Session | None = None,
+    now: datetime | None = None,
+    message: bytes | None = None,
 ) -> Analysis:
     """The analysis of `arrival`; reputation reads the history through `session` (None: no history,
-    for callers without a database). Call it off the event loop: it reads the database."""
+    for callers without a database). Given the `message`, mail to a reporting address is checked as a
+    report (SPEC R6.2) first. Call it off the event loop: it reads the database (and the report)."""
+    now = now or utcnow()
+    if message is not None:
+        arrival = replace(
+            arrival, report=check_report(config, arrival.outcome, arrival.recipients, message, now)
+        )
     columns = message_columns(arrival)
-    history = _history_reader(session, columns, now or utcnow())
+    history = _history_reader(session, columns, now)
     placed = [_place(config, arrival, r, columns, history) for r in arrival.recipients]
     verdict = next((p.verdict for p in placed if p.verdict.action != "reject"), placed[0].verdict)
     copies: dict[tuple[str, str], MailboxCopy] = {}
     for p in placed:
         copies.setdefault((p.copy.account, p.copy.mailbox), p.copy)
-    headers = [arrival.outcome.authentication_results]
-    if verdict.reason:  # always one of our own tokens, never text from the message
-        headers.append(f"{REASON_HEADER}: {verdict.reason}\r\n")
     return Analysis(
         verdict=verdict,
         copies=tuple(copies.values()),
         reply=verdict.reply or f"250 2.0.0 Message accepted, id {arrival.transaction_id}",
         result=verdict.result or RESULTS[verdict.action],
-        headers=tuple(headers),
+        headers=_headers(arrival, verdict),
+        report=arrival.report,
     )
+
+
+def _headers(arrival: Arrival, verdict: Verdict) -> tuple[str, ...]:
+    headers = [arrival.outcome.authentication_results]
+    if verdict.reason:  # always one of our own tokens, never text from the message
+        headers.append(f"{REASON_HEADER}: {verdict.reason}\r\n")
+    report = arrival.report
+    if report is not None and report.header is not None:  # SPEC R6.3: a fixed reason of ours
+        headers.append(report.header)
+        log.info(
+            "report not processed id=%s kind=%s reason=%s", arrival.transaction_id, report.kind, report.error
+        )
+    return tuple(headers)
 
 
 def decide(delivery: Delivery) -> Verdict:
@@ -134,6 +166,8 @@ def _place(
     forwarded = ruleset is not None and ruleset.is_forward
     verdict = decide(Delivery(arrival, rcpt, ruleset, lambda: history(rcpt.account, target, forwarded)))
     row = {**columns, "rcpt_to": rcpt.address, "reason": verdict.reason}
+    if arrival.report is not None and verdict.action != "reject":  # a rejected report is not parsed
+        row |= arrival.report.flags(rcpt)
     if verdict.action == "reject" and ruleset is not None and ruleset.accept_rejects_to_mailbox:
         mailbox = ruleset.accept_rejects_to_mailbox
         log.info(

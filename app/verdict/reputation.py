@@ -12,7 +12,7 @@ names are the `X-Postwarden-Reason` values of a conclusive verdict (SPEC R3.5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,15 +70,15 @@ Step = Callable[[Session, Subject], Reputation | None]
 
 
 def reputation_verdict(delivery: Delivery) -> Verdict:
-    """The last decision: a conclusive history decides; else a report is accepted ("reporting"); a
-    first message failing SPF is rejected, unless DMARC passed (its DKIM signature authenticates the
-    From domain, so the SPF failure is another domain's) or it was forwarded (the failure is the
-    forwarder's); else accept."""
+    """The last decision: a conclusive history decides; else a valid report to a reporting address
+    (app/verdict/reports.py) is accepted ("reporting"); a first message failing SPF is rejected,
+    unless DMARC passed (its DKIM signature authenticates the From domain, so the SPF failure is
+    another domain's) or it was forwarded (the failure is the forwarder's); else accept."""
     found = delivery.history()
     if found.conclusive and found.junk is not None:
         return junk_reject(found.method) if found.junk else Verdict("accept", found.method)
     arrival = delivery.arrival
-    if carries_report(arrival.headers):
+    if arrival.report is not None and arrival.report.valid:  # SPEC R6.2
         return Verdict("accept", "reporting")
     outcome = arrival.outcome
     spf_failed = outcome.spf_mailfrom.status in ("fail", "softfail")
@@ -89,18 +89,6 @@ def reputation_verdict(delivery: Delivery) -> Verdict:
 
 def junk_reject(reason: str) -> Verdict:
     return Verdict("reject", reason, reply=JUNK_REJECT_REPLY, result="rejected-junk")
-
-
-def carries_report(headers: Sequence[tuple[str, str]]) -> bool:
-    """Whether the message looks like a DMARC aggregate or TLS report (RFC 9990 and RFC 8460 both
-    use the Subject "Report Domain: ..."; a TLS report is multipart/report; report-type=tlsrpt)."""
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "subject" and value.lstrip().lower().startswith("report domain:"):
-            return True
-        if lowered == "content-type" and "report-type" in value.lower() and "tlsrpt" in value.lower():
-            return True
-    return False
 
 
 def reputation(session: Session, subject: Subject) -> Reputation:

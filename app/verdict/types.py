@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Literal
 from app.auth.types import AuthOutcome
 from app.config import Ruleset
 
-if TYPE_CHECKING:  # reputation.py decides on a Delivery: the name only, no import cycle
+if TYPE_CHECKING:  # reputation.py and reports.py use these types: the names only, no import cycle
+    from app.verdict.reports import ReportCheck
     from app.verdict.reputation import Reputation
 
 Action = Literal["accept", "quarantine", "reject"]
@@ -35,6 +36,8 @@ class Arrival:
     recipients: tuple[Recipient, ...]
     transaction_id: str
     headers: tuple[tuple[str, str], ...] = ()  # the message's header fields, unfolded (rulesets read them)
+    # For mail to a reporting address: whether it is a report we process (SPEC R6.2, verdict/reports.py).
+    report: ReportCheck | None = None
 
 
 @dataclass(frozen=True)

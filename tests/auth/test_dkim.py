@@ -164,6 +164,10 @@ async def test_key_services(dns: DNSTestServer, resolver: Resolver, keys: dict[D
     [result] = await verify_all(resolver, signed(keys, "ed25519"))
     # A key only for TLS reports verifies, but is not acceptable for email in general.
     assert (result.status, result.key_services) == ("policy", ("tlsrpt",))
+    dns.clear()
+    publish(dns, keys, "ed25519", s="email:tlsrpt")  # a list (dkimpy alone would drop such a key)
+    [result] = await verify_all(resolver, signed(keys, "ed25519"))
+    assert (result.status, result.key_services) == ("pass", ("email", "tlsrpt"))
 
 
 async def test_key_lookup_timeout_is_temperror(

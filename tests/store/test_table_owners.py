@@ -33,6 +33,7 @@ OWNERS = {
     "TLSReport": "app/inreports/store.py",
     "TLSReportPolicy": "app/inreports/store.py",
     "TLSReportFailure": "app/inreports/store.py",
+    "ReportIntake": "app/inreports/intake.py",
     "ReportSuppression": "app/reportsuppress.py",
     "JobRun": "app/jobs.py",
     "LoginFailure": "app/throttle.py",

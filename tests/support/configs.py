@@ -36,6 +36,19 @@ trust_dnssec = true
 addresses = ["admin@example.org", "info@example.org"]
 """
 
+# The domain's DMARC and TLS reporting addresses (the host TLSRPT address is in BASE_CONFIG).
+REPORTING_ADDRESSES = """
+[domains."example.org".dmarc_reports]
+account = "admin"
+localpart = "dmarc-reports"
+mailbox = "DMARC"
+
+[domains."example.org".tls_reports]
+account = "admin"
+localpart = "tls-reports"
+mailbox = "TLSRPT"
+"""
+
 
 def write_config(
     directory: Path,

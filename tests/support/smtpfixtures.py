@@ -21,6 +21,7 @@ from sqlalchemy import select
 from app.config import Config, load_config
 from app.db import session_scope
 from app.dmarcreports.evaluation import Evaluation
+from app.inreports.intake import ReportMessage
 from app.migrate import upgrade_database
 from app.models import Account, Mailbox, Message, OutgoingMessage
 from tests.support.configs import write_config
@@ -87,13 +88,17 @@ def write_smtp_config(
 
 class RecordedHandoff:
     """The SMTP service's hand-off to Celery, kept: evaluations in the form the broker carries
-    (Evaluation.to_json()); queue wake-ups are not needed by any test."""
+    (Evaluation.to_json()), report messages to parse; queue wake-ups are not needed by any test."""
 
     def __init__(self) -> None:
         self.evaluations: list[dict[str, Any]] = []
+        self.reports: list[ReportMessage] = []
 
     def record_evaluation(self, evaluation: Evaluation) -> None:
         self.evaluations.append(evaluation.to_json())
+
+    def parse_report(self, message: ReportMessage) -> None:
+        self.reports.append(message)
 
     def wake_queue(self) -> None:
         pass

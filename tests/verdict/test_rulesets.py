@@ -22,6 +22,7 @@ from app.store.mailboxes import add_messages, ensure_mailbox, new_message_row
 from app.store.signals import add_signals
 from app.verdict.analysis import analyze, message_columns
 from app.verdict.dmarc import DMARC_REJECT_REPLY
+from app.verdict.reports import ReportCheck
 from app.verdict.reputation import JUNK_REJECT_REPLY
 from app.verdict.rulesets import decoded, matching_ruleset
 from app.verdict.types import Arrival, Recipient
@@ -258,14 +259,22 @@ def test_a_first_message_failing_spf_is_rejected(config: Config, session: Sessio
 
 def test_inconclusive_reports_are_accepted(config: Config, session: Session) -> None:
     failing = outcome("fail", "none")
-    report = arrival(
+    mail = arrival(
         {"Subject": "Report Domain: example.org Submitter: x Report-ID: <1>"},
         spf_mailfrom=SPF_FAIL,
         dmarc=failing.dmarc,
     )
-    assert analyze(config, report, session, NOW).verdict.reason == "reporting"
-    tlsrpt = replace(report, headers=(("Content-Type", 'multipart/report; report-type="tlsrpt"'),))
-    assert analyze(config, tlsrpt, session, NOW).verdict.reason == "reporting"
+    # Looking like a report is not being one: only the report check of R6.2 makes it "reporting".
+    assert analyze(config, mail, session, NOW).verdict.reason == "spf-fail"
+    valid = replace(mail, report=ReportCheck("tls", "bob@example.org"))
+    analysis = analyze(config, valid, session, NOW)
+    assert analysis.verdict.reason == "reporting"
+    # The reporting address's copy is marked, for the parse after storage and its sweep.
+    assert (analysis.report_copy, analysis.copies[0].columns["is_tls_report"]) == (0, True)
+    refused = replace(mail, report=ReportCheck("tls", "bob@example.org", "no acceptable DKIM signature"))
+    analysis = analyze(config, refused, session, NOW)
+    assert (analysis.verdict.reason, analysis.report_copy) == ("spf-fail", None)
+    assert "X-Postwarden-TLSReport-Error: no acceptable DKIM signature\r\n" in analysis.headers
 
 
 def test_one_accepting_recipient_makes_the_reply_250(
