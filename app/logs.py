@@ -14,6 +14,7 @@ is the audit trail and must stay whole.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -75,6 +77,22 @@ def escape_control(text: str) -> str:
     if text.isprintable():  # the common case, checked in C; isprintable() is False for every control
         return text
     return _CONTROL.sub(_escape_one, text)
+
+
+def escape_control_in(value: Any) -> Any:
+    """`value` with `escape_control` applied to every string in it: in tuples, lists, dict values and
+    the fields of dataclasses (copies; other values as they are). For web pages: HTML escaping alone
+    would pass control characters from outside text on to the page."""
+    if isinstance(value, str):
+        return escape_control(value)
+    if isinstance(value, tuple | list):
+        return type(value)(escape_control_in(v) for v in value)
+    if isinstance(value, dict):
+        return {key: escape_control_in(v) for key, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: escape_control_in(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    return value
 
 
 class EscapingFormatter(logging.Formatter):

@@ -7,7 +7,6 @@ session's CSRF token, as every form that acts does.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from starlette.requests import Request
@@ -16,7 +15,7 @@ from starlette.responses import Response
 from app.address import AddressError, validate_address
 from app.config import Config
 from app.dns import resolver_from_config
-from app.logs import escape_control
+from app.logs import escape_control_in
 from app.queue.probe import probe
 from app.web.auth import admin_page, check_form_token
 from app.web.security import posted_form
@@ -40,7 +39,7 @@ async def probe_page(request: Request) -> Response:
     if domain and context["problem"] is None:
         resolver = resolver_from_config(config.dns, cache=False)
         result = await probe(config, resolver, domain, connect=connect)
-        context.update(result=_escaped(result), connected=connect)
+        context.update(result=escape_control_in(result), connected=connect)
     status = 400 if context["problem"] else 200
     return request.app.state.templates.TemplateResponse(request, "probe.html", context, status_code=status)
 
@@ -52,16 +51,3 @@ def _domain_problem(domain: str) -> str | None:
     except AddressError as e:
         return f"Not a domain name: {e}."
     return None
-
-
-def _escaped(value: Any) -> Any:
-    """The result with control characters in every string written as escapes, as the CLI prints
-    them: HTML escaping alone would pass them to the page."""
-    if isinstance(value, str):
-        return escape_control(value)
-    if isinstance(value, tuple):
-        return tuple(_escaped(v) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _escaped(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return dataclasses.replace(value, **changes)
-    return value
