@@ -1,0 +1,70 @@
+"""Helpers for tests of the postmaster's pages: the web config with the admin and a non-admin account,
+Chromium logged in as the admin, and screenshots kept (copied to $POSTWARDEN_SCREENSHOTS if set)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.config import Config
+from app.web.app import create_app
+from tests.support.browser import launch_chromium, watched_page
+from tests.support.webclient import served, write_web_config
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+PASSWORD = "correct horse battery"
+BOB_PASSWORD = "bob's own password"
+
+
+def admin_web_config(tmp_path: Path, dns_port: int) -> Config:
+    """The web test config (admin is the postmaster, bob is not), migrated, passwords set."""
+    return write_web_config(tmp_path / "config", dns_port, {"admin": PASSWORD, "bob": BOB_PASSWORD})
+
+
+@dataclass
+class AdminBrowser:
+    page: Page
+    base: str
+    console: list[str]
+    shots: Path
+
+    def screenshot(self, name: str) -> Path:
+        """A full-page screenshot under the test's tmp_path, copied to $POSTWARDEN_SCREENSHOTS if set."""
+        path = self.shots / name
+        self.page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 1000
+        copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
+        if copy_to:
+            shutil.copy(path, Path(copy_to) / name)
+        return path
+
+
+@contextmanager
+def admin_browser(config: Config, tmp_path: Path, start: str, height: int = 800) -> Iterator[AdminBrowser]:
+    """Chromium logged in as the admin on the page `start` of the app under uvicorn; on leaving, the
+    console must have stayed free of errors (a CSP violation is one)."""
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with served(create_app(config), config) as base, sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        try:
+            console: list[str] = []
+            page = watched_page(chromium, console, height=height)
+            page.goto(f"{base}{start}")
+            page.fill('input[name="account"]', "admin")
+            page.fill('input[name="password"]', PASSWORD)
+            page.click('button[type="submit"]')
+            page.wait_for_url(f"{base}{start}")
+            yield AdminBrowser(page, base, console, shots)
+            assert console == [], console
+        finally:
+            chromium.close()
