@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
+# For @pytest.mark.parametrize("database", BOTH_DATABASES): the `database` fixture of tests/web.
+BOTH_DATABASES = ["sqlite", "postgresql"]
 
 
-def admin_web_config(tmp_path: Path, dns_port: int) -> Config:
+def admin_web_config(tmp_path: Path, dns_port: int, database_url: str | None = None) -> Config:
     """The web test config (admin is the postmaster, bob is not), migrated, passwords set."""
-    return write_web_config(tmp_path / "config", dns_port, {"admin": PASSWORD, "bob": BOB_PASSWORD})
+    passwords = {"admin": PASSWORD, "bob": BOB_PASSWORD}
+    return write_web_config(tmp_path / "config", dns_port, passwords, database_url)
 
 
 @dataclass

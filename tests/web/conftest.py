@@ -14,9 +14,16 @@ from tests.support.dnsserver import DNSTestServer
 
 
 @pytest.fixture
-def admin_config(tmp_path: Path, dns: DNSTestServer) -> Config:
-    """The web test config: admin is the postmaster, bob is not."""
-    return admin_web_config(tmp_path, dns.port)
+def database() -> str:
+    """SQLite; a test parametrized with adminweb.BOTH_DATABASES runs on PostgreSQL too."""
+    return "sqlite"
+
+
+@pytest.fixture
+def admin_config(request: pytest.FixtureRequest, tmp_path: Path, dns: DNSTestServer, database: str) -> Config:
+    """The web test config: admin is the postmaster, bob is not; on `database`."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    return admin_web_config(tmp_path, dns.port, url)
 
 
 @pytest.fixture

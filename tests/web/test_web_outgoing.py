@@ -24,7 +24,7 @@ from app.tlsreports.report import FailureDetail, PolicyRef
 from app.tlsreports.results import SessionResult, record_tls_results
 from app.web.status import REPORT_JOBS
 from tests.reports.test_dmarc_evaluations import evaluation
-from tests.support.adminweb import BOB_PASSWORD, PASSWORD, admin_browser
+from tests.support.adminweb import BOB_PASSWORD, BOTH_DATABASES, PASSWORD, admin_browser
 from tests.support.webclient import form_token, log_in
 
 HOSTILE_HOST = "mx<script>alert(1)</script>\x1b[2J.example.net"
@@ -108,6 +108,7 @@ def test_only_the_postmaster(admin_client: TestClient, admin_config: Config) -> 
     assert 'href="/outgoing"' not in admin_client.get("/mail").text
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_the_tables_show_the_numbers(admin_client: TestClient, admin_config: Config) -> None:
     seed(admin_config)
     admin(admin_client)
@@ -132,6 +133,7 @@ def test_the_tables_show_the_numbers(admin_client: TestClient, admin_config: Con
     assert [row[0] for row in cells(page.text, "suppressed-tlsrpt")] == ["tls@example.net"]
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_hostile_names_are_text(admin_client: TestClient, admin_config: Config) -> None:
     seed(admin_config)
     admin(admin_client)
@@ -142,6 +144,7 @@ def test_hostile_names_are_text(admin_client: TestClient, admin_config: Config) 
     assert "\x1b" not in page and "\x07" not in page
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_add_and_remove_round_trip(admin_client: TestClient, admin_config: Config) -> None:
     token = admin(admin_client)
     done = add(

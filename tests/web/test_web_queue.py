@@ -21,7 +21,7 @@ from app.queue import outgoing
 from app.queue.enqueue import Queued, enqueue
 from app.store.mailboxes import count_received_since
 from app.web import queuepage
-from tests.support.adminweb import BOB_PASSWORD, PASSWORD, admin_browser
+from tests.support.adminweb import BOB_PASSWORD, BOTH_DATABASES, PASSWORD, admin_browser
 from tests.support.webclient import form_token, log_in
 
 HOSTILE_ERROR = "550 5.7.1 <script>alert(1)</script>\x1b[31m red\r\nX-Injected: yes"
@@ -70,6 +70,7 @@ def test_only_the_postmaster(admin_client: TestClient, admin_config: Config) -> 
     assert 'href="/queue"' not in admin_client.get("/mail").text
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_the_list_shows_the_rows_and_counts(admin_client: TestClient, admin_config: Config) -> None:
     carol, dave = queue(admin_config, "carol@example.net", "dave@remote.example")
     (erin,) = queue(admin_config, "erin@example.net")
@@ -87,6 +88,7 @@ def test_the_list_shows_the_rows_and_counts(admin_client: TestClient, admin_conf
     assert "<script>" not in page.text and "\x1b" not in page.text and "X-Injected: yes\r" not in page.text
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_retry_makes_the_row_due_now(admin_client: TestClient, admin_config: Config) -> None:
     (queue_id,) = queue(admin_config, "carol@example.net")
     fail_once(admin_config, queue_id, "451 4.3.0 try later")
@@ -104,6 +106,7 @@ def test_retry_makes_the_row_due_now(admin_client: TestClient, admin_config: Con
     assert f"Message {queue_id} is due now" in shown.text
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_drop_asks_first_then_removes_the_row_and_at_last_the_file(
     admin_client: TestClient, admin_config: Config
 ) -> None:
@@ -150,6 +153,7 @@ def test_a_row_a_worker_holds_is_left_alone(admin_client: TestClient, admin_conf
     assert list(rows(admin_config)) == [queue_id]
 
 
+@pytest.mark.parametrize("database", BOTH_DATABASES)
 def test_pages(admin_client: TestClient, admin_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queuepage, "PAGE_SIZE", 2)
     ids = queue(admin_config, *(f"r{n}@example.net" for n in range(5)))
