@@ -10,7 +10,7 @@ fields, MX host names from DNS, comments): control characters are shown as escap
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -73,7 +73,7 @@ class Outgoing:
     runs: dict[str, JobStatus | None]
     days: list[DayTotal]
     failures: list[FailureGroup]
-    suppressed: dict[str, list[Suppressed]] = field(default_factory=dict)
+    suppressed: dict[str, list[Suppressed]]  # by list kind
 
 
 def policy_name(is_host: bool, policy_type: str) -> str:
