@@ -80,19 +80,25 @@ def escape_control(text: str) -> str:
 
 
 def escape_control_in(value: Any) -> Any:
-    """`value` with `escape_control` applied to every string in it: in tuples, lists, dict values and
-    the fields of dataclasses (copies; other values as they are). For web pages: HTML escaping alone
-    would pass control characters from outside text on to the page."""
+    """`value` with control characters in every string it holds (in tuples, lists, dicts and
+    dataclasses, recursively) written as escapes: for pages showing text from the network, where
+    HTML escaping alone would pass them through."""
     if isinstance(value, str):
         return escape_control(value)
     if isinstance(value, tuple | list):
         return type(value)(escape_control_in(v) for v in value)
     if isinstance(value, dict):
-        return {key: escape_control_in(v) for key, v in value.items()}
+        return {escape_control_in(k): escape_control_in(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {f.name: escape_control_in(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return dataclasses.replace(value, **changes)
     return value
+
+
+def escape_control_lines(text: str) -> str:
+    """`text` escaped as by escape_control, line by line: its line breaks kept (a document shown in
+    a <pre>)."""
+    return "\n".join(escape_control(line) for line in text.replace("\r\n", "\n").split("\n"))
 
 
 class EscapingFormatter(logging.Formatter):

@@ -32,6 +32,7 @@ from app.web.metrics import metrics_registry
 from app.web.outgoing import outgoing_page, suppression_action
 from app.web.probe import probe_page
 from app.web.queuepage import drop_page, queue_page, retry_action
+from app.web.reports import report_page, reports_page
 from app.web.security import Refused, SecurityHeaders
 from app.web.status import ServerStatus, report_runs, server_status
 
@@ -166,6 +167,8 @@ def create_app(config: Config) -> Starlette:
         Route("/queue", queue_page),
         Route("/queue/{id}/retry", retry_action, methods=["POST"]),
         Route("/queue/{id}/drop", drop_page, methods=["GET", "POST"]),
+        Route("/reports", reports_page),
+        Route("/reports/{kind}/{id}", report_page),
         Route(MAIL_HOME, mailboxes_page),
         Route("/mailbox/{name:path}", mailbox_page),
         Route("/message/{id}", message_page),

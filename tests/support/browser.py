@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from app.config import Config
+from app.web.app import create_app
+from tests.support.webclient import served
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -37,3 +43,30 @@ def watched_page(browser: Browser, console: list[str], height: int = 800) -> Pag
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     return page
+
+
+def log_in_at(page: Page, url: str, account: str, password: str) -> None:
+    """Open `url`, which redirects to the login form, log in there and wait to be back at `url`."""
+    page.goto(url)
+    page.fill('input[name="account"]', account)
+    page.fill('input[name="password"]', password)
+    page.click('button[type="submit"]')
+    page.wait_for_url(url)
+
+
+@contextmanager
+def logged_in_chromium(config: Config, path: str, account: str, password: str) -> Iterator[tuple[Page, str]]:
+    """The web app for `config` served, Chromium logged in as `account` at `path`: the page and the
+    base URL. Leaving asserts that nothing reached the browser's console (a CSP violation would)."""
+    from playwright.sync_api import sync_playwright
+
+    console: list[str] = []
+    with served(create_app(config), config) as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = watched_page(browser, console)
+            log_in_at(page, f"{base}{path}", account, password)
+            yield page, base
+        finally:
+            browser.close()
+    assert console == [], console

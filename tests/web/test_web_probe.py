@@ -18,20 +18,25 @@ from starlette.testclient import TestClient
 from app.config import Config, load_config
 from app.web.app import create_app
 from tests.queue.test_probe import BACKUP, DOMAIN, MX, publish
-from tests.support.browser import launch_chromium, watched_page
+from tests.support.browser import logged_in_chromium
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
-from tests.support.smtppeers import smtp_peer
-from tests.support.webclient import form_token, log_in, served, write_web_config
+from tests.support.smtppeers import smtp_peer, spki_sha256
+from tests.support.webclient import form_token, log_in, write_web_config
 
 PASSWORD = "correct horse battery"
 BOB_PASSWORD = "bob's own password"
 
 
 @pytest.fixture
-def peer(https_ca: trustme.CA) -> Iterator[int]:
+def peer_cert(https_ca: trustme.CA) -> trustme.LeafCert:
+    return https_ca.issue_cert(MX)
+
+
+@pytest.fixture
+def peer(peer_cert: trustme.LeafCert) -> Iterator[int]:
     """An SMTP peer for MX with a certificate from the test CA; its port."""
-    with smtp_peer(https_ca.issue_cert(MX)) as running:
+    with smtp_peer(peer_cert) as running:
         yield running.port
 
 
@@ -117,35 +122,51 @@ def test_hostile_dns_text_is_escaped(client: TestClient, dns: DNSTestServer) -> 
 def test_browser_probe_and_connect(
     web_config: Config, dns: DNSTestServer, https_server: HTTPSTestServer, tmp_path: Path
 ) -> None:
-    """Chromium: log in as the postmaster, probe a domain, then probe and connect; no console error."""
-    from playwright.sync_api import sync_playwright
-
+    """Chromium: log in as the postmaster, probe an MTA-STS domain, then probe and connect; no
+    console error."""
     publish(dns, https_server, "enforce", MX, BACKUP)
-    console: list[str] = []
     shot = tmp_path / "probe.png"
-    with served(create_app(web_config), web_config) as base, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = watched_page(browser, console)
-            page.goto(f"{base}/tls-probe")
-            page.fill('input[name="account"]', "admin")
-            page.fill('input[name="password"]', PASSWORD)
-            page.click('button[type="submit"]')
-            page.wait_for_url(f"{base}/tls-probe")
-            page.fill("#domain", DOMAIN)
-            with page.expect_navigation():
-                page.click('form[method="get"] button')
-            assert page.url == f"{base}/tls-probe?domain={DOMAIN}"
-            assert "enforce" in page.inner_text("#mtasts")
-            with page.expect_navigation():
-                page.click("#connect")
-            assert "session opened" in page.inner_text("#hosts")
-            assert "not use it" in page.inner_text("#hosts"), "the host outside the policy"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert console == [], console
+    with logged_in_chromium(web_config, "/tls-probe", "admin", PASSWORD) as (page, base):
+        page.fill("#domain", DOMAIN)
+        with page.expect_navigation():
+            page.click('form[method="get"] button')
+        assert page.url == f"{base}/tls-probe?domain={DOMAIN}"
+        assert "enforce" in page.inner_text("#mtasts")
+        with page.expect_navigation():
+            page.click("#connect")
+        assert "session opened" in page.inner_text("#hosts")
+        assert "not use it" in page.inner_text("#hosts"), "the host outside the policy"
+        page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+
+
+def test_browser_probe_of_a_dane_domain(
+    web_config: Config,
+    dns: DNSTestServer,
+    https_server: HTTPSTestServer,
+    peer_cert: trustme.LeafCert,
+    tmp_path: Path,
+) -> None:
+    """Chromium: a DNSSEC-signed domain whose MX has a TLSA record for the peer's key: the page shows
+    the TLSA record, DANE deciding, and the test session matching it (screenshot probe-dane.png)."""
+    publish(dns, https_server, None, MX)
+    dns.add(f"_25._tcp.{MX}", "TLSA", f"3 1 1 {spki_sha256(peer_cert)}")
+    dns.authentic(DOMAIN)
+    shot = tmp_path / "probe-dane.png"
+    with logged_in_chromium(web_config, f"/tls-probe?domain={DOMAIN}", "admin", PASSWORD) as (page, _):
+        assert "DNSSEC-authenticated" in page.inner_text("#hosts-source")
+        assert "none published" in page.inner_text("#mtasts")
+        with page.expect_navigation():
+            page.click("#connect")
+        hosts = page.inner_text("#hosts")
+        assert f"TLSA at _25._tcp.{MX}" in hosts and f"3 1 1 {spki_sha256(peer_cert).upper()}" in hosts
+        assert "decided by: DANE" in hosts and "ok: matches the TLSA records (DANE)" in hosts
+        page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+
+
+def keep_screenshot(shot: Path) -> None:
     assert shot.stat().st_size > 1000
     copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
     if copy_to:
-        shutil.copy(shot, Path(copy_to) / "probe.png")
+        shutil.copy(shot, Path(copy_to) / shot.name)
