@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -37,6 +38,8 @@ from app.reportsuppress import (
 )
 from app.tlsreports.results import DayTotal, FailureGroup, daily_totals, failure_groups
 from app.web.auth import admin_page, check_form_token
+from app.web.charts import Bar, stacked_days
+from app.web.reports import TLS_SERIES
 from app.web.security import posted_form
 from app.web.status import JobStatus, last_job_runs, report_runs
 
@@ -74,6 +77,12 @@ class Outgoing:
     days: list[DayTotal]
     failures: list[FailureGroup]
     suppressed: dict[str, list[Suppressed]]  # by list kind
+    since: date  # the first day of `days`' period; the last is `until`
+    until: date
+
+    @property
+    def tls_chart(self) -> Markup:
+        return tls_chart(self.days, self.since, self.until)
 
 
 def policy_name(is_host: bool, policy_type: str) -> str:
@@ -87,8 +96,22 @@ def _day_order(total: DayTotal) -> tuple[int, int]:
     return -total.day.toordinal(), known.index(key) if key in known else len(known)
 
 
+def tls_chart(days: list[DayTotal], since: date, until: date) -> Markup:
+    """Sessions per day, succeeded and failed, as counted against the recipient domain's policy
+    (each session once)."""
+    totals: dict[date, tuple[int, int]] = {}
+    for total in days:
+        if not total.is_host:
+            ok, failed = totals.get(total.day, (0, 0))
+            totals[total.day] = (ok + total.successful, failed + total.failed)
+    bars = [Bar(day, counts) for day, counts in sorted(totals.items())]
+    label = "TLS sessions of our deliveries per day"
+    return stacked_days(label, TLS_SERIES, bars, since, until, "No TLS results recorded.")
+
+
 def _outgoing(database_url: str) -> Outgoing:
-    since = utcnow().date() - timedelta(days=TLS_DAYS - 1)
+    today = utcnow().date()
+    since = today - timedelta(days=TLS_DAYS - 1)
     with session_scope(database_url) as session:
         pending = pending_domains(session, limit=SHOWN_DOMAINS + 1)
         shown = Outgoing(
@@ -98,6 +121,8 @@ def _outgoing(database_url: str) -> Outgoing:
             days=sorted(daily_totals(session, since), key=_day_order),
             failures=failure_groups(session, since, SHOWN_FAILURES),
             suppressed={kind: _suppressed(session, kind) for kind in KINDS},
+            since=since,
+            until=today,
         )
     escaped: Outgoing = escape_control_in(shown)
     return escaped

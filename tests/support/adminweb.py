@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.config import Config
-from app.web.app import create_app
-from tests.support.browser import launch_chromium, watched_page
-from tests.support.webclient import served, write_web_config
+from tests.support.browser import logged_in_chromium
+from tests.support.webclient import write_web_config
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -50,24 +49,11 @@ class AdminBrowser:
 
 
 @contextmanager
-def admin_browser(config: Config, tmp_path: Path, start: str, height: int = 800) -> Iterator[AdminBrowser]:
-    """Chromium logged in as the admin on the page `start` of the app under uvicorn; on leaving, the
-    console must have stayed free of errors (a CSP violation is one)."""
-    from playwright.sync_api import sync_playwright
-
+def admin_browser(config: Config, tmp_path: Path, start: str) -> Iterator[AdminBrowser]:
+    """Chromium logged in as the admin on the page `start` (browser.logged_in_chromium: the console
+    must stay free of errors; a test that causes one on purpose takes it out of `console`)."""
     shots = tmp_path / "screenshots"
     shots.mkdir(exist_ok=True)
-    with served(create_app(config), config) as base, sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            console: list[str] = []
-            page = watched_page(chromium, console, height=height)
-            page.goto(f"{base}{start}")
-            page.fill('input[name="account"]', "admin")
-            page.fill('input[name="password"]', PASSWORD)
-            page.click('button[type="submit"]')
-            page.wait_for_url(f"{base}{start}")
-            yield AdminBrowser(page, base, console, shots)
-            assert console == [], console
-        finally:
-            chromium.close()
+    console: list[str] = []
+    with logged_in_chromium(config, start, "admin", PASSWORD, console) as (page, base):
+        yield AdminBrowser(page, base, console, shots)

@@ -122,6 +122,12 @@ def test_the_tables_show_the_numbers(admin_client: TestClient, admin_config: Con
     assert days[(today, "DANE (MX host)")] == ("3", "2")
     assert days[(yesterday, "MTA-STS (recipient domain)")] == ("4", "0")
     assert days[(yesterday, "no policy (recipient domain)")] == ("0", "1")
+    chart = page.text[page.text.index('id="tls-chart"') :].split("</svg>")[0]
+    bars = re.findall(r'<g class="bar"><title>([^<]*)</title>(.*?)</g>', chart)
+    assert [(title, re.findall(r'data-value="(\d+)"', rects)) for title, rects in bars] == [
+        (f"{yesterday}: 4 succeeded, 1 failed", ["4", "1"]),
+        (f"{today}: 3 succeeded, 2 failed", ["3", "2"]),
+    ], "each session once: the recipient domain's policies"
     failures = cells(page.text, "tls-failures")
     assert failures[0] == ["certificate-expired", "mx.example.net", "MTA-STS (recipient domain)", "2", today]
     assert failures[1] == ["certificate-expired", "mx.example.net", "DANE (MX host)", "2", today]
@@ -225,9 +231,16 @@ def test_bad_input_is_a_400_with_the_form_again(
 def test_browser_page_and_forms(admin_config: Config, tmp_path: Path) -> None:
     """Chromium: the tables, then add an address with the form, a bad one (400), and remove one."""
     seed(admin_config)
-    with admin_browser(admin_config, tmp_path, "/outgoing", height=900) as browser:
+    with admin_browser(admin_config, tmp_path, "/outgoing") as browser:
         page = browser.page
         assert "sender.example" in page.inner_text("#evaluations")
+        bars = page.locator("#tls-chart svg g.bar")
+        assert bars.count() == 2 and page.locator("#tls-chart svg").is_visible()
+        drawn = [
+            bars.nth(i).locator("rect").evaluate_all("rs => rs.map(r => r.dataset.value)") for i in range(2)
+        ]
+        assert drawn == [["4", "1"], ["3", "2"]]
+        assert bars.nth(1).locator("rect").first.bounding_box()["height"] > 10, "drawn, not only present"
         assert HOSTILE_HOST.replace("\x1b", "\\x1b") in page.inner_text("#tls-failures")
         assert page.locator("script").count() == 0 and page.locator("main b").count() == 0
         page.select_option("#kind", "tlsrpt")
