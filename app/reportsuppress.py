@@ -6,7 +6,7 @@ mailing a dead address every hour), or by the admin (`postwarden dmarc suppress 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, select
@@ -22,6 +22,8 @@ KINDS: tuple[ReportKind, ...] = ("dmarc", "tlsrpt")
 # After a permanent delivery failure: long enough to stop the hourly noise, short enough that a
 # fixed address gets reports again without anyone remembering to remove it.
 FAILURE_SUPPRESSION = timedelta(days=30)
+MAX_ADDRESS = 512  # the column's length
+MAX_COMMENT = 2000
 
 
 class SuppressionError(ValueError):
@@ -52,6 +54,10 @@ def suppress(
     if until.tzinfo is None:
         raise SuppressionError("the expiry needs a time zone")
     address = suppression_key(address)
+    if not address.isprintable() or len(address) > MAX_ADDRESS:
+        raise SuppressionError(f"{address[:100]!r} has a control character or is too long for an address")
+    if len(comment) > MAX_COMMENT:
+        raise SuppressionError(f"the comment is longer than {MAX_COMMENT} characters")
     table = ReportSuppression.__table__
     statement = upsert_insert(session, table).values(
         kind=kind, address=address, until=until, comment=comment, created=utcnow()
@@ -65,6 +71,18 @@ def suppress(
         ReportSuppression.kind == kind, ReportSuppression.address == address
     )
     return session.scalars(query.execution_options(populate_existing=True)).one()
+
+
+def suppression_until(last_day: date | None, now: datetime | None = None) -> datetime:
+    """When an entry the admin adds ends: the end of `last_day` (UTC), or FAILURE_SUPPRESSION from
+    now without one; SuppressionError("<day> is in the past") if that has passed."""
+    moment = now or utcnow()
+    if last_day is None:
+        return moment + FAILURE_SUPPRESSION
+    end = datetime(last_day.year, last_day.month, last_day.day, 23, 59, 59, tzinfo=UTC)
+    if end <= moment:
+        raise SuppressionError(f"{last_day:%Y-%m-%d} is in the past")
+    return end
 
 
 def suppress_after_failure(
@@ -96,13 +114,14 @@ def suppressed_addresses(session: Session, kind: ReportKind, now: datetime | Non
 
 
 def suppressions(
-    session: Session, kind: ReportKind, include_expired: bool = False
+    session: Session, kind: ReportKind, include_expired: bool = False, limit: int | None = None
 ) -> list[ReportSuppression]:
+    """The list by address (the first `limit` entries, if given)."""
     _check_kind(kind)
     query = select(ReportSuppression).where(ReportSuppression.kind == kind)
     if not include_expired:
         query = query.where(ReportSuppression.until > utcnow())
-    return list(session.scalars(query.order_by(ReportSuppression.address)))
+    return list(session.scalars(query.order_by(ReportSuppression.address).limit(limit)))
 
 
 def unsuppress(session: Session, kind: ReportKind, address: str) -> bool:

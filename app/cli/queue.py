@@ -171,10 +171,8 @@ def queue_retry(ctx: click.Context, queue_ids: tuple[int, ...], retry_all: bool,
 def queue_drop(ctx: click.Context, queue_ids: tuple[int, ...], as_json: bool) -> None:
     """Remove messages from the queue without delivering them (no DSN is sent)."""
     config = load(ctx)
-    url = config.resolved_database_url
-    with exit_if_database_unusable(url), session_scope(url) as session:
-        dropped, paths = outgoing.drop(session, queue_ids)
-    outgoing.remove_unreferenced_files(config, paths)
+    with exit_if_database_unusable(config.resolved_database_url):
+        dropped = outgoing.drop_messages(config, queue_ids)
     _report("dropped", queue_ids, dropped, as_json)
 
 

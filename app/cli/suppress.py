@@ -6,19 +6,18 @@ One set of commands serves both report kinds; `suppress_commands` hangs them und
 from __future__ import annotations
 
 import sys
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from app.cli.common import echo, emit_json, exit_if_database_unusable, json_option, load
 from app.db import session_scope
-from app.models.base import utcnow
 from app.reportsuppress import (
-    FAILURE_SUPPRESSION,
     ReportKind,
     SuppressionError,
     suppress,
+    suppression_until,
     suppressions,
     unsuppress,
 )
@@ -36,10 +35,6 @@ def suppression_row(entry: ReportSuppression) -> dict[str, Any]:
         "comment": entry.comment,
         "created": entry.created.isoformat(),
     }
-
-
-def end_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC)
 
 
 def fail(message: str) -> NoReturn:
@@ -61,9 +56,10 @@ def suppress_commands(parent: click.Group, kind: ReportKind, reports: str) -> cl
     @click.pass_context
     def add(ctx: click.Context, address: str, until: datetime | None, comment: str) -> None:
         config = load(ctx)
-        end = end_of(until.date()) if until else utcnow() + FAILURE_SUPPRESSION
-        if end <= utcnow():
-            fail(f"--until {end:%Y-%m-%d} is in the past")
+        try:
+            end = suppression_until(until.date() if until else None)
+        except SuppressionError as e:
+            fail(f"--until {e}")
         url = config.resolved_database_url
         with exit_if_database_unusable(url), session_scope(url) as session:
             try:

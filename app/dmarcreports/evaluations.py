@@ -178,8 +178,11 @@ def _spf_results(results: Iterable[SPFAuth]) -> list[list[str]]:
     return [[r.domain, "mfrom", r.result] for r in kept[:1]]
 
 
-def pending_domains(session: Session, domain: str | None = None) -> list[PendingDomain]:
-    """Evaluations waiting for a report, per policy domain (one domain if given)."""
+def pending_domains(
+    session: Session, domain: str | None = None, limit: int | None = None
+) -> list[PendingDomain]:
+    """Evaluations waiting for a report, per policy domain (one domain if given; the first `limit`
+    domains by name if given)."""
     query = (
         select(
             E.policy_domain,
@@ -191,6 +194,7 @@ def pending_domains(session: Session, domain: str | None = None) -> list[Pending
         )
         .group_by(E.policy_domain)
         .order_by(E.policy_domain)
+        .limit(limit)
     )
     if domain is not None:
         query = query.where(E.policy_domain == normalized_domain(domain))

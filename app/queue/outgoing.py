@@ -297,11 +297,18 @@ def row_values(row: OutgoingMessage) -> dict[str, Any]:
     return {column.key: getattr(row, column.key) for column in _TABLE.columns}
 
 
-def list_rows(session: Session, ids: Sequence[int] = (), path: str | None = None) -> list[Listed]:
-    """The rows (those with the ids, or of the file at `path`, when given), next attempt first."""
+def list_rows(
+    session: Session,
+    ids: Sequence[int] = (),
+    path: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Listed]:
+    """The rows (those with the ids, or of the file at `path`, when given), next attempt first; a
+    page of them with `limit` and `offset` (the web page)."""
     now = utcnow()
     query = select(OutgoingMessage, due(now), free(now))
-    query = query.order_by(OutgoingMessage.next_attempt, OutgoingMessage.id)
+    query = query.order_by(OutgoingMessage.next_attempt, OutgoingMessage.id).limit(limit).offset(offset)
     if ids:
         query = query.where(OutgoingMessage.id.in_(ids))
     if path is not None:
@@ -332,6 +339,16 @@ def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
     if dropped:
         session.execute(delete(OutgoingMessage).where(OutgoingMessage.id.in_(dropped)))
     return dropped, {path for _, path in rows}
+
+
+def drop_messages(config: Config, ids: Sequence[int]) -> list[int]:
+    """`drop` in a transaction of its own, then the files no row needs any more deleted (after the
+    commit: a rollback must not leave rows without their file); the dropped ids. `queue drop` and the
+    web queue page both drop this way."""
+    with session_scope(config.resolved_database_url) as session:
+        dropped, paths = drop(session, ids)
+    remove_unreferenced_files(config, paths)
+    return dropped
 
 
 # Recipients our users sent to (SPEC R3.4 b, c).

@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import ColumnElement, ColumnExpressionArgument, Table, and_, delete, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    ColumnExpressionArgument,
+    Table,
+    and_,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db import affected_rows, upsert_insert
@@ -337,3 +347,84 @@ def results_for(session: Session, domain: str | None, day: date | None) -> list[
         query = query.where(TLSResult.day == day)
     order = (TLSResult.day.desc(), TLSResult.recipient_domain, TLSResult.is_host, TLSResult.policy_domain)
     return list(session.scalars(query.order_by(*order)))
+
+
+# Summaries for the admin's web page (app/web/outgoing.py).
+
+
+@dataclass(frozen=True)
+class DayTotal:
+    """Sessions counted against one kind of policy on one UTC day: the recipient domain's (`is_host`
+    False: sts or no-policy-found) or the MX host's (tlsa or no-policy-found). Every session counts
+    once for each kind, so the two are shown apart, not added up."""
+
+    day: date
+    is_host: bool
+    policy_type: str
+    successful: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failed sessions of one result type at one MX host (None: no host involved, e.g. an MTA-STS
+    fetch error), counted against one kind of policy, since a day."""
+
+    result_type: str
+    mx_host: str | None
+    is_host: bool
+    policy_type: str
+    sessions: int
+    last_day: date
+
+
+def daily_totals(session: Session, since: date) -> list[DayTotal]:
+    """Successful and failed sessions per day from `since` and kind of policy, newest day first (at
+    most 2 x 3 groups a day)."""
+    query = (
+        select(
+            TLSResult.day,
+            TLSResult.is_host,
+            TLSResult.policy_type,
+            func.sum(TLSResult.success_count),
+            func.sum(TLSResult.failure_count),
+        )
+        .where(TLSResult.day >= since)
+        .group_by(TLSResult.day, TLSResult.is_host, TLSResult.policy_type)
+        .order_by(TLSResult.day.desc(), TLSResult.is_host, TLSResult.policy_type)
+    )
+    return [
+        DayTotal(d, bool(h), t, int(ok or 0), int(bad or 0)) for d, h, t, ok, bad in session.execute(query)
+    ]
+
+
+def failure_groups(session: Session, since: date, limit: int) -> list[FailureGroup]:
+    """The failures from `since` by result type, MX host and kind of policy, most sessions first."""
+    sessions = func.sum(TLSFailureDetail.failed_session_count)
+    query = (
+        select(
+            TLSFailureDetail.result_type,
+            TLSFailureDetail.receiving_mx_hostname,
+            TLSResult.is_host,
+            TLSResult.policy_type,
+            sessions,
+            func.max(TLSResult.day),
+        )
+        .join(TLSResult, TLSResult.id == TLSFailureDetail.result_id)
+        .where(TLSResult.day >= since)
+        .group_by(
+            TLSFailureDetail.result_type,
+            TLSFailureDetail.receiving_mx_hostname,
+            TLSResult.is_host,
+            TLSResult.policy_type,
+        )
+        .order_by(
+            sessions.desc(),
+            TLSFailureDetail.result_type,
+            TLSFailureDetail.receiving_mx_hostname,
+            TLSResult.is_host,
+            TLSResult.policy_type,
+        )
+        .limit(limit)
+    )
+    return [FailureGroup(r, mx, bool(h), t, int(n or 0), d) for r, mx, h, t, n, d in session.execute(query)]

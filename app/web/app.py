@@ -29,10 +29,12 @@ from app.models.base import utcnow
 from app.web.auth import MAIL_HOME, admin_page, login, login_form, logout, page_context
 from app.web.mail import mailbox_page, mailboxes_page, message_action, message_page
 from app.web.metrics import metrics_registry
+from app.web.outgoing import outgoing_page, suppression_action
 from app.web.probe import probe_page
+from app.web.queuepage import drop_page, queue_page, retry_action
 from app.web.reports import report_page, reports_page
 from app.web.security import Refused, SecurityHeaders
-from app.web.status import REPORT_JOBS, ServerStatus, server_status
+from app.web.status import ServerStatus, report_runs, server_status
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,7 @@ def _status(database_url: str) -> ServerStatus:
 async def status_page(request: Request) -> Response:
     config: Config = request.app.state.config
     status = await run_in_threadpool(_status, config.resolved_database_url)
-    reports = {label: status.last_runs.get(job) for job, label in REPORT_JOBS.items()}
-    context = {"status": status, "reports": reports, "config": config}
+    context = {"status": status, "reports": report_runs(status.last_runs), "config": config}
     return request.app.state.templates.TemplateResponse(request, "status.html", context)
 
 
@@ -161,6 +162,11 @@ def create_app(config: Config) -> Starlette:
         Route("/dns", dns_page),
         Route("/dns/{domain}", dns_page),
         Route("/tls-probe", probe_page, methods=["GET", "POST"]),
+        Route("/outgoing", outgoing_page),
+        Route("/outgoing/suppressions", suppression_action, methods=["POST"]),
+        Route("/queue", queue_page),
+        Route("/queue/{id}/retry", retry_action, methods=["POST"]),
+        Route("/queue/{id}/drop", drop_page, methods=["GET", "POST"]),
         Route("/reports", reports_page),
         Route("/reports/{kind}/{id}", report_page),
         Route(MAIL_HOME, mailboxes_page),

@@ -52,6 +52,11 @@ def server_status(session: Session, now: datetime) -> ServerStatus:
     )
 
 
+def report_runs(last_runs: dict[str, JobStatus]) -> dict[str, JobStatus | None]:
+    """The report jobs' latest runs (None: never ran), by label: the status and outgoing pages."""
+    return {label: last_runs.get(job) for job, label in REPORT_JOBS.items()}
+
+
 def last_job_runs(session: Session) -> dict[str, JobStatus]:
     runs = latest_runs(session)
     return {run.job: JobStatus(run.job, run.started, run.finished, run.outcome) for run in runs}

@@ -55,12 +55,15 @@ def log_in_at(page: Page, url: str, account: str, password: str) -> None:
 
 
 @contextmanager
-def logged_in_chromium(config: Config, path: str, account: str, password: str) -> Iterator[tuple[Page, str]]:
+def logged_in_chromium(
+    config: Config, path: str, account: str, password: str, console: list[str] | None = None
+) -> Iterator[tuple[Page, str]]:
     """The web app for `config` served, Chromium logged in as `account` at `path`: the page and the
-    base URL. Leaving asserts that nothing reached the browser's console (a CSP violation would)."""
+    base URL. Leaving asserts that nothing reached the browser's console (a CSP violation would);
+    a test that expects a message there passes its own `console` and takes the message out."""
     from playwright.sync_api import sync_playwright
 
-    console: list[str] = []
+    console = [] if console is None else console
     with served(create_app(config), config) as base, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
