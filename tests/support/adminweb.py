@@ -3,8 +3,6 @@ Chromium logged in as the admin, and screenshots kept (copied to $POSTWARDEN_SCR
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.config import Config
-from tests.support.browser import logged_in_chromium
+from tests.support.browser import keep_screenshot, logged_in_chromium
 from tests.support.webclient import write_web_config
 
 if TYPE_CHECKING:
@@ -41,10 +39,7 @@ class AdminBrowser:
         """A full-page screenshot under the test's tmp_path, copied to $POSTWARDEN_SCREENSHOTS if set."""
         path = self.shots / name
         self.page.screenshot(path=str(path), full_page=True)
-        assert path.stat().st_size > 1000
-        copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
-        if copy_to:
-            shutil.copy(path, Path(copy_to) / name)
+        keep_screenshot(path)
         return path
 
 

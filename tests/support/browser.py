@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,3 +75,13 @@ def logged_in_chromium(
         finally:
             browser.close()
     assert console == [], console
+
+
+def keep_screenshot(shot: Path) -> None:
+    """A screenshot a test took: it must hold a picture, and it is copied to $POSTWARDEN_SCREENSHOTS
+    when that names a directory (.ci/run sets it, so a CI run's screenshots can be looked at)."""
+    assert shot.stat().st_size > 1000, f"{shot} is empty"
+    copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
+    if copy_to:
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(copy_to) / shot.name)

@@ -6,8 +6,6 @@ Set POSTWARDEN_SCREENSHOTS to a directory to get a copy of the screenshot there.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from starlette.testclient import TestClient
 from app.config import Config, load_config
 from app.web.app import create_app
 from tests.queue.test_probe import BACKUP, DOMAIN, MX, publish
-from tests.support.browser import logged_in_chromium
+from tests.support.browser import keep_screenshot, logged_in_chromium
 from tests.support.dnsserver import DNSTestServer
 from tests.support.httpsserver import LOOPBACK_NETWORKS, HTTPSTestServer
 from tests.support.smtppeers import smtp_peer, spki_sha256
@@ -163,10 +161,3 @@ def test_browser_probe_of_a_dane_domain(
         assert "decided by: DANE" in hosts and "ok: matches the TLSA records (DANE)" in hosts
         page.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot)
-
-
-def keep_screenshot(shot: Path) -> None:
-    assert shot.stat().st_size > 1000
-    copy_to = os.environ.get("POSTWARDEN_SCREENSHOTS")
-    if copy_to:
-        shutil.copy(shot, Path(copy_to) / shot.name)
