@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 import ssl
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
 
-from app.config import Config
+from app.config import Config, ImapListener
 from app.imap.reader import Closed
 from app.imap.session import IMAPSession
 
@@ -30,20 +31,41 @@ class IMAPLimits:
     max_sessions: int = 1000
     max_sessions_per_ip: int = 20
 
+    @classmethod
+    def of(cls, config: Config) -> IMAPLimits:
+        settings = config.imap
+        return cls(
+            login_timeout=settings.login_timeout,
+            idle_timeout=settings.idle_timeout,
+            max_errors=settings.max_errors,
+            max_sessions=settings.max_sessions,
+            max_sessions_per_ip=settings.max_sessions_per_ip,
+        )
+
 
 @dataclass(frozen=True)
 class IMAPListener:
     address: str
     port: int
     implicit_tls: bool  # imaps (993); else plain with STARTTLS (143)
+    tls: ssl.SSLContext
+
+    @classmethod
+    def of(cls, listener: ImapListener) -> IMAPListener:
+        """From the config; ValueError (for the operator) if its certificate cannot be loaded."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(listener.tls_cert, listener.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            where = f"{listener.address}:{listener.port}"
+            raise ValueError(f"imap listener {where}: cannot load its certificate: {e}") from None
+        return cls(listener.address, listener.port, listener.kind == "imaps", context)
 
 
 class IMAPServer:
-    def __init__(
-        self, config: Config, tls_context: ssl.SSLContext | None, limits: IMAPLimits | None = None
-    ) -> None:
+    def __init__(self, config: Config, limits: IMAPLimits | None = None) -> None:
         self.config = config
-        self.tls_context = tls_context
         self.limits = limits or IMAPLimits()
         self.servers: list[asyncio.Server] = []
         self.sessions: Counter[str] = Counter()
@@ -53,14 +75,12 @@ class IMAPServer:
         """Listen on each listener; the ports bound (a port 0 gets one of the kernel's)."""
         ports = []
         for listener in listeners:
-            if listener.implicit_tls and self.tls_context is None:
-                raise ValueError("an implicit TLS listener needs a certificate")
             server = await asyncio.start_server(
-                functools.partial(self._connected, tls=listener.implicit_tls),
+                functools.partial(self._connected, listener=listener),
                 listener.address,
                 listener.port,
                 limit=self.limits.max_line + 2,
-                ssl=self.tls_context if listener.implicit_tls else None,
+                ssl=listener.tls if listener.implicit_tls else None,
                 ssl_handshake_timeout=self.limits.login_timeout if listener.implicit_tls else None,
             )
             self.servers.append(server)
@@ -74,7 +94,7 @@ class IMAPServer:
         return ports
 
     async def _connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, listener: IMAPListener
     ) -> None:
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) else "unix"
@@ -85,7 +105,7 @@ class IMAPServer:
                 return
             self.sessions[ip] += 1
             try:
-                await IMAPSession(self, reader, writer, tls=tls, peer_ip=ip).run()
+                await IMAPSession(self, reader, writer, listener=listener, peer_ip=ip).run()
             except Closed:
                 pass
             finally:
@@ -120,3 +140,16 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with suppress(TimeoutError, OSError, ssl.SSLError):  # the client went away: nothing left to close
         await asyncio.wait_for(writer.wait_closed(), 5)
+
+
+async def serve_until_stopped(config: Config, listeners: list[IMAPListener]) -> None:
+    """`postwarden imap`: serve until SIGTERM or SIGINT, then end the sessions and stop."""
+    server = IMAPServer(config, IMAPLimits.of(config))
+    await server.start(listeners)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("imap stopping")
+    await server.stop()

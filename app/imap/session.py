@@ -30,7 +30,7 @@ from app.store.mailboxes import MailboxError, MessageRow
 from app.throttle import attempt_login
 
 if TYPE_CHECKING:
-    from app.imap.server import IMAPServer
+    from app.imap.server import IMAPListener, IMAPServer
 
 log = logging.getLogger("app.imap")
 
@@ -70,12 +70,12 @@ class IMAPSession:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        tls: bool,
+        listener: IMAPListener,
         peer_ip: str,
     ) -> None:
-        self.server, self.config, self.limits = server, server.config, server.limits
+        self.config, self.limits = server.config, server.limits
         self.reader, self.writer = reader, writer
-        self.tls, self.peer_ip = tls, peer_ip
+        self.tls_context, self.tls, self.peer_ip = listener.tls, listener.implicit_tls, peer_ip
         self.state = NOT_AUTHENTICATED
         self.store: AccountStore | None = None
         self.selection: Selection | None = None
@@ -180,19 +180,21 @@ class IMAPSession:
     # Not authenticated: STARTTLS, LOGIN, AUTHENTICATE PLAIN.
 
     async def starttls(self, command: Command) -> None:
-        if self.tls or self.server.tls_context is None:
-            raise CommandFailed(
-                "BAD", "TLS is already active" if self.tls else "STARTTLS is not offered here"
-            )
-        await self.ok(command, "Begin TLS negotiation now")
+        if self.tls:
+            raise CommandFailed("BAD", "TLS is already active")
         # Octets the client sent after STARTTLS were sent in the clear: they must not be taken as
-        # commands of the protected session (CVE-2011-0411 and kin).
+        # commands of the protected session (CVE-2011-0411 and kin). Reading stops before our OK, so
+        # everything the client sends after it is left to the TLS handshake (start_tls reads on).
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # a socket transport reads and writes
+        transport.pause_reading()
         if self.reader._buffer:  # type: ignore[attr-defined]
             log.info("imap STARTTLS ip=%s: data pipelined after STARTTLS; closing", self.peer_ip)
             self.state = LOGOUT
-            return
+            raise CommandFailed("BAD", "Commands were sent after STARTTLS before TLS began; closing")
+        await self.ok(command, "Begin TLS negotiation now")
         try:
-            await asyncio.wait_for(self.writer.start_tls(self.server.tls_context), self.limits.login_timeout)
+            await asyncio.wait_for(self.writer.start_tls(self.tls_context), self.limits.login_timeout)
         except (TimeoutError, OSError) as e:
             log.info("imap STARTTLS ip=%s: handshake failed: %s", self.peer_ip, e)
             self.state = LOGOUT

@@ -33,16 +33,19 @@ class ThreadedIMAP:
     """The IMAP server and a message store on one event loop in a background thread."""
 
     def __init__(self, config: Config, tls: ssl.SSLContext, limits: IMAPLimits) -> None:
-        self.config = config
+        self.config, self.tls = config, tls
         self.loop = asyncio.new_event_loop()
-        self.server = IMAPServer(config, tls, limits)
+        self.server = IMAPServer(config, limits)
         self.store = MessageStore(config.data_dir, config.resolved_database_url)
         self._thread = threading.Thread(target=self.loop.run_forever, name="imap-test-server", daemon=True)
         self.port = self.tls_port = 0
 
     def start(self) -> ThreadedIMAP:
         self._thread.start()
-        listeners = [IMAPListener("127.0.0.1", 0, False), IMAPListener("127.0.0.1", 0, True)]
+        listeners = [
+            IMAPListener("127.0.0.1", 0, False, self.tls),
+            IMAPListener("127.0.0.1", 0, True, self.tls),
+        ]
         self.port, self.tls_port = self.run(self.server.start(listeners))
         return self
 
