@@ -122,8 +122,22 @@ def _body_parts(body: bytes, boundary: str) -> list[bytes]:
 def _fields(header: bytes, names: set[str], *, keep: bool) -> bytes:
     """The header fields named (keep) or all but them, each with its continuation lines, and a
     blank line after them (RFC 9051 6.4.5: HEADER.FIELDS includes the delimiting blank line)."""
+    chosen = [f for f in header_fields(header) if (field_name(f) in names) == keep]
+    return b"".join(f if f.endswith(b"\n") else f + b"\r\n" for f in chosen) + b"\r\n"
+
+
+def header_fields(header: bytes) -> list[bytes]:
+    """The header's fields as they are, each with its continuation lines."""
     text = header.rstrip(b"\r\n")
     starts = [m.start() for m in _FIELD_START.finditer(text)]
-    fields = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
-    chosen = [f for f in fields if (f.partition(b":")[0].strip().decode("latin-1").upper() in names) == keep]
-    return b"".join(f if f.endswith(b"\n") else f + b"\r\n" for f in chosen) + b"\r\n"
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def field_name(field: bytes) -> str:
+    """A field's name, upper case (octets beyond ASCII kept as Latin-1 characters: they match nothing)."""
+    return field.partition(b":")[0].strip().decode("latin-1").upper()
+
+
+def field_value(field: bytes) -> bytes:
+    """A field's value, unfolded (RFC 5322 2.2.3) and without surrounding white space."""
+    return re.sub(rb"\r?\n(?=[ \t])", b"", field.partition(b":")[2]).strip()

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login
 from app.imap import responses
+from app.imap.envelope import envelope
 from app.imap.mailstore import INBOX, AccountStore
 from app.imap.parser import Command, FetchItem, ParseError, Section, SequenceSet, parse_command, tag_of
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
@@ -387,22 +388,10 @@ class IMAPSession:
         changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
         for row in rows:
             shown = [*items, _FLAGS] if row["id"] in changed else items
-            data = [await self._fetch_item(row, item) for item in shown]
+            needs_content = any(i.name not in _FROM_ROW for i in shown)
+            content = await account.content(row) if needs_content else b""  # read once per message
+            data = [_fetch_item(row, item, content) for item in shown]
             await self.send(responses.fetch_line(numbers[row["uid"]], data))
-
-    async def _fetch_item(self, row: MessageRow, item: FetchItem) -> bytes:
-        name = item.name
-        if name == "FLAGS":
-            return b"FLAGS " + responses.flags_of(row)
-        if name == "UID":
-            return b"UID %d" % row["uid"]
-        if name == "INTERNALDATE":
-            return b"INTERNALDATE " + responses.internal_date(row["received"])
-        if name == "RFC822.SIZE":
-            return b"RFC822.SIZE %d" % row["size"]
-        section = item.section or _RFC822_SECTIONS[name]
-        data = partial(section_octets(await self._account().content(row), section), item.partial)
-        return item.response_name().encode() + b" " + responses.literal(data)
 
     async def store_flags(self, command: Command) -> None:
         selection = self._selected()
@@ -432,12 +421,32 @@ class IMAPSession:
 
 
 _FLAGS = FetchItem("FLAGS")
-_NOT_YET = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
+_NOT_YET = ("BODYSTRUCTURE", "BODY")
+# The items answered from the row alone, without reading the message file.
+_FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
 _RFC822_SECTIONS = {
     "RFC822": Section(),
     "RFC822.HEADER": Section(text="HEADER"),
     "RFC822.TEXT": Section(text="TEXT"),
 }
+
+
+def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
+    """One data item of a FETCH response; `content` is the message's file (empty if no item needs it)."""
+    name = item.name
+    if name == "FLAGS":
+        return b"FLAGS " + responses.flags_of(row)
+    if name == "UID":
+        return b"UID %d" % row["uid"]
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + responses.internal_date(row["received"])
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % row["size"]
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(content)
+    section = item.section or _RFC822_SECTIONS[name]
+    data = partial(section_octets(content, section), item.partial)
+    return item.response_name().encode() + b" " + responses.literal(data)
 
 
 def _sets_seen(item: FetchItem) -> bool:

@@ -18,6 +18,7 @@ from app.accounts import account_id
 from app.db import session_scope
 from app.store.mailboxes import MoveRules, account_message, find_message, move_messages
 from tests.imap.conftest import PASSWORD, IMAPClients, message
+from tests.support.smtpfixtures import make_message
 
 
 class RawClient:
@@ -143,6 +144,27 @@ def test_store_goes_through_set_flags_and_shows_where_the_web_reads(imap: IMAPCl
     client.logout()
 
 
+def test_envelope_with_imapclient(imap: IMAPClients) -> None:
+    imap.server.deliver(
+        make_message(
+            "carol@example.net",
+            "admin@example.org",
+            subject="=?utf-8?q?caf=C3=A9?=",
+            extra_headers='Cc: "Dan D." <dan@example.com>, eve@example.com\r\n',
+        )
+    )
+    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
+    client.login("admin", PASSWORD)
+    client.select_folder("INBOX", readonly=True)
+    envelope = client.fetch([1], ["ENVELOPE"])[1][b"ENVELOPE"]
+    assert envelope.subject == b"=?utf-8?q?caf=C3=A9?="  # as sent: the client decodes it
+    assert [(a.mailbox, a.host) for a in envelope.from_] == [(b"carol", b"example.net")]
+    assert envelope.sender == envelope.from_ and envelope.reply_to == envelope.from_
+    assert [(a.name, a.mailbox) for a in envelope.cc] == [(b"Dan D.", b"dan"), (None, b"eve")]
+    assert envelope.bcc is None and envelope.message_id.startswith(b"<")
+    client.logout()
+
+
 def test_examine_is_read_only(imap: IMAPClients) -> None:
     file_id = imap.server.deliver(message(1))
     client = imap.logged_in()
@@ -209,7 +231,7 @@ def test_selected_state_commands_and_bad_sequence_sets(imap: IMAPClients) -> Non
     assert client.command(b"e UID FETCH 5:9 FLAGS") == [
         b"e OK UID FETCH completed\r\n"
     ]  # no such UIDs: nothing
-    assert client.command(b"f FETCH 1 ENVELOPE")[-1].startswith(b"f NO [CANNOT] Not implemented yet")
+    assert client.command(b"f FETCH 1 BODYSTRUCTURE")[-1].startswith(b"f NO [CANNOT] Not implemented yet")
 
 
 def test_too_large_literals_are_refused(imap_factory: Callable[..., IMAPClients]) -> None:
