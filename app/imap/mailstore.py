@@ -18,7 +18,7 @@ from app.accounts import account_id
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
-from app.store.mailboxes import MessageRow, UidState
+from app.store.mailboxes import MessageRow, MoveRules, UidState
 
 _T = TypeVar("_T")
 INBOX = "INBOX"
@@ -87,6 +87,17 @@ class AccountStore:
     async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> None:
         """Through the store's set_flags (MailboxError for a change it refuses)."""
         await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))
+
+    async def move(self, row_ids: Sequence[int], imap_name: str, *, copy: bool) -> None:
+        """Move (or copy) the messages into the mailbox through the store's move_messages, as the web
+        UI does: out of Rejects a message becomes the delivery it would have been, into Junk it is
+        junk (SPEC R3.3). MailboxError for a move the store refuses."""
+        target, rules = self.store_name(imap_name), MoveRules.of(self.config, self.account)
+        await self._run(
+            lambda session: mailboxes.move_messages(
+                session, self.account_id, row_ids, target, rules=rules, copy=copy
+            )
+        )
 
     async def content(self, row: MessageRow) -> bytes:
         """The message file's octets (a file is written once and never changes)."""

@@ -446,6 +446,13 @@ def _partial(tokens: Tokens) -> tuple[int, int] | None:
     return start, length
 
 
+def _copy(tokens: Tokens) -> dict[str, object]:
+    tokens.space()
+    sequence = tokens.sequence_set()
+    tokens.space()
+    return {"sequence": sequence, "mailbox": tokens.mailbox()}
+
+
 STORE_FLAGS = {"\\SEEN", "\\FLAGGED", "\\DELETED", "\\ANSWERED", "\\DRAFT", "$JUNK", "$NOTJUNK"}
 
 
@@ -493,4 +500,8 @@ _PARSERS = {
     "UID FETCH": _fetch,
     "STORE": _store,
     "UID STORE": _store,
+    "COPY": _copy,
+    "UID COPY": _copy,
+    "MOVE": _copy,
+    "UID MOVE": _copy,
 }

@@ -153,7 +153,7 @@ class IMAPSession:
     # Any state.
 
     def capabilities(self) -> bytes:
-        names = ["IMAP4rev1", "LITERAL+", "ID", "UNSELECT", "SPECIAL-USE"]
+        names = ["IMAP4rev1", "LITERAL+", "ID", "UNSELECT", "SPECIAL-USE", "MOVE"]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
         elif self.state == NOT_AUTHENTICATED:
@@ -339,14 +339,11 @@ class IMAPSession:
         each number is right when sent) and of new ones (EXISTS) since its view was taken."""
         selection = self._selected()
         now = await self._account().uids(selection.mailbox_id)
-        present = set(now)
-        for number in range(len(selection.uids), 0, -1):
-            if selection.uids[number - 1] not in present:
-                await self.send(b"* %d EXPUNGE\r\n" % number)
-        kept = [uid for uid in selection.uids if uid in present]
-        known = set(kept)
-        selection.uids = kept + [uid for uid in now if uid not in known]
-        if len(selection.uids) != len(kept):
+        await self._expunged(set(selection.uids) - set(now))
+        known = set(selection.uids)
+        added = [uid for uid in now if uid not in known]
+        if added:
+            selection.uids += added
             await self.send(b"* %d EXISTS\r\n" % len(selection.uids))
 
     def _targets(self, command: Command) -> list[int]:
@@ -418,6 +415,35 @@ class IMAPSession:
             if command.name == "UID STORE":
                 data.append(b"UID %d" % row["uid"])
             await self.send(responses.fetch_line(numbers[row["uid"]], data))
+
+    async def copy_or_move(self, command: Command) -> None:
+        """COPY and MOVE (RFC 6851) through the store's move_messages (SPEC R3.3). A MOVE reports
+        each message that left as EXPUNGE, highest number first."""
+        selection, account = self._selected(), self._account()
+        moving = command.name.endswith("MOVE")
+        if moving and selection.read_only:
+            raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
+        target = await account.uid_state(str(command.args["mailbox"]))
+        if target is None:
+            raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        targets = self._targets(command)
+        for start in range(0, len(targets), FETCH_BATCH):
+            rows = await account.rows(selection.mailbox_id, targets[start : start + FETCH_BATCH])
+            try:
+                await account.move([row["id"] for row in rows], str(command.args["mailbox"]), copy=not moving)
+            except MailboxError as e:
+                raise CommandFailed("NO", f"[CANNOT] {e}") from None
+        if moving and target.mailbox_id != selection.mailbox_id:
+            await self._expunged(set(targets))
+        await self.ok(command, f"{command.name} completed")
+
+    async def _expunged(self, uids: set[int]) -> None:
+        """Report the messages with these UIDs as gone and drop them from the session's view."""
+        selection = self._selected()
+        for number in range(len(selection.uids), 0, -1):
+            if selection.uids[number - 1] in uids:
+                await self.send(b"* %d EXPUNGE\r\n" % number)
+        selection.uids = [uid for uid in selection.uids if uid not in uids]
 
 
 _FLAGS = FetchItem("FLAGS")
@@ -494,4 +520,8 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "UID FETCH": (IMAPSession.fetch, (SELECTED,)),
     "STORE": (IMAPSession.store_flags, (SELECTED,)),
     "UID STORE": (IMAPSession.store_flags, (SELECTED,)),
+    "COPY": (IMAPSession.copy_or_move, (SELECTED,)),
+    "UID COPY": (IMAPSession.copy_or_move, (SELECTED,)),
+    "MOVE": (IMAPSession.copy_or_move, (SELECTED,)),
+    "UID MOVE": (IMAPSession.copy_or_move, (SELECTED,)),
 }

@@ -54,7 +54,15 @@ class ThreadedIMAP:
 
     def deliver(self, content: bytes, mailbox: str = "Inbox", account: str = "admin") -> str:
         """Store a message as SMTP does; its file id."""
-        (file_id,) = self.run(self.store.store_copies(content, [MailboxCopy(account, mailbox)]))
+        return self._store(MailboxCopy(account, mailbox), content)
+
+    def reject(self, content: bytes, destined: str = "Inbox", account: str = "admin") -> str:
+        """Store a message refused with a 451 as SMTP does: in Rejects, seen, destined for `destined`."""
+        columns = {"seen": True, "is_reject": True}
+        return self._store(MailboxCopy(account, "Rejects", columns, destined_mailbox=destined), content)
+
+    def _store(self, copy: MailboxCopy, content: bytes) -> str:
+        (file_id,) = self.run(self.store.store_copies(content, [copy]))
         return str(file_id)
 
     def stop(self) -> None:

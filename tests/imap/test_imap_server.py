@@ -16,7 +16,7 @@ import pytest
 
 from app.accounts import account_id
 from app.db import session_scope
-from app.store.mailboxes import MoveRules, account_message, find_message, move_messages
+from app.store.mailboxes import MoveRules, account_message, find_message, move_messages, uid_state
 from tests.imap.conftest import PASSWORD, IMAPClients, message
 from tests.support.smtpfixtures import make_message
 
@@ -163,6 +163,49 @@ def test_envelope_with_imapclient(imap: IMAPClients) -> None:
     assert [(a.name, a.mailbox) for a in envelope.cc] == [(b"Dan D.", b"dan"), (None, b"eve")]
     assert envelope.bcc is None and envelope.message_id.startswith(b"<")
     client.logout()
+
+
+def test_a_move_out_of_rejects_trains_reputation_as_the_web_ui_does(imap: IMAPClients) -> None:
+    """SPEC R3.3 end to end: imapclient's UID MOVE from Rejects to INBOX makes the reject the
+    delivery it would have been (mailbox_orig_id is Inbox's, notjunk set); a move to Junk sets junk."""
+    rejected = imap.server.reject(message(1))
+    kept = imap.server.deliver(message(2))
+    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
+    client.login("admin", PASSWORD)
+    assert b"MOVE" in client.capabilities()
+    client.select_folder("Rejects")
+    client.move([1], "INBOX")
+    row = row_of(imap, rejected)
+    assert (row["is_reject"], row["notjunk"], row["uid"]) == (False, True, 2)  # a new UID in Inbox
+    assert row["mailbox_orig_id"] == row["mailbox_id"] == mailbox_of(imap, "Inbox")
+    client.select_folder("INBOX")
+    client.move([1], "Junk")
+    assert (row_of(imap, kept)["junk"], row_of(imap, kept)["mailbox_id"]) == (True, mailbox_of(imap, "Junk"))
+    assert client.select_folder("INBOX")[b"EXISTS"] == 1
+    client.logout()
+
+
+def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(imap: IMAPClients) -> None:
+    imap.server.deliver(message(1))
+    imap.server.deliver(message(2))
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.command(b"b SELECT INBOX")
+    assert client.command(b"c COPY 2 Junk") == [b"c OK COPY completed\r\n"]
+    assert client.command(b"d UID MOVE 1 Junk") == [b"* 1 EXPUNGE\r\n", b"d OK UID MOVE completed\r\n"]
+    assert client.command(b"e FETCH 1 (UID)") == [b"* 1 FETCH (UID 2)\r\n", b"e OK FETCH completed\r\n"]
+    assert client.command(b"f MOVE 1 Nowhere")[-1] == b"f NO [TRYCREATE] No such mailbox\r\n"
+    assert (
+        client.command(b"g STATUS Junk (MESSAGES UIDNEXT)")[0]
+        == b'* STATUS "Junk" (MESSAGES 2 UIDNEXT 3)\r\n'
+    )
+
+
+def mailbox_of(clients: IMAPClients, name: str) -> int:
+    with session_scope(clients.server.config.resolved_database_url) as session:
+        state = uid_state(session, account_id(session, "admin"), name)
+        assert state is not None
+        return state.mailbox_id
 
 
 def test_examine_is_read_only(imap: IMAPClients) -> None:
