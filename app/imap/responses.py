@@ -28,7 +28,8 @@ ALL_FLAGS = "(" + " ".join(FLAG_COLUMNS) + ")"
 
 def string(value: bytes | str) -> bytes:
     """A quoted string, or a literal for text a quoted string cannot hold (8-bit, CR, LF)."""
-    raw = value.encode("utf-8") if isinstance(value, str) else value
+    # A str parsed from octets keeps the ones that are not UTF-8 as surrogates: they go out as they came.
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     if _QUOTABLE.fullmatch(raw):
         return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return literal(raw)

@@ -30,7 +30,7 @@ def section_octets(message: bytes, section: Section) -> bytes:
         header, body = _locate(message, section.part)
         if section.part and section.text in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             # These name the message inside a message/rfc822 part, not the part's MIME header.
-            if _content_type(header)[0] != "message":
+            if content_type(header)[0] != "message":
                 return b""
             header, body = split_header(body)
     except NoSuchPart:
@@ -78,12 +78,12 @@ def _locate(message: bytes, path: tuple[int, ...]) -> tuple[bytes, bytes]:
 def _child(header: bytes, body: bytes, number: int, *, is_message: bool) -> tuple[bytes, bytes]:
     """Part `number` of an entity: of a multipart its body part; of a message that is not multipart,
     part 1 is its body; a message/rfc822 part is entered first (its parts are the message's)."""
-    main, boundary = _content_type(header)
+    main, boundary = content_type(header)
     if main == "message" and not is_message:
         header, body = split_header(body)
-        (main, boundary), is_message = _content_type(header), True
+        (main, boundary), is_message = content_type(header), True
     if main == "multipart":
-        parts = _body_parts(body, boundary)
+        parts = body_parts(body, boundary)
         if not 0 < number <= len(parts):
             raise NoSuchPart()
         return split_header(parts[number - 1])
@@ -92,7 +92,7 @@ def _child(header: bytes, body: bytes, number: int, *, is_message: bool) -> tupl
     raise NoSuchPart()
 
 
-def _content_type(header: bytes) -> tuple[str, str]:
+def content_type(header: bytes) -> tuple[str, str]:
     """(main type, boundary) of a header; text/plain's main type without a Content-Type."""
     parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
     main = parsed.get_content_maintype() if parsed.get("content-type") else "text"
@@ -101,7 +101,7 @@ def _content_type(header: bytes) -> tuple[str, str]:
     return main, parsed.get_boundary() or ""
 
 
-def _body_parts(body: bytes, boundary: str) -> list[bytes]:
+def body_parts(body: bytes, boundary: str) -> list[bytes]:
     """The body parts between the delimiter lines of `boundary` (RFC 2046 5.1.1)."""
     if not boundary:
         return []

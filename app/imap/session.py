@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login
 from app.imap import responses
+from app.imap.bodystructure import body_structure
 from app.imap.envelope import envelope
 from app.imap.mailstore import INBOX, AccountStore
 from app.imap.parser import Command, FetchItem, ParseError, Section, SequenceSet, parse_command, tag_of
@@ -360,10 +361,6 @@ class IMAPSession:
 
     async def fetch(self, command: Command) -> None:
         items: list[FetchItem] = command.args["items"]  # type: ignore[assignment]
-        # BODY without a section is the body structure, like BODYSTRUCTURE.
-        unsupported = sorted({i.name for i in items if i.section is None and i.name in _NOT_YET})
-        if unsupported:
-            raise CommandFailed("NO", f"[CANNOT] Not implemented yet: {', '.join(unsupported)}")
         if command.name == "UID FETCH" and all(i.name != "UID" for i in items):
             items = [FetchItem("UID"), *items]
         targets = self._targets(command)
@@ -447,7 +444,6 @@ class IMAPSession:
 
 
 _FLAGS = FetchItem("FLAGS")
-_NOT_YET = ("BODYSTRUCTURE", "BODY")
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
 _RFC822_SECTIONS = {
@@ -470,6 +466,8 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
         return b"RFC822.SIZE %d" % row["size"]
     if name == "ENVELOPE":
         return b"ENVELOPE " + envelope(content)
+    if name in ("BODYSTRUCTURE", "BODY") and item.section is None:
+        return name.encode() + b" " + body_structure(content)
     section = item.section or _RFC822_SECTIONS[name]
     data = partial(section_octets(content, section), item.partial)
     return item.response_name().encode() + b" " + responses.literal(data)

@@ -144,7 +144,7 @@ def test_store_goes_through_set_flags_and_shows_where_the_web_reads(imap: IMAPCl
     client.logout()
 
 
-def test_envelope_with_imapclient(imap: IMAPClients) -> None:
+def test_envelope_and_bodystructure_with_imapclient(imap: IMAPClients) -> None:
     imap.server.deliver(
         make_message(
             "carol@example.net",
@@ -162,6 +162,8 @@ def test_envelope_with_imapclient(imap: IMAPClients) -> None:
     assert envelope.sender == envelope.from_ and envelope.reply_to == envelope.from_
     assert [(a.name, a.mailbox) for a in envelope.cc] == [(b"Dan D.", b"dan"), (None, b"eve")]
     assert envelope.bcc is None and envelope.message_id.startswith(b"<")
+    structure = client.fetch([1], ["BODYSTRUCTURE"])[1][b"BODYSTRUCTURE"]
+    assert not structure.is_multipart and structure[:2] == (b"TEXT", b"PLAIN")
     client.logout()
 
 
@@ -274,7 +276,9 @@ def test_selected_state_commands_and_bad_sequence_sets(imap: IMAPClients) -> Non
     assert client.command(b"e UID FETCH 5:9 FLAGS") == [
         b"e OK UID FETCH completed\r\n"
     ]  # no such UIDs: nothing
-    assert client.command(b"f FETCH 1 BODYSTRUCTURE")[-1].startswith(b"f NO [CANNOT] Not implemented yet")
+    assert client.command(b"f FETCH 1 BODYSTRUCTURE")[0] == (
+        b'* 1 FETCH (BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 8 1))\r\n'
+    )
 
 
 def test_too_large_literals_are_refused(imap_factory: Callable[..., IMAPClients]) -> None:

@@ -3,6 +3,7 @@ lists, numbered parts of multiparts and of an attached message, MIME headers, an
 
 from __future__ import annotations
 
+from app.imap.bodystructure import body_structure
 from app.imap.parser import Section
 from app.imap.sections import partial, section_octets
 
@@ -60,3 +61,23 @@ def test_partials() -> None:
     assert partial(b"0123456789", (8, 100)) == b"89"
     assert partial(b"0123456789", (20, 5)) == b""
     assert partial(b"abc", None) == b"abc"
+
+
+def test_bodystructure_numbers_parts_as_body_sections_do() -> None:
+    found = body_structure(MESSAGE)
+    inner_text = b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 11 1)'
+    inner_html = b'("TEXT" "HTML" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 12 1)'
+    assert found.startswith(
+        b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 10 1)("MESSAGE" "RFC822" NIL'
+    )
+    assert b"(" + inner_text + inner_html + b' "ALTERNATIVE")' in found
+    assert found.endswith(b' "MIXED")')
+    assert b'"inner" ((NIL NIL "inner" "example.net"))' in found  # the attached message's envelope
+
+
+def test_bodystructure_of_hostile_nesting_stays_bounded() -> None:
+    nested = b"Subject: x\r\n\r\nbody\r\n"
+    for _ in range(100):
+        nested = b"Content-Type: message/rfc822\r\n\r\n" + nested
+    found = body_structure(nested)
+    assert found.count(b'"MESSAGE" "RFC822"') == 20 and b'"APPLICATION" "OCTET-STREAM"' in found
