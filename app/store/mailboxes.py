@@ -135,7 +135,8 @@ def with_uids(session: Session, rows: list[MessageRow]) -> list[MessageRow]:
     counts: dict[int, int] = {}
     for row in rows:
         counts[row["mailbox_id"]] = counts.get(row["mailbox_id"], 0) + 1
-    first = {box: allocate_uids(session, box, count) for box, count in counts.items()}
+    # Mailbox rows are locked in id order: two writers into the same mailboxes cannot deadlock.
+    first = {box: allocate_uids(session, box, count) for box, count in sorted(counts.items())}
     numbered = []
     for row in rows:
         numbered.append({**row, "uid": first[row["mailbox_id"]]})
