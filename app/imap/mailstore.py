@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -99,6 +100,18 @@ class AccountStore:
             )
         )
 
+    async def expunge(self, mailbox_id: int) -> list[int]:
+        """Remove the mailbox's messages flagged \\Deleted: rows first, then the files no row names
+        any more; the UIDs removed."""
+        removed = await self._run(
+            lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id)
+        )
+        paths = [path for _, path in removed]
+        if paths:
+            unnamed = await self._run(lambda session: mailboxes.unreferenced_paths(session, paths))
+            await asyncio.to_thread(_unlink, [self.config.data_dir / path for path in unnamed])
+        return [uid for uid, _ in removed]
+
     async def content(self, row: MessageRow) -> bytes:
         """The message file's octets (a file is written once and never changes)."""
         path = self.config.data_dir / row["path"]
@@ -111,3 +124,8 @@ async def _in_thread(config: Config, work: Callable[[Session], _T]) -> _T:
             return work(session)
 
     return await asyncio.to_thread(run)
+
+
+def _unlink(files: list[Path]) -> None:
+    for file in files:
+        file.unlink(missing_ok=True)

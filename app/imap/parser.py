@@ -489,6 +489,8 @@ _PARSERS = {
     "LOGOUT": _no_args,
     "STARTTLS": _no_args,
     "UNSELECT": _no_args,
+    "CLOSE": _no_args,
+    "EXPUNGE": _no_args,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "SELECT": _mailbox_arg,

@@ -335,6 +335,21 @@ class IMAPSession:
         self.selection, self.state = None, AUTHENTICATED
         await self.ok(command, "UNSELECT completed")
 
+    async def close(self, command: Command) -> None:
+        """Expunge without telling (unless read-only), then leave the mailbox (RFC 9051 6.4.1)."""
+        selection = self._selected()
+        if not selection.read_only:
+            await self._account().expunge(selection.mailbox_id)
+        self.selection, self.state = None, AUTHENTICATED
+        await self.ok(command, "CLOSE completed")
+
+    async def expunge(self, command: Command) -> None:
+        selection = self._selected()
+        if selection.read_only:
+            raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
+        await self._expunged(set(await self._account().expunge(selection.mailbox_id)))
+        await self.ok(command, "EXPUNGE completed")
+
     async def _report_changes(self) -> None:
         """Tell the client of messages that left the mailbox (EXPUNGE, highest number first, so
         each number is right when sent) and of new ones (EXISTS) since its view was taken."""
@@ -514,6 +529,8 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),
     "EXAMINE": (IMAPSession.select, _AUTHENTICATED_STATES),
     "UNSELECT": (IMAPSession.unselect, (SELECTED,)),
+    "CLOSE": (IMAPSession.close, (SELECTED,)),
+    "EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
     "FETCH": (IMAPSession.fetch, (SELECTED,)),
     "UID FETCH": (IMAPSession.fetch, (SELECTED,)),
     "STORE": (IMAPSession.store_flags, (SELECTED,)),

@@ -331,6 +331,24 @@ def messages_by_uid(
     return [_columns(message) for message in session.scalars(query)]
 
 
+def expunge_deleted(session: Session, account_id: int, mailbox_id: int) -> list[tuple[int, str]]:
+    """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; their
+    signal rows go with them: ON DELETE CASCADE); the (UID, path) of each. The caller unlinks the
+    files after its commit, those unreferenced_paths still finds unnamed: a crash in between leaves
+    files no row names, never a row without its file."""
+    statement = delete(Message).where(
+        Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.deleted.is_(True)
+    )
+    rows = session.execute(statement.returning(Message.uid, Message.path), execution_options=_NO_SYNC)
+    return [(int(uid), str(path)) for uid, path in rows]
+
+
+def unreferenced_paths(session: Session, paths: Sequence[str]) -> list[str]:
+    """The paths no message row names (SPEC R8.2: a file goes only when no copy refers to it)."""
+    named = set(session.scalars(select(Message.path).where(Message.path.in_(paths))))
+    return [path for path in paths if path not in named]
+
+
 # Moving, copying and flagging messages (SPEC R3.3): every path that does (the CLI, the web, IMAP
 # when built) calls these two, so the columns reputation reads change the same way in all of them.
 # Nothing else changes a message's mailbox, `mailbox_orig_id`, `is_reject`, junk or notjunk.

@@ -203,6 +203,31 @@ def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(imap: IMAPC
     )
 
 
+def test_expunge_removes_deleted_messages_and_only_files_no_copy_names(imap: IMAPClients) -> None:
+    first, second = imap.server.deliver(message(1)), imap.server.deliver(message(2))
+    data = imap.server.config.data_dir
+    first_file, second_file = (data / str(row_of(imap, f)["path"]) for f in (first, second))
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.command(b"b SELECT INBOX")
+    client.command(b"c COPY 2 Junk")  # the copy is a link of its own to the same content
+    client.command(b"d STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    assert client.command(b"e EXPUNGE") == [
+        b"* 2 EXPUNGE\r\n",
+        b"* 1 EXPUNGE\r\n",
+        b"e OK EXPUNGE completed\r\n",
+    ]
+    assert not first_file.exists() and not second_file.exists()
+    with session_scope(imap.server.config.resolved_database_url) as session:
+        assert find_message(session, first) is None and find_message(session, second) is None
+    client.command(b"f SELECT Junk")
+    fetched = client.command(b"g FETCH 1 BODY.PEEK[TEXT]")
+    assert fetched[1] == b"Hello.\r\n"  # the copy's file is still there
+    client.command(b"h STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert client.command(b"i CLOSE") == [b"i OK CLOSE completed\r\n"]  # expunged without telling
+    assert client.command(b"j STATUS Junk (MESSAGES)")[0] == b'* STATUS "Junk" (MESSAGES 0)\r\n'
+
+
 def mailbox_of(clients: IMAPClients, name: str) -> int:
     with session_scope(clients.server.config.resolved_database_url) as session:
         state = uid_state(session, account_id(session, "admin"), name)

@@ -14,11 +14,14 @@ from app.migrate import upgrade_database
 from app.store.mailboxes import (
     MoveRules,
     ensure_mailbox,
+    expunge_deleted,
+    find_message,
     mailbox_uids,
     messages_by_uid,
     move_messages,
     set_flags,
     uid_state,
+    unreferenced_paths,
 )
 from tests.store.test_mailboxes import store
 
@@ -109,3 +112,21 @@ def test_migration_numbers_existing_messages_in_id_order_per_mailbox(tmp_path: P
     engine.dispose()
     assert [tuple(r) for r in uids] == [(10, 1, 0), (11, 1, 0), (12, 2, 0), (13, 3, 0), (14, 2, 0)]
     assert [tuple(r) for r in boxes] == [(1, 4, 1), (2, 3, 1)]
+
+
+def test_expunge_deletes_only_the_mailboxes_deleted_messages_and_names_their_files(url: str) -> None:
+    with session_scope(url) as session:
+        kept, gone = store(session, "alice", "Inbox", "e1"), store(session, "alice", "Inbox", "e2")
+        other = store(session, "bob", "Inbox", "e3")
+        alice, bob = ensure_account(session, "alice").id, ensure_account(session, "bob").id
+        set_flags(session, alice, [gone], deleted=True)
+        set_flags(session, bob, [other], deleted=True)
+        box = uid_state(session, alice, "Inbox")
+        assert box is not None
+        assert expunge_deleted(session, alice, box.mailbox_id) == [(2, "messages/20260101/e2")]
+    with session_scope(url) as session:
+        assert mailbox_uids(session, box.mailbox_id) == [1]
+        assert unreferenced_paths(session, ["messages/20260101/e1", "messages/20260101/e2"]) == [
+            "messages/20260101/e2"
+        ]
+        assert find_message(session, other) is not None and find_message(session, kept) is not None
