@@ -11,6 +11,7 @@ are at most as long as the command, lists nest at most MAX_DEPTH deep, numbers f
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -46,13 +47,21 @@ class SequenceSet:
 
     def pick(self, available: list[int]) -> list[int]:
         """The members of `available` (ascending, e.g. UIDs) inside the set, ascending: a UID range
-        names the UIDs that exist in it, not every number (RFC 9051 6.4.9)."""
+        names the UIDs that exist in it, not every number (RFC 9051 6.4.9). The ranges are merged
+        and looked up by bisection: a set of thousands of ranges costs little on a large mailbox."""
         largest = available[-1] if available else 0
-        bounds = []
-        for first, last in self.ranges:
-            low, high = sorted((largest if first is None else first, largest if last is None else last))
-            bounds.append((low, high))
-        return [n for n in available if any(low <= n <= high for low, high in bounds)]
+        bounds = sorted(
+            sorted((largest if first is None else first, largest if last is None else last))
+            for first, last in self.ranges
+        )
+        picked: list[int] = []
+        done = 0  # positions in `available` below this are taken or skipped already
+        for low, high in bounds:
+            start = max(bisect_left(available, low), done)
+            end = bisect_right(available, high)
+            picked += available[start:end]
+            done = max(done, end)
+        return picked
 
 
 @dataclass(frozen=True)

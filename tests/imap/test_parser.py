@@ -3,6 +3,8 @@ with our own text (what the session sends in a tagged BAD), never another except
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -157,3 +159,33 @@ def test_any_octets_parse_or_fail_with_a_parse_error(data: bytes) -> None:
             parse_command(prefix + data)
         except ParseError as e:
             assert str(e).isascii() and "\r" not in str(e) and "\n" not in str(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 60), unique=True).map(sorted),
+    st.lists(
+        st.tuples(st.none() | st.integers(1, 70), st.none() | st.integers(1, 70)), min_size=1, max_size=6
+    ),
+)
+def test_pick_is_the_members_inside_any_range(
+    available: list[int], ranges: list[tuple[int | None, int | None]]
+) -> None:
+    largest = available[-1] if available else 0
+
+    def inside(n: int, first: int | None, last: int | None) -> bool:
+        low, high = sorted((largest if first is None else first, largest if last is None else last))
+        return low <= n <= high
+
+    expected = [n for n in available if any(inside(n, a, b) for a, b in ranges)]
+    assert SequenceSet(tuple(ranges)).pick(available) == expected
+
+
+def test_pick_over_many_ranges_and_a_large_mailbox_is_quick() -> None:
+    command = parse_command(
+        b"a UID FETCH " + b",".join(b"%d:%d" % (n, n + 3) for n in range(1, 60_000, 5)) + b" FLAGS"
+    )
+    sequence: SequenceSet = command.args["sequence"]  # type: ignore[assignment]
+    started = time.monotonic()
+    assert len(sequence.pick(list(range(1, 50_001)))) == 40_000
+    assert time.monotonic() - started < 1.0
