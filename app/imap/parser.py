@@ -500,6 +500,7 @@ _PARSERS = {
     "UNSELECT": _no_args,
     "CLOSE": _no_args,
     "EXPUNGE": _no_args,
+    "IDLE": _no_args,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "SELECT": _mailbox_arg,

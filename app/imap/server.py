@@ -28,6 +28,8 @@ class IMAPLimits:
     login_timeout: float = 60.0
     idle_timeout: float = 30 * 60.0
     max_errors: int = 10  # bad commands before the connection is closed
+    # Seconds between looks at the selected mailbox during IDLE (SPEC R8.3: new mail within a second).
+    idle_poll: float = 0.5
     max_sessions: int = 1000
     max_sessions_per_ip: int = 20
 

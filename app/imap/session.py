@@ -154,7 +154,7 @@ class IMAPSession:
     # Any state.
 
     def capabilities(self) -> bytes:
-        names = ["IMAP4rev1", "LITERAL+", "ID", "UNSELECT", "SPECIAL-USE", "MOVE"]
+        names = ["IMAP4rev1", "LITERAL+", "ID", "UNSELECT", "SPECIAL-USE", "MOVE", "IDLE"]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
         elif self.state == NOT_AUTHENTICATED:
@@ -350,6 +350,30 @@ class IMAPSession:
         await self._expunged(set(await self._account().expunge(selection.mailbox_id)))
         await self.ok(command, "EXPUNGE completed")
 
+    async def idle(self, command: Command) -> None:
+        """IDLE (RFC 2177): until the client's DONE, report new and departed messages of the selected
+        mailbox, looking every `idle_poll` seconds (one indexed read of its UIDs); a client idle for
+        longer than the idle timeout is logged out."""
+        await self.send(b"+ idling\r\n")
+        deadline = asyncio.get_running_loop().time() + self.limits.idle_timeout
+        while True:
+            try:
+                # Cancelling readuntil at the timeout leaves what came in the buffer for the next try.
+                line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.limits.idle_poll)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    await self.send(b"* BYE Autologout: idle for too long\r\n")
+                    raise Closed() from None
+                if self.selection is not None:
+                    await self._report_changes()
+                continue
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, ConnectionError):
+                raise Closed() from None
+            if line.strip().upper() != b"DONE":
+                raise CommandFailed("BAD", "IDLE ends with DONE")
+            await self.ok(command, "IDLE terminated")
+            return
+
     async def _report_changes(self) -> None:
         """Tell the client of messages that left the mailbox (EXPUNGE, highest number first, so
         each number is right when sent) and of new ones (EXISTS) since its view was taken."""
@@ -531,6 +555,7 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "UNSELECT": (IMAPSession.unselect, (SELECTED,)),
     "CLOSE": (IMAPSession.close, (SELECTED,)),
     "EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
+    "IDLE": (IMAPSession.idle, _AUTHENTICATED_STATES),
     "FETCH": (IMAPSession.fetch, (SELECTED,)),
     "UID FETCH": (IMAPSession.fetch, (SELECTED,)),
     "STORE": (IMAPSession.store_flags, (SELECTED,)),

@@ -228,6 +228,51 @@ def test_expunge_removes_deleted_messages_and_only_files_no_copy_names(imap: IMA
     assert client.command(b"j STATUS Junk (MESSAGES)")[0] == b'* STATUS "Junk" (MESSAGES 0)\r\n'
 
 
+def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPClients) -> None:
+    """SPEC R8.3 (new and departed messages): imapclient IDLEs on INBOX while mail is delivered and
+    the web UI's move function takes a message away."""
+    first = imap.server.deliver(message(1))
+    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
+    client.login("admin", PASSWORD)
+    client.select_folder("INBOX")
+    client.idle()
+    started = time.monotonic()
+    imap.server.deliver(message(2))
+    assert idle_until(client, (2, b"EXISTS")) and time.monotonic() - started < 1.5
+    with session_scope(imap.server.config.resolved_database_url) as session:
+        rules = MoveRules("Junk", "Rejects", imap.server.config.data_dir)
+        move_messages(
+            session, account_id(session, "admin"), [int(str(row_of(imap, first)["id"]))], "Junk", rules=rules
+        )
+    assert idle_until(client, (1, b"EXPUNGE"))
+    client.idle_done()
+    assert list(client.fetch([1, 2], ["FLAGS"])) == [2]  # UIDs: the first went to Junk
+    client.logout()
+
+
+def test_idle_ends_with_done_only_and_is_bounded_in_time(imap_factory: Callable[..., IMAPClients]) -> None:
+    client = RawClient(imap_factory(idle_timeout=1.0))
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.send(b"b IDLE\r\n")
+    assert client.line() == b"+ idling\r\n"
+    client.send(b"NOPE\r\n")
+    assert client.line() == b"b BAD IDLE ends with DONE\r\n"
+    client.send(b"c IDLE\r\n")
+    client.line()
+    started = time.monotonic()
+    assert client.line().startswith(b"* BYE Autologout") and client.line() == b""
+    assert 0.8 < time.monotonic() - started < 5
+
+
+def idle_until(client: imapclient.IMAPClient, wanted: tuple[int, bytes], timeout: float = 5.0) -> bool:
+    """Whether the IDLE responses include `wanted` before the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wanted in client.idle_check(timeout=max(0.1, deadline - time.monotonic())):
+            return True
+    return False
+
+
 def mailbox_of(clients: IMAPClients, name: str) -> int:
     with session_scope(clients.server.config.resolved_database_url) as session:
         state = uid_state(session, account_id(session, "admin"), name)
