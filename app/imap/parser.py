@@ -27,6 +27,10 @@ _PATTERN = re.compile(rb"[\x21\x23-\x27\x2a-\x5b\x5d-\x7a\x7c-\x7e]+")
 _TAG = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+")  # ASTRING-CHAR but "+"
 _NUMBER = re.compile(rb"[0-9]+")
 _LITERAL = re.compile(rb"\{([0-9]{1,10})(\+?)\}\r\n")
+_DATE_TIME = re.compile(
+    rb'"[ 0-3][0-9]-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-[0-9]{4} '
+    rb'[0-2][0-9]:[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}"'
+)
 _QUOTED_CHAR = re.compile(rb'[^"\\\r\n\x00]|\\["\\]')
 
 
@@ -455,6 +459,24 @@ def _partial(tokens: Tokens) -> tuple[int, int] | None:
     return start, length
 
 
+def _append(tokens: Tokens) -> dict[str, object]:
+    """APPEND mailbox [(flags)] ["date-time"] literal. The date is checked but not kept: a message
+    is stored with the time it came in."""
+    tokens.space()
+    mailbox = tokens.mailbox()
+    tokens.space()
+    flags: list[str] = []
+    if tokens.peek() == b"(":
+        flags = tokens.parenthesized(lambda: _flag(tokens))
+        tokens.space()
+    if tokens.peek() == b'"':
+        tokens.match(_DATE_TIME, 'a date-time "dd-Mon-yyyy hh:mm:ss +zzzz"')
+        tokens.space()
+    if tokens.peek() != b"{":
+        raise ParseError("APPEND needs the message as a literal")
+    return {"mailbox": mailbox, "flags": flags, "message": tokens.literal("the message")}
+
+
 def _copy(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     sequence = tokens.sequence_set()
@@ -512,6 +534,7 @@ _PARSERS = {
     "UID FETCH": _fetch,
     "STORE": _store,
     "UID STORE": _store,
+    "APPEND": _append,
     "COPY": _copy,
     "UID COPY": _copy,
     "MOVE": _copy,

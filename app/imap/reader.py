@@ -1,7 +1,7 @@
 """Reading one IMAP command off the connection: its lines and literals, every part bounded.
 
-A line is at most `max_line` octets; a literal at most `max_literal` (APPEND, when it comes, gets the
-store's message size); the whole command at most one literal plus `max_line` more. A synchronizing
+A line is at most `max_line` octets; a literal at most `max_literal` (an APPEND's, a message, the
+store's message size limit); the whole command at most one literal plus `max_line` more. A synchronizing
 literal `{n}` is only read after our `+` continuation, so one that is too large is refused before the
 client sends it, and the session goes on. A non-synchronizing one `{n+}` (LITERAL+, RFC 7888) is sent
 at once: one too large is refused and the connection closed, as its octets would be taken for commands.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from app.imap.parser import tag_of
 
 _LITERAL_AT_END = re.compile(rb"\{([0-9]{1,10})(\+?)\}\Z")
+_APPEND = re.compile(rb"[^ ]+ APPEND ", re.IGNORECASE)
 # An over-long line is read to its end and dropped, up to this much; then the connection is closed.
 MAX_DISCARD = 1024 * 1024
 
@@ -26,6 +27,11 @@ class ReadLimits:
     max_line: int
     max_literal: int
     timeout: float  # seconds any one read may wait for the client
+    max_append: int = 0  # the literal of an APPEND (a message): the store's message size limit
+
+    def literal_limit(self, command: bytes) -> int:
+        """The largest literal `command` (as read so far) may carry."""
+        return max(self.max_literal, self.max_append) if _APPEND.match(command) else self.max_literal
 
 
 class Rejected(Exception):
@@ -55,8 +61,9 @@ async def read_command(
             return bytes(command)
         size, synchronizing = int(found.group(1)), not found.group(2)
         tag = tag_of(bytes(command))
-        if size > limits.max_literal or len(command) + size > limits.max_literal + limits.max_line:
-            text = f"literal too large (at most {limits.max_literal} octets)"
+        largest = limits.literal_limit(bytes(command))
+        if size > largest or len(command) + size > largest + limits.max_line:
+            text = f"literal too large (at most {largest} octets)"
             raise Rejected(tag, text, close=not synchronizing)
         if synchronizing:
             await send(b"+ Ready for literal data\r\n")

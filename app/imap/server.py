@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.config import Config, ImapListener
 from app.imap.reader import Closed
 from app.imap.session import IMAPSession
+from app.store.files import MessageStore
 
 log = logging.getLogger("app.imap")
 
@@ -28,6 +29,7 @@ class IMAPLimits:
     login_timeout: float = 60.0
     idle_timeout: float = 30 * 60.0
     max_errors: int = 10  # bad commands before the connection is closed
+    max_append: int = 50 * 1024 * 1024  # an APPENDed message: [limits] max_message_size
     # Seconds between looks at the selected mailbox during IDLE (SPEC R8.3: new mail within a second).
     idle_poll: float = 0.5
     max_sessions: int = 1000
@@ -42,6 +44,7 @@ class IMAPLimits:
             max_errors=settings.max_errors,
             max_sessions=settings.max_sessions,
             max_sessions_per_ip=settings.max_sessions_per_ip,
+            max_append=config.limits.max_message_size,
         )
 
 
@@ -69,6 +72,8 @@ class IMAPServer:
     def __init__(self, config: Config, limits: IMAPLimits | None = None) -> None:
         self.config = config
         self.limits = limits or IMAPLimits()
+        # APPEND writes through the store as SMTP does (file, rows, group commit).
+        self.store = MessageStore(config.data_dir, config.resolved_database_url)
         self.servers: list[asyncio.Server] = []
         self.sessions: Counter[str] = Counter()
         self.connections: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
@@ -136,6 +141,7 @@ class IMAPServer:
         for server in self.servers:
             await server.wait_closed()
         self.servers = []
+        await self.store.close()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -28,6 +28,7 @@ from app.imap.mailstore import INBOX, AccountStore
 from app.imap.parser import Command, FetchItem, ParseError, Section, SequenceSet, parse_command, tag_of
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
 from app.imap.sections import partial, section_octets
+from app.store.files import MailboxCopy, StoreError
 from app.store.mailboxes import MailboxError, MessageRow
 from app.throttle import attempt_login
 
@@ -75,7 +76,7 @@ class IMAPSession:
         listener: IMAPListener,
         peer_ip: str,
     ) -> None:
-        self.config, self.limits = server.config, server.limits
+        self.config, self.limits, self.message_store = server.config, server.limits, server.store
         self.reader, self.writer = reader, writer
         self.tls_context, self.tls, self.peer_ip = listener.tls, listener.implicit_tls, peer_ip
         self.state = NOT_AUTHENTICATED
@@ -106,7 +107,7 @@ class IMAPSession:
 
     def _read_limits(self) -> ReadLimits:
         idle = self.limits.idle_timeout if self.state in _AUTHENTICATED_STATES else self.limits.login_timeout
-        return ReadLimits(self.limits.max_line, self.limits.max_literal, idle)
+        return ReadLimits(self.limits.max_line, self.limits.max_literal, idle, self.limits.max_append)
 
     async def _autologout(self) -> None:
         if not self.reader.at_eof():
@@ -287,6 +288,24 @@ class IMAPSession:
                 attributes = " ".join(box.attributes).encode()
                 await self.send(b"* LIST (" + attributes + b') "/" ' + responses.string(box.name) + b"\r\n")
         await self.ok(command, "LIST completed")
+
+    async def append(self, command: Command) -> None:
+        """Store the message in the mailbox as SMTP stores mail (file, rows, a new UID), with the
+        flags given. It is only stored: an APPEND to Sent records no sent recipients and sends nothing."""
+        account, name = self._account(), str(command.args["mailbox"])
+        flags = _flag_changes("add", command.args["flags"])  # type: ignore[arg-type]
+        if await account.uid_state(name) is None:
+            raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        copy = MailboxCopy(account.account, account.store_name(name), columns=flags)
+        try:
+            await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
+        except StoreError:
+            raise CommandFailed(
+                "NO", "[UNAVAILABLE] The message could not be stored; try again later"
+            ) from None
+        if self.selection is not None:
+            await self._report_changes()
+        await self.ok(command, "APPEND completed")
 
     async def status(self, command: Command) -> None:
         name = str(command.args["mailbox"])
@@ -550,6 +569,7 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "AUTHENTICATE": (IMAPSession.authenticate, (NOT_AUTHENTICATED,)),
     "LIST": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
     "STATUS": (IMAPSession.status, _AUTHENTICATED_STATES),
+    "APPEND": (IMAPSession.append, _AUTHENTICATED_STATES),
     "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),
     "EXAMINE": (IMAPSession.select, _AUTHENTICATED_STATES),
     "UNSELECT": (IMAPSession.unselect, (SELECTED,)),

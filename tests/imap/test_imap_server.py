@@ -250,6 +250,37 @@ def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPC
     client.logout()
 
 
+def test_append_stores_the_message_with_its_flags_and_a_new_uid(
+    imap_factory: Callable[..., IMAPClients],
+) -> None:
+    clients = imap_factory(max_append=5000, max_literal=100)
+    client = imapclient.IMAPClient(
+        "127.0.0.1", port=clients.server.tls_port, ssl=True, ssl_context=clients.tls
+    )
+    client.login("admin", PASSWORD)
+    client.select_folder("INBOX")
+    draft = message(7, body="a draft\r\n")
+    client.append("INBOX", draft, flags=[imapclient.SEEN, imapclient.DRAFT], msg_time=None)
+    assert client.fetch([1], ["FLAGS", "BODY.PEEK[]"]) == {
+        1: {b"FLAGS": (b"\\Seen", b"\\Draft"), b"BODY[]": draft, b"SEQ": 1}
+    }
+    with pytest.raises(imapclient.exceptions.IMAPClientError, match="TRYCREATE"):
+        client.append("Nowhere", draft)
+    with pytest.raises(imapclient.exceptions.IMAPClientError, match="literal too large"):
+        client.append("INBOX", draft + b"x" * 6000)  # over the message size limit
+    client.logout()
+    raw = RawClient(clients)
+    raw.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    raw.command(b"b SELECT INBOX")
+    raw.send(
+        b'c APPEND INBOX (\\Flagged) " 2-Dec-2026 10:00:00 +0000" {%d+}\r\n' % len(draft) + draft + b"\r\n"
+    )
+    assert raw.until(b"c") == [b"* 2 EXISTS\r\n", b"c OK APPEND completed\r\n"]
+    assert raw.command(b"d LOGIN {200}")[-1].startswith(
+        b"d BAD literal too large (at most 100"
+    )  # only APPEND
+
+
 def test_idle_ends_with_done_only_and_is_bounded_in_time(imap_factory: Callable[..., IMAPClients]) -> None:
     client = RawClient(imap_factory(idle_timeout=1.0))
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
