@@ -7,9 +7,7 @@ import sys
 
 import click
 
-from app.accounts import sync_from_config
 from app.cli.common import exit_if_database_unusable, load, main
-from app.db import session_scope
 from app.logs import setup_logging
 
 
@@ -22,18 +20,19 @@ def imap_command(ctx: click.Context) -> None:
     if not config.imap.listeners:
         sys.exit('postwarden imap: no [[imap.listeners]] configured; add one of kind "imap" or "imaps"')
     # Imported here so that other commands do not load the IMAP stack.
-    from app.imap.server import IMAPListener, serve_until_stopped
+    from app.imap.server import IMAPLimits, IMAPListener, IMAPServer, serve_until_stopped
+    from app.smtpserver.server import prepare_storage
 
     try:
         listeners = [IMAPListener.of(listener) for listener in config.imap.listeners]
     except ValueError as e:
         sys.exit(f"postwarden imap: {e}")
-    with (
-        exit_if_database_unusable(config.resolved_database_url),
-        session_scope(config.resolved_database_url) as session,
-    ):
-        sync_from_config(session, config)  # accounts configured since the last start can log in
+    server = IMAPServer(config, IMAPLimits.of(config))
+    with exit_if_database_unusable(config.resolved_database_url):
+        # APPENDs an earlier run left half-committed are settled (the store's recovery takes only
+        # directories no running process holds), and accounts configured since can log in.
+        prepare_storage(config, server.store)
     try:
-        asyncio.run(serve_until_stopped(config, listeners))
+        asyncio.run(serve_until_stopped(server, listeners))
     except OSError as e:
         sys.exit(f"postwarden imap: cannot listen: {e.strerror or e}")

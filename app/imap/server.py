@@ -150,9 +150,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), 5)
 
 
-async def serve_until_stopped(config: Config, listeners: list[IMAPListener]) -> None:
+async def serve_until_stopped(server: IMAPServer, listeners: list[IMAPListener]) -> None:
     """`postwarden imap`: serve until SIGTERM or SIGINT, then end the sessions and stop."""
-    server = IMAPServer(config, IMAPLimits.of(config))
     await server.start(listeners)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
