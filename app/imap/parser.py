@@ -368,6 +368,16 @@ def _list(tokens: Tokens) -> dict[str, object]:
     return {"reference": reference, "pattern": tokens.pattern()}
 
 
+def _enable(tokens: Tokens) -> dict[str, object]:
+    capabilities = []
+    while not tokens.at_end():
+        tokens.space()
+        capabilities.append(tokens.atom("a capability").upper())
+    if not capabilities:
+        raise ParseError("ENABLE names at least one capability")
+    return {"capabilities": capabilities}
+
+
 def _status(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     mailbox = tokens.mailbox()
@@ -528,6 +538,11 @@ _PARSERS = {
     "SELECT": _mailbox_arg,
     "EXAMINE": _mailbox_arg,
     "LIST": _list,
+    "LSUB": _list,
+    "SUBSCRIBE": _mailbox_arg,
+    "UNSUBSCRIBE": _mailbox_arg,
+    "NAMESPACE": _no_args,
+    "ENABLE": _enable,
     "STATUS": _status,
     "ID": _id,
     "FETCH": _fetch,

@@ -155,7 +155,17 @@ class IMAPSession:
     # Any state.
 
     def capabilities(self) -> bytes:
-        names = ["IMAP4rev1", "LITERAL+", "ID", "UNSELECT", "SPECIAL-USE", "MOVE", "IDLE"]
+        names = [
+            "IMAP4rev1",
+            "LITERAL+",
+            "ID",
+            "UNSELECT",
+            "SPECIAL-USE",
+            "MOVE",
+            "IDLE",
+            "NAMESPACE",
+            "ENABLE",
+        ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
         elif self.state == NOT_AUTHENTICATED:
@@ -279,15 +289,32 @@ class IMAPSession:
     async def list_mailboxes(self, command: Command) -> None:
         reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
         if not pattern:  # the delimiter and root (RFC 9051 6.3.9)
-            await self.send(b'* LIST (\\Noselect) "/" ""\r\n')
-            await self.ok(command, "LIST completed")
+            await self.send(f'* {command.name} (\\Noselect) "/" ""\r\n'.encode())
+            await self.ok(command, f"{command.name} completed")
             return
         wanted = _pattern_regex(reference + pattern)
         for box in await self._account().mailboxes():
             if wanted.fullmatch(box.name):
                 attributes = " ".join(box.attributes).encode()
-                await self.send(b"* LIST (" + attributes + b') "/" ' + responses.string(box.name) + b"\r\n")
-        await self.ok(command, "LIST completed")
+                line = f"* {command.name} (".encode() + attributes + b') "/" ' + responses.string(box.name)
+                await self.send(line + b"\r\n")
+        await self.ok(command, f"{command.name} completed")
+
+    async def subscribe(self, command: Command) -> None:
+        """Every mailbox counts as subscribed (LSUB lists them all): (UN)SUBSCRIBE changes nothing,
+        for a mailbox that exists."""
+        if await self._account().uid_state(str(command.args["mailbox"])) is None:
+            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
+        await self.ok(command, f"{command.name} completed")
+
+    async def namespace(self, command: Command) -> None:
+        await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        await self.ok(command, "NAMESPACE completed")
+
+    async def enable(self, command: Command) -> None:
+        """No extension that ENABLE turns on is offered yet: none is enabled (RFC 5161)."""
+        await self.send(b"* ENABLED\r\n")
+        await self.ok(command, "ENABLE completed")
 
     async def append(self, command: Command) -> None:
         """Store the message in the mailbox as SMTP stores mail (file, rows, a new UID), with the
@@ -568,6 +595,11 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "LOGIN": (IMAPSession.login, (NOT_AUTHENTICATED,)),
     "AUTHENTICATE": (IMAPSession.authenticate, (NOT_AUTHENTICATED,)),
     "LIST": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
+    "LSUB": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
+    "SUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "UNSUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "NAMESPACE": (IMAPSession.namespace, _AUTHENTICATED_STATES),
+    "ENABLE": (IMAPSession.enable, _AUTHENTICATED_STATES),
     "STATUS": (IMAPSession.status, _AUTHENTICATED_STATES),
     "APPEND": (IMAPSession.append, _AUTHENTICATED_STATES),
     "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),

@@ -92,6 +92,20 @@ def test_list_shows_inbox_and_special_use_with_rejects_ordinary(imap: IMAPClient
     )
 
 
+def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    assert b'* LSUB () "/" "INBOX"\r\n' in client.command(b'b LSUB "" *')  # every mailbox is subscribed
+    assert client.command(b"c SUBSCRIBE Junk") == [b"c OK SUBSCRIBE completed\r\n"]
+    assert client.command(b"d UNSUBSCRIBE Nowhere") == [b"d NO [NONEXISTENT] No such mailbox\r\n"]
+    assert client.command(b"e NAMESPACE")[0] == b'* NAMESPACE (("" "/")) NIL NIL\r\n'
+    assert client.command(b"f ENABLE CONDSTORE UTF8=ACCEPT") == [
+        b"* ENABLED\r\n",
+        b"f OK ENABLE completed\r\n",
+    ]
+    assert client.command(b"g ENABLE")[-1].startswith(b"g BAD ENABLE names at least one")
+
+
 def test_select_fetch_flags_bodies_and_partials(imap: IMAPClients) -> None:
     first = imap.server.deliver(message(1, body="first body\r\n"))
     imap.server.deliver(message(2))
