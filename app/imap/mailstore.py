@@ -85,6 +85,11 @@ class AccountStore:
             lambda session: mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
         )
 
+    async def all_rows(self, mailbox_id: int) -> list[MessageRow]:
+        return await self._run(
+            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id)
+        )
+
     async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> None:
         """Through the store's set_flags (MailboxError for a change it refuses)."""
         await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))

@@ -14,6 +14,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -31,6 +32,7 @@ _DATE_TIME = re.compile(
     rb'"[ 0-3][0-9]-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-[0-9]{4} '
     rb'[0-2][0-9]:[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}"'
 )
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _QUOTED_CHAR = re.compile(rb'[^"\\\r\n\x00]|\\["\\]')
 
 
@@ -487,6 +489,78 @@ def _append(tokens: Tokens) -> dict[str, object]:
     return {"mailbox": mailbox, "flags": flags, "message": tokens.literal("the message")}
 
 
+# SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, subject and From
+# (the stored columns), sequence and UID sets, NOT, OR and parenthesized groups. A key is a tuple:
+# (name, argument...).
+SearchKey = tuple[object, ...]
+_FLAG_KEYS = frozenset(
+    {"ALL", "SEEN", "UNSEEN", "FLAGGED", "UNFLAGGED", "DELETED", "UNDELETED", "ANSWERED"}
+    | {"UNANSWERED", "DRAFT", "UNDRAFT", "NEW", "OLD", "RECENT"}
+)
+_MONTH_NUMBERS = {m: n for n, m in enumerate(_MONTHS, 1)}
+
+
+def _search(tokens: Tokens) -> dict[str, object]:
+    tokens.space()
+    if tokens.data[tokens.pos : tokens.pos + 8].upper() == b"CHARSET ":
+        tokens.pos += 8
+        charset = tokens.astring("a charset").upper()
+        if charset not in (b"UTF-8", b"US-ASCII"):
+            raise ParseError("[BADCHARSET (UTF-8 US-ASCII)] charset not supported")
+        tokens.space()
+    keys = [_search_key(tokens, 0)]
+    while not tokens.at_end():
+        tokens.space()
+        keys.append(_search_key(tokens, 0))
+    return {"keys": keys}
+
+
+def _search_key(tokens: Tokens, depth: int) -> SearchKey:
+    if depth >= MAX_DEPTH:
+        raise ParseError(f"search keys nest more than {MAX_DEPTH} deep")
+    if tokens.peek() == b"(":
+        return ("AND", *tokens.parenthesized(lambda: _search_key(tokens, depth + 1)))
+    if tokens.peek().isdigit() or tokens.peek() == b"*":
+        return ("SEQUENCE", tokens.sequence_set())
+    name = tokens.atom("a search key").upper()
+    if name in _FLAG_KEYS:
+        return (name,)
+    tokens.space()
+    if name in ("NOT",):
+        return (name, _search_key(tokens, depth + 1))
+    if name == "OR":
+        first = _search_key(tokens, depth + 1)
+        tokens.space()
+        return (name, first, _search_key(tokens, depth + 1))
+    if name == "UID":
+        return (name, tokens.sequence_set())
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return (name, _flag(tokens))
+    if name in ("LARGER", "SMALLER"):
+        return (name, tokens.number("a size"))
+    if name in ("BEFORE", "ON", "SINCE"):
+        return (name, _date(tokens))
+    if name in ("SUBJECT", "FROM"):
+        return (name, _utf8(tokens.astring("a search string"), "the search string").casefold())
+    raise ParseError(f"search key {name[:20]!r} is not supported")
+
+
+def _date(tokens: Tokens) -> date:
+    quoted = tokens.peek() == b'"'
+    tokens.pos += quoted
+    day = tokens.number("a date (d-Mon-yyyy)")
+    tokens.expect(b"-", "a date (d-Mon-yyyy)")
+    month = _MONTH_NUMBERS.get(tokens.match(re.compile(rb"[A-Za-z]{3}"), "a month").title())
+    tokens.expect(b"-", "a date (d-Mon-yyyy)")
+    year = tokens.number("a year")
+    if quoted:
+        tokens.expect(b'"', '" to end the date')
+    try:
+        return date(year, month or 0, day)
+    except ValueError:
+        raise ParseError("no such date") from None
+
+
 def _copy(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     sequence = tokens.sequence_set()
@@ -550,6 +624,8 @@ _PARSERS = {
     "STORE": _store,
     "UID STORE": _store,
     "APPEND": _append,
+    "SEARCH": _search,
+    "UID SEARCH": _search,
     "COPY": _copy,
     "UID COPY": _copy,
     "MOVE": _copy,

@@ -25,7 +25,16 @@ from app.imap import responses
 from app.imap.bodystructure import body_structure
 from app.imap.envelope import envelope
 from app.imap.mailstore import INBOX, AccountStore
-from app.imap.parser import Command, FetchItem, ParseError, Section, SequenceSet, parse_command, tag_of
+from app.imap.parser import (
+    Command,
+    FetchItem,
+    ParseError,
+    SearchKey,
+    Section,
+    SequenceSet,
+    parse_command,
+    tag_of,
+)
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
 from app.imap.sections import partial, section_octets
 from app.store.files import MailboxCopy, StoreError
@@ -498,6 +507,17 @@ class IMAPSession:
                 data.append(b"UID %d" % row["uid"])
             await self.send(responses.fetch_line(numbers[row["uid"]], data))
 
+    async def search(self, command: Command) -> None:
+        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
+        selection = self._selected()
+        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        keys = [_prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
+        rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
+        hits = [row for row in rows if all(_matches(row, key, numbers[row["uid"]]) for key in keys)]
+        shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
+        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
+        await self.ok(command, f"{command.name} completed")
+
     async def copy_or_move(self, command: Command) -> None:
         """COPY and MOVE (RFC 6851) through the store's move_messages (SPEC R3.3). A MOVE reports
         each message that left as EXPUNGE, highest number first."""
@@ -558,6 +578,66 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
     return item.response_name().encode() + b" " + responses.literal(data)
 
 
+def _prepared(key: SearchKey, uids: list[int]) -> SearchKey:
+    """The key with its sequence and UID sets turned into the sets of numbers they name (picked
+    once, however many messages are tested)."""
+    name = key[0]
+    if name == "SEQUENCE":
+        return ("NUMBERS", frozenset(key[1].pick(list(range(1, len(uids) + 1)))))  # type: ignore[attr-defined]
+    if name == "UID":
+        return ("UIDS", frozenset(key[1].pick(uids)))  # type: ignore[attr-defined]
+    if name in ("AND", "OR", "NOT"):
+        return (name, *(_prepared(k, uids) for k in key[1:]))  # type: ignore[arg-type]
+    return key
+
+
+_FLAG_TESTS: dict[str, Callable[[MessageRow], bool]] = {
+    "ALL": lambda row: True,
+    "OLD": lambda row: True,
+    "NEW": lambda row: False,  # NEW is RECENT and UNSEEN: no message is recent here
+    "RECENT": lambda row: False,
+    "SEEN": lambda row: bool(row["seen"]),
+    "UNSEEN": lambda row: not row["seen"],
+    "FLAGGED": lambda row: bool(row["flagged"]),
+    "UNFLAGGED": lambda row: not row["flagged"],
+    "DELETED": lambda row: bool(row["deleted"]),
+    "UNDELETED": lambda row: not row["deleted"],
+    "ANSWERED": lambda row: bool(row["answered"]),
+    "UNANSWERED": lambda row: not row["answered"],
+    "DRAFT": lambda row: bool(row["draft"]),
+    "UNDRAFT": lambda row: not row["draft"],
+}
+
+
+def _matches(row: MessageRow, key: SearchKey, number: int) -> bool:
+    name, args = str(key[0]), key[1:]
+    if name in _FLAG_TESTS:
+        return _FLAG_TESTS[name](row)
+    if name == "AND":
+        return all(_matches(row, k, number) for k in args)  # type: ignore[arg-type]
+    if name == "OR":
+        return any(_matches(row, k, number) for k in args)  # type: ignore[arg-type]
+    if name == "NOT":
+        return not _matches(row, args[0], number)  # type: ignore[arg-type]
+    return _value_matches(row, name, args[0], number)
+
+
+def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
+    if name == "NUMBERS":
+        return number in value
+    if name == "UIDS":
+        return row["uid"] in value
+    if name in ("KEYWORD", "UNKEYWORD"):
+        column = responses.STORE_KEYWORDS.get(value)
+        return bool(column and row[column]) == (name == "KEYWORD")
+    if name in ("LARGER", "SMALLER"):
+        return row["size"] > value if name == "LARGER" else row["size"] < value
+    if name in ("SUBJECT", "FROM"):
+        return value in (row["subject" if name == "SUBJECT" else "msg_from"] or "").casefold()
+    day = row["received"].date()  # BEFORE, ON, SINCE: the day it arrived (UTC)
+    return day < value if name == "BEFORE" else day == value if name == "ON" else day >= value
+
+
 def _sets_seen(item: FetchItem) -> bool:
     """Whether fetching the item sets \\Seen (RFC 9051 6.4.5): BODY[...] (not BODY.PEEK), RFC822
     and RFC822.TEXT."""
@@ -612,6 +692,8 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "UID FETCH": (IMAPSession.fetch, (SELECTED,)),
     "STORE": (IMAPSession.store_flags, (SELECTED,)),
     "UID STORE": (IMAPSession.store_flags, (SELECTED,)),
+    "SEARCH": (IMAPSession.search, (SELECTED,)),
+    "UID SEARCH": (IMAPSession.search, (SELECTED,)),
     "COPY": (IMAPSession.copy_or_move, (SELECTED,)),
     "UID COPY": (IMAPSession.copy_or_move, (SELECTED,)),
     "MOVE": (IMAPSession.copy_or_move, (SELECTED,)),

@@ -331,6 +331,16 @@ def messages_by_uid(
     return [_columns(message) for message in session.scalars(query)]
 
 
+def mailbox_messages(session: Session, account_id: int, mailbox_id: int) -> list[MessageRow]:
+    """Every message of the account's mailbox, by UID (IMAP SEARCH looks at all of them)."""
+    query = (
+        select(Message)
+        .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id)
+        .order_by(Message.uid)
+    )
+    return [_columns(message) for message in session.scalars(query)]
+
+
 def expunge_deleted(session: Session, account_id: int, mailbox_id: int) -> list[tuple[int, str]]:
     """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; their
     signal rows go with them: ON DELETE CASCADE); the (UID, path) of each. The caller unlinks the

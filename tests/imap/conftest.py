@@ -52,9 +52,11 @@ class ThreadedIMAP:
     def run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
 
-    def deliver(self, content: bytes, mailbox: str = "Inbox", account: str = "admin") -> str:
-        """Store a message as SMTP does; its file id."""
-        return self._store(MailboxCopy(account, mailbox), content)
+    def deliver(
+        self, content: bytes, mailbox: str = "Inbox", account: str = "admin", **columns: object
+    ) -> str:
+        """Store a message as SMTP does (with the row `columns` its analysis would find); its file id."""
+        return self._store(MailboxCopy(account, mailbox, dict(columns)), content)
 
     def reject(self, content: bytes, destined: str = "Inbox", account: str = "admin") -> str:
         """Store a message refused with a 451 as SMTP does: in Rejects, seen, destined for `destined`."""

@@ -92,6 +92,40 @@ def test_list_shows_inbox_and_special_use_with_rejects_ordinary(imap: IMAPClient
     )
 
 
+def test_search_keys_over_the_sessions_view(imap: IMAPClients) -> None:
+    for n in (1, 2, 3):  # the From address as SMTP analysis indexes it (msg_from)
+        imap.server.deliver(message(n), msg_from="carol@example.net")
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.command(b"b SELECT INBOX")
+    client.command(b"c STORE 1 +FLAGS (\\Seen)")
+    client.command(b"c STORE 2 +FLAGS ($Junk \\Flagged)")
+    today = time.strftime("%d-%b-%Y", time.gmtime()).encode()
+    for search, found in [
+        (b"SEARCH UNSEEN", b"2 3"),
+        (b"SEARCH OR SEEN FLAGGED", b"1 2"),
+        (b"SEARCH NOT 1:2", b"3"),
+        (b"SEARCH (UNSEEN NOT KEYWORD $Junk)", b"3"),
+        (b'UID SEARCH CHARSET UTF-8 SUBJECT "MESSAGE 2"', b"2"),
+        (b"SEARCH FROM carol@ UID 2:*", b"2 3"),
+        (b"SEARCH SINCE " + today + b" BEFORE 1-Jan-2000", b""),
+        (b"SEARCH ON " + today + b" SMALLER 100000 LARGER 10", b"1 2 3"),
+        (b"SEARCH DELETED", b""),
+    ]:
+        lines = client.command(b"d " + search)
+        assert lines == [b"* SEARCH" + (b" " + found if found else b"") + b"\r\n", lines[-1]], search
+        assert lines[-1].startswith(b"d OK")
+    for bad in (b"d SEARCH BODY x", b"d SEARCH SINCE 31-Feb-2026", b"d SEARCH CHARSET KOI8-R ALL"):
+        assert client.command(bad)[-1].startswith(b"d BAD "), bad
+    imapclient_client = imapclient.IMAPClient(
+        "127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls
+    )
+    imapclient_client.login("admin", PASSWORD)
+    imapclient_client.select_folder("INBOX", readonly=True)
+    assert imapclient_client.search(["UNSEEN", "NOT", "FLAGGED"]) == [3]
+    imapclient_client.logout()
+
+
 def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
     client = RawClient(imap)
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')

@@ -129,6 +129,13 @@ HOSTILE = [
     (b"a UID LOGOUT", "unknown command"),
     (b"a AUTHENTICATE PLAIN !!", "unexpected text"),
     (b"a \xc3\xa9", "8-bit"),
+    (b"a SEARCH", "a space"),
+    (b"a SEARCH OR SEEN", "a space"),
+    (b"a SEARCH " + b"(" * 20 + b"ALL" + b")" * 20, "nest"),
+    (b"a SEARCH " + b"NOT " * 20 + b"ALL", "nest"),
+    (b"a SEARCH SINCE 1-Foo-2026", "no such date"),
+    (b"a SEARCH LARGER x", "a size"),
+    (b"a SEARCH TEXT x", "not supported"),
 ]
 
 
