@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import imapclient
 import pytest
 import trustme
 
@@ -95,6 +96,13 @@ class IMAPClients:
     def starttls(self) -> imaplib.IMAP4:
         client = self.plain()
         client.starttls(self.tls)
+        return client
+
+    def imapclient(self, *, log_in: bool = True) -> imapclient.IMAPClient:
+        """An imapclient client over implicit TLS, logged in as admin unless `log_in` is False."""
+        client = imapclient.IMAPClient("127.0.0.1", port=self.server.tls_port, ssl=True, ssl_context=self.tls)
+        if log_in:
+            client.login("admin", PASSWORD)
         return client
 
     def logged_in(self, user: str = "admin", password: str = PASSWORD) -> imaplib.IMAP4_SSL:

@@ -72,7 +72,7 @@ def test_passwords_are_refused_before_tls_and_taken_after_starttls(imap: IMAPCli
 
 
 def test_authenticate_plain_with_imapclient(imap: IMAPClients) -> None:
-    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
+    client = imap.imapclient(log_in=False)
     client.plain_login("admin", PASSWORD)
     assert client.list_folders()  # logged in
     client.logout()
@@ -117,10 +117,7 @@ def test_search_keys_over_the_sessions_view(imap: IMAPClients) -> None:
         assert lines[-1].startswith(b"d OK")
     for bad in (b"d SEARCH BODY x", b"d SEARCH SINCE 31-Feb-2026", b"d SEARCH CHARSET KOI8-R ALL"):
         assert client.command(bad)[-1].startswith(b"d BAD "), bad
-    imapclient_client = imapclient.IMAPClient(
-        "127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls
-    )
-    imapclient_client.login("admin", PASSWORD)
+    imapclient_client = imap.imapclient()
     imapclient_client.select_folder("INBOX", readonly=True)
     assert imapclient_client.search(["UNSEEN", "NOT", "FLAGGED"]) == [3]
     imapclient_client.logout()
@@ -172,8 +169,7 @@ def test_select_fetch_flags_bodies_and_partials(imap: IMAPClients) -> None:
 
 def test_store_goes_through_set_flags_and_shows_where_the_web_reads(imap: IMAPClients) -> None:
     file_id = imap.server.deliver(message(1))
-    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
-    client.login("admin", PASSWORD)
+    client = imap.imapclient()
     client.select_folder("INBOX")
     flags = client.add_flags([1], [b"$Junk", imapclient.FLAGGED])
     assert set(flags[1]) == {b"$Junk", b"\\Flagged"}
@@ -201,8 +197,7 @@ def test_envelope_and_bodystructure_with_imapclient(imap: IMAPClients) -> None:
             extra_headers='Cc: "Dan D." <dan@example.com>, eve@example.com\r\n',
         )
     )
-    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
-    client.login("admin", PASSWORD)
+    client = imap.imapclient()
     client.select_folder("INBOX", readonly=True)
     envelope = client.fetch([1], ["ENVELOPE"])[1][b"ENVELOPE"]
     assert envelope.subject == b"=?utf-8?q?caf=C3=A9?="  # as sent: the client decodes it
@@ -220,8 +215,7 @@ def test_a_move_out_of_rejects_trains_reputation_as_the_web_ui_does(imap: IMAPCl
     delivery it would have been (mailbox_orig_id is Inbox's, notjunk set); a move to Junk sets junk."""
     rejected = imap.server.reject(message(1))
     kept = imap.server.deliver(message(2))
-    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
-    client.login("admin", PASSWORD)
+    client = imap.imapclient()
     assert b"MOVE" in client.capabilities()
     client.select_folder("Rejects")
     client.move([1], "INBOX")
@@ -280,8 +274,7 @@ def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPC
     """SPEC R8.3 (new and departed messages): imapclient IDLEs on INBOX while mail is delivered and
     the web UI's move function takes a message away."""
     first = imap.server.deliver(message(1))
-    client = imapclient.IMAPClient("127.0.0.1", port=imap.server.tls_port, ssl=True, ssl_context=imap.tls)
-    client.login("admin", PASSWORD)
+    client = imap.imapclient()
     client.select_folder("INBOX")
     client.idle()
     started = time.monotonic()
@@ -302,10 +295,7 @@ def test_append_stores_the_message_with_its_flags_and_a_new_uid(
     imap_factory: Callable[..., IMAPClients],
 ) -> None:
     clients = imap_factory(max_append=5000, max_literal=100)
-    client = imapclient.IMAPClient(
-        "127.0.0.1", port=clients.server.tls_port, ssl=True, ssl_context=clients.tls
-    )
-    client.login("admin", PASSWORD)
+    client = clients.imapclient()
     client.select_folder("INBOX")
     draft = message(7, body="a draft\r\n")
     client.append("INBOX", draft, flags=[imapclient.SEEN, imapclient.DRAFT], msg_time=None)
