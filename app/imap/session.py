@@ -143,6 +143,11 @@ class IMAPSession:
                 "imap %s ip=%s: database problem: %s", command.name, self.peer_ip, str(e).partition("\n")[0]
             )
             await self.send(f"{command.tag} NO [UNAVAILABLE] Temporary failure; try again later\r\n".encode())
+        except Closed:
+            raise
+        except Exception:  # a fault of ours (e.g. a message file gone): logged, never shown to the client
+            log.exception("imap %s ip=%s failed", command.name, self.peer_ip)
+            await self.send(f"{command.tag} NO [SERVERBUG] The command failed; it was logged\r\n".encode())
 
     async def _bad(self, tag: str | None, text: str) -> None:
         self.errors += 1

@@ -123,6 +123,18 @@ def test_search_keys_over_the_sessions_view(imap: IMAPClients) -> None:
     imapclient_client.logout()
 
 
+def test_a_fault_of_ours_is_a_tagged_no_and_the_session_goes_on(imap: IMAPClients) -> None:
+    file_id = imap.server.deliver(message(1))
+    (imap.server.config.data_dir / str(row_of(imap, file_id)["path"])).unlink()  # the file is gone
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.command(b"b SELECT INBOX")
+    assert client.command(b"c FETCH 1 BODY.PEEK[]") == [
+        b"c NO [SERVERBUG] The command failed; it was logged\r\n"
+    ]
+    assert client.command(b"d FETCH 1 FLAGS")[-1] == b"d OK FETCH completed\r\n"
+
+
 def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
     client = RawClient(imap)
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
