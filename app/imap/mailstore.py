@@ -94,22 +94,31 @@ class AccountStore:
         """Through the store's set_flags (MailboxError for a change it refuses)."""
         await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))
 
-    async def move(self, row_ids: Sequence[int], imap_name: str, *, copy: bool) -> None:
+    async def move(self, row_ids: Sequence[int], imap_name: str, *, copy: bool) -> list[int]:
         """Move (or copy) the messages into the mailbox through the store's move_messages, as the web
         UI does: out of Rejects a message becomes the delivery it would have been, into Junk it is
-        junk (SPEC R3.3). MailboxError for a move the store refuses."""
+        junk (SPEC R3.3); their UIDs in the target, in the order given. MailboxError for a move the
+        store refuses."""
         target, rules = self.store_name(imap_name), MoveRules.of(self.config, self.account)
-        await self._run(
-            lambda session: mailboxes.move_messages(
-                session, self.account_id, row_ids, target, rules=rules, copy=copy
-            )
-        )
 
-    async def expunge(self, mailbox_id: int) -> list[int]:
-        """Remove the mailbox's messages flagged \\Deleted: rows first, then the files no row names
-        any more; the UIDs removed."""
+        def move(session: Session) -> list[int]:
+            moved = mailboxes.move_messages(session, self.account_id, row_ids, target, rules=rules, copy=copy)
+            session.flush()  # the moved rows' new UIDs are read back below
+            uids = mailboxes.uids_of(session, moved)
+            return [uids[row_id] for row_id in moved]
+
+        return await self._run(move)
+
+    async def uid_of_file(self, file_id: str) -> int | None:
+        """The UID of the stored message with this file id (None if there is none)."""
+        found = await self._run(lambda session: mailboxes.find_message(session, file_id))
+        return None if found is None else int(found["uid"])
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the mailbox's messages flagged \\Deleted (only those with `uids` when given): rows
+        first, then the files no row names any more; the UIDs removed."""
         removed = await self._run(
-            lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id)
+            lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id, uids)
         )
         paths = [path for _, path in removed]
         if paths:

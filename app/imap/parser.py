@@ -561,6 +561,11 @@ def _date(tokens: Tokens) -> date:
         raise ParseError("no such date") from None
 
 
+def _sequence_arg(tokens: Tokens) -> dict[str, object]:
+    tokens.space()
+    return {"sequence": tokens.sequence_set()}
+
+
 def _copy(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     sequence = tokens.sequence_set()
@@ -606,6 +611,7 @@ _PARSERS = {
     "UNSELECT": _no_args,
     "CLOSE": _no_args,
     "EXPUNGE": _no_args,
+    "UID EXPUNGE": _sequence_arg,
     "IDLE": _no_args,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,

@@ -52,3 +52,14 @@ def internal_date(when: datetime) -> bytes:
 
 def fetch_line(number: int, items: list[bytes]) -> bytes:
     return b"* %d FETCH (" % number + b" ".join(items) + b")\r\n"
+
+
+def uid_set(numbers: list[int]) -> str:
+    """A sequence set naming `numbers` in their order, consecutive runs as ranges ("4:6,9")."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)

@@ -179,6 +179,7 @@ class IMAPSession:
             "IDLE",
             "NAMESPACE",
             "ENABLE",
+            "UIDPLUS",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -335,18 +336,21 @@ class IMAPSession:
         flags given. It is only stored: an APPEND to Sent records no sent recipients and sends nothing."""
         account, name = self._account(), str(command.args["mailbox"])
         flags = _flag_changes("add", command.args["flags"])  # type: ignore[arg-type]
-        if await account.uid_state(name) is None:
+        target = await account.uid_state(name)
+        if target is None:
             raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
         copy = MailboxCopy(account.account, account.store_name(name), columns=flags)
         try:
-            await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
+            stored = await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
         except StoreError:
             raise CommandFailed(
                 "NO", "[UNAVAILABLE] The message could not be stored; try again later"
             ) from None
+        uid = await account.uid_of_file(stored[0]) if stored else None
         if self.selection is not None:
             await self._report_changes()
-        await self.ok(command, "APPEND completed")
+        code = "" if uid is None else f"[APPENDUID {target.uidvalidity} {uid}] "  # UIDPLUS (RFC 4315)
+        await self.ok(command, f"{code}APPEND completed")
 
     async def status(self, command: Command) -> None:
         name = str(command.args["mailbox"])
@@ -407,8 +411,9 @@ class IMAPSession:
         selection = self._selected()
         if selection.read_only:
             raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
-        await self._expunged(set(await self._account().expunge(selection.mailbox_id)))
-        await self.ok(command, "EXPUNGE completed")
+        only = None if command.name == "EXPUNGE" else self._targets(command)  # UID EXPUNGE: these only
+        await self._expunged(set(await self._account().expunge(selection.mailbox_id, only)))
+        await self.ok(command, f"{command.name} completed")
 
     async def idle(self, command: Command) -> None:
         """IDLE (RFC 2177): until the client's DONE, report new and departed messages of the selected
@@ -534,15 +539,27 @@ class IMAPSession:
         if target is None:
             raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
         targets = self._targets(command)
+        sources: list[int] = []
+        copies: list[int] = []
         for start in range(0, len(targets), FETCH_BATCH):
             rows = await account.rows(selection.mailbox_id, targets[start : start + FETCH_BATCH])
             try:
-                await account.move([row["id"] for row in rows], str(command.args["mailbox"]), copy=not moving)
+                copies += await account.move(
+                    [row["id"] for row in rows], str(command.args["mailbox"]), copy=not moving
+                )
             except MailboxError as e:
                 raise CommandFailed("NO", f"[CANNOT] {e}") from None
-        if moving and target.mailbox_id != selection.mailbox_id:
+            sources += [row["uid"] for row in rows]
+        elsewhere = target.mailbox_id != selection.mailbox_id
+        code = ""
+        if sources and (elsewhere or not moving):  # UIDPLUS (RFC 4315): where each one went
+            code = f"[COPYUID {target.uidvalidity} {responses.uid_set(sources)} {responses.uid_set(copies)}] "
+        if moving and elsewhere:
+            if code:
+                await self.send(f"* OK {code}Moved\r\n".encode())
+                code = ""
             await self._expunged(set(targets))
-        await self.ok(command, f"{command.name} completed")
+        await self.ok(command, f"{code}{command.name} completed")
 
     async def _expunged(self, uids: set[int]) -> None:
         """Report the messages with these UIDs as gone and drop them from the session's view."""
@@ -692,6 +709,7 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "UNSELECT": (IMAPSession.unselect, (SELECTED,)),
     "CLOSE": (IMAPSession.close, (SELECTED,)),
     "EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
+    "UID EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
     "IDLE": (IMAPSession.idle, _AUTHENTICATED_STATES),
     "FETCH": (IMAPSession.fetch, (SELECTED,)),
     "UID FETCH": (IMAPSession.fetch, (SELECTED,)),

@@ -341,16 +341,26 @@ def mailbox_messages(session: Session, account_id: int, mailbox_id: int) -> list
     return [_columns(message) for message in session.scalars(query)]
 
 
-def expunge_deleted(session: Session, account_id: int, mailbox_id: int) -> list[tuple[int, str]]:
-    """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; their
-    signal rows go with them: ON DELETE CASCADE); the (UID, path) of each. The caller unlinks the
-    files after its commit, those unreferenced_paths still finds unnamed: a crash in between leaves
-    files no row names, never a row without its file."""
+def expunge_deleted(
+    session: Session, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None
+) -> list[tuple[int, str]]:
+    """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; with
+    `uids`, only those: UID EXPUNGE; their signal rows go with them: ON DELETE CASCADE); the (UID,
+    path) of each. The caller unlinks the files after its commit, those unreferenced_paths still
+    finds unnamed: a crash in between leaves files no row names, never a row without its file."""
     statement = delete(Message).where(
         Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.deleted.is_(True)
     )
+    if uids is not None:
+        statement = statement.where(Message.uid.in_(uids))
     rows = session.execute(statement.returning(Message.uid, Message.path), execution_options=_NO_SYNC)
     return [(int(uid), str(path)) for uid, path in rows]
+
+
+def uids_of(session: Session, row_ids: Sequence[int]) -> dict[int, int]:
+    """The UID of each of these messages, by row id (what a COPY or APPEND gave them)."""
+    query = select(Message.id, Message.uid).where(Message.id.in_(row_ids))
+    return {int(row_id): int(uid) for row_id, uid in session.execute(query)}
 
 
 def unreferenced_paths(session: Session, paths: Sequence[str]) -> list[str]:

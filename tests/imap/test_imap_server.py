@@ -16,7 +16,14 @@ import pytest
 
 from app.accounts import account_id
 from app.db import session_scope
-from app.store.mailboxes import MoveRules, account_message, find_message, move_messages, uid_state
+from app.store.mailboxes import (
+    MoveRules,
+    UidState,
+    account_message,
+    find_message,
+    move_messages,
+    uid_state,
+)
 from tests.imap.conftest import PASSWORD, IMAPClients, message
 from tests.support.smtpfixtures import make_message
 
@@ -247,8 +254,14 @@ def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(imap: IMAPC
     client = RawClient(imap)
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
     client.command(b"b SELECT INBOX")
-    assert client.command(b"c COPY 2 Junk") == [b"c OK COPY completed\r\n"]
-    assert client.command(b"d UID MOVE 1 Junk") == [b"* 1 EXPUNGE\r\n", b"d OK UID MOVE completed\r\n"]
+    validity = mailbox_uidvalidity(imap, "Junk")
+    # UIDPLUS (RFC 4315): COPYUID names the source UIDs and the UIDs they got in the target.
+    assert client.command(b"c COPY 2 Junk") == [b"c OK [COPYUID %d 2 1] COPY completed\r\n" % validity]
+    assert client.command(b"d UID MOVE 1 Junk") == [
+        b"* OK [COPYUID %d 1 2] Moved\r\n" % validity,
+        b"* 1 EXPUNGE\r\n",
+        b"d OK UID MOVE completed\r\n",
+    ]
     assert client.command(b"e FETCH 1 (UID)") == [b"* 1 FETCH (UID 2)\r\n", b"e OK FETCH completed\r\n"]
     assert client.command(b"f MOVE 1 Nowhere")[-1] == b"f NO [TRYCREATE] No such mailbox\r\n"
     assert (
@@ -325,9 +338,12 @@ def test_append_stores_the_message_with_its_flags_and_a_new_uid(
     raw.send(
         b'c APPEND INBOX (\\Flagged) " 2-Dec-2026 10:00:00 +0000" {%d+}\r\n' % len(draft) + draft + b"\r\n"
     )
-    assert raw.until(b"c") == [b"* 2 EXISTS\r\n", b"c OK APPEND completed\r\n"]
-    assert raw.command(b"d LOGIN {200}")[-1].startswith(
-        b"d BAD literal too large (at most 100"
+    validity = mailbox_uidvalidity(clients, "Inbox")
+    assert raw.until(b"c") == [b"* 2 EXISTS\r\n", b"c OK [APPENDUID %d 2] APPEND completed\r\n" % validity]
+    raw.command(b"d STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    assert raw.command(b"e UID EXPUNGE 2:5") == [b"* 2 EXPUNGE\r\n", b"e OK UID EXPUNGE completed\r\n"]
+    assert raw.command(b"f LOGIN {200}")[-1].startswith(
+        b"f BAD literal too large (at most 100"
     )  # only APPEND
 
 
@@ -354,11 +370,20 @@ def idle_until(client: imapclient.IMAPClient, wanted: tuple[int, bytes], timeout
     return False
 
 
-def mailbox_of(clients: IMAPClients, name: str) -> int:
+def mailbox_state(clients: IMAPClients, name: str) -> UidState:
+    """Admin's mailbox `name`: its id, UIDVALIDITY and UIDNEXT."""
     with session_scope(clients.server.config.resolved_database_url) as session:
         state = uid_state(session, account_id(session, "admin"), name)
         assert state is not None
-        return state.mailbox_id
+        return state
+
+
+def mailbox_uidvalidity(clients: IMAPClients, name: str) -> int:
+    return mailbox_state(clients, name).uidvalidity
+
+
+def mailbox_of(clients: IMAPClients, name: str) -> int:
+    return mailbox_state(clients, name).mailbox_id
 
 
 def test_examine_is_read_only(imap: IMAPClients) -> None:
