@@ -29,13 +29,13 @@ from app.imap.parser import (
     Command,
     FetchItem,
     ParseError,
-    SearchKey,
     Section,
     SequenceSet,
     parse_command,
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
+from app.imap.search import matches, prepared
 from app.imap.sections import partial, section_octets
 from app.store.files import MailboxCopy, StoreError
 from app.store.mailboxes import MailboxError, MessageRow
@@ -521,9 +521,9 @@ class IMAPSession:
         """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
-        keys = [_prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
+        keys = [prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
         rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
-        hits = [row for row in rows if all(_matches(row, key, numbers[row["uid"]]) for key in keys)]
+        hits = [row for row in rows if all(matches(row, key, numbers[row["uid"]]) for key in keys)]
         shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
         await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
         await self.ok(command, f"{command.name} completed")
@@ -598,66 +598,6 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
     section = item.section or _RFC822_SECTIONS[name]
     data = partial(section_octets(content, section), item.partial)
     return item.response_name().encode() + b" " + responses.literal(data)
-
-
-def _prepared(key: SearchKey, uids: list[int]) -> SearchKey:
-    """The key with its sequence and UID sets turned into the sets of numbers they name (picked
-    once, however many messages are tested)."""
-    name = key[0]
-    if name == "SEQUENCE":
-        return ("NUMBERS", frozenset(key[1].pick(list(range(1, len(uids) + 1)))))  # type: ignore[attr-defined]
-    if name == "UID":
-        return ("UIDS", frozenset(key[1].pick(uids)))  # type: ignore[attr-defined]
-    if name in ("AND", "OR", "NOT"):
-        return (name, *(_prepared(k, uids) for k in key[1:]))  # type: ignore[arg-type]
-    return key
-
-
-_FLAG_TESTS: dict[str, Callable[[MessageRow], bool]] = {
-    "ALL": lambda row: True,
-    "OLD": lambda row: True,
-    "NEW": lambda row: False,  # NEW is RECENT and UNSEEN: no message is recent here
-    "RECENT": lambda row: False,
-    "SEEN": lambda row: bool(row["seen"]),
-    "UNSEEN": lambda row: not row["seen"],
-    "FLAGGED": lambda row: bool(row["flagged"]),
-    "UNFLAGGED": lambda row: not row["flagged"],
-    "DELETED": lambda row: bool(row["deleted"]),
-    "UNDELETED": lambda row: not row["deleted"],
-    "ANSWERED": lambda row: bool(row["answered"]),
-    "UNANSWERED": lambda row: not row["answered"],
-    "DRAFT": lambda row: bool(row["draft"]),
-    "UNDRAFT": lambda row: not row["draft"],
-}
-
-
-def _matches(row: MessageRow, key: SearchKey, number: int) -> bool:
-    name, args = str(key[0]), key[1:]
-    if name in _FLAG_TESTS:
-        return _FLAG_TESTS[name](row)
-    if name == "AND":
-        return all(_matches(row, k, number) for k in args)  # type: ignore[arg-type]
-    if name == "OR":
-        return any(_matches(row, k, number) for k in args)  # type: ignore[arg-type]
-    if name == "NOT":
-        return not _matches(row, args[0], number)  # type: ignore[arg-type]
-    return _value_matches(row, name, args[0], number)
-
-
-def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
-    if name == "NUMBERS":
-        return number in value
-    if name == "UIDS":
-        return row["uid"] in value
-    if name in ("KEYWORD", "UNKEYWORD"):
-        column = responses.STORE_KEYWORDS.get(value)
-        return bool(column and row[column]) == (name == "KEYWORD")
-    if name in ("LARGER", "SMALLER"):
-        return row["size"] > value if name == "LARGER" else row["size"] < value
-    if name in ("SUBJECT", "FROM"):
-        return value in (row["subject" if name == "SUBJECT" else "msg_from"] or "").casefold()
-    day = row["received"].date()  # BEFORE, ON, SINCE: the day it arrived (UTC)
-    return day < value if name == "BEFORE" else day == value if name == "ON" else day >= value
 
 
 def _sets_seen(item: FetchItem) -> bool:
