@@ -49,6 +49,8 @@ log = logging.getLogger("app.imap")
 LOGGED_LOGIN_LENGTH = 100
 # Rows read per query while answering a FETCH or STORE over many messages.
 FETCH_BATCH = 500
+# Response octets gathered before a write (a body larger than this goes out alone).
+SEND_CHUNK = 64 * 1024
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = (
     "not authenticated",
     "authenticated",
@@ -468,11 +470,12 @@ class IMAPSession:
         if command.name == "UID FETCH" and all(i.name != "UID" for i in items):
             items = [FetchItem("UID"), *items]
         targets = self._targets(command)
+        numbers = {uid: n for n, uid in enumerate(self._selected().uids, 1)}
         for start in range(0, len(targets), FETCH_BATCH):
-            await self._fetch_batch(targets[start : start + FETCH_BATCH], items)
+            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers)
         await self.ok(command, f"{command.name} completed")
 
-    async def _fetch_batch(self, uids: list[int], items: list[FetchItem]) -> None:
+    async def _fetch_batch(self, uids: list[int], items: list[FetchItem], numbers: dict[int, int]) -> None:
         selection, account = self._selected(), self._account()
         rows = await account.rows(selection.mailbox_id, uids)
         marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
@@ -481,15 +484,19 @@ class IMAPSession:
             await account.set_flags([row["id"] for row in unseen], {"seen": True})
             for row in unseen:
                 row["seen"] = True
-        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
         changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
+        out = bytearray()  # lines are sent in chunks: one write per message costs more than the line
         for row in rows:
             shown = [*items, _FLAGS] if row["id"] in changed else items
             needs_content = any(i.name not in _FROM_ROW for i in shown)
             content = await account.content(row) if needs_content else b""  # read once per message
-            data = [_fetch_item(row, item, content) for item in shown]
-            await self.send(responses.fetch_line(numbers[row["uid"]], data))
+            out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
+            if len(out) >= SEND_CHUNK:
+                await self.send(bytes(out))
+                out.clear()
+        if out:
+            await self.send(bytes(out))
 
     async def store_flags(self, command: Command) -> None:
         selection = self._selected()

@@ -324,21 +324,26 @@ def messages_by_uid(
 ) -> list[MessageRow]:
     """The rows of the account's messages in the mailbox with these UIDs, by UID (missing ones left out)."""
     query = (
-        select(Message)
+        select(*Message.__table__.columns)
         .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.uid.in_(uids))
         .order_by(Message.uid)
     )
-    return [_columns(message) for message in session.scalars(query)]
+    return _plain_rows(session, query)
 
 
 def mailbox_messages(session: Session, account_id: int, mailbox_id: int) -> list[MessageRow]:
     """Every message of the account's mailbox, by UID (IMAP SEARCH looks at all of them)."""
     query = (
-        select(Message)
+        select(*Message.__table__.columns)
         .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id)
         .order_by(Message.uid)
     )
-    return [_columns(message) for message in session.scalars(query)]
+    return _plain_rows(session, query)
+
+
+def _plain_rows(session: Session, query: Select[Any]) -> list[MessageRow]:
+    """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time)."""
+    return [dict(row) for row in session.execute(query).mappings()]
 
 
 def expunge_deleted(
