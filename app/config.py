@@ -165,6 +165,30 @@ class Listener(Strict):
         return self
 
 
+class ImapListener(Strict):
+    """An IMAP listener (SPEC R8.1): `imap` takes STARTTLS (port 143), `imaps` is TLS from the first
+    octet (993); both need a certificate, as passwords are only taken over TLS."""
+
+    kind: Literal["imap", "imaps"]
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+    tls_cert: FilePath
+    tls_key: FilePath
+
+
+class Imap(Strict):
+    """`postwarden imap`: its listeners and the bounds of its sessions. (Apart from [[listeners]],
+    which every SMTP process binds.)"""
+
+    listeners: list[ImapListener] = []
+    # Seconds a client may stay silent before logging in, and after (RFC 9051 5.4: at least 30 min).
+    login_timeout: Annotated[float, Field(gt=0)] = 60.0
+    idle_timeout: Annotated[float, Field(ge=1800)] = 1800.0
+    max_sessions: Annotated[int, Field(gt=0)] = 1000
+    max_sessions_per_ip: Annotated[int, Field(gt=0)] = 20
+    max_errors: Annotated[int, Field(gt=0)] = 10
+
+
 class Limits(Strict):
     max_message_size: Annotated[int, Field(gt=0)] = 50 * 1024 * 1024
     max_recipients: Annotated[int, Field(gt=0)] = 100
@@ -338,6 +362,7 @@ class Config(Strict):
     host_tlsrpt: MailboxTarget | None = None
     listeners: list[Listener] = []
     limits: Limits = Limits()
+    imap: Imap = Imap()
     dns: DNS = DNS()
     web: Web = Web()
     login_throttle: LoginThrottle = LoginThrottle()
@@ -388,6 +413,9 @@ class Config(Strict):
         """Two sockets on one port (the same address, or a wildcard one) make the second process or
         listener exit at start with "address in use"; say so when the config is read."""
         endpoints = [(toml_key("listeners", i), x.address, x.port) for i, x in enumerate(self.listeners)]
+        endpoints += [
+            (toml_key("imap", "listeners", i), x.address, x.port) for i, x in enumerate(self.imap.listeners)
+        ]
         endpoints.append(("web", self.web.address, self.web.port))
         for i, (key, address, port) in enumerate(endpoints):
             for other, other_address, other_port in endpoints[:i]:
@@ -492,6 +520,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                 problems += _tls_pair_problems(cert, key, toml_key("listeners", i))
             update = {"tls_cert": resolve(listener.tls_cert), "tls_key": resolve(listener.tls_key)}
         listeners.append(listener.model_copy(update=update))
+    imap_listeners = []
+    for i, imap_listener in enumerate(config.imap.listeners):
+        cert = existing(imap_listener.tls_cert, toml_key("imap", "listeners", i, "tls_cert"))
+        key = existing(imap_listener.tls_key, toml_key("imap", "listeners", i, "tls_key"))
+        if cert and key:
+            problems += _tls_pair_problems(cert, key, toml_key("imap", "listeners", i))
+        paths = {"tls_cert": resolve(imap_listener.tls_cert), "tls_key": resolve(imap_listener.tls_key)}
+        imap_listeners.append(imap_listener.model_copy(update=paths))
     domains = {}
     for dname, domain in config.domains.items():
         selectors = []
@@ -516,6 +552,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={
             "data_dir": resolve(config.data_dir),
             "listeners": listeners,
+            "imap": config.imap.model_copy(update={"listeners": imap_listeners}),
             "domains": domains,
             "web": web,
             "delivery": delivery,

@@ -6,6 +6,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     account,
     config_cmd,
     dmarc,
+    imap,
     inspect,
     message,
     queue,

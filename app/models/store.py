@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -26,6 +27,16 @@ class Mailbox(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(512))
+    # IMAP (SPEC R8.2): a message entering the mailbox takes `uidnext` as its UID and raises it, so
+    # UIDs only grow; `uidvalidity` tells clients whether UIDs they cached still mean the same
+    # messages (a mailbox made again under an old name gets a new one: the time it was made).
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, default=lambda: new_uidvalidity())
+    uidnext: Mapped[int] = mapped_column(Integer, default=1)
+
+
+def new_uidvalidity() -> int:
+    """The UIDVALIDITY of a mailbox made now: seconds since the epoch (non-zero, below 2**32)."""
+    return max(1, int(time.time()) % 2**32)
 
 
 class Message(Base):
@@ -43,12 +54,16 @@ class Message(Base):
         # the content's hash for a message without one.
         Index("ix_messages_mailbox_message_id", "mailbox_id", "message_id"),
         Index("ix_messages_mailbox_content_hash", "mailbox_id", "content_hash"),
+        # IMAP sequence numbers are the mailbox's messages in UID order (SPEC R8.2).
+        Index("uq_messages_mailbox_uid", "mailbox_id", "uid", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     file_id: Mapped[str] = mapped_column(String(64), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"))
+    # Its IMAP UID in that mailbox (Mailbox.uidnext when it entered it; a move gives it a new one).
+    uid: Mapped[int] = mapped_column(Integer)
     # The mailbox it was first stored in, and the one it would have gone to had it not been rejected.
     mailbox_orig_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
     mailbox_destined_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
@@ -58,6 +73,11 @@ class Message(Base):
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
     junk: Mapped[bool] = mapped_column(Boolean, default=False)
     notjunk: Mapped[bool] = mapped_column(Boolean, default=False)
+    # IMAP system flags beyond \Seen (RFC 9051 2.3.2); junk and notjunk are $Junk and $NotJunk.
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    answered: Mapped[bool] = mapped_column(Boolean, default=False)
+    draft: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     is_reject: Mapped[bool] = mapped_column(Boolean, default=False)
     is_dmarc_report: Mapped[bool] = mapped_column(Boolean, default=False)
     is_tls_report: Mapped[bool] = mapped_column(Boolean, default=False)

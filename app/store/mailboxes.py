@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, and_, delete, func, insert, or_, select
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import insert_once, session_scope
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Every column of a `messages` row by name, in the table's column order.
 MessageRow = dict[str, Any]
+# Bulk UPDATE/DELETE statements leave the session's objects alone: the rows they change are either
+# not in the session or read back by column queries.
+_NO_SYNC = {"synchronize_session": False}
 
 
 # Mailboxes.
@@ -122,8 +125,37 @@ def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
     (INSERT ... RETURNING: SQLite >= 3.35 and PostgreSQL)."""
     if not rows:
         return []
+    rows = with_uids(session, rows)
     statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
     return list(session.scalars(statement, rows))
+
+
+def with_uids(session: Session, rows: list[MessageRow]) -> list[MessageRow]:
+    """The rows, each with the next IMAP UID of its mailbox (SPEC R8.2), in the rows' order."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        counts[row["mailbox_id"]] = counts.get(row["mailbox_id"], 0) + 1
+    # Mailbox rows are locked in id order: two writers into the same mailboxes cannot deadlock.
+    first = {box: allocate_uids(session, box, count) for box, count in sorted(counts.items())}
+    numbered = []
+    for row in rows:
+        numbered.append({**row, "uid": first[row["mailbox_id"]]})
+        first[row["mailbox_id"]] += 1
+    return numbered
+
+
+def allocate_uids(session: Session, mailbox_id: int, count: int) -> int:
+    """The first of `count` new UIDs of the mailbox. The UPDATE locks the mailbox's row until the
+    caller commits, so concurrent writers into one mailbox take UIDs in turn and commit them in UID
+    order: a client never sees a UID appear below one it has seen (RFC 9051 2.3.1.1)."""
+    statement = (
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(uidnext=Mailbox.uidnext + count)
+        .returning(Mailbox.uidnext)
+    )
+    uidnext = session.execute(statement, execution_options=_NO_SYNC).scalar_one()
+    return int(uidnext) - count
 
 
 def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, rescued: bool = False) -> bool:
@@ -274,6 +306,86 @@ def account_message(session: Session, account_id: int, row_id: int) -> MessageRo
     return None if message is None else _columns(message)
 
 
+# IMAP reads (app/imap/): a mailbox's UID state, its UIDs in order (message sequence numbers are
+# positions in that list), and the rows of some of its messages. Every read names the account.
+
+
+class UidState(NamedTuple):
+    mailbox_id: int
+    uidvalidity: int
+    uidnext: int
+
+
+def uid_state(session: Session, account_id: int, name: str) -> UidState | None:
+    """The account's mailbox `name` with its UIDVALIDITY and UIDNEXT; None if it has none."""
+    query = select(Mailbox.id, Mailbox.uidvalidity, Mailbox.uidnext).where(
+        Mailbox.account_id == account_id, Mailbox.name == name
+    )
+    found = session.execute(query).one_or_none()
+    return None if found is None else UidState(*found)
+
+
+def mailbox_uids(session: Session, mailbox_id: int) -> list[int]:
+    """The UIDs of the mailbox's messages, ascending (one index range scan: uq_messages_mailbox_uid)."""
+    return list(
+        session.scalars(select(Message.uid).where(Message.mailbox_id == mailbox_id).order_by(Message.uid))
+    )
+
+
+def messages_by_uid(
+    session: Session, account_id: int, mailbox_id: int, uids: Sequence[int]
+) -> list[MessageRow]:
+    """The rows of the account's messages in the mailbox with these UIDs, by UID (missing ones left out)."""
+    query = (
+        select(*Message.__table__.columns)
+        .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.uid.in_(uids))
+        .order_by(Message.uid)
+    )
+    return _plain_rows(session, query)
+
+
+def mailbox_messages(session: Session, account_id: int, mailbox_id: int) -> list[MessageRow]:
+    """Every message of the account's mailbox, by UID (IMAP SEARCH looks at all of them)."""
+    query = (
+        select(*Message.__table__.columns)
+        .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id)
+        .order_by(Message.uid)
+    )
+    return _plain_rows(session, query)
+
+
+def _plain_rows(session: Session, query: Select[Any]) -> list[MessageRow]:
+    """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time)."""
+    return [dict(row) for row in session.execute(query).mappings()]
+
+
+def expunge_deleted(
+    session: Session, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None
+) -> list[tuple[int, str]]:
+    """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; with
+    `uids`, only those: UID EXPUNGE; their signal rows go with them: ON DELETE CASCADE); the (UID,
+    path) of each. The caller unlinks the files after its commit, those unreferenced_paths still
+    finds unnamed: a crash in between leaves files no row names, never a row without its file."""
+    statement = delete(Message).where(
+        Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.deleted.is_(True)
+    )
+    if uids is not None:
+        statement = statement.where(Message.uid.in_(uids))
+    rows = session.execute(statement.returning(Message.uid, Message.path), execution_options=_NO_SYNC)
+    return [(int(uid), str(path)) for uid, path in rows]
+
+
+def uids_of(session: Session, row_ids: Sequence[int]) -> dict[int, int]:
+    """The UID of each of these messages, by row id (what a COPY or APPEND gave them)."""
+    query = select(Message.id, Message.uid).where(Message.id.in_(row_ids))
+    return {int(row_id): int(uid) for row_id, uid in session.execute(query)}
+
+
+def unreferenced_paths(session: Session, paths: Sequence[str]) -> list[str]:
+    """The paths no message row names (SPEC R8.2: a file goes only when no copy refers to it)."""
+    named = set(session.scalars(select(Message.path).where(Message.path.in_(paths))))
+    return [path for path in paths if path not in named]
+
 
 # Moving, copying and flagging messages (SPEC R3.3): every path that does (the CLI, the web, IMAP
 # when built) calls these two, so the columns reputation reads change the same way in all of them.
@@ -328,9 +440,20 @@ def move_messages(
         copies = [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
         copy_signals(session, [(m.id, state) for m, state in zip(messages, copies, strict=True)])
         return [state.message_id for state in copies]
-    changed = [_apply(m, _moved_columns(m, target_id, *special)) for m in messages]
+    changes = [_moved_columns(m, target_id, *special) for m in messages]
+    entering = sum(1 for c in changes if c)
+    uid = allocate_uids(session, target_id, entering) if entering else 0
+    for change in changes:
+        if change:  # a message entering the target takes a new UID there, in the order given
+            change["uid"] = uid
+            uid += 1
+    changed = [_apply(m, c) for m, c in zip(messages, changes, strict=True)]
     _resync(session, messages, changed)
     return [m.id for m in messages]
+
+
+# The flags set_flags takes beyond seen, junk and notjunk: IMAP's \Flagged, \Answered, \Draft, \Deleted.
+IMAP_FLAGS = frozenset({"flagged", "answered", "draft", "deleted"})
 
 
 def set_flags(
@@ -341,12 +464,17 @@ def set_flags(
     seen: bool | None = None,
     junk: bool | None = None,
     notjunk: bool | None = None,
+    **imap_flags: bool | None,
 ) -> int:
     """Set or clear the flags given (None leaves one as it is) on the account's messages; how many
-    messages changed. Junk and notjunk exclude each other: setting one clears the other."""
+    messages changed. Junk and notjunk exclude each other: setting one clears the other.
+    `imap_flags` are the IMAP system flags without a meaning for reputation (IMAP_FLAGS)."""
     if junk and notjunk:
         raise MailboxError("a message cannot be both junk and not junk")
-    flags = {"seen": seen, "junk": junk, "notjunk": notjunk}
+    unknown = set(imap_flags) - IMAP_FLAGS
+    if unknown:
+        raise MailboxError(f"no flag {', '.join(sorted(unknown))}")
+    flags = {"seen": seen, "junk": junk, "notjunk": notjunk, **imap_flags}
     if junk:
         flags["notjunk"] = False
     if notjunk:
@@ -395,6 +523,7 @@ def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir:
     _link_file(data_dir / message.path, data_dir / path)
     row = {**_columns(message), **changes, "path": path, "file_id": path.rpartition("/")[2]}
     del row["id"]
+    row["uid"] = allocate_uids(session, row["mailbox_id"], 1)
     row_id = int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
     return SignalState(row_id, row["mailbox_orig_id"], row["junk"], row["notjunk"])
 
@@ -439,8 +568,6 @@ def _resync(session: Session, messages: list[Message], changed: list[set[str]]) 
 
 # Rows deleted per transaction: each commit is short, and the files of a batch are unlinked after it.
 REJECTS_BATCH = 500
-# The deleted rows are not in the session: nothing there to keep in step.
-_NO_SYNC = {"synchronize_session": False}
 
 
 def remove_old_rejects(config: Config) -> int:

@@ -48,7 +48,9 @@ def add_activity(config: Config) -> None:
         account = session.query(Account).filter_by(name="admin").one()
         inbox = session.query(Mailbox).filter_by(account_id=account.id, name="Inbox").one()
         for n, received in enumerate([now, now - timedelta(minutes=1), now - timedelta(days=1, minutes=1)]):
-            row = Message(file_id=f"f{n}", account_id=account.id, mailbox_id=inbox.id, size=10, path=f"m/{n}")
+            row = Message(
+                file_id=f"f{n}", account_id=account.id, mailbox_id=inbox.id, uid=n + 1, size=10, path=f"m/{n}"
+            )
             row.received = received
             session.add(row)
         for n, next_attempt in enumerate([now - timedelta(minutes=5), now, now + timedelta(hours=1)]):

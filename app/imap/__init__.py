@@ -1,0 +1,1 @@
+"""The IMAP server (SPEC §8): protocol, sessions and the store reads they need."""

@@ -1,0 +1,145 @@
+"""What an IMAP session asks of the store, for one logged-in account, off the event loop.
+
+Rows are read and changed only through app/store/mailboxes.py (flags through set_flags, the function
+the web UI and the CLI call: SPEC R3.3), message files read from the data dir. IMAP names the
+account's inbox INBOX; every other mailbox keeps its store name, with "/" as the hierarchy delimiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from app.accounts import account_id
+from app.config import Config
+from app.db import session_scope
+from app.store import mailboxes
+from app.store.mailboxes import MessageRow, MoveRules, UidState
+
+_T = TypeVar("_T")
+INBOX = "INBOX"
+# Special-use attributes (RFC 6154) by mailbox name; the configured Junk mailbox is \Junk whatever
+# its name. Rejects is an ordinary mailbox: what is in it was refused, not filed.
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Archive": "\\Archive"}
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str  # as IMAP shows it
+    attributes: tuple[str, ...]
+
+
+class AccountStore:
+    """The store as one account sees it."""
+
+    def __init__(self, config: Config, account: str, row_id: int) -> None:
+        self.config = config
+        self.account = account
+        self.account_id = row_id
+        settings = config.accounts[account]
+        self.inbox, self.junk = settings.inbox, settings.junk_mailbox
+
+    @classmethod
+    async def open(cls, config: Config, account: str) -> AccountStore:
+        found = await _in_thread(config, lambda session: account_id(session, account))
+        return cls(config, account, found)
+
+    async def _run(self, work: Callable[[Session], _T]) -> _T:
+        return await _in_thread(self.config, work)
+
+    def store_name(self, imap_name: str) -> str:
+        return self.inbox if imap_name == INBOX else imap_name
+
+    def imap_name(self, store_name: str) -> str:
+        return INBOX if store_name == self.inbox else store_name
+
+    async def mailboxes(self) -> list[Listed]:
+        names = await self._run(lambda session: mailboxes.mailbox_names(session, self.account_id))
+        return [Listed(self.imap_name(name), self._attributes(name)) for name in names]
+
+    def _attributes(self, name: str) -> tuple[str, ...]:
+        if name == self.junk:
+            return ("\\Junk",)
+        return (SPECIAL_USE[name],) if name in SPECIAL_USE else ()
+
+    async def uid_state(self, imap_name: str) -> UidState | None:
+        name = self.store_name(imap_name)
+        return await self._run(lambda session: mailboxes.uid_state(session, self.account_id, name))
+
+    async def uids(self, mailbox_id: int) -> list[int]:
+        return await self._run(lambda session: mailboxes.mailbox_uids(session, mailbox_id))
+
+    async def summary(self, imap_name: str) -> dict[str, Any] | None:
+        """The mailbox's message count, unseen count and size (mailbox_summaries); None if missing."""
+        name = self.store_name(imap_name)
+        found = await self._run(lambda session: mailboxes.mailbox_summaries(session, self.account_id))
+        return next((s for s in found if s["name"] == name), None)
+
+    async def rows(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRow]:
+        return await self._run(
+            lambda session: mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
+        )
+
+    async def all_rows(self, mailbox_id: int) -> list[MessageRow]:
+        return await self._run(
+            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id)
+        )
+
+    async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> None:
+        """Through the store's set_flags (MailboxError for a change it refuses)."""
+        await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))
+
+    async def move(self, row_ids: Sequence[int], imap_name: str, *, copy: bool) -> list[int]:
+        """Move (or copy) the messages into the mailbox through the store's move_messages, as the web
+        UI does: out of Rejects a message becomes the delivery it would have been, into Junk it is
+        junk (SPEC R3.3); their UIDs in the target, in the order given. MailboxError for a move the
+        store refuses."""
+        target, rules = self.store_name(imap_name), MoveRules.of(self.config, self.account)
+
+        def move(session: Session) -> list[int]:
+            moved = mailboxes.move_messages(session, self.account_id, row_ids, target, rules=rules, copy=copy)
+            session.flush()  # the moved rows' new UIDs are read back below
+            uids = mailboxes.uids_of(session, moved)
+            return [uids[row_id] for row_id in moved]
+
+        return await self._run(move)
+
+    async def uid_of_file(self, file_id: str) -> int | None:
+        """The UID of the stored message with this file id (None if there is none)."""
+        found = await self._run(lambda session: mailboxes.find_message(session, file_id))
+        return None if found is None else int(found["uid"])
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the mailbox's messages flagged \\Deleted (only those with `uids` when given): rows
+        first, then the files no row names any more; the UIDs removed."""
+        removed = await self._run(
+            lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id, uids)
+        )
+        paths = [path for _, path in removed]
+        if paths:
+            unnamed = await self._run(lambda session: mailboxes.unreferenced_paths(session, paths))
+            await asyncio.to_thread(_unlink, [self.config.data_dir / path for path in unnamed])
+        return [uid for uid, _ in removed]
+
+    async def content(self, row: MessageRow) -> bytes:
+        """The message file's octets (a file is written once and never changes)."""
+        path = self.config.data_dir / row["path"]
+        return await asyncio.to_thread(path.read_bytes)
+
+
+async def _in_thread(config: Config, work: Callable[[Session], _T]) -> _T:
+    def run() -> _T:
+        with session_scope(config.resolved_database_url) as session:
+            return work(session)
+
+    return await asyncio.to_thread(run)
+
+
+def _unlink(files: list[Path]) -> None:
+    for file in files:
+        file.unlink(missing_ok=True)

@@ -1,0 +1,71 @@
+"""SEARCH (RFC 9051 6.4.4) over the rows of a mailbox: the keys app/imap/parser.py reads, tested
+against each message's stored columns (flags, arrival, size, Subject, From) without reading files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.imap import responses
+from app.imap.parser import SearchKey
+from app.store.mailboxes import MessageRow
+
+
+def prepared(key: SearchKey, uids: list[int]) -> SearchKey:
+    """The key with its sequence and UID sets turned into the sets of numbers they name (picked
+    once, however many messages are tested)."""
+    name = key[0]
+    if name == "SEQUENCE":
+        return ("NUMBERS", frozenset(key[1].pick(list(range(1, len(uids) + 1)))))  # type: ignore[attr-defined]
+    if name == "UID":
+        return ("UIDS", frozenset(key[1].pick(uids)))  # type: ignore[attr-defined]
+    if name in ("AND", "OR", "NOT"):
+        return (name, *(prepared(k, uids) for k in key[1:]))  # type: ignore[arg-type]
+    return key
+
+
+_FLAG_TESTS: dict[str, Callable[[MessageRow], bool]] = {
+    "ALL": lambda row: True,
+    "OLD": lambda row: True,
+    "NEW": lambda row: False,  # NEW is RECENT and UNSEEN: no message is recent here
+    "RECENT": lambda row: False,
+    "SEEN": lambda row: bool(row["seen"]),
+    "UNSEEN": lambda row: not row["seen"],
+    "FLAGGED": lambda row: bool(row["flagged"]),
+    "UNFLAGGED": lambda row: not row["flagged"],
+    "DELETED": lambda row: bool(row["deleted"]),
+    "UNDELETED": lambda row: not row["deleted"],
+    "ANSWERED": lambda row: bool(row["answered"]),
+    "UNANSWERED": lambda row: not row["answered"],
+    "DRAFT": lambda row: bool(row["draft"]),
+    "UNDRAFT": lambda row: not row["draft"],
+}
+
+
+def matches(row: MessageRow, key: SearchKey, number: int) -> bool:
+    name, args = str(key[0]), key[1:]
+    if name in _FLAG_TESTS:
+        return _FLAG_TESTS[name](row)
+    if name == "AND":
+        return all(matches(row, k, number) for k in args)  # type: ignore[arg-type]
+    if name == "OR":
+        return any(matches(row, k, number) for k in args)  # type: ignore[arg-type]
+    if name == "NOT":
+        return not matches(row, args[0], number)  # type: ignore[arg-type]
+    return _value_matches(row, name, args[0], number)
+
+
+def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
+    if name == "NUMBERS":
+        return number in value
+    if name == "UIDS":
+        return row["uid"] in value
+    if name in ("KEYWORD", "UNKEYWORD"):
+        column = responses.STORE_KEYWORDS.get(value)
+        return bool(column and row[column]) == (name == "KEYWORD")
+    if name in ("LARGER", "SMALLER"):
+        return row["size"] > value if name == "LARGER" else row["size"] < value
+    if name in ("SUBJECT", "FROM"):
+        return value in (row["subject" if name == "SUBJECT" else "msg_from"] or "").casefold()
+    day = row["received"].date()  # BEFORE, ON, SINCE: the day it arrived (UTC)
+    return day < value if name == "BEFORE" else day == value if name == "ON" else day >= value

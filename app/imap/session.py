@@ -1,0 +1,671 @@
+"""One IMAP connection: the states of RFC 9051 section 3 (not authenticated, authenticated, selected,
+logout) and the commands served so far.
+
+Every command is read whole and bounded (app/imap/reader.py), parsed (app/imap/parser.py), and
+answered; a malformed one gets a tagged BAD naming what is wrong in our words, never a traceback. A
+client idle beyond the timeout of its state is logged out; one that keeps sending bad commands is
+disconnected. Passwords are only taken over TLS and checked like submission's (app/throttle.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import re
+from base64 import b64decode
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.accounts import account_for_login
+from app.imap import responses
+from app.imap.bodystructure import body_structure
+from app.imap.envelope import envelope
+from app.imap.mailstore import INBOX, AccountStore
+from app.imap.parser import (
+    Command,
+    FetchItem,
+    ParseError,
+    Section,
+    SequenceSet,
+    parse_command,
+    tag_of,
+)
+from app.imap.reader import Closed, ReadLimits, Rejected, read_command
+from app.imap.search import matches, prepared
+from app.imap.sections import partial, section_octets
+from app.store.files import MailboxCopy, StoreError
+from app.store.mailboxes import MailboxError, MessageRow
+from app.throttle import attempt_login
+
+if TYPE_CHECKING:
+    from app.imap.server import IMAPListener, IMAPServer
+
+log = logging.getLogger("app.imap")
+
+LOGGED_LOGIN_LENGTH = 100
+# Rows read per query while answering a FETCH or STORE over many messages.
+FETCH_BATCH = 500
+# Response octets gathered before a write (a body larger than this goes out alone).
+SEND_CHUNK = 64 * 1024
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = (
+    "not authenticated",
+    "authenticated",
+    "selected",
+    "logout",
+)
+_ANY_STATE = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
+_AUTHENTICATED_STATES = (AUTHENTICATED, SELECTED)
+
+
+class CommandFailed(Exception):
+    """Answer the command with `status` (NO or BAD) and `text`, ours."""
+
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+@dataclass
+class Selection:
+    mailbox_id: int
+    uidvalidity: int
+    uids: list[int]  # the session's view: message sequence number n is uids[n - 1]
+    read_only: bool
+
+
+class IMAPSession:
+    def __init__(
+        self,
+        server: IMAPServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        listener: IMAPListener,
+        peer_ip: str,
+    ) -> None:
+        self.config, self.limits, self.message_store = server.config, server.limits, server.store
+        self.reader, self.writer = reader, writer
+        self.tls_context, self.tls, self.peer_ip = listener.tls, listener.implicit_tls, peer_ip
+        self.state = NOT_AUTHENTICATED
+        self.store: AccountStore | None = None
+        self.selection: Selection | None = None
+        self.errors = 0
+
+    # The command loop.
+
+    async def run(self) -> None:
+        await self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] Postwarden IMAP ready\r\n")
+        while self.state != LOGOUT:
+            try:
+                data = await read_command(self.reader, self.send, self._read_limits())
+            except Rejected as e:
+                await self._bad(e.tag, e.text)
+                if e.close:
+                    await self.send(b"* BYE Closing the connection\r\n")
+                    return
+                continue
+            except Closed:
+                await self._autologout()
+                return
+            await self._handle(data)
+            if self.errors >= self.limits.max_errors:
+                await self.send(b"* BYE Too many bad commands\r\n")
+                return
+
+    def _read_limits(self) -> ReadLimits:
+        idle = self.limits.idle_timeout if self.state in _AUTHENTICATED_STATES else self.limits.login_timeout
+        return ReadLimits(self.limits.max_line, self.limits.max_literal, idle, self.limits.max_append)
+
+    async def _autologout(self) -> None:
+        if not self.reader.at_eof():
+            await self.send(b"* BYE Autologout: idle for too long\r\n")
+
+    async def _handle(self, data: bytes) -> None:
+        try:
+            command = parse_command(data)
+        except ParseError as e:
+            await self._bad(tag_of(data), str(e))
+            return
+        handler, states = _COMMANDS[command.name]
+        if self.state not in states:
+            await self._bad(command.tag, f"{command.name} is not allowed in the {self.state} state")
+            return
+        try:
+            await handler(self, command)
+        except CommandFailed as e:
+            if e.status == "BAD":
+                self.errors += 1
+            await self.send(f"{command.tag} {e.status} {e.text}\r\n".encode())
+        except SQLAlchemyError as e:
+            log.error(
+                "imap %s ip=%s: database problem: %s", command.name, self.peer_ip, str(e).partition("\n")[0]
+            )
+            await self.send(f"{command.tag} NO [UNAVAILABLE] Temporary failure; try again later\r\n".encode())
+        except Closed:
+            raise
+        except Exception:  # a fault of ours (e.g. a message file gone): logged, never shown to the client
+            log.exception("imap %s ip=%s failed", command.name, self.peer_ip)
+            await self.send(f"{command.tag} NO [SERVERBUG] The command failed; it was logged\r\n".encode())
+
+    async def _bad(self, tag: str | None, text: str) -> None:
+        self.errors += 1
+        await self.send(f"{tag or '*'} BAD {text}\r\n".encode())
+
+    async def send(self, data: bytes) -> None:
+        """Write and wait until the client takes it, for at most the idle timeout (a client that
+        stops reading is not waited for forever)."""
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.limits.idle_timeout)
+        except (TimeoutError, ConnectionError):
+            self.state = LOGOUT
+            raise Closed() from None
+
+    async def ok(self, command: Command, text: str) -> None:
+        await self.send(f"{command.tag} OK {text}\r\n".encode())
+
+    # Any state.
+
+    def capabilities(self) -> bytes:
+        names = [
+            "IMAP4rev1",
+            "LITERAL+",
+            "ID",
+            "UNSELECT",
+            "SPECIAL-USE",
+            "MOVE",
+            "IDLE",
+            "NAMESPACE",
+            "ENABLE",
+            "UIDPLUS",
+        ]
+        if not self.tls:
+            names += ["STARTTLS", "LOGINDISABLED"]
+        elif self.state == NOT_AUTHENTICATED:
+            names += ["AUTH=PLAIN", "SASL-IR"]
+        return " ".join(names).encode()
+
+    async def capability(self, command: Command) -> None:
+        await self.send(b"* CAPABILITY " + self.capabilities() + b"\r\n")
+        await self.ok(command, "CAPABILITY completed")
+
+    async def noop(self, command: Command) -> None:
+        if self.selection is not None:
+            await self._report_changes()
+        await self.ok(command, f"{command.name} completed")
+
+    async def logout(self, command: Command) -> None:
+        await self.send(b"* BYE Logging out\r\n")
+        await self.ok(command, "LOGOUT completed")
+        self.state = LOGOUT
+
+    async def id(self, command: Command) -> None:
+        await self.send(b'* ID ("name" "Postwarden")\r\n')
+        await self.ok(command, "ID completed")
+
+    # Not authenticated: STARTTLS, LOGIN, AUTHENTICATE PLAIN.
+
+    async def starttls(self, command: Command) -> None:
+        if self.tls:
+            raise CommandFailed("BAD", "TLS is already active")
+        # Octets the client sent after STARTTLS were sent in the clear: they must not be taken as
+        # commands of the protected session (CVE-2011-0411 and kin). Reading stops before our OK, so
+        # everything the client sends after it is left to the TLS handshake (start_tls reads on).
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # a socket transport reads and writes
+        transport.pause_reading()
+        if self.reader._buffer:  # type: ignore[attr-defined]
+            log.info("imap STARTTLS ip=%s: data pipelined after STARTTLS; closing", self.peer_ip)
+            self.state = LOGOUT
+            raise CommandFailed("BAD", "Commands were sent after STARTTLS before TLS began; closing")
+        await self.ok(command, "Begin TLS negotiation now")
+        try:
+            await asyncio.wait_for(self.writer.start_tls(self.tls_context), self.limits.login_timeout)
+        except (TimeoutError, OSError) as e:
+            log.info("imap STARTTLS ip=%s: handshake failed: %s", self.peer_ip, e)
+            self.state = LOGOUT
+            return
+        self.tls = True
+
+    async def login(self, command: Command) -> None:
+        self._require_tls()
+        await self._log_in(command, command.args["user"], command.args["password"])  # type: ignore[arg-type]
+
+    async def authenticate(self, command: Command) -> None:
+        self._require_tls()
+        if command.args["mechanism"] != "PLAIN":
+            raise CommandFailed("NO", "[CANNOT] Only AUTHENTICATE PLAIN is offered")
+        initial = command.args["initial"]
+        answer = await self._sasl_answer() if initial is None else str(initial)
+        try:
+            parts = b64decode(answer, validate=True).split(b"\0") if answer != "=" else []
+        except binascii.Error:
+            raise CommandFailed("BAD", "the PLAIN response is not base64") from None
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            raise CommandFailed(
+                "NO", "[AUTHENTICATIONFAILED] PLAIN needs user name and password (no authzid)"
+            )
+        await self._log_in(command, parts[1], parts[2])
+
+    def _require_tls(self) -> None:
+        if not self.tls:
+            raise CommandFailed(
+                "NO", "[PRIVACYREQUIRED] Use STARTTLS first: passwords are only taken over TLS"
+            )
+
+    async def _sasl_answer(self) -> str:
+        await self.send(b"+ \r\n")
+        try:
+            line = await read_command(self.reader, self.send, self._read_limits())
+        except Rejected as e:
+            raise CommandFailed("BAD", e.text) from None
+        if line == b"*":
+            raise CommandFailed("BAD", "AUTHENTICATE cancelled")
+        if not re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}", line):
+            raise CommandFailed("BAD", "the PLAIN response is not base64")
+        return line.decode("ascii")
+
+    async def _log_in(self, command: Command, login_raw: bytes, password_raw: bytes) -> None:
+        try:
+            login, password = login_raw.decode("utf-8"), password_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandFailed("NO", "[AUTHENTICATIONFAILED] Invalid credentials") from None
+        account = account_for_login(self.config, login)
+        result = await asyncio.to_thread(
+            attempt_login,
+            self.config.resolved_database_url,
+            self.config.login_throttle,
+            account,
+            login,
+            password,
+            self.peer_ip,
+        )
+        shown = login[:LOGGED_LOGIN_LENGTH]
+        if result.retry_after is not None:
+            log.warning("imap login refused: too many failed logins ip=%s login=%r", self.peer_ip, shown)
+            raise CommandFailed("NO", "[UNAVAILABLE] Too many failed logins; try again later")
+        if result.account is None:
+            log.info("imap login failed ip=%s login=%r failures=%d", self.peer_ip, shown, result.failures)
+            await asyncio.sleep(result.delay)  # a growing delay slows a guesser that waits for replies
+            raise CommandFailed("NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+        self.store = await AccountStore.open(self.config, result.account)
+        self.state = AUTHENTICATED
+        log.info("imap login ok ip=%s account=%s", self.peer_ip, result.account)
+        await self.ok(command, "[CAPABILITY " + self.capabilities().decode() + "] Logged in")
+
+    # Authenticated: LIST, STATUS, SELECT, EXAMINE.
+
+    def _account(self) -> AccountStore:
+        assert self.store is not None  # the command table allows these commands only when logged in
+        return self.store
+
+    async def list_mailboxes(self, command: Command) -> None:
+        reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
+        if not pattern:  # the delimiter and root (RFC 9051 6.3.9)
+            await self.send(f'* {command.name} (\\Noselect) "/" ""\r\n'.encode())
+            await self.ok(command, f"{command.name} completed")
+            return
+        wanted = _pattern_regex(reference + pattern)
+        for box in await self._account().mailboxes():
+            if wanted.fullmatch(box.name):
+                attributes = " ".join(box.attributes).encode()
+                line = f"* {command.name} (".encode() + attributes + b') "/" ' + responses.string(box.name)
+                await self.send(line + b"\r\n")
+        await self.ok(command, f"{command.name} completed")
+
+    async def subscribe(self, command: Command) -> None:
+        """Every mailbox counts as subscribed (LSUB lists them all): (UN)SUBSCRIBE changes nothing,
+        for a mailbox that exists."""
+        if await self._account().uid_state(str(command.args["mailbox"])) is None:
+            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
+        await self.ok(command, f"{command.name} completed")
+
+    async def namespace(self, command: Command) -> None:
+        await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        await self.ok(command, "NAMESPACE completed")
+
+    async def enable(self, command: Command) -> None:
+        """No extension that ENABLE turns on is offered yet: none is enabled (RFC 5161)."""
+        await self.send(b"* ENABLED\r\n")
+        await self.ok(command, "ENABLE completed")
+
+    async def append(self, command: Command) -> None:
+        """Store the message in the mailbox as SMTP stores mail (file, rows, a new UID), with the
+        flags given. It is only stored: an APPEND to Sent records no sent recipients and sends nothing."""
+        account, name = self._account(), str(command.args["mailbox"])
+        flags = _flag_changes("add", command.args["flags"])  # type: ignore[arg-type]
+        target = await account.uid_state(name)
+        if target is None:
+            raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        copy = MailboxCopy(account.account, account.store_name(name), columns=flags)
+        try:
+            stored = await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
+        except StoreError:
+            raise CommandFailed(
+                "NO", "[UNAVAILABLE] The message could not be stored; try again later"
+            ) from None
+        uid = await account.uid_of_file(stored[0]) if stored else None
+        if self.selection is not None:
+            await self._report_changes()
+        code = "" if uid is None else f"[APPENDUID {target.uidvalidity} {uid}] "  # UIDPLUS (RFC 4315)
+        await self.ok(command, f"{code}APPEND completed")
+
+    async def status(self, command: Command) -> None:
+        name = str(command.args["mailbox"])
+        state = await self._account().uid_state(name)
+        summary = await self._account().summary(name)
+        if state is None or summary is None:
+            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
+        values = {
+            "MESSAGES": summary["messages"],
+            "UNSEEN": summary["unseen"],
+            "UIDNEXT": state.uidnext,
+            "UIDVALIDITY": state.uidvalidity,
+            "RECENT": 0,
+        }
+        shown = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[attr-defined]
+        await self.send(b"* STATUS " + responses.string(name) + f" ({shown})\r\n".encode())
+        await self.ok(command, "STATUS completed")
+
+    async def select(self, command: Command) -> None:
+        self.selection, self.state = None, AUTHENTICATED
+        name = str(command.args["mailbox"])
+        state = await self._account().uid_state(name)
+        if state is None:
+            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
+        uids = await self._account().uids(state.mailbox_id)
+        read_only = command.name == "EXAMINE"
+        self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only)
+        self.state = SELECTED
+        permanent = "()" if read_only else responses.ALL_FLAGS
+        await self.send(
+            f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n* 0 RECENT\r\n"
+            f"* OK [UIDVALIDITY {state.uidvalidity}] UIDs valid\r\n"
+            f"* OK [UIDNEXT {state.uidnext}] Predicted next UID\r\n"
+            f"* OK [PERMANENTFLAGS {permanent}] Flags the mailbox keeps\r\n".encode()
+        )
+        mode = "READ-ONLY" if read_only else "READ-WRITE"
+        await self.ok(command, f"[{mode}] {command.name} completed")
+
+    # Selected: UNSELECT, FETCH, STORE (and their UID forms).
+
+    def _selected(self) -> Selection:
+        assert self.selection is not None  # the command table allows these commands only when selected
+        return self.selection
+
+    async def unselect(self, command: Command) -> None:
+        self.selection, self.state = None, AUTHENTICATED
+        await self.ok(command, "UNSELECT completed")
+
+    async def close(self, command: Command) -> None:
+        """Expunge without telling (unless read-only), then leave the mailbox (RFC 9051 6.4.1)."""
+        selection = self._selected()
+        if not selection.read_only:
+            await self._account().expunge(selection.mailbox_id)
+        self.selection, self.state = None, AUTHENTICATED
+        await self.ok(command, "CLOSE completed")
+
+    async def expunge(self, command: Command) -> None:
+        selection = self._selected()
+        if selection.read_only:
+            raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
+        only = None if command.name == "EXPUNGE" else self._targets(command)  # UID EXPUNGE: these only
+        await self._expunged(set(await self._account().expunge(selection.mailbox_id, only)))
+        await self.ok(command, f"{command.name} completed")
+
+    async def idle(self, command: Command) -> None:
+        """IDLE (RFC 2177): until the client's DONE, report new and departed messages of the selected
+        mailbox, looking every `idle_poll` seconds (one indexed read of its UIDs); a client idle for
+        longer than the idle timeout is logged out."""
+        await self.send(b"+ idling\r\n")
+        deadline = asyncio.get_running_loop().time() + self.limits.idle_timeout
+        while True:
+            try:
+                # Cancelling readuntil at the timeout leaves what came in the buffer for the next try.
+                line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.limits.idle_poll)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    await self.send(b"* BYE Autologout: idle for too long\r\n")
+                    raise Closed() from None
+                if self.selection is not None:
+                    await self._report_changes()
+                continue
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, ConnectionError):
+                raise Closed() from None
+            if line.strip().upper() != b"DONE":
+                raise CommandFailed("BAD", "IDLE ends with DONE")
+            await self.ok(command, "IDLE terminated")
+            return
+
+    async def _report_changes(self) -> None:
+        """Tell the client of messages that left the mailbox (EXPUNGE, highest number first, so
+        each number is right when sent) and of new ones (EXISTS) since its view was taken."""
+        selection = self._selected()
+        now = await self._account().uids(selection.mailbox_id)
+        await self._expunged(set(selection.uids) - set(now))
+        known = set(selection.uids)
+        added = [uid for uid in now if uid not in known]
+        if added:
+            selection.uids += added
+            await self.send(b"* %d EXISTS\r\n" % len(selection.uids))
+
+    def _targets(self, command: Command) -> list[int]:
+        """The UIDs the command's sequence set names, ascending."""
+        uids = self._selected().uids
+        sequence: SequenceSet = command.args["sequence"]  # type: ignore[assignment]
+        if command.name.startswith("UID "):
+            return sequence.pick(uids)
+        if sequence.largest_named() > len(uids):
+            raise CommandFailed(
+                "BAD", f"no message {sequence.largest_named()} (the mailbox holds {len(uids)})"
+            )
+        return [uids[n - 1] for n in sequence.pick(list(range(1, len(uids) + 1)))]
+
+    async def fetch(self, command: Command) -> None:
+        items: list[FetchItem] = command.args["items"]  # type: ignore[assignment]
+        if command.name == "UID FETCH" and all(i.name != "UID" for i in items):
+            items = [FetchItem("UID"), *items]
+        targets = self._targets(command)
+        numbers = {uid: n for n, uid in enumerate(self._selected().uids, 1)}
+        for start in range(0, len(targets), FETCH_BATCH):
+            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers)
+        await self.ok(command, f"{command.name} completed")
+
+    async def _fetch_batch(self, uids: list[int], items: list[FetchItem], numbers: dict[int, int]) -> None:
+        selection, account = self._selected(), self._account()
+        rows = await account.rows(selection.mailbox_id, uids)
+        marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
+        unseen = [row for row in rows if not row["seen"]] if marks_seen else []
+        if unseen:
+            await account.set_flags([row["id"] for row in unseen], {"seen": True})
+            for row in unseen:
+                row["seen"] = True
+        # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
+        changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
+        out = bytearray()  # lines are sent in chunks: one write per message costs more than the line
+        for row in rows:
+            shown = [*items, _FLAGS] if row["id"] in changed else items
+            needs_content = any(i.name not in _FROM_ROW for i in shown)
+            content = await account.content(row) if needs_content else b""  # read once per message
+            out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
+            if len(out) >= SEND_CHUNK:
+                await self.send(bytes(out))
+                out.clear()
+        if out:
+            await self.send(bytes(out))
+
+    async def store_flags(self, command: Command) -> None:
+        selection = self._selected()
+        if selection.read_only:
+            raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
+        changes = _flag_changes(command.args["mode"], command.args["flags"])  # type: ignore[arg-type]
+        targets = self._targets(command)
+        for start in range(0, len(targets), FETCH_BATCH):
+            await self._store_batch(command, targets[start : start + FETCH_BATCH], changes)
+        await self.ok(command, f"{command.name} completed")
+
+    async def _store_batch(self, command: Command, uids: list[int], changes: dict[str, bool]) -> None:
+        selection, account = self._selected(), self._account()
+        rows = await account.rows(selection.mailbox_id, uids)
+        try:
+            await account.set_flags([row["id"] for row in rows], changes)
+        except MailboxError as e:
+            raise CommandFailed("NO", f"[CANNOT] {e}") from None
+        if command.args["silent"]:
+            return
+        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        for row in await account.rows(selection.mailbox_id, uids):
+            data = [b"FLAGS " + responses.flags_of(row)]
+            if command.name == "UID STORE":
+                data.append(b"UID %d" % row["uid"])
+            await self.send(responses.fetch_line(numbers[row["uid"]], data))
+
+    async def search(self, command: Command) -> None:
+        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
+        selection = self._selected()
+        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        keys = [prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
+        rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
+        hits = [row for row in rows if all(matches(row, key, numbers[row["uid"]]) for key in keys)]
+        shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
+        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
+        await self.ok(command, f"{command.name} completed")
+
+    async def copy_or_move(self, command: Command) -> None:
+        """COPY and MOVE (RFC 6851) through the store's move_messages (SPEC R3.3). A MOVE reports
+        each message that left as EXPUNGE, highest number first."""
+        selection, account = self._selected(), self._account()
+        moving = command.name.endswith("MOVE")
+        if moving and selection.read_only:
+            raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
+        target = await account.uid_state(str(command.args["mailbox"]))
+        if target is None:
+            raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        targets = self._targets(command)
+        sources: list[int] = []
+        copies: list[int] = []
+        for start in range(0, len(targets), FETCH_BATCH):
+            rows = await account.rows(selection.mailbox_id, targets[start : start + FETCH_BATCH])
+            try:
+                copies += await account.move(
+                    [row["id"] for row in rows], str(command.args["mailbox"]), copy=not moving
+                )
+            except MailboxError as e:
+                raise CommandFailed("NO", f"[CANNOT] {e}") from None
+            sources += [row["uid"] for row in rows]
+        elsewhere = target.mailbox_id != selection.mailbox_id
+        code = ""
+        if sources and (elsewhere or not moving):  # UIDPLUS (RFC 4315): where each one went
+            code = f"[COPYUID {target.uidvalidity} {responses.uid_set(sources)} {responses.uid_set(copies)}] "
+        if moving and elsewhere:
+            if code:
+                await self.send(f"* OK {code}Moved\r\n".encode())
+                code = ""
+            await self._expunged(set(targets))
+        await self.ok(command, f"{code}{command.name} completed")
+
+    async def _expunged(self, uids: set[int]) -> None:
+        """Report the messages with these UIDs as gone and drop them from the session's view."""
+        selection = self._selected()
+        for number in range(len(selection.uids), 0, -1):
+            if selection.uids[number - 1] in uids:
+                await self.send(b"* %d EXPUNGE\r\n" % number)
+        selection.uids = [uid for uid in selection.uids if uid not in uids]
+
+
+_FLAGS = FetchItem("FLAGS")
+# The items answered from the row alone, without reading the message file.
+_FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+_RFC822_SECTIONS = {
+    "RFC822": Section(),
+    "RFC822.HEADER": Section(text="HEADER"),
+    "RFC822.TEXT": Section(text="TEXT"),
+}
+
+
+def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
+    """One data item of a FETCH response; `content` is the message's file (empty if no item needs it)."""
+    name = item.name
+    if name == "FLAGS":
+        return b"FLAGS " + responses.flags_of(row)
+    if name == "UID":
+        return b"UID %d" % row["uid"]
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + responses.internal_date(row["received"])
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % row["size"]
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(content)
+    if name in ("BODYSTRUCTURE", "BODY") and item.section is None:
+        return name.encode() + b" " + body_structure(content)
+    section = item.section or _RFC822_SECTIONS[name]
+    data = partial(section_octets(content, section), item.partial)
+    return item.response_name().encode() + b" " + responses.literal(data)
+
+
+def _sets_seen(item: FetchItem) -> bool:
+    """Whether fetching the item sets \\Seen (RFC 9051 6.4.5): BODY[...] (not BODY.PEEK), RFC822
+    and RFC822.TEXT."""
+    return (item.section is not None and not item.peek) or item.name in ("RFC822", "RFC822.TEXT")
+
+
+def _flag_changes(mode: str, flags: list[str]) -> dict[str, bool]:
+    """The set_flags keywords a STORE asks for. Keywords the store does not keep are left out
+    (PERMANENTFLAGS does not offer \\*); replacing sets every flag the store keeps."""
+    if "\\RECENT" in flags:
+        raise CommandFailed("BAD", "\\Recent cannot be stored")
+    named = {responses.STORE_KEYWORDS[f] for f in flags if f in responses.STORE_KEYWORDS}
+    if mode == "replace":
+        return {column: column in named for column in responses.STORE_KEYWORDS.values()}
+    return dict.fromkeys(named, mode == "add")
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A LIST pattern as a regular expression: * matches anything, % anything but the delimiter;
+    INBOX in any case is INBOX."""
+    if pattern.upper() == INBOX:
+        pattern = INBOX
+    parts = (".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts))
+
+
+Handler = Callable[[IMAPSession, Command], Coroutine[Any, Any, None]]
+_COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
+    "CAPABILITY": (IMAPSession.capability, _ANY_STATE),
+    "NOOP": (IMAPSession.noop, _ANY_STATE),
+    "CHECK": (IMAPSession.noop, (SELECTED,)),
+    "LOGOUT": (IMAPSession.logout, _ANY_STATE),
+    "ID": (IMAPSession.id, _ANY_STATE),
+    "STARTTLS": (IMAPSession.starttls, (NOT_AUTHENTICATED,)),
+    "LOGIN": (IMAPSession.login, (NOT_AUTHENTICATED,)),
+    "AUTHENTICATE": (IMAPSession.authenticate, (NOT_AUTHENTICATED,)),
+    "LIST": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
+    "LSUB": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
+    "SUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "UNSUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "NAMESPACE": (IMAPSession.namespace, _AUTHENTICATED_STATES),
+    "ENABLE": (IMAPSession.enable, _AUTHENTICATED_STATES),
+    "STATUS": (IMAPSession.status, _AUTHENTICATED_STATES),
+    "APPEND": (IMAPSession.append, _AUTHENTICATED_STATES),
+    "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),
+    "EXAMINE": (IMAPSession.select, _AUTHENTICATED_STATES),
+    "UNSELECT": (IMAPSession.unselect, (SELECTED,)),
+    "CLOSE": (IMAPSession.close, (SELECTED,)),
+    "EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
+    "UID EXPUNGE": (IMAPSession.expunge, (SELECTED,)),
+    "IDLE": (IMAPSession.idle, _AUTHENTICATED_STATES),
+    "FETCH": (IMAPSession.fetch, (SELECTED,)),
+    "UID FETCH": (IMAPSession.fetch, (SELECTED,)),
+    "STORE": (IMAPSession.store_flags, (SELECTED,)),
+    "UID STORE": (IMAPSession.store_flags, (SELECTED,)),
+    "SEARCH": (IMAPSession.search, (SELECTED,)),
+    "UID SEARCH": (IMAPSession.search, (SELECTED,)),
+    "COPY": (IMAPSession.copy_or_move, (SELECTED,)),
+    "UID COPY": (IMAPSession.copy_or_move, (SELECTED,)),
+    "MOVE": (IMAPSession.copy_or_move, (SELECTED,)),
+    "UID MOVE": (IMAPSession.copy_or_move, (SELECTED,)),
+}

@@ -1,0 +1,23 @@
+"""ENVELOPE from hostile and ordinary headers: raw values, defaults, 8-bit octets in literals."""
+
+from __future__ import annotations
+
+from app.imap.envelope import envelope
+
+
+def test_missing_fields_are_nil_and_8bit_goes_out_as_a_literal() -> None:
+    found = envelope(b"Subject: caf\xc3\xa9\r\n folded\r\nTo: undisclosed-recipients:;\r\n\r\nbody")
+    assert found == b"(NIL {12}\r\ncaf\xc3\xa9 folded NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
+def test_quotes_in_names_are_escaped_and_sender_defaults_to_from() -> None:
+    found = envelope(b'From: "A \\"q\\" B" <a@x.example>\r\nSender: s@y.example\r\n\r\n')
+    assert found == (
+        b'(NIL NIL (("A \\"q\\" B" NIL "a" "x.example")) ((NIL NIL "s" "y.example"))'
+        b' (("A \\"q\\" B" NIL "a" "x.example")) NIL NIL NIL NIL NIL)'
+    )
+
+
+def test_a_header_with_thousands_of_addresses_is_cut() -> None:
+    many = b", ".join(b"u%d@x.example" % n for n in range(5000))
+    assert envelope(b"To: " + many + b"\r\n\r\n").count(b'"x.example"') == 1000
