@@ -19,7 +19,7 @@ from app.accounts import account_id
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
-from app.store.mailboxes import MessageRow, MoveRules, UidState
+from app.store.mailboxes import MailboxChanges, MessageRow, MoveRules, UidState
 
 _T = TypeVar("_T")
 INBOX = "INBOX"
@@ -73,6 +73,12 @@ class AccountStore:
 
     async def uids(self, mailbox_id: int) -> list[int]:
         return await self._run(lambda session: mailboxes.mailbox_uids(session, mailbox_id))
+
+    async def changes(self, mailbox_id: int, modseq: int) -> MailboxChanges | None:
+        """What changed in the mailbox after `modseq` (None: nothing); SPEC R8.3."""
+        return await self._run(
+            lambda session: mailboxes.changes_since(session, self.account_id, mailbox_id, modseq)
+        )
 
     async def summary(self, imap_name: str) -> dict[str, Any] | None:
         """The mailbox's message count, unseen count and size (mailbox_summaries); None if missing."""

@@ -15,7 +15,7 @@ import logging
 import re
 from base64 import b64decode
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.accounts import account_for_login
 from app.imap import responses
 from app.imap.bodystructure import body_structure
+from app.imap.changes import flags_line, update_of
 from app.imap.envelope import envelope
 from app.imap.mailstore import INBOX, AccountStore
 from app.imap.parser import (
@@ -75,6 +76,9 @@ class Selection:
     uidvalidity: int
     uids: list[int]  # the session's view: message sequence number n is uids[n - 1]
     read_only: bool
+    modseq: int  # the mailbox's modification sequence the view is up to date with (SPEC R8.3)
+    # UID -> modseq of flags this session sent (its STORE) since the view was last brought up to date.
+    shown: dict[int, int] = field(default_factory=dict)
 
 
 class IMAPSession:
@@ -379,7 +383,7 @@ class IMAPSession:
             raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
         uids = await self._account().uids(state.mailbox_id)
         read_only = command.name == "EXAMINE"
-        self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only)
+        self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only, state.highestmodseq)
         self.state = SELECTED
         permanent = "()" if read_only else responses.ALL_FLAGS
         await self.send(
@@ -442,16 +446,23 @@ class IMAPSession:
             return
 
     async def _report_changes(self) -> None:
-        """Tell the client of messages that left the mailbox (EXPUNGE, highest number first, so
-        each number is right when sent) and of new ones (EXISTS) since its view was taken."""
+        """Tell the client what others changed since its view was taken (app/imap/changes.py):
+        messages that left the mailbox (EXPUNGE, highest number first, so each number is right when
+        sent), new flags (FETCH) and new messages (EXISTS)."""
         selection = self._selected()
-        now = await self._account().uids(selection.mailbox_id)
-        await self._expunged(set(selection.uids) - set(now))
-        known = set(selection.uids)
-        added = [uid for uid in now if uid not in known]
-        if added:
-            selection.uids += added
-            await self.send(b"* %d EXISTS\r\n" % len(selection.uids))
+        found = await self._account().changes(selection.mailbox_id, selection.modseq)
+        if found is None:
+            return
+        update = update_of(selection.uids, selection.shown, found)
+        await self._expunged(update.expunged)
+        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        lines = b"".join(flags_line(numbers[row["uid"]], row) for row in update.flagged)
+        if update.added:
+            selection.uids += update.added
+            lines += b"* %d EXISTS\r\n" % len(selection.uids)
+        selection.modseq, selection.shown = found.highestmodseq, {}
+        if lines:
+            await self.send(lines)
 
     def _targets(self, command: Command) -> list[int]:
         """The UIDs the command's sequence set names, ascending."""
@@ -519,6 +530,7 @@ class IMAPSession:
             return
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         for row in await account.rows(selection.mailbox_id, uids):
+            selection.shown[row["uid"]] = row["modseq"]  # not reported again as another's change
             data = [b"FLAGS " + responses.flags_of(row)]
             if command.name == "UID STORE":
                 data.append(b"UID %d" % row["uid"])

@@ -32,6 +32,10 @@ class Mailbox(Base):
     # messages (a mailbox made again under an old name gets a new one: the time it was made).
     uidvalidity: Mapped[int] = mapped_column(BigInteger, default=lambda: new_uidvalidity())
     uidnext: Mapped[int] = mapped_column(Integer, default=1)
+    # IMAP live updates and CONDSTORE (SPEC R8.3, RFC 7162): raised by one in every transaction that
+    # changes the mailbox's messages (one arriving, leaving, or changing its flags); the messages that
+    # changed take the new value as their `modseq`.
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
 
 
 def new_uidvalidity() -> int:
@@ -56,6 +60,8 @@ class Message(Base):
         Index("ix_messages_mailbox_content_hash", "mailbox_id", "content_hash"),
         # IMAP sequence numbers are the mailbox's messages in UID order (SPEC R8.2).
         Index("uq_messages_mailbox_uid", "mailbox_id", "uid", unique=True),
+        # What changed in a mailbox since a modification sequence (SPEC R8.3: IDLE, NOOP, CONDSTORE).
+        Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -64,6 +70,8 @@ class Message(Base):
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"))
     # Its IMAP UID in that mailbox (Mailbox.uidnext when it entered it; a move gives it a new one).
     uid: Mapped[int] = mapped_column(Integer)
+    # Its mailbox's `highestmodseq` when it entered the mailbox or its flags last changed.
+    modseq: Mapped[int] = mapped_column(BigInteger)
     # The mailbox it was first stored in, and the one it would have gone to had it not been rejected.
     mailbox_orig_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))
     mailbox_destined_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id"))

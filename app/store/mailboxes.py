@@ -131,31 +131,46 @@ def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
 
 
 def with_uids(session: Session, rows: list[MessageRow]) -> list[MessageRow]:
-    """The rows, each with the next IMAP UID of its mailbox (SPEC R8.2), in the rows' order."""
+    """The rows, each with the next IMAP UID of its mailbox (SPEC R8.2) in the rows' order, and the
+    mailbox's new modification sequence (R8.3)."""
     counts: dict[int, int] = {}
     for row in rows:
         counts[row["mailbox_id"]] = counts.get(row["mailbox_id"], 0) + 1
-    # Mailbox rows are locked in id order: two writers into the same mailboxes cannot deadlock.
-    first = {box: allocate_uids(session, box, count) for box, count in sorted(counts.items())}
+    claimed = claim(session, counts)
     numbered = []
     for row in rows:
-        numbered.append({**row, "uid": first[row["mailbox_id"]]})
-        first[row["mailbox_id"]] += 1
+        first, modseq = claimed[row["mailbox_id"]]
+        numbered.append({**row, "uid": first, "modseq": modseq})
+        claimed[row["mailbox_id"]] = Claimed(first + 1, modseq)
     return numbered
 
 
-def allocate_uids(session: Session, mailbox_id: int, count: int) -> int:
-    """The first of `count` new UIDs of the mailbox. The UPDATE locks the mailbox's row until the
-    caller commits, so concurrent writers into one mailbox take UIDs in turn and commit them in UID
-    order: a client never sees a UID appear below one it has seen (RFC 9051 2.3.1.1)."""
-    statement = (
-        update(Mailbox)
-        .where(Mailbox.id == mailbox_id)
-        .values(uidnext=Mailbox.uidnext + count)
-        .returning(Mailbox.uidnext)
-    )
-    uidnext = session.execute(statement, execution_options=_NO_SYNC).scalar_one()
-    return int(uidnext) - count
+class Claimed(NamedTuple):
+    """What a transaction took of a mailbox: its first new UID and its new modification sequence."""
+
+    uid: int
+    modseq: int
+
+
+def claim(session: Session, counts: dict[int, int]) -> dict[int, Claimed]:
+    """For each mailbox (by id), `count` new UIDs and a new modification sequence: one UPDATE of each
+    mailbox row, in id order, so two writers into the same mailboxes cannot deadlock.
+
+    The UPDATE locks the mailbox's row until the caller commits, so concurrent writers into one
+    mailbox take UIDs and modification sequences in turn and commit them in that order: a client
+    never sees a UID appear below one it has seen (RFC 9051 2.3.1.1), nor a change committed with a
+    modification sequence below one it has already read (SPEC R8.3)."""
+    claimed = {}
+    for mailbox_id, count in sorted(counts.items()):
+        statement = (
+            update(Mailbox)
+            .where(Mailbox.id == mailbox_id)
+            .values(uidnext=Mailbox.uidnext + count, highestmodseq=Mailbox.highestmodseq + 1)
+            .returning(Mailbox.uidnext, Mailbox.highestmodseq)
+        )
+        uidnext, modseq = session.execute(statement, execution_options=_NO_SYNC).one()
+        claimed[mailbox_id] = Claimed(int(uidnext) - count, int(modseq))
+    return claimed
 
 
 def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, rescued: bool = False) -> bool:
@@ -314,11 +329,12 @@ class UidState(NamedTuple):
     mailbox_id: int
     uidvalidity: int
     uidnext: int
+    highestmodseq: int
 
 
 def uid_state(session: Session, account_id: int, name: str) -> UidState | None:
-    """The account's mailbox `name` with its UIDVALIDITY and UIDNEXT; None if it has none."""
-    query = select(Mailbox.id, Mailbox.uidvalidity, Mailbox.uidnext).where(
+    """The account's mailbox `name` with its UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ; None if it has none."""
+    query = select(Mailbox.id, Mailbox.uidvalidity, Mailbox.uidnext, Mailbox.highestmodseq).where(
         Mailbox.account_id == account_id, Mailbox.name == name
     )
     found = session.execute(query).one_or_none()
@@ -330,6 +346,33 @@ def mailbox_uids(session: Session, mailbox_id: int) -> list[int]:
     return list(
         session.scalars(select(Message.uid).where(Message.mailbox_id == mailbox_id).order_by(Message.uid))
     )
+
+
+class MailboxChanges(NamedTuple):
+    """What changed in a mailbox after a modification sequence (changes_since)."""
+
+    highestmodseq: int
+    uids: list[int]  # all of its UIDs now, ascending
+    changed: list[MessageRow]  # the messages that entered it or changed flags after it, by UID
+
+
+def changes_since(session: Session, account_id: int, mailbox_id: int, modseq: int) -> MailboxChanges | None:
+    """What changed in the account's mailbox after `modseq` (SPEC R8.3); None if nothing did (or it
+    is gone). An unchanged mailbox costs one read of its row; a changed one two index range scans
+    (its UIDs; its messages by modification sequence)."""
+    query = select(Mailbox.highestmodseq).where(Mailbox.id == mailbox_id, Mailbox.account_id == account_id)
+    highest = session.scalar(query)
+    if highest is None or highest <= modseq:
+        return None
+    # Only changes up to the value read: one committed since is read at the next look, never lost
+    # (on PostgreSQL each statement sees the commits made before it began).
+    changed = (
+        select(*Message.__table__.columns)
+        .where(Message.mailbox_id == mailbox_id, Message.modseq > modseq, Message.modseq <= highest)
+        .order_by(Message.uid)
+    )
+    rows = _plain_rows(session, changed)
+    return MailboxChanges(int(highest), mailbox_uids(session, mailbox_id), rows)
 
 
 def messages_by_uid(
@@ -365,12 +408,17 @@ def expunge_deleted(
     """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; with
     `uids`, only those: UID EXPUNGE; their signal rows go with them: ON DELETE CASCADE); the (UID,
     path) of each. The caller unlinks the files after its commit, those unreferenced_paths still
-    finds unnamed: a crash in between leaves files no row names, never a row without its file."""
-    statement = delete(Message).where(
+    finds unnamed: a crash in between leaves files no row names, never a row without its file.
+    The mailbox gets a new modification sequence when one goes (SPEC R8.3)."""
+    doomed = and_(
         Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.deleted.is_(True)
     )
     if uids is not None:
-        statement = statement.where(Message.uid.in_(uids))
+        doomed = and_(doomed, Message.uid.in_(uids))
+    if session.scalar(select(Message.id).where(doomed).limit(1)) is None:
+        return []
+    claim(session, {mailbox_id: 0})
+    statement = delete(Message).where(doomed)
     rows = session.execute(statement.returning(Message.uid, Message.path), execution_options=_NO_SYNC)
     return [(int(uid), str(path)) for uid, path in rows]
 
@@ -437,15 +485,28 @@ def move_messages(
     special = (mailbox_id(session, account_id, rules.junk), mailbox_id(session, account_id, rules.rejects))
     messages = _messages_of(session, account_id, message_ids)
     if copy:
-        copies = [_copy(session, m, _moved_columns(m, target_id, *special), rules.data_dir) for m in messages]
+        first = claim(session, {target_id: len(messages)})[target_id]
+        copies = [
+            _copy(
+                session,
+                m,
+                _moved_columns(m, target_id, *special),
+                rules.data_dir,
+                first._replace(uid=first.uid + n),
+            )
+            for n, m in enumerate(messages)
+        ]
         copy_signals(session, [(m.id, state) for m, state in zip(messages, copies, strict=True)])
         return [state.message_id for state in copies]
     changes = [_moved_columns(m, target_id, *special) for m in messages]
+    leaving = {m.mailbox_id for m, c in zip(messages, changes, strict=True) if c}
     entering = sum(1 for c in changes if c)
-    uid = allocate_uids(session, target_id, entering) if entering else 0
+    # The mailboxes messages leave change too (IMAP clients there see them expunged: SPEC R8.3).
+    claimed = claim(session, {**dict.fromkeys(leaving, 0), target_id: entering}) if entering else {}
+    uid = claimed[target_id].uid if entering else 0
     for change in changes:
         if change:  # a message entering the target takes a new UID there, in the order given
-            change["uid"] = uid
+            change |= {"uid": uid, "modseq": claimed[target_id].modseq}
             uid += 1
     changed = [_apply(m, c) for m, c in zip(messages, changes, strict=True)]
     _resync(session, messages, changed)
@@ -481,7 +542,14 @@ def set_flags(
         flags["junk"] = False
     wanted = {key: value for key, value in flags.items() if value is not None}
     messages = _messages_of(session, account_id, message_ids)
-    changed = [_apply(m, wanted) for m in messages]
+    # Each mailbox with a message whose flags change gets a new modification sequence (SPEC R8.3),
+    # taken before the message rows change: mailbox row first, as every writer locks them.
+    touched = {m.mailbox_id for m in messages if _differs(m, wanted)}
+    claimed = claim(session, dict.fromkeys(touched, 0))
+    changed = [
+        _apply(m, {**wanted, "modseq": claimed[m.mailbox_id].modseq}) if m.mailbox_id in claimed else set()
+        for m in messages
+    ]
     _resync(session, messages, changed)
     return sum(1 for keys in changed if keys)
 
@@ -512,10 +580,12 @@ def _moved_columns(
     return changes
 
 
-def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir: Path) -> SignalState:
-    """A copy of `message` with `changes`, under a new file id naming a link to its file; its row id
-    and what its signal rows copy. The file is durable before the caller commits the row (a failed
-    commit leaves it unnamed)."""
+def _copy(
+    session: Session, message: Message, changes: dict[str, Any], data_dir: Path, claimed: Claimed
+) -> SignalState:
+    """A copy of `message` with `changes` and the `claimed` UID and modification sequence, under a
+    new file id naming a link to its file; its row id and what its signal rows copy. The file is
+    durable before the caller commits the row (a failed commit leaves it unnamed)."""
     # A local import: app/store/files.py imports this module, so this one cannot import it first.
     from app.store.files import message_path, new_file_id
 
@@ -523,7 +593,7 @@ def _copy(session: Session, message: Message, changes: dict[str, Any], data_dir:
     _link_file(data_dir / message.path, data_dir / path)
     row = {**_columns(message), **changes, "path": path, "file_id": path.rpartition("/")[2]}
     del row["id"]
-    row["uid"] = allocate_uids(session, row["mailbox_id"], 1)
+    row |= {"uid": claimed.uid, "modseq": claimed.modseq}
     row_id = int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
     return SignalState(row_id, row["mailbox_orig_id"], row["junk"], row["notjunk"])
 
@@ -543,6 +613,10 @@ def _link_file(source: Path, copy: Path) -> None:
         write_durably([(copy, [source.read_bytes()])])
         return
     fsync_dir(copy.parent)
+
+
+def _differs(message: Message, changes: dict[str, Any]) -> bool:
+    return any(getattr(message, key) != value for key, value in changes.items())
 
 
 def _apply(message: Message, changes: dict[str, Any]) -> set[str]:
@@ -616,6 +690,7 @@ def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -
     removed = 0
     while True:
         with session_scope(url) as session:
+            claim(session, {box: 0})  # IMAP clients of Rejects see the messages go (SPEC R8.3)
             batch = query.limit(REJECTS_BATCH).scalar_subquery()
             statement = delete(Message).where(Message.id.in_(batch), Message.mailbox_id == box)
             paths = list(session.scalars(statement.returning(Message.path), execution_options=_NO_SYNC))

@@ -111,8 +111,8 @@ class IMAPClients:
         return client
 
 
-def imap_config(directory: Path) -> Config:
-    path = write_config(directory, EXTRA)
+def imap_config(directory: Path, database_url: str | None = None) -> Config:
+    path = write_config(directory, EXTRA, database_url=database_url)
     config = load_config(path)
     upgrade_database(config.resolved_database_url)
     with session_scope(config.resolved_database_url) as session:
@@ -124,11 +124,13 @@ def imap_config(directory: Path) -> Config:
 
 @pytest.fixture
 def imap_factory(
-    tmp_path: Path, tls_files: tuple[Path, Path], tls_ca: trustme.CA
+    request: pytest.FixtureRequest, tmp_path: Path, tls_files: tuple[Path, Path], tls_ca: trustme.CA
 ) -> Iterator[Callable[..., IMAPClients]]:
     """Start a server (keyword arguments override IMAPLimits); stopped after the test."""
     started: list[ThreadedIMAP] = []
-    config = imap_config(tmp_path / "config")
+    # A test that asks for `database_url` (e.g. a PostgreSQL one) gets the server on that database.
+    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
+    config = imap_config(tmp_path / "config", url)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(*tls_files)
 

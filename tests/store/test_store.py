@@ -205,6 +205,7 @@ def test_recovery_finishes_committed_files_and_removes_the_rest(tmp_path: Path, 
                 account_id=account.id,
                 mailbox_id=mailbox.id,
                 uid=1,
+                modseq=1,
                 size=4,
                 path=message_path(committed),
             )

@@ -49,7 +49,13 @@ def add_activity(config: Config) -> None:
         inbox = session.query(Mailbox).filter_by(account_id=account.id, name="Inbox").one()
         for n, received in enumerate([now, now - timedelta(minutes=1), now - timedelta(days=1, minutes=1)]):
             row = Message(
-                file_id=f"f{n}", account_id=account.id, mailbox_id=inbox.id, uid=n + 1, size=10, path=f"m/{n}"
+                file_id=f"f{n}",
+                account_id=account.id,
+                mailbox_id=inbox.id,
+                uid=n + 1,
+                modseq=1,
+                size=10,
+                path=f"m/{n}",
             )
             row.received = received
             session.add(row)
