@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.imap import responses
+from app.imap.condstore import modseq_item
 from app.store.mailboxes import MailboxChanges, MessageRow
 
 
@@ -35,6 +36,10 @@ def update_of(view: list[int], shown: dict[int, int], found: MailboxChanges) -> 
     return Update(known - now, flagged, [uid for uid in found.uids if uid not in known])
 
 
-def flags_line(number: int, row: MessageRow) -> bytes:
-    """The unsolicited FETCH of a message's new flags, with its UID (clients match on it)."""
-    return responses.fetch_line(number, [b"FLAGS " + responses.flags_of(row), b"UID %d" % row["uid"]])
+def flags_line(number: int, row: MessageRow, condstore: bool) -> bytes:
+    """The unsolicited FETCH of a message's new flags, with its UID (clients match on it) and, once
+    the session enabled CONDSTORE, its MODSEQ (RFC 7162 3.1.4)."""
+    items = [b"FLAGS " + responses.flags_of(row), b"UID %d" % row["uid"]]
+    if condstore:
+        items.append(modseq_item(row))
+    return responses.fetch_line(number, items)

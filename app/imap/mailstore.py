@@ -100,6 +100,20 @@ class AccountStore:
         """Through the store's set_flags (MailboxError for a change it refuses)."""
         await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))
 
+    async def set_flags_unchanged_since(
+        self, mailbox_id: int, row_ids: Sequence[int], changes: dict[str, bool], modseq: int
+    ) -> list[int]:
+        """Set flags on those of the messages not changed after `modseq`, in one transaction (RFC
+        7162 UNCHANGEDSINCE); their row ids."""
+
+        def store(session: Session) -> list[int]:
+            unchanged = mailboxes.unchanged_since(session, self.account_id, mailbox_id, row_ids, modseq)
+            if unchanged:
+                mailboxes.set_flags(session, self.account_id, unchanged, **changes)
+            return unchanged
+
+        return await self._run(store)
+
     async def move(self, row_ids: Sequence[int], imap_name: str, *, copy: bool) -> list[int]:
         """Move (or copy) the messages into the mailbox through the store's move_messages, as the web
         UI does: out of Rejects a message becomes the delivery it would have been, into Junk it is

@@ -115,7 +115,7 @@ MACROS = {
 }
 SIMPLE_ITEMS = frozenset(
     {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822"}
-    | {"RFC822.HEADER", "RFC822.TEXT"}
+    | {"RFC822.HEADER", "RFC822.TEXT", "MODSEQ"}
 )
 
 
@@ -177,6 +177,26 @@ class Tokens:
         value = int(self.match(_NUMBER, what))
         if value > MAX_NUMBER:
             raise ParseError(f"{what} is larger than {MAX_NUMBER}")
+        return value
+
+    def modseq(self, what: str = "a modification sequence") -> int:
+        """A mod-sequence-value of RFC 7162 (0 up to 2**63 - 1)."""
+        value = int(self.match(_NUMBER, what))
+        if value >= 2**63:
+            raise ParseError(f"{what} is larger than {2**63 - 1}")
+        return value
+
+    def modifier(self, name: str) -> int | None:
+        """An optional ` (NAME n)` of RFC 7162 (SELECT's CONDSTORE has none: its n is 0)."""
+        if not self.data.startswith(b" (", self.pos):
+            return None
+        self.pos += 2
+        self.expect(name.encode(), name)
+        value = 0
+        if name != "CONDSTORE":
+            self.space()
+            value = self.modseq()
+        self.expect(b")", f"')' after {name}")
         return value
 
     def nz_number(self, what: str = "a number") -> int:
@@ -363,6 +383,12 @@ def _mailbox_arg(tokens: Tokens) -> dict[str, object]:
     return {"mailbox": tokens.mailbox()}
 
 
+def _select(tokens: Tokens) -> dict[str, object]:
+    """SELECT or EXAMINE: the mailbox, and the CONDSTORE parameter (RFC 7162 3.1.8)."""
+    args = _mailbox_arg(tokens)
+    return {**args, "condstore": tokens.modifier("CONDSTORE") is not None}
+
+
 def _list(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     reference = _utf8(tokens.astring("a reference name"), "the reference name")
@@ -385,9 +411,9 @@ def _status(tokens: Tokens) -> dict[str, object]:
     mailbox = tokens.mailbox()
     tokens.space()
     items = tokens.parenthesized(lambda: tokens.atom("a status item").upper())
-    known = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "RECENT"}
+    known = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "RECENT", "HIGHESTMODSEQ"}
     if not items or not set(items) <= known:
-        raise ParseError("STATUS items are MESSAGES, UIDNEXT, UIDVALIDITY, UNSEEN and RECENT")
+        raise ParseError("STATUS items are MESSAGES, UIDNEXT, UIDVALIDITY, UNSEEN, RECENT and HIGHESTMODSEQ")
     return {"mailbox": mailbox, "items": items}
 
 
@@ -406,7 +432,7 @@ def _fetch(tokens: Tokens) -> dict[str, object]:
             raise ParseError("FETCH needs at least one data item")
     else:
         items = _fetch_item(tokens, macros=True)
-    return {"sequence": sequence, "items": items}
+    return {"sequence": sequence, "items": items, "changedsince": tokens.modifier("CHANGEDSINCE")}
 
 
 def _fetch_item(tokens: Tokens, *, macros: bool = False) -> list[FetchItem]:
@@ -542,6 +568,12 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
         return (name, _date(tokens))
     if name in ("SUBJECT", "FROM"):
         return (name, _utf8(tokens.astring("a search string"), "the search string").casefold())
+    if name == "MODSEQ":  # RFC 7162 3.1.5: an entry name and type may come first (one value is kept)
+        if tokens.peek() == b'"':
+            tokens.quoted("a metadata entry name")
+            tokens.space()
+            tokens.match(re.compile(rb"(?i)(priv|shared|all) "), "priv, shared or all")
+        return (name, tokens.modseq())
     raise ParseError(f"search key {name[:20]!r} is not supported")
 
 
@@ -579,6 +611,7 @@ STORE_FLAGS = {"\\SEEN", "\\FLAGGED", "\\DELETED", "\\ANSWERED", "\\DRAFT", "$JU
 def _store(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     sequence = tokens.sequence_set()
+    unchanged = tokens.modifier("UNCHANGEDSINCE")
     tokens.space()
     item = tokens.match(
         re.compile(rb"[+-]?FLAGS(\.SILENT)?", re.IGNORECASE), "+FLAGS, -FLAGS or FLAGS"
@@ -592,7 +625,8 @@ def _store(tokens: Tokens) -> dict[str, object]:
             tokens.pos += 1
             flags.append(_flag(tokens))
     mode = {"+": "add", "-": "remove"}.get(item[0], "replace")
-    return {"sequence": sequence, "mode": mode, "silent": item.endswith(".SILENT"), "flags": flags}
+    silent = item.endswith(".SILENT")
+    return {"sequence": sequence, "mode": mode, "silent": silent, "flags": flags, "unchangedsince": unchanged}
 
 
 def _flag(tokens: Tokens) -> str:
@@ -615,8 +649,8 @@ _PARSERS = {
     "IDLE": _no_args,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
-    "SELECT": _mailbox_arg,
-    "EXAMINE": _mailbox_arg,
+    "SELECT": _select,
+    "EXAMINE": _select,
     "LIST": _list,
     "LSUB": _list,
     "SUBSCRIBE": _mailbox_arg,

@@ -63,6 +63,8 @@ def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
     if name in ("KEYWORD", "UNKEYWORD"):
         column = responses.STORE_KEYWORDS.get(value)
         return bool(column and row[column]) == (name == "KEYWORD")
+    if name == "MODSEQ":  # RFC 7162 3.1.5
+        return bool(row["modseq"] >= value)
     if name in ("LARGER", "SMALLER"):
         return row["size"] > value if name == "LARGER" else row["size"] < value
     if name in ("SUBJECT", "FROM"):

@@ -24,6 +24,7 @@ from app.accounts import account_for_login
 from app.imap import responses
 from app.imap.bodystructure import body_structure
 from app.imap.changes import flags_line, update_of
+from app.imap.condstore import enables_condstore, modseq_item, names_modseq, search_modseq
 from app.imap.envelope import envelope
 from app.imap.mailstore import INBOX, AccountStore
 from app.imap.parser import (
@@ -98,6 +99,7 @@ class IMAPSession:
         self.store: AccountStore | None = None
         self.selection: Selection | None = None
         self.errors = 0
+        self.condstore = False  # RFC 7162: FETCH responses of flag changes carry MODSEQ once on
 
     # The command loop.
 
@@ -138,6 +140,7 @@ class IMAPSession:
         if self.state not in states:
             await self._bad(command.tag, f"{command.name} is not allowed in the {self.state} state")
             return
+        self.condstore |= enables_condstore(command)
         try:
             await handler(self, command)
         except CommandFailed as e:
@@ -186,6 +189,7 @@ class IMAPSession:
             "NAMESPACE",
             "ENABLE",
             "UIDPLUS",
+            "CONDSTORE",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -333,8 +337,10 @@ class IMAPSession:
         await self.ok(command, "NAMESPACE completed")
 
     async def enable(self, command: Command) -> None:
-        """No extension that ENABLE turns on is offered yet: none is enabled (RFC 5161)."""
-        await self.send(b"* ENABLED\r\n")
+        """ENABLE (RFC 5161): CONDSTORE is the one extension it turns on."""
+        enabled = "CONDSTORE" in command.args["capabilities"]  # type: ignore[operator]
+        self.condstore |= enabled
+        await self.send(b"* ENABLED CONDSTORE\r\n" if enabled else b"* ENABLED\r\n")
         await self.ok(command, "ENABLE completed")
 
     async def append(self, command: Command) -> None:
@@ -370,6 +376,7 @@ class IMAPSession:
             "UIDNEXT": state.uidnext,
             "UIDVALIDITY": state.uidvalidity,
             "RECENT": 0,
+            "HIGHESTMODSEQ": state.highestmodseq,
         }
         shown = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[attr-defined]
         await self.send(b"* STATUS " + responses.string(name) + f" ({shown})\r\n".encode())
@@ -390,6 +397,7 @@ class IMAPSession:
             f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n* 0 RECENT\r\n"
             f"* OK [UIDVALIDITY {state.uidvalidity}] UIDs valid\r\n"
             f"* OK [UIDNEXT {state.uidnext}] Predicted next UID\r\n"
+            f"* OK [HIGHESTMODSEQ {state.highestmodseq}] Highest modification sequence\r\n"
             f"* OK [PERMANENTFLAGS {permanent}] Flags the mailbox keeps\r\n".encode()
         )
         mode = "READ-ONLY" if read_only else "READ-WRITE"
@@ -456,7 +464,7 @@ class IMAPSession:
         update = update_of(selection.uids, selection.shown, found)
         await self._expunged(update.expunged)
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
-        lines = b"".join(flags_line(numbers[row["uid"]], row) for row in update.flagged)
+        lines = b"".join(flags_line(numbers[row["uid"]], row, self.condstore) for row in update.flagged)
         if update.added:
             selection.uids += update.added
             lines += b"* %d EXISTS\r\n" % len(selection.uids)
@@ -480,15 +488,22 @@ class IMAPSession:
         items: list[FetchItem] = command.args["items"]  # type: ignore[assignment]
         if command.name == "UID FETCH" and all(i.name != "UID" for i in items):
             items = [FetchItem("UID"), *items]
+        since = command.args["changedsince"]
+        if since is not None and all(i.name != "MODSEQ" for i in items):  # RFC 7162 3.1.4.1
+            items = [*items, FetchItem("MODSEQ")]
         targets = self._targets(command)
         numbers = {uid: n for n, uid in enumerate(self._selected().uids, 1)}
         for start in range(0, len(targets), FETCH_BATCH):
-            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers)
+            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since)  # type: ignore[arg-type]
         await self.ok(command, f"{command.name} completed")
 
-    async def _fetch_batch(self, uids: list[int], items: list[FetchItem], numbers: dict[int, int]) -> None:
+    async def _fetch_batch(
+        self, uids: list[int], items: list[FetchItem], numbers: dict[int, int], changedsince: int | None
+    ) -> None:
         selection, account = self._selected(), self._account()
         rows = await account.rows(selection.mailbox_id, uids)
+        if changedsince is not None:
+            rows = [row for row in rows if row["modseq"] > changedsince]
         marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
         unseen = [row for row in rows if not row["seen"]] if marks_seen else []
         if unseen:
@@ -515,26 +530,44 @@ class IMAPSession:
             raise CommandFailed("NO", "[READ-ONLY] The mailbox is selected read-only (EXAMINE)")
         changes = _flag_changes(command.args["mode"], command.args["flags"])  # type: ignore[arg-type]
         targets = self._targets(command)
+        modified: list[int] = []  # UIDs that failed UNCHANGEDSINCE (RFC 7162 3.1.3)
         for start in range(0, len(targets), FETCH_BATCH):
-            await self._store_batch(command, targets[start : start + FETCH_BATCH], changes)
-        await self.ok(command, f"{command.name} completed")
+            modified += await self._store_batch(command, targets[start : start + FETCH_BATCH], changes)
+        code = ""
+        if modified:
+            numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+            shown = modified if command.name == "UID STORE" else [numbers[uid] for uid in modified]
+            code = f"[MODIFIED {responses.uid_set(shown)}] "
+        await self.ok(command, f"{code}{command.name} completed")
 
-    async def _store_batch(self, command: Command, uids: list[int], changes: dict[str, bool]) -> None:
+    async def _store_batch(self, command: Command, uids: list[int], changes: dict[str, bool]) -> list[int]:
+        """Store the flags on these messages; the UIDs of those left alone as changed since the
+        command's UNCHANGEDSINCE."""
         selection, account = self._selected(), self._account()
         rows = await account.rows(selection.mailbox_id, uids)
+        since = command.args["unchangedsince"]
+        ids = [row["id"] for row in rows]
         try:
-            await account.set_flags([row["id"] for row in rows], changes)
+            if since is None:
+                await account.set_flags(ids, changes)
+            else:
+                ids = await account.set_flags_unchanged_since(selection.mailbox_id, ids, changes, since)  # type: ignore[arg-type]
         except MailboxError as e:
             raise CommandFailed("NO", f"[CANNOT] {e}") from None
-        if command.args["silent"]:
-            return
+        stored = set(ids)
+        if command.args["silent"] and not self.condstore:
+            return [row["uid"] for row in rows if row["id"] not in stored]
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
-        for row in await account.rows(selection.mailbox_id, uids):
+        for row in await account.rows(selection.mailbox_id, [r["uid"] for r in rows if r["id"] in stored]):
             selection.shown[row["uid"]] = row["modseq"]  # not reported again as another's change
-            data = [b"FLAGS " + responses.flags_of(row)]
-            if command.name == "UID STORE":
+            # Under CONDSTORE, UID and MODSEQ even for .SILENT (RFC 7162 3.1.3), FLAGS unless silent.
+            data = [] if command.args["silent"] else [b"FLAGS " + responses.flags_of(row)]
+            if command.name == "UID STORE" or self.condstore:
                 data.append(b"UID %d" % row["uid"])
+            if self.condstore:
+                data.append(modseq_item(row))
             await self.send(responses.fetch_line(numbers[row["uid"]], data))
+        return [row["uid"] for row in rows if row["id"] not in stored]
 
     async def search(self, command: Command) -> None:
         """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
@@ -544,7 +577,8 @@ class IMAPSession:
         rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
         hits = [row for row in rows if all(matches(row, key, numbers[row["uid"]]) for key in keys)]
         shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
-        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
+        modseq = search_modseq(hits) if any(names_modseq(key) for key in keys) else b""
+        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + modseq + b"\r\n")
         await self.ok(command, f"{command.name} completed")
 
     async def copy_or_move(self, command: Command) -> None:
@@ -591,7 +625,7 @@ class IMAPSession:
 
 _FLAGS = FetchItem("FLAGS")
 # The items answered from the row alone, without reading the message file.
-_FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+_FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
 _RFC822_SECTIONS = {
     "RFC822": Section(),
     "RFC822.HEADER": Section(text="HEADER"),
@@ -610,6 +644,8 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
         return b"INTERNALDATE " + responses.internal_date(row["received"])
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % row["size"]
+    if name == "MODSEQ":
+        return modseq_item(row)
     if name == "ENVELOPE":
         return b"ENVELOPE " + envelope(content)
     if name in ("BODYSTRUCTURE", "BODY") and item.section is None:

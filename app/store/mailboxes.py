@@ -554,6 +554,23 @@ def set_flags(
     return sum(1 for keys in changed if keys)
 
 
+def unchanged_since(
+    session: Session, account_id: int, mailbox_id: int, message_ids: Sequence[int], modseq: int
+) -> list[int]:
+    """Of these messages of the account's mailbox, the ids of those not changed after `modseq` (RFC
+    7162 STORE UNCHANGEDSINCE). The mailbox row stays locked until the caller commits, and every
+    writer locks it before changing the mailbox's messages (claim): none can change between this
+    read and a set_flags in the same transaction."""
+    session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())
+    query = select(Message.id).where(
+        Message.id.in_(message_ids),
+        Message.account_id == account_id,
+        Message.mailbox_id == mailbox_id,
+        Message.modseq <= modseq,
+    )
+    return list(session.scalars(query))
+
+
 def _messages_of(session: Session, account_id: int, message_ids: Sequence[int]) -> list[Message]:
     """The messages with these ids, in the order given; every one must be the account's."""
     query = select(Message).where(Message.id.in_(message_ids), Message.account_id == account_id)

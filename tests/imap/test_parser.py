@@ -80,8 +80,28 @@ def test_store_forms() -> None:
         "mode": "remove",
         "silent": True,
         "flags": ["\\SEEN", "$JUNK"],
+        "unchangedsince": None,
     }
     assert parse_command(b"s UID STORE 1 FLAGS ()").args["mode"] == "replace"
+
+
+def test_condstore_modifiers() -> None:
+    assert (
+        parse_command(b"s STORE 1 (UNCHANGEDSINCE 9223372036854775807) +FLAGS \\Seen").args["unchangedsince"]
+        == 2**63 - 1
+    )
+    assert parse_command(b"f FETCH 1:* (FLAGS) (CHANGEDSINCE 12)").args["changedsince"] == 12
+    assert parse_command(b"e EXAMINE INBOX (CONDSTORE)").args["condstore"] is True
+    assert parse_command(b"e SELECT INBOX").args["condstore"] is False
+    assert parse_command(b"q SEARCH MODSEQ 5 SEEN").args["keys"] == [("MODSEQ", 5), ("SEEN",)]
+    for bad, why in [
+        (b"s STORE 1 (UNCHANGEDSINCE 9223372036854775808) FLAGS ()", "larger than"),
+        (b"f FETCH 1 FLAGS (CHANGEDSINCE)", "a space"),
+        (b"e SELECT INBOX (QRESYNC (1 2))", "CONDSTORE"),
+        (b'q SEARCH MODSEQ "/flags/x" sometimes 5', "priv, shared or all"),
+    ]:
+        with pytest.raises(ParseError, match=why):
+            parse_command(bad)
 
 
 HOSTILE = [
