@@ -649,7 +649,7 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
     if name == "ENVELOPE":
         return b"ENVELOPE " + envelope(content)
     if name in ("BODYSTRUCTURE", "BODY") and item.section is None:
-        return name.encode() + b" " + body_structure(content)
+        return name.encode() + b" " + body_structure(content, extended=name == "BODYSTRUCTURE")
     section = item.section or _RFC822_SECTIONS[name]
     data = partial(section_octets(content, section), item.partial)
     return item.response_name().encode() + b" " + responses.literal(data)

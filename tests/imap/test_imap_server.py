@@ -453,7 +453,8 @@ def test_selected_state_commands_and_bad_sequence_sets(imap: IMAPClients) -> Non
         b"e OK UID FETCH completed\r\n"
     ]  # no such UIDs: nothing
     assert client.command(b"f FETCH 1 BODYSTRUCTURE")[0] == (
-        b'* 1 FETCH (BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 8 1))\r\n'
+        b'* 1 FETCH (BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 8 1'
+        b" NIL NIL NIL NIL))\r\n"
     )
 
 

@@ -81,3 +81,21 @@ def test_bodystructure_of_hostile_nesting_stays_bounded() -> None:
         nested = b"Content-Type: message/rfc822\r\n\r\n" + nested
     found = body_structure(nested)
     assert found.count(b'"MESSAGE" "RFC822"') == 20 and b'"APPLICATION" "OCTET-STREAM"' in found
+
+
+def test_bodystructure_extension_data() -> None:
+    """BODYSTRUCTURE (not BODY) adds a multipart's parameters and each part's MD5 (NIL),
+    disposition, language and location (RFC 9051 7.5.2)."""
+    message = (
+        b"Content-Type: multipart/mixed; boundary=x\r\nContent-Language: en, de\r\n\r\n"
+        b"--x\r\nContent-Type: text/plain\r\nContent-Language: en\r\n\r\nhello\r\n"
+        b"--x\r\nContent-Type: application/pdf; name=a.pdf\r\n"
+        b'Content-Disposition: attachment; filename="a b.pdf"\r\n'
+        b"Content-Location: http://example.org/a.pdf\r\n\r\n%PDF\r\n--x--\r\n"
+    )
+    assert body_structure(message, extended=True) == (
+        b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 1 NIL NIL "en" NIL)'
+        b'("APPLICATION" "PDF" ("NAME" "a.pdf") NIL NIL "7BIT" 4 NIL ("ATTACHMENT" ("FILENAME" "a b.pdf"))'
+        b' NIL "http://example.org/a.pdf") "MIXED" ("BOUNDARY" "x") NIL ("en" "de") NIL)'
+    )
+    assert body_structure(message).endswith(b' "MIXED")')  # BODY: the basic form
