@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.config import Config, ImapListener
 from app.imap.reader import Closed
 from app.imap.session import IMAPSession
+from app.imap.wakeup import Wakeups
 from app.store.files import MessageStore
 
 log = logging.getLogger("app.imap")
@@ -74,12 +75,14 @@ class IMAPServer:
         self.limits = limits or IMAPLimits()
         # APPEND writes through the store as SMTP does (file, rows, group commit).
         self.store = MessageStore(config.data_dir, config.resolved_database_url)
+        self.wakeups = Wakeups(config.resolved_database_url)
         self.servers: list[asyncio.Server] = []
         self.sessions: Counter[str] = Counter()
         self.connections: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
 
     async def start(self, listeners: list[IMAPListener]) -> list[int]:
         """Listen on each listener; the ports bound (a port 0 gets one of the kernel's)."""
+        await self.wakeups.start()
         ports = []
         for listener in listeners:
             server = await asyncio.start_server(
@@ -141,6 +144,7 @@ class IMAPServer:
         for server in self.servers:
             await server.wait_closed()
         self.servers = []
+        await self.wakeups.stop()
         await self.store.close()
 
 

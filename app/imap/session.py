@@ -93,6 +93,7 @@ class IMAPSession:
         peer_ip: str,
     ) -> None:
         self.config, self.limits, self.message_store = server.config, server.limits, server.store
+        self.wakeups = server.wakeups
         self.reader, self.writer = reader, writer
         self.tls_context, self.tls, self.peer_ip = listener.tls, listener.implicit_tls, peer_ip
         self.state = NOT_AUTHENTICATED
@@ -430,28 +431,39 @@ class IMAPSession:
         await self.ok(command, f"{command.name} completed")
 
     async def idle(self, command: Command) -> None:
-        """IDLE (RFC 2177): until the client's DONE, report new and departed messages of the selected
-        mailbox, looking every `idle_poll` seconds (one indexed read of its UIDs); a client idle for
+        """IDLE (RFC 2177): until the client's DONE, report changes to the selected mailbox (new,
+        departed, flags), when it is notified of one or every `idle_poll` seconds; a client idle for
         longer than the idle timeout is logged out."""
         await self.send(b"+ idling\r\n")
         deadline = asyncio.get_running_loop().time() + self.limits.idle_timeout
-        while True:
-            try:
-                # Cancelling readuntil at the timeout leaves what came in the buffer for the next try.
-                line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.limits.idle_poll)
-            except TimeoutError:
+        with self.wakeups.watching(None if self.selection is None else self.selection.mailbox_id) as woken:
+            line = await self._idle_until_done(deadline, woken)
+        if line.strip().upper() != b"DONE":
+            raise CommandFailed("BAD", "IDLE ends with DONE")
+        await self.ok(command, "IDLE terminated")
+
+    async def _idle_until_done(self, deadline: float, woken: asyncio.Event) -> bytes:
+        """The client's next line; until it comes, changes are reported when the mailbox's wake-up
+        is set (app/imap/wakeup.py) or every `idle_poll` seconds, whichever is first."""
+        reading = asyncio.ensure_future(self.reader.readuntil(b"\n"))
+        try:
+            while True:
+                waking = asyncio.ensure_future(woken.wait())
+                poll = self.limits.idle_poll
+                await asyncio.wait({reading, waking}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                woken.clear()  # before the read: a change committed during it wakes the next round
+                if reading.done():
+                    return reading.result()
                 if asyncio.get_running_loop().time() > deadline:
                     await self.send(b"* BYE Autologout: idle for too long\r\n")
-                    raise Closed() from None
+                    raise Closed()
                 if self.selection is not None:
                     await self._report_changes()
-                continue
-            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, ConnectionError):
-                raise Closed() from None
-            if line.strip().upper() != b"DONE":
-                raise CommandFailed("BAD", "IDLE ends with DONE")
-            await self.ok(command, "IDLE terminated")
-            return
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, ConnectionError):
+            raise Closed() from None
+        finally:
+            reading.cancel()  # readuntil leaves what came in the buffer for the next read
 
     async def _report_changes(self) -> None:
         """Tell the client what others changed since its view was taken (app/imap/changes.py):

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Select, String, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import insert_once, session_scope
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Every column of a `messages` row by name, in the table's column order.
 MessageRow = dict[str, Any]
+# PostgreSQL channel notified with a mailbox's id when a transaction changing it commits (claim):
+# idling IMAP sessions wake up at once (app/imap/wakeup.py).
+CHANGE_CHANNEL = "postwarden_mailbox"
 # Bulk UPDATE/DELETE statements leave the session's objects alone: the rows they change are either
 # not in the session or read back by column queries.
 _NO_SYNC = {"synchronize_session": False}
@@ -161,14 +164,17 @@ def claim(session: Session, counts: dict[int, int]) -> dict[int, Claimed]:
     never sees a UID appear below one it has seen (RFC 9051 2.3.1.1), nor a change committed with a
     modification sequence below one it has already read (SPEC R8.3)."""
     claimed = {}
+    returned: list[Any] = [Mailbox.uidnext, Mailbox.highestmodseq]
+    if session.get_bind().dialect.name == "postgresql":  # in the same statement: no extra round trip
+        returned.append(func.pg_notify(CHANGE_CHANNEL, cast(Mailbox.id, String)))
     for mailbox_id, count in sorted(counts.items()):
         statement = (
             update(Mailbox)
             .where(Mailbox.id == mailbox_id)
             .values(uidnext=Mailbox.uidnext + count, highestmodseq=Mailbox.highestmodseq + 1)
-            .returning(Mailbox.uidnext, Mailbox.highestmodseq)
+            .returning(*returned)
         )
-        uidnext, modseq = session.execute(statement, execution_options=_NO_SYNC).one()
+        uidnext, modseq = session.execute(statement, execution_options=_NO_SYNC).one()[:2]
         claimed[mailbox_id] = Claimed(int(uidnext) - count, int(modseq))
     return claimed
 

@@ -89,3 +89,26 @@ def test_a_flag_change_through_the_store_reaches_an_idling_client_within_a_secon
     assert idle_until(client, flags_of(1, 1, (b"\\Seen",))) < 1.0
     client.idle_done()
     client.logout()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_notification_wakes_the_idling_client_before_any_poll(
+    database_url: str, imap_factory: Callable[..., IMAPClients]
+) -> None:
+    """LISTEN/NOTIFY (app/imap/wakeup.py): with the poll 30 s apart, only the store's notification
+    can bring the change within a second; NOOP in between does not stop it."""
+    live = imap_factory(idle_poll=30.0)
+    file_id = live.server.deliver(message(1))
+    client = live.imapclient()
+    client.select_folder("INBOX")
+    client.idle()
+    with session_scope(live.server.config.resolved_database_url) as session:
+        set_flags(
+            session, account_id(session, "admin"), [int(str(row_of(live, file_id)["id"]))], flagged=True
+        )
+    assert idle_until(client, flags_of(1, 1, (b"\\Flagged",)), timeout=3.0) < 1.0
+    live.server.deliver(message(2))
+    assert idle_until(client, lambda r: r == (2, b"EXISTS"), timeout=3.0) < 1.0
+    client.idle_done()
+    client.logout()
