@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
 from app.db import session_scope
+from app.migrate import upgrade_database
 from app.store.mailboxes import (
     MoveRules,
     changes_since,
@@ -82,3 +84,36 @@ def test_changes_since_is_the_accounts_own(url: str) -> None:
         box = uid_state(session, ensure_account(session, "alice").id, "Inbox")
         assert box is not None
         assert changes_since(session, bob, box.mailbox_id, 0) is None
+
+
+def test_migration_starts_existing_mailboxes_and_messages_at_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_database(url, "0012")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO accounts (id, name, created) VALUES (1, 'alice', '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext)"
+                " VALUES (1, 1, 'Inbox', 7, 2)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO messages (id, file_id, account_id, mailbox_id, uid, received, size, path, seen,"
+                " junk, notjunk, is_reject, is_dmarc_report, is_tls_report, spf_mailfrom_validated,"
+                " ehlo_validated, msg_from_validated, flagged, answered, draft, deleted)"
+                " VALUES (1, 'f', 1, 1, 1, '2026-01-01', 1, 'f', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)"
+            )
+        )
+    engine.dispose()
+    upgrade_database(url, "0014")
+    with session_scope(url) as session:
+        alice = ensure_account(session, "alice").id
+        box = uid_state(session, alice, "Inbox")
+        assert box is not None and box.highestmodseq == 1
+        changes = changes_since(session, alice, box.mailbox_id, 0)
+        assert changes is not None and [row["modseq"] for row in changes.changed] == [1]
+        set_flags(session, alice, [1], seen=True)  # the next change is above every existing value
+    with session_scope(url) as session:
+        assert highest(session, "Inbox") == 2
