@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
@@ -22,6 +22,7 @@ from app.store.mailboxes import (
     uid_state,
 )
 from tests.store.test_mailboxes import store
+from tests.store.test_uids import old_database
 
 
 def highest(session: Session, mailbox: str) -> int:
@@ -87,17 +88,8 @@ def test_changes_since_is_the_accounts_own(url: str) -> None:
 
 
 def test_migration_starts_existing_mailboxes_and_messages_at_one(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade_database(url, "0012")
-    engine = create_engine(url)
+    url, engine = old_database(tmp_path, "0012")
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO accounts (id, name, created) VALUES (1, 'alice', '2026-01-01')"))
-        connection.execute(
-            text(
-                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext)"
-                " VALUES (1, 1, 'Inbox', 7, 2)"
-            )
-        )
         connection.execute(
             text(
                 "INSERT INTO messages (id, file_id, account_id, mailbox_id, uid, received, size, path, seen,"

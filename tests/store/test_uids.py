@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from app.accounts import ensure_account
 from app.db import session_scope
@@ -82,15 +82,22 @@ def test_imap_flags_are_set_through_set_flags(url: str) -> None:
     assert (row["flagged"], row["deleted"], row["answered"], row["seen"]) == (True, True, False, False)
 
 
-def test_migration_numbers_existing_messages_in_id_order_per_mailbox(tmp_path: Path) -> None:
+def old_database(tmp_path: Path, revision: str) -> tuple[str, Engine]:
+    """A SQLite database migrated to `revision` with alice and her mailboxes Inbox (1) and B (2)."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade_database(url, "0009")
+    upgrade_database(url, revision)
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO accounts (id, name, created) VALUES (1, 'alice', '2026-01-01')"))
         connection.execute(
             text("INSERT INTO mailboxes (id, account_id, name) VALUES (1, 1, 'Inbox'), (2, 1, 'B')")
         )
+    return url, engine
+
+
+def test_migration_numbers_existing_messages_in_id_order_per_mailbox(tmp_path: Path) -> None:
+    url, engine = old_database(tmp_path, "0009")
+    with engine.begin() as connection:
         for row_id, box in [(10, 1), (11, 2), (12, 1), (13, 1), (14, 2)]:
             connection.execute(
                 text(
