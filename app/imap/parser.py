@@ -363,11 +363,64 @@ def _mailbox_arg(tokens: Tokens) -> dict[str, object]:
     return {"mailbox": tokens.mailbox()}
 
 
+LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "RECENT", "SIZE")
+
+
 def _list(tokens: Tokens) -> dict[str, object]:
+    """LIST [(select options)] reference (pattern | (patterns)) [RETURN (options)] (RFC 9051 6.3.9,
+    RFC 5258, RFC 5819's STATUS return option); LSUB takes the plain form only."""
+    tokens.space()
+    select: list[str] = []
+    if tokens.peek() == b"(":
+        select = tokens.parenthesized(lambda: tokens.atom("a LIST selection option").upper())
+        if not set(select) <= LIST_SELECT:
+            raise ParseError("LIST selection options are SUBSCRIBED, REMOTE, RECURSIVEMATCH and SPECIAL-USE")
+        if "RECURSIVEMATCH" in select and set(select) <= {"RECURSIVEMATCH", "REMOTE"}:
+            raise ParseError("RECURSIVEMATCH needs another selection option")
+        tokens.space()
+    reference = _utf8(tokens.astring("a reference name"), "the reference name")
+    tokens.space()
+    if tokens.peek() == b"(":
+        patterns = tokens.parenthesized(tokens.pattern)
+        if not patterns:
+            raise ParseError("a pattern list names at least one pattern")
+    else:
+        patterns = [tokens.pattern()]
+    returned: dict[str, list[str]] = {}
+    if not tokens.at_end():
+        tokens.space()
+        if tokens.data[tokens.pos : tokens.pos + 7].upper() != b"RETURN ":
+            raise ParseError("expected RETURN (options) after the pattern")
+        tokens.pos += 7
+        for option in tokens.parenthesized(lambda: _list_return(tokens)):
+            returned.update(option)
+    return {"select": select, "reference": reference, "patterns": patterns, "return": returned}
+
+
+def _list_return(tokens: Tokens) -> dict[str, list[str]]:
+    option = tokens.atom("a LIST return option").upper()
+    if option not in LIST_RETURN:
+        raise ParseError("LIST return options are SUBSCRIBED, CHILDREN, SPECIAL-USE and STATUS")
+    if option != "STATUS":
+        return {option: []}
+    tokens.space()
+    return {option: _status_items(tokens)}
+
+
+def _lsub(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     reference = _utf8(tokens.astring("a reference name"), "the reference name")
     tokens.space()
-    return {"reference": reference, "pattern": tokens.pattern()}
+    return {"select": ["SUBSCRIBED"], "reference": reference, "patterns": [tokens.pattern()], "return": {}}
+
+
+def _rename(tokens: Tokens) -> dict[str, object]:
+    tokens.space()
+    mailbox = tokens.mailbox()
+    tokens.space()
+    return {"mailbox": mailbox, "new": tokens.mailbox()}
 
 
 def _enable(tokens: Tokens) -> dict[str, object]:
@@ -384,11 +437,14 @@ def _status(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     mailbox = tokens.mailbox()
     tokens.space()
+    return {"mailbox": mailbox, "items": _status_items(tokens)}
+
+
+def _status_items(tokens: Tokens) -> list[str]:
     items = tokens.parenthesized(lambda: tokens.atom("a status item").upper())
-    known = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "RECENT"}
-    if not items or not set(items) <= known:
-        raise ParseError("STATUS items are MESSAGES, UIDNEXT, UIDVALIDITY, UNSEEN and RECENT")
-    return {"mailbox": mailbox, "items": items}
+    if not items or not set(items) <= set(STATUS_ITEMS):
+        raise ParseError("STATUS items are " + ", ".join(STATUS_ITEMS))
+    return items
 
 
 def _id(tokens: Tokens) -> dict[str, object]:
@@ -618,7 +674,10 @@ _PARSERS = {
     "SELECT": _mailbox_arg,
     "EXAMINE": _mailbox_arg,
     "LIST": _list,
-    "LSUB": _list,
+    "LSUB": _lsub,
+    "CREATE": _mailbox_arg,
+    "DELETE": _mailbox_arg,
+    "RENAME": _rename,
     "SUBSCRIBE": _mailbox_arg,
     "UNSUBSCRIBE": _mailbox_arg,
     "NAMESPACE": _no_args,

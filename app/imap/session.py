@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login
-from app.imap import responses
+from app.imap import mailboxes, responses
 from app.imap.bodystructure import body_structure
 from app.imap.envelope import envelope
-from app.imap.mailstore import INBOX, AccountStore
+from app.imap.errors import CommandFailed
+from app.imap.mailstore import AccountStore
 from app.imap.parser import (
     Command,
     FetchItem,
@@ -61,14 +62,6 @@ _ANY_STATE = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTHENTICATED_STATES = (AUTHENTICATED, SELECTED)
 
 
-class CommandFailed(Exception):
-    """Answer the command with `status` (NO or BAD) and `text`, ours."""
-
-    def __init__(self, status: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
-
-
 @dataclass
 class Selection:
     mailbox_id: int
@@ -94,6 +87,7 @@ class IMAPSession:
         self.store: AccountStore | None = None
         self.selection: Selection | None = None
         self.errors = 0
+        self.utf8 = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8, not modified UTF-7 (RFC 6855)
 
     # The command loop.
 
@@ -135,6 +129,7 @@ class IMAPSession:
             await self._bad(command.tag, f"{command.name} is not allowed in the {self.state} state")
             return
         try:
+            mailboxes.decode_names(command, self.utf8)
             await handler(self, command)
         except CommandFailed as e:
             if e.status == "BAD":
@@ -182,6 +177,9 @@ class IMAPSession:
             "NAMESPACE",
             "ENABLE",
             "UIDPLUS",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "UTF8=ACCEPT",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -303,34 +301,16 @@ class IMAPSession:
         assert self.store is not None  # the command table allows these commands only when logged in
         return self.store
 
-    async def list_mailboxes(self, command: Command) -> None:
-        reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
-        if not pattern:  # the delimiter and root (RFC 9051 6.3.9)
-            await self.send(f'* {command.name} (\\Noselect) "/" ""\r\n'.encode())
-            await self.ok(command, f"{command.name} completed")
-            return
-        wanted = _pattern_regex(reference + pattern)
-        for box in await self._account().mailboxes():
-            if wanted.fullmatch(box.name):
-                attributes = " ".join(box.attributes).encode()
-                line = f"* {command.name} (".encode() + attributes + b') "/" ' + responses.string(box.name)
-                await self.send(line + b"\r\n")
-        await self.ok(command, f"{command.name} completed")
-
-    async def subscribe(self, command: Command) -> None:
-        """Every mailbox counts as subscribed (LSUB lists them all): (UN)SUBSCRIBE changes nothing,
-        for a mailbox that exists."""
-        if await self._account().uid_state(str(command.args["mailbox"])) is None:
-            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
-        await self.ok(command, f"{command.name} completed")
-
     async def namespace(self, command: Command) -> None:
         await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
         await self.ok(command, "NAMESPACE completed")
 
     async def enable(self, command: Command) -> None:
-        """No extension that ENABLE turns on is offered yet: none is enabled (RFC 5161)."""
-        await self.send(b"* ENABLED\r\n")
+        """ENABLE (RFC 5161) of UTF8=ACCEPT: names in UTF-8 from now on (RFC 6855); nothing else."""
+        capabilities: list[str] = command.args["capabilities"]  # type: ignore[assignment]
+        enabled = [name for name in capabilities if name in _ENABLES]
+        self.utf8 = self.utf8 or "UTF8=ACCEPT" in enabled
+        await self.send(" ".join(["* ENABLED", *dict.fromkeys(enabled)]).encode() + b"\r\n")
         await self.ok(command, "ENABLE completed")
 
     async def append(self, command: Command) -> None:
@@ -353,23 +333,6 @@ class IMAPSession:
             await self._report_changes()
         code = "" if uid is None else f"[APPENDUID {target.uidvalidity} {uid}] "  # UIDPLUS (RFC 4315)
         await self.ok(command, f"{code}APPEND completed")
-
-    async def status(self, command: Command) -> None:
-        name = str(command.args["mailbox"])
-        state = await self._account().uid_state(name)
-        summary = await self._account().summary(name)
-        if state is None or summary is None:
-            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
-        values = {
-            "MESSAGES": summary["messages"],
-            "UNSEEN": summary["unseen"],
-            "UIDNEXT": state.uidnext,
-            "UIDVALIDITY": state.uidvalidity,
-            "RECENT": 0,
-        }
-        shown = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[attr-defined]
-        await self.send(b"* STATUS " + responses.string(name) + f" ({shown})\r\n".encode())
-        await self.ok(command, "STATUS completed")
 
     async def select(self, command: Command) -> None:
         self.selection, self.state = None, AUTHENTICATED
@@ -578,6 +541,8 @@ class IMAPSession:
 
 
 _FLAGS = FetchItem("FLAGS")
+# What ENABLE turns on (upper case, as parsed).
+_ENABLES = ("UTF8=ACCEPT",)
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
 _RFC822_SECTIONS = {
@@ -624,15 +589,6 @@ def _flag_changes(mode: str, flags: list[str]) -> dict[str, bool]:
     return dict.fromkeys(named, mode == "add")
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A LIST pattern as a regular expression: * matches anything, % anything but the delimiter;
-    INBOX in any case is INBOX."""
-    if pattern.upper() == INBOX:
-        pattern = INBOX
-    parts = (".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts))
-
-
 Handler = Callable[[IMAPSession, Command], Coroutine[Any, Any, None]]
 _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "CAPABILITY": (IMAPSession.capability, _ANY_STATE),
@@ -643,13 +599,16 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "STARTTLS": (IMAPSession.starttls, (NOT_AUTHENTICATED,)),
     "LOGIN": (IMAPSession.login, (NOT_AUTHENTICATED,)),
     "AUTHENTICATE": (IMAPSession.authenticate, (NOT_AUTHENTICATED,)),
-    "LIST": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
-    "LSUB": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
-    "SUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
-    "UNSUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "LIST": (mailboxes.list_mailboxes, _AUTHENTICATED_STATES),
+    "LSUB": (mailboxes.list_mailboxes, _AUTHENTICATED_STATES),
+    "SUBSCRIBE": (mailboxes.subscribe, _AUTHENTICATED_STATES),
+    "UNSUBSCRIBE": (mailboxes.subscribe, _AUTHENTICATED_STATES),
+    "CREATE": (mailboxes.create, _AUTHENTICATED_STATES),
+    "DELETE": (mailboxes.delete, _AUTHENTICATED_STATES),
+    "RENAME": (mailboxes.rename, _AUTHENTICATED_STATES),
     "NAMESPACE": (IMAPSession.namespace, _AUTHENTICATED_STATES),
     "ENABLE": (IMAPSession.enable, _AUTHENTICATED_STATES),
-    "STATUS": (IMAPSession.status, _AUTHENTICATED_STATES),
+    "STATUS": (mailboxes.status, _AUTHENTICATED_STATES),
     "APPEND": (IMAPSession.append, _AUTHENTICATED_STATES),
     "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),
     "EXAMINE": (IMAPSession.select, _AUTHENTICATED_STATES),

@@ -7,7 +7,7 @@ from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingMessage, SentRecipient
-from app.models.store import Account, Mailbox, Message, MessageSignal
+from app.models.store import Account, Mailbox, MailboxSubscription, Message, MessageSignal
 from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "LoginFailure",
     "MTASTSPolicy",
     "Mailbox",
+    "MailboxSubscription",
     "Message",
     "MessageSignal",
     "OutgoingMessage",

@@ -91,8 +91,8 @@ def test_list_shows_inbox_and_special_use_with_rejects_ordinary(imap: IMAPClient
     assert typ == "OK"
     listed = {line.rsplit(b" ", 1)[1].strip(b'"'): line for line in lines if isinstance(line, bytes)}
     assert b"INBOX" in listed and b"Inbox" not in listed
-    assert listed[b"Junk"].startswith(b"(\\Junk)")
-    assert listed[b"Rejects"].startswith(b"()")
+    assert listed[b"Junk"].startswith(b"(\\Junk \\HasNoChildren)")
+    assert listed[b"Rejects"].startswith(b"(\\HasNoChildren)")
     typ, lines = client.list('""', "%")
     assert typ == "OK" and not any(
         b"/" in line.rsplit(b" ", 1)[1] for line in lines if isinstance(line, bytes)
@@ -145,12 +145,12 @@ def test_a_fault_of_ours_is_a_tagged_no_and_the_session_goes_on(imap: IMAPClient
 def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
     client = RawClient(imap)
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
-    assert b'* LSUB () "/" "INBOX"\r\n' in client.command(b'b LSUB "" *')  # every mailbox is subscribed
+    assert b'* LSUB () "/" "INBOX"\r\n' in client.command(b'b LSUB "" *')  # configured ones start subscribed
     assert client.command(b"c SUBSCRIBE Junk") == [b"c OK SUBSCRIBE completed\r\n"]
-    assert client.command(b"d UNSUBSCRIBE Nowhere") == [b"d NO [NONEXISTENT] No such mailbox\r\n"]
+    assert client.command(b"d UNSUBSCRIBE Nowhere") == [b"d NO [NONEXISTENT] The name is not subscribed\r\n"]
     assert client.command(b"e NAMESPACE")[0] == b'* NAMESPACE (("" "/")) NIL NIL\r\n'
     assert client.command(b"f ENABLE CONDSTORE UTF8=ACCEPT") == [
-        b"* ENABLED\r\n",
+        b"* ENABLED UTF8=ACCEPT\r\n",
         b"f OK ENABLE completed\r\n",
     ]
     assert client.command(b"g ENABLE")[-1].startswith(b"g BAD ENABLE names at least one")

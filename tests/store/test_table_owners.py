@@ -17,6 +17,7 @@ MODEL_MODULES = {"app.models"} | {f"app.models.{p.stem}" for p in DEFINITIONS.gl
 OWNERS = {
     "Account": "app/accounts.py",
     "Mailbox": "app/store/mailboxes.py",
+    "MailboxSubscription": "app/store/mailboxes.py",
     "Message": "app/store/mailboxes.py",
     "MessageSignal": "app/store/signals.py",
     "OutgoingMessage": "app/queue/outgoing.py",
