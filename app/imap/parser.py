@@ -545,9 +545,9 @@ def _append(tokens: Tokens) -> dict[str, object]:
     return {"mailbox": mailbox, "flags": flags, "message": tokens.literal("the message")}
 
 
-# SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, subject and From
-# (the stored columns), sequence and UID sets, NOT, OR and parenthesized groups. A key is a tuple:
-# (name, argument...).
+# SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, the keys that read
+# the message (app/imap/textsearch.py), sequence and UID sets, NOT, OR and parenthesized groups. A key
+# is a tuple: (name, argument...).
 SearchKey = tuple[object, ...]
 _FLAG_KEYS = frozenset(
     {"ALL", "SEEN", "UNSEEN", "FLAGGED", "UNFLAGGED", "DELETED", "UNDELETED", "ANSWERED"}
@@ -556,8 +556,20 @@ _FLAG_KEYS = frozenset(
 _MONTH_NUMBERS = {m: n for n, m in enumerate(_MONTHS, 1)}
 
 
+ESEARCH_RETURN = frozenset({"MIN", "MAX", "COUNT", "ALL"})
+
+
 def _search(tokens: Tokens) -> dict[str, object]:
+    """SEARCH [RETURN (options)] [CHARSET name] keys; RETURN asks for an ESEARCH answer (RFC 4731):
+    its options MIN, MAX, COUNT, ALL (none: ALL). `return` is None without RETURN."""
     tokens.space()
+    returned = None
+    if tokens.data[tokens.pos : tokens.pos + 7].upper() == b"RETURN ":
+        tokens.pos += 7
+        returned = tokens.parenthesized(lambda: tokens.atom("a SEARCH return option").upper()) or ["ALL"]
+        if not set(returned) <= ESEARCH_RETURN:
+            raise ParseError("SEARCH return options are MIN, MAX, COUNT and ALL")
+        tokens.space()
     if tokens.data[tokens.pos : tokens.pos + 8].upper() == b"CHARSET ":
         tokens.pos += 8
         charset = tokens.astring("a charset").upper()
@@ -568,7 +580,7 @@ def _search(tokens: Tokens) -> dict[str, object]:
     while not tokens.at_end():
         tokens.space()
         keys.append(_search_key(tokens, 0))
-    return {"keys": keys}
+    return {"keys": keys, "return": returned}
 
 
 def _search_key(tokens: Tokens, depth: int) -> SearchKey:
@@ -596,9 +608,17 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
         return (name, tokens.number("a size"))
     if name in ("BEFORE", "ON", "SINCE"):
         return (name, _date(tokens))
-    if name in ("SUBJECT", "FROM"):
-        return (name, _utf8(tokens.astring("a search string"), "the search string").casefold())
+    if name in ("SUBJECT", "FROM", "TO", "CC", "BCC", "BODY", "TEXT"):
+        return (name, _search_string(tokens))
+    if name == "HEADER":
+        field = _field_name(tokens).upper()
+        tokens.space()
+        return (name, (field, _search_string(tokens)))
     raise ParseError(f"search key {name[:20]!r} is not supported")
+
+
+def _search_string(tokens: Tokens) -> str:
+    return _utf8(tokens.astring("a search string"), "the search string").casefold()
 
 
 def _date(tokens: Tokens) -> date:

@@ -36,8 +36,9 @@ from app.imap.parser import (
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
-from app.imap.search import matches, prepared
+from app.imap.search import esearch, matches, prepared
 from app.imap.sections import partial, section_octets
+from app.imap.textsearch import MessageText
 from app.store.files import MailboxCopy, StoreError
 from app.store.mailboxes import MailboxError, MessageRow
 from app.throttle import attempt_login
@@ -180,6 +181,7 @@ class IMAPSession:
             "LIST-EXTENDED",
             "LIST-STATUS",
             "UTF8=ACCEPT",
+            "ESEARCH",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -488,14 +490,31 @@ class IMAPSession:
             await self.send(responses.fetch_line(numbers[row["uid"]], data))
 
     async def search(self, command: Command) -> None:
-        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
+        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH;
+        with RETURN, an ESEARCH answer (RFC 4731). The keys are tested in a worker thread: those that
+        read the message read its file there, at most the message size limit of it."""
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         keys = [prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
         rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
-        hits = [row for row in rows if all(matches(row, key, numbers[row["uid"]]) for key in keys)]
-        shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
-        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
+        data_dir, cap = self.config.data_dir, self.limits.max_append
+
+        def hits() -> list[MessageRow]:
+            return [
+                row
+                for row in rows
+                if all(
+                    matches(row, k, numbers[row["uid"]], MessageText(data_dir / row["path"], cap))
+                    for k in keys
+                )
+            ]
+
+        uid = command.name == "UID SEARCH"
+        shown = [row["uid"] if uid else numbers[row["uid"]] for row in await asyncio.to_thread(hits)]
+        if command.args["return"] is None:
+            await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
+        else:
+            await self.send(esearch(command.tag, uid, command.args["return"], shown))  # type: ignore[arg-type]
         await self.ok(command, f"{command.name} completed")
 
     async def copy_or_move(self, command: Command) -> None:

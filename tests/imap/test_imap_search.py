@@ -1,0 +1,125 @@
+"""SEARCH keys that read the message (HEADER, TO, CC, BCC, FROM, SUBJECT, BODY, TEXT: decoded
+encoded words, transfer encodings and charsets, case-insensitive) and ESEARCH (RFC 4731), over
+loopback TLS on the real store; and the text matching on hostile messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.imap.textsearch import MessageText, text_matches
+from tests.imap.conftest import PASSWORD, IMAPClients
+from tests.imap.test_imap_server import RawClient
+from tests.support.smtpfixtures import make_message
+
+MULTIPART = (
+    b"From: =?utf-8?q?J=C3=BCrgen?= <jurgen@example.net>\r\n"
+    b"To: admin@example.org\r\n"
+    b"Cc: Dave <dave@example.com>,\r\n eve@example.com\r\n"
+    b"Subject: =?iso-8859-1?q?Gr=FC=DFe?= aus Berlin\r\n"
+    b"X-Ticket: PW-1234\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n'
+    b"\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"RGllIFJlY2hudW5nIGbDvHIgZGVuIE3DpHJ6Lg==\r\n"  # "Die Rechnung für den März."
+    b"--b1\r\n"
+    b"Content-Type: text/html; charset=iso-8859-1\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"<p>Sch=F6ne Gr=FC=DFe</p>\r\n"
+    b"--b1--\r\n"
+)
+
+
+def selected(imap: IMAPClients) -> RawClient:
+    client = RawClient(imap)
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    client.command(b"b SELECT INBOX")
+    return client
+
+
+def test_text_keys_decode_headers_and_bodies(imap: IMAPClients) -> None:
+    imap.server.deliver(make_message("carol@example.net", "admin@example.org", subject="plain one"))
+    imap.server.deliver(MULTIPART)
+    imap.server.deliver(
+        make_message(
+            "x@example.net",
+            "bob@example.org",
+            body="Bcc test\r\n",
+            extra_headers="Bcc: secret@example.org\r\n",
+        )
+    )
+    client = selected(imap)
+    for search, found in [
+        (b'SEARCH FROM "J\xc3\xbcrgen"', b"2"),  # the decoded display name
+        (b'SEARCH FROM "carol@EXAMPLE.net"', b"1"),
+        (b'SEARCH SUBJECT "gr\xc3\x9c\xc3\x9fe"', b"2"),  # ISO-8859-1 encoded word, any case
+        (b"SEARCH CC eve@", b"2"),  # in the folded continuation line
+        (b"SEARCH TO bob@", b"3"),
+        (b"SEARCH BCC secret", b"3"),
+        (b"SEARCH HEADER X-Ticket pw-12", b"2"),
+        (b'SEARCH HEADER X-Ticket ""', b"2"),  # an empty value: the field is there
+        (b"SEARCH HEADER X-Missing x", b""),
+        (b'SEARCH BODY "M\xc3\xa4rz"', b"2"),  # base64 UTF-8 decoded
+        (b'SEARCH BODY "sch\xc3\xb6ne"', b"2"),  # quoted-printable ISO-8859-1 decoded
+        (b"SEARCH BODY Berlin", b""),  # the subject is not in the body
+        (b"SEARCH TEXT Berlin", b"2"),
+        (b"SEARCH TEXT bcc", b"3"),
+        (b"SEARCH NOT BODY hello", b"2 3"),
+        (b"SEARCH OR SUBJECT plain BODY rechnung", b"1 2"),
+    ]:
+        lines = client.command(b"c " + search)
+        assert lines == [b"* SEARCH" + (b" " + found if found else b"") + b"\r\n", lines[-1]], search
+        assert lines[-1].startswith(b"c OK")
+    assert client.command(b'd SEARCH BODY "\xff"')[-1].startswith(b"d BAD")  # not UTF-8
+    assert client.command(b"e SEARCH HEADER Bad:Name x")[-1].startswith(b"e BAD")
+
+
+def test_esearch_returns_min_max_count_all_with_the_tag(imap: IMAPClients) -> None:
+    for n in range(1, 6):
+        imap.server.deliver(make_message("carol@example.net", "admin@example.org", subject=f"m{n}"))
+    client = selected(imap)
+    client.command(b"c STORE 2,4:5 +FLAGS (\\Flagged)")
+    assert client.command(b"d SEARCH RETURN (MIN MAX COUNT ALL) FLAGGED")[0] == (
+        b'* ESEARCH (TAG "d") MIN 2 MAX 5 COUNT 3 ALL 2,4:5\r\n'
+    )
+    assert client.command(b"e UID SEARCH RETURN () FLAGGED")[0] == b'* ESEARCH (TAG "e") UID ALL 2,4:5\r\n'
+    assert client.command(b"f SEARCH RETURN (COUNT MIN) DELETED")[0] == b'* ESEARCH (TAG "f") COUNT 0\r\n'
+    assert client.command(b"g UID SEARCH RETURN (MAX) CHARSET UTF-8 SUBJECT m3")[0] == (
+        b'* ESEARCH (TAG "g") UID MAX 3\r\n'
+    )
+    assert client.command(b"h SEARCH RETURN (SAVE) ALL")[-1].startswith(b"h BAD SEARCH return options")
+    assert client.command(b"i SEARCH RETURN MIN ALL")[-1].startswith(b"i BAD")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"no header at all",
+        b"Subject: =?x-unknown?q?abc?=\r\n\r\nbody",
+        b"Subject: =?utf-8?b?!!!?=\r\n\r\nbody",
+        b'Content-Type: multipart/mixed; boundary="\r\n\r\n--\r\n--',
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nbody \xff\xfe",
+        b"From: a\r\n\x00\x01: odd\r\n\r\n" + b"x" * 5000,
+    ],
+)
+def test_hostile_messages_are_searched_without_failing(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "m"
+    path.write_bytes(content)
+    text = MessageText(path, 1000)
+    for name, value in [("SUBJECT", "abc"), ("BODY", "body"), ("TEXT", "x"), ("HEADER", ("FROM", ""))]:
+        assert text_matches(text, name, value) in (True, False)
+    assert len(text.raw) <= 1000  # read no further than the cap
+
+
+def test_the_file_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.write_bytes(b"Subject: near\r\n\r\n" + b"a" * 100 + b"needle")
+    assert text_matches(MessageText(path, 10_000), "BODY", "needle")
+    assert not text_matches(MessageText(path, 100), "BODY", "needle")
