@@ -105,7 +105,7 @@ class FetchItem:
         if self.section is None:
             return self.name
         start = "" if self.partial is None else f"<{self.partial[0]}>"
-        return f"BODY[{self.section.spec()}]{start}"
+        return f"{self.name}[{self.section.spec()}]{start}"
 
 
 MACROS = {
@@ -225,18 +225,26 @@ class Tokens:
         return ""
 
     def literal(self, what: str) -> bytes:
+        content = self._literal_octets(what)
+        if b"\x00" in content:
+            raise ParseError(f"NUL is not allowed in {what}")
+        return content
+
+    def literal8(self, what: str) -> bytes:
+        """A literal8 `~{n}` (RFC 3516): any octet, NUL too."""
+        self.expect(b"~", "a literal8 (~{n})")
+        return self._literal_octets(what)
+
+    def _literal_octets(self, what: str) -> bytes:
         found = _LITERAL.match(self.data, self.pos)
         if found is None:
             raise ParseError(f"malformed literal in {what}")
-        size = int(found.group(1))
         start = found.end()
-        if start + size > len(self.data):
+        end = start + int(found.group(1))
+        if end > len(self.data):
             raise ParseError(f"literal in {what} is shorter than announced")
-        content = self.data[start : start + size]
-        if b"\x00" in content:
-            raise ParseError(f"NUL is not allowed in {what}")
-        self.pos = start + size
-        return content
+        self.pos = end
+        return self.data[start:end]
 
     def mailbox(self) -> str:
         """A mailbox name: INBOX in any case is INBOX; others are UTF-8 (RFC 9051 5.1)."""
@@ -477,11 +485,26 @@ def _fetch_item(tokens: Tokens, *, macros: bool = False) -> list[FetchItem]:
         section = _section(tokens)
         return [FetchItem("BODY", section, word == "BODY.PEEK", _partial(tokens))]
     if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
-        raise ParseError("BINARY is not supported yet")
+        return [_binary_item(tokens, word)]
     if word not in SIMPLE_ITEMS:
         tokens.pos = start
         raise ParseError(f"unknown FETCH data item {word[:30]!r}")
     return [FetchItem(word)]
+
+
+def _binary_item(tokens: Tokens, word: str) -> FetchItem:
+    """BINARY[part]<partial>, BINARY.PEEK[part]<partial> or BINARY.SIZE[part] (RFC 3516): a part
+    number only; BINARY.SIZE sets no flag, like a peek."""
+    tokens.expect(b"[", "[ after " + word)
+    part: list[int] = []
+    while tokens.peek() != b"]":
+        if part:
+            tokens.expect(b".", ". between part numbers")
+        part.append(tokens.nz_number("a part number"))
+    tokens.pos += 1
+    name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+    window = None if word == "BINARY.SIZE" else _partial(tokens)
+    return FetchItem(name, Section(tuple(part)), word != "BINARY", window)
 
 
 def _section(tokens: Tokens) -> Section:
@@ -540,9 +563,17 @@ def _append(tokens: Tokens) -> dict[str, object]:
     if tokens.peek() == b'"':
         tokens.match(_DATE_TIME, 'a date-time "dd-Mon-yyyy hh:mm:ss +zzzz"')
         tokens.space()
-    if tokens.peek() != b"{":
+    if tokens.data[tokens.pos : tokens.pos + 6].upper() == b"UTF8 (":  # RFC 6855
+        tokens.pos += 6
+        message = tokens.literal8("the message")
+        tokens.expect(b")", ") after the UTF8 message")
+    elif tokens.peek() == b"~":
+        message = tokens.literal8("the message")
+    elif tokens.peek() == b"{":
+        message = tokens.literal("the message")
+    else:
         raise ParseError("APPEND needs the message as a literal")
-    return {"mailbox": mailbox, "flags": flags, "message": tokens.literal("the message")}
+    return {"mailbox": mailbox, "flags": flags, "message": message}
 
 
 # SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, the keys that read

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login
 from app.imap import mailboxes, responses
+from app.imap.binary import binary_item
 from app.imap.bodystructure import body_structure
 from app.imap.envelope import envelope
 from app.imap.errors import CommandFailed
@@ -182,6 +183,7 @@ class IMAPSession:
             "LIST-STATUS",
             "UTF8=ACCEPT",
             "ESEARCH",
+            "BINARY",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -323,6 +325,8 @@ class IMAPSession:
         target = await account.uid_state(name)
         if target is None:
             raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        if b"\x00" in command.args["message"]:  # type: ignore[operator]
+            raise CommandFailed("NO", "[UNKNOWN-CTE] Messages holding NUL octets are not stored")
         copy = MailboxCopy(account.account, account.store_name(name), columns=flags)
         try:
             stored = await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
@@ -500,14 +504,12 @@ class IMAPSession:
         data_dir, cap = self.config.data_dir, self.limits.max_append
 
         def hits() -> list[MessageRow]:
-            return [
-                row
-                for row in rows
-                if all(
-                    matches(row, k, numbers[row["uid"]], MessageText(data_dir / row["path"], cap))
-                    for k in keys
-                )
-            ]
+            found = []
+            for row in rows:
+                text = MessageText(data_dir, row["path"], cap)  # the file is read once, if at all
+                if all(matches(row, key, numbers[row["uid"]], text) for key in keys):
+                    found.append(row)
+            return found
 
         uid = command.name == "UID SEARCH"
         shown = [row["uid"] if uid else numbers[row["uid"]] for row in await asyncio.to_thread(hits)]
@@ -584,6 +586,8 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
         return b"RFC822.SIZE %d" % row["size"]
     if name == "ENVELOPE":
         return b"ENVELOPE " + envelope(content)
+    if name in ("BINARY", "BINARY.SIZE"):
+        return binary_item(content, item)
     if name in ("BODYSTRUCTURE", "BODY") and item.section is None:
         return name.encode() + b" " + body_structure(content)
     section = item.section or _RFC822_SECTIONS[name]

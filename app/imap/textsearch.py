@@ -26,12 +26,12 @@ _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 class MessageText:
     """One message's searchable text, read on first use."""
 
-    def __init__(self, path: Path, cap: int) -> None:
-        self.path, self.cap = path, cap
+    def __init__(self, data_dir: Path, path: str, cap: int) -> None:
+        self.data_dir, self.path, self.cap = data_dir, path, cap
 
     @cached_property
     def raw(self) -> bytes:
-        with self.path.open("rb") as file:
+        with (self.data_dir / self.path).open("rb") as file:
             return file.read(self.cap)
 
     @cached_property

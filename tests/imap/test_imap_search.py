@@ -112,7 +112,7 @@ def test_esearch_returns_min_max_count_all_with_the_tag(imap: IMAPClients) -> No
 def test_hostile_messages_are_searched_without_failing(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "m"
     path.write_bytes(content)
-    text = MessageText(path, 1000)
+    text = MessageText(tmp_path, "m", 1000)
     for name, value in [("SUBJECT", "abc"), ("BODY", "body"), ("TEXT", "x"), ("HEADER", ("FROM", ""))]:
         assert text_matches(text, name, value) in (True, False)
     assert len(text.raw) <= 1000  # read no further than the cap
@@ -121,5 +121,30 @@ def test_hostile_messages_are_searched_without_failing(tmp_path: Path, content: 
 def test_the_file_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
     path = tmp_path / "m"
     path.write_bytes(b"Subject: near\r\n\r\n" + b"a" * 100 + b"needle")
-    assert text_matches(MessageText(path, 10_000), "BODY", "needle")
-    assert not text_matches(MessageText(path, 100), "BODY", "needle")
+    assert text_matches(MessageText(tmp_path, "m", 10_000), "BODY", "needle")
+    assert not text_matches(MessageText(tmp_path, "m", 100), "BODY", "needle")
+
+
+def test_binary_fetch_decodes_a_leaf_part_and_append_takes_literal8(imap: IMAPClients) -> None:
+    imap.server.deliver(MULTIPART)
+    imap.server.deliver(
+        b"Subject: odd\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n"
+    )
+    client = selected(imap)
+    text = "Die Rechnung für den März.".encode()
+    answer = b"".join(client.command(b"c FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY[2]<0.9>)"))
+    assert answer.startswith(
+        b"* 1 FETCH (BINARY[1] ~{%d}\r\n%s BINARY.SIZE[1] %d "
+        b"BINARY[2]<0> ~{9}\r\n<p>Sch\xf6ne FLAGS (\\Seen))\r\n" % (len(text), text, len(text))
+    )
+    assert b"\\Seen" in b"".join(client.command(b"d FETCH 1 FLAGS"))  # BINARY[2] set \Seen, not the peek
+    whole = b"".join(client.command(b"e FETCH 1 BINARY.PEEK[]"))
+    assert b"~{%d}\r\n" % len(MULTIPART) + MULTIPART in whole  # the whole message as stored
+    assert client.command(b"f FETCH 2 BINARY[1]")[-1].startswith(b"f NO [UNKNOWN-CTE]")
+    assert client.command(b"g FETCH 1 BINARY[1.HEADER]")[-1].startswith(b"g BAD")
+    content = b"Subject: utf8\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n"
+    client.send(b"h APPEND INBOX UTF8 (~{%d+}\r\n" % len(content) + content + b")\r\n")
+    assert b"[APPENDUID" in client.until(b"h")[-1]
+    client.send(b"i APPEND INBOX ~{5+}\r\na\x00b\r\n\r\n")
+    assert client.until(b"i")[-1].startswith(b"i NO [UNKNOWN-CTE]")
+    assert client.command(b"j SEARCH RETURN (COUNT) ALL")[0] == b'* ESEARCH (TAG "j") COUNT 3\r\n'
