@@ -45,6 +45,7 @@ class SequenceSet:
     """Ranges of message numbers or UIDs; None stands for `*`, the largest in use."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # `$`: the result the last SEARCH RETURN (SAVE) kept (RFC 5182)
 
     def largest_named(self) -> int:
         """The largest number the set names explicitly (0 if only `*`): a message sequence number
@@ -284,6 +285,9 @@ class Tokens:
         return values
 
     def sequence_set(self) -> SequenceSet:
+        if self.peek() == b"$":
+            self.pos += 1
+            return SequenceSet((), saved=True)
         ranges = [self._sequence_range()]
         while self.peek() == b",":
             self.pos += 1
@@ -587,19 +591,20 @@ _FLAG_KEYS = frozenset(
 _MONTH_NUMBERS = {m: n for n, m in enumerate(_MONTHS, 1)}
 
 
-ESEARCH_RETURN = frozenset({"MIN", "MAX", "COUNT", "ALL"})
+ESEARCH_RETURN = frozenset({"MIN", "MAX", "COUNT", "ALL", "SAVE"})
 
 
 def _search(tokens: Tokens) -> dict[str, object]:
     """SEARCH [RETURN (options)] [CHARSET name] keys; RETURN asks for an ESEARCH answer (RFC 4731):
-    its options MIN, MAX, COUNT, ALL (none: ALL). `return` is None without RETURN."""
+    its options MIN, MAX, COUNT, ALL (none: ALL) and SAVE (RFC 5182). `return` is None without
+    RETURN."""
     tokens.space()
     returned = None
     if tokens.data[tokens.pos : tokens.pos + 7].upper() == b"RETURN ":
         tokens.pos += 7
         returned = tokens.parenthesized(lambda: tokens.atom("a SEARCH return option").upper()) or ["ALL"]
         if not set(returned) <= ESEARCH_RETURN:
-            raise ParseError("SEARCH return options are MIN, MAX, COUNT and ALL")
+            raise ParseError("SEARCH return options are MIN, MAX, COUNT, ALL and SAVE")
         tokens.space()
     if tokens.data[tokens.pos : tokens.pos + 8].upper() == b"CHARSET ":
         tokens.pos += 8
@@ -619,7 +624,7 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
         raise ParseError(f"search keys nest more than {MAX_DEPTH} deep")
     if tokens.peek() == b"(":
         return ("AND", *tokens.parenthesized(lambda: _search_key(tokens, depth + 1)))
-    if tokens.peek().isdigit() or tokens.peek() == b"*":
+    if tokens.peek().isdigit() or tokens.peek() in (b"*", b"$"):
         return ("SEQUENCE", tokens.sequence_set())
     name = tokens.atom("a search key").upper()
     if name in _FLAG_KEYS:

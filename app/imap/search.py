@@ -13,16 +13,18 @@ from app.imap.textsearch import TEXT_KEYS, MessageText, text_matches
 from app.store.mailboxes import MessageRow
 
 
-def prepared(key: SearchKey, uids: list[int]) -> SearchKey:
+def prepared(key: SearchKey, uids: list[int], saved: list[int]) -> SearchKey:
     """The key with its sequence and UID sets turned into the sets of numbers they name (picked
-    once, however many messages are tested)."""
+    once, however many messages are tested); `$` names the `saved` UIDs (RFC 5182)."""
     name = key[0]
+    if name in ("SEQUENCE", "UID") and key[1].saved:  # type: ignore[attr-defined]
+        return ("UIDS", frozenset(saved))
     if name == "SEQUENCE":
         return ("NUMBERS", frozenset(key[1].pick(list(range(1, len(uids) + 1)))))  # type: ignore[attr-defined]
     if name == "UID":
         return ("UIDS", frozenset(key[1].pick(uids)))  # type: ignore[attr-defined]
     if name in ("AND", "OR", "NOT"):
-        return (name, *(prepared(k, uids) for k in key[1:]))  # type: ignore[arg-type]
+        return (name, *(prepared(k, uids, saved) for k in key[1:]))  # type: ignore[arg-type]
     return key
 
 
@@ -72,6 +74,14 @@ def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
         return row["size"] > value if name == "LARGER" else row["size"] < value
     day = row["received"].date()  # BEFORE, ON, SINCE: the day it arrived (UTC)
     return day < value if name == "BEFORE" else day == value if name == "ON" else day >= value
+
+
+def saved_result(options: list[str], found: list[int]) -> list[int]:
+    """What SEARCH RETURN (SAVE ...) keeps of the UIDs found (RFC 5182 2.1): all of them, but only
+    the least and/or greatest when MIN and/or MAX come without ALL or COUNT."""
+    if not found or {"ALL", "COUNT"} & set(options) or not {"MIN", "MAX"} & set(options):
+        return found
+    return sorted({found[0] if "MIN" in options else found[-1], found[-1] if "MAX" in options else found[0]})
 
 
 def esearch(tag: str, uid: bool, options: list[str], found: list[int]) -> bytes:

@@ -15,7 +15,7 @@ import logging
 import re
 from base64 import b64decode
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,7 +37,7 @@ from app.imap.parser import (
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
-from app.imap.search import esearch, matches, prepared
+from app.imap.search import esearch, matches, prepared, saved_result
 from app.imap.sections import partial, section_octets
 from app.imap.textsearch import MessageText
 from app.store.files import MailboxCopy, StoreError
@@ -70,6 +70,7 @@ class Selection:
     uidvalidity: int
     uids: list[int]  # the session's view: message sequence number n is uids[n - 1]
     read_only: bool
+    saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE): `$` (RFC 5182)
 
 
 class IMAPSession:
@@ -184,6 +185,7 @@ class IMAPSession:
             "UTF8=ACCEPT",
             "ESEARCH",
             "BINARY",
+            "SEARCHRES",
         ]
         if not self.tls:
             names += ["STARTTLS", "LOGINDISABLED"]
@@ -426,6 +428,9 @@ class IMAPSession:
         """The UIDs the command's sequence set names, ascending."""
         uids = self._selected().uids
         sequence: SequenceSet = command.args["sequence"]  # type: ignore[assignment]
+        if sequence.saved:  # the saved UIDs still in the mailbox, for the UID form and the other alike
+            saved = set(self._selected().saved)
+            return [uid for uid in uids if uid in saved]
         if command.name.startswith("UID "):
             return sequence.pick(uids)
         if sequence.largest_named() > len(uids):
@@ -499,7 +504,7 @@ class IMAPSession:
         read the message read its file there, at most the message size limit of it."""
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
-        keys = [prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
+        keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
         rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
         data_dir, cap = self.config.data_dir, self.limits.max_append
 
@@ -511,12 +516,18 @@ class IMAPSession:
                     found.append(row)
             return found
 
-        uid = command.name == "UID SEARCH"
-        shown = [row["uid"] if uid else numbers[row["uid"]] for row in await asyncio.to_thread(hits)]
-        if command.args["return"] is None:
+        uid, options = command.name == "UID SEARCH", command.args["return"]
+        found = await asyncio.to_thread(hits)
+        shown = [row["uid"] if uid else numbers[row["uid"]] for row in found]
+        if options is None:
             await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
-        else:
-            await self.send(esearch(command.tag, uid, command.args["return"], shown))  # type: ignore[arg-type]
+            await self.ok(command, f"{command.name} completed")
+            return
+        assert isinstance(options, list)
+        if "SAVE" in options:
+            selection.saved = saved_result(options, [row["uid"] for row in found])
+        if options != ["SAVE"]:  # SAVE alone answers with no ESEARCH (RFC 5182 2.1)
+            await self.send(esearch(command.tag, uid, options, shown))
         await self.ok(command, f"{command.name} completed")
 
     async def copy_or_move(self, command: Command) -> None:

@@ -93,7 +93,7 @@ def test_esearch_returns_min_max_count_all_with_the_tag(imap: IMAPClients) -> No
     assert client.command(b"g UID SEARCH RETURN (MAX) CHARSET UTF-8 SUBJECT m3")[0] == (
         b'* ESEARCH (TAG "g") UID MAX 3\r\n'
     )
-    assert client.command(b"h SEARCH RETURN (SAVE) ALL")[-1].startswith(b"h BAD SEARCH return options")
+    assert client.command(b"h SEARCH RETURN (PARTIAL) ALL")[-1].startswith(b"h BAD SEARCH return options")
     assert client.command(b"i SEARCH RETURN MIN ALL")[-1].startswith(b"i BAD")
 
 
@@ -148,3 +148,22 @@ def test_binary_fetch_decodes_a_leaf_part_and_append_takes_literal8(imap: IMAPCl
     client.send(b"i APPEND INBOX ~{5+}\r\na\x00b\r\n\r\n")
     assert client.until(b"i")[-1].startswith(b"i NO [UNKNOWN-CTE]")
     assert client.command(b"j SEARCH RETURN (COUNT) ALL")[0] == b'* ESEARCH (TAG "j") COUNT 3\r\n'
+
+
+def test_searchres_saves_a_result_that_dollar_names(imap: IMAPClients) -> None:
+    for n in range(1, 6):
+        imap.server.deliver(make_message("carol@example.net", "admin@example.org", subject=f"m{n}"))
+    client = selected(imap)
+    client.command(b"c STORE 2,4 +FLAGS (\\Flagged)")
+    assert client.command(b"d SEARCH RETURN (SAVE) FLAGGED") == [b"d OK SEARCH completed\r\n"]  # no ESEARCH
+    assert client.command(b"e FETCH $ (UID)")[:2] == [b"* 2 FETCH (UID 2)\r\n", b"* 4 FETCH (UID 4)\r\n"]
+    assert client.command(b"f SEARCH $ NOT 4") == [b"* SEARCH 2\r\n", b"f OK SEARCH completed\r\n"]
+    assert client.command(b"g UID SEARCH RETURN (SAVE MAX) ALL")[0] == b'* ESEARCH (TAG "g") UID MAX 5\r\n'
+    assert client.command(b"h UID MOVE $ Junk")[-1].startswith(b"h OK")
+    assert (
+        client.command(b"i SEARCH RETURN (COUNT) UID $")[0] == b'* ESEARCH (TAG "i") COUNT 0\r\n'
+    )  # moved away
+    client.command(b"j SEARCH RETURN (SAVE MIN MAX) FLAGGED")
+    assert client.command(b"k UID SEARCH $")[0] == b"* SEARCH 2 4\r\n"
+    client.command(b"l SELECT INBOX")  # a new selection forgets the saved result
+    assert client.command(b"m SEARCH $")[0] == b"* SEARCH\r\n"
