@@ -170,6 +170,7 @@ async def status_line(session: IMAPSession, name: str, items: list[str]) -> byte
         "UIDVALIDITY": state.uidvalidity,
         "RECENT": 0,
         "SIZE": summary["size"],
+        "DELETED": await account.deleted_count(state.mailbox_id) if "DELETED" in items else 0,
     }
     shown = " ".join(f"{item} {values[item]}" for item in items)
     return b"* STATUS " + wire_name(name, session.utf8) + f" ({shown})\r\n".encode()

@@ -125,6 +125,9 @@ class AccountStore:
         name = self.store_name(imap_name)
         return await self._run(lambda session: mailboxes.uid_state(session, self.account_id, name))
 
+    async def deleted_count(self, mailbox_id: int) -> int:
+        return await self._run(lambda session: mailboxes.count_deleted(session, mailbox_id))
+
     async def uids(self, mailbox_id: int) -> list[int]:
         return await self._run(lambda session: mailboxes.mailbox_uids(session, mailbox_id))
 

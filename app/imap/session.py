@@ -91,6 +91,7 @@ class IMAPSession:
         self.selection: Selection | None = None
         self.errors = 0
         self.utf8 = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8, not modified UTF-7 (RFC 6855)
+        self.rev2 = False  # ENABLE IMAP4rev2: ESEARCH answers every SEARCH, no RECENT (RFC 9051)
 
     # The command loop.
 
@@ -171,6 +172,7 @@ class IMAPSession:
     def capabilities(self) -> bytes:
         names = [
             "IMAP4rev1",
+            "IMAP4rev2",
             "LITERAL+",
             "ID",
             "UNSELECT",
@@ -312,10 +314,12 @@ class IMAPSession:
         await self.ok(command, "NAMESPACE completed")
 
     async def enable(self, command: Command) -> None:
-        """ENABLE (RFC 5161) of UTF8=ACCEPT: names in UTF-8 from now on (RFC 6855); nothing else."""
+        """ENABLE (RFC 5161) of UTF8=ACCEPT (names in UTF-8 from now on, RFC 6855) and IMAP4rev2 (its
+        responses, RFC 9051); nothing else."""
         capabilities: list[str] = command.args["capabilities"]  # type: ignore[assignment]
-        enabled = [name for name in capabilities if name in _ENABLES]
-        self.utf8 = self.utf8 or "UTF8=ACCEPT" in enabled
+        enabled = [_ENABLES[name] for name in capabilities if name in _ENABLES]
+        self.rev2 = self.rev2 or "IMAP4rev2" in enabled
+        self.utf8 = self.utf8 or self.rev2 or "UTF8=ACCEPT" in enabled  # IMAP4rev2 names are UTF-8
         await self.send(" ".join(["* ENABLED", *dict.fromkeys(enabled)]).encode() + b"\r\n")
         await self.ok(command, "ENABLE completed")
 
@@ -343,6 +347,8 @@ class IMAPSession:
         await self.ok(command, f"{code}APPEND completed")
 
     async def select(self, command: Command) -> None:
+        if self.selection is not None and self.rev2:  # RFC 9051 7.1: the mailbox left is closed
+            await self.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
         self.selection, self.state = None, AUTHENTICATED
         name = str(command.args["mailbox"])
         state = await self._account().uid_state(name)
@@ -353,8 +359,9 @@ class IMAPSession:
         self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only)
         self.state = SELECTED
         permanent = "()" if read_only else responses.ALL_FLAGS
+        recent = "" if self.rev2 else "* 0 RECENT\r\n"  # IMAP4rev2 has no RECENT
         await self.send(
-            f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n* 0 RECENT\r\n"
+            f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n{recent}"
             f"* OK [UIDVALIDITY {state.uidvalidity}] UIDs valid\r\n"
             f"* OK [UIDNEXT {state.uidnext}] Predicted next UID\r\n"
             f"* OK [PERMANENTFLAGS {permanent}] Flags the mailbox keeps\r\n".encode()
@@ -519,6 +526,8 @@ class IMAPSession:
         uid, options = command.name == "UID SEARCH", command.args["return"]
         found = await asyncio.to_thread(hits)
         shown = [row["uid"] if uid else numbers[row["uid"]] for row in found]
+        if options is None and self.rev2:  # IMAP4rev2 has no SEARCH response: RETURN (ALL)
+            options = ["ALL"]
         if options is None:
             await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + b"\r\n")
             await self.ok(command, f"{command.name} completed")
@@ -573,8 +582,8 @@ class IMAPSession:
 
 
 _FLAGS = FetchItem("FLAGS")
-# What ENABLE turns on (upper case, as parsed).
-_ENABLES = ("UTF8=ACCEPT",)
+# What ENABLE turns on: as parsed (upper case) -> as named in ENABLED.
+_ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
 _RFC822_SECTIONS = {

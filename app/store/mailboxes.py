@@ -402,6 +402,12 @@ def uid_state(session: Session, account_id: int, name: str) -> UidState | None:
     return None if found is None else UidState(*found)
 
 
+def count_deleted(session: Session, mailbox_id: int) -> int:
+    """How many of the mailbox's messages are flagged deleted (IMAP STATUS DELETED)."""
+    query = select(func.count(Message.id)).where(Message.mailbox_id == mailbox_id, Message.deleted.is_(True))
+    return int(session.scalar(query) or 0)
+
+
 def mailbox_uids(session: Session, mailbox_id: int) -> list[int]:
     """The UIDs of the mailbox's messages, ascending (one index range scan: uq_messages_mailbox_uid)."""
     return list(

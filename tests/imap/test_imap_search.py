@@ -167,3 +167,26 @@ def test_searchres_saves_a_result_that_dollar_names(imap: IMAPClients) -> None:
     assert client.command(b"k UID SEARCH $")[0] == b"* SEARCH 2 4\r\n"
     client.command(b"l SELECT INBOX")  # a new selection forgets the saved result
     assert client.command(b"m SEARCH $")[0] == b"* SEARCH\r\n"
+
+
+def test_enable_imap4rev2_changes_the_responses(imap: IMAPClients) -> None:
+    imap.server.deliver(make_message("carol@example.net", "admin@example.org", subject="one"))
+    client = RawClient(imap)
+    assert b" IMAP4rev1 IMAP4rev2 " in client.greeting
+    client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
+    assert client.command(b"b SELECT INBOX")[2] == b"* 0 RECENT\r\n"  # IMAP4rev1 until enabled
+    assert client.command(b"c SEARCH ALL")[0] == b"* SEARCH 1\r\n"
+    assert client.command(b"d ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
+    selected = client.command(b"e SELECT INBOX")
+    assert selected[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+    assert not any(b"RECENT" in line for line in selected)
+    assert client.command(b"f SEARCH ALL")[0] == b'* ESEARCH (TAG "f") ALL 1\r\n'
+    assert client.command(b"g UID SEARCH DELETED")[0] == b'* ESEARCH (TAG "g") UID\r\n'
+    client.command(b"h STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert (
+        client.command(b"i STATUS INBOX (DELETED MESSAGES)")[0]
+        == b'* STATUS "INBOX" (DELETED 1 MESSAGES 1)\r\n'
+    )
+    assert client.command(b'j CREATE "Entw\xc3\xbcrfe"') == [b"j OK CREATE completed\r\n"]  # UTF-8 names
+    listed = b"".join(client.command(b'k LIST "" Entw*'))
+    assert listed.startswith(b'* LIST (\\HasNoChildren) "/" {9}\r\nEntw\xc3\xbcrfe\r\n')
