@@ -87,7 +87,9 @@ def results(ctx: click.Context, domain: str | None, day: datetime | None, as_jso
         emit_json(listed)
         return
     if not listed:
-        echo("no TLS results" + (f" for {name}" if name else "") + (f" on {day:%Y-%m-%d}" if day else ""))
+        echo(
+            "no TLS results" + (f" for {name}" if name else "") + (f" on {day:%Y-%m-%d}" if day else "")
+        )
         return
     for r in listed:
         policy = f"{r['policy_type']} {r['policy_domain']}" + (" (MX host)" if r["is_host"] else "")

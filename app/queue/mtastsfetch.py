@@ -73,6 +73,8 @@ class RecordLookup:
     error: str | None = None
 
 
+
+
 # The TXT record (RFC 8461 §3.1).
 
 _RECORD_START = re.compile(r"v=STSv1[ \t]*;")
