@@ -8,6 +8,8 @@ import imaplib
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+from click.testing import CliRunner
 
+from app.cli import main
 from app.config import ConfigError, load_config
+from app.quickstart import DEV_PORTS
 from app.smtpserver.server import bind_listeners
 from tests.imap.conftest import EXTRA, PASSWORD, imap_config
 from tests.support.configs import write_config
@@ -58,6 +63,45 @@ def test_postwarden_imap_serves_the_imaps_listener_and_stops_on_sigterm(
         process.kill()
         process.wait()
     assert config.imap_listeners == []  # the fixture's config itself has none
+
+
+def test_the_dev_quickstart_config_serves_imap_on_its_ports(tmp_path: Path) -> None:
+    """`make run`'s config: `postwarden imap` serves it on loopback 1993 (TLS) and 1143 (STARTTLS),
+    with quickstart's self-signed certificate and the password it printed."""
+    for port in (DEV_PORTS["imaps"], DEV_PORTS["imap"]):
+        if not port_free(port):
+            pytest.skip(f"port {port} is in use on this machine (a `make run`?)")
+    config_file = tmp_path / "config" / "postwarden.toml"
+    args = ["--config", str(config_file), "quickstart", "admin@postwarden.localhost", "--dev"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    password = re.findall(r"password: (\S+)", done.output)[0]
+    # The client trusts exactly quickstart's certificate (it names mail.postwarden.localhost).
+    context = ssl.create_default_context(cafile=config_file.parent / "tls" / "mail.postwarden.localhost.crt")
+    context.check_hostname = False
+    process = start_imap(config_file)
+    try:
+        log_lines(process, rf"imap listening on 127\.0\.0\.1:{DEV_PORTS['imap']} \(imap\)")
+        with imaplib.IMAP4_SSL("127.0.0.1", DEV_PORTS["imaps"], ssl_context=context, timeout=10) as client:
+            assert client.login("admin@postwarden.localhost", password)[0] == "OK"
+            assert client.select("INBOX")[0] == "OK"
+        with imaplib.IMAP4("127.0.0.1", DEV_PORTS["imap"], timeout=10) as client:
+            assert client.starttls(ssl_context=context)[0] == "OK"
+            assert client.login("admin", password)[0] == "OK"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_without_imap_listeners_it_waits_idle_until_stopped(tmp_path: Path) -> None:
