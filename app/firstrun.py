@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from app.config import Config, ConfigError, Listener, config_path, load_config
+from app.config import IMAP_KINDS, Config, ConfigError, Listener, config_path, load_config
 
 # The Procfile's flower port (tests/cli/test_first_run.py checks they agree).
 FLOWER_PORT = 5555
@@ -70,7 +70,7 @@ def url(address: str, port: int) -> str:
 
 
 def _label(listener: Listener) -> str:
-    return f"{listener.kind} {'IMAP' if listener.kind in ('imap', 'imaps') else 'SMTP'}"
+    return f"{listener.kind} {'IMAP' if listener.kind in IMAP_KINDS else 'SMTP'}"
 
 
 def _offers(listener: Listener) -> str:
