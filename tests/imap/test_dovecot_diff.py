@@ -385,8 +385,8 @@ def both(imap: IMAPClients, tls_files: tuple[Path, Path]) -> Iterator[tuple[int,
         ensure_mailbox(db, account, "Archive")
     # Dovecot gets the mailboxes our test account has (its Inbox, Junk, Rejects and postmaster ones).
     mailboxes = {"Archive": "\\Archive", "Junk": "\\Junk", "Postmaster": "", "Rejects": "", "TLSRPT": ""}
-    with dovecot(*tls_files, "admin", PASSWORD, mailboxes) as port:
-        yield imap.server.tls_port, port
+    with dovecot(*tls_files, "admin", PASSWORD, mailboxes) as reference:
+        yield imap.server.tls_port, reference.port
 
 
 def test_our_answers_agree_with_dovecots(both: tuple[int, int], imap: IMAPClients) -> None:

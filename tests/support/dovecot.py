@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -84,14 +85,21 @@ service anvil {{
 """
 
 
+class Dovecot(NamedTuple):
+    port: int  # IMAPS on 127.0.0.1
+    maildir: Path  # the user's Maildir (INBOX's cur/new/tmp), made before the first login
+    owner: tuple[int, int]  # the uid and gid its files must have
+
+
 @contextmanager
-def dovecot(cert: Path, key: Path, user: str, password: str, mailboxes: dict[str, str]) -> Iterator[int]:
+def dovecot(cert: Path, key: Path, user: str, password: str, mailboxes: dict[str, str]) -> Iterator[Dovecot]:
     """Run Dovecot with `user`/`password` and the extra `mailboxes` (name: special-use attribute or
-    ""); yields its IMAPS port."""
+    "")."""
     directory = Path(tempfile.mkdtemp(prefix="pw-dovecot-"))
     directory.chmod(0o755)  # its login and mail processes run as other users
     _, _, uid, gid = _users()
-    for sub in ("mail", "home"):
+    maildir = directory / "mail" / user
+    for sub in ("mail", "home", f"mail/{user}", f"mail/{user}/cur", f"mail/{user}/new", f"mail/{user}/tmp"):
         (directory / sub).mkdir()
         os.chown(directory / sub, uid, gid)
     shutil.copy(cert, directory / "cert.pem")
@@ -103,7 +111,7 @@ def dovecot(cert: Path, key: Path, user: str, password: str, mailboxes: dict[str
     process = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL)
     try:
         _wait_for_port(port, process, directory)
-        yield port
+        yield Dovecot(port, maildir, (uid, gid))
     finally:
         process.terminate()
         process.wait(timeout=30)
