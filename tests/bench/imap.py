@@ -18,6 +18,7 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -166,6 +167,13 @@ def peak_rss_mb(pid: int) -> int:
 
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="pw-bench-imap-"))
+    try:
+        compare(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def compare(directory: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", common_name="127.0.0.1")
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
