@@ -104,7 +104,7 @@ def start_ours(directory: Path, cert: Path, key: Path) -> tuple[subprocess.Popen
     listener = (
         f'kind = "imaps"\nport = {port}\naddress = "127.0.0.1"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
     )
-    path.write_text(path.read_text() + "\n[imap]\n\n[[imap.listeners]]\n" + listener)
+    path.write_text(path.read_text() + "\n[[listeners]]\n" + listener)
     env = {**os.environ, "POSTWARDEN_CONFIG": str(path), "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-c", "from app.cli import main; main()", "imap"],
