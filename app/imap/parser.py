@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TypeVar
@@ -52,7 +52,7 @@ class SequenceSet:
         beyond the mailbox's count is an error, a UID beyond its UIDs is not."""
         return max((n for pair in self.ranges for n in pair if n is not None), default=0)
 
-    def pick(self, available: list[int]) -> list[int]:
+    def pick(self, available: Sequence[int]) -> list[int]:
         """The members of `available` (ascending, e.g. UIDs) inside the set, ascending: a UID range
         names the UIDs that exist in it, not every number (RFC 9051 6.4.9). The ranges are merged
         and looked up by bisection: a set of thousands of ranges costs little on a large mailbox."""

@@ -14,6 +14,7 @@ import binascii
 import logging
 import re
 from base64 import b64decode
+from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,11 @@ class Selection:
     uids: list[int]  # the session's view: message sequence number n is uids[n - 1]
     read_only: bool
     saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE): `$` (RFC 5182)
+
+    def numbers(self, uids: list[int]) -> dict[int, int]:
+        """The message numbers of these UIDs (by bisection: a dict of the whole view would cost
+        milliseconds per command on a mailbox of 50,000)."""
+        return {uid: bisect_left(self.uids, uid) + 1 for uid in uids}
 
 
 class IMAPSession:
@@ -444,14 +450,14 @@ class IMAPSession:
             raise CommandFailed(
                 "BAD", f"no message {sequence.largest_named()} (the mailbox holds {len(uids)})"
             )
-        return [uids[n - 1] for n in sequence.pick(list(range(1, len(uids) + 1)))]
+        return [uids[n - 1] for n in sequence.pick(range(1, len(uids) + 1))]
 
     async def fetch(self, command: Command) -> None:
         items: list[FetchItem] = command.args["items"]  # type: ignore[assignment]
         if command.name == "UID FETCH" and all(i.name != "UID" for i in items):
             items = [FetchItem("UID"), *items]
         targets = self._targets(command)
-        numbers = {uid: n for n, uid in enumerate(self._selected().uids, 1)}
+        numbers = self._selected().numbers(targets)
         for start in range(0, len(targets), FETCH_BATCH):
             await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers)
         await self.ok(command, f"{command.name} completed")
@@ -498,7 +504,7 @@ class IMAPSession:
             raise CommandFailed("NO", f"[CANNOT] {e}") from None
         if command.args["silent"]:
             return
-        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        numbers = selection.numbers(uids)
         for row in await account.rows(selection.mailbox_id, uids):
             data = [b"FLAGS " + responses.flags_of(row)]
             if command.name == "UID STORE":
