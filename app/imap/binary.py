@@ -1,7 +1,7 @@
 """FETCH BINARY[part], BINARY.PEEK and BINARY.SIZE (RFC 3516, part of IMAP4rev2): a part's content
 with its Content-Transfer-Encoding undone (base64 and quoted-printable decoded; 7bit, 8bit and
 binary as they are). The whole message (BINARY[]) and a multipart are sent as stored. The octets
-are sent as a literal8 (~{n}), which may hold any octet."""
+are sent as a literal, or as a literal8 (~{n}) when they hold NUL."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def binary_item(content: bytes, item: FetchItem) -> bytes:
     if item.name == "BINARY.SIZE":
         return b"%s %d" % (item.response_name().encode(), len(data))
     data = partial(data, item.partial)
-    return item.response_name().encode() + b" ~{%d}\r\n" % len(data) + data
+    # RFC 9051's grammar allows an nstring or a literal8: a literal8 only when the octets hold NUL,
+    # which a literal cannot carry (clients such as imapclient read no literal8).
+    marker = b"~" if b"\x00" in data else b""
+    return item.response_name().encode() + b" " + marker + b"{%d}\r\n" % len(data) + data
 
 
 def decoded_part(content: bytes, part: tuple[int, ...]) -> bytes:

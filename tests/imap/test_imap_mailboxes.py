@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imapclient
 import pytest
 
 from app.accounts import sync_from_config
@@ -182,3 +183,21 @@ def test_new_names_are_bounded_and_have_no_empty_levels() -> None:
     for bad in ["", "/", "a//b", "/a", "a%", "x" * 256, "INBOX/x", "inbox/x", "a\x01b"]:
         with pytest.raises(BadName):
             new_name(bad)
+
+
+def test_folder_management_with_imapclient(imap: IMAPClients) -> None:
+    imap.server.deliver(message(1))
+    client = imap.imapclient()
+    client.create_folder("Clients/Old")
+    client.rename_folder("Clients", "Customers")
+    assert client.folder_exists("Customers/Old") and not client.folder_exists("Clients")
+    client.unsubscribe_folder("Customers/Old")
+    assert "Customers/Old" not in {name for _, _, name in client.list_sub_folders()}
+    client.delete_folder("Customers/Old")
+    assert not client.folder_exists("Customers/Old")
+    with pytest.raises(imapclient.exceptions.IMAPClientError, match="CANNOT"):
+        client.delete_folder("Junk")
+    client.select_folder("INBOX")
+    fetched = client.fetch([1], ["BINARY.PEEK[1]", "BINARY.SIZE[1]"])
+    assert fetched[1][b"BINARY[1]"] == b"Hello.\r\n" and fetched[1][b"BINARY.SIZE[1]"] == 8
+    client.logout()

@@ -134,20 +134,24 @@ def test_binary_fetch_decodes_a_leaf_part_and_append_takes_literal8(imap: IMAPCl
     text = "Die Rechnung für den März.".encode()
     answer = b"".join(client.command(b"c FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY[2]<0.9>)"))
     assert answer.startswith(
-        b"* 1 FETCH (BINARY[1] ~{%d}\r\n%s BINARY.SIZE[1] %d "
-        b"BINARY[2]<0> ~{9}\r\n<p>Sch\xf6ne FLAGS (\\Seen))\r\n" % (len(text), text, len(text))
+        b"* 1 FETCH (BINARY[1] {%d}\r\n%s BINARY.SIZE[1] %d "
+        b"BINARY[2]<0> {9}\r\n<p>Sch\xf6ne FLAGS (\\Seen))\r\n" % (len(text), text, len(text))
     )
     assert b"\\Seen" in b"".join(client.command(b"d FETCH 1 FLAGS"))  # BINARY[2] set \Seen, not the peek
     whole = b"".join(client.command(b"e FETCH 1 BINARY.PEEK[]"))
-    assert b"~{%d}\r\n" % len(MULTIPART) + MULTIPART in whole  # the whole message as stored
+    assert b"{%d}\r\n" % len(MULTIPART) + MULTIPART in whole  # the whole message as stored
     assert client.command(b"f FETCH 2 BINARY[1]")[-1].startswith(b"f NO [UNKNOWN-CTE]")
+    imap.server.deliver(b"Subject: nul\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n")
+    client.command(b"f NOOP")
+    nul = b"".join(client.command(b"f FETCH 3 BINARY.PEEK[1]"))
+    assert nul.startswith(b"* 3 FETCH (BINARY[1] ~{3}\r\n\x00\x01\x02)\r\n")  # NUL: a literal8
     assert client.command(b"g FETCH 1 BINARY[1.HEADER]")[-1].startswith(b"g BAD")
     content = b"Subject: utf8\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n"
     client.send(b"h APPEND INBOX UTF8 (~{%d+}\r\n" % len(content) + content + b")\r\n")
     assert b"[APPENDUID" in client.until(b"h")[-1]
     client.send(b"i APPEND INBOX ~{5+}\r\na\x00b\r\n\r\n")
     assert client.until(b"i")[-1].startswith(b"i NO [UNKNOWN-CTE]")
-    assert client.command(b"j SEARCH RETURN (COUNT) ALL")[0] == b'* ESEARCH (TAG "j") COUNT 3\r\n'
+    assert client.command(b"j SEARCH RETURN (COUNT) ALL")[0] == b'* ESEARCH (TAG "j") COUNT 4\r\n'
 
 
 def test_searchres_saves_a_result_that_dollar_names(imap: IMAPClients) -> None:
