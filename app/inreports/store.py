@@ -342,7 +342,7 @@ def _add_dmarc_totals(session: Session, report: dict[str, Any], records: list[di
         for span, start in spans
         for ip, sums in by_ip.items()
     ]
-    _add(session, DMARCSourceTotal, ("domain", "span", "start", "source_ip"), sources)
+    _add(session, DMARCSourceTotal, ("domain", "source_ip", "span", "start"), sources)
     seen_by = [
         {
             "domain": domain,
@@ -503,6 +503,7 @@ class TLSFailureCount:
 
 
 SOURCE_REPORTERS = 3
+MOST_CANDIDATES = 5_000  # top_sources sums at most this many IPs one by one, else all of them
 
 
 def report_domains(session: Session) -> list[str]:
@@ -542,20 +543,90 @@ def _month_after(day: date) -> date:
     return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
 
 
-def _in_spans(model: Any, since: date, until: date, *where: Any) -> Any:
-    """`model`'s rows (where `where` holds) of the period's spans, one range of its key each."""
+def _in_spans(model: Any, spans: list[tuple[str, date, date]], *where: Any) -> Any:
+    """`model`'s rows (where `where` holds) in the spans, one range of its key each."""
     arms = [
         select(model).where(model.span == span, model.start >= first, model.start <= last, *where)
-        for span, first, last in _spans(since, until)
+        for span, first, last in spans
     ]
-    return union_all(*arms).subquery() if arms else None
+    return union_all(*arms).subquery()
+
+
+def _units(spans: list[tuple[str, date, date]]) -> int:
+    """How many rows (days and months) one IP can have in the spans."""
+    count = 0
+    for span, first, last in spans:
+        if span == "d":
+            count += (last - first).days + 1
+        else:
+            count += (last.year - first.year) * 12 + last.month - first.month + 1
+    return count
 
 
 def top_sources(session: Session, domain: str, since: date, until: date, limit: int = 20) -> list[Source]:
     """The IPs that sent the most messages as `domain` in the period, most first."""
-    rows_in = _in_spans(DMARCSourceTotal, since, until, DMARCSourceTotal.domain == domain)
-    if rows_in is None:
+    spans = _spans(since, until)
+    if not spans or limit <= 0:
         return []
+    rows = _top_source_sums(session, domain, spans, limit)
+    seen_by = _source_reporters(session, domain, spans, [row[0] for row in rows])
+    return [
+        Source(ip, int(messages), int(passed), int(spf), int(dkim), seen_by.get(ip, ()))
+        for ip, messages, passed, spf, dkim in rows
+    ]
+
+
+def _top_source_sums(
+    session: Session, domain: str, spans: list[tuple[str, date, date]], limit: int
+) -> list[Any]:
+    """The sums of the `limit` IPs with the most messages, exactly, reading only the rows that can
+    matter (a year holds ~200,000 IP-months, most from IPs seen a few times). Any `limit` IPs (the
+    seeds: those of the largest rows) give a floor: the top IPs have at least the least of the seeds'
+    totals, so at least floor / units in one of their rows. Summed are the IPs with such a row;
+    when too many have one (no IP stands out), all of them."""
+    seeds = _ips_with(session, domain, spans, least=0, rows_per_unit=limit)
+    if len(seeds) >= limit:
+        floor = _source_sums(session, domain, spans, seeds)[limit - 1][1]
+        candidates = _ips_with(session, domain, spans, least=-(-floor // _units(spans)))
+        if len(candidates) <= MOST_CANDIDATES:
+            return _source_sums(session, domain, spans, candidates)[:limit]
+    return _source_sums(session, domain, spans, limit=limit)
+
+
+def _ips_with(
+    session: Session,
+    domain: str,
+    spans: list[tuple[str, date, date]],
+    least: int,
+    rows_per_unit: int | None = None,
+) -> set[str]:
+    """The IPs with a row of at least `least` messages in the spans; with `rows_per_unit`, only those of
+    each span's largest rows_per_unit x units rows (an IP has one row per unit: so that many distinct
+    IPs, when the span has them)."""
+    t = DMARCSourceTotal
+    found: set[str] = set()
+    for span in spans:
+        name, first, last = span
+        query = select(t.source_ip).where(
+            t.domain == domain, t.span == name, t.messages >= least, t.start >= first, t.start <= last
+        )
+        if rows_per_unit is not None:
+            query = query.order_by(t.messages.desc()).limit(rows_per_unit * _units([span]))
+        found.update(session.scalars(query))
+    return found
+
+
+def _source_sums(
+    session: Session,
+    domain: str,
+    spans: list[tuple[str, date, date]],
+    ips: set[str] | None = None,
+    limit: int | None = None,
+) -> list[Any]:
+    """(IP, messages, DMARC passed, SPF aligned, DKIM aligned) over the spans, of `ips` or of every IP,
+    most messages first."""
+    t = DMARCSourceTotal
+    rows_in = _in_spans(t, spans, t.domain == domain, *([] if ips is None else [t.source_ip.in_(ips)]))
     total = func.sum(rows_in.c.messages)
     query = (
         select(rows_in.c.source_ip, total, *(func.sum(rows_in.c[name]) for name in DMARC_SUMS[1:]))
@@ -563,21 +634,16 @@ def top_sources(session: Session, domain: str, since: date, until: date, limit: 
         .order_by(total.desc(), rows_in.c.source_ip)
         .limit(limit)
     )
-    rows = session.execute(query).all()
-    seen_by = _source_reporters(session, domain, since, until, [row[0] for row in rows])
-    return [
-        Source(ip, int(messages), int(passed), int(spf), int(dkim), seen_by.get(ip, ()))
-        for ip, messages, passed, spf, dkim in rows
-    ]
+    return list(session.execute(query))
 
 
 def _source_reporters(
-    session: Session, domain: str, since: date, until: date, ips: list[str]
+    session: Session, domain: str, spans: list[tuple[str, date, date]], ips: list[str]
 ) -> dict[str, tuple[str, ...]]:
     if not ips:
         return {}
     t = DMARCSourceReporterTotal
-    rows_in = _in_spans(t, since, until, t.domain == domain, t.source_ip.in_(ips))
+    rows_in = _in_spans(t, spans, t.domain == domain, t.source_ip.in_(ips))
     total = func.sum(rows_in.c.messages)
     query = (
         select(rows_in.c.source_ip, rows_in.c.reporter, total)

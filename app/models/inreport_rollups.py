@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Integer, String
+from sqlalchemy import BigInteger, Date, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime
@@ -36,12 +36,18 @@ class DMARCSourceTotal(Base):
     """Messages from one source IP about a domain in a day or a month (`start` its first day)."""
 
     __tablename__ = "dmarc_source_totals"
-    __table_args__ = CLUSTERED
+    # Keyed by IP first, to sum a few IPs' rows (a top list's); by period, to sum every IP's; by size,
+    # to find the rows large enough to matter for a top list.
+    __table_args__ = (
+        Index("ix_dmarc_source_totals_period", "domain", "span", "start", "source_ip"),
+        Index("ix_dmarc_source_totals_messages", "domain", "span", "messages"),
+        CLUSTERED,
+    )
 
     domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source_ip: Mapped[str] = mapped_column(String(64), primary_key=True)
     span: Mapped[str] = mapped_column(String(1), primary_key=True)  # "d" or "m"
     start: Mapped[date] = mapped_column(Date, primary_key=True)
-    source_ip: Mapped[str] = mapped_column(String(64), primary_key=True)
     messages: Mapped[int] = mapped_column(BigInteger)
     dmarc_passed: Mapped[int] = mapped_column(BigInteger)
     spf_aligned: Mapped[int] = mapped_column(BigInteger)

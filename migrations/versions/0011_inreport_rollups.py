@@ -51,16 +51,20 @@ def upgrade() -> None:
     )
     op.create_table('dmarc_source_totals',
     sa.Column('domain', sa.String(length=255), nullable=False),
+    sa.Column('source_ip', sa.String(length=64), nullable=False),
     sa.Column('span', sa.String(length=1), nullable=False),
     sa.Column('start', sa.Date(), nullable=False),
-    sa.Column('source_ip', sa.String(length=64), nullable=False),
     sa.Column('messages', sa.BigInteger(), nullable=False),
     sa.Column('dmarc_passed', sa.BigInteger(), nullable=False),
     sa.Column('spf_aligned', sa.BigInteger(), nullable=False),
     sa.Column('dkim_aligned', sa.BigInteger(), nullable=False),
-    sa.PrimaryKeyConstraint('domain', 'span', 'start', 'source_ip', name=op.f('pk_dmarc_source_totals')),
+    sa.PrimaryKeyConstraint('domain', 'source_ip', 'span', 'start', name=op.f('pk_dmarc_source_totals')),
     sqlite_with_rowid=False
     )
+    with op.batch_alter_table('dmarc_source_totals', schema=None) as batch_op:
+        batch_op.create_index('ix_dmarc_source_totals_period', ['domain', 'span', 'start', 'source_ip'], unique=False)
+        batch_op.create_index('ix_dmarc_source_totals_messages', ['domain', 'span', 'messages'], unique=False)
+
     op.create_table('tls_failure_days',
     sa.Column('policy_domain', sa.String(length=255), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
@@ -85,6 +89,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('tls_policy_days')
     op.drop_table('tls_failure_days')
+    with op.batch_alter_table('dmarc_source_totals', schema=None) as batch_op:
+        batch_op.drop_index('ix_dmarc_source_totals_messages')
+        batch_op.drop_index('ix_dmarc_source_totals_period')
+
     op.drop_table('dmarc_source_totals')
     op.drop_table('dmarc_source_reporter_totals')
     op.drop_table('dmarc_reporter_days')
