@@ -18,7 +18,7 @@ from app.db import session_scope
 from app.inreports import store
 from app.inreports.dmarc import AggregateReport, Metadata, PolicyPublished, Record
 from app.inreports.tls import FailureDetail, PolicyReport, TLSReport
-from app.migrate import upgrade_database
+from app.migrate import downgrade_database, upgrade_database
 from app.models import DMARCReport, DMARCReportRecord, TLSReportFailure, TLSReportPolicy
 from tests.inreports.samples import RFC9990_REPORT
 
@@ -357,3 +357,32 @@ def test_long_reporter_text_in_the_sums_is_cut_like_the_rows(session: Session) -
     assert (len(reporter.reporter), len(reporter.org_name)) == (255, 255)
     [source] = store.top_sources(session, DOMAIN, day, day)
     assert source.reporters == (reporter.reporter,)
+
+
+def answers(url: str, since: date, until: date) -> list[object]:
+    with session_scope(url) as session:
+        return [
+            query(session, domain, since, until)
+            for domain in (DOMAIN, "b.example")
+            for query in (
+                store.dmarc_days,
+                store.top_sources,
+                store.dmarc_reporters,
+                store.tls_days,
+                store.tls_failures,
+            )
+        ]
+
+
+def test_the_migration_fills_the_sums_of_reports_stored_before_it(url: str) -> None:
+    rng = random.Random(13)
+    first = date(2026, 1, 15)
+    with session_scope(url) as session:
+        for report in random_reports(rng, first, 90):
+            store.store_report(session, report, RAW)
+    periods = [(first, first + timedelta(days=89)), (date(2026, 2, 3), date(2026, 3, 9))]
+    before = [answers(url, since, until) for since, until in periods]
+    assert any(before[0])
+    downgrade_database(url, "0009")  # the reports stay, their sums go
+    upgrade_database(url)
+    assert [answers(url, since, until) for since, until in periods] == before
