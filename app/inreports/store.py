@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Table, case, exists, func, insert, select, union_all
+from sqlalchemy import BigInteger, Table, case, exists, func, insert, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -284,26 +284,40 @@ def _failure_values(detail: tls.FailureDetail) -> dict[str, Any]:
 # added as one executemany upsert of rows summed per key first (a key once per statement, as
 # PostgreSQL's ON CONFLICT needs), in key order so that concurrent imports lock rows in one order.
 DMARC_SUMS = ("messages", "dmarc_passed", "spf_aligned", "dkim_aligned")
+SUM_CAP = 2**50  # ~10^15 messages: 8,000 rows of it still sum within a BIGINT
 
 
 def _add(
     session: Session, model: Any, keys: tuple[str, ...], rows: list[dict[str, Any]], **merge: Any
 ) -> None:
-    """Upsert `rows` into `model`'s table: on an existing key its non-key columns are added, or
-    merged by the expression `merge[column](table column, new value)`."""
+    """Upsert `rows` into `model`'s table: on an existing key its counts are added (up to their cap),
+    its other columns merged by the expression `merge[column](table column, new value)`."""
     if not rows:
         return
     table: Table = model.__table__
     statement = upsert_insert(session, table)
-    update = {
-        column.key: merge[column.key](column, statement.excluded[column.key])
-        if column.key in merge
-        else column + statement.excluded[column.key]
+    caps = {
+        column.key: _cap(column)
         for column in table.columns
-        if column.key not in keys
+        if column.key not in keys and column.key not in merge
     }
+    update = {key: _added(table.c[key], statement.excluded[key], cap) for key, cap in caps.items()}
+    update |= {key: combine(table.c[key], statement.excluded[key]) for key, combine in merge.items()}
+    for row in rows:
+        row.update({key: min(row[key], cap) for key, cap in caps.items()})
     rows.sort(key=lambda row: tuple(row[key] for key in keys))
     session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
+
+
+def _cap(column: Any) -> int:
+    """The most a count column holds: reporters choose the counts, and a sum that overflowed would
+    fail every later report with the same key (and, on SQLite, the dashboards' SUM over the rows).
+    A BigInteger's cap leaves room for summing thousands of rows at read time."""
+    return SUM_CAP if isinstance(column.type, BigInteger) else 2**31 - 1
+
+
+def _added(column: Any, new: Any, cap: int) -> Any:
+    return case((column > cap - new, cap), else_=column + new)
 
 
 def _greatest(column: Any, new: Any) -> Any:

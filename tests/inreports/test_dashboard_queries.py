@@ -386,3 +386,20 @@ def test_the_migration_fills_the_sums_of_reports_stored_before_it(url: str) -> N
     downgrade_database(url, "0009")  # the reports stay, their sums go
     upgrade_database(url)
     assert [answers(url, since, until) for since, until in periods] == before
+
+
+def test_sums_stop_at_their_cap(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reporters choose the counts: a sum stops at its cap instead of overflowing its column (which
+    would fail every later report with the same key)."""
+    monkeypatch.setattr(store, "SUM_CAP", 100)
+    day = date(2026, 9, 1)
+    for n in range(3):
+        report = aggregate("a@r.example", str(n), day, [record("192.0.2.1", 60), record("192.0.2.2", 7)])
+        assert isinstance(store.store_report(session, report, RAW), store.Stored)
+    assert store.dmarc_days(session, DOMAIN, day, day) == [store.DMARCDay(day, 100, 0)]
+    assert [(s.source_ip, s.messages) for s in store.top_sources(session, DOMAIN, day, day)] == [
+        ("192.0.2.1", 100),
+        ("192.0.2.2", 21),
+    ]
+    [reporter] = store.dmarc_reporters(session, DOMAIN, day, day)
+    assert (reporter.reports, reporter.messages) == (3, 100)
