@@ -17,7 +17,8 @@ executemany of the same record rows (report row, records, commit; no cutting, su
 into a second database of the same kind; (2) the peak RSS of this process (it generates, parses and
 stores; the reports are never all in memory); (3) each dashboard query of the store's contract for
 the largest domain, over the last 30 days and over the whole year (ending mid-month, as a year to
-today does: 11 whole months and 30 days), QUERY_RUNS times each in a session of its own, p99 next to a bare `SELECT count(*)` of the raw rows of the same period. The last line is
+today does: 11 whole months and 30 days), QUERY_RUNS times each in a session of its own, p99 next
+to a bare `SELECT count(*)` of the raw rows of the same period. The last line is
 `incoming reports: N reports/s, N records/s, store ratio R, peak RSS N MB, query p99 max X ms
 (target < 200 ms)` (one line).
 Targets: every query's p99 < 200 ms over the year. SQLite file by default; `--postgres` uses a
