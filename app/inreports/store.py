@@ -517,7 +517,7 @@ class TLSFailureCount:
 
 
 SOURCE_REPORTERS = 3
-MOST_CANDIDATES = 5_000  # top_sources sums at most this many IPs one by one, else all of them
+MOST_CANDIDATES = 1_000  # top_sources sums at most this many IPs one by one, else all of them
 
 
 def report_domains(session: Session) -> list[str]:
