@@ -595,10 +595,11 @@ def _top_source_sums(
 ) -> list[Any]:
     """The sums of the `limit` IPs with the most messages, exactly, reading only the rows that can
     matter (a year holds ~200,000 IP-months, most from IPs seen a few times). Any `limit` IPs (the
-    seeds: those of the largest rows) give a floor: the top IPs have at least the least of the seeds'
-    totals, so at least floor / units in one of their rows. Summed are the IPs with such a row;
-    when too many have one (no IP stands out), all of them."""
-    seeds = _ips_with(session, domain, spans, least=0, rows_per_unit=limit)
+    seeds: those of the largest rows in the period's widest span) give a floor: the top IPs have at
+    least the least of the seeds' totals, so at least floor / units in one of their rows. Summed are
+    the IPs with such a row; when too many have one (no IP stands out), all of them."""
+    widest = max(spans, key=lambda span: _units([span]))  # any IPs give a floor: the likely top ones
+    seeds = _ips_with(session, domain, [widest], least=0, rows_per_unit=limit)
     if len(seeds) >= limit:
         floor = _source_sums(session, domain, spans, seeds)[limit - 1][1]
         candidates = _ips_with(session, domain, spans, least=-(-floor // _units(spans)))
