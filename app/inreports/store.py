@@ -601,7 +601,8 @@ def _top_source_sums(
     widest = max(spans, key=lambda span: _units([span]))  # any IPs give a floor: the likely top ones
     seeds = _ips_with(session, domain, [widest], least=0, rows_per_unit=limit)
     if len(seeds) >= limit:
-        floor = _source_sums(session, domain, spans, seeds)[limit - 1][1]
+        # An int: PostgreSQL's SUM is NUMERIC, and a NUMERIC bound would keep the index out of the filter.
+        floor = int(_source_sums(session, domain, spans, seeds)[limit - 1][1])
         candidates = _ips_with(session, domain, spans, least=-(-floor // _units(spans)))
         if len(candidates) <= MOST_CANDIDATES:
             return _source_sums(session, domain, spans, candidates)[:limit]
