@@ -2,6 +2,14 @@
 
 from app.models.base import Base
 from app.models.dmarc import DMARCEvaluation, DMARCReportClaim, ReportSuppression
+from app.models.inreport_rollups import (
+    DMARCDayTotal,
+    DMARCReporterDay,
+    DMARCSourceReporterTotal,
+    DMARCSourceTotal,
+    TLSFailureDay,
+    TLSPolicyDay,
+)
 from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReport, TLSReportFailure, TLSReportPolicy
 from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
@@ -13,10 +21,14 @@ from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 __all__ = [
     "Account",
     "Base",
+    "DMARCDayTotal",
     "DMARCEvaluation",
     "DMARCReport",
     "DMARCReportClaim",
     "DMARCReportRecord",
+    "DMARCReporterDay",
+    "DMARCSourceReporterTotal",
+    "DMARCSourceTotal",
     "JobRun",
     "LoginFailure",
     "MTASTSPolicy",
@@ -27,7 +39,9 @@ __all__ = [
     "OutgoingMessage",
     "ReportSuppression",
     "SentRecipient",
+    "TLSFailureDay",
     "TLSFailureDetail",
+    "TLSPolicyDay",
     "TLSReport",
     "TLSReportFailure",
     "TLSReportPolicy",
