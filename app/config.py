@@ -151,8 +151,15 @@ class Account(Strict):
         return [normalize_address(a) for a in addresses]
 
 
+SMTP_KINDS = ("inbound", "submission")
+IMAP_KINDS = ("imap", "imaps")
+
+
 class Listener(Strict):
-    kind: Literal["inbound", "submission"]
+    """A socket to listen on. `postwarden smtp` binds the inbound and submission listeners,
+    `postwarden imap` the imap (STARTTLS, port 143) and imaps (TLS from the first octet, 993) ones."""
+
+    kind: Literal["inbound", "submission", "imap", "imaps"]
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)]
     tls_cert: FilePath | None = None
@@ -162,31 +169,33 @@ class Listener(Strict):
     def _cert_and_key_together(self) -> Listener:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.kind in IMAP_KINDS and self.tls_cert is None:
+            # SPEC R8.1: IMAP takes passwords only over TLS, so without a certificate it is useless.
+            raise ValueError(
+                f"a listener of kind {self.kind!r} needs tls_cert and tls_key (IMAP takes passwords "
+                "only over TLS)"
+            )
         return self
 
 
-class ImapListener(Strict):
-    """An IMAP listener (SPEC R8.1): `imap` takes STARTTLS (port 143), `imaps` is TLS from the first
-    octet (993); both need a certificate, as passwords are only taken over TLS."""
-
-    kind: Literal["imap", "imaps"]
-    address: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)]
-    tls_cert: FilePath
-    tls_key: FilePath
-
-
 class Imap(Strict):
-    """`postwarden imap`: its listeners and the bounds of its sessions. (Apart from [[listeners]],
-    which every SMTP process binds.)"""
+    """The bounds of `postwarden imap`'s sessions (its listeners are [[listeners]] of kind imap/imaps)."""
 
-    listeners: list[ImapListener] = []
     # Seconds a client may stay silent before logging in, and after (RFC 9051 5.4: at least 30 min).
     login_timeout: Annotated[float, Field(gt=0)] = 60.0
     idle_timeout: Annotated[float, Field(ge=1800)] = 1800.0
     max_sessions: Annotated[int, Field(gt=0)] = 1000
     max_sessions_per_ip: Annotated[int, Field(gt=0)] = 20
     max_errors: Annotated[int, Field(gt=0)] = 10
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listeners_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "listeners" in data:
+            raise ValueError(
+                '[[imap.listeners]] is now [[listeners]] with kind = "imap" or "imaps" (move the tables)'
+            )
+        return data
 
 
 class Limits(Strict):
@@ -413,9 +422,6 @@ class Config(Strict):
         """Two sockets on one port (the same address, or a wildcard one) make the second process or
         listener exit at start with "address in use"; say so when the config is read."""
         endpoints = [(toml_key("listeners", i), x.address, x.port) for i, x in enumerate(self.listeners)]
-        endpoints += [
-            (toml_key("imap", "listeners", i), x.address, x.port) for i, x in enumerate(self.imap.listeners)
-        ]
         endpoints.append(("web", self.web.address, self.web.port))
         for i, (key, address, port) in enumerate(endpoints):
             for other, other_address, other_port in endpoints[:i]:
@@ -427,6 +433,16 @@ class Config(Strict):
         return self
 
     # Derived settings; kept here so every process agrees on them.
+
+    @property
+    def smtp_listeners(self) -> list[Listener]:
+        """The [[listeners]] `postwarden smtp` binds."""
+        return [x for x in self.listeners if x.kind in SMTP_KINDS]
+
+    @property
+    def imap_listeners(self) -> list[Listener]:
+        """The [[listeners]] `postwarden imap` binds."""
+        return [x for x in self.listeners if x.kind in IMAP_KINDS]
 
     @property
     def resolved_database_url(self) -> str:
@@ -520,14 +536,6 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                 problems += _tls_pair_problems(cert, key, toml_key("listeners", i))
             update = {"tls_cert": resolve(listener.tls_cert), "tls_key": resolve(listener.tls_key)}
         listeners.append(listener.model_copy(update=update))
-    imap_listeners = []
-    for i, imap_listener in enumerate(config.imap.listeners):
-        cert = existing(imap_listener.tls_cert, toml_key("imap", "listeners", i, "tls_cert"))
-        key = existing(imap_listener.tls_key, toml_key("imap", "listeners", i, "tls_key"))
-        if cert and key:
-            problems += _tls_pair_problems(cert, key, toml_key("imap", "listeners", i))
-        paths = {"tls_cert": resolve(imap_listener.tls_cert), "tls_key": resolve(imap_listener.tls_key)}
-        imap_listeners.append(imap_listener.model_copy(update=paths))
     domains = {}
     for dname, domain in config.domains.items():
         selectors = []
@@ -552,7 +560,6 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={
             "data_dir": resolve(config.data_dir),
             "listeners": listeners,
-            "imap": config.imap.model_copy(update={"listeners": imap_listeners}),
             "domains": domains,
             "web": web,
             "delivery": delivery,

@@ -133,6 +133,10 @@ class Resolver:
     async def tlsa(self, name: str) -> Answer:
         return await self.query(name, "TLSA")
 
+    async def srv(self, name: str) -> Answer:
+        """SRV records (dnspython rdata: priority, weight, port, target)."""
+        return await self.query(name, "SRV")
+
     async def dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         """dkimpy's `dnsfunc` for async verification: the first TXT value, as bytes, or None."""
         qname = name.decode("ascii", errors="replace") if isinstance(name, bytes) else name

@@ -19,16 +19,27 @@ from cryptography.hazmat.primitives import serialization
 
 from app.address import address_key
 from app.auth.dkimkeys import DKIMKeyError, dns_txt_value
-from app.config import Config
+from app.config import Config, Listener
 from app.dns import DNSError, Resolver
 
-RecordKind = Literal["mx", "spf", "host-spf", "dkim", "dmarc", "mta-sts", "tlsrpt", "host-tlsrpt", "tlsa"]
+RecordKind = Literal[
+    "mx", "spf", "host-spf", "dkim", "dmarc", "mta-sts", "tlsrpt", "host-tlsrpt", "tlsa", "srv"
+]
 CheckStatus = Literal["ok", "missing", "wrong", "error"]
 
 # Senders cache an MTA-STS policy this long (RFC 8461 3.2 suggests weeks; one week here).
 MTA_STS_MAX_AGE = 604800
 # Remote MTAs connect to port 25 whatever port our listener binds (it may sit behind a forward).
 SMTP_PORT = 25
+# RFC 6186 / RFC 8314 services: (SRV service label, listener kind, well-known port, priority). Implicit
+# TLS comes first (RFC 8314 3.3: clients should prefer it). No listener kind is submission over
+# implicit TLS (465) yet, so _submissions is always published as not offered.
+MAIL_CLIENT_SERVICES = (
+    ("imaps", "imaps", 993, 0, "IMAP, TLS at once"),
+    ("imap", "imap", 143, 10, "IMAP with STARTTLS"),
+    ("submissions", "", 465, 0, "submission, TLS at once"),
+    ("submission", "submission", 587, 10, "submission with STARTTLS"),
+)
 
 
 class DNSRecordsError(ValueError):
@@ -169,6 +180,31 @@ def records_for_domain(config: Config, domain: str) -> list[DNSRecord]:
         records.append(
             DNSRecord("tlsa", f"_{SMTP_PORT}._tcp.{host}", "TLSA", f"3 1 1 {spki_sha256(cert)}", note)
         )
+    return records + srv_records(config, domain)
+
+
+def _client_listener(config: Config, kind: str) -> Listener | None:
+    """The first listener of `kind` a mail client can use: IMAP always has TLS; submission only
+    offers AUTH with a certificate."""
+    return next((x for x in config.listeners if x.kind == kind and x.tls_cert is not None), None)
+
+
+def srv_records(config: Config, domain: str) -> list[DNSRecord]:
+    """RFC 6186 SRV records, so a mail client finds IMAP and submission from the address alone: the
+    services we offer at the mail host and port, the others with target "." (not offered, RFC 6186
+    3.4). None when no listener serves mail clients (an inbound-only host)."""
+    if not any(_client_listener(config, service[1]) for service in MAIL_CLIENT_SERVICES):
+        return []
+    records = []
+    for service, kind, port, priority, what in MAIL_CLIENT_SERVICES:
+        name = f"_{service}._tcp.{domain}"
+        listener = _client_listener(config, kind)
+        if listener is None:
+            records.append(DNSRecord("srv", name, "SRV", "0 0 0 .", f"{what}: not offered"))
+            continue
+        # The listener's port, unless the kernel picks it (port 0): then the service's own.
+        value = f"{priority} 1 {listener.port or port} {config.hostname}."
+        records.append(DNSRecord("srv", name, "SRV", value, f"mail clients find {what} here (RFC 6186)"))
     return records
 
 
@@ -331,6 +367,25 @@ async def _check_tlsa(record: DNSRecord, resolver: Resolver) -> CheckResult:
     return _result(record, found)
 
 
+async def _check_srv(record: DNSRecord, resolver: Resolver) -> CheckResult:
+    """Ours is published when one record has our port and target (priority and weight are the
+    operator's to choose); a service not offered needs the "." record and no other."""
+    answer = await resolver.srv(record.name)
+    found = [r.to_text() for r in answer.records]
+    if not found:
+        return _result(record, found, f"{record.name} has no SRV record")
+    port, target = record.value.split()[2:]
+    published = {(r.port, r.target.to_text().lower()) for r in answer.records}
+    if target == ".":
+        if published != {(0, ".")}:
+            problem = "the service is not offered here, but the record points mail clients to a host"
+            return _result(record, found, problem, f"replace it with: {record.zone_line()}")
+        return _result(record, found)
+    if (int(port), target) not in published:
+        return _result(record, found, f"no SRV record of {record.name} points to {target}:{port}")
+    return _result(record, found)
+
+
 Check = Callable[[DNSRecord, Resolver, Config], Awaitable[CheckResult]]
 
 CHECKS: dict[RecordKind, Check] = {
@@ -343,6 +398,7 @@ CHECKS: dict[RecordKind, Check] = {
     "tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPT"),
     "host-tlsrpt": lambda record, resolver, _: _check_reporting(record, resolver, "TLSRPT"),
     "tlsa": lambda record, resolver, _: _check_tlsa(record, resolver),
+    "srv": lambda record, resolver, _: _check_srv(record, resolver),
 }
 
 

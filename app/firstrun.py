@@ -1,6 +1,6 @@
 """`python -m app.firstrun [QUICKSTART_OUTPUT]`: wait until `make run`'s processes answer, then print
-one "ready" block: the listeners, the web and flower URLs, the admin password if quickstart has just
-made it, and where the config and the data are.
+one "ready" block: the listeners, how a mail client connects, the web and flower URLs, the admin
+password if quickstart has just made it, and where the config and the data are.
 
 `make run` starts it in the background beside honcho, so the block comes after the processes' start-up
 lines. Quickstart's output, kept by the Makefile in a file of mode 0600, is read for the password and
@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import Config, ConfigError, config_path, load_config
+from cryptography import x509
+
+from app.config import IMAP_KINDS, Config, ConfigError, Listener, config_path, load_config
 
 # The Procfile's flower port (tests/cli/test_first_run.py checks they agree).
 FLOWER_PORT = 5555
@@ -26,7 +28,7 @@ PASSWORD_LINE = re.compile(r"^Account '([^']{1,64})' \(([^)]{1,320})\), password
 
 def endpoints(config: Config, flower_port: int) -> list[tuple[str, str, int]]:
     """What must answer before the block is printed: (what, address, port)."""
-    found = [(f"{lst.kind} SMTP", lst.address, lst.port) for lst in config.listeners if lst.port]
+    found = [(_label(lst), lst.address, lst.port) for lst in config.listeners if lst.port]
     found.append(("web", config.web.address, config.web.port))
     found.append(("flower", "127.0.0.1", flower_port))
     return found
@@ -67,12 +69,59 @@ def url(address: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
+def _label(listener: Listener) -> str:
+    return f"{listener.kind} {'IMAP' if listener.kind in IMAP_KINDS else 'SMTP'}"
+
+
+def _offers(listener: Listener) -> str:
+    if listener.kind == "imaps":
+        return " (TLS)"
+    if listener.tls_cert is None:
+        return ""
+    return " (STARTTLS, AUTH)" if listener.kind == "submission" else " (STARTTLS)"
+
+
+def client_lines(config: Config, password: tuple[str, str, str] | None) -> list[str]:
+    """How a mail client connects: the IMAP and submission servers, the user name and password."""
+    imap = {x.kind: x for x in config.imap_listeners}
+    submission = next((x for x in config.smtp_listeners if x.kind == "submission" and x.tls_cert), None)
+    if not imap:
+        return []
+    ports = [
+        f"{x.port} with {'TLS' if kind == 'imaps' else 'STARTTLS'}"
+        for kind, x in sorted(imap.items(), reverse=True)
+    ]
+    first = next(iter(imap.values()))
+    lines = [f"IMAP server {_host(config, first.address)}, port {' or '.join(ports)}"]
+    if submission is not None:
+        lines.append(f"SMTP server {_host(config, submission.address)}, port {submission.port} with STARTTLS")
+    if password:
+        lines.append(f"user {password[0]} (or {password[1]}), the password below")
+    else:
+        lines.append("user an account's name or address, its password (`postwarden account set-password`)")
+    if first.tls_cert is not None and _self_signed(first.tls_cert):
+        lines.append("the certificate is self-signed (--dev): accept it in the client")
+    return [f"  {'mail client' if i == 0 else '':<17}{line}" for i, line in enumerate(lines)]
+
+
+def _host(config: Config, address: str) -> str:
+    """What a client connects to: the mail host's name for a wildcard listener, else its address."""
+    return config.hostname if address in ("0.0.0.0", "::", "") else address
+
+
+def _self_signed(cert: Path) -> bool:
+    try:
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return certificate.issuer == certificate.subject
+
+
 def ready_block(config: Config, path: Path, password: tuple[str, str, str] | None, flower_port: int) -> str:
     lines = ["", "=" * 20 + " Postwarden is ready " + "=" * 20]
     for lst in config.listeners:
-        extra = " (STARTTLS)" if lst.tls_cert else ""
-        extra = " (STARTTLS, AUTH)" if lst.kind == "submission" and lst.tls_cert else extra
-        lines.append(f"  {lst.kind + ' SMTP':<17}{lst.address}:{lst.port}{extra}")
+        lines.append(f"  {_label(lst):<17}{lst.address}:{lst.port}{_offers(lst)}")
+    lines += client_lines(config, password)
     lines.append(f"  {'web':<17}{url(config.web.address, config.web.port)}")
     lines.append(f"  {'flower':<17}{url('127.0.0.1', flower_port)} (Celery tasks)")
     if password is not None:

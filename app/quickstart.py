@@ -36,8 +36,8 @@ _LOCALPART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'
 DMARC_REPORTS_LOCALPART = "dmarc-reports"
 TLS_REPORTS_LOCALPART = "tls-reports"
 # --dev: unprivileged ports on loopback, and a short DNS timeout since a laptop may be offline.
-DEV_PORTS = {"inbound": 2525, "submission": 2587, "web": 8080}
-PRODUCTION_PORTS = {"inbound": 25, "submission": 587, "web": 8080}
+DEV_PORTS = {"inbound": 2525, "submission": 2587, "imaps": 1993, "imap": 1143, "web": 8080}
+PRODUCTION_PORTS = {"inbound": 25, "submission": 587, "imaps": 993, "imap": 143, "web": 8080}
 DEV_DNS_TIMEOUT = 1.0
 DEV_CERTIFICATE_DAYS = 365
 
@@ -123,22 +123,43 @@ def _dev_tls_files(plan: _Plan) -> tuple[str, str]:
     return f"tls/{plan.hostname}.crt", f"tls/{plan.hostname}.key"
 
 
-def _listener_toml(kind: str, plan: _Plan) -> str:
+def _listener_head(kind: str, plan: _Plan) -> str:
     address = "127.0.0.1" if plan.dev else "0.0.0.0"
     port = (DEV_PORTS if plan.dev else PRODUCTION_PORTS)[kind]
-    offers = "STARTTLS, and AUTH after it" if kind == "submission" else "STARTTLS"
-    head = f'[[listeners]]\nkind = "{kind}"\naddress = {_q(address)}\nport = {port}\n'
+    return f'[[listeners]]\nkind = "{kind}"\naddress = {_q(address)}\nport = {port}\n'
+
+
+def _tls_toml(plan: _Plan, prefix: str = "") -> str:
+    """tls_cert and tls_key: --dev's self-signed files, else where Let's Encrypt puts the host's."""
     if plan.dev:
         cert, key = _dev_tls_files(plan)
-        return (
-            f"{head}# --dev: a self-signed certificate, so the listener offers {offers}.\n"
-            f"tls_cert = {_q(cert)}\ntls_key = {_q(key)}\n"
-        )
-    return (
-        f"{head}# With a certificate for {plan.hostname} the listener offers {offers}:\n"
-        f'# tls_cert = "/etc/letsencrypt/live/{plan.hostname}/fullchain.pem"\n'
-        f'# tls_key = "/etc/letsencrypt/live/{plan.hostname}/privkey.pem"\n'
+    else:
+        live = f"/etc/letsencrypt/live/{plan.hostname}"
+        cert, key = f"{live}/fullchain.pem", f"{live}/privkey.pem"
+    return f"{prefix}tls_cert = {_q(cert)}\n{prefix}tls_key = {_q(key)}\n"
+
+
+def _listener_toml(kind: str, plan: _Plan) -> str:
+    offers = "STARTTLS, and AUTH after it" if kind == "submission" else "STARTTLS"
+    if plan.dev:
+        comment = f"# --dev: a self-signed certificate, so the listener offers {offers}.\n"
+        return _listener_head(kind, plan) + comment + _tls_toml(plan)
+    comment = f"# With a certificate for {plan.hostname} the listener offers {offers}:\n"
+    return _listener_head(kind, plan) + comment + _tls_toml(plan, "# ")
+
+
+def _imap_listeners_toml(plan: _Plan) -> str:
+    """The IMAP listeners; without --dev commented out, as they need a certificate and quickstart has
+    none to name (`postwarden imap` idles without listeners)."""
+    blocks = [_listener_head(kind, plan) + _tls_toml(plan) for kind in ("imaps", "imap")]
+    if plan.dev:
+        head = "# IMAP for mail clients (`postwarden imap`): imaps is TLS at once, imap offers STARTTLS.\n"
+        return head + "\n".join(blocks)
+    head = (
+        "# IMAP for mail clients (`postwarden imap`): imaps (993) is TLS at once, imap (143) offers\n"
+        f"# STARTTLS. Both need a certificate for {plan.hostname}: uncomment them once you have it.\n"
     )
+    return head + "\n".join("".join(f"# {line}\n" for line in b.splitlines()) for b in blocks)
 
 
 def config_text(plan: _Plan) -> str:
@@ -180,6 +201,7 @@ secret_key_file = "web-secret.key"
 
 {_listener_toml("inbound", plan)}
 {_listener_toml("submission", plan)}
+{_imap_listeners_toml(plan)}
 [domains.{domain}]
 dmarc_reports = {{ account = {account}, localpart = "{DMARC_REPORTS_LOCALPART}", mailbox = "DMARC" }}
 tls_reports = {{ account = {account}, localpart = "{TLS_REPORTS_LOCALPART}", mailbox = "TLSRPT" }}

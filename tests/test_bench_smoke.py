@@ -13,6 +13,9 @@ BENCH = Path(__file__).resolve().parent / "bench"
 # The last line of each benchmark: the figure its target is about.
 HEADLINES = {
     "dmarc_reports.py": r"dmarc reports: job [\d.]+ s, bare GROUP BY [\d.]+ s, ratio [\d.]+, peak RSS \d+ MB",
+    "imap.py": r"imap: worst ratio [\d.]+ \([\w:* \[\]]+\), peak RSS \d+ MB \(target < 3x\)",
+    "incoming_reports.py": r"incoming reports: \d+ reports/s, \d+ records/s, store ratio [\d.]+, "
+    r"peak RSS \d+ MB, query p99 max [\d.]+ ms \(target < 200 ms\)",
     "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+",
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "

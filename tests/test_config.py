@@ -180,7 +180,8 @@ def test_missing_key(tmp_path: Path, edit: tuple[str, str], message: str) -> Non
         ),
         (
             '[[listeners]]\nkind = "relay"\nport = 25\n',
-            "key 'listeners[0].kind': Input should be 'inbound' or 'submission' (got 'relay')",
+            "key 'listeners[0].kind': Input should be 'inbound', 'submission', 'imap' or 'imaps' "
+            "(got 'relay')",
         ),
         (
             '[domains."example.net"]\ndmarc_reports = 5\n',

@@ -343,3 +343,108 @@ def test_cli_dns_check_ok_and_wrong(dns: DNSTestServer, full_config_file: Path, 
     assert as_json.exit_code == 1
     statuses = {(r["record"]["kind"], r["status"]) for r in json.loads(as_json.output)["results"]}
     assert ("dmarc", "wrong") in statuses and ("mx", "ok") in statuses
+
+
+# RFC 6186 SRV records: where mail clients find IMAP and submission.
+
+CLIENTS = """
+[[listeners]]
+kind = "imaps"
+address = "0.0.0.0"
+port = 993
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+
+[[listeners]]
+kind = "submission"
+address = "0.0.0.0"
+port = 587
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+"""
+
+
+@pytest.fixture
+def client_config(full_config_file: Path) -> Config:
+    """The full config, with an imaps and a submission listener (no imap, no submissions)."""
+    full_config_file.write_text(full_config_file.read_text() + CLIENTS)
+    return load_config(full_config_file)
+
+
+def srv_lines(records: list[DNSRecord]) -> list[str]:
+    return [f"{r.name} {r.value}" for r in records if r.kind == "srv"]
+
+
+def test_srv_records_name_the_offered_services_and_mark_the_others_not_offered(client_config: Config) -> None:
+    assert srv_lines(records_for_domain(client_config, "example.org")) == [
+        f"_imaps._tcp.example.org 0 1 993 {HOST}.",
+        "_imap._tcp.example.org 0 0 0 .",
+        "_submissions._tcp.example.org 0 0 0 .",
+        f"_submission._tcp.example.org 10 1 587 {HOST}.",
+    ]
+
+
+def test_srv_records_follow_the_configured_ports(full_config_file: Path) -> None:
+    cert = 'tls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+    extra = (
+        f'\n[[listeners]]\nkind = "imap"\nport = 1143\n{cert}'
+        '\n[[listeners]]\nkind = "submission"\nport = 2587\n'  # no certificate: no AUTH, not offered
+    )
+    full_config_file.write_text(full_config_file.read_text() + extra)
+    assert srv_lines(records_for_domain(load_config(full_config_file), "example.org")) == [
+        "_imaps._tcp.example.org 0 0 0 .",
+        f"_imap._tcp.example.org 10 1 1143 {HOST}.",
+        "_submissions._tcp.example.org 0 0 0 .",
+        "_submission._tcp.example.org 0 0 0 .",
+    ]
+
+
+def test_no_srv_records_for_a_host_without_mail_client_listeners(config: Config) -> None:
+    assert srv_lines(records_for_domain(config, "example.org")) == []
+
+
+async def test_srv_check_ok_missing_and_wrong(
+    dns: DNSTestServer, resolver: Resolver, client_config: Config
+) -> None:
+    records = records_for_domain(client_config, "example.org")
+    srv = [r for r in records if r.kind == "srv"]
+    publish(dns, [r for r in records if r.name not in ("_imaps._tcp.example.org", "_imap._tcp.example.org")])
+    dns.add("_imaps._tcp.example.org", "SRV", f"5 0 10993 {HOST}.")  # another port
+    checked = await check_domain(client_config, "example.org", resolver)
+    results = {r.record.name: r for r in checked if r.record.kind == "srv"}
+    imaps, imap = results["_imaps._tcp.example.org"], results["_imap._tcp.example.org"]
+    assert (imaps.status, imaps.found) == ("wrong", (f"5 0 10993 {HOST}.",))
+    assert imaps.problem == f"no SRV record of _imaps._tcp.example.org points to {HOST}.:993"
+    assert imaps.fix == f"publish: _imaps._tcp.example.org. 3600 IN SRV 0 1 993 {HOST}."
+    assert (imap.status, imap.problem) == ("missing", "_imap._tcp.example.org has no SRV record")
+    assert [results[r.name].status for r in srv[2:]] == ["ok", "ok"]
+    assert [r.status for r in checked if r.record.kind != "srv"] == ["ok"] * (len(records) - 4)
+
+
+async def test_srv_check_accepts_other_priorities_and_refuses_a_host_for_a_service_not_offered(
+    dns: DNSTestServer, resolver: Resolver, client_config: Config
+) -> None:
+    records = records_for_domain(client_config, "example.org")
+    publish(dns, [r for r in records if r.kind != "srv"])
+    dns.add("_imaps._tcp.example.org", "SRV", f"20 5 993 {HOST.upper()}.", "30 5 993 backup.example.org.")
+    dns.add("_imap._tcp.example.org", "SRV", f"10 1 143 {HOST}.")  # we do not offer STARTTLS IMAP
+    dns.add("_submissions._tcp.example.org", "SRV", "0 0 0 .")
+    dns.add("_submission._tcp.example.org", "SRV", f"0 0 587 {HOST}.")
+    results = {r.record.name: r for r in await check_domain(client_config, "example.org", resolver)}
+    assert results["_imaps._tcp.example.org"].status == "ok"
+    assert results["_submission._tcp.example.org"].status == "ok"
+    assert results["_submissions._tcp.example.org"].status == "ok"
+    imap = results["_imap._tcp.example.org"]
+    assert imap.status == "wrong"
+    assert imap.problem == "the service is not offered here, but the record points mail clients to a host"
+    assert imap.fix == "replace it with: _imap._tcp.example.org. 3600 IN SRV 0 0 0 ."
+
+
+def test_cli_dns_check_counts_the_srv_records(
+    dns: DNSTestServer, full_config_file: Path, client_config: Config
+) -> None:
+    publish(dns, records_for_domain(client_config, "example.org"))
+    ok = CliRunner().invoke(main, ["--config", str(full_config_file), "dns", "check", "example.org"])
+    assert ok.exit_code == 0, ok.output
+    assert "14 of 14 records ok" in ok.output
+    assert "ok       srv          SRV   _imaps._tcp.example.org" in ok.output

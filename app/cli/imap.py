@@ -1,4 +1,4 @@
-"""`postwarden imap`: the IMAP server (SPEC §8) on the config's [[imap.listeners]]."""
+"""`postwarden imap`: the IMAP server (SPEC §8) on the config's [[listeners]] of kind imap and imaps."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from app.logs import setup_logging
 @main.command("imap")
 @click.pass_context
 def imap_command(ctx: click.Context) -> None:
-    """Serve IMAP (STARTTLS and implicit TLS) on the listeners configured in [[imap.listeners]]."""
+    """Serve IMAP on the [[listeners]] of kind imap (STARTTLS) and imaps (implicit TLS)."""
     config = load(ctx)
     setup_logging(config.log_level, config.log_format)
-    if not config.imap.listeners:
-        sys.exit('postwarden imap: no [[imap.listeners]] configured; add one of kind "imap" or "imaps"')
     # Imported here so that other commands do not load the IMAP stack.
-    from app.imap.server import IMAPLimits, IMAPListener, IMAPServer, serve_until_stopped
+    from app.imap.server import IMAPLimits, IMAPListener, IMAPServer, idle_until_stopped, serve_until_stopped
+
+    if not config.imap_listeners:
+        asyncio.run(idle_until_stopped())
+        return
     from app.smtpserver.server import prepare_storage
 
     try:
-        listeners = [IMAPListener.of(listener) for listener in config.imap.listeners]
+        listeners = [IMAPListener.of(listener) for listener in config.imap_listeners]
     except ValueError as e:
         sys.exit(f"postwarden imap: {e}")
     server = IMAPServer(config, IMAPLimits.of(config))

@@ -23,8 +23,10 @@ def smtp(ctx: click.Context, workers: int | None) -> None:
     """Run the SMTP listeners (inbound and submission) configured in [[listeners]]."""
     config: Config = load(ctx)
     setup_logging(config.log_level, config.log_format)
-    if not config.listeners:
-        sys.exit("postwarden smtp: no [[listeners]] configured; add an inbound and/or submission listener")
+    if not config.smtp_listeners:
+        sys.exit(
+            "postwarden smtp: no SMTP [[listeners]] configured; add an inbound and/or submission listener"
+        )
     # Imported here so that other commands do not load the SMTP stack.
     from app.cli.composition import celery_publish
     from app.smtpserver.handoff import TaskPublisher

@@ -43,7 +43,11 @@ def echo_records(config: Config, domain: str, records: list[DNSRecord]) -> None:
 @main.command("quickstart")
 @click.argument("address")
 @click.option("--hostname", help="The mail host's name (default: mail.<domain of ADDRESS>).")
-@click.option("--dev", is_flag=True, help="Development: loopback listeners on ports 2525/2587, web on 8080.")
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Development: loopback listeners (SMTP 2525/2587, IMAP 1143/1993), web on 8080.",
+)
 @click.pass_context
 def quickstart_command(ctx: click.Context, address: str, hostname: str | None, dev: bool) -> None:
     """Write a first configuration for ADDRESS (you@example.org), its keys, database and account."""

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from app.accounts import account_id
+from app.accounts import account_id, configured_mailboxes
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
@@ -43,6 +43,9 @@ class AccountStore:
         self.account_id = row_id
         settings = config.accounts[account]
         self.inbox, self.junk = settings.inbox, settings.junk_mailbox
+        # Mailboxes the config names (delivery targets, Junk, Rejects): the config sync makes them
+        # again when missing, so IMAP neither deletes nor renames them.
+        self.configured = frozenset(configured_mailboxes(config).get(account, set()))
 
     @classmethod
     async def open(cls, config: Config, account: str) -> AccountStore:
@@ -67,9 +70,63 @@ class AccountStore:
             return ("\\Junk",)
         return (SPECIAL_USE[name],) if name in SPECIAL_USE else ()
 
+    async def names(self) -> list[str]:
+        """The IMAP names of the account's mailboxes, sorted by store name."""
+        names = await self._run(lambda session: mailboxes.mailbox_names(session, self.account_id))
+        return [self.imap_name(name) for name in names]
+
+    async def subscriptions(self) -> list[str]:
+        names = await self._run(lambda session: mailboxes.subscriptions(session, self.account_id))
+        return [self.imap_name(name) for name in names]
+
+    async def subscribe(self, imap_name: str) -> None:
+        name = self.store_name(imap_name)
+        await self._run(lambda session: mailboxes.subscribe(session, self.account_id, name))
+
+    async def unsubscribe(self, imap_name: str) -> bool:
+        """Whether the name was subscribed."""
+        name = self.store_name(imap_name)
+        return await self._run(lambda session: mailboxes.unsubscribe(session, self.account_id, name))
+
+    async def create(self, imap_names: list[str]) -> bool:
+        """Make the mailboxes that are missing, in order (parents first), in one transaction;
+        whether the last one was made (False: it existed)."""
+        names = [self.store_name(n) for n in imap_names]
+
+        def create(session: Session) -> bool:
+            made = [
+                mailboxes.mailbox_id(session, self.account_id, name) is None
+                and mailboxes.create_mailbox(session, self.account_id, name) is not None
+                for name in names
+            ]
+            return made[-1]
+
+        return await self._run(create)
+
+    async def delete(self, mailbox_id: int) -> None:
+        """Delete the mailbox and its messages: rows first, then the files no row names any more."""
+        paths = await self._run(
+            lambda session: mailboxes.delete_mailbox(session, self.account_id, mailbox_id)
+        )
+        await self._unlink_unreferenced(paths)
+
+    async def rename(self, names: dict[str, str], parents: list[str]) -> None:
+        """Rename mailboxes (IMAP old -> new names) after making the new names' missing parents."""
+        store_names = {self.store_name(old): self.store_name(new) for old, new in names.items()}
+
+        def rename(session: Session) -> None:
+            for parent in parents:
+                mailboxes.ensure_mailbox(session, self.account_id, self.store_name(parent))
+            mailboxes.rename_mailboxes(session, self.account_id, store_names)
+
+        await self._run(rename)
+
     async def uid_state(self, imap_name: str) -> UidState | None:
         name = self.store_name(imap_name)
         return await self._run(lambda session: mailboxes.uid_state(session, self.account_id, name))
+
+    async def deleted_count(self, mailbox_id: int) -> int:
+        return await self._run(lambda session: mailboxes.count_deleted(session, mailbox_id))
 
     async def uids(self, mailbox_id: int) -> list[int]:
         return await self._run(lambda session: mailboxes.mailbox_uids(session, mailbox_id))
@@ -96,9 +153,16 @@ class AccountStore:
             lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id)
         )
 
-    async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> None:
-        """Through the store's set_flags (MailboxError for a change it refuses)."""
-        await self._run(lambda session: mailboxes.set_flags(session, self.account_id, row_ids, **changes))
+    async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> dict[int, int]:
+        """Through the store's set_flags (MailboxError for a change it refuses); each message's
+        modseq after it, by row id."""
+
+        def store(session: Session) -> dict[int, int]:
+            mailboxes.set_flags(session, self.account_id, row_ids, **changes)
+            session.flush()  # the new modseqs are read back below
+            return mailboxes.modseqs_of(session, row_ids)
+
+        return await self._run(store)
 
     async def set_flags_unchanged_since(
         self, mailbox_id: int, row_ids: Sequence[int], changes: dict[str, bool], modseq: int
@@ -140,11 +204,13 @@ class AccountStore:
         removed = await self._run(
             lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id, uids)
         )
-        paths = [path for _, path in removed]
+        await self._unlink_unreferenced([path for _, path in removed])
+        return [uid for uid, _ in removed]
+
+    async def _unlink_unreferenced(self, paths: list[str]) -> None:
         if paths:
             unnamed = await self._run(lambda session: mailboxes.unreferenced_paths(session, paths))
             await asyncio.to_thread(_unlink, [self.config.data_dir / path for path in unnamed])
-        return [uid for uid, _ in removed]
 
     async def content(self, row: MessageRow) -> bytes:
         """The message file's octets (a file is written once and never changes)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TypeVar
@@ -45,13 +45,14 @@ class SequenceSet:
     """Ranges of message numbers or UIDs; None stands for `*`, the largest in use."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # `$`: the result the last SEARCH RETURN (SAVE) kept (RFC 5182)
 
     def largest_named(self) -> int:
         """The largest number the set names explicitly (0 if only `*`): a message sequence number
         beyond the mailbox's count is an error, a UID beyond its UIDs is not."""
         return max((n for pair in self.ranges for n in pair if n is not None), default=0)
 
-    def pick(self, available: list[int]) -> list[int]:
+    def pick(self, available: Sequence[int]) -> list[int]:
         """The members of `available` (ascending, e.g. UIDs) inside the set, ascending: a UID range
         names the UIDs that exist in it, not every number (RFC 9051 6.4.9). The ranges are merged
         and looked up by bisection: a set of thousands of ranges costs little on a large mailbox."""
@@ -105,7 +106,7 @@ class FetchItem:
         if self.section is None:
             return self.name
         start = "" if self.partial is None else f"<{self.partial[0]}>"
-        return f"BODY[{self.section.spec()}]{start}"
+        return f"{self.name}[{self.section.spec()}]{start}"
 
 
 MACROS = {
@@ -245,18 +246,26 @@ class Tokens:
         return ""
 
     def literal(self, what: str) -> bytes:
+        content = self._literal_octets(what)
+        if b"\x00" in content:
+            raise ParseError(f"NUL is not allowed in {what}")
+        return content
+
+    def literal8(self, what: str) -> bytes:
+        """A literal8 `~{n}` (RFC 3516): any octet, NUL too."""
+        self.expect(b"~", "a literal8 (~{n})")
+        return self._literal_octets(what)
+
+    def _literal_octets(self, what: str) -> bytes:
         found = _LITERAL.match(self.data, self.pos)
         if found is None:
             raise ParseError(f"malformed literal in {what}")
-        size = int(found.group(1))
         start = found.end()
-        if start + size > len(self.data):
+        end = start + int(found.group(1))
+        if end > len(self.data):
             raise ParseError(f"literal in {what} is shorter than announced")
-        content = self.data[start : start + size]
-        if b"\x00" in content:
-            raise ParseError(f"NUL is not allowed in {what}")
-        self.pos = start + size
-        return content
+        self.pos = end
+        return self.data[start:end]
 
     def mailbox(self) -> str:
         """A mailbox name: INBOX in any case is INBOX; others are UTF-8 (RFC 9051 5.1)."""
@@ -296,6 +305,9 @@ class Tokens:
         return values
 
     def sequence_set(self) -> SequenceSet:
+        if self.peek() == b"$":
+            self.pos += 1
+            return SequenceSet((), saved=True)
         ranges = [self._sequence_range()]
         while self.peek() == b",":
             self.pos += 1
@@ -389,11 +401,64 @@ def _select(tokens: Tokens) -> dict[str, object]:
     return {**args, "condstore": tokens.modifier("CONDSTORE") is not None}
 
 
+LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "RECENT", "HIGHESTMODSEQ")
+
+
 def _list(tokens: Tokens) -> dict[str, object]:
+    """LIST [(select options)] reference (pattern | (patterns)) [RETURN (options)] (RFC 9051 6.3.9,
+    RFC 5258, RFC 5819's STATUS return option); LSUB takes the plain form only."""
+    tokens.space()
+    select: list[str] = []
+    if tokens.peek() == b"(":
+        select = tokens.parenthesized(lambda: tokens.atom("a LIST selection option").upper())
+        if not set(select) <= LIST_SELECT:
+            raise ParseError("LIST selection options are SUBSCRIBED, REMOTE, RECURSIVEMATCH and SPECIAL-USE")
+        if "RECURSIVEMATCH" in select and set(select) <= {"RECURSIVEMATCH", "REMOTE"}:
+            raise ParseError("RECURSIVEMATCH needs another selection option")
+        tokens.space()
+    reference = _utf8(tokens.astring("a reference name"), "the reference name")
+    tokens.space()
+    if tokens.peek() == b"(":
+        patterns = tokens.parenthesized(tokens.pattern)
+        if not patterns:
+            raise ParseError("a pattern list names at least one pattern")
+    else:
+        patterns = [tokens.pattern()]
+    returned: dict[str, list[str]] = {}
+    if not tokens.at_end():
+        tokens.space()
+        if tokens.data[tokens.pos : tokens.pos + 7].upper() != b"RETURN ":
+            raise ParseError("expected RETURN (options) after the pattern")
+        tokens.pos += 7
+        for option in tokens.parenthesized(lambda: _list_return(tokens)):
+            returned.update(option)
+    return {"select": select, "reference": reference, "patterns": patterns, "return": returned}
+
+
+def _list_return(tokens: Tokens) -> dict[str, list[str]]:
+    option = tokens.atom("a LIST return option").upper()
+    if option not in LIST_RETURN:
+        raise ParseError("LIST return options are SUBSCRIBED, CHILDREN, SPECIAL-USE and STATUS")
+    if option != "STATUS":
+        return {option: []}
+    tokens.space()
+    return {option: _status_items(tokens)}
+
+
+def _lsub(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     reference = _utf8(tokens.astring("a reference name"), "the reference name")
     tokens.space()
-    return {"reference": reference, "pattern": tokens.pattern()}
+    return {"select": ["SUBSCRIBED"], "reference": reference, "patterns": [tokens.pattern()], "return": {}}
+
+
+def _rename(tokens: Tokens) -> dict[str, object]:
+    tokens.space()
+    mailbox = tokens.mailbox()
+    tokens.space()
+    return {"mailbox": mailbox, "new": tokens.mailbox()}
 
 
 def _enable(tokens: Tokens) -> dict[str, object]:
@@ -410,11 +475,14 @@ def _status(tokens: Tokens) -> dict[str, object]:
     tokens.space()
     mailbox = tokens.mailbox()
     tokens.space()
+    return {"mailbox": mailbox, "items": _status_items(tokens)}
+
+
+def _status_items(tokens: Tokens) -> list[str]:
     items = tokens.parenthesized(lambda: tokens.atom("a status item").upper())
-    known = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "RECENT", "HIGHESTMODSEQ"}
-    if not items or not set(items) <= known:
-        raise ParseError("STATUS items are MESSAGES, UIDNEXT, UIDVALIDITY, UNSEEN, RECENT and HIGHESTMODSEQ")
-    return {"mailbox": mailbox, "items": items}
+    if not items or not set(items) <= set(STATUS_ITEMS):
+        raise ParseError("STATUS items are " + ", ".join(STATUS_ITEMS))
+    return items
 
 
 def _id(tokens: Tokens) -> dict[str, object]:
@@ -447,11 +515,26 @@ def _fetch_item(tokens: Tokens, *, macros: bool = False) -> list[FetchItem]:
         section = _section(tokens)
         return [FetchItem("BODY", section, word == "BODY.PEEK", _partial(tokens))]
     if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
-        raise ParseError("BINARY is not supported yet")
+        return [_binary_item(tokens, word)]
     if word not in SIMPLE_ITEMS:
         tokens.pos = start
         raise ParseError(f"unknown FETCH data item {word[:30]!r}")
     return [FetchItem(word)]
+
+
+def _binary_item(tokens: Tokens, word: str) -> FetchItem:
+    """BINARY[part]<partial>, BINARY.PEEK[part]<partial> or BINARY.SIZE[part] (RFC 3516): a part
+    number only; BINARY.SIZE sets no flag, like a peek."""
+    tokens.expect(b"[", "[ after " + word)
+    part: list[int] = []
+    while tokens.peek() != b"]":
+        if part:
+            tokens.expect(b".", ". between part numbers")
+        part.append(tokens.nz_number("a part number"))
+    tokens.pos += 1
+    name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+    window = None if word == "BINARY.SIZE" else _partial(tokens)
+    return FetchItem(name, Section(tuple(part)), word != "BINARY", window)
 
 
 def _section(tokens: Tokens) -> Section:
@@ -510,14 +593,22 @@ def _append(tokens: Tokens) -> dict[str, object]:
     if tokens.peek() == b'"':
         tokens.match(_DATE_TIME, 'a date-time "dd-Mon-yyyy hh:mm:ss +zzzz"')
         tokens.space()
-    if tokens.peek() != b"{":
+    if tokens.data[tokens.pos : tokens.pos + 6].upper() == b"UTF8 (":  # RFC 6855
+        tokens.pos += 6
+        message = tokens.literal8("the message")
+        tokens.expect(b")", ") after the UTF8 message")
+    elif tokens.peek() == b"~":
+        message = tokens.literal8("the message")
+    elif tokens.peek() == b"{":
+        message = tokens.literal("the message")
+    else:
         raise ParseError("APPEND needs the message as a literal")
-    return {"mailbox": mailbox, "flags": flags, "message": tokens.literal("the message")}
+    return {"mailbox": mailbox, "flags": flags, "message": message}
 
 
-# SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, subject and From
-# (the stored columns), sequence and UID sets, NOT, OR and parenthesized groups. A key is a tuple:
-# (name, argument...).
+# SEARCH keys (RFC 9051 6.4.4) served so far: flag keys, dates of arrival, sizes, the keys that read
+# the message (app/imap/textsearch.py), sequence and UID sets, NOT, OR and parenthesized groups. A key
+# is a tuple: (name, argument...).
 SearchKey = tuple[object, ...]
 _FLAG_KEYS = frozenset(
     {"ALL", "SEEN", "UNSEEN", "FLAGGED", "UNFLAGGED", "DELETED", "UNDELETED", "ANSWERED"}
@@ -526,8 +617,21 @@ _FLAG_KEYS = frozenset(
 _MONTH_NUMBERS = {m: n for n, m in enumerate(_MONTHS, 1)}
 
 
+ESEARCH_RETURN = frozenset({"MIN", "MAX", "COUNT", "ALL", "SAVE"})
+
+
 def _search(tokens: Tokens) -> dict[str, object]:
+    """SEARCH [RETURN (options)] [CHARSET name] keys; RETURN asks for an ESEARCH answer (RFC 4731):
+    its options MIN, MAX, COUNT, ALL (none: ALL) and SAVE (RFC 5182). `return` is None without
+    RETURN."""
     tokens.space()
+    returned = None
+    if tokens.data[tokens.pos : tokens.pos + 7].upper() == b"RETURN ":
+        tokens.pos += 7
+        returned = tokens.parenthesized(lambda: tokens.atom("a SEARCH return option").upper()) or ["ALL"]
+        if not set(returned) <= ESEARCH_RETURN:
+            raise ParseError("SEARCH return options are MIN, MAX, COUNT, ALL and SAVE")
+        tokens.space()
     if tokens.data[tokens.pos : tokens.pos + 8].upper() == b"CHARSET ":
         tokens.pos += 8
         charset = tokens.astring("a charset").upper()
@@ -538,7 +642,7 @@ def _search(tokens: Tokens) -> dict[str, object]:
     while not tokens.at_end():
         tokens.space()
         keys.append(_search_key(tokens, 0))
-    return {"keys": keys}
+    return {"keys": keys, "return": returned}
 
 
 def _search_key(tokens: Tokens, depth: int) -> SearchKey:
@@ -546,7 +650,7 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
         raise ParseError(f"search keys nest more than {MAX_DEPTH} deep")
     if tokens.peek() == b"(":
         return ("AND", *tokens.parenthesized(lambda: _search_key(tokens, depth + 1)))
-    if tokens.peek().isdigit() or tokens.peek() == b"*":
+    if tokens.peek().isdigit() or tokens.peek() in (b"*", b"$"):
         return ("SEQUENCE", tokens.sequence_set())
     name = tokens.atom("a search key").upper()
     if name in _FLAG_KEYS:
@@ -566,8 +670,12 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
         return (name, tokens.number("a size"))
     if name in ("BEFORE", "ON", "SINCE"):
         return (name, _date(tokens))
-    if name in ("SUBJECT", "FROM"):
-        return (name, _utf8(tokens.astring("a search string"), "the search string").casefold())
+    if name in ("SUBJECT", "FROM", "TO", "CC", "BCC", "BODY", "TEXT"):
+        return (name, _search_string(tokens))
+    if name == "HEADER":
+        field = _field_name(tokens).upper()
+        tokens.space()
+        return (name, (field, _search_string(tokens)))
     if name == "MODSEQ":  # RFC 7162 3.1.5: an entry name and type may come first (one value is kept)
         if tokens.peek() == b'"':
             tokens.quoted("a metadata entry name")
@@ -575,6 +683,10 @@ def _search_key(tokens: Tokens, depth: int) -> SearchKey:
             tokens.match(re.compile(rb"(?i)(priv|shared|all) "), "priv, shared or all")
         return (name, tokens.modseq())
     raise ParseError(f"search key {name[:20]!r} is not supported")
+
+
+def _search_string(tokens: Tokens) -> str:
+    return _utf8(tokens.astring("a search string"), "the search string").casefold()
 
 
 def _date(tokens: Tokens) -> date:
@@ -652,7 +764,10 @@ _PARSERS = {
     "SELECT": _select,
     "EXAMINE": _select,
     "LIST": _list,
-    "LSUB": _list,
+    "LSUB": _lsub,
+    "CREATE": _mailbox_arg,
+    "DELETE": _mailbox_arg,
+    "RENAME": _rename,
     "SUBSCRIBE": _mailbox_arg,
     "UNSUBSCRIBE": _mailbox_arg,
     "NAMESPACE": _no_args,

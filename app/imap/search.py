@@ -1,5 +1,6 @@
 """SEARCH (RFC 9051 6.4.4) over the rows of a mailbox: the keys app/imap/parser.py reads, tested
-against each message's stored columns (flags, arrival, size, Subject, From) without reading files."""
+against each message's stored columns (flags, arrival, size), the file only for the keys that read
+the message (app/imap/textsearch.py); and the ESEARCH answer (RFC 4731)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ from typing import Any
 
 from app.imap import responses
 from app.imap.parser import SearchKey
+from app.imap.textsearch import TEXT_KEYS, MessageText, text_matches
 from app.store.mailboxes import MessageRow
 
 
-def prepared(key: SearchKey, uids: list[int]) -> SearchKey:
+def prepared(key: SearchKey, uids: list[int], saved: list[int]) -> SearchKey:
     """The key with its sequence and UID sets turned into the sets of numbers they name (picked
-    once, however many messages are tested)."""
+    once, however many messages are tested); `$` names the `saved` UIDs (RFC 5182)."""
     name = key[0]
+    if name in ("SEQUENCE", "UID") and key[1].saved:  # type: ignore[attr-defined]
+        return ("UIDS", frozenset(saved))
     if name == "SEQUENCE":
         return ("NUMBERS", frozenset(key[1].pick(list(range(1, len(uids) + 1)))))  # type: ignore[attr-defined]
     if name == "UID":
         return ("UIDS", frozenset(key[1].pick(uids)))  # type: ignore[attr-defined]
     if name in ("AND", "OR", "NOT"):
-        return (name, *(prepared(k, uids) for k in key[1:]))  # type: ignore[arg-type]
+        return (name, *(prepared(k, uids, saved) for k in key[1:]))  # type: ignore[arg-type]
     return key
 
 
@@ -42,16 +46,19 @@ _FLAG_TESTS: dict[str, Callable[[MessageRow], bool]] = {
 }
 
 
-def matches(row: MessageRow, key: SearchKey, number: int) -> bool:
+def matches(row: MessageRow, key: SearchKey, number: int, text: MessageText) -> bool:
+    """Whether the message matches the key; `text` reads its file, if a key needs it."""
     name, args = str(key[0]), key[1:]
     if name in _FLAG_TESTS:
         return _FLAG_TESTS[name](row)
     if name == "AND":
-        return all(matches(row, k, number) for k in args)  # type: ignore[arg-type]
+        return all(matches(row, k, number, text) for k in args)  # type: ignore[arg-type]
     if name == "OR":
-        return any(matches(row, k, number) for k in args)  # type: ignore[arg-type]
+        return any(matches(row, k, number, text) for k in args)  # type: ignore[arg-type]
     if name == "NOT":
-        return not matches(row, args[0], number)  # type: ignore[arg-type]
+        return not matches(row, args[0], number, text)  # type: ignore[arg-type]
+    if name in TEXT_KEYS:
+        return text_matches(text, name, args[0])
     return _value_matches(row, name, args[0], number)
 
 
@@ -67,7 +74,27 @@ def _value_matches(row: MessageRow, name: str, value: Any, number: int) -> bool:
         return bool(row["modseq"] >= value)
     if name in ("LARGER", "SMALLER"):
         return row["size"] > value if name == "LARGER" else row["size"] < value
-    if name in ("SUBJECT", "FROM"):
-        return value in (row["subject" if name == "SUBJECT" else "msg_from"] or "").casefold()
     day = row["received"].date()  # BEFORE, ON, SINCE: the day it arrived (UTC)
     return day < value if name == "BEFORE" else day == value if name == "ON" else day >= value
+
+
+def saved_result(options: list[str], found: list[int]) -> list[int]:
+    """What SEARCH RETURN (SAVE ...) keeps of the UIDs found (RFC 5182 2.1): all of them, but only
+    the least and/or greatest when MIN and/or MAX come without ALL or COUNT."""
+    if not found or {"ALL", "COUNT"} & set(options) or not {"MIN", "MAX"} & set(options):
+        return found
+    return sorted({found[0] if "MIN" in options else found[-1], found[-1] if "MAX" in options else found[0]})
+
+
+def esearch(tag: str, uid: bool, options: list[str], found: list[int]) -> bytes:
+    """The untagged ESEARCH response (RFC 4731) for the numbers found, ascending."""
+    parts = [f'* ESEARCH (TAG "{tag}")'] + (["UID"] if uid else [])
+    if found and "MIN" in options:
+        parts.append(f"MIN {found[0]}")
+    if found and "MAX" in options:
+        parts.append(f"MAX {found[-1]}")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(found)}")
+    if found and "ALL" in options:
+        parts.append("ALL " + responses.uid_set(found))
+    return " ".join(parts).encode() + b"\r\n"

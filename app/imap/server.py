@@ -12,7 +12,7 @@ from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
 
-from app.config import Config, ImapListener
+from app.config import Config, Listener
 from app.imap.reader import Closed
 from app.imap.session import IMAPSession
 from app.imap.wakeup import Wakeups
@@ -57,15 +57,18 @@ class IMAPListener:
     tls: ssl.SSLContext
 
     @classmethod
-    def of(cls, listener: ImapListener) -> IMAPListener:
-        """From the config; ValueError (for the operator) if its certificate cannot be loaded."""
+    def of(cls, listener: Listener) -> IMAPListener:
+        """From a [[listeners]] entry of kind imap or imaps; ValueError (for the operator) if its
+        certificate cannot be loaded."""
+        where = f"{listener.kind} listener {listener.address}:{listener.port}"
+        if listener.tls_cert is None or listener.tls_key is None:  # the config refuses it already
+            raise ValueError(f"{where}: needs tls_cert and tls_key")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(listener.tls_cert, listener.tls_key)
         except (OSError, ssl.SSLError) as e:
-            where = f"{listener.address}:{listener.port}"
-            raise ValueError(f"imap listener {where}: cannot load its certificate: {e}") from None
+            raise ValueError(f"{where}: cannot load its certificate: {e}") from None
         return cls(listener.address, listener.port, listener.kind == "imaps", context)
 
 
@@ -156,11 +159,25 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 async def serve_until_stopped(server: IMAPServer, listeners: list[IMAPListener]) -> None:
     """`postwarden imap`: serve until SIGTERM or SIGINT, then end the sessions and stop."""
+    stopping = stop_event()  # before "listening" is logged: a signal from then on is honoured
     await server.start(listeners)
+    await stopping.wait()
+    log.info("imap stopping")
+    await server.stop()
+
+
+async def idle_until_stopped() -> None:
+    """`postwarden imap` without IMAP listeners: the Procfile starts it for every config, and an exit
+    would make honcho stop every process (a config written before IMAP), so it waits for a signal."""
+    stopping = stop_event()
+    log.warning('imap: no [[listeners]] of kind "imap" or "imaps" configured; idle until stopped')
+    await stopping.wait()
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (on the running loop)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("imap stopping")
-    await server.stop()
+    return stopping

@@ -14,6 +14,7 @@ import binascii
 import logging
 import re
 from base64 import b64decode
+from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.accounts import account_for_login
-from app.imap import responses
+from app.imap import mailboxes, responses
+from app.imap.binary import binary_item
 from app.imap.bodystructure import body_structure
 from app.imap.changes import flags_line, update_of
 from app.imap.condstore import enables_condstore, modseq_item, names_modseq, search_modseq
 from app.imap.envelope import envelope
-from app.imap.mailstore import INBOX, AccountStore
+from app.imap.errors import CommandFailed
+from app.imap.mailstore import AccountStore
 from app.imap.parser import (
     Command,
     FetchItem,
@@ -37,8 +40,9 @@ from app.imap.parser import (
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
-from app.imap.search import matches, prepared
+from app.imap.search import esearch, matches, prepared, saved_result
 from app.imap.sections import partial, section_octets
+from app.imap.textsearch import MessageText
 from app.store.files import MailboxCopy, StoreError
 from app.store.mailboxes import MailboxError, MessageRow
 from app.throttle import attempt_login
@@ -63,14 +67,6 @@ _ANY_STATE = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTHENTICATED_STATES = (AUTHENTICATED, SELECTED)
 
 
-class CommandFailed(Exception):
-    """Answer the command with `status` (NO or BAD) and `text`, ours."""
-
-    def __init__(self, status: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
-
-
 @dataclass
 class Selection:
     mailbox_id: int
@@ -80,6 +76,12 @@ class Selection:
     modseq: int  # the mailbox's modification sequence the view is up to date with (SPEC R8.3)
     # UID -> modseq of flags this session sent (its STORE) since the view was last brought up to date.
     shown: dict[int, int] = field(default_factory=dict)
+    saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE): `$` (RFC 5182)
+
+    def numbers(self, uids: list[int]) -> dict[int, int]:
+        """The message numbers of these UIDs (by bisection: a dict of the whole view would cost
+        milliseconds per command on a mailbox of 50,000)."""
+        return {uid: bisect_left(self.uids, uid) + 1 for uid in uids}
 
 
 class IMAPSession:
@@ -100,6 +102,8 @@ class IMAPSession:
         self.store: AccountStore | None = None
         self.selection: Selection | None = None
         self.errors = 0
+        self.utf8 = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8, not modified UTF-7 (RFC 6855)
+        self.rev2 = False  # ENABLE IMAP4rev2: ESEARCH answers every SEARCH, no RECENT (RFC 9051)
         self.condstore = False  # RFC 7162: FETCH responses of flag changes carry MODSEQ once on
 
     # The command loop.
@@ -143,6 +147,7 @@ class IMAPSession:
             return
         self.condstore |= enables_condstore(command)
         try:
+            mailboxes.decode_names(command, self.utf8)
             await handler(self, command)
         except CommandFailed as e:
             if e.status == "BAD":
@@ -181,6 +186,7 @@ class IMAPSession:
     def capabilities(self) -> bytes:
         names = [
             "IMAP4rev1",
+            "IMAP4rev2",
             "LITERAL+",
             "ID",
             "UNSELECT",
@@ -190,6 +196,12 @@ class IMAPSession:
             "NAMESPACE",
             "ENABLE",
             "UIDPLUS",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "UTF8=ACCEPT",
+            "ESEARCH",
+            "BINARY",
+            "SEARCHRES",
             "CONDSTORE",
         ]
         if not self.tls:
@@ -312,36 +324,19 @@ class IMAPSession:
         assert self.store is not None  # the command table allows these commands only when logged in
         return self.store
 
-    async def list_mailboxes(self, command: Command) -> None:
-        reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
-        if not pattern:  # the delimiter and root (RFC 9051 6.3.9)
-            await self.send(f'* {command.name} (\\Noselect) "/" ""\r\n'.encode())
-            await self.ok(command, f"{command.name} completed")
-            return
-        wanted = _pattern_regex(reference + pattern)
-        for box in await self._account().mailboxes():
-            if wanted.fullmatch(box.name):
-                attributes = " ".join(box.attributes).encode()
-                line = f"* {command.name} (".encode() + attributes + b') "/" ' + responses.string(box.name)
-                await self.send(line + b"\r\n")
-        await self.ok(command, f"{command.name} completed")
-
-    async def subscribe(self, command: Command) -> None:
-        """Every mailbox counts as subscribed (LSUB lists them all): (UN)SUBSCRIBE changes nothing,
-        for a mailbox that exists."""
-        if await self._account().uid_state(str(command.args["mailbox"])) is None:
-            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
-        await self.ok(command, f"{command.name} completed")
-
     async def namespace(self, command: Command) -> None:
         await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
         await self.ok(command, "NAMESPACE completed")
 
     async def enable(self, command: Command) -> None:
-        """ENABLE (RFC 5161): CONDSTORE is the one extension it turns on."""
-        enabled = "CONDSTORE" in command.args["capabilities"]  # type: ignore[operator]
-        self.condstore |= enabled
-        await self.send(b"* ENABLED CONDSTORE\r\n" if enabled else b"* ENABLED\r\n")
+        """ENABLE (RFC 5161) of UTF8=ACCEPT (names in UTF-8 from now on, RFC 6855) IMAP4rev2 (its
+        responses, RFC 9051) and CONDSTORE (RFC 7162); nothing else."""
+        capabilities: list[str] = command.args["capabilities"]  # type: ignore[assignment]
+        enabled = [_ENABLES[name] for name in capabilities if name in _ENABLES]
+        self.rev2 = self.rev2 or "IMAP4rev2" in enabled
+        self.utf8 = self.utf8 or self.rev2 or "UTF8=ACCEPT" in enabled  # IMAP4rev2 names are UTF-8
+        self.condstore = self.condstore or "CONDSTORE" in enabled
+        await self.send(" ".join(["* ENABLED", *dict.fromkeys(enabled)]).encode() + b"\r\n")
         await self.ok(command, "ENABLE completed")
 
     async def append(self, command: Command) -> None:
@@ -352,6 +347,8 @@ class IMAPSession:
         target = await account.uid_state(name)
         if target is None:
             raise CommandFailed("NO", "[TRYCREATE] No such mailbox")
+        if b"\x00" in command.args["message"]:  # type: ignore[operator]
+            raise CommandFailed("NO", "[UNKNOWN-CTE] Messages holding NUL octets are not stored")
         copy = MailboxCopy(account.account, account.store_name(name), columns=flags)
         try:
             stored = await self.message_store.store_copies(command.args["message"], [copy])  # type: ignore[arg-type]
@@ -365,25 +362,9 @@ class IMAPSession:
         code = "" if uid is None else f"[APPENDUID {target.uidvalidity} {uid}] "  # UIDPLUS (RFC 4315)
         await self.ok(command, f"{code}APPEND completed")
 
-    async def status(self, command: Command) -> None:
-        name = str(command.args["mailbox"])
-        state = await self._account().uid_state(name)
-        summary = await self._account().summary(name)
-        if state is None or summary is None:
-            raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
-        values = {
-            "MESSAGES": summary["messages"],
-            "UNSEEN": summary["unseen"],
-            "UIDNEXT": state.uidnext,
-            "UIDVALIDITY": state.uidvalidity,
-            "RECENT": 0,
-            "HIGHESTMODSEQ": state.highestmodseq,
-        }
-        shown = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[attr-defined]
-        await self.send(b"* STATUS " + responses.string(name) + f" ({shown})\r\n".encode())
-        await self.ok(command, "STATUS completed")
-
     async def select(self, command: Command) -> None:
+        if self.selection is not None and self.rev2:  # RFC 9051 7.1: the mailbox left is closed
+            await self.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
         self.selection, self.state = None, AUTHENTICATED
         name = str(command.args["mailbox"])
         state = await self._account().uid_state(name)
@@ -394,11 +375,14 @@ class IMAPSession:
         self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only, state.highestmodseq)
         self.state = SELECTED
         permanent = "()" if read_only else responses.ALL_FLAGS
+        recent = "" if self.rev2 else "* 0 RECENT\r\n"  # IMAP4rev2 has no RECENT
+        # HIGHESTMODSEQ once CONDSTORE is on (SELECT (CONDSTORE) turns it on), as Dovecot does.
+        highest = f"* OK [HIGHESTMODSEQ {state.highestmodseq}] Highest modification sequence\r\n"
         await self.send(
-            f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n* 0 RECENT\r\n"
+            f"* FLAGS {responses.ALL_FLAGS}\r\n* {len(uids)} EXISTS\r\n{recent}"
             f"* OK [UIDVALIDITY {state.uidvalidity}] UIDs valid\r\n"
             f"* OK [UIDNEXT {state.uidnext}] Predicted next UID\r\n"
-            f"* OK [HIGHESTMODSEQ {state.highestmodseq}] Highest modification sequence\r\n"
+            f"{highest if self.condstore else ''}"
             f"* OK [PERMANENTFLAGS {permanent}] Flags the mailbox keeps\r\n".encode()
         )
         mode = "READ-ONLY" if read_only else "READ-WRITE"
@@ -488,13 +472,16 @@ class IMAPSession:
         """The UIDs the command's sequence set names, ascending."""
         uids = self._selected().uids
         sequence: SequenceSet = command.args["sequence"]  # type: ignore[assignment]
+        if sequence.saved:  # the saved UIDs still in the mailbox, for the UID form and the other alike
+            saved = set(self._selected().saved)
+            return [uid for uid in uids if uid in saved]
         if command.name.startswith("UID "):
             return sequence.pick(uids)
         if sequence.largest_named() > len(uids):
             raise CommandFailed(
                 "BAD", f"no message {sequence.largest_named()} (the mailbox holds {len(uids)})"
             )
-        return [uids[n - 1] for n in sequence.pick(list(range(1, len(uids) + 1)))]
+        return [uids[n - 1] for n in sequence.pick(range(1, len(uids) + 1))]
 
     async def fetch(self, command: Command) -> None:
         items: list[FetchItem] = command.args["items"]  # type: ignore[assignment]
@@ -504,7 +491,7 @@ class IMAPSession:
         if since is not None and all(i.name != "MODSEQ" for i in items):  # RFC 7162 3.1.4.1
             items = [*items, FetchItem("MODSEQ")]
         targets = self._targets(command)
-        numbers = {uid: n for n, uid in enumerate(self._selected().uids, 1)}
+        numbers = self._selected().numbers(targets)
         for start in range(0, len(targets), FETCH_BATCH):
             await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since)  # type: ignore[arg-type]
         await self.ok(command, f"{command.name} completed")
@@ -519,9 +506,10 @@ class IMAPSession:
         marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
         unseen = [row for row in rows if not row["seen"]] if marks_seen else []
         if unseen:
-            await account.set_flags([row["id"] for row in unseen], {"seen": True})
+            modseqs = await account.set_flags([row["id"] for row in unseen], {"seen": True})
             for row in unseen:
-                row["seen"] = True
+                row["seen"], row["modseq"] = True, modseqs[row["id"]]
+                selection.shown[row["uid"]] = row["modseq"]  # shown here: not reported again
         # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
         changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
         out = bytearray()  # lines are sent in chunks: one write per message costs more than the line
@@ -567,11 +555,11 @@ class IMAPSession:
         except MailboxError as e:
             raise CommandFailed("NO", f"[CANNOT] {e}") from None
         stored = set(ids)
-        if command.args["silent"] and not self.condstore:
-            return [row["uid"] for row in rows if row["id"] not in stored]
-        numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
+        numbers = selection.numbers(uids)
         for row in await account.rows(selection.mailbox_id, [r["uid"] for r in rows if r["id"] in stored]):
             selection.shown[row["uid"]] = row["modseq"]  # not reported again as another's change
+            if command.args["silent"] and not self.condstore:
+                continue
             # Under CONDSTORE, UID and MODSEQ even for .SILENT (RFC 7162 3.1.3), FLAGS unless silent.
             data = [] if command.args["silent"] else [b"FLAGS " + responses.flags_of(row)]
             if command.name == "UID STORE" or self.condstore:
@@ -582,15 +570,38 @@ class IMAPSession:
         return [row["uid"] for row in rows if row["id"] not in stored]
 
     async def search(self, command: Command) -> None:
-        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH."""
+        """SEARCH over the session's view of the mailbox: message numbers, or UIDs for UID SEARCH;
+        with RETURN, an ESEARCH answer (RFC 4731). The keys are tested in a worker thread: those that
+        read the message read its file there, at most the message size limit of it."""
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
-        keys = [prepared(key, selection.uids) for key in command.args["keys"]]  # type: ignore[attr-defined]
+        keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
         rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
-        hits = [row for row in rows if all(matches(row, key, numbers[row["uid"]]) for key in keys)]
-        shown = [row["uid"] if command.name == "UID SEARCH" else numbers[row["uid"]] for row in hits]
-        modseq = search_modseq(hits) if any(names_modseq(key) for key in keys) else b""
-        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + modseq + b"\r\n")
+        data_dir, cap = self.config.data_dir, self.limits.max_append
+
+        def hits() -> list[MessageRow]:
+            found = []
+            for row in rows:
+                text = MessageText(data_dir, row["path"], cap)  # the file is read once, if at all
+                if all(matches(row, key, numbers[row["uid"]], text) for key in keys):
+                    found.append(row)
+            return found
+
+        uid, options = command.name == "UID SEARCH", command.args["return"]
+        found = await asyncio.to_thread(hits)
+        shown = [row["uid"] if uid else numbers[row["uid"]] for row in found]
+        if options is None and self.rev2:  # IMAP4rev2 has no SEARCH response: RETURN (ALL)
+            options = ["ALL"]
+        if options is None:
+            modseq = search_modseq(found) if any(names_modseq(key) for key in keys) else b""
+            await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in shown) + modseq + b"\r\n")
+            await self.ok(command, f"{command.name} completed")
+            return
+        assert isinstance(options, list)
+        if "SAVE" in options:
+            selection.saved = saved_result(options, [row["uid"] for row in found])
+        if options != ["SAVE"]:  # SAVE alone answers with no ESEARCH (RFC 5182 2.1)
+            await self.send(esearch(command.tag, uid, options, shown))
         await self.ok(command, f"{command.name} completed")
 
     async def copy_or_move(self, command: Command) -> None:
@@ -636,6 +647,8 @@ class IMAPSession:
 
 
 _FLAGS = FetchItem("FLAGS")
+# What ENABLE turns on: as parsed (upper case) -> as named in ENABLED.
+_ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
 _RFC822_SECTIONS = {
@@ -660,6 +673,8 @@ def _fetch_item(row: MessageRow, item: FetchItem, content: bytes) -> bytes:
         return modseq_item(row)
     if name == "ENVELOPE":
         return b"ENVELOPE " + envelope(content)
+    if name in ("BINARY", "BINARY.SIZE"):
+        return binary_item(content, item)
     if name in ("BODYSTRUCTURE", "BODY") and item.section is None:
         return name.encode() + b" " + body_structure(content, extended=name == "BODYSTRUCTURE")
     section = item.section or _RFC822_SECTIONS[name]
@@ -684,15 +699,6 @@ def _flag_changes(mode: str, flags: list[str]) -> dict[str, bool]:
     return dict.fromkeys(named, mode == "add")
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A LIST pattern as a regular expression: * matches anything, % anything but the delimiter;
-    INBOX in any case is INBOX."""
-    if pattern.upper() == INBOX:
-        pattern = INBOX
-    parts = (".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts))
-
-
 Handler = Callable[[IMAPSession, Command], Coroutine[Any, Any, None]]
 _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "CAPABILITY": (IMAPSession.capability, _ANY_STATE),
@@ -703,13 +709,16 @@ _COMMANDS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "STARTTLS": (IMAPSession.starttls, (NOT_AUTHENTICATED,)),
     "LOGIN": (IMAPSession.login, (NOT_AUTHENTICATED,)),
     "AUTHENTICATE": (IMAPSession.authenticate, (NOT_AUTHENTICATED,)),
-    "LIST": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
-    "LSUB": (IMAPSession.list_mailboxes, _AUTHENTICATED_STATES),
-    "SUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
-    "UNSUBSCRIBE": (IMAPSession.subscribe, _AUTHENTICATED_STATES),
+    "LIST": (mailboxes.list_mailboxes, _AUTHENTICATED_STATES),
+    "LSUB": (mailboxes.list_mailboxes, _AUTHENTICATED_STATES),
+    "SUBSCRIBE": (mailboxes.subscribe, _AUTHENTICATED_STATES),
+    "UNSUBSCRIBE": (mailboxes.subscribe, _AUTHENTICATED_STATES),
+    "CREATE": (mailboxes.create, _AUTHENTICATED_STATES),
+    "DELETE": (mailboxes.delete, _AUTHENTICATED_STATES),
+    "RENAME": (mailboxes.rename, _AUTHENTICATED_STATES),
     "NAMESPACE": (IMAPSession.namespace, _AUTHENTICATED_STATES),
     "ENABLE": (IMAPSession.enable, _AUTHENTICATED_STATES),
-    "STATUS": (IMAPSession.status, _AUTHENTICATED_STATES),
+    "STATUS": (mailboxes.status, _AUTHENTICATED_STATES),
     "APPEND": (IMAPSession.append, _AUTHENTICATED_STATES),
     "SELECT": (IMAPSession.select, _AUTHENTICATED_STATES),
     "EXAMINE": (IMAPSession.select, _AUTHENTICATED_STATES),

@@ -38,6 +38,18 @@ class Mailbox(Base):
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
 
 
+class MailboxSubscription(Base):
+    """A name on an account's IMAP subscription list (RFC 9051 6.3.7). Names, not mailbox rows: a
+    subscription outlives the mailbox it named (the server must not drop it unilaterally)."""
+
+    __tablename__ = "mailbox_subscriptions"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_mailbox_subscriptions_account_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(512))
+
+
 def new_uidvalidity() -> int:
     """The UIDVALIDITY of a mailbox made now: seconds since the epoch (non-zero, below 2**32)."""
     return max(1, int(time.time()) % 2**32)

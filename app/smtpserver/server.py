@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.accounts import sync_from_config
-from app.config import Config, Listener
+from app.config import SMTP_KINDS, Config, Listener
 from app.db import session_scope
 from app.dns import Resolver, resolver_from_config
 from app.smtpserver.acceptor import Acceptor
@@ -63,13 +63,16 @@ class BoundListener:
 
 
 def bind_listeners(config: Config) -> list[BoundListener]:
-    """A listening socket per configured listener; ListenerError names the one that cannot be bound.
+    """A listening socket per SMTP listener (inbound, submission; `postwarden imap` binds the
+    others); ListenerError names the one that cannot be bound.
 
     Binding comes first and apart from serving, so worker processes can share the sockets."""
     backlog = config.limits.listen_backlog
     warn_if_backlog_capped(backlog)
     bound: list[BoundListener] = []
     for index, listener in enumerate(config.listeners):
+        if listener.kind not in SMTP_KINDS:
+            continue
         context = tls_context(listener)
         family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

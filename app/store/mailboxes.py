@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import Select, String, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import insert_once, session_scope
-from app.models import Mailbox, Message
+from app.db import affected_rows, insert_once, session_scope
+from app.models import Mailbox, MailboxSubscription, Message
 from app.models.base import utcnow
 from app.store.signals import SignalState, copy_signals, resync_signals
 
@@ -46,14 +46,22 @@ _NO_SYNC = {"synchronize_session": False}
 
 
 def ensure_mailbox(session: Session, account_id: int, name: str) -> int:
-    """The id of the account's mailbox with this name, created if missing."""
+    """The id of the account's mailbox with this name, created if missing (and then subscribed)."""
     found = mailbox_id(session, account_id, name)
     if found is not None:
         return found
+    created = create_mailbox(session, account_id, name)
+    return created if created is not None else session.scalars(_mailbox_id_query(account_id, name)).one()
+
+
+def create_mailbox(session: Session, account_id: int, name: str) -> int | None:
+    """Make the account's mailbox `name`, subscribed (as every mailbox was before IMAP could
+    subscribe); its id, or None if it exists already (another writer may have just made it)."""
     mailbox = Mailbox(account_id=account_id, name=name)
-    if insert_once(session, mailbox):
-        return mailbox.id
-    return session.scalars(_mailbox_id_query(account_id, name)).one()
+    if not insert_once(session, mailbox):
+        return None
+    subscribe(session, account_id, name)
+    return mailbox.id
 
 
 def mailbox_id(session: Session, account_id: int, name: str) -> int | None:
@@ -94,6 +102,75 @@ def mailbox_summaries(session: Session, account_id: int) -> list[dict[str, Any]]
         {"name": name, "messages": messages or 0, "unseen": unseen or 0, "size": size or 0}
         for name, messages, unseen, size in session.execute(query)
     ]
+
+
+def delete_mailbox(session: Session, account_id: int, box: int) -> list[str]:
+    """Delete the account's mailbox with its messages (their signal rows go with them); the paths of
+    the removed messages, which the caller unlinks after its commit if unreferenced_paths still finds
+    them unnamed. Messages elsewhere that arrived in it or were destined for it (APPENDed there, then
+    moved) lose that reference: the mailbox no longer counts in reputation. Its subscription stays
+    (RFC 9051 6.3.7: a server does not drop a subscription on its own)."""
+    removed = session.execute(
+        delete(Message)
+        .where(Message.account_id == account_id, Message.mailbox_id == box)
+        .returning(Message.path),
+        execution_options=_NO_SYNC,
+    )
+    paths = [str(path) for path in removed.scalars()]
+    came_from = select(Message.id, Message.junk, Message.notjunk).where(Message.mailbox_orig_id == box)
+    states = [
+        SignalState(row_id, None, junk, notjunk) for row_id, junk, notjunk in session.execute(came_from)
+    ]
+    for column in (Message.mailbox_orig_id, Message.mailbox_destined_id):
+        session.execute(
+            update(Message).where(column == box).values({column: None}), execution_options=_NO_SYNC
+        )
+    resync_signals(session, states)
+    session.execute(
+        delete(Mailbox).where(Mailbox.id == box, Mailbox.account_id == account_id), execution_options=_NO_SYNC
+    )
+    return paths
+
+
+def rename_mailboxes(session: Session, account_id: int, names: dict[str, str]) -> None:
+    """Give the account's mailboxes new names (old -> new; the caller checked that no new name is
+    taken), their subscriptions following them. They keep their ids, messages and UIDs."""
+    for table in (Mailbox, MailboxSubscription):
+        for old, new in names.items():
+            session.execute(
+                update(table).where(table.account_id == account_id, table.name == old).values(name=new),
+                execution_options=_NO_SYNC,
+            )
+
+
+def subscribe(session: Session, account_id: int, name: str) -> None:
+    """Put the name on the account's subscription list (once)."""
+    if session.scalar(_subscription_query(account_id, name)) is None:
+        insert_once(session, MailboxSubscription(account_id=account_id, name=name))
+
+
+def unsubscribe(session: Session, account_id: int, name: str) -> bool:
+    """Take the name off the account's subscription list; whether it was on it."""
+    statement = delete(MailboxSubscription).where(
+        MailboxSubscription.account_id == account_id, MailboxSubscription.name == name
+    )
+    return bool(affected_rows(session.execute(statement, execution_options=_NO_SYNC)))
+
+
+def subscriptions(session: Session, account_id: int) -> list[str]:
+    """The names on the account's subscription list, sorted (some may name no mailbox any more)."""
+    query = (
+        select(MailboxSubscription.name)
+        .where(MailboxSubscription.account_id == account_id)
+        .order_by(MailboxSubscription.name)
+    )
+    return list(session.scalars(query))
+
+
+def _subscription_query(account_id: int, name: str) -> Select[int]:
+    return select(MailboxSubscription.id).where(
+        MailboxSubscription.account_id == account_id, MailboxSubscription.name == name
+    )
 
 
 # Adding messages.
@@ -347,6 +424,12 @@ def uid_state(session: Session, account_id: int, name: str) -> UidState | None:
     return None if found is None else UidState(*found)
 
 
+def count_deleted(session: Session, mailbox_id: int) -> int:
+    """How many of the mailbox's messages are flagged deleted (IMAP STATUS DELETED)."""
+    query = select(func.count(Message.id)).where(Message.mailbox_id == mailbox_id, Message.deleted.is_(True))
+    return int(session.scalar(query) or 0)
+
+
 def mailbox_uids(session: Session, mailbox_id: int) -> list[int]:
     """The UIDs of the mailbox's messages, ascending (one index range scan: uq_messages_mailbox_uid)."""
     return list(
@@ -433,6 +516,12 @@ def uids_of(session: Session, row_ids: Sequence[int]) -> dict[int, int]:
     """The UID of each of these messages, by row id (what a COPY or APPEND gave them)."""
     query = select(Message.id, Message.uid).where(Message.id.in_(row_ids))
     return {int(row_id): int(uid) for row_id, uid in session.execute(query)}
+
+
+def modseqs_of(session: Session, row_ids: Sequence[int]) -> dict[int, int]:
+    """The modseq of each of these messages, by row id (what a flag change gave them)."""
+    query = select(Message.id, Message.modseq).where(Message.id.in_(row_ids))
+    return {int(row_id): int(modseq) for row_id, modseq in session.execute(query)}
 
 
 def unreferenced_paths(session: Session, paths: Sequence[str]) -> list[str]:

@@ -65,15 +65,27 @@ def quickstart_output(tmp_path: Path) -> tuple[Path, str]:
 
 def first_run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config)}
-    return subprocess.run([sys.executable, "-m", "app.firstrun", *args], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "app.firstrun", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 def test_ready_block_once_everything_answers(tmp_path: Path) -> None:
     output, password = quickstart_output(tmp_path)
-    with listening(4) as (inbound, submission, web, flower):
-        extra = (f'\n[web]\nport = {web}\n[[listeners]]\nkind = "inbound"\nport = {inbound}\n'
-                 f'[[listeners]]\nkind = "submission"\nport = {submission}\n')
+    tls = tmp_path / "qs" / "tls" / "mail.postwarden.localhost"  # quickstart's self-signed certificate
+    with listening(6) as (inbound, submission, imaps, imap, web, flower):
+        extra = (
+            f'\n[web]\nport = {web}\n[[listeners]]\nkind = "inbound"\nport = {inbound}\n'
+            f'[[listeners]]\nkind = "submission"\nport = {submission}\n'
+            f'tls_cert = "{tls}.crt"\ntls_key = "{tls}.key"\n'
+            f'[[listeners]]\nkind = "imaps"\nport = {imaps}\ntls_cert = "{tls}.crt"\ntls_key = "{tls}.key"\n'
+            f'[[listeners]]\nkind = "imap"\nport = {imap}\ntls_cert = "{tls}.crt"\ntls_key = "{tls}.key"\n'
+        )
         config = write_config(tmp_path / "config", extra)
         done = first_run(config, str(output), "--timeout", "20", "--flower-port", str(flower))
     assert done.returncode == 0, done.stderr
@@ -81,12 +93,35 @@ def test_ready_block_once_everything_answers(tmp_path: Path) -> None:
     assert block[0] == "=" * 20 + " Postwarden is ready " + "=" * 20 and set(block[-1]) == {"="}
     text = done.stdout
     assert f"inbound SMTP     127.0.0.1:{inbound}\n" in text
-    assert f"submission SMTP  127.0.0.1:{submission}\n" in text
+    assert f"submission SMTP  127.0.0.1:{submission} (STARTTLS, AUTH)\n" in text
+    assert f"imaps IMAP       127.0.0.1:{imaps} (TLS)\n" in text
+    assert f"imap IMAP        127.0.0.1:{imap} (STARTTLS)\n" in text
+    client = (
+        f"  mail client      IMAP server 127.0.0.1, port {imaps} with TLS or {imap} with STARTTLS\n"
+        f"                   SMTP server 127.0.0.1, port {submission} with STARTTLS\n"
+        "                   user admin (or admin@postwarden.localhost), the password below\n"
+        "                   the certificate is self-signed (--dev): accept it in the client\n"
+    )
+    assert client in text
     assert f"web              http://127.0.0.1:{web}/\n" in text
     assert f"flower           http://127.0.0.1:{flower}/" in text
     assert f"login            admin (admin@postwarden.localhost), password: {password}\n" in text
     assert f"config           {config.resolve()}\n" in text
     assert not output.exists()  # the password file is gone once shown
+
+
+def test_the_block_waits_for_the_imap_listeners(tmp_path: Path) -> None:
+    """The imap process of the Procfile is waited for like the others, and named when silent."""
+    tls = tmp_path / "qs" / "tls" / "mail.postwarden.localhost"
+    quickstart_output(tmp_path)
+    with listening(1) as (imaps,):
+        pass  # closed again: nothing answers there
+    with listening(2) as (web, flower):
+        extra = f'\n[web]\nport = {web}\n[[listeners]]\nkind = "imaps"\nport = {imaps}\n'
+        config = write_config(tmp_path / "config", extra + f'tls_cert = "{tls}.crt"\ntls_key = "{tls}.key"\n')
+        done = first_run(config, "--timeout", "1", "--flower-port", str(flower))
+    assert done.returncode == 1
+    assert f"not ready after 1 s: imaps IMAP on 127.0.0.1:{imaps} not answering" in done.stdout
 
 
 def test_not_ready_names_what_does_not_answer(tmp_path: Path) -> None:
@@ -112,7 +147,8 @@ def test_no_hostname_warning_is_dropped_for_the_filesystem_broker(tmp_path: Path
         "kombu.warning('another warning')\n"
     )
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "No hostname" not in done.stderr and "another warning" in done.stderr

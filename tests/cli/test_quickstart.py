@@ -43,21 +43,13 @@ def test_dev_quickstart_writes_a_complete_working_setup(tmp_path: Path) -> None:
     assert (config.host_tlsrpt.account, config.host_tlsrpt.localpart) == ("admin", "tls-reports")
     # A self-signed certificate, so STARTTLS (and AUTH after it) work on the dev listeners.
     tls_dir = config_file.parent / "tls"
+    # IMAP too (`postwarden imap`): implicit TLS and STARTTLS on unprivileged loopback ports.
+    tls = (tls_dir / "mail.postwarden.localhost.crt", tls_dir / "mail.postwarden.localhost.key")
     assert [(x.kind, x.address, x.port, x.tls_cert, x.tls_key) for x in config.listeners] == [
-        (
-            "inbound",
-            "127.0.0.1",
-            2525,
-            tls_dir / "mail.postwarden.localhost.crt",
-            tls_dir / "mail.postwarden.localhost.key",
-        ),
-        (
-            "submission",
-            "127.0.0.1",
-            2587,
-            tls_dir / "mail.postwarden.localhost.crt",
-            tls_dir / "mail.postwarden.localhost.key",
-        ),
+        ("inbound", "127.0.0.1", 2525, *tls),
+        ("submission", "127.0.0.1", 2587, *tls),
+        ("imaps", "127.0.0.1", 1993, *tls),
+        ("imap", "127.0.0.1", 1143, *tls),
     ]
     certificate = x509.load_pem_x509_certificate((tls_dir / "mail.postwarden.localhost.crt").read_bytes())
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -111,7 +103,7 @@ async def test_production_quickstart_keys_sign_and_records_check(tmp_path: Path,
     assert [(x.kind, x.address, x.port) for x in config.listeners] == [
         ("inbound", "0.0.0.0", 25),
         ("submission", "0.0.0.0", 587),
-    ]
+    ]  # the IMAP listeners wait, commented out, for a certificate
     assert config.dns.timeout == 5.0
 
     records = records_for_domain(config, "example.org")
@@ -192,3 +184,24 @@ def test_failure_leaves_nothing_behind_and_can_be_retried(tmp_path: Path) -> Non
     again = run(config_file, "admin@example.org", "--dev")
     assert again.exit_code == 0, again.output
     assert load_config(config_file).accounts["admin"].addresses == ["admin@example.org"]
+
+
+def test_production_imap_listeners_serve_once_uncommented_with_a_certificate(
+    tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
+    """Without --dev the IMAP listeners are written commented out (there is no certificate yet);
+    uncommented, with the certificate's paths, they are the imaps 993 and imap 143 listeners."""
+    config_file = tmp_path / "etc" / "postwarden.toml"
+    assert run(config_file, "ann@example.org").exit_code == 0
+    text = config_file.read_text()
+    commented = text[text.index("# [[listeners]]") : text.index("[domains.")]
+    live = "/etc/letsencrypt/live/mail.example.org"
+    uncommented = commented.replace("# ", "").replace(f"{live}/fullchain.pem", str(tls_files[0]))
+    config_file.write_text(
+        text.replace(commented, uncommented.replace(f"{live}/privkey.pem", str(tls_files[1])))
+    )
+    config = load_config(config_file)
+    assert [(x.kind, x.address, x.port, x.tls_cert) for x in config.imap_listeners] == [
+        ("imaps", "0.0.0.0", 993, tls_files[0]),
+        ("imap", "0.0.0.0", 143, tls_files[0]),
+    ]

@@ -137,7 +137,8 @@ HOSTILE = [
     (b"a FETCH 1 BODY[HEADER.FIELDS (A:B)]", "without a colon"),
     (b"a FETCH 1 BODY[]<1>", "."),
     (b"a FETCH 1 BODY[]<1.0>", "must not be 0"),
-    (b"a FETCH 1 BINARY[]", "BINARY"),
+    (b"a FETCH 1 BINARY[1.TEXT]", "a part number"),
+    (b"a FETCH 1 BINARY.SIZE[1]<0.5>", "unexpected text"),
     (b"a FETCH 1 X-GM-LABELS", "unknown FETCH data item"),
     (b"a STORE 1 FLAGZ (\\Seen)", "FLAGS"),
     (b"a STORE 1 +FLAGS (\\)", "a flag"),
@@ -155,7 +156,7 @@ HOSTILE = [
     (b"a SEARCH " + b"NOT " * 20 + b"ALL", "nest"),
     (b"a SEARCH SINCE 1-Foo-2026", "no such date"),
     (b"a SEARCH LARGER x", "a size"),
-    (b"a SEARCH TEXT x", "not supported"),
+    (b"a SEARCH FUZZY x", "not supported"),
 ]
 
 
@@ -216,3 +217,29 @@ def test_pick_over_many_ranges_and_a_large_mailbox_is_quick() -> None:
     started = time.monotonic()
     assert len(sequence.pick(list(range(1, 50_001)))) == 40_000
     assert time.monotonic() - started < 1.0
+
+
+def test_search_text_keys_and_return_options_parse() -> None:
+    command = parse_command(b'a SEARCH RETURN (MIN COUNT) CHARSET UTF-8 HEADER X-Spam "YES" BODY {3}\r\nAbc')
+    assert command.args == {
+        "keys": [("HEADER", ("X-SPAM", "yes")), ("BODY", "abc")],
+        "return": ["MIN", "COUNT"],
+    }
+    assert parse_command(b"a UID SEARCH RETURN () ALL").args["return"] == ["ALL"]
+    assert parse_command(b"a SEARCH ALL").args["return"] is None
+
+
+def test_extended_list_and_mailbox_commands_parse() -> None:
+    command = parse_command(
+        b'a LIST (SUBSCRIBED RECURSIVEMATCH) "" ("INBOX" %) RETURN (CHILDREN STATUS (MESSAGES))'
+    )
+    assert command.args == {
+        "select": ["SUBSCRIBED", "RECURSIVEMATCH"],
+        "reference": "",
+        "patterns": ["INBOX", "%"],
+        "return": {"CHILDREN": [], "STATUS": ["MESSAGES"]},
+    }
+    assert parse_command(b"a RENAME inbox Saved").args == {"mailbox": "INBOX", "new": "Saved"}
+    for bad in (b'a LIST () "" ()', b'a LIST "" * RETURN (STATUS ())', b'a LIST "" * EXTRA', b"a CREATE"):
+        with pytest.raises(ParseError):
+            parse_command(bad)

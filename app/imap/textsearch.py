@@ -1,0 +1,127 @@
+"""SEARCH keys that read the message (RFC 9051 6.4.4): HEADER, SUBJECT, FROM, TO, CC, BCC, BODY and
+TEXT, a case-insensitive substring test. Header fields are unfolded and their encoded words
+(RFC 2047) decoded; BODY looks in the text parts, their transfer encoding and charset decoded.
+
+Files are read lazily (only for a message a text key is tested on; only its header for the header
+keys), at most `cap` octets (the message size limit: no stored message is larger), by the caller's
+worker thread, never on the event loop; encoded words are decoded only in the fields a key names.
+A message that cannot be parsed is searched as raw text.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.header import decode_header, make_header
+from email.message import Message
+from functools import cached_property
+from pathlib import Path
+
+TEXT_KEYS = frozenset({"HEADER", "SUBJECT", "FROM", "TO", "CC", "BCC", "BODY", "TEXT"})
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+):[ \t]*(.*?)\r?$", re.MULTILINE | re.DOTALL)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+HEADER_STEP = 16 * 1024
+
+
+class MessageText:
+    """One message's searchable text, read on first use: the header alone for the header keys, the
+    whole file for BODY and TEXT."""
+
+    def __init__(self, data_dir: Path, path: str, cap: int) -> None:
+        self.data_dir, self.path, self.cap = data_dir, path, cap
+        self._decoded: dict[str, list[str]] = {}
+
+    @cached_property
+    def raw(self) -> bytes:
+        with (self.data_dir / self.path).open("rb") as file:
+            return file.read(self.cap)
+
+    @cached_property
+    def header(self) -> bytes:
+        """The header block, read in steps until its end (most messages: one read of HEADER_STEP)."""
+        if "raw" in self.__dict__:
+            return _split(self.raw)[0]
+        data = b""
+        with (self.data_dir / self.path).open("rb") as file:
+            while len(data) < self.cap:
+                step = file.read(min(HEADER_STEP, self.cap - len(data)))
+                data += step
+                found = _END_OF_HEADER.search(data)
+                if found is not None:
+                    return data[: found.start()]
+                if not step:
+                    break
+        return data
+
+    @cached_property
+    def fields(self) -> list[tuple[str, bytes]]:
+        """(NAME in upper case, raw value) of each header field, unfolded, in order."""
+        unfolded = _FOLD.sub(b"", self.header)
+        return [(name.decode("ascii").upper(), value) for name, value in _FIELD.findall(unfolded)]
+
+    def values(self, name: str) -> list[str]:
+        """The decoded, case-folded values of the fields called `name` (decoded once)."""
+        if name not in self._decoded:
+            self._decoded[name] = [
+                _decoded(value).casefold() for field, value in self.fields if field == name
+            ]
+        return self._decoded[name]
+
+    @cached_property
+    def body(self) -> str:
+        """The text parts, decoded and case-folded; the raw body if the message cannot be parsed."""
+        try:
+            parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
+            texts = [_part_text(part) for part in parsed.walk() if part.get_content_maintype() == "text"]
+        except Exception:  # a hostile message breaks the parser in many ways: search it raw
+            texts = [_split(self.raw)[1].decode("utf-8", "replace")]
+        return "\n".join(texts).casefold()
+
+    def header_has(self, name: str, value: str) -> bool:
+        """Whether a field `name` contains `value` (an empty value: whether the field is there)."""
+        return any(value in text for text in self.values(name))
+
+    def header_text(self) -> str:
+        names = dict.fromkeys(field for field, _ in self.fields)
+        return "\n".join(f"{name.casefold()}: {text}" for name in names for text in self.values(name))
+
+
+def _split(raw: bytes) -> tuple[bytes, bytes]:
+    found = _END_OF_HEADER.search(raw)
+    return (raw, b"") if found is None else (raw[: found.start()], raw[found.end() :])
+
+
+def _decoded(value: bytes) -> str:
+    text = value.decode("utf-8", "replace")
+    if "=?" not in text:  # no encoded word: most fields, and the decoder is slow
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):  # a malformed or unknown encoded word: as sent
+        return text
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
+def text_matches(text: MessageText, name: str, value: object) -> bool:
+    """Whether the message matches a text key; `value` is the case-folded string, or (field name,
+    string) for HEADER."""
+    if name == "HEADER":
+        field, wanted = value if isinstance(value, tuple) else ("", "")
+        return text.header_has(str(field), str(wanted))
+    if name in ("SUBJECT", "FROM", "TO", "CC", "BCC"):
+        return text.header_has(name, str(value))
+    if name == "BODY":
+        return str(value) in text.body
+    return str(value) in text.header_text() or str(value) in text.body  # TEXT
