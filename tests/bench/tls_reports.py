@@ -172,17 +172,30 @@ zone:
         wait_until_answering(port)
         yield port
     finally:
-        stop_nsd(pidfile)
+        stop_nsd(pidfile, directory / "nsd.conf")
 
 
-def stop_nsd(pidfile: Path, timeout: float = 30.0) -> None:
-    """SIGTERM to the pid NSD wrote, then wait (with a deadline) until it has removed its pid file."""
+def stop_nsd(pidfile: Path, conf: Path, timeout: float = 30.0) -> None:
+    """SIGTERM to the pid NSD wrote, then wait (with a deadline) until every NSD process of `conf` has
+    exited: the main process removes its pid file before its xfrd child writes its state file, and the
+    directory is removed next."""
     if not pidfile.exists():
         return
     os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pidfile.exists() and time.monotonic() < deadline:
+    while nsd_running(conf) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def nsd_running(conf: Path) -> bool:
+    """Whether a process started with this config file is alive (NSD's children keep its command line)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(conf).encode() in cmdline.read_bytes():
+                return True
+        except OSError:  # the process ended while we looked
+            continue
+    return False
 
 
 def wait_until_answering(port: int, timeout: float = 60.0) -> None:
