@@ -57,6 +57,10 @@ LOGGED_LOGIN_LENGTH = 100
 FETCH_BATCH = 500
 # Response octets gathered before a write (a body larger than this goes out alone).
 SEND_CHUNK = 64 * 1024
+# The same for the lines of a FETCH of flags alone (tens of thousands of short lines).
+FLAGS_CHUNK = 256 * 1024
+# Message octets read together with their rows in one worker-thread call; larger ones are read alone.
+CONTENT_BUDGET = 1024 * 1024
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = (
     "not authenticated",
     "authenticated",
@@ -492,15 +496,53 @@ class IMAPSession:
             items = [*items, FetchItem("MODSEQ")]
         targets = self._targets(command)
         numbers = self._selected().numbers(targets)
+        if targets and all(i.name in _FLAG_ITEMS for i in items):
+            await self._fetch_flags(targets, [i.name for i in items], numbers, since)  # type: ignore[arg-type]
+            await self.ok(command, f"{command.name} completed")
+            return
         for start in range(0, len(targets), FETCH_BATCH):
             await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since)  # type: ignore[arg-type]
         await self.ok(command, f"{command.name} completed")
+
+    async def _fetch_flags(
+        self, uids: list[int], names: list[str], numbers: dict[int, int], changedsince: int | None
+    ) -> None:
+        """A FETCH of FLAGS, UID and MODSEQ alone (the flag sync every client does on a whole mailbox):
+        a few columns as tuples read in one query, the lines formatted in one pass and sent in large
+        chunks. These items never set \\Seen."""
+        selection = self._selected()
+        found = await self._account().flag_tuples(
+            selection.mailbox_id, (uids[0], uids[-1]), list(responses.FLAG_COLUMNS.values())
+        )
+        wanted = set(uids)  # the range may hold UIDs the command did not name
+        shown: dict[tuple[bool, ...], bytes] = {}  # each combination of flags formatted once
+        out = bytearray()
+        for uid, modseq, *flags in found:
+            if uid not in wanted or (changedsince is not None and modseq <= changedsince):
+                continue
+            key = tuple(flags)
+            if key not in shown:
+                shown[key] = b"FLAGS " + responses.flag_list(key)
+            data = [
+                shown[key] if n == "FLAGS" else (b"UID %d" % uid if n == "UID" else b"MODSEQ (%d)" % modseq)
+                for n in names
+            ]
+            out += b"* %d FETCH (%b)\r\n" % (numbers[uid], b" ".join(data))
+            if len(out) >= FLAGS_CHUNK:
+                await self.send(bytes(out))
+                out.clear()
+        if out:
+            await self.send(bytes(out))
 
     async def _fetch_batch(
         self, uids: list[int], items: list[FetchItem], numbers: dict[int, int], changedsince: int | None
     ) -> None:
         selection, account = self._selected(), self._account()
-        rows = await account.rows(selection.mailbox_id, uids)
+        contents: dict[int, bytes] = {}  # files read with the rows, by row id
+        if any(i.name not in _FROM_ROW for i in items):
+            rows, contents = await account.rows_with_content(selection.mailbox_id, uids, CONTENT_BUDGET)
+        else:
+            rows = await account.rows(selection.mailbox_id, uids)
         if changedsince is not None:
             rows = [row for row in rows if row["modseq"] > changedsince]
         marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
@@ -516,7 +558,9 @@ class IMAPSession:
         for row in rows:
             shown = [*items, _FLAGS] if row["id"] in changed else items
             needs_content = any(i.name not in _FROM_ROW for i in shown)
-            content = await account.content(row) if needs_content else b""  # read once per message
+            content = b""  # read once per message, if an item needs it
+            if needs_content:
+                content = contents[row["id"]] if row["id"] in contents else await account.content(row)
             out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
             if len(out) >= SEND_CHUNK:
                 await self.send(bytes(out))
@@ -651,6 +695,8 @@ _FLAGS = FetchItem("FLAGS")
 _ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
+# The items a FETCH of flags alone names (answered from a few columns: _fetch_flags).
+_FLAG_ITEMS = ("FLAGS", "UID", "MODSEQ")
 _RFC822_SECTIONS = {
     "RFC822": Section(),
     "RFC822.HEADER": Section(text="HEADER"),
