@@ -496,27 +496,31 @@ class IMAPSession:
             items = [*items, FetchItem("MODSEQ")]
         targets = self._targets(command)
         numbers = self._selected().numbers(targets)
+        out = bytearray()  # the responses' last chunk goes out with the tagged OK: one write, not two
         if targets and all(i.name in _FLAG_ITEMS for i in items):
-            await self._fetch_flags(targets, [i.name for i in items], numbers, since)  # type: ignore[arg-type]
-            await self.ok(command, f"{command.name} completed")
-            return
-        for start in range(0, len(targets), FETCH_BATCH):
-            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since)  # type: ignore[arg-type]
-        await self.ok(command, f"{command.name} completed")
+            await self._fetch_flags(targets, [i.name for i in items], numbers, since, out)  # type: ignore[arg-type]
+        else:
+            for start in range(0, len(targets), FETCH_BATCH):
+                await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since, out)  # type: ignore[arg-type]
+        await self.send(bytes(out) + f"{command.tag} OK {command.name} completed\r\n".encode())
 
     async def _fetch_flags(
-        self, uids: list[int], names: list[str], numbers: dict[int, int], changedsince: int | None
+        self,
+        uids: list[int],
+        names: list[str],
+        numbers: dict[int, int],
+        changedsince: int | None,
+        out: bytearray,
     ) -> None:
         """A FETCH of FLAGS, UID and MODSEQ alone (the flag sync every client does on a whole mailbox):
         a few columns as tuples read in one query, the lines formatted in one pass and sent in large
-        chunks. These items never set \\Seen."""
+        chunks, the last left in `out`. These items never set \\Seen."""
         selection = self._selected()
         found = await self._account().flag_tuples(
             selection.mailbox_id, (uids[0], uids[-1]), list(responses.FLAG_COLUMNS.values())
         )
         wanted = set(uids)  # the range may hold UIDs the command did not name
         shown: dict[tuple[bool, ...], bytes] = {}  # each combination of flags formatted once
-        out = bytearray()
         for uid, modseq, *flags in found:
             if uid not in wanted or (changedsince is not None and modseq <= changedsince):
                 continue
@@ -531,12 +535,16 @@ class IMAPSession:
             if len(out) >= FLAGS_CHUNK:
                 await self.send(bytes(out))
                 out.clear()
-        if out:
-            await self.send(bytes(out))
 
     async def _fetch_batch(
-        self, uids: list[int], items: list[FetchItem], numbers: dict[int, int], changedsince: int | None
+        self,
+        uids: list[int],
+        items: list[FetchItem],
+        numbers: dict[int, int],
+        changedsince: int | None,
+        out: bytearray,
     ) -> None:
+        """The FETCH lines of these messages, sent in chunks as they fill; the last left in `out`."""
         selection, account = self._selected(), self._account()
         contents: dict[int, bytes] = {}  # files read with the rows, by row id
         if any(i.name not in _FROM_ROW for i in items):
@@ -554,7 +562,6 @@ class IMAPSession:
                 selection.shown[row["uid"]] = row["modseq"]  # shown here: not reported again
         # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
         changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
-        out = bytearray()  # lines are sent in chunks: one write per message costs more than the line
         for row in rows:
             shown = [*items, _FLAGS] if row["id"] in changed else items
             needs_content = any(i.name not in _FROM_ROW for i in shown)
@@ -562,11 +569,9 @@ class IMAPSession:
             if needs_content:
                 content = contents[row["id"]] if row["id"] in contents else await account.content(row)
             out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
-            if len(out) >= SEND_CHUNK:
+            if len(out) >= SEND_CHUNK:  # lines go in chunks: one write per message costs more than the line
                 await self.send(bytes(out))
                 out.clear()
-        if out:
-            await self.send(bytes(out))
 
     async def store_flags(self, command: Command) -> None:
         selection = self._selected()
