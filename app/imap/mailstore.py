@@ -177,9 +177,10 @@ class AccountStore:
 
         return await self._run(read)
 
-    async def all_rows(self, mailbox_id: int) -> list[MessageRow]:
+    async def all_rows(self, mailbox_id: int, columns: Sequence[str] | None = None) -> list[MessageRow]:
+        """Every message's row (only `columns` when given), by UID."""
         return await self._run(
-            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id)
+            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id, columns)
         )
 
     async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> dict[int, int]:

@@ -625,7 +625,8 @@ class IMAPSession:
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
-        rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
+        found_rows = await self._account().all_rows(selection.mailbox_id, _SEARCH_COLUMNS)
+        rows = [row for row in found_rows if row["uid"] in numbers]
         data_dir, cap = self.config.data_dir, self.limits.max_append
 
         def hits() -> list[MessageRow]:
@@ -700,6 +701,8 @@ _FLAGS = FetchItem("FLAGS")
 _ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
+# The columns SEARCH tests (app/imap/search.py; the path: textsearch.py) and answers with.
+_SEARCH_COLUMNS = ("uid", "path", "size", "received", "modseq", *responses.FLAG_COLUMNS.values())
 # The items a FETCH of flags alone names (answered from a few columns: _fetch_flags).
 _FLAG_ITEMS = ("FLAGS", "UID", "MODSEQ")
 _RFC822_SECTIONS = {
