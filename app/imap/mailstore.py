@@ -148,9 +148,39 @@ class AccountStore:
             lambda session: mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
         )
 
-    async def all_rows(self, mailbox_id: int) -> list[MessageRow]:
+    async def flag_tuples(
+        self, mailbox_id: int, uids: tuple[int, int], flags: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """(uid, modseq, *flags) of the messages with UIDs in the inclusive range, by UID."""
         return await self._run(
-            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id)
+            lambda session: mailboxes.flag_tuples(session, self.account_id, mailbox_id, uids, flags)
+        )
+
+    async def rows_with_content(
+        self, mailbox_id: int, uids: Sequence[int], budget: int
+    ) -> tuple[list[MessageRow], dict[int, bytes]]:
+        """The rows (as rows()) and, in the same worker-thread call, the files of the first of them
+        while their sizes add up to at most `budget` octets, by row id: a FETCH of one small message
+        crosses to a thread once, not twice. The others are left to content()."""
+        data_dir = self.config.data_dir
+
+        def read(session: Session) -> tuple[list[MessageRow], dict[int, bytes]]:
+            rows = mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
+            contents: dict[int, bytes] = {}
+            used = 0
+            for row in rows:
+                used += row["size"]
+                if used > budget:
+                    break
+                contents[row["id"]] = (data_dir / row["path"]).read_bytes()
+            return rows, contents
+
+        return await self._run(read)
+
+    async def all_rows(self, mailbox_id: int, columns: Sequence[str] | None = None) -> list[MessageRow]:
+        """Every message's row (only `columns` when given), by UID."""
+        return await self._run(
+            lambda session: mailboxes.mailbox_messages(session, self.account_id, mailbox_id, columns)
         )
 
     async def set_flags(self, row_ids: Sequence[int], changes: dict[str, bool]) -> dict[int, int]:

@@ -41,7 +41,12 @@ def literal(data: bytes) -> bytes:
 
 def flags_of(row: dict[str, Any]) -> bytes:
     """The row's flags as a parenthesized list."""
-    return ("(" + " ".join(flag for flag, column in FLAG_COLUMNS.items() if row[column]) + ")").encode()
+    return flag_list(tuple(row[column] for column in FLAG_COLUMNS.values()))
+
+
+def flag_list(values: tuple[bool, ...]) -> bytes:
+    """The flags as a parenthesized list, from their columns' values in FLAG_COLUMNS order."""
+    return ("(" + " ".join(flag for flag, on in zip(FLAG_COLUMNS, values, strict=True) if on) + ")").encode()
 
 
 def internal_date(when: datetime) -> bytes:

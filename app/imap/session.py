@@ -57,6 +57,10 @@ LOGGED_LOGIN_LENGTH = 100
 FETCH_BATCH = 500
 # Response octets gathered before a write (a body larger than this goes out alone).
 SEND_CHUNK = 64 * 1024
+# The same for the lines of a FETCH of flags alone (tens of thousands of short lines).
+FLAGS_CHUNK = 256 * 1024
+# Message octets read together with their rows in one worker-thread call; larger ones are read alone.
+CONTENT_BUDGET = 1024 * 1024
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = (
     "not authenticated",
     "authenticated",
@@ -492,15 +496,61 @@ class IMAPSession:
             items = [*items, FetchItem("MODSEQ")]
         targets = self._targets(command)
         numbers = self._selected().numbers(targets)
-        for start in range(0, len(targets), FETCH_BATCH):
-            await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since)  # type: ignore[arg-type]
-        await self.ok(command, f"{command.name} completed")
+        out = bytearray()  # the responses' last chunk goes out with the tagged OK: one write, not two
+        if targets and all(i.name in _FLAG_ITEMS for i in items):
+            await self._fetch_flags(targets, [i.name for i in items], numbers, since, out)  # type: ignore[arg-type]
+        else:
+            for start in range(0, len(targets), FETCH_BATCH):
+                await self._fetch_batch(targets[start : start + FETCH_BATCH], items, numbers, since, out)  # type: ignore[arg-type]
+        await self.send(bytes(out) + f"{command.tag} OK {command.name} completed\r\n".encode())
+
+    async def _fetch_flags(
+        self,
+        uids: list[int],
+        names: list[str],
+        numbers: dict[int, int],
+        changedsince: int | None,
+        out: bytearray,
+    ) -> None:
+        """A FETCH of FLAGS, UID and MODSEQ alone (the flag sync every client does on a whole mailbox):
+        a few columns as tuples read in one query, the lines formatted in one pass and sent in large
+        chunks, the last left in `out`. These items never set \\Seen."""
+        selection = self._selected()
+        found = await self._account().flag_tuples(
+            selection.mailbox_id, (uids[0], uids[-1]), list(responses.FLAG_COLUMNS.values())
+        )
+        wanted = set(uids)  # the range may hold UIDs the command did not name
+        shown: dict[tuple[bool, ...], bytes] = {}  # each combination of flags formatted once
+        for uid, modseq, *flags in found:
+            if uid not in wanted or (changedsince is not None and modseq <= changedsince):
+                continue
+            key = tuple(flags)
+            if key not in shown:
+                shown[key] = b"FLAGS " + responses.flag_list(key)
+            data = [
+                shown[key] if n == "FLAGS" else (b"UID %d" % uid if n == "UID" else b"MODSEQ (%d)" % modseq)
+                for n in names
+            ]
+            out += b"* %d FETCH (%b)\r\n" % (numbers[uid], b" ".join(data))
+            if len(out) >= FLAGS_CHUNK:
+                await self.send(bytes(out))
+                out.clear()
 
     async def _fetch_batch(
-        self, uids: list[int], items: list[FetchItem], numbers: dict[int, int], changedsince: int | None
+        self,
+        uids: list[int],
+        items: list[FetchItem],
+        numbers: dict[int, int],
+        changedsince: int | None,
+        out: bytearray,
     ) -> None:
+        """The FETCH lines of these messages, sent in chunks as they fill; the last left in `out`."""
         selection, account = self._selected(), self._account()
-        rows = await account.rows(selection.mailbox_id, uids)
+        contents: dict[int, bytes] = {}  # files read with the rows, by row id
+        if any(i.name not in _FROM_ROW for i in items):
+            rows, contents = await account.rows_with_content(selection.mailbox_id, uids, CONTENT_BUDGET)
+        else:
+            rows = await account.rows(selection.mailbox_id, uids)
         if changedsince is not None:
             rows = [row for row in rows if row["modseq"] > changedsince]
         marks_seen = not selection.read_only and any(_sets_seen(i) for i in items)
@@ -512,17 +562,16 @@ class IMAPSession:
                 selection.shown[row["uid"]] = row["modseq"]  # shown here: not reported again
         # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
         changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
-        out = bytearray()  # lines are sent in chunks: one write per message costs more than the line
         for row in rows:
             shown = [*items, _FLAGS] if row["id"] in changed else items
             needs_content = any(i.name not in _FROM_ROW for i in shown)
-            content = await account.content(row) if needs_content else b""  # read once per message
+            content = b""  # read once per message, if an item needs it
+            if needs_content:
+                content = contents[row["id"]] if row["id"] in contents else await account.content(row)
             out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
-            if len(out) >= SEND_CHUNK:
+            if len(out) >= SEND_CHUNK:  # lines go in chunks: one write per message costs more than the line
                 await self.send(bytes(out))
                 out.clear()
-        if out:
-            await self.send(bytes(out))
 
     async def store_flags(self, command: Command) -> None:
         selection = self._selected()
@@ -576,7 +625,8 @@ class IMAPSession:
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
-        rows = [row for row in await self._account().all_rows(selection.mailbox_id) if row["uid"] in numbers]
+        found_rows = await self._account().all_rows(selection.mailbox_id, _SEARCH_COLUMNS)
+        rows = [row for row in found_rows if row["uid"] in numbers]
         data_dir, cap = self.config.data_dir, self.limits.max_append
 
         def hits() -> list[MessageRow]:
@@ -651,6 +701,10 @@ _FLAGS = FetchItem("FLAGS")
 _ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
+# The columns SEARCH tests (app/imap/search.py; the path: textsearch.py) and answers with.
+_SEARCH_COLUMNS = ("uid", "path", "size", "received", "modseq", *responses.FLAG_COLUMNS.values())
+# The items a FETCH of flags alone names (answered from a few columns: _fetch_flags).
+_FLAG_ITEMS = ("FLAGS", "UID", "MODSEQ")
 _RFC822_SECTIONS = {
     "RFC822": Section(),
     "RFC822.HEADER": Section(text="HEADER"),

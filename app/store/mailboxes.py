@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, String, and_, cast, delete, func, insert, or_, select, update
+from sqlalchemy import Select, String, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import affected_rows, insert_once, session_scope
@@ -464,31 +464,62 @@ def changes_since(session: Session, account_id: int, mailbox_id: int, modseq: in
     return MailboxChanges(int(highest), mailbox_uids(session, mailbox_id), rows)
 
 
+# The IMAP row reads, built once with bound parameters: building a select of every column costs more
+# than running it when a FETCH names one message.
+_MAILBOX_ROWS = (
+    select(*Message.__table__.columns)
+    .where(Message.account_id == bindparam("account_id"), Message.mailbox_id == bindparam("mailbox_id"))
+    .order_by(Message.uid)
+)
+_ROWS_BY_UID = _MAILBOX_ROWS.where(Message.uid.in_(bindparam("uids", expanding=True)))
+
+
 def messages_by_uid(
     session: Session, account_id: int, mailbox_id: int, uids: Sequence[int]
 ) -> list[MessageRow]:
     """The rows of the account's messages in the mailbox with these UIDs, by UID (missing ones left out)."""
+    parameters = {"account_id": account_id, "mailbox_id": mailbox_id, "uids": list(uids)}
+    return _plain_rows(session, _ROWS_BY_UID, parameters)
+
+
+def flag_tuples(
+    session: Session, account_id: int, mailbox_id: int, uids: tuple[int, int], flags: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """(uid, modseq, *flags) of the account's messages in the mailbox with UIDs in the inclusive
+    range `uids`, by UID; `flags` names the flag columns wanted, in order. Plain tuples of a few
+    columns: IMAP FETCH 1:* FLAGS reads every row of a large mailbox, and whole-row dicts cost
+    several times as much."""
+    columns = [Message.__table__.columns[name] for name in flags]  # KeyError for a name not a column
     query = (
-        select(*Message.__table__.columns)
-        .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.uid.in_(uids))
+        select(Message.uid, Message.modseq, *columns)
+        .where(
+            Message.account_id == account_id,
+            Message.mailbox_id == mailbox_id,
+            Message.uid.between(uids[0], uids[1]),
+        )
         .order_by(Message.uid)
     )
-    return _plain_rows(session, query)
+    return [tuple(row) for row in session.execute(query)]
 
 
-def mailbox_messages(session: Session, account_id: int, mailbox_id: int) -> list[MessageRow]:
-    """Every message of the account's mailbox, by UID (IMAP SEARCH looks at all of them)."""
-    query = (
-        select(*Message.__table__.columns)
-        .where(Message.account_id == account_id, Message.mailbox_id == mailbox_id)
-        .order_by(Message.uid)
-    )
-    return _plain_rows(session, query)
+def mailbox_messages(
+    session: Session, account_id: int, mailbox_id: int, columns: Sequence[str] | None = None
+) -> list[MessageRow]:
+    """Every message of the account's mailbox, by UID (IMAP SEARCH looks at all of them); with
+    `columns`, only those (KeyError for a name not a column): a SEARCH tests a few of them."""
+    query = _MAILBOX_ROWS
+    if columns is not None:
+        query = query.with_only_columns(*(Message.__table__.columns[name] for name in columns))
+    return _plain_rows(session, query, {"account_id": account_id, "mailbox_id": mailbox_id})
 
 
-def _plain_rows(session: Session, query: Select[Any]) -> list[MessageRow]:
-    """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time)."""
-    return [dict(row) for row in session.execute(query).mappings()]
+def _plain_rows(
+    session: Session, query: Select[Any], parameters: dict[str, Any] | None = None
+) -> list[MessageRow]:
+    """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time), through
+    the session's connection: the ORM's execute path costs as much as the query for one row."""
+    session.flush()  # what session.execute's autoflush would have done
+    return [dict(row) for row in session.connection().execute(query, parameters or {}).mappings()]
 
 
 def expunge_deleted(

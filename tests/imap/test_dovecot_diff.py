@@ -100,6 +100,8 @@ STORES = [
     "UID FETCH 1:* (FLAGS)",
     "UID FETCH 3,5:6 (RFC822.SIZE)",
     "UID FETCH 100:* (FLAGS)",
+    "FETCH 2,4:5 (FLAGS UID)",  # the flags-only path: a range holding a message not named
+    "UID FETCH 6,1 (UID FLAGS)",
 ]
 MOVES = [
     "COPY 1 Archive",

@@ -194,3 +194,16 @@ def test_enable_imap4rev2_changes_the_responses(imap: IMAPClients) -> None:
     assert client.command(b'j CREATE "Entw\xc3\xbcrfe"') == [b"j OK CREATE completed\r\n"]  # UTF-8 names
     listed = b"".join(client.command(b'k LIST "" Entw*'))
     assert listed.startswith(b'* LIST (\\HasNoChildren) "/" {9}\r\nEntw\xc3\xbcrfe\r\n')
+
+
+def test_a_field_is_found_by_its_whole_name_in_any_case_and_unfolded(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.write_bytes(
+        b"X-Subject: other\r\nsubject: Folded\r\n\tline\r\nSUBJECT:two\r\n"
+        b"To: a\r\n Subject: no\r\n\r\nSubject: body"
+    )
+    text = MessageText(tmp_path, "m", 10_000)
+    assert text.values("SUBJECT") == ["folded\tline", "two"]
+    assert text.values("X-SUBJECT") == ["other"]
+    # Names no field can have find nothing, though a pattern made of them would match a line.
+    assert text.values("SUBJECT: X") == [] and text.values("subject") == [] and text.values("S.*") == []

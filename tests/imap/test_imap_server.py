@@ -16,6 +16,7 @@ import pytest
 
 from app.accounts import account_id
 from app.db import session_scope
+from app.imap import session as imap_session
 from app.store.mailboxes import (
     MoveRules,
     UidState,
@@ -140,6 +141,20 @@ def test_a_fault_of_ours_is_a_tagged_no_and_the_session_goes_on(imap: IMAPClient
         b"c NO [SERVERBUG] The command failed; it was logged\r\n"
     ]
     assert client.command(b"d FETCH 1 FLAGS")[-1] == b"d OK FETCH completed\r\n"
+
+
+def test_files_beyond_the_read_budget_are_read_one_by_one(
+    imap: IMAPClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [imap.server.deliver(message(n, body=f"body {n}\r\n")) for n in (1, 2, 3)]
+    stored = [(imap.server.config.data_dir / str(row_of(imap, i)["path"])).read_bytes() for i in ids]
+    # The first file is read with the rows, the others alone: each answer still carries its own file.
+    monkeypatch.setattr(imap_session, "CONTENT_BUDGET", len(stored[0]) + 1)
+    client = imap.logged_in()
+    client.select("INBOX")
+    typ, data = client.fetch("1:3", "(BODY.PEEK[])")
+    assert typ == "OK"
+    assert [part[1] for part in data if isinstance(part, tuple)] == stored
 
 
 def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
