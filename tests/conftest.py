@@ -53,6 +53,15 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of each kind (the sqlite_url fixture migrates; postgres_url is empty)."""
+    database_url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    if request.param == "postgresql":
+        upgrade_database(database_url)
+    return database_url
+
+
 @pytest.fixture
 def config_file(tmp_path: Path, dns: DNSTestServer) -> Path:
     """A valid config (tests/support/configs.py) using the loopback DNS server, with a migrated SQLite DB."""

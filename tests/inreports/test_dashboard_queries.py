@@ -26,15 +26,6 @@ DOMAIN = "example.com"
 RAW = b"<feedback/>"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest) -> str:
-    """A migrated database of each kind (the sqlite_url fixture migrates; postgres_url is empty)."""
-    database_url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    if request.param == "postgresql":
-        upgrade_database(database_url)
-    return database_url
-
-
 @pytest.fixture
 def session(url: str) -> Iterator[Session]:
     with session_scope(url) as opened:

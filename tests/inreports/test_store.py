@@ -13,17 +13,7 @@ from app.db import session_scope
 from app.inreports import store
 from app.inreports.dmarc import AggregateReport, DKIMResult
 from app.inreports.read import read_file
-from app.migrate import upgrade_database
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest) -> str:
-    """A migrated database of each kind (the sqlite_url fixture migrates; postgres_url is empty)."""
-    database_url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    if request.param == "postgresql":
-        upgrade_database(database_url)
-    return database_url
 
 
 def test_reports_are_stored_once_and_read_back(url: str) -> None:
