@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from app.db import session_scope
 from app.store.mailboxes import ensure_mailbox, mailbox_messages, uid_state
 from tests.imap.conftest import PASSWORD, IMAPClients
 from tests.support.smtpfixtures import make_message
+from tests.support.waiting import wait_until
 
 MessageRows = dict[str, dict[str, object]]
 
@@ -243,13 +243,6 @@ class Tmux:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=10, env=self.env)
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_neomutt_reads_a_message_and_saves_it_to_another_folder(
     served: tuple[IMAPClients, Path], tmp_path: Path
 ) -> None:
@@ -292,9 +285,9 @@ set timeout = 1
         term.keys("s")
         term.wait_for("Save to mailbox")
         term.keys("C-u", "=Archive", "Enter")
-        wait_until(lambda: len(stored(clients, "Archive")) == 1)
+        wait_until(lambda: len(stored(clients, "Archive")) == 1, timeout=20.0, what="the message in Archive")
         term.keys("$")  # sync: the saved (deleted) original is expunged
-        wait_until(lambda: len(stored(clients, "Inbox")) == 1)
+        wait_until(lambda: len(stored(clients, "Inbox")) == 1, timeout=20.0, what="one message left in Inbox")
         term.keys("q")
     finally:
         term.kill()

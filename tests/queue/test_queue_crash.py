@@ -32,6 +32,7 @@ from tests.support.celeryworker import celery_worker, client_for
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
 from tests.support.smtppeers import smtp_peer
+from tests.support.waiting import wait_until
 
 MESSAGES = 200
 HOLD_AT = 60
@@ -74,14 +75,6 @@ class HoldingSink:
     def release(self) -> None:
         if self._loop is not None and self._release is not None:
             self._loop.call_soon_threadsafe(self._release.set)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def queue_for_the_sink(tmp_path: Path, dns: DNSTestServer, delivery: str) -> tuple[Path, Config]:

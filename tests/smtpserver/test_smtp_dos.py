@@ -45,6 +45,7 @@ from tests.support.smtpfixtures import (
     stored_messages,
     write_smtp_config,
 )
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTWARDEN = str(Path(sys.executable).with_name("postwarden"))
@@ -60,13 +61,6 @@ class Client(LineClient):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
         self.file = self.sock.makefile("rb")
         self.greeting = self.reply()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
-        time.sleep(0.02)
 
 
 def greeted_after_release(port: int, source: str) -> bool:
