@@ -10,6 +10,9 @@ import signal
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Seconds after SIGTERM at which a Celery worker ends itself (tasks/celery_app.py); the Procfile and
+# the systemd units (app/systemdunits.py) set it to fit their stop timeouts.
+WORKER_STOP_GRACE_VARIABLE = "POSTWARDEN_WORKER_STOP_GRACE"
 
 
 def die_with_parent(parent: int) -> None:

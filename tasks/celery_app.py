@@ -17,6 +17,7 @@ from kombu.transport import resolve_transport
 
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
+from app.process import WORKER_STOP_GRACE_VARIABLE
 from tasks.eventqueues import prune_event_queues
 from tasks.fsbroker import STAGING, prune_staging
 from tasks.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
@@ -24,12 +25,6 @@ from tasks.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
 
-# honcho (`make run`) SIGKILLs what has not exited 5 s after its SIGTERM. A warm shutdown spends up
-# to 4 s in the polling loop of the filesystem transport and 2-4 s more stopping the pool, so under
-# honcho (the Procfile sets this variable) the worker ends itself first, after this many seconds.
-# Unacknowledged task messages are then lost, which costs nothing: the database is the truth and the
-# sweep wakes the workers again (DESIGN.md). Elsewhere (systemd...) the warm shutdown runs its course.
-STOP_GRACE_VARIABLE = "POSTWARDEN_WORKER_STOP_GRACE"
 # An ephemeral queue whose oldest message waited this long has no consumer left.
 STALE_QUEUE_AGE = 60.0
 
@@ -145,11 +140,18 @@ def _prune_stale_queues(**_: object) -> None:
     prune_broker_queues(STALE_QUEUE_AGE)
 
 
+# honcho (`make run`) SIGKILLs what has not exited 5 s after its SIGTERM. A warm shutdown spends up
+# to 4 s in the polling loop of the filesystem transport and 2-4 s more stopping the pool, so under
+# honcho (the Procfile sets this variable) the worker ends itself first, after
+# POSTWARDEN_WORKER_STOP_GRACE seconds.
+# Unacknowledged task messages are then lost, which costs nothing: the database is the truth and the
+# sweep wakes the workers again (DESIGN.md). The systemd unit sets it too, below its stop timeout
+# (app/systemdunits.py); without it the warm shutdown runs its course.
 @worker_shutting_down.connect
 def _bound_shutdown(**_: object) -> None:
     # Runs in the signal handler: only start a timer thread here.
     try:
-        grace = float(os.environ.get(STOP_GRACE_VARIABLE, ""))
+        grace = float(os.environ.get(WORKER_STOP_GRACE_VARIABLE, ""))
     except ValueError:
         return
     timer = threading.Timer(grace, _exit_now, args=(grace,))
@@ -159,6 +161,6 @@ def _bound_shutdown(**_: object) -> None:
 
 def _exit_now(grace: float) -> None:
     # Expected under honcho at every stop (the warm shutdown takes longer): information, not a fault.
-    log.info("worker: exiting %.1f s after the signal (%s)", grace, STOP_GRACE_VARIABLE)
+    log.info("worker: exiting %.1f s after the signal (%s)", grace, WORKER_STOP_GRACE_VARIABLE)
     logging.shutdown()
     os._exit(0)

@@ -13,6 +13,7 @@ from app.cli import (  # noqa: F401  (each registers its commands on `main`)
     reports,
     server,
     setup,
+    systemd,
     tls,
     tlsrpt,
     web,

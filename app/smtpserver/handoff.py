@@ -28,6 +28,8 @@ from app.process import die_with_parent
 log = logging.getLogger("app.smtpserver")
 
 WAKE_QUEUE = "wake-queue"  # a queue item asking for a queue sweep (mail was submitted)
+# Seconds the supervisor, stopping, lets the publisher child send what is queued.
+PUBLISHER_CLOSE_TIMEOUT = 10.0
 Item = Evaluation | ReportMessage | str | None  # an evaluation, a report message, WAKE_QUEUE, or None: stop
 
 
@@ -95,7 +97,7 @@ class TaskPublisher:
         self._queue.close()
         self._queue.join_thread()
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = PUBLISHER_CLOSE_TIMEOUT) -> None:
         """In the supervisor: let the child send what is queued, then stop it."""
         self._queue.put(None)
         self._process.join(timeout)
