@@ -38,14 +38,16 @@ WORKER_CONCURRENCY = 2
 # Names useradd accepts everywhere; paths systemd takes as written (no quoting, no %-specifiers).
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/+@:,=-]*$")
+# What ProtectHome= hides.
+HOME_DIRECTORIES = (Path("/home"), Path("/root"), Path("/run/user"))
 
-# What every service gets: a read-only system (but the paths it writes), no home directories, its own
+# What every service gets: a read-only system (but the paths it writes), no home directories (see
+# home_paths), its own
 # /tmp, /dev and mounts, files only its user reads, no way to gain privileges, load modules or change
 # the kernel, clock or cgroups, and only the system calls and socket families a network service uses.
 HARDENING = (
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
-    "ProtectHome=yes",
     "PrivateTmp=yes",
     "PrivateDevices=yes",
     "ProtectKernelTunables=yes",
@@ -270,6 +272,7 @@ def service(config: Config, options: UnitOptions, process: Process) -> str:
         *([f"LimitNOFILE={CONNECTION_FILE_LIMIT}"] if process.holds_connections else []),
         *_capabilities(process),
         *HARDENING,
+        *_home_protection(options),
         *(f"ReadWritePaths={path}" for path in (writable_paths(config) if process.writes_data else [])),
         "",
         "[Install]",
@@ -277,6 +280,24 @@ def service(config: Config, options: UnitOptions, process: Process) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def home_paths(bin_dir: Path) -> list[Path]:
+    """What the processes read from under a home directory: the venv, the Python it was made from
+    (pyenv keeps it in ~/.pyenv) and this package's source (an editable install's checkout)."""
+    python = (bin_dir / "python").resolve()
+    needed = [bin_dir.parent, python.parent.parent, Path(__file__).resolve().parent.parent]
+    found = [p for p in needed if any(p.is_relative_to(home) for home in HOME_DIRECTORIES)]
+    return sorted(set(found))
+
+
+def _home_protection(options: UnitOptions) -> list[str]:
+    """Home directories hidden, or, when the processes need something in one, an empty tmpfs over
+    them with just those paths mounted back, read-only."""
+    paths = home_paths(options.bin_dir)
+    if not paths:
+        return ["ProtectHome=yes"]
+    return ["ProtectHome=tmpfs", *(f"BindReadOnlyPaths={_plain_path('home path', p)}" for p in paths)]
 
 
 def _capabilities(process: Process) -> list[str]:
