@@ -193,9 +193,19 @@ def units(config: Config, options: UnitOptions, names: list[str] | None = None) 
     unknown = sorted(set(names or ()) - {p.name for p in chosen})
     if unknown:
         raise UnitError(f"no process named {', '.join(unknown)} (the Procfile's: {_all_names(config)})")
+    _check_executables(options.bin_dir, chosen)
     files = {unit_name(p): service(config, options, p) for p in chosen}
     files[TARGET] = target(chosen)
     return files
+
+
+def _check_executables(bin_dir: Path, chosen: list[Process]) -> None:
+    """A unit whose ExecStart does not exist fails only when started: say so now."""
+    for name in sorted({p.command[0] for p in chosen}):
+        if not (bin_dir / name).is_file():
+            raise UnitError(
+                f"{bin_dir / name} does not exist (--bin-dir: the bin folder of Postwarden's venv)"
+            )
 
 
 def _all_names(config: Config) -> str:

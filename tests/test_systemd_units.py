@@ -97,14 +97,10 @@ def test_verify_catches_a_broken_unit(tmp_path: Path, line: str, broken: str, sa
 
 
 def test_verify_catches_a_missing_executable(tmp_path: Path) -> None:
-    output = tmp_path / "units"
-    config = write_config(tmp_path / "etc")
-    CliRunner().invoke(
-        main, ["--config", str(config), "systemd", "--output", str(output), "--bin-dir", "/nowhere"]
-    )
-    assert "Command /nowhere/postwarden is not executable" in verify_problems(
-        [output / "postwarden-web.service"]
-    )
+    unit = tmp_path / "units" / "postwarden-web.service"
+    generate(write_config(tmp_path / "etc"), unit.parent)
+    unit.write_text(unit.read_text().replace(f"ExecStart={BIN_DIR}/", "ExecStart=/nowhere/"))
+    assert "Command /nowhere/postwarden is not executable" in verify_problems([unit])
 
 
 def test_every_procfile_process_has_a_unit_running_its_command(tmp_path: Path) -> None:
@@ -234,6 +230,7 @@ def test_chosen_processes_only(tmp_path: Path) -> None:
         (["--user", "Root Admin"], "user 'Root Admin' is not a system user"),
         (["--bin-dir", "/opt/my venv/bin"], "must be an absolute path"),
         (["--bin-dir", "/opt/%h/bin"], "must be an absolute path"),
+        (["--bin-dir", "/nowhere"], "/nowhere/celery does not exist (--bin-dir"),
     ],
 )
 def test_what_systemd_would_misread_is_refused(tmp_path: Path, args: list[str], said: str) -> None:
