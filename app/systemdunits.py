@@ -42,9 +42,10 @@ _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/+@:,=-]*$")
 HOME_DIRECTORIES = (Path("/home"), Path("/root"), Path("/run/user"))
 
 # What every service gets: a read-only system (but the paths it writes), no home directories (see
-# home_paths), its own
-# /tmp, /dev and mounts, files only its user reads, no way to gain privileges, load modules or change
-# the kernel, clock or cgroups, and only the system calls and socket families a network service uses.
+# home_paths), its own /tmp, /dev and mounts, files only its user reads, no way to gain privileges,
+# load modules or change the kernel, clock or cgroups, no memory both writable and executable
+# (CPython has no JIT; traced: no such mapping), and only the system calls and socket families a
+# network service uses.
 HARDENING = (
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
@@ -62,6 +63,7 @@ HARDENING = (
     "RestrictRealtime=yes",
     "RestrictSUIDSGID=yes",
     "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
     "RemoveIPC=yes",
     "PrivateMounts=yes",
     "UMask=0077",

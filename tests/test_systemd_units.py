@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The venv's executables: `systemd-analyze verify` refuses an ExecStart that does not exist.
 BIN_DIR = Path(sys.executable).parent
 # `systemd-analyze security` rates exposure 0.0 (locked down) to 10.0; --threshold takes tenths.
-# The units score 1.4-1.6 (docs/systemd.md); a lost hardening option shows here.
+# The units score 1.4-1.5 (docs/systemd.md); a lost hardening option shows here.
 MOST_EXPOSURE = 20
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
