@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.auth.dkim import DKIMSigningError
 from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
@@ -340,6 +341,7 @@ class _Run:
                     elsewhere.append(outcome.policy_domain)
             reports = [self.queued(outcome) for outcome in taken if outcome.mail is not None]
             enqueue_many(session, self.config, reports)
+        metrics.reports_sent("dmarc", "mail", len(reports))
         for domain in elsewhere:
             log.info("dmarc report already sent by another worker policy_domain=%s", domain)
         self.summary.claimed_elsewhere += elsewhere

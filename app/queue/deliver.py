@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session as DBSession
 
+from app import metrics
 from app.accounts import account_name
 from app.auth.message import header_fields
 from app.config import Config
@@ -133,6 +134,7 @@ class _Run:
         self._accounts: dict[int, str | None] = {}
         # Rows per message file when claimed: a file whose rows are all ours needs no check later.
         self.rows_per_path: dict[str, int] = {}
+        self.tls_policy = metrics.tls_policy_type(None)  # of the host tried last: the deliveries' label
 
     async def start(self, queue_id: int) -> None:
         self.rows = outgoing.claim_batch(
@@ -291,6 +293,7 @@ class _Run:
         if settings is None:
             decision = await self._decide(destination, hop, sts, tls_required_no)
             settings = decision.settings
+        self.tls_policy = metrics.tls_policy_type(settings)
         if decision is not None and not decision.use_host:
             failure = decision.domain_failure or decision.host_failure
             reason = failure.reason if failure else decision.basis
@@ -451,6 +454,7 @@ class _Run:
         now: datetime,
         attempt: history.Attempt,
     ) -> None:
+        metrics.delivery("delivered" if error is None else "failed" if final else "deferred", self.tls_policy)
         if error is None or final:
             if not outgoing.finish(session, row):
                 log.warning("queue row %d: lease lost before its outcome was written", row.id)

@@ -17,9 +17,11 @@ strict check of app/address.py before it is stored, logged or queued.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiosmtpd.smtp import Envelope, Session
 
+from app import metrics
 from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
 from app.logs import RATE_LIMITED, cid_scope
@@ -70,6 +72,7 @@ class BaseHandler:
         The transaction id is also the stored file's id (the queue file's, for submissions), so the
         id the 250 reply names is what `postwarden message show` and `queue show` look up."""
         with cid_scope(new_file_id()) as transaction_id:
+            started = time.monotonic()
             content = envelope.original_content or b""
             problem = content_problem(content)
             if problem:
@@ -80,6 +83,7 @@ class BaseHandler:
                 result, reply = await self.receive(server, session, envelope, content, transaction_id)
                 self.count_delivery(server, reply, len(content))
             self.log_transaction(server, session, envelope, result, reply, transaction_id)
+            metrics.smtp_transaction(self.kind, result, time.monotonic() - started)
             return reply
 
     async def receive(

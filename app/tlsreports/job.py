@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.auth.dkim import DKIMSigningError
 from app.config import Config
 from app.db import session_scope
@@ -436,6 +437,8 @@ class _Sender:
         left_out = ""
         if planned.left_out:
             left_out = f"; left out (same rua as the host): {', '.join(sorted(planned.left_out))}"
+        if planned.mailto:
+            metrics.reports_sent("tlsrpt", "mail")
         with cid_scope(cid):
             log.info(
                 "tls reports: report %s (run %s) for %s due %s to %s: %d policies, "

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import Config
 from app.db import affected_rows, session_scope
 from app.dns import Resolver, resolver_from_config
@@ -82,6 +83,7 @@ async def post_due_reports(
             with session_scope(db_url) as session:
                 session.execute(delete(TLSReportPost).where(TLSReportPost.id == post.id))
             summary.posted.append(post.report_id)
+            metrics.reports_sent("tlsrpt", "https")
             log.info(
                 "tls reports: report %s for %s posted to %s: HTTP %d",
                 post.report_id,

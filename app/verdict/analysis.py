@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.address import address_domain
 from app.config import Account, Config
 from app.models.base import utcnow
@@ -92,6 +93,7 @@ def analyze(
     copies: dict[tuple[str, str], MailboxCopy] = {}
     for p in placed:
         copies.setdefault((p.copy.account, p.copy.mailbox), p.copy)
+    metrics.verdict(verdict.action, verdict.reason)
     return Analysis(
         verdict=verdict,
         copies=tuple(copies.values()),

@@ -1,0 +1,203 @@
+"""Prometheus counters and histograms, counted where things happen, gathered across processes.
+
+The SMTP workers, the Celery workers and the IMAP server count in prometheus-client's multiprocess
+mode: each process adds to memory-mapped files of its own (one write per count, no lock shared with
+another process), under `<metrics_dir>/<service>/`; the web process sums every file it finds there
+at each scrape (`MetricsFiles`) and adds the gauges it reads from the database (app/web/metrics.py).
+Each service is started by one process (the SMTP supervisor, a Celery worker's main process, the
+IMAP server) that empties its own folder first: the files of its last run would count twice. A
+process that is not set up (the CLI, tests) counts in memory, where no scrape sees it.
+
+Label values are ours alone and few: a reply code, a verdict reason, a delivery result, a TLS
+policy type, a job name. Never an address, a domain or any text from the network: each label has
+its known values, and anything else is counted as "other".
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Histogram, values
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from app.queue.tlspolicy import TLSSettings
+
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus-client's values write their files
+OTHER = "other"
+REPLY_CODE = re.compile(r"[2-5][0-9][0-9]")
+TOKEN = re.compile(r"[a-z][a-z0-9_-]{0,39}")  # our own result and reason names
+LISTENERS = frozenset({"inbound", "submission", "imap", "imaps"})
+DELIVERY_RESULTS = ("delivered", "deferred", "failed")
+REPORT_KINDS = frozenset({"dmarc", "tlsrpt"})
+REPORT_WAYS = frozenset({"mail", "https"})
+
+# Counted per message or per reply: these labels children are created at the first count, in the
+# process that counts (see enable_multiprocess), so no metric here may be without labels.
+SMTP_SESSIONS = Counter(
+    "postwarden_smtp_sessions", "SMTP sessions admitted, by listener kind.", ["listener"], registry=None
+)
+SMTP_REPLIES = Counter(
+    "postwarden_smtp_replies",
+    "SMTP replies sent, by listener kind and reply code.",
+    ["listener", "code"],
+    registry=None,
+)
+SMTP_TRANSACTIONS = Counter(
+    "postwarden_smtp_transactions",
+    "SMTP transactions (DATA) ended, by listener kind and result (accepted, rejected-dmarc, refused...).",
+    ["listener", "result"],
+    registry=None,
+)
+SMTP_DATA_SECONDS = Histogram(
+    "postwarden_smtp_data_seconds",
+    "Seconds from the end of a message's data to its reply: checks, verdict and store.",
+    ["listener"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=None,
+)
+VERDICTS = Counter(
+    "postwarden_verdicts",
+    "Inbound messages judged, by the action and reason of the verdict the reply follows.",
+    ["action", "reason"],
+    registry=None,
+)
+DELIVERIES = Counter(
+    "postwarden_deliveries",
+    "Outgoing recipients' delivery attempts, by result and the TLS policy of the host tried last.",
+    ["result", "tls_policy"],
+    registry=None,
+)
+JOB_RUNS = Counter(
+    "postwarden_job_runs", "Periodic job runs ended, by job and outcome.", ["job", "outcome"], registry=None
+)
+JOB_SECONDS = Histogram(
+    "postwarden_job_run_seconds",
+    "Duration of periodic job runs.",
+    ["job"],
+    buckets=(0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0),
+    registry=None,
+)
+REPORTS_SENT = Counter(
+    "postwarden_reports_sent",
+    "DMARC and TLS reports sent: queued as mail, or accepted by an HTTPS endpoint.",
+    ["kind", "via"],
+    registry=None,
+)
+IMAP_SESSIONS = Counter(
+    "postwarden_imap_sessions", "IMAP sessions admitted, by listener kind.", ["listener"], registry=None
+)
+
+
+def _known(value: str, known: Iterable[str]) -> str:
+    return value if value in known else OTHER
+
+
+def _token(value: str | None) -> str:
+    if value is None:
+        return "none"
+    return value if TOKEN.fullmatch(value) else OTHER
+
+
+def smtp_session(listener: str) -> None:
+    SMTP_SESSIONS.labels(_known(listener, LISTENERS)).inc()
+
+
+def smtp_reply(listener: str, reply: str) -> None:
+    """Count a reply by its code (the first line's three digits)."""
+    code = reply[:3]
+    SMTP_REPLIES.labels(_known(listener, LISTENERS), code if REPLY_CODE.fullmatch(code) else OTHER).inc()
+
+
+def smtp_transaction(listener: str, result: str, seconds: float) -> None:
+    listener = _known(listener, LISTENERS)
+    SMTP_TRANSACTIONS.labels(listener, _token(result)).inc()
+    SMTP_DATA_SECONDS.labels(listener).observe(seconds)
+
+
+def verdict(action: str, reason: str | None) -> None:
+    VERDICTS.labels(_token(action), _token(reason)).inc()
+
+
+def tls_policy_type(settings: TLSSettings | None) -> str:
+    """The TLS policy a delivery attempt followed: DANE, MTA-STS (enforced or testing), a route's
+    required TLS, or opportunistic; "none" when no host was tried."""
+    if settings is None:
+        return "none"
+    if settings.verify_dane:
+        return "dane"
+    if settings.verify_pkix:
+        return "mta-sts-testing" if settings.ignore_verification_errors else "mta-sts"
+    return "required" if settings.starttls_required else "opportunistic"
+
+
+def delivery(result: str, tls_policy: str) -> None:
+    DELIVERIES.labels(_known(result, DELIVERY_RESULTS), _token(tls_policy)).inc()
+
+
+def job_run(job: str, failed: bool, seconds: float) -> None:
+    """`job` is a registry name (app/jobs.py), never text from outside."""
+    JOB_RUNS.labels(job, "failed" if failed else "ok").inc()
+    JOB_SECONDS.labels(job).observe(seconds)
+
+
+def reports_sent(kind: str, via: str, count: int = 1) -> None:
+    if count:
+        REPORTS_SENT.labels(_known(kind, REPORT_KINDS), _known(via, REPORT_WAYS)).inc(count)
+
+
+def imap_session(listener: str) -> None:
+    IMAP_SESSIONS.labels(_known(listener, LISTENERS)).inc()
+
+
+# Multiprocess mode.
+
+
+def enable_multiprocess(root: Path, service: str) -> Path:
+    """Count in files under `root/service` from now on, in this process and the ones it forks; the
+    folder is emptied first. Call it once, at the start of the process that starts the service,
+    before anything is counted. Returns the folder."""
+    folder = root / service
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_VARIABLE] = str(folder)
+    # prometheus-client picks its value class when it is imported; a metric's labelled children are
+    # made at their first count and take the class in place then: the files, in each process's own.
+    values.ValueClass = values.MultiProcessValue()
+    return folder
+
+
+def worker_folder(node: str) -> str:
+    """The folder of a Celery worker: its node name, which is unique among the running workers."""
+    return "worker-" + re.sub(r"[^A-Za-z0-9.-]", "_", node)[:100]
+
+
+def process_ended(pid: int) -> None:
+    """Tell the files that a forked process is gone (its counts stay: they were counted)."""
+    folder = os.environ.get(MULTIPROC_VARIABLE)
+    if folder is not None:
+        mark_process_dead(pid, folder)
+
+
+class MetricsFiles(Collector):
+    """The sum, at each scrape, of every service's files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            return iter(MultiProcessCollector.merge(self._files()))
+        except FileNotFoundError:  # a service emptied its folder between the listing and the read
+            return iter(MultiProcessCollector.merge(self._files()))
+
+    def _files(self) -> list[str]:
+        return glob.glob(os.path.join(glob.escape(str(self.root)), "*", "*.db"))
