@@ -19,18 +19,20 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import Counter, Histogram, values
 from prometheus_client.core import Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from app.queue.tlspolicy import TLSSettings
 
+M = TypeVar("M", bound=MetricWrapperBase)
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus-client's values write their files
 OTHER = "other"
 REPLY_CODE = re.compile(r"[2-5][0-9][0-9]")
@@ -107,24 +109,59 @@ def _token(value: str | None) -> str:
     return value if TOKEN.fullmatch(value) else OTHER
 
 
+def _code(code: str) -> str:
+    return code if REPLY_CODE.fullmatch(code) else OTHER
+
+
+class _Children(Generic[M]):
+    """A metric's children by the values a caller passes, each made once with its labels made safe
+    by `clean`: a count costs one dict lookup, where labels() checks and locks at every call. The
+    values passed come from our code (a listener kind, a reply's first three characters, a reason
+    name), so the dict stays small."""
+
+    def __init__(self, metric: M, clean: Callable[..., tuple[str, ...]]) -> None:
+        self.metric, self.clean = metric, clean
+        self.made: dict[tuple[str | None, ...], M] = {}
+
+    def __call__(self, *values: str | None) -> M:
+        child = self.made.get(values)
+        if child is None:
+            child = self.made[values] = self.metric.labels(*self.clean(*values))
+        return child
+
+
+_smtp_sessions = _Children(SMTP_SESSIONS, lambda listener: (_known(listener, LISTENERS),))
+_smtp_replies = _Children(SMTP_REPLIES, lambda listener, code: (_known(listener, LISTENERS), _code(code)))
+_smtp_transactions = _Children(
+    SMTP_TRANSACTIONS, lambda listener, result: (_known(listener, LISTENERS), _token(result))
+)
+_smtp_data_seconds = _Children(SMTP_DATA_SECONDS, lambda listener: (_known(listener, LISTENERS),))
+_verdicts = _Children(VERDICTS, lambda action, reason: (_token(action), _token(reason)))
+_deliveries = _Children(DELIVERIES, lambda result, policy: (_known(result, DELIVERY_RESULTS), _token(policy)))
+_job_runs = _Children(JOB_RUNS, lambda job, outcome: (job, outcome))  # registry names (app/jobs.py)
+_job_seconds = _Children(JOB_SECONDS, lambda job: (job,))
+_reports_sent = _Children(
+    REPORTS_SENT, lambda kind, via: (_known(kind, REPORT_KINDS), _known(via, REPORT_WAYS))
+)
+_imap_sessions = _Children(IMAP_SESSIONS, lambda listener: (_known(listener, LISTENERS),))
+
+
 def smtp_session(listener: str) -> None:
-    SMTP_SESSIONS.labels(_known(listener, LISTENERS)).inc()
+    _smtp_sessions(listener).inc()
 
 
 def smtp_reply(listener: str, reply: str) -> None:
     """Count a reply by its code (the first line's three digits)."""
-    code = reply[:3]
-    SMTP_REPLIES.labels(_known(listener, LISTENERS), code if REPLY_CODE.fullmatch(code) else OTHER).inc()
+    _smtp_replies(listener, reply[:3]).inc()
 
 
 def smtp_transaction(listener: str, result: str, seconds: float) -> None:
-    listener = _known(listener, LISTENERS)
-    SMTP_TRANSACTIONS.labels(listener, _token(result)).inc()
-    SMTP_DATA_SECONDS.labels(listener).observe(seconds)
+    _smtp_transactions(listener, result).inc()
+    _smtp_data_seconds(listener).observe(seconds)
 
 
 def verdict(action: str, reason: str | None) -> None:
-    VERDICTS.labels(_token(action), _token(reason)).inc()
+    _verdicts(action, reason).inc()
 
 
 def tls_policy_type(settings: TLSSettings | None) -> str:
@@ -140,22 +177,21 @@ def tls_policy_type(settings: TLSSettings | None) -> str:
 
 
 def delivery(result: str, tls_policy: str) -> None:
-    DELIVERIES.labels(_known(result, DELIVERY_RESULTS), _token(tls_policy)).inc()
+    _deliveries(result, tls_policy).inc()
 
 
 def job_run(job: str, failed: bool, seconds: float) -> None:
-    """`job` is a registry name (app/jobs.py), never text from outside."""
-    JOB_RUNS.labels(job, "failed" if failed else "ok").inc()
-    JOB_SECONDS.labels(job).observe(seconds)
+    _job_runs(job, "failed" if failed else "ok").inc()
+    _job_seconds(job).observe(seconds)
 
 
 def reports_sent(kind: str, via: str, count: int = 1) -> None:
     if count:
-        REPORTS_SENT.labels(_known(kind, REPORT_KINDS), _known(via, REPORT_WAYS)).inc(count)
+        _reports_sent(kind, via).inc(count)
 
 
 def imap_session(listener: str) -> None:
-    IMAP_SESSIONS.labels(_known(listener, LISTENERS)).inc()
+    _imap_sessions(listener).inc()
 
 
 # Multiprocess mode.
