@@ -54,7 +54,7 @@ from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.jobs import DMARC_REPORTS, Run, report_run
-from app.logs import new_cid
+from app.logs import fields, new_cid
 from app.models import DMARCReportClaim
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue_many
@@ -375,24 +375,22 @@ class _Run:
         mail = outcome.mail
         if mail is None:
             log.info(
-                "dmarc evaluations discarded policy_domain=%s reason=%s",
-                outcome.policy_domain,
-                outcome.discard,
+                "dmarc evaluations discarded",
+                extra=fields(domain=outcome.policy_domain, reason=outcome.discard),
             )
             self.summary.discarded.append(outcome.policy_domain)
             return
         self.summary.reports.append(mail.report_id)
-        log.info(
-            "dmarc report queued policy_domain=%s report_cid=%s report_id=%s recipients=%s rows=%d "
-            "messages=%d due=%s",
-            mail.policy_domain,
-            outcome.report_cid,
-            mail.report_id,
-            ",".join(outcome.addresses),
-            mail.rows,
-            mail.messages,
-            f"{outcome.due:%H:%M:%S}",
+        queued = fields(
+            domain=mail.policy_domain,
+            report_cid=outcome.report_cid,
+            report_id=mail.report_id,
+            recipients=",".join(outcome.addresses),
+            rows=mail.rows,
+            messages=mail.messages,
+            due=f"{outcome.due:%H:%M:%S}",
         )
+        log.info("dmarc report queued", extra=queued)
 
 
 def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]:

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import Envelope, Session
 from app import metrics
 from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
-from app.logs import RATE_LIMITED, cid_scope
+from app.logs import RATE_LIMITED, cid_scope, fields
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
 from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
 from app.smtpserver.ratelimit import RateLimiter
@@ -150,19 +150,18 @@ class BaseHandler:
         reply: str,
         transaction_id: str,
     ) -> None:
-        account = f" account={session.auth_data}" if session.authenticated else ""
-        log.info(
-            "%s transaction id=%s ip=%s helo=%s from=<%s> rcpts=%s result=%s reply=%r%s",
-            self.kind,
-            transaction_id,
-            server.peer_ip,
-            session.host_name,
-            envelope_sender(envelope),
-            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
-            result,
-            reply,
-            account,
+        account = {"account": session.auth_data} if session.authenticated else {}
+        transaction = fields(
+            message_id=transaction_id,
+            ip=server.peer_ip,
+            helo=session.host_name,
+            mail_from=f"<{envelope_sender(envelope)}>",
+            rcpts=",".join(f"<{r}>" for r in envelope.rcpt_tos),
+            result=result,
+            reply=reply,
+            **account,
         )
+        log.info("%s transaction", self.kind, extra=transaction)
 
 
 def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:
