@@ -5,8 +5,9 @@ mode: each process adds to memory-mapped files of its own (one write per count, 
 another process), under `<metrics_dir>/<service>/`; the web process sums every file it finds there
 at each scrape (`MetricsFiles`) and adds the gauges it reads from the database (app/web/metrics.py).
 Each service is started by one process (the SMTP supervisor, a Celery worker's main process, the
-IMAP server) that empties its own folder first: the files of its last run would count twice. A
-process that is not set up (the CLI, tests) counts in memory, where no scrape sees it.
+IMAP server) that removes its folder's files first: the counts of its last run would be added to
+the new ones (and a process whose pid was used before would go on from that one's). A process that
+is not set up (the CLI, tests) counts in memory, where no scrape sees it.
 
 Label values are ours alone and few: a reply code, a verdict reason, a delivery result, a TLS
 policy type, a job name. Never an address, a domain or any text from the network: each label has
@@ -18,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -199,11 +199,12 @@ def imap_session(listener: str) -> None:
 
 def enable_multiprocess(root: Path, service: str) -> Path:
     """Count in files under `root/service` from now on, in this process and the ones it forks; the
-    folder is emptied first. Call it once, at the start of the process that starts the service,
-    before anything is counted. Returns the folder."""
+    files of the folder's last run are removed first. Call it once, at the start of the process that
+    starts the service, before anything is counted. Returns the folder."""
     folder = root / service
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # only the counts' files: a misplaced metrics_dir loses nothing else
+        stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_VARIABLE] = str(folder)
     # prometheus-client picks its value class when it is imported; a metric's labelled children are
     # made at their first count and take the class in place then: the files, in each process's own.
@@ -232,7 +233,7 @@ class MetricsFiles(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             return iter(MultiProcessCollector.merge(self._files()))
-        except FileNotFoundError:  # a service emptied its folder between the listing and the read
+        except FileNotFoundError:  # a service removed its files between the listing and the read
             return iter(MultiProcessCollector.merge(self._files()))
 
     def _files(self) -> list[str]:

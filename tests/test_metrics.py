@@ -3,12 +3,15 @@ process writes, and summed by the web process's /metrics; real traffic through t
 
 from __future__ import annotations
 
+import imaplib
 import os
+import signal
 import smtplib
 import subprocess
 import sys
 from pathlib import Path
 
+import trustme
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -21,11 +24,13 @@ from app.queue.enqueue import Queued, enqueue
 from app.queue.outgoing import queue_size
 from app.queue.tlspolicy import TLSSettings
 from app.web.app import create_app
+from tests.imap.conftest import PASSWORD, imap_config
+from tests.imap.test_imap_cli import listener_toml, log_lines, start_imap
 from tests.smtpserver.test_ratelimit_smtp import smtp_workers
 from tests.support.celeryworker import celery_worker, client_for
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
-from tests.support.smtpfixtures import smtp_config_toml
+from tests.support.smtpfixtures import client_tls_context, smtp_config_toml
 from tests.support.smtppeers import smtp_peer
 from tests.support.waiting import wait_until
 
@@ -172,3 +177,26 @@ def test_real_traffic_moves_the_scraped_counters(tmp_path: Path, dns: DNSTestSer
     assert value(scraped, "postwarden_job_runs_total", job="sweep_queue", outcome="ok") >= 1
     assert value(scraped, "postwarden_outgoing_queue_size") == 0
     assert value(scraped, "postwarden_outgoing_queue_oldest_age_seconds") == 0
+
+
+def test_imap_sessions_are_counted_by_postwarden_imap(
+    tmp_path: Path, tls_files: tuple[Path, Path], tls_ca: trustme.CA
+) -> None:
+    imap_config(tmp_path / "config")
+    path = tmp_path / "config" / "postwarden.toml"
+    path.write_text(path.read_text() + listener_toml("imaps", *tls_files))
+    web = TestClient(create_app(load_config(path)))
+    process = start_imap(path)
+    try:
+        (port,) = log_lines(process, r"imap listening on 127\.0\.0\.1:(\d+)")
+        for _ in range(2):
+            client = imaplib.IMAP4_SSL(
+                "127.0.0.1", int(port), ssl_context=client_tls_context(tls_ca), timeout=10
+            )
+            assert client.login("admin", PASSWORD)[0] == "OK"
+            client.logout()
+        scraped = samples(web.get("/metrics").text)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    assert value(scraped, "postwarden_imap_sessions_total", listener="imaps") == 2
