@@ -12,7 +12,8 @@ is the audit trail and must stay whole.
 
 A line's facts go in `extra=fields(...)` (message_id, queue_id, domain, result...), not in its text:
 the JSON format makes each a key of its own, the text format writes them after the message as
-`key=value` (a value with a space or a quote in repr's quotes); strings are cut to FIELD_LIMIT.
+`key=value` (a value with a space, a quote or a control character as repr writes it); strings are
+cut to FIELD_LIMIT.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def fields_text(record: logging.LogRecord) -> str:
 
 def _shown(value: object) -> str:
     text = str(value)
-    return repr(text) if not text or _QUOTED.search(text) else text
+    return repr(text) if not text or not text.isprintable() or _QUOTED.search(text) else text
 
 
 def _escape_one(match: re.Match[str]) -> str:

@@ -58,9 +58,8 @@ class BaseHandler:
         return ehlo_reply(server, hostname, self.offers_auth)
 
     def log_greeting_refused(self, server: PostwardenSMTP, command: str, argument: str) -> None:
-        log.info(
-            "%s %s refused ip=%s argument=%r", self.kind, command, server.peer_ip, argument[:LOGGED_ARGUMENT]
-        )
+        refused = fields(ip=server.peer_ip, argument=argument[:LOGGED_ARGUMENT])
+        log.info("%s %s refused", self.kind, command, extra=refused)
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("%s session error", self.kind, exc_info=error)
@@ -103,7 +102,8 @@ class BaseHandler:
         must not flood the log."""
         refusal = None if self.rate_limiter is None else self.rate_limiter.refusal(server.peer_ip, size)
         if refusal is not None:
-            log.info("%s rate limit ip=%s reply=%r", self.kind, server.peer_ip, refusal, extra=RATE_LIMITED)
+            limited = fields(ip=server.peer_ip, reply=refusal)
+            log.info("%s rate limit", self.kind, extra={**RATE_LIMITED, **limited})
         return refusal
 
     def count_delivery(self, server: PostwardenSMTP, reply: str, size: int) -> None:
