@@ -11,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trustme
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from app.config import load_config
 from app.db import session_scope
-from app.metrics import OTHER, MetricsFiles, tls_policy_type
+from app.jobs import recorded_run
+from app.metrics import JOB_RUNS, JOB_SECONDS, OTHER, MetricsFiles, tls_policy_type
 from app.migrate import upgrade_database
 from app.queue.enqueue import Queued, enqueue
 from app.queue.outgoing import queue_size
@@ -111,6 +114,28 @@ def test_tls_policy_label_names_the_rule_followed() -> None:
     assert tls_policy_type(settings(verify_pkix=True, ignore_verification_errors=True)) == "mta-sts-testing"
     assert tls_policy_type(settings(starttls_required=True)) == "required"
     assert tls_policy_type(settings()) == "opportunistic"
+
+
+def counted(metric: MetricWrapperBase, name: str, **labels: str) -> float:
+    """A sample of a metric counted in this process (in memory: the tests do not set up files)."""
+    found = [s.value for f in metric.collect() for s in f.samples if s.name == name and s.labels == labels]
+    return found[0] if found else 0.0
+
+
+def test_job_runs_are_counted_with_their_outcome_and_duration(url: str) -> None:
+    def now() -> tuple[float, float, float]:
+        return (
+            counted(JOB_RUNS, "postwarden_job_runs_total", job="sweep_queue", outcome="ok"),
+            counted(JOB_RUNS, "postwarden_job_runs_total", job="sweep_queue", outcome="failed"),
+            counted(JOB_SECONDS, "postwarden_job_run_seconds_count", job="sweep_queue"),
+        )
+
+    ok, failed, timed = now()
+    with recorded_run(url, "sweep_queue"):
+        pass
+    with pytest.raises(RuntimeError), recorded_run(url, "sweep_queue"):
+        raise RuntimeError("the job failed")
+    assert now() == (ok + 1, failed + 1, timed + 2)
 
 
 # Real traffic: `postwarden smtp` with two workers, a prefork Celery worker delivering to a peer.
