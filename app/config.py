@@ -360,6 +360,7 @@ def _over_default(field: FieldInfo | None, value: Any) -> Any:
 class Config(Strict):
     hostname: Annotated[str, Field(min_length=1)]
     data_dir: FilePath = Path("data")
+    metrics_dir: FilePath | None = None  # the processes' Prometheus counts (app/metrics.py); data_dir/metrics
     database_url: str | None = None
     broker_url: str | None = None
     log_format: Literal["text", "json"] = "text"
@@ -451,6 +452,10 @@ class Config(Strict):
             or self.database_url
             or f"sqlite:///{self.data_dir / 'postwarden.db'}"
         )
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @property
     def resolved_broker_url(self) -> str:
@@ -559,6 +564,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={
             "data_dir": resolve(config.data_dir),
+            "metrics_dir": config.metrics_dir and resolve(config.metrics_dir),
             "listeners": listeners,
             "domains": domains,
             "web": web,

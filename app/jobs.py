@@ -9,6 +9,7 @@ the other jobs through the task wrapper (tasks/jobruns.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import Connection, delete, false, func, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.db import session_scope
 from app.logs import cid_scope, current_cid
 from app.models import JobRun
@@ -134,13 +136,16 @@ def recorded_run(database_url: str, name: str, clock: Clock | None = None) -> It
     with cid_scope(current_cid.get()) as cid:
         run_id, started = _start_run(database_url, name, cid, clock)
         run = Run(cid, started)
+        clock_started, failed = time.monotonic(), False
         try:
             yield run
         except Exception as error:
+            failed = True
             run.outcome.append(f"failed: {type(error).__name__}")
             raise
         finally:
             _finish_run(database_url, name, run_id, "; ".join(run.outcome) or "done")
+            metrics.job_run(name, failed, time.monotonic() - clock_started)
 
 
 def _start_run(database_url: str, name: str, cid: str, clock: Clock | None) -> tuple[int, datetime]:

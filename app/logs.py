@@ -9,6 +9,11 @@ most `burst` times a window, then summed up in one line: a fault that fires in a
 out of file descriptors) must not fill the disk. Warnings and errors are always limited this way;
 INFO lines only when logged with `extra=RATE_LIMITED`, since one INFO line per message or session
 is the audit trail and must stay whole.
+
+A line's facts go in `extra=fields(...)` (message_id, queue_id, domain, result...), not in its text:
+the JSON format makes each a key of its own, the text format writes them after the message as
+`key=value` (a value with a space, a quote or a control character as repr writes it); strings are
+cut to FIELD_LIMIT.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ current_cid: contextvars.ContextVar[str | None] = contextvars.ContextVar("cid", 
 
 # `extra=` for an INFO line that the outside world can repeat at will (one per refused connection).
 RATE_LIMITED = {"rate_limited": True}
+FIELDS = "fields"  # the record attribute `fields()` sets
+FIELD_LIMIT = 512  # characters of a string field that are logged
+_QUOTED = re.compile(r"[\s'\"=]")
 # C0, DEL, C1, the line and paragraph separators, and the bidirectional controls (which can make a
 # terminal show text in another order than it was written, e.g. a file name that hides its extension).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
@@ -62,6 +70,27 @@ class _CidFilter(logging.Filter):
         if not hasattr(record, "cid"):
             record.cid = current_cid.get() or "-"
         return True
+
+
+def fields(**values: object) -> dict[str, dict[str, object]]:
+    """`extra=` for a line with these fields (see the module doc)."""
+    return {FIELDS: values}
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The fields of a record, strings cut to FIELD_LIMIT."""
+    values: dict[str, object] = getattr(record, FIELDS, {})
+    return {k: v[:FIELD_LIMIT] if isinstance(v, str) else v for k, v in values.items()}
+
+
+def fields_text(record: logging.LogRecord) -> str:
+    """The fields as the text format writes them after the message: ` key=value` each."""
+    return "".join(f" {key}={_shown(value)}" for key, value in record_fields(record).items())
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return repr(text) if not text or not text.isprintable() or _QUOTED.search(text) else text
 
 
 def _escape_one(match: re.Match[str]) -> str:
@@ -105,7 +134,7 @@ class EscapingFormatter(logging.Formatter):
     """The text format: one line per record, a traceback below it indented (see the module doc)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_control(super().formatMessage(record))
+        return escape_control(super().formatMessage(record) + fields_text(record))
 
     def formatException(self, ei: ExcInfo) -> str:
         return _indented(super().formatException(ei))
@@ -202,13 +231,26 @@ class RepeatLimiter(logging.Filter):
         return summary
 
 
+class JsonFieldsFormatter(JsonFormatter):
+    """The JSON format: a line's fields are keys of their own (escaped by the encoder)."""
+
+    def add_fields(
+        self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_record, record, message_dict)
+        log_record.pop(FIELDS, None)
+        log_record.update(record_fields(record))
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CidFilter())
     handler.addFilter(RepeatLimiter(handler))
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(cid)s %(message)s", json_ensure_ascii=True)
+            JsonFieldsFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(cid)s %(message)s", json_ensure_ascii=True
+            )
         )
     else:
         handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s cid=%(cid)s %(message)s"))

@@ -12,11 +12,12 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
-from celery.signals import worker_init, worker_shutting_down
+from celery.signals import worker_init, worker_process_shutdown, worker_shutting_down
 from kombu.transport import resolve_transport
 
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
+from app.metrics import enable_multiprocess, process_ended, worker_folder
 from app.process import WORKER_STOP_GRACE_VARIABLE
 from tasks.eventqueues import prune_event_queues
 from tasks.fsbroker import STAGING, prune_staging
@@ -138,6 +139,17 @@ def _no_hostname_noise(record: logging.LogRecord) -> bool:
 @worker_init.connect
 def _prune_stale_queues(**_: object) -> None:
     prune_broker_queues(STALE_QUEUE_AGE)
+
+
+@worker_init.connect
+def _count_in_files(sender: Any, **_: object) -> None:
+    # In the main process, before the pool forks: its processes count into the worker's folder.
+    enable_multiprocess(settings().resolved_metrics_dir, worker_folder(sender.hostname))
+
+
+@worker_process_shutdown.connect
+def _pool_process_ended(pid: int, **_: object) -> None:
+    process_ended(pid)
 
 
 # honcho (`make run`) SIGKILLs what has not exited 5 s after its SIGTERM. A warm shutdown spends up

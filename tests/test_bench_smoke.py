@@ -17,6 +17,7 @@ HEADLINES = {
     "incoming_reports.py": r"incoming reports: \d+ reports/s, \d+ records/s, store ratio [\d.]+, "
     r"peak RSS \d+ MB, query p99 max [\d.]+ ms \(target < 200 ms\)",
     "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+",
+    "metrics.py": r"metrics: [\d.]+ us per message in files, [\d.]+ us in memory",
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "
     r"\(target p99 < 5 ms, ratio < 1\.5\)",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import RATE_LIMITED, EscapingFormatter, RepeatLimiter, escape_control
+from app.logs import FIELD_LIMIT, RATE_LIMITED, EscapingFormatter, RepeatLimiter, escape_control
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = "evil\r\n2026-01-01 00:00:00,000 INFO app forged\x1b[2J\x85\u2028\u2029\x00\x7f\tend"
@@ -98,6 +98,38 @@ def test_setup_logging_escapes_in_both_formats(fmt: str) -> None:
         assert json.loads(lines[0])["message"] == f"from {HOSTILE}", "JSON keeps the text, escaped"
     else:
         assert "from evil\\r\\n2026-01-01" in lines[0]
+
+
+def logged_with_fields(fmt: str) -> str:
+    """One line with fields, hostile and overlong ones among them, logged by `setup_logging`."""
+    program = (
+        "import logging; from app.logs import fields, setup_logging\n"
+        f"setup_logging('info', {fmt!r})\n"
+        "extra = fields(queue_id=7, domain='example.net', result='delivered', "
+        f"helo={HOSTILE!r}, reply='250 2.0.0 OK queued', long='x' * 5000)\n"
+        "logging.getLogger('app.x').info('delivery %s', 'delivered', extra=extra)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, timeout=30, check=True
+    )
+    (line,) = result.stderr.decode("utf-8").splitlines()
+    assert line.isascii() and line.isprintable()
+    return line
+
+
+def test_json_lines_carry_fields_as_keys() -> None:
+    record = json.loads(logged_with_fields("json"))
+    assert record["message"] == "delivery delivered", "the fields are not in the text"
+    assert (record["queue_id"], record["domain"], record["result"]) == (7, "example.net", "delivered")
+    assert record["helo"] == HOSTILE, "escaped by the encoder, read back whole"
+    assert record["long"] == "x" * FIELD_LIMIT
+    assert record["cid"] == "-" and "fields" not in record
+
+
+def test_text_lines_show_fields_after_the_message() -> None:
+    line = logged_with_fields("text")
+    assert "delivery delivered queue_id=7 domain=example.net result=delivered helo='evil\\r\\n2026" in line
+    assert f" reply='250 2.0.0 OK queued' long={'x' * FIELD_LIMIT}" in line and line.endswith("x")
 
 
 def test_repeated_lines_are_summed_up(logged: tuple[logging.Logger, io.StringIO], clock: Clock) -> None:

@@ -9,6 +9,7 @@ import click
 
 from app.cli.common import exit_if_database_unusable, load, main
 from app.logs import setup_logging
+from app.metrics import enable_multiprocess
 
 
 @main.command("imap")
@@ -29,6 +30,7 @@ def imap_command(ctx: click.Context) -> None:
         listeners = [IMAPListener.of(listener) for listener in config.imap_listeners]
     except ValueError as e:
         sys.exit(f"postwarden imap: {e}")
+    enable_multiprocess(config.resolved_metrics_dir, "imap")
     server = IMAPServer(config, IMAPLimits.of(config))
     with exit_if_database_unusable(config.resolved_database_url):
         # APPENDs an earlier run left half-committed are settled (the store's recovery takes only

@@ -9,6 +9,7 @@ import click
 from app.cli.common import exit_if_database_unusable, load, main
 from app.config import Config, config_path
 from app.logs import setup_logging
+from app.metrics import enable_multiprocess
 
 
 @main.command("smtp")
@@ -33,6 +34,7 @@ def smtp(ctx: click.Context, workers: int | None) -> None:
     from app.smtpserver.server import ListenerError
     from app.smtpserver.workers import Supervisor, default_worker_count
 
+    enable_multiprocess(config.resolved_metrics_dir, "smtp")  # before the workers fork
     supervisor = Supervisor(config, workers or default_worker_count())
     try:
         with exit_if_database_unusable(config.resolved_database_url):

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.auth.dkim import DKIMSigningError
 from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
@@ -53,7 +54,7 @@ from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
 from app.jobs import DMARC_REPORTS, Run, report_run
-from app.logs import new_cid
+from app.logs import fields, new_cid
 from app.models import DMARCReportClaim
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue_many
@@ -340,6 +341,7 @@ class _Run:
                     elsewhere.append(outcome.policy_domain)
             reports = [self.queued(outcome) for outcome in taken if outcome.mail is not None]
             enqueue_many(session, self.config, reports)
+        metrics.reports_sent("dmarc", "mail", len(reports))
         for domain in elsewhere:
             log.info("dmarc report already sent by another worker policy_domain=%s", domain)
         self.summary.claimed_elsewhere += elsewhere
@@ -373,24 +375,22 @@ class _Run:
         mail = outcome.mail
         if mail is None:
             log.info(
-                "dmarc evaluations discarded policy_domain=%s reason=%s",
-                outcome.policy_domain,
-                outcome.discard,
+                "dmarc evaluations discarded",
+                extra=fields(domain=outcome.policy_domain, reason=outcome.discard),
             )
             self.summary.discarded.append(outcome.policy_domain)
             return
         self.summary.reports.append(mail.report_id)
-        log.info(
-            "dmarc report queued policy_domain=%s report_cid=%s report_id=%s recipients=%s rows=%d "
-            "messages=%d due=%s",
-            mail.policy_domain,
-            outcome.report_cid,
-            mail.report_id,
-            ",".join(outcome.addresses),
-            mail.rows,
-            mail.messages,
-            f"{outcome.due:%H:%M:%S}",
+        queued = fields(
+            domain=mail.policy_domain,
+            report_cid=outcome.report_cid,
+            report_id=mail.report_id,
+            recipients=",".join(outcome.addresses),
+            rows=mail.rows,
+            messages=mail.messages,
+            due=f"{outcome.due:%H:%M:%S}",
         )
+        log.info("dmarc report queued", extra=queued)
 
 
 def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]:

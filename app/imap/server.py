@@ -12,6 +12,7 @@ from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
 
+from app import metrics
 from app.config import Config, Listener
 from app.imap.reader import Closed
 from app.imap.session import IMAPSession
@@ -117,6 +118,7 @@ class IMAPServer:
                 writer.write(b"* BYE Too many connections; try again later\r\n")
                 return
             self.sessions[ip] += 1
+            metrics.imap_session("imaps" if listener.implicit_tls else "imap")
             try:
                 await IMAPSession(self, reader, writer, listener=listener, peer_ip=ip).run()
             except Closed:

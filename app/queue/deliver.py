@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session as DBSession
 
+from app import metrics
 from app.accounts import account_name
 from app.auth.message import header_fields
 from app.config import Config
 from app.db import engine_for, session_scope
 from app.dns import DNSTemporaryError, Resolver, resolver_from_config
+from app.logs import fields
 from app.models.base import utcnow
 from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
@@ -133,6 +135,7 @@ class _Run:
         self._accounts: dict[int, str | None] = {}
         # Rows per message file when claimed: a file whose rows are all ours needs no check later.
         self.rows_per_path: dict[str, int] = {}
+        self.tls_policy = metrics.tls_policy_type(None)  # of the host tried last: the deliveries' label
 
     async def start(self, queue_id: int) -> None:
         self.rows = outgoing.claim_batch(
@@ -167,7 +170,7 @@ class _Run:
         try:
             destination = await resolve_destination(self.config.delivery, self.resolver, domain)
         except DeliveryError as e:
-            log.info("delivery to %s: %s", domain, e)
+            log.info("delivery: no destination", extra=fields(domain=domain, error=str(e)))
             for message in messages:
                 await self._settle(message, [e] * len(message.rows), remote=None)
             return
@@ -268,7 +271,10 @@ class _Run:
                     destination, hop, sts, pending, tls_required_no, record, tries
                 )
             except DeliveryError as e:
-                log.info("delivery to %s via %s: %s", destination.domain, hop.host, e)
+                log.info(
+                    "delivery: host failed",
+                    extra=fields(domain=destination.domain, host=hop.host, error=str(e)),
+                )
                 tries.failed(e, hop.host)
         error = tries.outcome(tries.last, tries.remote)
         for message in pending:
@@ -291,6 +297,7 @@ class _Run:
         if settings is None:
             decision = await self._decide(destination, hop, sts, tls_required_no)
             settings = decision.settings
+        self.tls_policy = metrics.tls_policy_type(settings)
         if decision is not None and not decision.use_host:
             failure = decision.domain_failure or decision.host_failure
             reason = failure.reason if failure else decision.basis
@@ -451,6 +458,8 @@ class _Run:
         now: datetime,
         attempt: history.Attempt,
     ) -> None:
+        result = "delivered" if error is None else "failed" if final else "deferred"
+        metrics.delivery(result, self.tls_policy)
         if error is None or final:
             if not outgoing.finish(session, row):
                 log.warning("queue row %d: lease lost before its outcome was written", row.id)
@@ -458,29 +467,28 @@ class _Run:
                 self.report.delivered.append(row.id)
                 if row.account_id is not None and not (row.is_dmarc_report or row.is_tls_report):
                     outgoing.record_sent_recipient(session, row.account_id, row.recipient)
-                log.info(
-                    "delivered id=%d file=%s to=<%s> %s",
-                    row.id,
-                    attempt.file_id,
-                    row.recipient,
-                    attempt.describe(),
-                )
             else:
                 self.report.failed.append(row.id)
-                log.info(
-                    "delivery failed id=%d file=%s to=<%s>: %s", row.id, attempt.file_id, row.recipient, error
-                )
-            return
-        outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
-        self.report.deferred.append(row.id)
-        log.info(
-            "delivery deferred id=%d file=%s to=<%s> attempt=%d: %s",
-            row.id,
-            attempt.file_id,
-            row.recipient,
-            row.attempts + 1,
-            error,
+        else:
+            outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
+            self.report.deferred.append(row.id)
+        self._log_outcome(row, result, error, attempt)
+
+    def _log_outcome(
+        self, row: OutgoingMessage, result: str, error: DeliveryError | None, attempt: history.Attempt
+    ) -> None:
+        outcome = fields(
+            queue_id=row.id,
+            message_id=attempt.file_id,
+            to=f"<{row.recipient}>",
+            domain=row.recipient_domain,
+            result=result,
+            attempt=row.attempts + 1,
+            tls_policy=self.tls_policy,
+            **({} if error is None else {"error": str(error)}),
+            **attempt.log_fields(),
         )
+        log.info("delivery %s", result, extra=outcome)
 
     async def _store_dsn(self, message: Message, statuses: list[RecipientStatus], now: datetime) -> None:
         row = message.rows[0]

@@ -89,14 +89,16 @@ class Attempt:
     def file_id(self) -> str:
         return file_id_of(self.row.path)
 
-    def describe(self) -> str:
-        """The log line's tail: relay, TLS and the reply (cut to REPLY_LOGGED characters, quoted)."""
+    def log_fields(self) -> dict[str, str]:
+        """The log line's fields: relay, TLS and the reply (cut to REPLY_LOGGED characters)."""
         relay = self.relay
         shown = f"{self.reply_code} {self.reply}" if self.reply_code is not None else self.reply
-        return (
-            f"relay={relay.host or '-'} ip={relay.ip or '-'} tls={relay.tls or '-'} "
-            f"reply={shown[:REPLY_LOGGED]!r}"
-        )
+        return {
+            "relay": relay.host or "-",
+            "ip": relay.ip or "-",
+            "tls": relay.tls or "-",
+            "reply": shown[:REPLY_LOGGED],
+        }
 
     def values(self) -> dict[str, Any]:
         return {

@@ -17,12 +17,14 @@ strict check of app/address.py before it is stored, logged or queued.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiosmtpd.smtp import Envelope, Session
 
+from app import metrics
 from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
-from app.logs import RATE_LIMITED, cid_scope
+from app.logs import RATE_LIMITED, cid_scope, fields
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
 from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
 from app.smtpserver.ratelimit import RateLimiter
@@ -56,9 +58,8 @@ class BaseHandler:
         return ehlo_reply(server, hostname, self.offers_auth)
 
     def log_greeting_refused(self, server: PostwardenSMTP, command: str, argument: str) -> None:
-        log.info(
-            "%s %s refused ip=%s argument=%r", self.kind, command, server.peer_ip, argument[:LOGGED_ARGUMENT]
-        )
+        refused = fields(ip=server.peer_ip, argument=argument[:LOGGED_ARGUMENT])
+        log.info("%s %s refused", self.kind, command, extra=refused)
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("%s session error", self.kind, exc_info=error)
@@ -70,6 +71,7 @@ class BaseHandler:
         The transaction id is also the stored file's id (the queue file's, for submissions), so the
         id the 250 reply names is what `postwarden message show` and `queue show` look up."""
         with cid_scope(new_file_id()) as transaction_id:
+            started = time.monotonic()
             content = envelope.original_content or b""
             problem = content_problem(content)
             if problem:
@@ -80,6 +82,7 @@ class BaseHandler:
                 result, reply = await self.receive(server, session, envelope, content, transaction_id)
                 self.count_delivery(server, reply, len(content))
             self.log_transaction(server, session, envelope, result, reply, transaction_id)
+            metrics.smtp_transaction(self.kind, result, time.monotonic() - started)
             return reply
 
     async def receive(
@@ -99,7 +102,8 @@ class BaseHandler:
         must not flood the log."""
         refusal = None if self.rate_limiter is None else self.rate_limiter.refusal(server.peer_ip, size)
         if refusal is not None:
-            log.info("%s rate limit ip=%s reply=%r", self.kind, server.peer_ip, refusal, extra=RATE_LIMITED)
+            limited = fields(ip=server.peer_ip, reply=refusal)
+            log.info("%s rate limit", self.kind, extra={**RATE_LIMITED, **limited})
         return refusal
 
     def count_delivery(self, server: PostwardenSMTP, reply: str, size: int) -> None:
@@ -146,19 +150,18 @@ class BaseHandler:
         reply: str,
         transaction_id: str,
     ) -> None:
-        account = f" account={session.auth_data}" if session.authenticated else ""
-        log.info(
-            "%s transaction id=%s ip=%s helo=%s from=<%s> rcpts=%s result=%s reply=%r%s",
-            self.kind,
-            transaction_id,
-            server.peer_ip,
-            session.host_name,
-            envelope_sender(envelope),
-            ",".join(f"<{r}>" for r in envelope.rcpt_tos),
-            result,
-            reply,
-            account,
+        account = {"account": session.auth_data} if session.authenticated else {}
+        transaction = fields(
+            message_id=transaction_id,
+            ip=server.peer_ip,
+            helo=session.host_name,
+            mail_from=f"<{envelope_sender(envelope)}>",
+            rcpts=",".join(f"<{r}>" for r in envelope.rcpt_tos),
+            result=result,
+            reply=reply,
+            **account,
         )
+        log.info("%s transaction", self.kind, extra=transaction)
 
 
 def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:

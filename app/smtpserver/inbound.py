@@ -22,6 +22,7 @@ from app.auth.message import header_fields
 from app.config import Config
 from app.dns import Resolver
 from app.inreports.intake import ReportMessage
+from app.logs import fields
 from app.smtpserver.evaluation import EvaluationHandOn, RecordEvaluation
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
@@ -94,13 +95,9 @@ class InboundHandler(BaseHandler):
                 reply = f"550 5.1.1 <{address}>: no such user here"
             else:
                 reply = f"550 5.7.1 <{address}>: relaying denied"
-            log.info(
-                "inbound rcpt refused ip=%s from=<%s> rcpt=<%s> reply=%r",
-                server.peer_ip,
-                envelope_sender(envelope),
-                address,
-                reply,
-            )
+            sender = envelope_sender(envelope)
+            refused = fields(ip=server.peer_ip, mail_from=f"<{sender}>", rcpt=f"<{address}>", reply=reply)
+            log.info("inbound rcpt refused", extra=refused)
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)

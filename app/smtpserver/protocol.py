@@ -26,6 +26,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
+from app import metrics
 from app.config import Limits
 from app.logs import RATE_LIMITED, escape_control
 from app.smtpserver.admission import SessionGate
@@ -145,9 +146,11 @@ class PostwardenSMTP(SMTP):
             if isinstance(admitted, str):
                 log.info("refused connection from %s: %s", ip, admitted, extra=RATE_LIMITED)
                 transport.write(f"{admitted}\r\n".encode())
+                metrics.smtp_reply(self.event_handler.kind, admitted)
                 transport.close()
                 return  # no session, no handler task, no timer
             self._bucket = admitted
+            metrics.smtp_session(self.event_handler.kind)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -217,6 +220,7 @@ class PostwardenSMTP(SMTP):
             await self.close_with("421 4.7.0 Too many unrecognized commands, closing connection")
             return
         await super().push(reply)
+        metrics.smtp_reply(self.event_handler.kind, reply)
         self._replies += 1
         if not self._replies % PACE:
             await asyncio.sleep(0)  # give other sessions a turn between pipelined commands
@@ -251,6 +255,7 @@ class PostwardenSMTP(SMTP):
             return
         self._closing = True
         transport.write(f"{reply}\r\n".encode())
+        metrics.smtp_reply(self.event_handler.kind, reply)
         transport.close()
         if transport.get_write_buffer_size():
             self.loop.call_later(CLOSE_GRACE, transport.abort)
@@ -356,6 +361,7 @@ class PostwardenSMTP(SMTP):
             lines, self._ehlo_lines = self._ehlo_lines, None
         if lines:
             await super().push("\r\n".join(lines))
+            metrics.smtp_reply(self.event_handler.kind, lines[0])
 
     async def _greeting_refused(self, command: str, argument: str | None) -> bool:
         """Answer 501 to an unusable EHLO/HELO argument before aiosmtpd resets the session (greeting.py)."""

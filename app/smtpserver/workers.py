@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from app.config import Config
 from app.db import engine_for
+from app.metrics import process_ended
 from app.process import die_with_parent
 from app.smtpserver.admission import SessionCounts, open_file_session_cap, raise_open_file_limit
 from app.smtpserver.handoff import Handoff
@@ -129,6 +130,7 @@ class Supervisor:
         for pid in [pid for pid in self.workers if _reaped(pid)]:
             slot = self.workers.pop(pid)
             self.counts.clear(slot)  # its sessions ended with it
+            process_ended(pid)
             if not self.stopping:
                 log.error("smtp worker %d exited unexpectedly; starting a new one", pid)
                 self.missing.append(slot)

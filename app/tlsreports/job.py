@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.auth.dkim import DKIMSigningError
 from app.config import Config
 from app.db import session_scope
 from app.dbclock import database_now
 from app.dns import Resolver, resolver_from_config
 from app.jobs import TLS_REPORTS, Run, report_run
-from app.logs import cid_scope, new_cid
+from app.logs import cid_scope, fields, new_cid
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue
 from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
@@ -433,23 +434,21 @@ class _Sender:
     def _log(self, cid: str, planned: _Planned, due: datetime) -> None:
         report = planned.report
         ok, failed = report.sessions
-        left_out = ""
-        if planned.left_out:
-            left_out = f"; left out (same rua as the host): {', '.join(sorted(planned.left_out))}"
+        if planned.mailto:
+            metrics.reports_sent("tlsrpt", "mail")
+        queued = fields(
+            report_id=report.id,
+            run_cid=self.summary.cid,
+            domain=report.policy_domain,
+            due=f"{due:%Y-%m-%d %H:%M:%S}",
+            to=",".join([f"mailto:{a}" for a in planned.mailto] + planned.https),
+            policies=len(report.policies),
+            successful=ok,
+            failed=failed,
+            **({"left_out": ",".join(sorted(planned.left_out))} if planned.left_out else {}),
+        )
         with cid_scope(cid):
-            log.info(
-                "tls reports: report %s (run %s) for %s due %s to %s: %d policies, "
-                "%d successful and %d failed session(s)%s",
-                report.id,
-                self.summary.cid,
-                report.policy_domain,
-                f"{due:%Y-%m-%d %H:%M:%S}",
-                ", ".join([f"mailto:{a}" for a in planned.mailto] + planned.https),
-                len(report.policies),
-                ok,
-                failed,
-                left_out,
-            )
+            log.info("tls reports: report queued", extra=queued)
 
 
 def _lookup_problem(domain: str, lookup: TLSRPTLookup) -> str:

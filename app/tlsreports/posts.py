@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import Config
 from app.db import affected_rows, session_scope
 from app.dns import Resolver, resolver_from_config
-from app.logs import cid_scope
+from app.logs import cid_scope, fields
 from app.models import TLSReportPost
 from app.tlsreports.https import PostError, post_report
 
@@ -82,13 +83,9 @@ async def post_due_reports(
             with session_scope(db_url) as session:
                 session.execute(delete(TLSReportPost).where(TLSReportPost.id == post.id))
             summary.posted.append(post.report_id)
-            log.info(
-                "tls reports: report %s for %s posted to %s: HTTP %d",
-                post.report_id,
-                post.policy_domain,
-                post.url,
-                status,
-            )
+            metrics.reports_sent("tlsrpt", "https")
+            posted = fields(report_id=post.report_id, domain=post.policy_domain, url=post.url, status=status)
+            log.info("tls reports: report posted", extra=posted)
     return summary
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.address import address_domain
 from app.config import Account, Config
+from app.logs import fields
 from app.models.base import utcnow
 from app.store.files import MailboxCopy
 from app.store.mailboxes import destination_ids
@@ -92,6 +94,7 @@ def analyze(
     copies: dict[tuple[str, str], MailboxCopy] = {}
     for p in placed:
         copies.setdefault((p.copy.account, p.copy.mailbox), p.copy)
+    metrics.verdict(verdict.action, verdict.reason)
     return Analysis(
         verdict=verdict,
         copies=tuple(copies.values()),
@@ -109,9 +112,8 @@ def _headers(arrival: Arrival, verdict: Verdict) -> tuple[str, ...]:
     report = arrival.report
     if report is not None and report.header is not None:  # SPEC R6.3: a fixed reason of ours
         headers.append(report.header)
-        log.info(
-            "report not processed id=%s kind=%s reason=%s", arrival.transaction_id, report.kind, report.error
-        )
+        problem = fields(message_id=arrival.transaction_id, kind=report.kind, reason=report.error)
+        log.info("report not processed", extra=problem)
     return tuple(headers)
 
 
@@ -170,13 +172,10 @@ def _place(
         row |= arrival.report.flags(rcpt)
     if verdict.action == "reject" and ruleset is not None and ruleset.accept_rejects_to_mailbox:
         mailbox = ruleset.accept_rejects_to_mailbox
-        log.info(
-            "reject accepted to mailbox id=%s account=%s mailbox=%s reason=%s",
-            arrival.transaction_id,
-            rcpt.account,
-            mailbox,
-            verdict.reason,
+        accepted = fields(
+            message_id=arrival.transaction_id, account=rcpt.account, mailbox=mailbox, reason=verdict.reason
         )
+        log.info("reject accepted to mailbox", extra=accepted)
         verdict = Verdict("accept", verdict.reason, dmarc_override=_override(arrival, "local_policy"))
         return _Placed(verdict, MailboxCopy(rcpt.account, mailbox, row | _SEEN_REJECT, None, forwarded))
     if forwarded and verdict.action == "accept":  # a quarantine applied what the policy asked

@@ -184,5 +184,5 @@ def create_app(config: Config) -> Starlette:
     app.state.health_probe = (-math.inf, None)  # (when probed, the problem found)
     app.state.secret = session_secret(config)
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[page_context])
-    app.state.registry = metrics_registry(config.resolved_database_url)
+    app.state.registry = metrics_registry(config.resolved_database_url, config.resolved_metrics_dir)
     return app

@@ -1,14 +1,17 @@
-"""`/metrics` for Prometheus: the status figures, read from the database at each scrape."""
+"""`/metrics` for Prometheus: the status figures, read from the database at each scrape, and the
+counts of the SMTP, worker and IMAP processes, summed from their files (app/metrics.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.db import session_scope
+from app.metrics import MetricsFiles
 from app.models.base import utcnow
 from app.web.status import server_status
 
@@ -20,8 +23,9 @@ class StatusCollector(Collector):
         self.database_url = database_url
 
     def collect(self) -> Iterator[Metric]:
+        now = utcnow()
         with session_scope(self.database_url) as session:
-            status = server_status(session, utcnow())
+            status = server_status(session, now)
         yield GaugeMetricFamily(
             "postwarden_messages_stored_today",
             "Messages stored since 00:00 UTC.",
@@ -32,6 +36,12 @@ class StatusCollector(Collector):
         )
         yield GaugeMetricFamily(
             "postwarden_outgoing_queue_due", "Outgoing queue rows due for an attempt.", value=status.queue_due
+        )
+        oldest = status.oldest_queued
+        yield GaugeMetricFamily(
+            "postwarden_outgoing_queue_oldest_age_seconds",
+            "Age of the oldest row in the outgoing queue (0 when it is empty).",
+            value=0.0 if oldest is None else max(0.0, (now - oldest).total_seconds()),
         )
         started = GaugeMetricFamily(
             "postwarden_job_last_started_timestamp_seconds",
@@ -58,8 +68,9 @@ class StatusCollector(Collector):
         yield ran
 
 
-def metrics_registry(database_url: str) -> CollectorRegistry:
+def metrics_registry(database_url: str, metrics_dir: Path) -> CollectorRegistry:
     """A registry of our own (not the global one), so several apps can live in one process (tests)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(database_url))
+    registry.register(MetricsFiles(metrics_dir))
     return registry

@@ -222,9 +222,9 @@ def test_domains_without_record_or_rua_lose_their_evaluations(
     assert summary.reports == [] and sorted(summary.discarded) == ["gone.example", "norua.example"]
     assert count(config) == 0 and queued(config) == []
     assert cid_log.messages(
-        "dmarc evaluations discarded policy_domain=norua.example reason=no rua in its DMARC record"
+        "dmarc evaluations discarded domain=norua.example reason='no rua in its DMARC record'"
     )
-    assert cid_log.messages("dmarc evaluations discarded policy_domain=gone.example reason=no DMARC record")
+    assert cid_log.messages("dmarc evaluations discarded domain=gone.example reason='no DMARC record'")
 
 
 def test_evaluations_older_than_48_hours_are_dropped_and_current_intervals_wait(
@@ -286,7 +286,7 @@ def test_skipped_addresses_are_logged_with_their_reason_and_the_run_has_one_cid(
     (line,) = cid_log.messages("dmarc report queued")
     report_cid = report_id.rsplit(".", 1)[1]
     assert line == (
-        f"dmarc report queued policy_domain=hourly.example report_cid={report_cid} report_id={report_id} "
+        f"dmarc report queued domain=hourly.example report_cid={report_cid} report_id={report_id} "
         "recipients=b@hourly.example rows=1 messages=1 due=07:00:40"
     )
     cids = {cid for cid, _, _ in cid_log.lines}

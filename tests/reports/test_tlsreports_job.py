@@ -309,8 +309,8 @@ async def test_a_day_of_deliveries_gives_each_policy_domain_its_report(
     # One cid for the run on its lines, and one per report on the report's line.
     run_lines = [cid for cid, _, m in job_log.lines if "no report" in m or "run finished" in m]
     assert set(run_lines) == {summary.cid}
-    report_lines = [(cid, m) for cid, _, m in job_log.lines if "(run " in m]
-    assert len(report_lines) == 4 and all(f"(run {summary.cid})" in m for _, m in report_lines)
+    report_lines = [(cid, m) for cid, _, m in job_log.lines if "report queued" in m]
+    assert len(report_lines) == 4 and all(f" run_cid={summary.cid} " in m for _, m in report_lines)
     assert len({cid for cid, _ in report_lines} - {summary.cid}) == 4
 
     # A second run, the same day, sends nothing new.

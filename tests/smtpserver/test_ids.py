@@ -97,7 +97,7 @@ def test_inbound_reply_id_is_what_message_show_takes_and_the_log_carries(smtp: T
     assert text.exit_code == 0 and "Subject: Lookup" in text.output
 
     (line,) = log.messages("inbound transaction")
-    assert f"id={transaction} " in line and "result=accepted" in line
+    assert f"message_id={transaction} " in line and "result=accepted" in line
 
 
 def test_an_id_no_row_has_is_a_clear_error(smtp: ThreadedSMTP) -> None:
@@ -165,7 +165,7 @@ async def test_submission_id_finds_the_queue_rows_and_their_history_after_delive
         config = submitted.configure(peer.port)
         with captured("app.smtpserver") as smtp_log:
             transaction = submitted.submit(config, [RCPT, CAROL])
-        assert f"id={transaction} " in smtp_log.messages("submission transaction")[0]
+        assert f"message_id={transaction} " in smtp_log.messages("submission transaction")[0]
 
         queued = submitted.show(transaction)
         assert [(e["recipient"], e["state"], e["file_id"], e["history"]) for e in queued] == [
@@ -203,13 +203,12 @@ async def test_submission_id_finds_the_queue_rows_and_their_history_after_delive
     text = cli(submitted.config_path, "queue", "show", transaction).output
     assert f"delivered relay={MX} ip=127.0.0.1 tls=TLSv1." in text and "reply: 250 2.0.0 OK queued" in text
 
-    (success,) = log.messages("delivered id=")
-    assert (
-        f"delivered id={bob_id} file={transaction} to=<{RCPT}> relay={MX} ip=127.0.0.1 tls=TLSv1." in success
-    )
+    (success,) = log.messages("delivery delivered")
+    assert f"queue_id={bob_id} message_id={transaction} to=<{RCPT}> " in success
+    assert f" relay={MX} ip=127.0.0.1 tls=TLSv1." in success
     assert success.endswith("reply='250 2.0.0 OK queued'")
     (failure,) = log.messages("delivery failed")
-    assert f"id={carol_id} file={transaction}" in failure
+    assert f"queue_id={carol_id} message_id={transaction} " in failure
 
 
 async def test_history_of_a_host_that_cannot_be_reached_and_of_a_deferral(submitted: SubmissionWorld) -> None:
@@ -242,7 +241,7 @@ async def test_the_success_log_line_cuts_and_quotes_the_relays_reply(submitted: 
         (queue_id,) = world.queue()
         with captured("app.queue") as log:
             await world.run(queue_id)
-    (line,) = log.messages("delivered id=")
+    (line,) = log.messages("delivery delivered")
     shown = line.partition("reply=")[2]
     assert shown.startswith("'250 2.0.0 xxx") and len(shown) <= 200 + 3  # the quotes, and repr's escape
     assert "\x1b" not in line

@@ -6,18 +6,18 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.logs import current_cid
+from app.logs import current_cid, fields_text
 
 
 class CidLog(logging.Handler):
-    """The lines logged, as (cid, level, message)."""
+    """The lines logged, as (cid, level, message with its fields as the text format writes them)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.lines: list[tuple[str | None, int, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((current_cid.get(), record.levelno, record.getMessage()))
+        self.lines.append((current_cid.get(), record.levelno, record.getMessage() + fields_text(record)))
 
     def messages(self, text: str = "") -> list[str]:
         return [m for _, _, m in self.lines if text in m]
