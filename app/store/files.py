@@ -14,7 +14,9 @@ file in them is still being committed. (Files straight in tmp/ come from version
 
 The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
 come from `Queued.rows` and are inserted (and found by recovery) through the queue table's owner,
-app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too.
+app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too. With the
+queue's content in the database (`[storage] queue_content`, app/queue/content.py) a submission has no
+file: its content row is inserted in the same group commit as its queue rows.
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
