@@ -21,15 +21,15 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
-        'outgoing_content',
-        sa.Column('path', sa.String(length=512), nullable=False),
-        sa.Column('content', sa.LargeBinary(), nullable=False),
-        sa.Column('created', app.models.base.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('path', name=op.f('pk_outgoing_content')),
+        "outgoing_content",
+        sa.Column("path", sa.String(length=512), nullable=False),
+        sa.Column("content", sa.LargeBinary(), nullable=False),
+        sa.Column("created", app.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("path", name=op.f("pk_outgoing_content")),
     )
-    op.create_index(op.f('ix_outgoing_content_created'), 'outgoing_content', ['created'], unique=False)
+    op.create_index(op.f("ix_outgoing_content_created"), "outgoing_content", ["created"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f('ix_outgoing_content_created'), table_name='outgoing_content')
-    op.drop_table('outgoing_content')
+    op.drop_index(op.f("ix_outgoing_content_created"), table_name="outgoing_content")
+    op.drop_table("outgoing_content")
