@@ -52,4 +52,4 @@ test: install-test lint typecheck
 	$(BIN)/pytest
 
 bench: install-test
-	for b in dmarc_reports imap incoming_reports inbound metrics outbound reputation tls_reports; do $(BIN)/python tests/bench/$$b.py || exit 1; done
+	for b in dmarc_reports imap incoming_reports inbound metrics outbound reputation scale tls_reports; do $(BIN)/python tests/bench/$$b.py || exit 1; done

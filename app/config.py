@@ -283,6 +283,13 @@ class Rejects(Strict):
     keep_max: Annotated[int, Field(ge=1)] = 10000
 
 
+class Storage(Strict):
+    """Where the outgoing queue keeps message content (SPEC R9.1, app/queue/content.py): files under
+    the data dir (one machine) or the database (any number of nodes sharing it)."""
+
+    queue_content: Literal["files", "database"] = "files"
+
+
 class Web(Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -379,6 +386,7 @@ class Config(Strict):
     ratelimits: RateLimits = RateLimits()
     delivery: Delivery = Delivery()
     rejects: Rejects = Rejects()
+    storage: Storage = Storage()
     domains: dict[str, Domain] = {}
     accounts: dict[str, Account] = {}
 

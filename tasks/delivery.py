@@ -16,7 +16,7 @@ from app.logs import cid_scope
 from app.queue.deliver import deliver
 from app.queue.mtasts import refresh_policies
 from app.queue.mtastsfetch import MTASTSSettings
-from app.queue.outgoing import remove_orphan_files
+from app.queue.outgoing import remove_orphans
 from tasks.celery_app import app, settings
 from tasks.jobruns import recorded
 
@@ -66,9 +66,10 @@ def refresh_mtasts_policies() -> int:
 @app.task(name="tasks.delivery.remove_orphan_files")
 @recorded("remove_orphan_files")
 def remove_orphan_files_task() -> int:
-    """Delete queue files no row needs any more, older than an hour (crash leftovers); how many."""
+    """Delete queue content (files or database rows) no row needs any more, older than an hour (crash
+    leftovers); how many."""
     with cid_scope():
-        removed = remove_orphan_files(settings(), ORPHAN_AGE)
+        removed = remove_orphans(settings(), ORPHAN_AGE)
         if removed:
-            log.info("queue: removed %d orphaned message file(s)", removed)
+            log.info("queue: removed %d orphaned message content(s)", removed)
     return removed

@@ -21,6 +21,8 @@ HEADLINES = {
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "
     r"\(target p99 < 5 ms, ratio < 1\.5\)",
+    "scale.py": r"scale: one node \d+ deliveries/s, two nodes \d+ deliveries/s, ratio [\d.]+, "
+    r"lost 0, doubled 0",
     "tls_reports.py": r"tls reports: build [\d.]+ ms/report \(\+ DKIM [\d.]+ ms\), job [\d.]+ s, "
     r"peak RSS \d+ MB",
 }

@@ -15,6 +15,7 @@ from app.cli.inspect import row_number
 from app.config import Config
 from app.db import session_scope
 from app.queue import history, outgoing
+from app.queue.content import QueueContent, queue_content
 from app.store.files import outgoing_path
 
 if TYPE_CHECKING:  # rows app/queue/history.py hands over
@@ -102,11 +103,12 @@ def _entries(config: Config, ident: str) -> list[dict[str, Any]]:
             # Gone after a deferral: `queue drop` took it.
             entry["state"] = "dropped" if attempt.result == "deferred" else attempt.result
     headers: dict[str, dict[str, Any]] = {}
+    content = queue_content(config)
     for entry in entries.values():
         if "path" in entry:
-            entry["file"] = str(config.data_dir / entry["path"])
+            entry["file"] = content.location(entry["path"])
             if entry["path"] not in headers:
-                headers[entry["path"]] = _headers(config, entry["path"])
+                headers[entry["path"]] = _headers(config, content, entry["path"])
             entry.update(headers[entry["path"]])
     return [entries[key] for key in sorted(entries)]
 
@@ -126,11 +128,15 @@ def _attempt(attempt: DeliveryAttempt) -> dict[str, Any]:
     return {key: getattr(attempt, key) for key in HISTORY_COLUMNS}
 
 
-def _headers(config: Config, path: str) -> dict[str, Any]:
+def _headers(config: Config, content: QueueContent, path: str) -> dict[str, Any]:
     try:
-        fields = header_fields((config.data_dir / path).read_bytes())
+        with session_scope(config.resolved_database_url) as session:
+            raw = content.read(session, path)
     except OSError as e:
-        return {"headers": {}, "file_error": e.strerror}
+        return {"headers": {}, "file_error": e.strerror or str(e)}
+    if raw is None:
+        return {"headers": {}, "file_error": "committed, not yet moved into place"}
+    fields = header_fields(raw)
     return {"headers": {name: value for name, value in fields if name.lower() in SHOWN_HEADERS}}
 
 

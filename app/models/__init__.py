@@ -14,7 +14,7 @@ from app.models.inreports import DMARCReport, DMARCReportRecord, TLSReport, TLSR
 from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
-from app.models.queue import OutgoingMessage, SentRecipient
+from app.models.queue import OutgoingContent, OutgoingMessage, SentRecipient
 from app.models.store import Account, Mailbox, MailboxSubscription, Message, MessageSignal
 from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 
@@ -36,6 +36,7 @@ __all__ = [
     "MailboxSubscription",
     "Message",
     "MessageSignal",
+    "OutgoingContent",
     "OutgoingMessage",
     "ReportSuppression",
     "SentRecipient",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -43,6 +43,19 @@ class OutgoingMessage(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_attempt: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OutgoingContent(Base):
+    """A queued message's content, where every node reaches it (`[storage] queue_content = "database"`,
+    SPEC R9.1): the rows of `outgoing` name it by `path`, as they name a file under the data dir
+    otherwise (app/queue/content.py)."""
+
+    __tablename__ = "outgoing_content"
+
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    # The orphan sweep spares content younger than an hour (rows of it may still be committing).
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class SentRecipient(Base):

@@ -42,6 +42,7 @@ from app.logs import fields
 from app.models.base import utcnow
 from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
+from app.queue.content import queue_content
 from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
 from app.queue.lease import Heartbeat
@@ -58,7 +59,7 @@ from app.queue.smtpclient import (
 )
 from app.queue.tlspolicy import ReportPolicy, TLSDecision, TLSFailure, TLSSettings, decide_tls
 from app.reportsuppress import ReportKind, suppress_after_failure
-from app.store.files import MailboxCopy, MessageStore, StoreError, awaiting_rename
+from app.store.files import MailboxCopy, MessageStore, StoreError
 from app.tlsreports.report import FailureDetail, PolicyRef
 from app.tlsreports.results import SessionResult, record_tls_results
 
@@ -136,6 +137,7 @@ class _Run:
         # Rows per message file when claimed: a file whose rows are all ours needs no check later.
         self.rows_per_path: dict[str, int] = {}
         self.tls_policy = metrics.tls_policy_type(None)  # of the host tried last: the deliveries' label
+        self.content = queue_content(config)
 
     async def start(self, queue_id: int) -> None:
         self.rows = outgoing.claim_batch(
@@ -191,15 +193,15 @@ class _Run:
     # Messages.
 
     async def _load_messages(self, rows: Sequence[OutgoingMessage]) -> list[Message]:
-        """Group rows into transactions (same file and sender); rows whose file awaits its rename wait
-        for the next sweep, rows whose file is gone fail."""
+        """Group rows into transactions (same content and sender); rows whose file awaits its rename
+        wait for the next sweep, rows whose content is gone fail (app/queue/content.py)."""
         grouped: dict[tuple[str, str], list[OutgoingMessage]] = {}
         for row in rows:
             grouped.setdefault((row.path, row.sender), []).append(row)
         messages = []
         for (path, sender), group in grouped.items():
             try:
-                content = self._read_file(path)
+                content = self.content.read(self._connection, path)
             except OSError as e:
                 log.error("queue file %s of rows %s unreadable: %s", path, [r.id for r in group], e)
                 lost = Message(path, sender, group, b"", tls_required_no=False)
@@ -212,17 +214,8 @@ class _Run:
             content, tls_required_no = prepare_content(content)
             tls_required_no = tls_required_no or any(r.require_tls is False for r in group)
             messages.append(Message(path, sender, group, content, tls_required_no))
+        self._connection.commit()  # content read from the database: no transaction open while delivering
         return messages
-
-    def _read_file(self, path: str) -> bytes | None:
-        """The message file, or None while its committed rows wait for the file's rename
-        (app/store/files.py)."""
-        try:
-            return (self.config.data_dir / path).read_bytes()
-        except FileNotFoundError:
-            if awaiting_rename(self.config.data_dir, path):
-                return None
-            return (self.config.data_dir / path).read_bytes()  # renamed since the first read, or lost
 
     def _release(self, path: str, group: list[OutgoingMessage]) -> None:
         """Give rows back, no attempt counted: the next sweep takes them once their file is in place."""
@@ -422,12 +415,13 @@ class _Run:
             for (row, error, final), attempt in zip(plans, attempts, strict=True):
                 self._write_outcome(connection, row, error, final, now, attempt)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
+            after_commit = self.content.end(connection, message.path) if unused else None
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        if unused:
-            outgoing.remove_file_soon(self.config.data_dir / message.path)
+        if after_commit is not None:
+            after_commit()
         self._suppress_failed_report_addresses(plans, now)
 
     def _suppress_failed_report_addresses(

@@ -1,4 +1,8 @@
-"""The one way into the outgoing queue: a `Queued` message becomes one file and one row per recipient.
+"""The one way into the outgoing queue: a `Queued` message becomes its content and one row per recipient.
+
+Where the content goes is app/queue/content.py's choice (`[storage] queue_content`). In the database
+(several machines) it is a row added in the same transaction as the queue rows, whoever queues: what
+follows is about files, the embedded default.
 
 Submissions, DMARC reports and TLS reports all describe their message as a `Queued` value (envelope,
 kind, account, due time, attempts, `require_tls`); `Queued.rows` is the one place that turns it into
@@ -15,7 +19,7 @@ The file is written at one of two moments, as each caller's transaction needs:
 - Jobs that compose mail call `enqueue_many` inside their own transaction: the file is written
   straight into `outgoing/`, then the rows are added, visible with the caller's commit. A job thus
   marks its work done and queues the mail atomically. A rollback or crash before that commit
-  leaves only a file no row names, which `remove_orphan_files` deletes.
+  leaves only a file no row names, which the orphan sweep (`outgoing.remove_orphans`) deletes.
 
 Why not the store's tmp-and-rename for the jobs too: the rename would have to follow a commit the
 job makes (an after-commit hook), and a crash between the two would leave committed rows whose file
@@ -36,8 +40,9 @@ from sqlalchemy.orm import Session
 from app.address import AddressError, address_domain, validate_address
 from app.config import Config
 from app.models.base import utcnow
+from app.queue.content import queue_content
 from app.queue.outgoing import add_rows
-from app.store.files import OUTGOING_DIR, new_file_id, outgoing_path, write_durably
+from app.store.files import new_file_id, outgoing_path
 
 # What the queue carries: a failed report's DSN goes to the postmaster's report folder, a submission's
 # to its sender; a report also gets no delay DSN (app/queue/deliver.py).
@@ -102,17 +107,16 @@ def enqueue(session: Session, config: Config, message: Queued) -> list[int]:
 
 
 def enqueue_many(session: Session, config: Config, messages: Sequence[Queued]) -> list[list[int]]:
-    """Write the messages' files durably into `outgoing/`, then add their rows in the caller's
-    transaction (see the module doc); the row ids per message.
+    """Store the messages' content (files written durably into `outgoing/`, or database rows: see the
+    module doc), then add their rows in the caller's transaction; the row ids per message.
 
     The files are written and fsync'd concurrently and their directory once, before any row is
     added: a job queueing thousands of reports waits for one round of fsyncs per batch, not two
     fsyncs one after the other per message.
     """
     paths = [outgoing_path(new_file_id()) for _ in messages]
-    (config.data_dir / OUTGOING_DIR).mkdir(parents=True, exist_ok=True)
-    files = [(config.data_dir / path, (m.content,)) for path, m in zip(paths, messages, strict=True)]
-    write_durably(files, concurrently=True)
+    contents = [(path, (m.content,)) for path, m in zip(paths, messages, strict=True)]
+    queue_content(config).add(session, contents)
     max_attempts = config.delivery.max_attempts
     rows = [m.rows(path, len(m.content), max_attempts) for path, m in zip(paths, messages, strict=True)]
     return add_rows(session, rows)

@@ -11,15 +11,10 @@ lease is still ours.
 
 from __future__ import annotations
 
-import os
 import secrets
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, or_, select, update
@@ -31,12 +26,14 @@ from app.config import Config
 from app.db import affected_rows, session_scope, upsert_insert
 from app.models import OutgoingMessage, SentRecipient
 from app.models.base import utcnow
-from app.store.files import OUTGOING_DIR
+from app.queue.content import queue_content
 
 # At most this many due rows are looked at per sweep; the next sweep takes the rest.
 SWEEP_SCAN_LIMIT = 50_000
 # A row handed back unattempted (its file not in place yet) is due again after this.
 RELEASE_DELAY = timedelta(seconds=5)
+# Orphaned content is looked up and removed this many paths at a time.
+ORPHAN_CHUNK = 500
 # Claims and outcomes use Core statements on the table: they run per message, on the hot path, where
 # the ORM's bulk-statement machinery would cost more than the statement itself.
 _TABLE = OutgoingMessage.__table__
@@ -198,62 +195,38 @@ def rows_per_path(session: Session, paths: Sequence[str]) -> dict[str, int]:
     return {path: count for path, count in session.execute(query)}
 
 
-def remove_file_soon(path: Path) -> None:
-    """Delete a finished message file in this process's background thread.
-
-    Unlinking a file that was fsync'd waits on the disk (a millisecond here, more on busy disks); a
-    delivery need not wait for it. A file whose removal a crash prevents is an orphan for
-    `remove_orphan_files`.
-    """
-    _remover().submit(path.unlink, missing_ok=True)
+def paths_in_use(session: Session | Connection, paths: set[str]) -> set[str]:
+    """Which of the message paths some queue row still names."""
+    query = select(_TABLE.c.path).where(_TABLE.c.path.in_(paths)).distinct()
+    return set(session.execute(query).scalars())
 
 
-@cache
-def _remover_for(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-file-remover")
-
-
-def _remover() -> ThreadPoolExecutor:
-    # Keyed by process id: worker processes are forked, and threads do not survive a fork.
-    return _remover_for(os.getpid())
-
-
-def remove_unreferenced_files(config: Config, paths: set[str]) -> None:
-    """Delete message files no queue row points at any more (after the rows' deletion is committed)."""
+def remove_unreferenced(config: Config, paths: set[str]) -> None:
+    """Delete content no queue row names any more (after the rows' deletion is committed)."""
     if not paths:
         return
+    store = queue_content(config)
     with session_scope(config.resolved_database_url) as session:
-        referenced = select(OutgoingMessage.path).where(OutgoingMessage.path.in_(paths)).distinct()
-        still_used = set(session.scalars(referenced))
-    for path in paths - still_used:
-        (config.data_dir / path).unlink(missing_ok=True)
+        store.delete(session, paths - paths_in_use(session, paths))
 
 
-def remove_orphan_files(config: Config, older_than: timedelta) -> int:
-    """Delete queue files no row points at that are older than `older_than`; how many.
+def remove_orphans(config: Config, older_than: timedelta) -> int:
+    """Delete queue content no row names that is older than `older_than`; how many.
 
-    Such files are left by a crash between a row's removal and its file's, by an enqueueing
-    transaction that rolled back, or by two workers finishing rows of one file at the same moment.
-    The age limit spares files whose rows are still being committed.
+    Left by a crash between a row's removal and its content's, by an enqueueing transaction that
+    rolled back (files), or by two workers finishing rows of one message at the same moment. The age
+    limit spares content whose rows are still being committed.
     """
-    directory = config.data_dir / OUTGOING_DIR
-    if not directory.is_dir():
-        return 0
-    cutoff = time.time() - older_than.total_seconds()
-    old = {
-        f"{OUTGOING_DIR}/{e.name}"
-        for e in os.scandir(directory)
-        if e.is_file() and e.stat().st_mtime < cutoff
-    }
+    store = queue_content(config)
+    with session_scope(config.resolved_database_url) as session:
+        candidates = store.older_than(session, older_than)
     removed = 0
-    candidates = sorted(old)
-    for start in range(0, len(candidates), 500):
-        chunk = set(candidates[start : start + 500])
+    for start in range(0, len(candidates), ORPHAN_CHUNK):
+        chunk = set(candidates[start : start + ORPHAN_CHUNK])
         with session_scope(config.resolved_database_url) as session:
-            used = set(session.scalars(select(_TABLE.c.path).where(_TABLE.c.path.in_(chunk)).distinct()))
-        for path in chunk - used:
-            (config.data_dir / path).unlink(missing_ok=True)
-            removed += 1
+            unused = chunk - paths_in_use(session, chunk)
+            store.delete(session, unused)
+        removed += len(unused)
     return removed
 
 
@@ -342,12 +315,12 @@ def drop(session: Session, ids: Sequence[int]) -> tuple[list[int], set[str]]:
 
 
 def drop_messages(config: Config, ids: Sequence[int]) -> list[int]:
-    """`drop` in a transaction of its own, then the files no row needs any more deleted (after the
-    commit: a rollback must not leave rows without their file); the dropped ids. `queue drop` and the
+    """`drop` in a transaction of its own, then the content no row needs any more deleted (after the
+    commit: a rollback must not leave rows without their content); the dropped ids. `queue drop` and the
     web queue page both drop this way."""
     with session_scope(config.resolved_database_url) as session:
         dropped, paths = drop(session, ids)
-    remove_unreferenced_files(config, paths)
+    remove_unreferenced(config, paths)
     return dropped
 
 

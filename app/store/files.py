@@ -14,7 +14,9 @@ file in them is still being committed. (Files straight in tmp/ come from version
 
 The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
 come from `Queued.rows` and are inserted (and found by recovery) through the queue table's owner,
-app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too.
+app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too. With the
+queue's content in the database (`[storage] queue_content`, app/queue/content.py) a submission has no
+file: its content row is inserted in the same group commit as its queue rows.
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
@@ -116,6 +118,10 @@ class _Outgoing:
     account: str
     message: Queued
     default_max_attempts: int
+    # In the database (`[storage] queue_content`, app/queue/content.py): no file, the content (our
+    # prefix, then the message) is committed with the rows.
+    in_database: bool = False
+    prefix: bytes = b""
 
 
 @dataclass
@@ -129,13 +135,14 @@ class _Job:
 
 @dataclass(frozen=True)
 class _PlannedFile:
-    tmp: Path
-    relative: str  # final path under the data dir
+    tmp: Path | None  # None: queue content stored in the database, no file
+    relative: str  # final path under the data dir (or the content's path in the database)
     rows: list[dict[str, Any]]
     # What inserts the rows of files of this kind (_insert_message_rows for a mailbox's); a batch
     # calls it once with all its files of that kind.
     insert_rows: Callable[[Session, list[_PlannedFile]], None]
     forwarded: bool = False  # a mailbox message's MailboxCopy.forwarded
+    content: tuple[bytes, bytes] | None = None  # queue content for the database (tmp is None)
 
 
 @dataclass(frozen=True)
@@ -200,11 +207,13 @@ class MessageStore:
         default_max_attempts: int,
         prefix: bytes = b"",
         file_id: str | None = None,
+        in_database: bool = False,
     ) -> str:
         """Store a submitted message (`prefix` then its content) and its queue rows durably (the
         queue's rules: app/queue/enqueue.py); its file id (`file_id`, the SMTP transaction's id, when
-        given). The rows belong to the account named `account`, made on demand like a mailbox's."""
-        outgoing = _Outgoing(account, message, default_max_attempts)
+        given). The rows belong to the account named `account`, made on demand like a mailbox's.
+        `in_database`: the content goes into the database with the rows, not into a file."""
+        outgoing = _Outgoing(account, message, default_max_attempts, in_database, prefix)
         relatives = [outgoing_path(file_id or new_file_id())]
         (stored,) = await self._submit((prefix, message.content), outgoing, relatives)
         return stored
@@ -284,10 +293,7 @@ class MessageStore:
     ) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
-            directory = self._tmp_dir_of_this_process()
-            tmp_paths = await loop.run_in_executor(
-                self._writers, _write_tmp_files, directory, relatives, parts
-            )
+            tmp_paths = await self._write_tmp_files(copies, relatives, parts)
         except Exception as e:
             log.exception("writing a message file failed")
             raise StoreError(str(e)) from None
@@ -296,6 +302,17 @@ class MessageStore:
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
         return await job.future
+
+    async def _write_tmp_files(
+        self, copies: Sequence[MailboxCopy] | _Outgoing, relatives: list[str], parts: tuple[bytes, bytes]
+    ) -> list[Path]:
+        """The job's files in this store's tmp directory, written by the writer threads; none for queue
+        content that goes into the database."""
+        if isinstance(copies, _Outgoing) and copies.in_database:
+            return []
+        directory = self._tmp_dir_of_this_process()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writers, _write_tmp_files, directory, relatives, parts)
 
     async def _commit_pending(self) -> None:
         loop = asyncio.get_running_loop()
@@ -352,6 +369,8 @@ class MessageStore:
             kept = {f.tmp for f in files}
             _unlink_all([p for p in job.tmp_paths if p not in kept])  # duplicate rejects
             for f in files:
+                if f.tmp is None:
+                    continue  # committed with its rows: nothing to move
                 try:
                     self._move_into_place(f.tmp, f.relative)
                 except OSError as e:  # stored all the same: the next start's recover() renames it
@@ -382,6 +401,9 @@ class MessageStore:
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
             relative = job.relatives[0]
             rows = out.message.rows(relative, size, out.default_max_attempts, account_id)
+            if out.in_database:
+                content = (out.prefix, out.message.content)
+                return [_PlannedFile(None, relative, rows, _insert_outgoing_rows, content=content)]
             return [_PlannedFile(job.tmp_paths[0], relative, rows, _insert_outgoing_rows)]
         files = []
         for copy, relative, tmp in zip(job.copies, job.relatives, job.tmp_paths, strict=True):
@@ -531,14 +553,19 @@ def _rows_exist(session: Session, relative: str) -> bool:
     return False
 
 
-# The queue's rows, through their owner app/queue/outgoing.py. Its module is imported here, when the
-# store first queues or recovers a submission, and nowhere else in this module: the queue imports this
-# module (OUTGOING_DIR, write_durably), so importing it at the top would be a cycle.
+# The queue's rows and content, through their owners app/queue/outgoing.py and app/queue/content.py.
+# Their modules are imported here, when the store first queues or recovers a submission, and nowhere
+# else in this module: the queue imports this module (OUTGOING_DIR, write_durably), so importing them
+# at the top would be a cycle.
 
 
 def _insert_outgoing_rows(session: Session, files: list[_PlannedFile]) -> None:
+    from app.queue.content import DatabaseContent
     from app.queue.outgoing import insert_rows
 
+    in_database = [(f.relative, f.content) for f in files if f.content is not None]
+    if in_database:
+        DatabaseContent().add(session, in_database)
     insert_rows(session, [row for f in files for row in f.rows])
 
 

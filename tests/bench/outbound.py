@@ -30,22 +30,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importable
 
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from app.config import Config, Delivery, load_config  # noqa: E402
-from app.db import engine_for, session_scope  # noqa: E402
+from app.db import session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import TLSResult  # noqa: E402
 from app.queue.deliver import outcome_connection, restore_durability  # noqa: E402
 from app.queue.enqueue import Queued, enqueue  # noqa: E402
-from app.queue.outgoing import queue_size  # noqa: E402
 from app.tlsreports.report import FailureDetail, PolicyRef  # noqa: E402
 from app.tlsreports.results import SessionResult, record_tls_results  # noqa: E402
 from tests.bench.args import SMOKE, count  # noqa: E402
-from tests.support.celeryworker import celery_worker, client_for  # noqa: E402
+from tests.support.celeryworker import celery_worker, drain_queue  # noqa: E402
 from tests.support.configs import write_config  # noqa: E402
 from tests.support.dnsserver import DNSTestServer  # noqa: E402
+from tests.support.pgdatabase import new_database  # noqa: E402
 
 MESSAGES = count(1, smoke=40, full=5_000)
 POSTGRES = "--postgres" in sys.argv
@@ -55,7 +55,6 @@ RECORD_CALLS = 20 if SMOKE else 2000
 WORKER_PROCESSES = 2
 SINK = "/usr/sbin/smtp-sink"
 TARGET_RATIO = 0.5
-POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 def message(i: int) -> bytes:
@@ -92,11 +91,7 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 def database_url(directory: Path) -> str:
     if not POSTGRES:
         return f"sqlite:///{directory / 'bench.db'}"
-    name = f"pw_bench_{int(time.time())}"
-    admin = engine_for(f"{POSTGRES_SERVER}/postgres").execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return f"{POSTGRES_SERVER}/{name}"
+    return new_database("pw_bench")
 
 
 def queue_messages(config: Config) -> None:
@@ -116,21 +111,6 @@ def bare_smtplib(port: int) -> float:
             client.sendmail("admin@example.org", [f"r{i}@example.net"], contents[i])
         client.quit()
     return time.perf_counter() - started
-
-
-def drain(config_file: Path, config: Config, log: Path) -> float:
-    """Wake the ready worker with one sweep; seconds until the queue is empty."""
-    url = config.resolved_database_url
-    started = time.perf_counter()
-    client_for(config_file).send_task("tasks.mail.sweep_queue")
-    deadline = time.monotonic() + 600
-    while True:
-        with session_scope(url) as session:
-            if queue_size(session) == 0:
-                return time.perf_counter() - started
-        if time.monotonic() > deadline:
-            raise SystemExit(f"queue not drained in 600 s; see {log}")
-        time.sleep(0.01)
 
 
 def tls_record_cost(config: Config, calls: int = RECORD_CALLS) -> float:
@@ -178,7 +158,7 @@ def main() -> None:
             for _ in range(ROUNDS):
                 queue_messages(config)
                 bare_times.append(bare_smtplib(port))
-                queue_times.append(drain(config_file, config, log))
+                queue_times.append(drain_queue(config_file, log))
         with session_scope(config.resolved_database_url) as session:
             counted = func.sum(TLSResult.success_count + TLSResult.failure_count)
             sessions = session.scalar(select(counted).where(~TLSResult.is_host)) or 0

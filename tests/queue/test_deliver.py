@@ -39,7 +39,7 @@ from app.models import (
 from app.models.base import utcnow
 from app.queue.deliver import DeliveryReport, deliver, prepare_content
 from app.queue.enqueue import Queued, enqueue
-from app.queue.outgoing import remove_orphan_files
+from app.queue.outgoing import remove_orphans
 from tasks import delivery
 from tasks.celery_app import settings
 from tests.support.configs import write_config
@@ -177,7 +177,7 @@ command_timeout = 5
         return [(m, (self.config.data_dir / m.path).read_bytes()) for m in messages]
 
     def wait_until_no_queue_files(self, timeout: float = 5.0) -> None:
-        """Finished files are removed in the background (outgoing.remove_file_soon): poll."""
+        """Finished files are removed in the background (content.remove_file_soon): poll."""
         assert self.config is not None
         directory = self.config.data_dir / "outgoing"
         deadline = time.monotonic() + timeout
@@ -527,7 +527,7 @@ def test_orphaned_queue_files_are_removed_when_old_enough(world: World) -> None:
     an_hour_ago = time.time() - 3600
     os.utime(orphan, (an_hour_ago, an_hour_ago))
     os.utime(needed, (an_hour_ago, an_hour_ago))
-    assert remove_orphan_files(config, timedelta(minutes=30)) == 1
+    assert remove_orphans(config, timedelta(minutes=30)) == 1
     assert sorted(p.name for p in directory.iterdir()) == sorted([needed.name, "young"])
 
 

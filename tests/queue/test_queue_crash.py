@@ -27,7 +27,7 @@ from app.config import Config, load_config
 from app.db import session_scope
 from app.migrate import upgrade_database
 from app.queue.enqueue import Queued, enqueue
-from app.queue.outgoing import queue_size, remove_orphan_files
+from app.queue.outgoing import queue_size, remove_orphans
 from tests.support.celeryworker import celery_worker, client_for
 from tests.support.configs import write_config
 from tests.support.dnsserver import DNSTestServer
@@ -150,5 +150,5 @@ def test_kill_minus_nine_mid_batch_loses_nothing(
     assert len(twice) == duplicates
     assert max(counts.values()) <= 2
     # Files whose background removal the kills cut short are orphans for the hourly cleanup.
-    remove_orphan_files(config, timedelta(0))
+    remove_orphans(config, timedelta(0))
     assert list((config.data_dir / "outgoing").iterdir()) == []

@@ -21,6 +21,7 @@ OWNERS = {
     "Message": "app/store/mailboxes.py",
     "MessageSignal": "app/store/signals.py",
     "OutgoingMessage": "app/queue/outgoing.py",
+    "OutgoingContent": "app/queue/content.py",
     "SentRecipient": "app/queue/outgoing.py",
     "DeliveryAttempt": "app/queue/history.py",
     "MTASTSPolicy": "app/queue/mtastscache.py",

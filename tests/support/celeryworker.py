@@ -14,6 +14,8 @@ from pathlib import Path
 from celery import Celery
 
 from app.config import load_config
+from app.db import session_scope
+from app.queue.outgoing import queue_size
 from tasks.celery_app import celery_settings
 
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -80,3 +82,19 @@ def client_for(config_file: Path) -> Celery:
     client = Celery("postwarden-test")
     client.conf.update(celery_settings(load_config(config_file)))
     return client
+
+
+def drain_queue(config_file: Path, logs: Path, timeout: float = 600.0) -> float:
+    """Wake the running workers with one sweep (what beat does); seconds until the outgoing queue is
+    empty (the benchmarks' clock). `logs`: where to look when it does not empty in time."""
+    url = load_config(config_file).resolved_database_url
+    started = time.perf_counter()
+    client_for(config_file).send_task("tasks.mail.sweep_queue")
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(url) as session:
+            if queue_size(session) == 0:
+                return time.perf_counter() - started
+        if time.monotonic() > deadline:
+            raise SystemExit(f"queue not drained in {timeout:.0f} s; see {logs}")
+        time.sleep(0.01)

@@ -109,10 +109,11 @@ def smtp_process(config_file: Path, logs: Path) -> Process:
     return Process("smtp", [POSTWARDEN, "smtp", "--workers", "2"], env, logs, "smtp ready")
 
 
-def celery_process(config_file: Path, logs: Path) -> Process:
+def celery_process(config_file: Path, logs: Path, name: str = "chaos") -> Process:
+    """A worker with 2 processes; `name` tells the workers of several nodes apart on one broker."""
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
     command = [CELERY, "-A", "tasks", "worker", "--loglevel=INFO", "--concurrency=2", "--pool=prefork",
-               "--without-mingle", "--without-gossip", "-n", f"chaos-{os.getpid()}@%h"]  # fmt: skip
+               "--without-mingle", "--without-gossip", "-n", f"{name}-{os.getpid()}@%h"]  # fmt: skip
     return Process("celery", command, env, logs, "ready.")
 
 

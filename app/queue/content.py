@@ -1,0 +1,152 @@
+"""Where the outgoing queue keeps each message's content, named by its rows' `path` (SPEC R9.1).
+
+One interface, two backends, chosen by `[storage] queue_content`:
+
+- `FileContent` (the default, one machine): a file under the data dir, written durably before any
+  row names it (app/queue/enqueue.py); a submission's file is renamed into place after its rows'
+  commit (app/store/files.py), and read as "not in place yet" until then.
+- `DatabaseContent` (several machines): a row of `outgoing_content`, added in the same transaction
+  as the queue rows that name it, so a worker on any node reads what any node queued, and there is
+  nothing to rename or recover.
+
+Content goes away with the last row that names it (`end`): the database's in the transaction that
+ends that row, a file only after its commit, so a rollback never leaves rows without their content.
+No row is ever added for content older than the rows' own transaction, so content found without a
+row stays so: what a crash or two workers finishing one message's rows at once leave over, the
+hourly sweep (app/queue/outgoing.py's `remove_orphans`) deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.orm import Session
+
+from app.config import Config
+from app.models import OutgoingContent
+from app.models.base import utcnow
+from app.store.files import OUTGOING_DIR, awaiting_rename, write_durably
+
+Contents = Sequence[tuple[str, Sequence[bytes]]]  # (path, the parts of its content)
+
+
+def _nothing() -> None:
+    """What is left to do after the commit when the transaction did it all."""
+
+
+class FileContent:
+    """Content as files under the data dir (the embedded default)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def add(self, session: Session, contents: Contents) -> None:
+        """Write the files durably (concurrently, their directory fsync'd once) before the caller adds
+        the rows that name them; a rollback leaves files no row names, for the orphan sweep."""
+        (self.data_dir / OUTGOING_DIR).mkdir(parents=True, exist_ok=True)
+        write_durably([(self.data_dir / path, parts) for path, parts in contents], concurrently=True)
+
+    def read(self, connection: Session | Connection, path: str) -> bytes | None:
+        """The content; None while its committed rows wait for the file's rename; OSError if it is lost."""
+        try:
+            return (self.data_dir / path).read_bytes()
+        except FileNotFoundError:
+            if awaiting_rename(self.data_dir, path):
+                return None
+            return (self.data_dir / path).read_bytes()  # renamed since the first read, or lost
+
+    def end(self, connection: Session | Connection, path: str) -> Callable[[], None]:
+        """Nothing before the commit: what to call after it, which removes the file (`remove_file_soon`)."""
+        return lambda: remove_file_soon(self.data_dir / path)
+
+    def delete(self, connection: Session | Connection, paths: set[str]) -> None:
+        for path in paths:
+            (self.data_dir / path).unlink(missing_ok=True)
+
+    def older_than(self, connection: Session | Connection, age: timedelta) -> list[str]:
+        directory = self.data_dir / OUTGOING_DIR
+        if not directory.is_dir():
+            return []
+        cutoff = time.time() - age.total_seconds()
+        entries = os.scandir(directory)
+        return sorted(
+            f"{OUTGOING_DIR}/{e.name}" for e in entries if e.is_file() and e.stat().st_mtime < cutoff
+        )
+
+    def location(self, path: str) -> str:
+        """Where an operator finds the content (`queue show`)."""
+        return str(self.data_dir / path)
+
+
+class DatabaseContent:
+    """Content as rows of `outgoing_content`, reached by every node sharing the database."""
+
+    _TABLE = OutgoingContent.__table__
+
+    def add(self, session: Session, contents: Contents) -> None:
+        """Add the content rows in the caller's transaction, with the queue rows that name them."""
+        now = utcnow()
+        rows = [{"path": path, "content": b"".join(parts), "created": now} for path, parts in contents]
+        session.execute(insert(self._TABLE), rows)
+
+    def read(self, connection: Session | Connection, path: str) -> bytes | None:
+        """The content (never "not in place yet": it was committed with its rows); OSError if lost."""
+        content = connection.execute(select(self._TABLE.c.content).where(self._TABLE.c.path == path)).scalar()
+        if content is None:
+            raise FileNotFoundError(f"no content stored for {path}")
+        return bytes(content)
+
+    def end(self, connection: Session | Connection, path: str) -> Callable[[], None]:
+        """Delete the row in the caller's transaction: nothing is left for after the commit."""
+        self.delete(connection, {path})
+        return _nothing
+
+    def delete(self, connection: Session | Connection, paths: set[str]) -> None:
+        if paths:
+            connection.execute(delete(self._TABLE).where(self._TABLE.c.path.in_(paths)))
+
+    def older_than(self, connection: Session | Connection, age: timedelta) -> list[str]:
+        query = select(self._TABLE.c.path).where(self._TABLE.c.created < utcnow() - age)
+        return sorted(connection.execute(query).scalars())
+
+    def location(self, path: str) -> str:
+        return f"database table outgoing_content, path {path}"
+
+
+QueueContent = FileContent | DatabaseContent
+
+
+def in_database(config: Config) -> bool:
+    """Whether `[storage] queue_content` puts the content in the database (several machines)."""
+    return config.storage.queue_content == "database"
+
+
+def queue_content(config: Config) -> QueueContent:
+    """The backend `[storage] queue_content` names."""
+    return DatabaseContent() if in_database(config) else FileContent(config.data_dir)
+
+
+def remove_file_soon(path: Path) -> None:
+    """Delete a finished message file in this process's background thread.
+
+    Unlinking a file that was fsync'd waits on the disk (a millisecond here, more on busy disks); a
+    delivery need not wait for it. A file whose removal a crash prevents is an orphan for the sweep.
+    """
+    _remover().submit(path.unlink, missing_ok=True)
+
+
+@cache
+def _remover_for(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-file-remover")
+
+
+def _remover() -> ThreadPoolExecutor:
+    # Keyed by process id: worker processes are forked, and threads do not survive a fork.
+    return _remover_for(os.getpid())
