@@ -40,7 +40,7 @@ from app.imap.parser import (
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
-from app.imap.search import esearch, matches, prepared, saved_result
+from app.imap.search import columns_of, esearch, matches, prepared, saved_result
 from app.imap.sections import partial, section_octets
 from app.imap.textsearch import MessageText
 from app.store.files import MailboxCopy, StoreError
@@ -656,7 +656,8 @@ class IMAPSession:
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
-        found_rows = await self._account().all_rows(selection.mailbox_id, _SEARCH_COLUMNS)
+        columns = sorted({"uid", "path"}.union(*(columns_of(key) for key in keys)))
+        found_rows = await self._account().all_rows(selection.mailbox_id, columns)
         rows = [row for row in found_rows if row["uid"] in numbers]
         data_dir, cap = self.config.data_dir, self.limits.max_append
 
@@ -736,8 +737,6 @@ _ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE":
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
 # Those of them the session's view knows (Selection.files).
 _FROM_VIEW = ("UID", "RFC822.SIZE")
-# The columns SEARCH tests (app/imap/search.py; the path: textsearch.py) and answers with.
-_SEARCH_COLUMNS = ("uid", "path", "size", "received", "modseq", *responses.FLAG_COLUMNS.values())
 # The items a FETCH of flags alone names (answered from a few columns: _fetch_flags).
 _FLAG_ITEMS = ("FLAGS", "UID", "MODSEQ")
 _RFC822_SECTIONS = {

@@ -528,7 +528,9 @@ def _plain_rows(
     """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time), through
     the session's connection: the ORM's execute path costs as much as the query for one row."""
     session.flush()  # what session.execute's autoflush would have done
-    return [dict(row) for row in session.connection().execute(query, parameters or {}).mappings()]
+    result = session.connection().execute(query, parameters or {})
+    keys = list(result.keys())  # zipped with each row: a RowMapping per row costs twice as much
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def expunge_deleted(
