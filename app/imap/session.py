@@ -180,7 +180,8 @@ class IMAPSession:
         stops reading is not waited for forever)."""
         self.writer.write(data)
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.idle_timeout)
+            async with asyncio.timeout(self.limits.idle_timeout):  # not wait_for: that makes a task per write
+                await self.writer.drain()
         except (TimeoutError, ConnectionError):
             self.state = LOGOUT
             raise Closed() from None
