@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import binascii
 import re
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from app.imap.errors import CommandFailed
 from app.imap.parser import FetchItem, Section
-from app.imap.sections import partial, section_octets
+from app.imap.sections import parse_header, partial, section_octets
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _AS_STORED = ("", "7bit", "8bit", "binary")
@@ -38,7 +36,7 @@ def decoded_part(content: bytes, part: tuple[int, ...]) -> bytes:
         return content
     body = section_octets(content, Section(part))
     header = section_octets(content, Section(part, "MIME"))
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
+    parsed = parse_header(header)
     encoding = str(parsed.get("content-transfer-encoding", "")).strip().lower()
     if encoding in _AS_STORED:
         return body

@@ -7,13 +7,11 @@ MAX_NESTING is described as opaque data."""
 from __future__ import annotations
 
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import collapse_rfc2231_value
 
 from app.imap.envelope import envelope
 from app.imap.responses import string
-from app.imap.sections import MAX_NESTING, body_parts, split_header
+from app.imap.sections import MAX_NESTING, body_parts, parse_header, split_header
 
 NIL = b"NIL"
 # A hostile Content-Language with thousands of tags is cut.
@@ -27,7 +25,7 @@ def body_structure(message: bytes, *, extended: bool = False) -> bytes:
 
 
 def _structure(header: bytes, body: bytes, depth: int, extended: bool) -> bytes:
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
+    parsed = parse_header(header)
     main, sub = _type(parsed)
     extension = _extension(parsed) if extended else []
     if main == "multipart" and depth < MAX_NESTING:

@@ -128,8 +128,9 @@ class AccountStore:
     async def deleted_count(self, mailbox_id: int) -> int:
         return await self._run(lambda session: mailboxes.count_deleted(session, mailbox_id))
 
-    async def uids(self, mailbox_id: int) -> list[int]:
-        return await self._run(lambda session: mailboxes.mailbox_uids(session, mailbox_id))
+    async def files(self, mailbox_id: int) -> list[tuple[int, str, int]]:
+        """(UID, path, size) of the mailbox's messages, by UID."""
+        return await self._run(lambda session: mailboxes.mailbox_files(session, mailbox_id))
 
     async def changes(self, mailbox_id: int, modseq: int) -> MailboxChanges | None:
         """What changed in the mailbox after `modseq` (None: nothing); SPEC R8.3."""
@@ -160,7 +161,7 @@ class AccountStore:
         self, mailbox_id: int, uids: Sequence[int], budget: int
     ) -> tuple[list[MessageRow], dict[int, bytes]]:
         """The rows (as rows()) and, in the same worker-thread call, the files of the first of them
-        while their sizes add up to at most `budget` octets, by row id: a FETCH of one small message
+        while their sizes add up to at most `budget` octets, by UID: a FETCH of one small message
         crosses to a thread once, not twice. The others are left to content()."""
         data_dir = self.config.data_dir
 
@@ -172,7 +173,7 @@ class AccountStore:
                 used += row["size"]
                 if used > budget:
                     break
-                contents[row["id"]] = (data_dir / row["path"]).read_bytes()
+                contents[row["uid"]] = (data_dir / row["path"]).read_bytes()
             return rows, contents
 
         return await self._run(read)
@@ -241,6 +242,19 @@ class AccountStore:
         if paths:
             unnamed = await self._run(lambda session: mailboxes.unreferenced_paths(session, paths))
             await asyncio.to_thread(_unlink, [self.config.data_dir / path for path in unnamed])
+
+    async def read_files(self, paths: Sequence[str]) -> list[bytes] | None:
+        """The files' octets, in one worker-thread call and without a query; None if one is gone
+        (its message was expunged: the caller reads the rows, which leave it out)."""
+        data_dir = self.config.data_dir
+
+        def read() -> list[bytes] | None:
+            try:
+                return [(data_dir / path).read_bytes() for path in paths]
+            except FileNotFoundError:
+                return None
+
+        return await asyncio.to_thread(read)
 
     async def content(self, row: MessageRow) -> bytes:
         """The message file's octets (a file is written once and never changes)."""

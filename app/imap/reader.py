@@ -98,6 +98,7 @@ async def _discard_line(reader: asyncio.StreamReader, limits: ReadLimits) -> Non
 
 async def _timed(read: Awaitable[bytes], limits: ReadLimits) -> bytes:
     try:
-        return await asyncio.wait_for(read, limits.timeout)
+        async with asyncio.timeout(limits.timeout):  # not wait_for: that makes a task per read
+            return await read
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         raise Closed() from None

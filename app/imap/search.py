@@ -46,6 +46,33 @@ _FLAG_TESTS: dict[str, Callable[[MessageRow], bool]] = {
 }
 
 
+# The row columns each key tests (others test none): a SEARCH reads only those its keys name, as a
+# whole row of each of 50,000 messages costs more than the test.
+_KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    **{
+        f"{un}{flag}": (flag.lower(),)
+        for flag in ("SEEN", "FLAGGED", "DELETED", "ANSWERED", "DRAFT")
+        for un in ("", "UN")
+    },
+    "KEYWORD": tuple(responses.STORE_KEYWORDS.values()),
+    "UNKEYWORD": tuple(responses.STORE_KEYWORDS.values()),
+    "MODSEQ": ("modseq",),
+    "LARGER": ("size",),
+    "SMALLER": ("size",),
+    "BEFORE": ("received",),
+    "ON": ("received",),
+    "SINCE": ("received",),
+}
+
+
+def columns_of(key: SearchKey) -> set[str]:
+    """The row columns `matches` reads for the key, but for the UID and the path (always read)."""
+    name = str(key[0])
+    if name in ("AND", "OR", "NOT"):
+        return set().union(*(columns_of(k) for k in key[1:]))  # type: ignore[arg-type]
+    return set(_KEY_COLUMNS.get(name, ()))
+
+
 def matches(row: MessageRow, key: SearchKey, number: int, text: MessageText) -> bool:
     """Whether the message matches the key; `text` reads its file, if a key needs it."""
     name, args = str(key[0]), key[1:]

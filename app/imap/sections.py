@@ -10,14 +10,19 @@ more than its size.
 from __future__ import annotations
 
 import re
-from email.parser import BytesHeaderParser
+from email.message import Message
 from email.policy import compat32
+from typing import Any
 
 from app.imap.parser import Section
 
 MAX_NESTING = 20
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^(?=[^ \t\r\n])", re.MULTILINE)
+# What email.feedparser takes for a line (with its end) and for a header line (headerRE).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
+_END_OF_LINE = re.compile(r"(\r\n|\r|\n)\Z")
 
 
 class NoSuchPart(Exception):
@@ -94,11 +99,62 @@ def _child(header: bytes, body: bytes, number: int, *, is_message: bool) -> tupl
 
 def content_type(header: bytes) -> tuple[str, str]:
     """(main type, boundary) of a header; text/plain's main type without a Content-Type."""
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
+    parsed = parse_header(header)
     main = parsed.get_content_maintype() if parsed.get("content-type") else "text"
     if main == "message" and parsed.get_content_subtype() not in ("rfc822", "global"):
         main = "application"  # only an encapsulated message has parts of its own
     return main, parsed.get_boundary() or ""
+
+
+class ParsedHeader(Message):
+    """A parsed header, read only: get() looks the first field of a name up in a dict, where
+    Message's walks every field (a BODYSTRUCTURE asks for ten fields of each part)."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=compat32)
+        self._first: dict[str, tuple[str, str]] = {}
+
+    def set_raw(self, name: str, value: str) -> None:
+        super().set_raw(name, value)
+        self._first.setdefault(name.lower(), (name, value))
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        found = self._first.get(name.lower())
+        return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+
+def parse_header(header: bytes) -> ParsedHeader:
+    """The header as email's BytesHeaderParser (compat32) parses it, field for field, without its
+    feed machinery (which costs several times as much): the lines up to the first that is not a
+    header line, a leading "From " line as the envelope sender, each field with its continuation
+    lines; the parser's defects are not recorded."""
+    parsed = ParsedHeader()
+    lines = []
+    for line in _LINE.findall(header.decode("ascii", "surrogateescape")):
+        if not _HEADER_LINE.match(line):
+            break
+        lines.append(line)
+    field: list[str] = []
+    for number, line in enumerate(lines):
+        if line[0] in " \t":  # a continuation (of nothing, on the first line: dropped)
+            if field:
+                field.append(line)
+            continue
+        if field:
+            parsed.set_raw(*compat32.header_source_parse(field))
+            field = []
+        if line.startswith("From "):
+            if number == 0:
+                parsed.set_unixfrom(_END_OF_LINE.sub("", line))
+                continue
+            if number == len(lines) - 1:  # the first line of the body, as the parser sees it
+                break
+            continue
+        if not line.startswith(":"):  # a field without a name is dropped
+            field = [line]
+    if field:
+        parsed.set_raw(*compat32.header_source_parse(field))
+    return parsed
 
 
 def body_parts(body: bytes, boundary: str) -> list[bytes]:

@@ -40,7 +40,7 @@ from app.imap.parser import (
     tag_of,
 )
 from app.imap.reader import Closed, ReadLimits, Rejected, read_command
-from app.imap.search import esearch, matches, prepared, saved_result
+from app.imap.search import columns_of, esearch, matches, prepared, saved_result
 from app.imap.sections import partial, section_octets
 from app.imap.textsearch import MessageText
 from app.store.files import MailboxCopy, StoreError
@@ -81,6 +81,9 @@ class Selection:
     # UID -> modseq of flags this session sent (its STORE) since the view was last brought up to date.
     shown: dict[int, int] = field(default_factory=dict)
     saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE): `$` (RFC 5182)
+    # UID -> (path, size) of the view's messages: what never changes while a message keeps its UID,
+    # so a FETCH of the message's octets needs no query (kept in step by _report_changes).
+    files: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def numbers(self, uids: list[int]) -> dict[int, int]:
         """The message numbers of these UIDs (by bisection: a dict of the whole view would cost
@@ -177,7 +180,8 @@ class IMAPSession:
         stops reading is not waited for forever)."""
         self.writer.write(data)
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.idle_timeout)
+            async with asyncio.timeout(self.limits.idle_timeout):  # not wait_for: that makes a task per write
+                await self.writer.drain()
         except (TimeoutError, ConnectionError):
             self.state = LOGOUT
             raise Closed() from None
@@ -374,9 +378,11 @@ class IMAPSession:
         state = await self._account().uid_state(name)
         if state is None:
             raise CommandFailed("NO", "[NONEXISTENT] No such mailbox")
-        uids = await self._account().uids(state.mailbox_id)
+        files = await self._account().files(state.mailbox_id)
+        uids = [uid for uid, _, _ in files]
         read_only = command.name == "EXAMINE"
         self.selection = Selection(state.mailbox_id, state.uidvalidity, uids, read_only, state.highestmodseq)
+        self.selection.files = {uid: (path, size) for uid, path, size in files}
         self.state = SELECTED
         permanent = "()" if read_only else responses.ALL_FLAGS
         recent = "" if self.rev2 else "* 0 RECENT\r\n"  # IMAP4rev2 has no RECENT
@@ -462,6 +468,7 @@ class IMAPSession:
         if found is None:
             return
         update = update_of(selection.uids, selection.shown, found)
+        selection.files.update((row["uid"], (row["path"], row["size"])) for row in found.changed)
         await self._expunged(update.expunged)
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         lines = b"".join(flags_line(numbers[row["uid"]], row, self.condstore) for row in update.flagged)
@@ -546,8 +553,11 @@ class IMAPSession:
     ) -> None:
         """The FETCH lines of these messages, sent in chunks as they fill; the last left in `out`."""
         selection, account = self._selected(), self._account()
-        contents: dict[int, bytes] = {}  # files read with the rows, by row id
-        if any(i.name not in _FROM_ROW for i in items):
+        contents: dict[int, bytes] = {}  # files read with the rows, by UID
+        from_view = None if changedsince is not None else await self._from_view(uids, items)
+        if from_view is not None:
+            rows, contents = from_view
+        elif any(i.name not in _FROM_ROW for i in items):
             rows, contents = await account.rows_with_content(selection.mailbox_id, uids, CONTENT_BUDGET)
         else:
             rows = await account.rows(selection.mailbox_id, uids)
@@ -561,17 +571,39 @@ class IMAPSession:
                 row["seen"], row["modseq"] = True, modseqs[row["id"]]
                 selection.shown[row["uid"]] = row["modseq"]  # shown here: not reported again
         # A message whose \Seen the fetch set shows its flags, asked for or not (RFC 9051 6.4.5).
-        changed = {row["id"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
+        changed = {row["uid"] for row in unseen} if all(i.name != "FLAGS" for i in items) else set()
         for row in rows:
-            shown = [*items, _FLAGS] if row["id"] in changed else items
+            shown = [*items, _FLAGS] if row["uid"] in changed else items
             needs_content = any(i.name not in _FROM_ROW for i in shown)
             content = b""  # read once per message, if an item needs it
             if needs_content:
-                content = contents[row["id"]] if row["id"] in contents else await account.content(row)
+                content = contents[row["uid"]] if row["uid"] in contents else await account.content(row)
             out += responses.fetch_line(numbers[row["uid"]], [_fetch_item(row, i, content) for i in shown])
             if len(out) >= SEND_CHUNK:  # lines go in chunks: one write per message costs more than the line
                 await self.send(bytes(out))
                 out.clear()
+
+    async def _from_view(
+        self, uids: list[int], items: list[FetchItem]
+    ) -> tuple[list[MessageRow], dict[int, bytes]] | None:
+        """The rows (UID and size alone) and files of a FETCH whose items need nothing that changes
+        (no flags, no modseq, nothing that sets \\Seen), from the session's view and the files: one
+        worker-thread call and no query. None when the rows must be read: an item needs them, a
+        message is not in the view, the files pass the read budget, or one is gone."""
+        selection = self._selected()
+        sets_seen = not selection.read_only and any(_sets_seen(i) for i in items)
+        if sets_seen or any(i.name in _FROM_ROW and i.name not in _FROM_VIEW for i in items):
+            return None
+        known = [selection.files[uid] for uid in uids if uid in selection.files]
+        if len(known) < len(uids) or sum(size for _, size in known) > CONTENT_BUDGET:
+            return None
+        contents = await self._account().read_files([path for path, _ in known])
+        if contents is None:
+            return None
+        rows: list[MessageRow] = [
+            {"uid": uid, "size": size} for uid, (_, size) in zip(uids, known, strict=True)
+        ]
+        return rows, dict(zip(uids, contents, strict=True))
 
     async def store_flags(self, command: Command) -> None:
         selection = self._selected()
@@ -625,15 +657,17 @@ class IMAPSession:
         selection = self._selected()
         numbers = {uid: n for n, uid in enumerate(selection.uids, 1)}
         keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
-        found_rows = await self._account().all_rows(selection.mailbox_id, _SEARCH_COLUMNS)
-        rows = [row for row in found_rows if row["uid"] in numbers]
+        columns = sorted({"uid", "path"}.union(*(columns_of(key) for key in keys)))
+        rows = await self._account().all_rows(selection.mailbox_id, columns)
         data_dir, cap = self.config.data_dir, self.limits.max_append
+        every = keys[0] if len(keys) == 1 else ("AND", *keys)  # one call per message, not one per key
 
         def hits() -> list[MessageRow]:
             found = []
             for row in rows:
+                number = numbers.get(row["uid"])  # None: new since the view was taken
                 text = MessageText(data_dir, row["path"], cap)  # the file is read once, if at all
-                if all(matches(row, key, numbers[row["uid"]], text) for key in keys):
+                if number is not None and matches(row, every, number, text):
                     found.append(row)
             return found
 
@@ -694,6 +728,8 @@ class IMAPSession:
             if selection.uids[number - 1] in uids:
                 await self.send(b"* %d EXPUNGE\r\n" % number)
         selection.uids = [uid for uid in selection.uids if uid not in uids]
+        for uid in uids:
+            selection.files.pop(uid, None)
 
 
 _FLAGS = FetchItem("FLAGS")
@@ -701,8 +737,8 @@ _FLAGS = FetchItem("FLAGS")
 _ENABLES = {"UTF8=ACCEPT": "UTF8=ACCEPT", "IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE"}
 # The items answered from the row alone, without reading the message file.
 _FROM_ROW = ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ")
-# The columns SEARCH tests (app/imap/search.py; the path: textsearch.py) and answers with.
-_SEARCH_COLUMNS = ("uid", "path", "size", "received", "modseq", *responses.FLAG_COLUMNS.values())
+# Those of them the session's view knows (Selection.files).
+_FROM_VIEW = ("UID", "RFC822.SIZE")
 # The items a FETCH of flags alone names (answered from a few columns: _fetch_flags).
 _FLAG_ITEMS = ("FLAGS", "UID", "MODSEQ")
 _RFC822_SECTIONS = {

@@ -6,6 +6,10 @@ Files are read lazily (only for a message a text key is tested on; only its head
 keys), at most `cap` octets (the message size limit: no stored message is larger), by the caller's
 worker thread, never on the event loop; encoded words are decoded only in the fields a key names.
 A message that cannot be parsed is searched as raw text.
+
+The decoded values of the fields a key named are kept (HeaderValues, one for the server process, by
+message path: a message file never changes), so a header SEARCH reads each file once while its
+entries stay, as Dovecot's cache keeps the header fields clients ask for.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import threading
 from email.header import decode_header, make_header
 from email.message import Message
 from functools import cached_property, lru_cache
@@ -24,19 +29,46 @@ _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+):[ \t]*(.*?)\r?$", re.MULTILINE |
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 HEADER_STEP = 16 * 1024
+# Header values kept (HeaderValues): about 300 octets each, so at most some 30 MB.
+HEADER_VALUES_KEPT = 100_000
+
+
+class HeaderValues:
+    """Decoded, case-folded header field values by (message file, field name), at most `capacity`
+    of them, the oldest dropped first. Shared by the sessions' worker threads: changed under a lock."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._values: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, file: str, name: str) -> tuple[str, ...] | None:
+        return self._values.get((file, name))
+
+    def put(self, file: str, name: str, values: tuple[str, ...]) -> None:
+        with self._lock:
+            while len(self._values) >= self.capacity:
+                del self._values[next(iter(self._values))]
+            self._values[(file, name)] = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+HEADER_VALUES = HeaderValues(HEADER_VALUES_KEPT)
 
 
 class MessageText:
     """One message's searchable text, read on first use: the header alone for the header keys, the
     whole file for BODY and TEXT."""
 
-    def __init__(self, data_dir: Path, path: str, cap: int) -> None:
-        self.data_dir, self.path, self.cap = data_dir, path, cap
-        self._decoded: dict[str, list[str]] = {}
+    def __init__(self, data_dir: Path, path: str, cap: int, kept: HeaderValues = HEADER_VALUES) -> None:
+        self.cap, self.kept = cap, kept
+        self.file = f"{data_dir}/{path}"  # also the key in `kept`: a process may serve several data dirs
 
     @cached_property
     def raw(self) -> bytes:
-        with (self.data_dir / self.path).open("rb") as file:
+        with open(self.file, "rb") as file:
             return file.read(self.cap)
 
     @cached_property
@@ -45,7 +77,7 @@ class MessageText:
         if "raw" in self.__dict__:
             return _split(self.raw)[0]
         data = b""
-        with (self.data_dir / self.path).open("rb") as file:
+        with open(self.file, "rb") as file:
             while len(data) < self.cap:
                 step = file.read(min(HEADER_STEP, self.cap - len(data)))
                 data += step
@@ -62,15 +94,22 @@ class MessageText:
         unfolded = _FOLD.sub(b"", self.header)
         return [(name.decode("ascii").upper(), value) for name, value in _FIELD.findall(unfolded)]
 
-    def values(self, name: str) -> list[str]:
-        """The decoded, case-folded values of the fields called `name` (decoded once). Found by a
-        pattern for that name alone: splitting every field out costs more than the search."""
-        if name not in self._decoded:
-            # A name no field can have (as _FIELD reads them, upper-cased) names none.
-            named = _FIELD_NAME.fullmatch(name) is not None and name == name.upper()
-            raw = _field_pattern(name).findall(_FOLD.sub(b"", self.header)) if named else []
-            self._decoded[name] = [_decoded(value).casefold() for value in raw]
-        return self._decoded[name]
+    def values(self, name: str) -> tuple[str, ...]:
+        """The decoded, case-folded values of the fields called `name`, kept in `kept` (a key names
+        few fields, the same in every message)."""
+        found = self.kept.get(self.file, name)
+        if found is None:
+            found = self._values(name)
+            self.kept.put(self.file, name, found)
+        return found
+
+    def _values(self, name: str) -> tuple[str, ...]:
+        """The values of the fields called `name`, found by a pattern for that name alone: splitting
+        every field out costs more than the search."""
+        # A name no field can have (as _FIELD reads them, upper-cased) names none.
+        named = _FIELD_NAME.fullmatch(name) is not None and name == name.upper()
+        raw = _field_pattern(name).findall(_FOLD.sub(b"", self.header)) if named else []
+        return tuple(_decoded(value).casefold() for value in raw)
 
     @cached_property
     def body(self) -> str:
@@ -87,8 +126,9 @@ class MessageText:
         return any(value in text for text in self.values(name))
 
     def header_text(self) -> str:
+        """Every field, decoded (not kept: TEXT names every field of every message)."""
         names = dict.fromkeys(field for field, _ in self.fields)
-        return "\n".join(f"{name.casefold()}: {text}" for name in names for text in self.values(name))
+        return "\n".join(f"{name.casefold()}: {text}" for name in names for text in self._values(name))
 
 
 @lru_cache(maxsize=64)

@@ -437,6 +437,15 @@ def mailbox_uids(session: Session, mailbox_id: int) -> list[int]:
     )
 
 
+def mailbox_files(session: Session, mailbox_id: int) -> list[tuple[int, str, int]]:
+    """(UID, path, size) of the mailbox's messages, ascending by UID: what never changes while a
+    message stays in a mailbox (a move or copy gives it a new UID), so IMAP keeps it for the view."""
+    query = select(Message.uid, Message.path, Message.size).where(Message.mailbox_id == mailbox_id)
+    return [
+        (int(uid), str(path), int(size)) for uid, path, size in session.execute(query.order_by(Message.uid))
+    ]
+
+
 class MailboxChanges(NamedTuple):
     """What changed in a mailbox after a modification sequence (changes_since)."""
 
@@ -519,7 +528,9 @@ def _plain_rows(
     """The rows as MessageRows without making ORM objects (IMAP reads thousands at a time), through
     the session's connection: the ORM's execute path costs as much as the query for one row."""
     session.flush()  # what session.execute's autoflush would have done
-    return [dict(row) for row in session.connection().execute(query, parameters or {}).mappings()]
+    result = session.connection().execute(query, parameters or {})
+    keys = list(result.keys())  # zipped with each row: a RowMapping per row costs twice as much
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def expunge_deleted(

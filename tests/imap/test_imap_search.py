@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.imap.textsearch import MessageText, text_matches
+from app.imap.textsearch import HeaderValues, MessageText, text_matches
 from tests.imap.conftest import PASSWORD, IMAPClients
 from tests.imap.test_imap_server import RawClient
 from tests.support.smtpfixtures import make_message
@@ -203,7 +203,24 @@ def test_a_field_is_found_by_its_whole_name_in_any_case_and_unfolded(tmp_path: P
         b"To: a\r\n Subject: no\r\n\r\nSubject: body"
     )
     text = MessageText(tmp_path, "m", 10_000)
-    assert text.values("SUBJECT") == ["folded\tline", "two"]
-    assert text.values("X-SUBJECT") == ["other"]
+    assert text.values("SUBJECT") == ("folded\tline", "two")
+    assert text.values("X-SUBJECT") == ("other",)
     # Names no field can have find nothing, though a pattern made of them would match a line.
-    assert text.values("SUBJECT: X") == [] and text.values("subject") == [] and text.values("S.*") == []
+    assert text.values("SUBJECT: X") == () and text.values("subject") == () and text.values("S.*") == ()
+
+
+def test_header_values_are_kept_so_a_second_search_reads_no_file(tmp_path: Path) -> None:
+    (tmp_path / "m").write_bytes(b"Subject: Kept\r\n\r\nbody")
+    kept = HeaderValues(10)
+    assert text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "kept")
+    (tmp_path / "m").unlink()  # files never change: the values kept answer without it
+    assert text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "kept")
+    assert not text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "other")
+
+
+def test_header_values_kept_are_bounded_the_oldest_dropped_first() -> None:
+    kept = HeaderValues(2)
+    for n in range(3):
+        kept.put(f"/data/{n}", "SUBJECT", (str(n),))
+    assert len(kept) == 2
+    assert kept.get("/data/0", "SUBJECT") is None and kept.get("/data/2", "SUBJECT") == ("2",)

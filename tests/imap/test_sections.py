@@ -3,9 +3,14 @@ lists, numbered parts of multiparts and of an attached message, MIME headers, an
 
 from __future__ import annotations
 
+import random
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
 from app.imap.bodystructure import body_structure
 from app.imap.parser import Section
-from app.imap.sections import partial, section_octets
+from app.imap.sections import parse_header, partial, section_octets
+from tests.imap.corpus import CORPUS
 
 INNER = (
     b"From: inner@example.net\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n"
@@ -99,3 +104,32 @@ def test_bodystructure_extension_data() -> None:
         b' NIL "http://example.org/a.pdf") "MIXED" ("BOUNDARY" "x") NIL ("en" "de") NIL)'
     )
     assert body_structure(message).endswith(b' "MIXED")')  # BODY: the basic form
+
+
+# Pieces of headers, well-formed and not, that random headers are made of.
+_PIECES = [
+    b"From ",
+    b"Content-Type",
+    b"Subject",
+    b":",
+    b" ",
+    b"\t",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"a",
+    b"=?",
+    b"\xff",
+    b"\x00",
+    b";",
+]
+
+
+def test_parse_header_agrees_with_the_email_parser_field_for_field() -> None:
+    rng = random.Random(13)
+    headers = [message.partition(b"\r\n\r\n")[0] + b"\r\n\r\n" for message in CORPUS.values()]
+    headers += [b"".join(rng.choices(_PIECES, k=rng.randrange(1, 40))) for _ in range(3000)]
+    for header in headers:
+        ours, theirs = parse_header(header), BytesHeaderParser(policy=compat32).parsebytes(header)
+        assert list(ours.raw_items()) == list(theirs.raw_items()), header
+        assert ours.get_unixfrom() == theirs.get_unixfrom(), header
