@@ -20,8 +20,8 @@ HEADLINES = {
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "
     r"\(target p99 < 5 ms, ratio < 1\.5\)",
-    "tls_reports.py": r"tls reports: build [\d.]+ ms/report \(\+ DKIM [\d.]+ ms\), job [\d.]+ s, "
-    r"peak RSS \d+ MB",
+    "tls_reports.py": r"tls reports: build [\d.]+ ms/report \(\+ DKIM [\d.]+ ms\), "
+    r"RSA-2048 signature [\d.]+ ms, job [\d.]+ s, peak RSS \d+ MB",
 }
 
 
