@@ -4,6 +4,8 @@ Verification drives dkimpy per signature so each one gets its own result: the ke
 looked up concurrently through app/dns.py (the resolver's `dkim_txt`, as for dkimpy's async support),
 then every signature is checked by dkimpy's canonicalization and crypto code. Key records are judged
 here, so a missing, revoked or unsuitable key is a permerror with a reason instead of a bare False.
+
+Signing builds the field dkimpy's signer would, byte for byte, but signs through OpenSSL (below).
 """
 
 from __future__ import annotations
