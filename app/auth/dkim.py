@@ -4,22 +4,31 @@ Verification drives dkimpy per signature so each one gets its own result: the ke
 looked up concurrently through app/dns.py (the resolver's `dkim_txt`, as for dkimpy's async support),
 then every signature is checked by dkimpy's canonicalization and crypto code. Key records are judged
 here, so a missing, revoked or unsuitable key is a permerror with a reason instead of a bare False.
+
+Signing builds the field dkimpy's signer would, byte for byte, but signs through OpenSSL (below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from app.auth.dkimkeys import DKIMAlgorithm, DKIMKeyError, dkimpy_private_key
+from app.auth.dkimkeys import DKIMAlgorithm, DKIMKeyError, SigningKey, load_private_key
 from app.auth.message import ascii_domain, header_fields, header_section
 from app.auth.types import DKIMResult, DKIMStatus
 from app.config import DKIMSelector
@@ -29,6 +38,8 @@ MAX_SIGNATURES = 10  # RFC 6376 6.1: verifiers may limit how many signatures the
 MIN_RSA_BITS = 1024  # RFC 8301 3.2
 _KEY_TYPE_OF_ALGORITHM = {b"rsa-sha256": b"rsa", b"ed25519-sha256": b"ed25519"}
 _SIGNING_ALGORITHMS: dict[DKIMAlgorithm, bytes] = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+_SIGNATURE_NAME = b"DKIM-Signature"
+_B_PLACEHOLDER = b"0" * 60
 _SELECTOR = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_-]{1,63})*$")
 # dkimpy's own parsers raise these (besides DKIMException) on hostile input.
 _PARSE_ERRORS = (dkim.DKIMException, InvalidTagValueList, IndexError, ValueError, TypeError, KeyError)
@@ -234,15 +245,24 @@ def _text(value: object) -> str:
 
 
 # Signing.
+#
+# dkimpy's own signer does RSA in pure Python (about 20 ms a signature); here its parser, header
+# selection, canonicalization and folding build the same DKIM-Signature field, and OpenSSL (through
+# `cryptography`) makes the signature (under 1 ms). The body hash is computed once for all selectors.
 
 
 def sign(
-    message: bytes, domain: str, selectors: Sequence[DKIMSelector], extra_headers: Sequence[bytes] = ()
+    message: bytes,
+    domain: str,
+    selectors: Sequence[DKIMSelector],
+    extra_headers: Sequence[bytes] = (),
+    canonicalization: bytes = b"relaxed/relaxed",
 ) -> bytes:
-    """DKIM-Signature header fields (one per selector, relaxed/relaxed) to prepend to `message`.
+    """DKIM-Signature header fields (one per selector) to prepend to `message`.
 
     `extra_headers` names header fields to sign besides RFC 6376's recommended ones (e.g. the RFC 8460
     TLS-Report-Domain); singleton fields are signed once more than present, so none can be added.
+    `canonicalization` is the c= value; our mail is signed relaxed/relaxed (simple is for tests).
     """
     signing_domain = ascii_domain(domain)
     if not signing_domain:
@@ -251,34 +271,86 @@ def sign(
     if problem is not None:
         raise DKIMMessageError(problem)
     try:
-        signer = dkim.DKIM(message, logger=_log)
+        parsed = dkim.DKIM(message, logger=_log)
     except _PARSE_ERRORS as e:
         _log.warning("dkimpy cannot parse a message header: %s", _text(e))
         raise DKIMMessageError("the header section cannot be parsed for DKIM signing") from None
     # Fields a message has at most once (RFC 5322 3.6; dkimpy's list lacks Subject) are oversigned.
-    signer.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
-    include = signer.default_sign_headers() + [h.lower() for h in extra_headers]
+    parsed.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
+    include = [h.lower() for h in parsed.default_sign_headers()] + [h.lower() for h in extra_headers]
+    if b"from" not in include:
+        raise DKIMMessageError("the message has no From header field, which a DKIM signature must cover")
+    policy = CanonicalizationPolicy.from_c_value(canonicalization)
+    unsigned = _UnsignedFields(
+        policy,
+        policy.canonicalize_headers(parsed.headers),
+        include,
+        [
+            (b"c", policy.to_c_value()),
+            (b"d", signing_domain.encode("ascii")),
+            (b"i", b"@" + signing_domain.encode("ascii")),
+            (b"q", b"dns/txt"),
+        ],
+        [
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", base64.b64encode(hashlib.sha256(_canonical_body(policy, parsed.body)).digest())),
+        ],
+    )
     lines = []
     for selector in selectors:
-        failure = f"cannot sign for {domain} with selector {selector.selector}"
         key = _private_key(Path(selector.private_key_file), selector.algorithm)
-        try:
-            lines.append(
-                signer.sign(
-                    selector.selector.encode("ascii"),
-                    signing_domain.encode("ascii"),
-                    key,
-                    signature_algorithm=_SIGNING_ALGORITHMS[selector.algorithm],
-                    canonicalize=(b"relaxed", b"relaxed"),
-                    include_headers=include,
-                )
-            )
-        except _PARSE_ERRORS as e:
-            raise DKIMSigningError(f"{failure}: {e}") from None
+        lines.append(
+            unsigned.signed(selector.selector.encode("ascii"), _SIGNING_ALGORITHMS[selector.algorithm], key)
+        )
     return b"".join(lines)
 
 
-def _private_key(path: Path, algorithm: DKIMAlgorithm) -> bytes:
+@dataclass(frozen=True)
+class _UnsignedFields:
+    """What every signature of one message shares: the tags around a= and s=, and the header fields."""
+
+    policy: CanonicalizationPolicy
+    headers: list[tuple[bytes, bytes]]  # canonicalized
+    include: list[bytes]
+    before_selector: list[tuple[bytes, bytes]]
+    after_selector: list[tuple[bytes, bytes]]
+
+    def signed(self, selector: bytes, algorithm: bytes, key: SigningKey) -> bytes:
+        """The DKIM-Signature field, tags in dkimpy's order and folded as dkimpy folds them."""
+        fields = [(b"v", b"1"), (b"a", algorithm), *self.before_selector, (b"s", selector)]
+        fields += [*self.after_selector, (b"b", _B_PLACEHOLDER)]
+        # The placeholder puts b= on a line of its own, so filling it in refolds nothing before it.
+        value = dkim.RE_BTAG.sub(b"\\1", dkim.fold(_join(fields), namelen=len(_SIGNATURE_NAME)))
+        hasher = hashlib.sha256()
+        dkim.hash_headers(
+            hasher, self.policy, self.headers, self.include, (_SIGNATURE_NAME, b" " + value), None
+        )
+        fields[-1] = (b"b", base64.b64encode(_signature(key, hasher.digest())))
+        return _SIGNATURE_NAME + b": " + dkim.fold(_join(fields) + b"\r\n", namelen=len(_SIGNATURE_NAME))
+
+
+def _canonical_body(policy: CanonicalizationPolicy, body: bytes) -> bytes:
+    """The body as `policy` canonicalizes it. dkimpy's relaxed rules run three regular expressions over
+    the body (0.3 ms for 4 KB even where they change nothing); without a tab, two spaces in a row or a
+    space before a line end they change nothing, and only the end of the body is left to canonicalize."""
+    if policy.body_algorithm is Relaxed and not any(s in body for s in (b"\t", b"  ", b" \r\n")):
+        return correct_empty_body(strip_trailing_lines(body))
+    return policy.canonicalize_body(body)
+
+
+def _join(fields: list[tuple[bytes, bytes]]) -> bytes:
+    return b"; ".join(name + b"=" + value for name, value in fields)
+
+
+def _signature(key: SigningKey, digest: bytes) -> bytes:
+    """RSASSA-PKCS1-v1_5 of the SHA-256 header hash, or Ed25519 of that hash itself (RFC 8463 3)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(digest)
+    return key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+
+
+def _private_key(path: Path, algorithm: DKIMAlgorithm) -> SigningKey:
     try:
         mtime = path.stat().st_mtime_ns
     except OSError as e:
@@ -287,10 +359,10 @@ def _private_key(path: Path, algorithm: DKIMAlgorithm) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _load_private_key(path: Path, mtime_ns: int, algorithm: DKIMAlgorithm) -> bytes:
-    """The key in dkimpy's form, cached per file version (a replaced file has a new mtime)."""
+def _load_private_key(path: Path, mtime_ns: int, algorithm: DKIMAlgorithm) -> SigningKey:
+    """The parsed key, cached per file version (a replaced file has a new mtime)."""
     try:
-        return dkimpy_private_key(path.read_bytes(), algorithm)
+        return load_private_key(path.read_bytes(), algorithm)
     except OSError as e:
         raise DKIMSigningError(f"cannot read DKIM key file {path}: {e.strerror}") from None
     except DKIMKeyError as e:

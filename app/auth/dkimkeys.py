@@ -1,19 +1,18 @@
-"""DKIM key files: generate them, turn them into what dkimpy signs with, and into the DNS TXT value.
+"""DKIM key files: generate them, load them for signing (app/auth/dkim.py), and the DNS TXT value.
 
-Keys are stored as PKCS#8 PEM for both algorithms (what `openssl genpkey` writes). dkimpy wants
-a PEM RSA key, but for ed25519 the base64 of the raw 32-byte private seed (RFC 8463 keys have no PEM
-form of their own in dkimpy), so `dkimpy_private_key` converts.
+Keys are stored as PKCS#8 PEM for both algorithms (what `openssl genpkey` writes).
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 DKIMAlgorithm = Literal["ed25519", "rsa"]
+SigningKey: TypeAlias = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 # RFC 8301 3.2: at least 1024 bits, 2048 recommended; larger keys outgrow a 512-octet UDP answer.
 RSA_KEY_BITS = 2048
@@ -25,7 +24,7 @@ class DKIMKeyError(ValueError):
 
 def generate_private_key_pem(algorithm: DKIMAlgorithm) -> bytes:
     """A new private key as unencrypted PKCS#8 PEM (RSA keys are 2048 bits)."""
-    key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    key: SigningKey
     if algorithm == "ed25519":
         key = ed25519.Ed25519PrivateKey.generate()
     elif algorithm == "rsa":
@@ -37,7 +36,7 @@ def generate_private_key_pem(algorithm: DKIMAlgorithm) -> bytes:
     )
 
 
-def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey:
+def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> SigningKey:
     """Parse an unencrypted PEM private key (PKCS#8, or PKCS#1 for RSA) and check its algorithm."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
@@ -50,22 +49,6 @@ def load_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> ed25519.Ed25519Pri
     actual = {ed25519.Ed25519PrivateKey: "ed25519", rsa.RSAPrivateKey: "rsa"}
     kind = next((name for cls, name in actual.items() if isinstance(key, cls)), type(key).__name__)
     raise DKIMKeyError(f"the key is an {kind} key, not {algorithm} as configured")
-
-
-def dkimpy_private_key(pem: bytes, algorithm: DKIMAlgorithm) -> bytes:
-    """The private key in the form `dkim.sign(privkey=...)` accepts for this algorithm."""
-    key = load_private_key(pem, algorithm)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        seed = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
-        return base64.b64encode(seed)
-    # dkimpy parses RFC 8017 RSAPrivateKey, i.e. the traditional PKCS#1 PEM.
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
 
 
 def public_key_base64(pem: bytes, algorithm: DKIMAlgorithm) -> str:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import dkim
 import pytest
+from dkim.canonicalization import CanonicalizationPolicy
 
 from app.auth import dkim as pwdkim
 from app.auth.dkim import DKIMMessageError, DKIMSigningError, sign, verify_all
-from app.auth.dkimkeys import DKIMAlgorithm, dkimpy_private_key, dns_txt_value, generate_private_key_pem
+from app.auth.dkimkeys import DKIMAlgorithm, dns_txt_value, generate_private_key_pem
 from app.config import DKIMSelector
 from app.dns import Resolver
+from tests.support.dkimpeers import dkimpy_private_key, opendkim_verify
 from tests.support.dnsserver import DNSTestServer
 
 MESSAGE = (
@@ -125,6 +128,102 @@ async def test_relaxed_canonicalization_tolerates_whitespace_changes(
     message = signed(keys, "rsa").replace(b"Subject: Quarterly numbers", b"subject:   Quarterly  numbers ")
     [result] = await verify_all(resolver, message)
     assert result.status == "pass"
+
+
+# Messages a signer must get right: long fields (folded, and one too long to fold), no CRLF at the end,
+# 8-bit text in the header and body, and white space the relaxed rules change (tabs, runs of spaces,
+# spaces at line ends, empty lines at the end). libopendkim wants a Date field (tests/support/dkimpeers.py).
+AWKWARD_MESSAGES = {
+    "plain": MESSAGE,
+    "long fields": (
+        b"From: Alice <alice@example.com>\r\nTo: "
+        + b",\r\n\t".join(b"person%d@example.org" % i for i in range(120))
+        + b"\r\nSubject: "
+        + b" ".join([b"word"] * 400)
+        + b"\r\nX-Unbroken: "
+        + b"x" * 1500
+        + b"\r\nDate: Wed, 25 Nov 2026 05:00:00 +0000\r\n\r\nBody.\r\n"
+    ),
+    # Short: libopendkim 2.11 mis-hashes a body without a final CRLF when one of opendkim-testmsg's
+    # 1024-octet reads ends at a line end (OpenDKIM's own signatures fail then too). No white space at
+    # the end: there relaxed dkimpy keeps a space that libopendkim drops (SMTP ends every body with CRLF).
+    "no CRLF at the end": MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\nThe numbers are in.\r\nlast line",
+    "8-bit": (
+        b"From: =?utf-8?q?Ren=C3=A9e?= <renee@example.com>\r\nSubject: caf\xc3\xa9 \xe2\x82\xac\r\n"
+        b"Date: Wed, 25 Nov 2026 05:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+        + b"Gr\xc3\xbc\xc3\x9fe, \xff\xfe\x80 bytes of no charset\r\n"
+        * 50
+    ),
+    "white space": (
+        b"From:  alice@example.com \r\nSubject:\tto  be\r\n\tcontinued \r\n"
+        b"Date: Wed, 25 Nov 2026 05:00:00 +0000\r\n\r\n"
+        b"\tindented \t and  spaced   \r\n \r\nline\t\r\n\r\n\r\n"
+    ),
+}
+CANONICALIZATIONS = (b"relaxed/relaxed", b"simple/simple", b"relaxed/simple", b"simple/relaxed")
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_signatures_are_dkimpys_to_the_byte(
+    keys: dict[DKIMAlgorithm, Path], algorithm: DKIMAlgorithm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signing through OpenSSL gives the field dkimpy's own signer gives (both schemes are
+    deterministic), with its tags, header list, folding and c=, for every message and canonicalization."""
+    monkeypatch.setattr(time, "time", lambda: 1_796_000_000.5)  # both write t= from the clock
+    private = dkimpy_private_key(keys[algorithm].read_bytes(), algorithm)
+    for message in AWKWARD_MESSAGES.values():
+        for canonicalization in CANONICALIZATIONS:
+            ours = sign(
+                message, "example.com", [selector(keys, algorithm)], canonicalization=canonicalization
+            )
+            signer = dkim.DKIM(message)
+            signer.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
+            theirs = signer.sign(
+                f"{algorithm}1".encode(),
+                b"example.com",
+                private,
+                signature_algorithm=b"rsa-sha256" if algorithm == "rsa" else b"ed25519-sha256",
+                canonicalize=tuple(canonicalization.split(b"/")),
+                include_headers=signer.default_sign_headers(),
+            )
+            assert ours == theirs
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_signatures_verify_in_dkimpy_and_opendkim(
+    keys: dict[DKIMAlgorithm, Path], algorithm: DKIMAlgorithm, tmp_path: Path
+) -> None:
+    name = f"{algorithm}1._domainkey.example.com"
+    records = {name: dns_txt_value(keys[algorithm].read_bytes(), algorithm)}
+    signed_messages = [
+        sign(message, "example.com", [selector(keys, algorithm)], canonicalization=canonicalization) + message
+        for message in AWKWARD_MESSAGES.values()
+        for canonicalization in CANONICALIZATIONS
+    ]
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes:
+        return records[name.decode().rstrip(".")].encode()
+
+    assert all(dkim.verify(message, dnsfunc=lookup) for message in signed_messages)
+    # A changed body must fail in both, or a pass would prove nothing.
+    tampered = signed_messages[0].replace(b"The numbers are in.", b"The numbers are up.", 1)
+    assert not dkim.verify(tampered, dnsfunc=lookup)
+    verdicts = opendkim_verify([*signed_messages, tampered], records, tmp_path)
+    labels = [f"{m} {c.decode()}" for m in AWKWARD_MESSAGES for c in CANONICALIZATIONS]
+    assert dict(zip(labels, verdicts[:-1], strict=True)) == dict.fromkeys(labels, (0, ""))
+    assert verdicts[-1] == (70, "opendkim-testmsg: dkim_eom(): Bad signature")
+
+
+def test_relaxed_body_shortcut_is_dkimpys_canonicalization() -> None:
+    """The shortcut taken for bodies whose white space relaxed canonicalization leaves alone."""
+    pieces = [b"a", b"b", b" ", b"  ", b"\t", b"\r\n", b"\r\n\r\n", b"\r", b"\n", b"\xff"]
+    rng = random.Random(14)
+    relaxed = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    bodies = [b"", b"\r\n", b"a", b"a ", b"a\r\n\r\n", b" \r\n"]
+    bodies += [b"".join(rng.choices(pieces, k=rng.randrange(1, 30))) for _ in range(3000)]
+    for body in bodies:
+        assert pwdkim._canonical_body(relaxed, body) == relaxed.canonicalize_body(body), body
 
 
 @pytest.mark.parametrize(

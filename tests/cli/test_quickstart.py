@@ -13,13 +13,13 @@ from cryptography import x509
 from sqlalchemy import select
 
 from app.accounts import verify_password
-from app.auth.dkimkeys import dkimpy_private_key
 from app.cli import main
 from app.config import load_config
 from app.db import session_scope
 from app.dns import resolver_from_config
 from app.dnsrecords import check_domain, records_for_domain
 from app.models import Account, Mailbox
+from tests.support.dkimpeers import dkimpy_private_key
 from tests.support.dnsserver import DNSTestServer
 
 PASSWORD_RE = re.compile(r"password: (\S+)")

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.auth.dkim import sign
-from app.auth.dkimkeys import dkimpy_private_key, dns_txt_value, generate_private_key_pem
+from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem
 from app.config import DKIMSelector
 from app.db import session_scope
 from app.inreports.intake import (
@@ -32,6 +32,7 @@ from app.models.base import utcnow
 from app.models.inreports import DMARCReport, TLSReport
 from tests.inreports.samples import RFC8460_EXAMPLE, RFC9990_REPORT, gzipped
 from tests.support.celeryworker import celery_worker, wait_for_text
+from tests.support.dkimpeers import dkimpy_private_key
 from tests.support.dnsserver import DNSTestServer
 from tests.support.smtpfixtures import LineClient, ThreadedSMTP, publish_sender_domain, stored_messages
 

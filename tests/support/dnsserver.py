@@ -27,7 +27,7 @@ def _norm(name: str) -> str:
 
 
 class DNSTestServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self._records: dict[tuple[str, int], list[dns.rdata.Rdata]] = defaultdict(list)
         self._names: set[str] = set()
@@ -36,7 +36,7 @@ class DNSTestServer:
         self.servfail_names: set[str] = set()
         self.queries: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self._udp, self._tcp = _bind_pair(host)
+        self._udp, self._tcp = _bind_pair(host, port)
         self.port = self._udp.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="dns-test-server", daemon=True)
@@ -175,12 +175,12 @@ class DNSTestServer:
             response.set_rcode(dns.rcode.NXDOMAIN)
 
 
-def _bind_pair(host: str, tries: int = 20) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a listening TCP socket on one free port. The UDP port the kernel picks may be taken for
-    TCP by another test at the same moment: then a new pair is tried."""
-    for _ in range(tries):
+def _bind_pair(host: str, port: int, tries: int = 20) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket on `port`, or on one free port for 0. The UDP port the kernel
+    picks may be taken for TCP by another test at the same moment: then a new pair is tried."""
+    for _ in range(tries if port == 0 else 1):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind((host, 0))
+        udp.bind((host, port))
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -191,4 +191,4 @@ def _bind_pair(host: str, tries: int = 20) -> tuple[socket.socket, socket.socket
             continue
         tcp.listen(64)
         return udp, tcp
-    raise OSError(f"no port free for both UDP and TCP on {host} after {tries} tries")
+    raise OSError(f"no port free for both UDP and TCP on {host} (port {port or 'any'})")
