@@ -582,12 +582,21 @@ def top_sources(session: Session, domain: str, since: date, until: date, limit: 
     spans = _spans(since, until)
     if not spans or limit <= 0:
         return []
+    _serial_plans(session)
     rows = _top_source_sums(session, domain, spans, limit)
     seen_by = _source_reporters(session, domain, spans, [row[0] for row in rows])
     return [
         Source(ip, int(messages), int(passed), int(spf), int(dkim), seen_by.get(ip, ()))
         for ip, messages, passed, spf, dkim in rows
     ]
+
+
+def _serial_plans(session: Session) -> None:
+    """No parallel workers for the rest of the transaction, on PostgreSQL: it plans them for the sums
+    of a few IPs (it expects an IN list to match ten times the rows it does), and starting them costs
+    more than reading the rows (44 ms for 7 ms of work on a busy host)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 def _top_source_sums(
