@@ -127,6 +127,20 @@ def test_top_sources_over_months_and_their_edges(session: Session) -> None:
     assert whole.messages == 100 + 1000
 
 
+def test_top_sources_of_days_the_months_largest_ips_did_not_send_on(session: Session) -> None:
+    """The seeds come from the month's largest rows: when they sent nothing in the period, the period's
+    own IPs are still found (the seeds give no floor)."""
+    early, late = date(2026, 6, 2), date(2026, 6, 20)
+    big = [record(f"192.0.2.{n}", 1000) for n in range(1, 4)]
+    store.store_report(session, aggregate("a@r.example", "1", early, big), RAW)
+    small = [record("198.51.100.1", 5), record("198.51.100.2", 7)]
+    store.store_report(session, aggregate("a@r.example", "2", late, small), RAW)
+    expected = [("198.51.100.2", 7), ("198.51.100.1", 5)]
+    for limit in (1, 2, 3):
+        found = store.top_sources(session, DOMAIN, late, late, limit)
+        assert [(s.source_ip, s.messages) for s in found] == expected[:limit]
+
+
 def test_reporters_count_reports_and_messages(session: Session) -> None:
     d1, d2 = date(2026, 6, 1), date(2026, 6, 2)
     store.store_report(session, aggregate("a@r.example", "1", d1, [record("192.0.2.1", 5)], org="A Org"), RAW)
