@@ -362,11 +362,13 @@ def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, 
     """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
     reads (SPEC R3.4); None before the first message made it."""
     # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
-    from app.accounts import find_account
+    from app.accounts import account_id_subquery
 
-    found = find_account(session, account)
-    box = None if found is None else mailbox_id(session, found.id, mailbox)
-    return None if found is None or box is None else (found.id, box)
+    query = select(Mailbox.account_id, Mailbox.id).where(
+        Mailbox.account_id == account_id_subquery(account), Mailbox.name == mailbox
+    )
+    found = session.execute(query).first()
+    return None if found is None else (found[0], found[1])
 
 
 def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:
