@@ -37,14 +37,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importable
 
 import aiosmtplib  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, insert, select  # noqa: E402
 
+from app.accounts import ensure_account  # noqa: E402
 from app.auth.dkim import sign  # noqa: E402
 from app.auth.dkimkeys import dns_txt_value, generate_private_key_pem  # noqa: E402
 from app.config import DKIMSelector, load_config  # noqa: E402
 from app.db import session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import Message  # noqa: E402
+from app.store.mailboxes import ensure_mailbox, new_message_row, with_uids  # noqa: E402
 from tests.bench.args import SMOKE  # noqa: E402
 from tests.support.configs import write_config  # noqa: E402
 from tests.support.dnsserver import DNSTestServer  # noqa: E402
@@ -56,6 +58,10 @@ MESSAGES = 40 if SMOKE else 5000
 SESSIONS = 2 if SMOKE else 10
 SIZE = 4096
 DISTINCT_SIGNED = 5 if SMOKE else 200
+# `--stored N`: also run ours with N messages already in the recipient's Inbox (issue 14: the rate
+# with 1,000,000 stored must be within 10 % of an empty store's).
+STORED = int(sys.argv[sys.argv.index("--stored") + 1]) if "--stored" in sys.argv else 0
+PREFILL_CHUNK = 50_000
 SENDER_DOMAIN = "sender.example"
 SENDER = f"bench@{SENDER_DOMAIN}"
 RECIPIENT = "admin@example.org"
@@ -204,6 +210,68 @@ def stored_count(database_url: str) -> int:
         return session.scalar(select(func.count()).select_from(Message)) or 0
 
 
+def our_store(directory: Path, dns_port: int, stored: int = 0) -> tuple[Path, str]:
+    """Our config (an inbound listener on a free port) and migrated database, with `stored` messages."""
+    listener = '[[listeners]]\nkind = "inbound"\nport = 0\n'
+    config_file = write_config(directory, listener, dns_port=dns_port)
+    database_url = load_config(config_file).resolved_database_url
+    upgrade_database(database_url)
+    if stored:
+        prefill(database_url, stored)
+    return config_file, database_url
+
+
+def compare_stored(directory: Path, dns_port: int, empty: Run) -> None:
+    """Ours on a store holding STORED messages, with the smtp-source load; against the `empty` run."""
+    config_file, database_url = our_store(directory, dns_port, STORED)
+    with postwarden_smtp(config_file, directory / "smtp.log") as server:
+        run = measure(server, lambda port: run_smtp_source(port, directory.parent / "signed.eml"))
+    if stored_count(database_url) != STORED + MESSAGES:
+        raise SystemExit(f"with {STORED} stored, not every message was stored")
+    print(
+        f"with {STORED} stored: inbound {run.rate:.0f} msg/s ({run.cpu_ms_per_message:.2f} ms CPU/msg), "
+        f"ratio to an empty store {run.rate / empty.rate:.2f} (target >= 0.9)",
+        flush=True,
+    )
+
+
+def prefill(database_url: str, count: int) -> None:
+    """`count` message rows in the recipient's Inbox, each with its own Message-ID and UID and one of
+    5,000 senders, inserted with executemany in chunks; rows only (the inbound path reads no earlier
+    message's file). Their UIDs are claimed as the store claims them (with_uids)."""
+    account, mailbox = "admin", "Inbox"  # RECIPIENT's, as tests/support/configs.py configures it
+    started = time.perf_counter()
+    with session_scope(database_url) as session:
+        account_id = ensure_account(session, account).id
+        mailbox_id = ensure_mailbox(session, account_id, mailbox)
+    for first in range(0, count, PREFILL_CHUNK):
+        with session_scope(database_url) as session:
+            rows = [
+                _stored_row(n, account_id, mailbox_id)
+                for n in range(first, min(count, first + PREFILL_CHUNK))
+            ]
+            session.execute(insert(Message.__table__), with_uids(session, rows))
+    print(f"prefilled {count} messages in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _stored_row(n: int, account_id: int, mailbox_id: int) -> dict[str, object]:
+    domain = f"sender{n % 500}.example"
+    columns = {
+        "message_id": f"<stored-{n}@{domain}>",
+        "subject": f"stored {n}",
+        "content_hash": f"{n:064x}",
+        "msg_from": f"user{n % 5000}@{domain}",
+        "msg_from_domain": domain,
+        "mail_from": f"user{n % 5000}@{domain}",
+        "remote_ip": f"192.0.{n % 250}.{n % 200 + 1}",
+        "dmarc_result": "pass",
+    }
+    path = f"messages/20261101/stored{n:09d}"
+    return new_message_row(
+        columns, account_id=account_id, mailbox_id=mailbox_id, destined_mailbox_id=None, path=path, size=SIZE
+    )
+
+
 def report(name: str, ours: Run, bare: Run, reference: Run | None = None) -> None:
     """Print one comparison."""
     against = (
@@ -289,10 +357,7 @@ def main() -> None:
             raise SystemExit(f"the bare sink counted {bare_count}, expected {2 * MESSAGES}")
         reference = measure_postfix(message_file)
 
-        listener = '[[listeners]]\nkind = "inbound"\nport = 0\n'
-        config_file = write_config(work / "config", listener, dns_port=dns.port)
-        database_url = load_config(config_file).resolved_database_url
-        upgrade_database(database_url)
+        config_file, database_url = our_store(work / "config", dns.port)
         with postwarden_smtp(config_file, work / "smtp.log") as server:
             ours_source = measure(server, source)
             after_source = stored_count(database_url)
@@ -301,6 +366,8 @@ def main() -> None:
         if (after_source, after_python) != (MESSAGES, 2 * MESSAGES):
             raise SystemExit(f"stored {after_source} then {after_python} messages; expected every one")
 
+        if STORED:
+            compare_stored(work / "stored", dns.port, ours_source)
         report("python client, DKIM-signed", ours_python, bare_python)
         report("smtp-source, DKIM-signed", ours_source, bare_source, reference)
         print(headline(ours_source, bare_source, reference))
