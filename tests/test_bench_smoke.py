@@ -16,7 +16,9 @@ HEADLINES = {
     "imap.py": r"imap: worst ratio [\d.]+ \([\w:* \[\]]+\), peak RSS \d+ MB \(target < 3x\)",
     "incoming_reports.py": r"incoming reports: \d+ reports/s, \d+ records/s, store ratio [\d.]+, "
     r"peak RSS \d+ MB, query p99 max [\d.]+ ms \(target < 200 ms\)",
-    "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+",
+    "inbound.py": r"inbound: \d+ msg/s, bare aiosmtpd \d+ msg/s, ratio [\d.]+, "
+    r"(postfix \d+ msg/s, ratio to postfix [\d.]+|postfix not run, ratio to postfix n/a), "
+    r"cpu [\d.]+ ms/msg \(target ratio to postfix >= [\d.]+, cpu <= [\d.]+ ms\)",
     "metrics.py": r"metrics: [\d.]+ us per message in files, [\d.]+ us in memory",
     "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "

@@ -205,10 +205,18 @@ def _judge_key(name: str, record: bytes, signature: _Signature) -> _Key:
     # "email:tlsrpt" (RFC 6376 3.6.1 allows one): the services are judged above, so it gets none.
     without_services = b";".join(k + b"=" + v for k, v in tags.items() if k != b"s")
     try:
-        pk, keysize, ktag, _ = dkim.evaluate_pk(name.encode(), without_services)
+        pk, keysize, ktag = _public_key(name.encode(), without_services)
     except _PARSE_ERRORS as e:
         return key(f"key record is invalid: {_text(e)}")
     return key(pk=pk, keysize=keysize, ktag=ktag)
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(name: bytes, record: bytes) -> tuple[object, int, bytes]:
+    """dkimpy's key from a record, cached per record text: it decodes the key's ASN.1 in pure Python,
+    and a busy sender's mail all names the same few keys (verification only reads the key)."""
+    pk, keysize, ktag, _ = dkim.evaluate_pk(name, record)
+    return pk, keysize, ktag
 
 
 def _verify(verifier: dkim.DKIM, signature: _Signature, record: bytes | DNSError | None) -> DKIMResult:

@@ -12,21 +12,29 @@ import asyncio
 from app.auth.authresults import authentication_results
 from app.auth.dkim import verify_all
 from app.auth.dmarc import discover_policy
-from app.auth.message import author
+from app.auth.message import HeaderFields, author
 from app.auth.spf import check_mailfrom_and_helo
 from app.auth.types import AuthOutcome
 from app.dns import Resolver
 
 
 async def authenticate(
-    resolver: Resolver, *, authserv_id: str, remote_ip: str, helo: str, mail_from: str, message: bytes
+    resolver: Resolver,
+    *,
+    authserv_id: str,
+    remote_ip: str,
+    helo: str,
+    mail_from: str,
+    message: bytes,
+    fields: HeaderFields | None = None,
 ) -> AuthOutcome:
     """SPF, DKIM and DMARC results for a message received from `remote_ip`, and the
     Authentication-Results header field (under `authserv_id`, our host name) to prepend to it.
 
-    `mail_from` is the MAIL FROM address ("" for the null sender); `message` the raw message as received.
+    `mail_from` is the MAIL FROM address ("" for the null sender); `message` the raw message as received,
+    `fields` its header_fields when the caller has them already.
     """
-    sender = author(message)
+    sender = author(message, fields)
     (spf_mailfrom, spf_helo), dkim, discovery = await asyncio.gather(
         check_mailfrom_and_helo(resolver, remote_ip, mail_from, helo),
         verify_all(resolver, message),

@@ -12,6 +12,7 @@ so here makes such a field count wherever From fields are counted (one author, R
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import errors as email_errors
 from email import policy
@@ -101,9 +102,14 @@ def is_subdomain(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
 
-def author(message: bytes) -> Author:
-    """The author of the message from its single From header field."""
-    values = [value for name, value in header_fields(message) if name.lower() == "from"]
+HeaderFields = Sequence[tuple[str, str]]  # what header_fields returns
+
+
+def author(message: bytes, fields: HeaderFields | None = None) -> Author:
+    """The author of the message from its single From header field. `fields`: the message's
+    header_fields, when the caller has them already."""
+    fields = header_fields(message) if fields is None else fields
+    values = [value for name, value in fields if name.lower() == "from"]
     if not values:
         return Author(problem="no From header field")
     if len(values) > 1:
@@ -151,10 +157,11 @@ class HeaderSummary:
     subject: str | None
 
 
-def summarize_headers(message: bytes) -> HeaderSummary:
-    """Message-ID and (decoded) Subject, the first of each, from the header section."""
+def summarize_headers(message: bytes, fields: HeaderFields | None = None) -> HeaderSummary:
+    """Message-ID and (decoded) Subject, the first of each, from the header section (`fields`: its
+    header_fields, when the caller has them already)."""
     first: dict[str, str] = {}
-    for name, value in header_fields(message):
+    for name, value in header_fields(message) if fields is None else fields:
         first.setdefault(name.lower(), value)
     message_id = first.get("message-id")
     subject = first.get("subject")

@@ -356,16 +356,17 @@ def has_sent_to(
     session: Session, account_id: int, *, address: str = "", domain: str = "", org_domain: str = ""
 ) -> bool:
     """Whether the account sent mail to this address, or to any address in this domain or
-    organisational domain (give one); each one lookup of a unique or plain index on
-    (account_id, address | domain | org_domain)."""
+    organisational domain (give one or more: whether any of them); each one lookup of a unique or
+    plain index on (account_id, address | domain | org_domain)."""
     table = SentRecipient.__table__.c
+    matches = []
     if address:
-        where = table.address == normalize_address(address)
-    elif domain:
-        where = table.domain == domain.lower()
-    elif org_domain:
-        where = table.org_domain == org_domain.lower()
-    else:
+        matches.append(table.address == normalize_address(address))
+    if domain:
+        matches.append(table.domain == domain.lower())
+    if org_domain:
+        matches.append(table.org_domain == org_domain.lower())
+    if not matches:
         return False
-    query = select(table.id).where(table.account_id == account_id, where).limit(1)
+    query = select(table.id).where(table.account_id == account_id, or_(*matches)).limit(1)
     return session.scalar(query) is not None

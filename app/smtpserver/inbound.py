@@ -112,6 +112,7 @@ class InboundHandler(BaseHandler):
         transaction_id: str,
     ) -> tuple[str, str]:
         mail_from, helo = envelope_sender(envelope), session.host_name or ""
+        headers = tuple(header_fields(content))  # parsed once: authentication and the store read them too
         outcome = await authenticate(
             self.resolver,
             authserv_id=self.config.hostname,
@@ -119,9 +120,9 @@ class InboundHandler(BaseHandler):
             helo=helo,
             mail_from=mail_from,
             message=content,
+            fields=headers,
         )
         recipients = tuple(self._recipient(a) for a in envelope.rcpt_tos)
-        headers = tuple(header_fields(content))
         arrival = Arrival(outcome, server.peer_ip, helo, mail_from, recipients, transaction_id, headers)
         try:  # the report check and reputation read: in a worker thread, never on the event loop
             analysis = await self.store.read(
@@ -134,7 +135,7 @@ class InboundHandler(BaseHandler):
         prefix = "".join(analysis.headers).encode("utf-8") + trace
         try:
             stored = await self.store.store_copies(
-                content, analysis.copies, prefix=prefix, file_id=transaction_id
+                content, analysis.copies, prefix=prefix, file_id=transaction_id, fields=headers
             )
         except StoreError:
             return "store-failed", STORE_FAILED_REPLY

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
-from app.auth.message import summarize_headers
+from app.auth.message import HeaderFields, summarize_headers
 from app.db import session_factory
 from app.store.mailboxes import (
     add_messages,
@@ -183,13 +183,15 @@ class MessageStore:
         *,
         prefix: bytes = b"",
         file_id: str | None = None,
+        fields: HeaderFields | None = None,
     ) -> list[str]:
         """Store a copy per mailbox durably; the file ids stored (a copy its mailbox already holds, a
         retried reject or the retry of a rescued one, is left out: see holds_message).
         Message-ID and Subject are indexed from the message itself, whoever hands it in. `prefix`, our
         own trace fields, is written before the content: a large message is not copied to prepend them.
-        `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids."""
-        indexed = summarize_headers(content)
+        `file_id` (the SMTP transaction's id, new_file_id()) names the first copy; see copy_file_ids.
+        `fields`: the content's header_fields, when the caller has them already."""
+        indexed = summarize_headers(content, fields)
         found = {
             "message_id": indexed.message_id,
             "subject": indexed.subject,

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -261,16 +262,23 @@ def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, res
     when the message has none. A retried reject is stored in Rejects once (SPEC R3.1). With `rescued`,
     only a message the user moved out of Rejects counts: a sender's retry of a message held with a
     451 finds it in the mailbox it was rescued to, and is not stored twice."""
-    if columns.get("message_id"):
-        same = Message.message_id == columns["message_id"]
-    elif columns.get("content_hash"):
-        same = Message.content_hash == columns["content_hash"]
-    else:
+    key = next((k for k in ("message_id", "content_hash") if columns.get(k)), None)
+    if key is None:
         return False
-    query = select(Message.id).where(Message.mailbox_id == mailbox_id, same)
+    found = session.scalar(_holding_query(key, rescued), {"b_mailbox": mailbox_id, "b_key": columns[key]})
+    return found is not None
+
+
+@cache
+def _holding_query(key: str, rescued: bool) -> Select[Any]:
+    """holds_message's statement, built once (its values bound at execution): the store asks it for
+    every message it commits, and building it cost more than SQLite's own work."""
+    query = select(Message.id).where(
+        Message.mailbox_id == bindparam("b_mailbox"), getattr(Message, key) == bindparam("b_key")
+    )
     if rescued:
         query = query.where(Message.mailbox_destined_id.is_not(None), Message.is_reject.is_(False))
-    return session.scalar(query.limit(1)) is not None
+    return query.limit(1)
 
 
 def file_id_stored(session: Session, file_id: str) -> bool:
@@ -362,11 +370,13 @@ def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, 
     """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
     reads (SPEC R3.4); None before the first message made it."""
     # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
-    from app.accounts import find_account
+    from app.accounts import account_id_subquery
 
-    found = find_account(session, account)
-    box = None if found is None else mailbox_id(session, found.id, mailbox)
-    return None if found is None or box is None else (found.id, box)
+    query = select(Mailbox.account_id, Mailbox.id).where(
+        Mailbox.account_id == account_id_subquery(account), Mailbox.name == mailbox
+    )
+    found = session.execute(query).first()
+    return None if found is None else (found[0], found[1])
 
 
 def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:

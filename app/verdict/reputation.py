@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.address import address_key
 from app.queue.outgoing import has_sent_to
 from app.store.mailboxes import from_addresses
-from app.store.signals import Flagged, flagged_history, ip_networks
+from app.store.signals import Flagged, flagged_history, ip_networks, signals_of
 from app.verdict.types import Delivery, Verdict
 
 YEAR = timedelta(days=365)
@@ -31,6 +31,7 @@ FROM_WINDOW, FROM_LIMIT = 3 * YEAR, 2
 DOMAIN_WINDOW, DOMAIN_LIMIT = 2 * YEAR, 20
 DKIMSPF_WINDOW, DKIMSPF_LIMIT = YEAR / 2, 50
 IP_WINDOW, IP_LIMIT = YEAR / 4, 50
+WIDEST_WINDOW = max(FROM_WINDOW, DOMAIN_WINDOW, DKIMSPF_WINDOW, IP_WINDOW)
 DOMAIN_HAM_PERCENT = 80  # more notjunk than this accepts a domain
 DOMAIN_JUNK_LOCALPARTS = 3  # all junk from this many different senders of a domain rejects it
 DKIMSPF_HAM_RATIO, DKIMSPF_JUNK_RATIO = 0.1, 0.9  # junk ratios below / above which step (d) concludes
@@ -93,11 +94,32 @@ def junk_reject(reason: str) -> Verdict:
 
 def reputation(session: Session, subject: Subject) -> Reputation:
     """The first step's answer that found history; NO_HISTORY when none did."""
+    if not _may_have_history(session, subject):
+        return NO_HISTORY
     for step in STEPS:
         found = step(session, subject)
         if found is not None:
             return found
     return NO_HISTORY
+
+
+def _may_have_history(session: Session, subject: Subject) -> bool:
+    """Whether any step could find something. Most mail has no flagged history and comes from
+    addresses the user never wrote to, where the steps would cost a dozen statements to say so;
+    this asks once for what they ask together: a flagged message sharing any signal (the steps'
+    signals are the message's stored ones, signals_of) in the widest window, and (for a validated
+    From) mail sent to its address, domain or organisational domain."""
+    columns = subject.columns
+    signals = signals_of(columns, forwarded=subject.forwarded)
+    if flagged_history(session, subject.mailbox_id, signals, subject.now - WIDEST_WINDOW, 1):
+        return True
+    return bool(columns.get("msg_from_validated")) and has_sent_to(
+        session,
+        subject.account_id,
+        address=columns.get("msg_from") or "",
+        domain=columns.get("msg_from_domain") or "",
+        org_domain=columns.get("msg_from_org_domain") or "",
+    )
 
 
 def from_address(session: Session, subject: Subject) -> Reputation | None:

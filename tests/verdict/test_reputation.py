@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, insert, select, text
+from sqlalchemy import Select, event, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
@@ -325,6 +325,30 @@ def test_steps_stop_at_the_first_that_finds_messages(history: History) -> None:
 
 
 # Cost.
+
+
+def test_mail_without_history_costs_two_statements(any_history: History) -> None:
+    """Most mail: no flagged message shares a signal with it and the user never wrote to its sender.
+    One history read over every signal and one sent-to lookup say so, not a dozen statements."""
+    any_history.add(True, mailbox=any_history.other, **MESSAGE)  # another mailbox's: not this history
+    any_history.add(True, FROM_WINDOW + DAY, **MESSAGE)  # older than any step looks
+    record_sent_recipient(any_history.session, any_history.account_id, "dave@elsewhere.example")
+    any_history.session.flush()
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = any_history.session.get_bind()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert any_history.judge() == NO_HISTORY
+        assert len(statements) == 2, statements
+        statements.clear()
+        assert any_history.judge(msg_from_validated=False) == NO_HISTORY
+        assert len(statements) == 1, "no sent-to lookup for a From that is not validated"
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def test_each_lookup_is_a_range_scan_of_the_history_index(history: History) -> None:
