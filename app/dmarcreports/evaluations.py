@@ -252,7 +252,7 @@ def report_row_groups(session: Session, ended: Ended) -> Iterator[Sequence[Any]]
         .order_by(E.policy_domain)
         .execution_options(yield_per=2000)
     )
-    return iter(session.execute(query))
+    return iter(session.connection().execute(query))  # plain rows: no ORM result processing
 
 
 def delete_reported(session: Session, ended: Ended, excluded: Collection[str]) -> int:

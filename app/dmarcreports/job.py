@@ -175,17 +175,14 @@ class _Run:
                 self.config.hostname,
             )
         self.max_id = settled_max_id(self.sessions)
-        with self.sessions() as session:
-            self.suppressed = suppressed_addresses(session, "dmarc", self.now)
-            domains = self.domains(session)
-        self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
-        log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
-        # DNS for every domain starts now and runs while the database merges and sorts the rows.
-        lookups = asyncio.Semaphore(LOOKUPS)
-        self.plans = {d: asyncio.ensure_future(self.plan(d, lookups)) for d in domains}
         with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
+            # The database merges and sorts the rows (in a thread, see `outcomes`) while the domains
+            # are listed and their DNS lookups run.
+            pending = chunks(self.reportable(reader), CHUNK)
+            first = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+            self.start_lookups(spacing)
             committing: list[asyncio.Future[None]] = []
-            async for outcomes in self.outcomes(reader):
+            async for outcomes in self.outcomes(pending, first):
                 if len(committing) >= 2:  # bounded: at most two batches of built reports in memory
                     await committing.pop(0)
                 # One writer thread commits batch after batch while the next is built; it logs
@@ -216,20 +213,34 @@ class _Run:
         """The policy domains with a non-optional evaluation to report (R2.1)."""
         return report_domains(session, self.ended())
 
-    async def outcomes(self, reader: Session) -> AsyncIterator[list[Outcome]]:
-        """What to do with each domain, a batch at a time, in domain order."""
-        pending = chunks(self.reportable(reader), CHUNK)
-        # Read in a thread: the first batch waits for the database's sort, during which the event
-        # loop keeps answering DNS (sqlite and psycopg release the GIL while they work).
-        chunk: list[DomainRows]
-        while chunk := await asyncio.to_thread(next, pending, []):
-            outcomes = []
-            for domain_rows in chunk:
-                plan = await self.planned(domain_rows.policy_domain)
-                outcome = self.decide(domain_rows, plan)
-                if outcome is not None:
-                    outcomes.append(outcome)
-            yield outcomes
+    def start_lookups(self, spacing: timedelta | None) -> None:
+        """List the domains to report and start their DNS lookups; the reports' spacing follows."""
+        with self.sessions() as session:
+            self.suppressed = suppressed_addresses(session, "dmarc", self.now)
+            domains = self.domains(session)
+        self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
+        log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
+        lookups = asyncio.Semaphore(LOOKUPS)
+        self.plans = {d: asyncio.ensure_future(self.plan(d, lookups)) for d in domains}
+
+    async def outcomes(
+        self, pending: Iterator[list[DomainRows]], fetch: asyncio.Future[list[DomainRows]]
+    ) -> AsyncIterator[list[Outcome]]:
+        """What to do with each domain, a batch at a time, in domain order; `fetch` reads the first.
+
+        Batches are read in a thread: the first waits for the database's sort, during which the
+        event loop keeps answering DNS (sqlite and psycopg release the GIL while they work); each
+        next batch is read while this one's reports are built and signed.
+        """
+        try:
+            while chunk := await fetch:
+                fetch = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+                yield [outcome for outcome in await self.decided(chunk) if outcome is not None]
+        finally:
+            await asyncio.wait([fetch])  # the reader's session closes after us: let its read end
+
+    async def decided(self, chunk: list[DomainRows]) -> list[Outcome | None]:
+        return [self.decide(rows, await self.planned(rows.policy_domain)) for rows in chunk]
 
     def planned(self, domain: str) -> asyncio.Future[Plan]:
         if domain not in self.plans:  # committed after the domains were listed

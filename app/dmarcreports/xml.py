@@ -106,7 +106,13 @@ def _stated_reasons(override_reasons: str) -> tuple[tuple[str, str], ...]:
 
 
 class ReportWriter:
-    """Writes one report: header first, then records one at a time; `finish()` returns the gzip bytes."""
+    """Writes one report: header first, then records; `finish()` returns the gzip bytes.
+
+    Records are handed to the compressor `BATCH` at a time: a compressor call per record costs more
+    than the compression itself, and a batch keeps a report of many rows from being held whole.
+    """
+
+    BATCH = 256
 
     def __init__(self, metadata: Metadata, policy: PolicyPublished) -> None:
         self._buffer = io.BytesIO()
@@ -115,24 +121,28 @@ class ReportWriter:
         self.policy = policy
         self.rows = 0
         self.messages = 0
-        self._write(_header(metadata, policy))
+        self._pending = [_header(metadata, policy)]
 
     def add(self, row: Row) -> None:
-        self._write(_record(row, self.policy))
+        self._pending.append(_record(row, self.policy))
         self.rows += 1
         self.messages += row.count
+        if len(self._pending) >= self.BATCH:
+            self._flush()
 
     def add_all(self, rows: Iterable[Row]) -> None:
         for row in rows:
             self.add(row)
 
     def finish(self) -> bytes:
-        self._write("</feedback>\n")
+        self._pending.append("</feedback>\n")
+        self._flush()
         self._gzip.close()
         return self._buffer.getvalue()
 
-    def _write(self, text: str) -> None:
-        self._gzip.write(text.encode("utf-8"))
+    def _flush(self) -> None:
+        self._gzip.write("".join(self._pending).encode("utf-8"))
+        self._pending = []
 
 
 def _element(name: str, value: object) -> str:
@@ -183,24 +193,29 @@ def _record(row: Row, policy: PolicyPublished) -> str:
         f"{_element('dkim', 'pass' if row.dkim_aligned else 'fail')}"
         f"{_element('spf', 'pass' if row.spf_aligned else 'fail')}{reasons}</policy_evaluated>"
     )
-    envelope_to = _element("envelope_to", row.envelope_to) if row.envelope_to else ""
-    identifiers = (
-        f"<identifiers>{envelope_to}{_element('envelope_from', row.envelope_from)}"
-        f"{_element('header_from', row.header_from)}</identifiers>"
+    identified = _identified(
+        row.envelope_to, row.envelope_from, row.header_from, row.dkim_results, row.spf_results
     )
     return (
         f"<record><row>{_element('source_ip', row.source_ip)}{_element('count', row.count)}{evaluated}</row>"
-        f"{identifiers}<auth_results>{_auth_results(row)}</auth_results></record>\n"
+        f"{identified}</record>\n"
     )
 
 
-def _auth_results(row: Row) -> str:
-    return _dkim_elements(row.dkim_results) + _spf_elements(
-        row.spf_results, row.envelope_from or row.header_from
+# Rows of a report, and of all reports, repeat the same few identifiers and result lists: each
+# combination is rendered once.
+
+
+@lru_cache(maxsize=4096)
+def _identified(envelope_to: str, envelope_from: str, header_from: str, dkim: str, spf: str) -> str:
+    """A record's identifiers and auth_results."""
+    to = _element("envelope_to", envelope_to) if envelope_to else ""
+    identifiers = (
+        f"<identifiers>{to}{_element('envelope_from', envelope_from)}"
+        f"{_element('header_from', header_from)}</identifiers>"
     )
-
-
-# Rows of a report, and of all reports, repeat the same few result lists: each is rendered once.
+    auth = _dkim_elements(dkim) + _spf_elements(spf, envelope_from or header_from)
+    return f"{identifiers}<auth_results>{auth}</auth_results>"
 
 
 @lru_cache(maxsize=4096)

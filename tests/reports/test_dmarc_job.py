@@ -24,7 +24,6 @@ import parsedmarc
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 from app.cli import main
 from app.config import Config, load_config
@@ -377,9 +376,11 @@ def test_racing_runs_in_the_same_hour_send_each_report_once(
     both_read = threading.Barrier(2, timeout=60)
     outcomes = job._Run.outcomes
 
-    async def outcomes_after_both_read(self: job._Run, reader: Session) -> AsyncIterator[list[job.Outcome]]:
+    async def outcomes_after_both_read(
+        self: job._Run, pending: Iterator[list[job.DomainRows]], fetch: asyncio.Future[list[job.DomainRows]]
+    ) -> AsyncIterator[list[job.Outcome]]:
         waiting = True
-        async for batch in outcomes(self, reader):
+        async for batch in outcomes(self, pending, fetch):
             if waiting:
                 both_read.wait()  # blocks this run's loop: each run has its own thread
                 waiting = False
