@@ -26,7 +26,9 @@ with a `now` ahead), it is reported on its own, with an id and file name of its 
 
 Reports are worked through in chunks: the chunk's TLSRPT records are looked up concurrently first,
 then its rows are read, marked and queued in one transaction, so the database sees a few statements
-and one commit per chunk, and no transaction waits for DNS.
+and one commit per chunk, and no transaction waits for DNS. The chunk's rows are all marked by one
+statement first (which tells which another run took meanwhile), and the marks of the reports that are
+kept for the next run are taken back by one more before the commit.
 """
 
 from __future__ import annotations
@@ -223,8 +225,10 @@ class ReportJob:
                 rows = report_rows(session, keys[0].role, wanted)
                 failures = failures_by_result(session, [r.id for found in rows.values() for r in found])
                 sender.reported = reported_before(session, keys[0].role, wanted)
+                sender.claim_chunk(session, keys[0].role, rows.values())
                 for key in keys:
                     self._report(session, sender, key, rows.get((key.day, key.domain), []), failures)
+                sender.release(session, keys[0].role)
         except SQLAlchemyError as e:
             sender.rolled_back(e)
         else:
@@ -268,7 +272,7 @@ class ReportJob:
             sender.keep(key, f"DNS: {lookup.reason}")
             return
         if lookup.record is None:
-            sender.skip(session, key, rows, _lookup_problem(key.domain, lookup))
+            sender.skip(key, rows, _lookup_problem(key.domain, lookup))
             return
         planned = self._plan(session, sender, key, rows, failures, lookup.record)
         if planned is not None:
@@ -287,18 +291,18 @@ class ReportJob:
         policies, left_out = self._policies(key.role, rows, failures, frozenset(record.destinations))
         if not policies:
             shared = ", ".join(sorted(left_out))
-            sender.skip(session, key, rows, f"every affected recipient domain ({shared}) has the host's rua")
+            sender.skip(key, rows, f"every affected recipient domain ({shared}) has the host's rua")
             return None
         # Results recorded after their day's report (a clock set back, a run by hand) get a report
         # of their own id: receivers take a report id seen before for a duplicate.
         late = sender.summary.cid if (key.day, key.domain) in sender.reported else ""
         report = build_report(key.domain, key.day, sender.report_sender.domain, policies, late)
         if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
-            sender.skip(session, key, rows, f"no failures ({report.sessions[0]} successful session(s))")
+            sender.skip(key, rows, f"no failures ({report.sessions[0]} successful session(s))")
             return None
         mailto = [a for a in record.mailto if not self._suppressed(session, key, a)]
         if not mailto and not record.https:
-            sender.skip(session, key, rows, "every rua address is on the suppression list")
+            sender.skip(key, rows, "every rua address is on the suppression list")
             return None
         gzipped = report.gzipped()
         try:
@@ -352,15 +356,34 @@ class _Sender:
         self.reported: set[tuple[date, str]] = set()  # the chunk's (day, domain) reported before
         self._done: list[Callable[[], None]] = []  # outcomes of the open chunk, applied at its commit
         self._chunk_reports: list[str] = []
+        self._claimed: set[int] = set()  # rows of the open chunk this run marked
+        self._unused: set[int] = set()  # of those, the rows of no report sent or skipped: given back
+
+    def claim_chunk(self, session: Session, role: Role, rows: Iterable[list[TLSResult]]) -> None:
+        """Mark the chunk's rows, in one statement; `_take` then hands them out report by report."""
+        self._claimed = claim(session, role, [r.id for found in rows for r in found])
+        self._unused = set(self._claimed)
+
+    def release(self, session: Session, role: Role) -> None:
+        """Take back the marks of the rows of reports neither sent nor skipped (before the commit)."""
+        if self._unused:
+            unclaim(session, role, sorted(self._unused))
+
+    def _take(self, ids: list[int]) -> bool:
+        """The report's rows, all or none: False if another run marked any of them first."""
+        if not self._claimed.issuperset(ids):
+            return False
+        self._unused.difference_update(ids)
+        return True
 
     def keep(self, key: _Key, why: str, level: int = logging.INFO) -> None:
         """Nothing marked: the rows wait for the next run."""
         self.summary.kept += 1
         log.log(level, "tls reports: %s: kept for the next run: %s", key, why)
 
-    def skip(self, session: Session, key: _Key, rows: list[TLSResult], why: str) -> None:
+    def skip(self, key: _Key, rows: list[TLSResult], why: str) -> None:
         """No report for these rows, ever: mark them (unless another run just did) and log why."""
-        if not claim(session, key.role, [r.id for r in rows]):
+        if not self._take([r.id for r in rows]):
             return
         level = logging.WARNING if why.startswith("invalid") else logging.INFO
 
@@ -374,14 +397,14 @@ class _Sender:
         """Mark the rows sent, then queue the mail and schedule the POSTs (committed with the chunk)."""
         report = planned.report
         ids = [r.id for r in rows]
-        if not claim(session, key.role, ids):
+        if not self._take(ids):
             log.info("tls reports: report %s: already taken by another run", report.id)
             return
         due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
         try:
             self._queue(session, planned, due)
         except OSError as e:  # the message file could not be written
-            unclaim(session, key.role, ids)
+            self._unused.update(ids)
             self.keep(key, f"cannot queue report {report.id}: {e}", logging.ERROR)
             return
         self.scheduled += 1
@@ -405,6 +428,7 @@ class _Sender:
     def _reset(self) -> None:
         self._done = []
         self._chunk_reports = []
+        self._claimed = self._unused = set()
 
     def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
         report = planned.report
