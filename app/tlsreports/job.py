@@ -28,7 +28,9 @@ Reports are worked through in chunks: the chunk's TLSRPT records are looked up c
 then its rows are read, marked and queued in one transaction, so the database sees a few statements
 and one commit per chunk, and no transaction waits for DNS. The chunk's rows are all marked by one
 statement first (which tells which another run took meanwhile), and the marks of the reports that are
-kept for the next run are taken back by one more before the commit.
+kept for the next run are taken back by one more before the commit. The chunk's report mails are
+queued together (their files fsync'd in one round); should one not be written, the whole chunk is
+rolled back and kept for the next run.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from app.dns import Resolver, resolver_from_config
 from app.jobs import TLS_REPORTS, Run, report_run
 from app.logs import cid_scope, fields, new_cid
 from app.models.base import utcnow
-from app.queue.enqueue import Queued, enqueue
+from app.queue.enqueue import Queued, enqueue_many
 from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
@@ -228,8 +230,9 @@ class ReportJob:
                 sender.claim_chunk(session, keys[0].role, rows.values())
                 for key in keys:
                     self._report(session, sender, key, rows.get((key.day, key.domain), []), failures)
+                sender.queue_mail(session)
                 sender.release(session, keys[0].role)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, OSError) as e:  # OSError: a report mail's file could not be written
             sender.rolled_back(e)
         else:
             sender.committed()
@@ -358,6 +361,7 @@ class _Sender:
         self._chunk_reports: list[str] = []
         self._claimed: set[int] = set()  # rows of the open chunk this run marked
         self._unused: set[int] = set()  # of those, the rows of no report sent or skipped: given back
+        self._mail: list[Queued] = []  # the open chunk's report mails, queued together at its end
 
     def claim_chunk(self, session: Session, role: Role, rows: Iterable[list[TLSResult]]) -> None:
         """Mark the chunk's rows, in one statement; `_take` then hands them out report by report."""
@@ -401,12 +405,7 @@ class _Sender:
             log.info("tls reports: report %s: already taken by another run", report.id)
             return
         due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
-        try:
-            self._queue(session, planned, due)
-        except OSError as e:  # the message file could not be written
-            self._unused.update(ids)
-            self.keep(key, f"cannot queue report {report.id}: {e}", logging.ERROR)
-            return
+        self._queue(session, planned, due)
         self.scheduled += 1
         self._chunk_reports.append(report.id)
         cid = new_cid()
@@ -418,7 +417,12 @@ class _Sender:
             done()
         self._reset()
 
-    def rolled_back(self, error: SQLAlchemyError) -> None:
+    def queue_mail(self, session: Session) -> None:
+        """Queue the chunk's report mails: their files written and fsync'd in one round, not one by one."""
+        if self._mail:
+            enqueue_many(session, self.job.config, self._mail)
+
+    def rolled_back(self, error: SQLAlchemyError | OSError) -> None:
         self.summary.kept += len(self._done)
         self.scheduled -= len(self._chunk_reports)
         ids = ", ".join(self._chunk_reports) or "none"
@@ -429,6 +433,7 @@ class _Sender:
         self._done = []
         self._chunk_reports = []
         self._claimed = self._unused = set()
+        self._mail = []
 
     def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
         report = planned.report
@@ -453,7 +458,7 @@ class _Sender:
             # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
             require_tls=False,
         )
-        enqueue(session, self.job.config, report_mail)
+        self._mail.append(report_mail)
 
     def _log(self, cid: str, planned: _Planned, due: datetime) -> None:
         report = planned.report
