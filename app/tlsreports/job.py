@@ -26,7 +26,11 @@ with a `now` ahead), it is reported on its own, with an id and file name of its 
 
 Reports are worked through in chunks: the chunk's TLSRPT records are looked up concurrently first,
 then its rows are read, marked and queued in one transaction, so the database sees a few statements
-and one commit per chunk, and no transaction waits for DNS.
+and one commit per chunk, and no transaction waits for DNS. The chunk's rows are all marked by one
+statement first (which tells which another run took meanwhile), and the marks of the reports that are
+kept for the next run are taken back by one more before the commit. The chunk's report mails are
+queued together (their files fsync'd in one round); should one not be written, the whole chunk is
+rolled back and kept for the next run.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from app.dns import Resolver, resolver_from_config
 from app.jobs import TLS_REPORTS, Run, report_run
 from app.logs import cid_scope, fields, new_cid
 from app.models.base import utcnow
-from app.queue.enqueue import Queued, enqueue
+from app.queue.enqueue import Queued, enqueue_many
 from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
 from app.reportsuppress import is_suppressed
 from app.tlsreports.message import report_message
@@ -223,9 +227,12 @@ class ReportJob:
                 rows = report_rows(session, keys[0].role, wanted)
                 failures = failures_by_result(session, [r.id for found in rows.values() for r in found])
                 sender.reported = reported_before(session, keys[0].role, wanted)
+                sender.claim_chunk(session, keys[0].role, rows.values())
                 for key in keys:
                     self._report(session, sender, key, rows.get((key.day, key.domain), []), failures)
-        except SQLAlchemyError as e:
+                sender.queue_mail(session)
+                sender.release(session, keys[0].role)
+        except (SQLAlchemyError, OSError) as e:  # OSError: a report mail's file could not be written
             sender.rolled_back(e)
         else:
             sender.committed()
@@ -268,7 +275,7 @@ class ReportJob:
             sender.keep(key, f"DNS: {lookup.reason}")
             return
         if lookup.record is None:
-            sender.skip(session, key, rows, _lookup_problem(key.domain, lookup))
+            sender.skip(key, rows, _lookup_problem(key.domain, lookup))
             return
         planned = self._plan(session, sender, key, rows, failures, lookup.record)
         if planned is not None:
@@ -287,18 +294,18 @@ class ReportJob:
         policies, left_out = self._policies(key.role, rows, failures, frozenset(record.destinations))
         if not policies:
             shared = ", ".join(sorted(left_out))
-            sender.skip(session, key, rows, f"every affected recipient domain ({shared}) has the host's rua")
+            sender.skip(key, rows, f"every affected recipient domain ({shared}) has the host's rua")
             return None
         # Results recorded after their day's report (a clock set back, a run by hand) get a report
         # of their own id: receivers take a report id seen before for a duplicate.
         late = sender.summary.cid if (key.day, key.domain) in sender.reported else ""
         report = build_report(key.domain, key.day, sender.report_sender.domain, policies, late)
         if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
-            sender.skip(session, key, rows, f"no failures ({report.sessions[0]} successful session(s))")
+            sender.skip(key, rows, f"no failures ({report.sessions[0]} successful session(s))")
             return None
         mailto = [a for a in record.mailto if not self._suppressed(session, key, a)]
         if not mailto and not record.https:
-            sender.skip(session, key, rows, "every rua address is on the suppression list")
+            sender.skip(key, rows, "every rua address is on the suppression list")
             return None
         gzipped = report.gzipped()
         try:
@@ -352,15 +359,35 @@ class _Sender:
         self.reported: set[tuple[date, str]] = set()  # the chunk's (day, domain) reported before
         self._done: list[Callable[[], None]] = []  # outcomes of the open chunk, applied at its commit
         self._chunk_reports: list[str] = []
+        self._claimed: set[int] = set()  # rows of the open chunk this run marked
+        self._unused: set[int] = set()  # of those, the rows of no report sent or skipped: given back
+        self._mail: list[Queued] = []  # the open chunk's report mails, queued together at its end
+
+    def claim_chunk(self, session: Session, role: Role, rows: Iterable[list[TLSResult]]) -> None:
+        """Mark the chunk's rows, in one statement; `_take` then hands them out report by report."""
+        self._claimed = claim(session, role, [r.id for found in rows for r in found])
+        self._unused = set(self._claimed)
+
+    def release(self, session: Session, role: Role) -> None:
+        """Take back the marks of the rows of reports neither sent nor skipped (before the commit)."""
+        if self._unused:
+            unclaim(session, role, sorted(self._unused))
+
+    def _take(self, ids: list[int]) -> bool:
+        """The report's rows, all or none: False if another run marked any of them first."""
+        if not self._claimed.issuperset(ids):
+            return False
+        self._unused.difference_update(ids)
+        return True
 
     def keep(self, key: _Key, why: str, level: int = logging.INFO) -> None:
         """Nothing marked: the rows wait for the next run."""
         self.summary.kept += 1
         log.log(level, "tls reports: %s: kept for the next run: %s", key, why)
 
-    def skip(self, session: Session, key: _Key, rows: list[TLSResult], why: str) -> None:
+    def skip(self, key: _Key, rows: list[TLSResult], why: str) -> None:
         """No report for these rows, ever: mark them (unless another run just did) and log why."""
-        if not claim(session, key.role, [r.id for r in rows]):
+        if not self._take([r.id for r in rows]):
             return
         level = logging.WARNING if why.startswith("invalid") else logging.INFO
 
@@ -374,16 +401,11 @@ class _Sender:
         """Mark the rows sent, then queue the mail and schedule the POSTs (committed with the chunk)."""
         report = planned.report
         ids = [r.id for r in rows]
-        if not claim(session, key.role, ids):
+        if not self._take(ids):
             log.info("tls reports: report %s: already taken by another run", report.id)
             return
         due = self.job.now + min(self.scheduled * self.spacing, SEND_WINDOW)
-        try:
-            self._queue(session, planned, due)
-        except OSError as e:  # the message file could not be written
-            unclaim(session, key.role, ids)
-            self.keep(key, f"cannot queue report {report.id}: {e}", logging.ERROR)
-            return
+        self._queue(session, planned, due)
         self.scheduled += 1
         self._chunk_reports.append(report.id)
         cid = new_cid()
@@ -395,7 +417,12 @@ class _Sender:
             done()
         self._reset()
 
-    def rolled_back(self, error: SQLAlchemyError) -> None:
+    def queue_mail(self, session: Session) -> None:
+        """Queue the chunk's report mails: their files written and fsync'd in one round, not one by one."""
+        if self._mail:
+            enqueue_many(session, self.job.config, self._mail)
+
+    def rolled_back(self, error: SQLAlchemyError | OSError) -> None:
         self.summary.kept += len(self._done)
         self.scheduled -= len(self._chunk_reports)
         ids = ", ".join(self._chunk_reports) or "none"
@@ -405,6 +432,8 @@ class _Sender:
     def _reset(self) -> None:
         self._done = []
         self._chunk_reports = []
+        self._claimed = self._unused = set()
+        self._mail = []
 
     def _queue(self, session: Session, planned: _Planned, due: datetime) -> None:
         report = planned.report
@@ -429,7 +458,7 @@ class _Sender:
             # RFC 8460 §5.3: deliver the report despite TLS failures (the message says TLS-Required: No).
             require_tls=False,
         )
-        enqueue(session, self.job.config, report_mail)
+        self._mail.append(report_mail)
 
     def _log(self, cid: str, planned: _Planned, due: datetime) -> None:
         report = planned.report

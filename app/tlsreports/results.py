@@ -289,16 +289,14 @@ def _set_marker(session: Session, role: Role, ids: Sequence[int], value: bool) -
     return changed
 
 
-def claim(session: Session, role: Role, ids: Sequence[int]) -> bool:
-    """Mark the rows sent, all or none: False (and nothing marked) if another run marked any first.
+def claim(session: Session, role: Role, ids: Sequence[int]) -> set[int]:
+    """Mark the rows sent where no run has yet; the ids this transaction marked.
 
-    The caller's transaction commits the marks together with whatever it queues for them.
+    One statement for a whole batch of reports: the caller gives back (`unclaim`) the marks of the
+    reports it does not send after all, in the same transaction, which commits the marks together
+    with whatever it queues for them.
     """
-    claimed = _set_marker(session, role, ids, True)
-    if len(claimed) == len(ids):
-        return True
-    unclaim(session, role, claimed)
-    return False
+    return set(_set_marker(session, role, ids, True))
 
 
 def unclaim(session: Session, role: Role, ids: Sequence[int]) -> None:
