@@ -29,30 +29,51 @@ _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+):[ \t]*(.*?)\r?$", re.MULTILINE |
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 HEADER_STEP = 16 * 1024
-# Header values kept (HeaderValues): about 300 octets each, so at most some 30 MB.
+# Header values kept (HeaderValues): at most this many, and at most this many characters in all (a
+# message's sender chooses how long its fields are); an entry longer than LARGEST_KEPT is not kept.
 HEADER_VALUES_KEPT = 100_000
+HEADER_CHARACTERS_KEPT = 32 * 1024 * 1024
+LARGEST_KEPT = 64 * 1024
 
 
 class HeaderValues:
     """Decoded, case-folded header field values by (message file, field name), at most `capacity`
-    of them, the oldest dropped first. Shared by the sessions' worker threads: changed under a lock."""
+    of them and `characters` characters in all, the oldest dropped first. Shared by the sessions'
+    worker threads: changed under a lock."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, characters: int = HEADER_CHARACTERS_KEPT) -> None:
+        self.capacity, self.characters = capacity, characters
         self._values: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._kept = 0  # characters of the entries in _values
         self._lock = threading.Lock()
 
     def get(self, file: str, name: str) -> tuple[str, ...] | None:
         return self._values.get((file, name))
 
     def put(self, file: str, name: str, values: tuple[str, ...]) -> None:
+        size = _entry_size((file, name), values)
+        if size > LARGEST_KEPT:
+            return  # read from its file at each search instead
         with self._lock:
-            while len(self._values) >= self.capacity:
-                del self._values[next(iter(self._values))]
+            self._drop((file, name))
+            while self._values and (
+                len(self._values) >= self.capacity or self._kept + size > self.characters
+            ):
+                self._drop(next(iter(self._values)))
             self._values[(file, name)] = values
+            self._kept += size
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        values = self._values.pop(key, None)
+        if values is not None:
+            self._kept -= _entry_size(key, values)
 
     def __len__(self) -> int:
         return len(self._values)
+
+
+def _entry_size(key: tuple[str, str], values: tuple[str, ...]) -> int:
+    return len(key[0]) + len(key[1]) + sum(len(value) for value in values)
 
 
 HEADER_VALUES = HeaderValues(HEADER_VALUES_KEPT)

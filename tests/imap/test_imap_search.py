@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.imap.textsearch import HeaderValues, MessageText, text_matches
+from app.imap.textsearch import LARGEST_KEPT, HeaderValues, MessageText, text_matches
 from tests.imap.conftest import PASSWORD, IMAPClients
 from tests.imap.test_imap_server import RawClient
 from tests.support.smtpfixtures import make_message
@@ -224,3 +224,16 @@ def test_header_values_kept_are_bounded_the_oldest_dropped_first() -> None:
         kept.put(f"/data/{n}", "SUBJECT", (str(n),))
     assert len(kept) == 2
     assert kept.get("/data/0", "SUBJECT") is None and kept.get("/data/2", "SUBJECT") == ("2",)
+
+
+def test_header_values_kept_are_bounded_in_characters_a_huge_field_not_kept() -> None:
+    kept = HeaderValues(100, characters=1000)
+    for n in range(5):
+        kept.put(f"/d/{n}", "SUBJECT", ("x" * 300,))  # 300 + 4 + 7 characters each: three fit
+    assert len(kept) == 3
+    assert kept.get("/d/1", "SUBJECT") is None and kept.get("/d/4", "SUBJECT") == ("x" * 300,)
+    kept.put("/d/4", "SUBJECT", ("y",))  # put again: replaced, its old size given back
+    assert kept.get("/d/4", "SUBJECT") == ("y",) and len(kept) == 3
+    big = HeaderValues(100)
+    big.put("/d/huge", "SUBJECT", ("z" * LARGEST_KEPT,))  # too long to keep: searched from the file
+    assert big.get("/d/huge", "SUBJECT") is None and len(big) == 0
