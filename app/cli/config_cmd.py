@@ -18,14 +18,16 @@ from app.web.app import WebSetupError, session_secret
 
 def start_problems(config: Config) -> list[str]:
     """What the processes need at start, beyond what load_config checks: the web's session secret
-    (read by the web's own function), a database URL SQLAlchemy can load, a broker kombu knows, and a
-    data folder the processes can write (or create)."""
+    (read by the web's own function), a database URL SQLAlchemy can load, a broker kombu knows, and
+    data and metrics folders the processes can write (or create)."""
     problems: list[str] = []
     try:
         session_secret(config)
     except WebSetupError as e:
         problems.append(str(e))
-    problems += url_problems(config) + data_dir_problems(config.data_dir)
+    problems += url_problems(config) + folder_problems("data_dir", config.data_dir)
+    if config.metrics_dir is not None:  # inside data_dir otherwise, which is checked already
+        problems += folder_problems("metrics_dir", config.metrics_dir)
     return problems
 
 
@@ -41,15 +43,15 @@ def url_problems(config: Config) -> list[str]:
     return problems
 
 
-def data_dir_problems(data_dir: Path) -> list[str]:
-    """The data folder exists and is writable, or the nearest existing parent lets it be created."""
-    existing = data_dir
+def folder_problems(setting: str, folder: Path) -> list[str]:
+    """The folder exists and is writable, or the nearest existing parent lets it be created."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return [f"data_dir: {str(existing)!r} is not a directory"]
+        return [f"{setting}: {str(existing)!r} is not a directory"]
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "data_dir" if existing == data_dir else f"data_dir {str(data_dir)!r}: its parent"
+        what = setting if existing == folder else f"{setting} {str(folder)!r}: its parent"
         return [f"{what} {str(existing)!r} is not writable"]
     return []
 

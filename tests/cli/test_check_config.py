@@ -78,8 +78,10 @@ def test_json_output(tmp_path: Path) -> None:
     report = json.loads(out)
     assert code == 2 and err == ""
     assert report["ok"] is False and report["summary"] is None
-    assert report["problems"] == [f"{bad}: key 'web.prot' is not a known option (check its spelling; "
-                                  "see config/postwarden.example.toml)"]
+    assert report["problems"] == [
+        f"{bad}: key 'web.prot' is not a known option (check its spelling; "
+        "see config/postwarden.example.toml)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -111,3 +113,21 @@ def test_database_broker_and_data_dir_a_process_could_not_use(tmp_path: Path) ->
         f"{path}: broker_url: no broker transport 'bogus' ('No such transport: bogus')",
         f"{path}: data_dir: {str(tmp_path / 'a-file')!r} is not a directory",
     ]
+
+
+def test_a_metrics_dir_a_process_could_not_use(tmp_path: Path) -> None:
+    """A metrics_dir set apart from data_dir is checked too: every process writes its counts there."""
+    (tmp_path / "a-file").write_text("")
+    path = write_config(tmp_path / "config")
+    path.write_text(
+        path.read_text().replace(
+            'data_dir = "data"', f'data_dir = "data"\nmetrics_dir = "{tmp_path / "a-file" / "m"}"'
+        )
+    )
+    code, _, err = check(path)
+    assert code == 2
+    assert err == f"postwarden: {path}: metrics_dir: {str(tmp_path / 'a-file')!r} is not a directory\n"
+    path.write_text(
+        path.read_text().replace(str(tmp_path / "a-file" / "m"), str(tmp_path / "metrics" / "web"))
+    )
+    assert check(path)[0] == 0
