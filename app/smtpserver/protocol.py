@@ -28,7 +28,7 @@ from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from app import metrics
 from app.config import Limits
-from app.logs import RATE_LIMITED, escape_control
+from app.logs import RATE_LIMITED, escape_control, fields
 from app.smtpserver.admission import SessionGate
 from app.smtpserver.data import OVER_BUDGET, MemoryBudget, MessageData, read_message_data
 from app.smtpserver.greeting import greeting_problem
@@ -240,7 +240,7 @@ class PostwardenSMTP(SMTP):
         """Send a last reply (421) and close the connection. The session task is cancelled, so commands
         the client pipelined after this one are not run (the CancelledError ends the session here,
         when called from it)."""
-        log.info("closing session from %s: %s", self.peer_ip, reply)
+        log.info("closing session", extra=fields(ip=self.peer_ip, reply=reply))
         self._end_with(reply)
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
@@ -278,7 +278,7 @@ class PostwardenSMTP(SMTP):
             else:
                 reply = f"421 4.4.2 No message data for {self.limits.data_timeout:g} s"
         if self.transport is not None and not self._closing:
-            log.info("closing session from %s: %s", self.peer_ip, reply)
+            log.info("closing session", extra=fields(ip=self.peer_ip, reply=reply))
         self._end_with(reply)
 
     @syntax("DATA")

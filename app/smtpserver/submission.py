@@ -28,6 +28,7 @@ from app.address import address_domain, normalize_address
 from app.auth.dkim import DKIMMessageError, DKIMSigningError, header_problem, sign
 from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
+from app.logs import fields
 from app.models.base import utcnow
 from app.queue.content import in_database
 from app.queue.enqueue import Queued
@@ -102,7 +103,9 @@ class SubmissionHandler(BaseHandler):
         try:
             login, password = login_raw.decode("utf-8"), password_raw.decode("utf-8")
         except UnicodeDecodeError:
-            log.info("submission auth failed ip=%s: login or password is not UTF-8", server.peer_ip)
+            log.info(
+                "submission auth failed: login or password is not UTF-8", extra=fields(ip=server.peer_ip)
+            )
             return AuthResult(success=False, handled=False)
         account = account_for_login(self.config, login)
         settings = self.config.login_throttle
@@ -113,24 +116,23 @@ class SubmissionHandler(BaseHandler):
             )
         except SQLAlchemyError as e:
             problem = str(e).partition("\n")[0]
-            log.error("submission auth ip=%s: database problem: %s", server.peer_ip, problem)
+            log.error("submission auth: database problem", extra=fields(ip=server.peer_ip, error=problem))
             return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
         shown = login[:LOGGED_LOGIN_LENGTH]
         if result.retry_after is not None:
             log.warning(
-                "submission auth refused: too many failed logins ip=%s login=%r retry_after=%ds",
-                server.peer_ip,
-                shown,
-                result.retry_after,
+                "submission auth refused: too many failed logins",
+                extra=fields(ip=server.peer_ip, login=shown, retry_after=result.retry_after),
             )
             return AuthResult(success=False, handled=False, message=TOO_MANY_FAILURES)
         if result.account is None:
             log.info(
-                "submission auth failed ip=%s login=%r failures=%d", server.peer_ip, shown, result.failures
+                "submission auth failed",
+                extra=fields(ip=server.peer_ip, login=shown, failures=result.failures),
             )
             await asyncio.sleep(result.delay)  # a growing delay slows a guesser that waits for replies
             return AuthResult(success=False, handled=False)  # aiosmtpd replies 535 5.7.8
-        log.info("submission auth ok ip=%s account=%s", server.peer_ip, account)
+        log.info("submission auth ok", extra=fields(ip=server.peer_ip, account=account))
         return AuthResult(success=True, auth_data=account)
 
     # The transaction.
@@ -144,7 +146,10 @@ class SubmissionHandler(BaseHandler):
             return problem
         account = str(session.auth_data)
         if not sender or not owns_address(self.config, account, sender):
-            log.info("submission sender refused ip=%s account=%s from=<%s>", server.peer_ip, account, sender)
+            log.info(
+                "submission sender refused",
+                extra=fields(ip=server.peer_ip, account=account, mail_from=f"<{sender}>"),
+            )
             return f"550 5.7.1 <{sender}> is not one of your addresses; send from your own address"
         envelope.mail_from = normalize_address(sender)
         envelope.mail_options.extend(options)
@@ -173,11 +178,10 @@ class SubmissionHandler(BaseHandler):
         from_address = sender.address
         if not from_address or not owns_address(self.config, account, from_address):
             log.info(
-                "submission From refused ip=%s account=%s from=%r problem=%r",
-                server.peer_ip,
-                account,
-                from_address,
-                sender.problem,
+                "submission From refused",
+                extra=fields(
+                    ip=server.peer_ip, account=account, header_from=from_address, problem=sender.problem
+                ),
             )
             # The problem text is ours (no message text in it): it tells the user what to change.
             found = f" ({sender.problem})" if sender.problem else ""
@@ -191,10 +195,12 @@ class SubmissionHandler(BaseHandler):
             # Signing with an RSA key costs milliseconds of CPU: off the event loop.
             added = await asyncio.to_thread(self.prepare, content, from_address)
         except DKIMMessageError as e:  # the text is ours, naming the line, never the message's text
-            log.info("submission malformed header ip=%s account=%s: %s", server.peer_ip, account, e)
+            log.info(
+                "submission malformed header", extra=fields(ip=server.peer_ip, account=account, error=str(e))
+            )
             return "malformed-header", f"{MALFORMED_HEADER}: {e}"
         except DKIMSigningError as e:
-            log.error("submission not signed ip=%s account=%s: %s", server.peer_ip, account, e)
+            log.error("submission not signed", extra=fields(ip=server.peer_ip, account=account, error=str(e)))
             return "sign-failed", "451 4.3.0 The message could not be signed; try again later"
         trace = self.trace_header(server, session, envelope, transaction_id)
         message = Queued(content, envelope_sender(envelope), tuple(envelope.rcpt_tos))
