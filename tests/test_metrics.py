@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ from starlette.testclient import TestClient
 
 from app.config import load_config
 from app.db import session_scope
+from app.dns import Resolver
 from app.jobs import recorded_run
-from app.metrics import JOB_RUNS, JOB_SECONDS, OTHER, MetricsFiles, tls_policy_type
+from app.metrics import JOB_RUNS, JOB_SECONDS, OTHER, REPORTS_SENT, MetricsFiles, tls_policy_type
 from app.migrate import upgrade_database
 from app.queue.enqueue import Queued, enqueue
 from app.queue.outgoing import queue_size
@@ -29,6 +31,7 @@ from app.queue.tlspolicy import TLSSettings
 from app.web.app import create_app
 from tests.imap.conftest import PASSWORD, imap_config
 from tests.imap.test_imap_cli import listener_toml, log_lines, start_imap
+from tests.reports.test_dmarc_job import DAY, HOURLY, ev, run, store
 from tests.smtpserver.test_ratelimit_smtp import smtp_workers
 from tests.support.celeryworker import celery_worker, client_for
 from tests.support.configs import write_config
@@ -136,6 +139,19 @@ def test_job_runs_are_counted_with_their_outcome_and_duration(url: str) -> None:
     with pytest.raises(RuntimeError), recorded_run(url, "sweep_queue"):
         raise RuntimeError("the job failed")
     assert now() == (ok + 1, failed + 1, timed + 2)
+
+
+def test_sent_dmarc_reports_are_counted_by_kind_and_way(
+    config_file: Path, dns: DNSTestServer, resolver: Resolver
+) -> None:
+    config = load_config(config_file)
+    dns.txt("_dmarc.hourly.example", HOURLY)
+    store(config, ev("hourly.example", DAY + timedelta(minutes=10), ri=3600))
+    store(config, ev("hourly.example", DAY + timedelta(minutes=20), ri=3600, source_ip="192.0.2.99"))
+    before = counted(REPORTS_SENT, "postwarden_reports_sent_total", kind="dmarc", via="mail")
+    summary = run(config, resolver, DAY + timedelta(hours=1, seconds=45))
+    assert len(summary.reports) == 1
+    assert counted(REPORTS_SENT, "postwarden_reports_sent_total", kind="dmarc", via="mail") == before + 1
 
 
 # Real traffic: `postwarden smtp` with two workers, a prefork Celery worker delivering to a peer.
