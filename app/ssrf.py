@@ -16,7 +16,8 @@ import ipaddress
 import socket
 from collections.abc import Callable, Sequence
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from app.ipaddr import IPAddress
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598; Python < 3.12 has no flag for it

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from app.accounts import check_password, stored_password_hash
 from app.config import LoginThrottle
 from app.db import session_scope, upsert_insert
+from app.ipaddr import client_address
 from app.models import LoginFailure
 from app.models.base import utcnow
 
@@ -76,12 +77,9 @@ def account_key(account: str | None, login: str) -> str:
 def address_range(ip: str, settings: LoginThrottle) -> str:
     """The client's address range, e.g. "192.0.2.0/24"; a peer that is not an IP address (a Unix
     socket) is counted under its own name."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return ip[:MAX_KEY_LENGTH]
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     prefix = settings.ipv4_prefix if address.version == 4 else settings.ipv6_prefix
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 

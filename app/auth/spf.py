@@ -18,8 +18,8 @@ from typing import Literal
 from app.auth.message import ascii_domain, is_subdomain
 from app.auth.types import SPFResult, SPFStatus
 from app.dns import Answer, DNSPermanentError, DNSTemporaryError, Resolver
+from app.ipaddr import IPAddress, unmapped
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Scope = Literal["mfrom", "helo"]
 
 MAX_DNS_TERMS = 10  # RFC 7208 4.6.4: include, a, mx, ptr, exists and redirect together
@@ -299,10 +299,7 @@ async def check_host(
 
 
 def _client_address(ip: str) -> IPAddress:
-    address = ipaddress.ip_address(ip.strip().strip("[]"))
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped  # RFC 7208 5: an IPv4-mapped client is checked as IPv4
-    return address
+    return unmapped(ipaddress.ip_address(ip.strip().strip("[]")))  # RFC 7208 5: mapped is IPv4
 
 
 async def _check(evaluation: _Evaluation, domain: str) -> tuple[SPFStatus, str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.address import address_domain
 from app.auth.types import AuthOutcome, Disposition
+from app.ipaddr import unmapped
 from app.models.base import utcnow
 
 DISPOSITIONS = ("none", "quarantine", "reject")
@@ -244,7 +245,4 @@ def _optional_seconds(value: object) -> int | None:
 
 
 def _source_ip(value: str) -> str:
-    ip = ipaddress.ip_address(value)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    return str(unmapped(ipaddress.ip_address(value)))

@@ -17,11 +17,11 @@ database: a worker out of file descriptors cannot even accept a connection to re
 
 from __future__ import annotations
 
-import ipaddress
 import mmap
 import resource
 
 from app.config import Limits
+from app.ipaddr import client_address
 from app.smtpserver.acceptor import ACCEPT_BATCH
 
 BUCKETS = 65536
@@ -43,12 +43,9 @@ class SessionCounts:
 
     def bucket(self, ip: str) -> int:
         """The bucket of a client address: the IPv4 address, or the /64 of an IPv6 one."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:  # not an IP (a Unix socket): one bucket for all such peers
+        address = client_address(ip)
+        if address is None:  # not an IP (a Unix socket): one bucket for all such peers
             return 0
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         key = address.packed if address.version == 4 else address.packed[:8]
         return hash(key) % self.buckets  # bytes hashing is keyed per interpreter start (SipHash)
 

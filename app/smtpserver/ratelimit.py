@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import RangeRateLimits, RateLimits
+from app.ipaddr import client_address
 
 CELLS = 65536  # per worker; 48 octets each
 WINDOWS = (("minute", 60), ("day", 86400))  # POSIX time has 86400 s a day: day numbers are UTC days
@@ -153,12 +154,9 @@ class RateLimiter:
     def _keys(self, ip: str) -> list[tuple[Range, bytes]]:
         """The ranges of a client address with their keys; none for an exempt address or a peer that
         is not an IP address (a Unix socket)."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
+        address = client_address(ip)
+        if address is None:
             return []
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.exempt):
             return []
         return [(r, range_key(address, r)) for r in RANGES if r.version == address.version]

@@ -19,6 +19,7 @@ from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.address import address_key
+from app.ipaddr import client_address
 from app.models import MessageSignal
 
 # The networks a sending IP is counted in (R3.4 e): /32, /26, /21 for IPv4; /64, /48, /32 for IPv6.
@@ -29,12 +30,9 @@ FORWARDER_KINDS = frozenset({"ip1", "ip2", "ip3", "ehlo", "spf"})
 
 def ip_networks(ip: str) -> list[str]:
     """The sending IP masked three ways, as network text ("192.0.2.0/26"); [] for no valid IP."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return []
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     prefixes = IP_PREFIXES[address.version]
     return [str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes]
 
