@@ -165,20 +165,22 @@ class AccountStore:
     async def rows_with_content(
         self, mailbox_id: int, uids: Sequence[int], budget: int
     ) -> tuple[list[MessageRow], dict[int, bytes]]:
-        """The rows (as rows()) and, in the same worker-thread call, the files of the first of them
+        """The rows (as rows()) and, in the same worker-thread call, the content of the first of them
         while their sizes add up to at most `budget` octets, by UID: a FETCH of one small message
-        crosses to a thread once, not twice. The others are left to content()."""
+        crosses to a thread once, not twice (and, in the database, its content is one query). The
+        others are left to content()."""
 
         def read(session: Session) -> tuple[list[MessageRow], dict[int, bytes]]:
             rows = mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
-            contents: dict[int, bytes] = {}
+            within: list[MessageRow] = []
             used = 0
             for row in rows:
                 used += row["size"]
                 if used > budget:
                     break
-                contents[row["uid"]] = self.stored.read(row["path"])
-            return rows, contents
+                within.append(row)
+            contents = self.stored.read_all([row["path"] for row in within]) if within else []
+            return rows, {row["uid"]: content for row, content in zip(within, contents, strict=True)}
 
         return await self._run(read)
 
