@@ -284,10 +284,12 @@ class Rejects(Strict):
 
 
 class Storage(Strict):
-    """Where the outgoing queue keeps message content (SPEC R9.1, app/queue/content.py): files under
-    the data dir (one machine) or the database (any number of nodes sharing it)."""
+    """Where message content is kept, the outgoing queue's (app/queue/content.py) and stored mail's
+    (app/store/content.py) alike (SPEC R9.1): files under the data dir (one machine) or the database
+    (any number of nodes sharing it). One setting for both: a node that needs no other node's disk
+    needs neither in files."""
 
-    queue_content: Literal["files", "database"] = "files"
+    content: Literal["files", "database"] = "files"
 
 
 class Web(Strict):

@@ -183,9 +183,9 @@ data_dir = {_q(_data_dir(plan.config_file))}
 # Defaults: SQLite in data_dir and kombu's filesystem broker under data_dir/queue. For production:
 # database_url = "postgresql+psycopg://postwarden@127.0.0.1/postwarden"
 # broker_url = "redis://127.0.0.1:6379/0"
-# and, for workers on several machines, the outgoing queue's content in the database:
+# and, for processes on several machines, message content (queued and stored) in the database:
 # [storage]
-# queue_content = "database"
+# content = "database"
 
 [postmaster]
 account = {account}

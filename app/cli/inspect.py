@@ -27,6 +27,7 @@ from app.config import Config
 from app.db import session_scope
 from app.logs import escape_control
 from app.store import mailboxes
+from app.store.content import stored_content
 
 if TYPE_CHECKING:  # rows app/accounts.py hands over
     from app.models import Account
@@ -144,7 +145,7 @@ def message_named(session: Session, ident: str) -> dict[str, Any]:
 def _message_details(session: Session, config: Config, message: dict[str, Any]) -> dict[str, Any]:
     account = {"account": account_name(session, message["account_id"])}
     details = {**message, **account, **mailboxes.message_placement(session, message["id"])}
-    details["file"] = str(config.data_dir / message["path"])
+    details["file"] = stored_content(config).location(message["path"])
     details["other_copies"] = mailboxes.other_copies(session, message["file_id"])
     return details
 
@@ -166,9 +167,9 @@ def message_show(ctx: click.Context, ident: str, as_json: bool) -> None:
         if value not in (None, "", False):
             echo(f"{key}: {value}")
     try:
-        content = (config.data_dir / details["path"]).read_bytes()
+        content = stored_content(config).read(details["path"])
     except OSError as e:
-        fail(f"message file {details['file']} cannot be read: {e.strerror}")
+        fail(f"message {details['file']} cannot be read: {e.strerror}")
     click.echo("")
     click.echo(_shown_content(content), nl=False)
 

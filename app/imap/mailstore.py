@@ -1,7 +1,8 @@
 """What an IMAP session asks of the store, for one logged-in account, off the event loop.
 
 Rows are read and changed only through app/store/mailboxes.py (flags through set_flags, the function
-the web UI and the CLI call: SPEC R3.3), message files read from the data dir. IMAP names the
+the web UI and the CLI call: SPEC R3.3), message content through app/store/content.py (files in the
+data dir, or the database: `[storage] content`). IMAP names the
 account's inbox INBOX; every other mailbox keeps its store name, with "/" as the hierarchy delimiter.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from app.accounts import account_id, configured_mailboxes
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
+from app.store.content import stored_content
 from app.store.mailboxes import MailboxChanges, MessageRow, MoveRules, UidState
 
 _T = TypeVar("_T")
@@ -41,6 +42,7 @@ class AccountStore:
         self.config = config
         self.account = account
         self.account_id = row_id
+        self.stored = stored_content(config)
         settings = config.accounts[account]
         self.inbox, self.junk = settings.inbox, settings.junk_mailbox
         # Mailboxes the config names (delivery targets, Junk, Rejects): the config sync makes them
@@ -104,11 +106,14 @@ class AccountStore:
         return await self._run(create)
 
     async def delete(self, mailbox_id: int) -> None:
-        """Delete the mailbox and its messages: rows first, then the files no row names any more."""
-        paths = await self._run(
-            lambda session: mailboxes.delete_mailbox(session, self.account_id, mailbox_id)
-        )
-        await self._unlink_unreferenced(paths)
+        """Delete the mailbox and its messages, with the content no row names any more."""
+
+        def delete(session: Session) -> Callable[[], None]:
+            paths = mailboxes.delete_mailbox(session, self.account_id, mailbox_id)
+            return mailboxes.discard_unnamed(session, self.stored, paths)
+
+        after_commit = await self._run(delete)
+        await asyncio.to_thread(after_commit)
 
     async def rename(self, names: dict[str, str], parents: list[str]) -> None:
         """Rename mailboxes (IMAP old -> new names) after making the new names' missing parents."""
@@ -160,21 +165,22 @@ class AccountStore:
     async def rows_with_content(
         self, mailbox_id: int, uids: Sequence[int], budget: int
     ) -> tuple[list[MessageRow], dict[int, bytes]]:
-        """The rows (as rows()) and, in the same worker-thread call, the files of the first of them
+        """The rows (as rows()) and, in the same worker-thread call, the content of the first of them
         while their sizes add up to at most `budget` octets, by UID: a FETCH of one small message
-        crosses to a thread once, not twice. The others are left to content()."""
-        data_dir = self.config.data_dir
+        crosses to a thread once, not twice (and, in the database, its content is one query). The
+        others are left to content()."""
 
         def read(session: Session) -> tuple[list[MessageRow], dict[int, bytes]]:
             rows = mailboxes.messages_by_uid(session, self.account_id, mailbox_id, uids)
-            contents: dict[int, bytes] = {}
+            within: list[MessageRow] = []
             used = 0
             for row in rows:
                 used += row["size"]
                 if used > budget:
                     break
-                contents[row["uid"]] = (data_dir / row["path"]).read_bytes()
-            return rows, contents
+                within.append(row)
+            contents = self.stored.read_all([row["path"] for row in within]) if within else []
+            return rows, {row["uid"]: content for row, content in zip(within, contents, strict=True)}
 
         return await self._run(read)
 
@@ -230,36 +236,32 @@ class AccountStore:
         return None if found is None else int(found["uid"])
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """Remove the mailbox's messages flagged \\Deleted (only those with `uids` when given): rows
-        first, then the files no row names any more; the UIDs removed."""
-        removed = await self._run(
-            lambda session: mailboxes.expunge_deleted(session, self.account_id, mailbox_id, uids)
-        )
-        await self._unlink_unreferenced([path for _, path in removed])
+        """Remove the mailbox's messages flagged \\Deleted (only those with `uids` when given), with
+        the content no row names any more; the UIDs removed."""
+
+        def expunge(session: Session) -> tuple[list[tuple[int, str]], Callable[[], None]]:
+            removed = mailboxes.expunge_deleted(session, self.account_id, mailbox_id, uids)
+            return removed, mailboxes.discard_unnamed(session, self.stored, [path for _, path in removed])
+
+        removed, after_commit = await self._run(expunge)
+        await asyncio.to_thread(after_commit)
         return [uid for uid, _ in removed]
 
-    async def _unlink_unreferenced(self, paths: list[str]) -> None:
-        if paths:
-            unnamed = await self._run(lambda session: mailboxes.unreferenced_paths(session, paths))
-            await asyncio.to_thread(_unlink, [self.config.data_dir / path for path in unnamed])
-
     async def read_files(self, paths: Sequence[str]) -> list[bytes] | None:
-        """The files' octets, in one worker-thread call and without a query; None if one is gone
-        (its message was expunged: the caller reads the rows, which leave it out)."""
-        data_dir = self.config.data_dir
+        """The messages' octets, in one worker-thread call (files: without a query); None if one is
+        gone (its message was expunged: the caller reads the rows, which leave it out)."""
 
         def read() -> list[bytes] | None:
             try:
-                return [(data_dir / path).read_bytes() for path in paths]
+                return self.stored.read_all(paths)
             except FileNotFoundError:
                 return None
 
         return await asyncio.to_thread(read)
 
     async def content(self, row: MessageRow) -> bytes:
-        """The message file's octets (a file is written once and never changes)."""
-        path = self.config.data_dir / row["path"]
-        return await asyncio.to_thread(path.read_bytes)
+        """The message's octets (content is written once and never changes)."""
+        return await asyncio.to_thread(self.stored.read, row["path"])
 
 
 async def _in_thread(config: Config, work: Callable[[Session], _T]) -> _T:
@@ -269,7 +271,3 @@ async def _in_thread(config: Config, work: Callable[[Session], _T]) -> _T:
 
     return await asyncio.to_thread(run)
 
-
-def _unlink(files: list[Path]) -> None:
-    for file in files:
-        file.unlink(missing_ok=True)

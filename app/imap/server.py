@@ -78,7 +78,7 @@ class IMAPServer:
         self.config = config
         self.limits = limits or IMAPLimits()
         # APPEND writes through the store as SMTP does (file, rows, group commit).
-        self.store = MessageStore(config.data_dir, config.resolved_database_url)
+        self.store = MessageStore.of(config)
         self.wakeups = Wakeups(config.resolved_database_url)
         self.servers: list[asyncio.Server] = []
         self.sessions: Counter[str] = Counter()

@@ -659,14 +659,14 @@ class IMAPSession:
         keys = [prepared(key, selection.uids, selection.saved) for key in command.args["keys"]]  # type: ignore[attr-defined]
         columns = sorted({"uid", "path"}.union(*(columns_of(key) for key in keys)))
         rows = await self._account().all_rows(selection.mailbox_id, columns)
-        data_dir, cap = self.config.data_dir, self.limits.max_append
+        stored, cap = self._account().stored, self.limits.max_append
         every = keys[0] if len(keys) == 1 else ("AND", *keys)  # one call per message, not one per key
 
         def hits() -> list[MessageRow]:
             found = []
             for row in rows:
                 number = numbers.get(row["uid"])  # None: new since the view was taken
-                text = MessageText(data_dir, row["path"], cap)  # the file is read once, if at all
+                text = MessageText(stored, row["path"], cap)  # the message is read once, if at all
                 if number is not None and matches(row, every, number, text):
                     found.append(row)
             return found

@@ -2,10 +2,10 @@
 TEXT, a case-insensitive substring test. Header fields are unfolded and their encoded words
 (RFC 2047) decoded; BODY looks in the text parts, their transfer encoding and charset decoded.
 
-Files are read lazily (only for a message a text key is tested on; only its header for the header
-keys), at most `cap` octets (the message size limit: no stored message is larger), by the caller's
-worker thread, never on the event loop; encoded words are decoded only in the fields a key names.
-A message that cannot be parsed is searched as raw text.
+Messages are read lazily through app/store/content.py (only for a message a text key is tested on;
+only its header for the header keys), at most `cap` octets (the message size limit: no stored
+message is larger), by the caller's worker thread, never on the event loop; encoded words are
+decoded only in the fields a key names. A message that cannot be parsed is searched as raw text.
 
 The decoded values of the fields a key named are kept (HeaderValues, one for the server process, by
 message path: a message file never changes), so a header SEARCH reads each file once while its
@@ -21,7 +21,8 @@ import threading
 from email.header import decode_header, make_header
 from email.message import Message
 from functools import cached_property, lru_cache
-from pathlib import Path
+
+from app.store.content import StoredContent
 
 TEXT_KEYS = frozenset({"HEADER", "SUBJECT", "FROM", "TO", "CC", "BCC", "BODY", "TEXT"})
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
@@ -81,16 +82,18 @@ HEADER_VALUES = HeaderValues(HEADER_VALUES_KEPT)
 
 class MessageText:
     """One message's searchable text, read on first use: the header alone for the header keys, the
-    whole file for BODY and TEXT."""
+    whole message for BODY and TEXT."""
 
-    def __init__(self, data_dir: Path, path: str, cap: int, kept: HeaderValues = HEADER_VALUES) -> None:
-        self.cap, self.kept = cap, kept
-        self.file = f"{data_dir}/{path}"  # also the key in `kept`: a process may serve several data dirs
+    def __init__(
+        self, content: StoredContent, path: str, cap: int, kept: HeaderValues = HEADER_VALUES
+    ) -> None:
+        self.content, self.path, self.cap, self.kept = content, path, cap, kept
+        # The key in `kept`: a process may serve several data dirs (or databases).
+        self.file = f"{content.name}/{path}"
 
     @cached_property
     def raw(self) -> bytes:
-        with open(self.file, "rb") as file:
-            return file.read(self.cap)
+        return self.content.read(self.path, self.cap)
 
     @cached_property
     def header(self) -> bytes:
@@ -98,15 +101,14 @@ class MessageText:
         if "raw" in self.__dict__:
             return _split(self.raw)[0]
         data = b""
-        with open(self.file, "rb") as file:
-            while len(data) < self.cap:
-                step = file.read(min(HEADER_STEP, self.cap - len(data)))
-                data += step
-                found = _END_OF_HEADER.search(data)
-                if found is not None:
-                    return data[: found.start()]
-                if not step:
-                    break
+        while len(data) < self.cap:
+            step = self.content.read(self.path, min(HEADER_STEP, self.cap - len(data)), start=len(data))
+            data += step
+            found = _END_OF_HEADER.search(data)
+            if found is not None:
+                return data[: found.start()]
+            if not step:
+                break
         return data
 
     @cached_property

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select
@@ -29,6 +28,7 @@ from app.inreports.store import Stored, store_report
 from app.inreports.unpack import MAX_MESSAGE
 from app.models.base import utcnow
 from app.models.inreports import ReportIntake
+from app.store.content import StoredContent, stored_content
 from app.store.mailboxes import find_message, report_messages
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def parse_stored_report(config: Config, message: ReportMessage) -> Outcome:
             log.info("report message already processed file_id=%r outcome=%s", message.file_id, done)
             return "already processed"
         row = find_message(session, message.file_id)
-        raw = None if row is None else _read(config.data_dir / row["path"])
+        raw = None if row is None else _read(stored_content(config), row["path"])
         if raw is None:
             log.warning("report message not found file_id=%r", message.file_id)
             return "missing"
@@ -107,11 +107,10 @@ def _record(session: Session, file_id: str, outcome: Outcome, reason: str) -> No
         log.info("report message processed concurrently file_id=%r", file_id)
 
 
-def _read(path: Path) -> bytes | None:
-    """The message file, read up to one byte past the largest message (which unpack then refuses)."""
+def _read(content: StoredContent, path: str) -> bytes | None:
+    """The message, read up to one byte past the largest message (which unpack then refuses)."""
     try:
-        with path.open("rb") as file:
-            return file.read(MAX_MESSAGE + 1)
+        return content.read(path, MAX_MESSAGE + 1)
     except OSError:
         return None
 

@@ -15,7 +15,7 @@ from app.models.jobs import JobRun
 from app.models.logins import LoginFailure, WebSession
 from app.models.mtasts import MTASTSPolicy
 from app.models.queue import OutgoingContent, OutgoingMessage, SentRecipient
-from app.models.store import Account, Mailbox, MailboxSubscription, Message, MessageSignal
+from app.models.store import Account, Mailbox, MailboxSubscription, Message, MessageContent, MessageSignal
 from app.models.tlsrpt import TLSFailureDetail, TLSReportPost, TLSResult
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Mailbox",
     "MailboxSubscription",
     "Message",
+    "MessageContent",
     "MessageSignal",
     "OutgoingContent",
     "OutgoingMessage",

@@ -46,7 +46,7 @@ class OutgoingMessage(Base):
 
 
 class OutgoingContent(Base):
-    """A queued message's content, where every node reaches it (`[storage] queue_content = "database"`,
+    """A queued message's content, where every node reaches it (`[storage] content = "database"`,
     SPEC R9.1): the rows of `outgoing` name it by `path`, as they name a file under the data dir
     otherwise (app/queue/content.py)."""
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -124,6 +135,18 @@ class Message(Base):
     dmarc_result: Mapped[str | None] = mapped_column(String(32))
     dmarc_disposition: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class MessageContent(Base):
+    """A stored message's content, where every node reaches it (`[storage] content = "database"`, SPEC
+    R9.1): the rows of `messages` name it by `path`, as they name a file under the data dir otherwise
+    (app/store/content.py). No foreign key: a copy's row and its content are added together, and
+    content goes with the last row that names it, in that row's transaction."""
+
+    __tablename__ = "message_content"
+
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MessageSignal(Base):

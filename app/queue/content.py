@@ -1,6 +1,7 @@
 """Where the outgoing queue keeps each message's content, named by its rows' `path` (SPEC R9.1).
 
-One interface, two backends, chosen by `[storage] queue_content`:
+One interface, two backends, chosen by `[storage] content` (which places stored mail's content too,
+app/store/content.py):
 
 - `FileContent` (the default, one machine): a file under the data dir, written durably before any
   row names it (app/queue/enqueue.py); a submission's file is renamed into place after its rows'
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session
 from app.config import Config
 from app.models import OutgoingContent
 from app.models.base import utcnow
+from app.store.content import in_database
 from app.store.files import OUTGOING_DIR, awaiting_rename, write_durably
 
 Contents = Sequence[tuple[str, Sequence[bytes]]]  # (path, the parts of its content)
@@ -123,13 +125,8 @@ class DatabaseContent:
 QueueContent = FileContent | DatabaseContent
 
 
-def in_database(config: Config) -> bool:
-    """Whether `[storage] queue_content` puts the content in the database (several machines)."""
-    return config.storage.queue_content == "database"
-
-
 def queue_content(config: Config) -> QueueContent:
-    """The backend `[storage] queue_content` names."""
+    """The backend `[storage] content` names."""
     return DatabaseContent() if in_database(config) else FileContent(config.data_dir)
 
 

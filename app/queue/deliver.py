@@ -507,7 +507,7 @@ class _Run:
 
     def _dsn_store(self) -> MessageStore:
         if self._store is None:
-            self._store = MessageStore(self.config.data_dir, self.config.resolved_database_url)
+            self._store = MessageStore.of(self.config)
         return self._store
 
     def _account_name(self, account_id: int | None) -> str | None:

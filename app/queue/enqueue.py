@@ -1,6 +1,6 @@
 """The one way into the outgoing queue: a `Queued` message becomes its content and one row per recipient.
 
-Where the content goes is app/queue/content.py's choice (`[storage] queue_content`). In the database
+Where the content goes is app/queue/content.py's choice (`[storage] content`). In the database
 (several machines) it is a row added in the same transaction as the queue rows, whoever queues: what
 follows is about files, the embedded default.
 

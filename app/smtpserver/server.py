@@ -132,7 +132,7 @@ class SMTPService:
     ) -> None:
         self.config = config
         self.database_url = config.resolved_database_url
-        self.store = store or MessageStore(config.data_dir, self.database_url)
+        self.store = store or MessageStore.of(config)
         self.resolver = resolver or resolver_from_config(config.dns)
         self.handoff = handoff
         # Session counts shared with the other workers (a process of its own: counts of its own).

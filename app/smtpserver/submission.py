@@ -30,7 +30,6 @@ from app.auth.message import author, header_fields, obsolete_field_names
 from app.config import Config
 from app.logs import fields
 from app.models.base import utcnow
-from app.queue.content import in_database
 from app.queue.enqueue import Queued
 from app.smtpserver.handler import BaseHandler, envelope_sender
 from app.smtpserver.protocol import PostwardenSMTP
@@ -211,7 +210,6 @@ class SubmissionHandler(BaseHandler):
                 default_max_attempts=self.config.delivery.max_attempts,
                 prefix=trace + added,
                 file_id=transaction_id,
-                in_database=in_database(self.config),
             )
         except StoreError:
             return "store-failed", "451 4.3.0 The message could not be queued; try again later"

@@ -73,7 +73,7 @@ class Supervisor:
         """Settle the store and bind every listener (ListenerError if one cannot be bound)."""
         quiet_aiosmtpd_logging()
         self._raise_open_file_limit()
-        prepare_storage(self.config, MessageStore(self.config.data_dir, self.config.resolved_database_url))
+        prepare_storage(self.config, MessageStore.of(self.config))
         self.bound = bind_listeners(self.config)
         engine_for(self.config.resolved_database_url).dispose()  # no pooled connection crosses a fork
 

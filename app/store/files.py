@@ -14,9 +14,10 @@ file in them is still being committed. (Files straight in tmp/ come from version
 
 The outgoing queue shares its rules with this module (app/queue/enqueue.py): a submission's queue rows
 come from `Queued.rows` and are inserted (and found by recovery) through the queue table's owner,
-app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too. With the
-queue's content in the database (`[storage] queue_content`, app/queue/content.py) a submission has no
-file: its content row is inserted in the same group commit as its queue rows.
+app/queue/outgoing.py; `write_durably` here writes the files the queue's jobs enqueue too. With message
+content in the database (`[storage] content`: app/store/content.py for stored mail, app/queue/content.py
+for the queue) a message has no file: its content rows are inserted in the same group commit as its
+message or queue rows.
 
 Throughput: a message's file (and the tmp directory) is fsync'd by a pool of writer threads as soon
 as it arrives; then one committer takes every message pending at that moment and commits their rows
@@ -44,7 +45,9 @@ from sqlalchemy.orm import Session
 
 from app.accounts import ensure_account
 from app.auth.message import HeaderFields, summarize_headers
+from app.config import Config
 from app.db import session_factory
+from app.store.content import DatabaseMessages, in_database
 from app.store.mailboxes import (
     add_messages,
     ensure_mailbox,
@@ -118,10 +121,6 @@ class _Outgoing:
     account: str
     message: Queued
     default_max_attempts: int
-    # In the database (`[storage] queue_content`, app/queue/content.py): no file, the content (our
-    # prefix, then the message) is committed with the rows.
-    in_database: bool = False
-    prefix: bytes = b""
 
 
 @dataclass
@@ -131,18 +130,20 @@ class _Job:
     relatives: list[str]  # final paths under the data dir: one per copy (one for outgoing)
     tmp_paths: list[Path]
     future: asyncio.Future[list[str]]
+    # The parts (our prefix, then the message) when the content goes into the database with the rows.
+    content: tuple[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True)
 class _PlannedFile:
-    tmp: Path | None  # None: queue content stored in the database, no file
+    tmp: Path | None  # None: content stored in the database, no file
     relative: str  # final path under the data dir (or the content's path in the database)
     rows: list[dict[str, Any]]
     # What inserts the rows of files of this kind (_insert_message_rows for a mailbox's); a batch
     # calls it once with all its files of that kind.
     insert_rows: Callable[[Session, list[_PlannedFile]], None]
     forwarded: bool = False  # a mailbox message's MailboxCopy.forwarded
-    content: tuple[bytes, bytes] | None = None  # queue content for the database (tmp is None)
+    content: tuple[bytes, bytes] | None = None  # content for the database (tmp is None)
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,11 @@ class StoreError(Exception):
 
 
 class MessageStore:
-    def __init__(self, data_dir: Path, database_url: str) -> None:
+    def __init__(self, data_dir: Path, database_url: str, *, in_database: bool = False) -> None:
+        """`in_database`: message content goes into the database with its rows, not into files
+        (`[storage] content`: app/store/content.py's `in_database`)."""
         self.data_dir = data_dir
+        self.in_database = in_database
         self.tmp_dir = data_dir / TMP_DIR
         self._sessions = session_factory(database_url)
         # Files are written and fsync'd as messages arrive, several at once (the filesystem journal
@@ -173,6 +177,11 @@ class MessageStore:
         self._lock_path = data_dir / COMMIT_LOCK_FILE
         self._lock_fd: int | None = None
         self._own_dir: tuple[int, Path, int] | None = None  # (pid, directory under tmp/, its locked fd)
+
+    @classmethod
+    def of(cls, config: Config) -> MessageStore:
+        """The store `config` names: its data dir, its database, and `[storage] content`."""
+        return cls(config.data_dir, config.resolved_database_url, in_database=in_database(config))
 
     # Public API.
 
@@ -209,13 +218,11 @@ class MessageStore:
         default_max_attempts: int,
         prefix: bytes = b"",
         file_id: str | None = None,
-        in_database: bool = False,
     ) -> str:
         """Store a submitted message (`prefix` then its content) and its queue rows durably (the
         queue's rules: app/queue/enqueue.py); its file id (`file_id`, the SMTP transaction's id, when
-        given). The rows belong to the account named `account`, made on demand like a mailbox's.
-        `in_database`: the content goes into the database with the rows, not into a file."""
-        outgoing = _Outgoing(account, message, default_max_attempts, in_database, prefix)
+        given). The rows belong to the account named `account`, made on demand like a mailbox's."""
+        outgoing = _Outgoing(account, message, default_max_attempts)
         relatives = [outgoing_path(file_id or new_file_id())]
         (stored,) = await self._submit((prefix, message.content), outgoing, relatives)
         return stored
@@ -299,7 +306,8 @@ class MessageStore:
         except Exception as e:
             log.exception("writing a message file failed")
             raise StoreError(str(e)) from None
-        job = _Job(sum(map(len, parts)), copies, relatives, tmp_paths, loop.create_future())
+        content = parts if self.in_database else None
+        job = _Job(sum(map(len, parts)), copies, relatives, tmp_paths, loop.create_future(), content)
         self._pending.append(job)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
@@ -308,9 +316,9 @@ class MessageStore:
     async def _write_tmp_files(
         self, copies: Sequence[MailboxCopy] | _Outgoing, relatives: list[str], parts: tuple[bytes, bytes]
     ) -> list[Path]:
-        """The job's files in this store's tmp directory, written by the writer threads; none for queue
+        """The job's files in this store's tmp directory, written by the writer threads; none for
         content that goes into the database."""
-        if isinstance(copies, _Outgoing) and copies.in_database:
+        if self.in_database:
             return []
         directory = self._tmp_dir_of_this_process()
         loop = asyncio.get_running_loop()
@@ -403,12 +411,12 @@ class MessageStore:
             account_id, _ = self._ids_for(session, out.account, None, new_ids)
             relative = job.relatives[0]
             rows = out.message.rows(relative, size, out.default_max_attempts, account_id)
-            if out.in_database:
-                content = (out.prefix, out.message.content)
-                return [_PlannedFile(None, relative, rows, _insert_outgoing_rows, content=content)]
-            return [_PlannedFile(job.tmp_paths[0], relative, rows, _insert_outgoing_rows)]
+            tmp = job.tmp_paths[0] if job.tmp_paths else None
+            return [_PlannedFile(tmp, relative, rows, _insert_outgoing_rows, content=job.content)]
         files = []
-        for copy, relative, tmp in zip(job.copies, job.relatives, job.tmp_paths, strict=True):
+        # No files: the content goes into the database.
+        tmps: Sequence[Path | None] = job.tmp_paths or [None] * len(job.relatives)
+        for copy, relative, tmp in zip(job.copies, job.relatives, tmps, strict=True):
             account_id, mailbox_id = self._ids_for(session, copy.account, copy.mailbox, new_ids)
             destined_id = None
             if copy.destined_mailbox is not None:
@@ -425,7 +433,8 @@ class MessageStore:
                 path=relative,
                 size=size,
             )
-            files.append(_PlannedFile(tmp, relative, [row], _insert_message_rows, copy.forwarded))
+            planned = _PlannedFile(tmp, relative, [row], _insert_message_rows, copy.forwarded, job.content)
+            files.append(planned)
         return files
 
     def _ids_for(
@@ -530,11 +539,20 @@ def _unlink_all(paths: list[Path]) -> None:
 
 
 def _insert_message_rows(session: Session, files: list[_PlannedFile]) -> None:
-    """Mailbox messages' rows and, in the same transaction, their reputation signals (SPEC R3.4)."""
+    """Mailbox messages' rows (and their content, when in the database) and, in the same transaction,
+    their reputation signals (SPEC R3.4)."""
+    in_database = _database_contents(files)
+    if in_database:
+        DatabaseMessages.add(session, in_database)
     rows = [row for f in files for row in f.rows]
     forwarded = [f.forwarded for f in files for _ in f.rows]
     ids = add_messages(session, rows)
     add_signals(session, zip(ids, rows, forwarded, strict=True))
+
+
+def _database_contents(files: list[_PlannedFile]) -> list[tuple[str, tuple[bytes, bytes]]]:
+    """(path, parts) of the files whose content goes into the database."""
+    return [(f.relative, f.content) for f in files if f.content is not None]
 
 
 def _insert_planned_rows(session: Session, planned: list[list[_PlannedFile]]) -> None:
@@ -565,7 +583,7 @@ def _insert_outgoing_rows(session: Session, files: list[_PlannedFile]) -> None:
     from app.queue.content import DatabaseContent
     from app.queue.outgoing import insert_rows
 
-    in_database = [(f.relative, f.content) for f in files if f.content is not None]
+    in_database = _database_contents(files)
     if in_database:
         DatabaseContent().add(session, in_database)
     insert_rows(session, [row for f in files for row in f.rows])

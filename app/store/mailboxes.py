@@ -11,13 +11,10 @@ cleanup of Rejects (R3.1).
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Select, String, and_, bindparam, cast, delete, func, insert, or_, select, update
@@ -26,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import affected_rows, insert_once, session_scope
 from app.models import Mailbox, MailboxSubscription, Message
 from app.models.base import utcnow
+from app.store.content import StoredContent, stored_content
 from app.store.signals import SignalState, copy_signals, resync_signals
 
 if TYPE_CHECKING:
@@ -107,10 +105,10 @@ def mailbox_summaries(session: Session, account_id: int) -> list[dict[str, Any]]
 
 def delete_mailbox(session: Session, account_id: int, box: int) -> list[str]:
     """Delete the account's mailbox with its messages (their signal rows go with them); the paths of
-    the removed messages, which the caller unlinks after its commit if unreferenced_paths still finds
-    them unnamed. Messages elsewhere that arrived in it or were destined for it (APPENDed there, then
-    moved) lose that reference: the mailbox no longer counts in reputation. Its subscription stays
-    (RFC 9051 6.3.7: a server does not drop a subscription on its own)."""
+    the removed messages, whose content the caller hands to discard_unnamed. Messages elsewhere
+    that arrived in it or were destined for it (APPENDed there, then moved) lose that reference:
+    the mailbox no longer counts in reputation. Its subscription stays (RFC 9051 6.3.7: a server
+    does not drop a subscription on its own)."""
     removed = session.execute(
         delete(Message)
         .where(Message.account_id == account_id, Message.mailbox_id == box)
@@ -548,8 +546,9 @@ def expunge_deleted(
 ) -> list[tuple[int, str]]:
     """Delete the account's messages in the mailbox that are flagged deleted (IMAP EXPUNGE; with
     `uids`, only those: UID EXPUNGE; their signal rows go with them: ON DELETE CASCADE); the (UID,
-    path) of each. The caller unlinks the files after its commit, those unreferenced_paths still
-    finds unnamed: a crash in between leaves files no row names, never a row without its file.
+    path) of each. The caller hands the paths to discard_unnamed in the same transaction: a file
+    goes after the commit (a crash in between leaves a file no row names, never a row without its
+    file), content in the database with the rows.
     The mailbox gets a new modification sequence when one goes (SPEC R8.3)."""
     doomed = and_(
         Message.account_id == account_id, Message.mailbox_id == mailbox_id, Message.deleted.is_(True)
@@ -582,6 +581,13 @@ def unreferenced_paths(session: Session, paths: Sequence[str]) -> list[str]:
     return [path for path in paths if path not in named]
 
 
+def discard_unnamed(session: Session, content: StoredContent, paths: Sequence[str]) -> Callable[[], None]:
+    """Remove the content of those of `paths` (of rows this transaction deleted) that no row names
+    any more: in this transaction when it is in the database; what the caller calls after its
+    commit, which unlinks the files, otherwise (app/store/content.py)."""
+    return content.discard(session, unreferenced_paths(session, paths) if paths else [])
+
+
 # Moving, copying and flagging messages (SPEC R3.3): every path that does (the CLI, the web, IMAP
 # when built) calls these two, so the columns reputation reads change the same way in all of them.
 # Nothing else changes a message's mailbox, `mailbox_orig_id`, `is_reject`, junk or notjunk.
@@ -594,17 +600,17 @@ class MailboxError(Exception):
 
 class MoveRules(NamedTuple):
     """What a move needs beyond the rows: the names of the account's Junk and Rejects mailboxes
-    (their flag rules) and the data dir, where a copy gets a file of its own."""
+    (their flag rules) and where message content is, where a copy gets content of its own."""
 
     junk: str
     rejects: str
-    data_dir: Path
+    content: StoredContent
 
     @classmethod
     def of(cls, config: Config, account: str) -> MoveRules:
         """The rules of an account in the config (KeyError for one that is not)."""
         settings = config.accounts[account]
-        return cls(settings.junk_mailbox, settings.rejects_mailbox, config.data_dir)
+        return cls(settings.junk_mailbox, settings.rejects_mailbox, stored_content(config))
 
 
 def move_messages(
@@ -617,7 +623,8 @@ def move_messages(
     copy: bool = False,
 ) -> list[int]:
     """Move the account's messages into its mailbox `target`, or with `copy` add a copy of each there
-    (a row and a hard-linked file); the ids of the moved rows or of the copies, in the order given.
+    (a row and its own content: a hard-linked file, or a copied row in the database); the ids of
+    the moved rows or of the copies, in the order given.
 
     A reject that leaves its mailbox for another than Rejects becomes the delivery it would have
     been: `mailbox_orig_id` takes its `mailbox_destined_id` and it is no longer a reject, so
@@ -638,7 +645,7 @@ def move_messages(
                 session,
                 m,
                 _moved_columns(m, target_id, *special),
-                rules.data_dir,
+                rules.content,
                 first._replace(uid=first.uid + n),
             )
             for n, m in enumerate(messages)
@@ -745,38 +752,25 @@ def _moved_columns(
 
 
 def _copy(
-    session: Session, message: Message, changes: dict[str, Any], data_dir: Path, claimed: Claimed
+    session: Session, message: Message, changes: dict[str, Any], content: StoredContent, claimed: Claimed
 ) -> SignalState:
     """A copy of `message` with `changes` and the `claimed` UID and modification sequence, under a
-    new file id naming a link to its file; its row id and what its signal rows copy. The file is
-    durable before the caller commits the row (a failed commit leaves it unnamed)."""
+    new file id naming a copy of its content (StoredContent.copy); its row id and what its signal
+    rows copy."""
     # A local import: app/store/files.py imports this module, so this one cannot import it first.
     from app.store.files import message_path, new_file_id
 
     path = message_path(new_file_id())
-    _link_file(data_dir / message.path, data_dir / path)
+    try:
+        content.copy(session, message.path, path)
+    except OSError as e:
+        where = content.location(message.path)
+        raise MailboxError(f"message {where} cannot be copied: {e.strerror}") from None
     row = {**_columns(message), **changes, "path": path, "file_id": path.rpartition("/")[2]}
     del row["id"]
     row |= {"uid": claimed.uid, "modseq": claimed.modseq}
     row_id = int(session.execute(insert(Message).returning(Message.id), [row]).scalar_one())
     return SignalState(row_id, row["mailbox_orig_id"], row["junk"], row["notjunk"])
-
-
-def _link_file(source: Path, copy: Path) -> None:
-    """`copy` names the content of `source`: a hard link (message files never change) or, where the
-    filesystem cannot link, a copy; durable with its name either way."""
-    # Same local import as in _copy, for the one writer of message files.
-    from app.store.files import fsync_dir, write_durably
-
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, copy)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
-            raise MailboxError(f"message file {source} cannot be copied: {e.strerror}") from None
-        write_durably([(copy, [source.read_bytes()])])
-        return
-    fsync_dir(copy.parent)
 
 
 def _differs(message: Message, changes: dict[str, Any]) -> bool:
@@ -813,8 +807,8 @@ def remove_old_rejects(config: Config) -> int:
     `keep_days` ago, and the oldest beyond its newest `keep_max`; how many.
 
     Each batch of rows is deleted in its own transaction (a message's signal rows go with it: ON
-    DELETE CASCADE) and its files are unlinked after the commit: a crash in between leaves files no
-    row names, never a row without its file."""
+    DELETE CASCADE; its content in the database too) and its files are unlinked after the commit: a
+    crash in between leaves files no row names, never a row without its file."""
     url, settings = config.resolved_database_url, config.rejects
     cutoff = utcnow() - timedelta(days=settings.keep_days)
     removed = 0
@@ -836,7 +830,7 @@ def remove_old_rejects(config: Config) -> int:
             .offset(settings.keep_max)
         )
         for query in (too_old, beyond):
-            removed += _remove_in_batches(url, config.data_dir, box, query)
+            removed += _remove_in_batches(url, stored_content(config), box, query)
     if removed:
         log.info("rejects cleanup: removed %d message(s)", removed)
     return removed
@@ -848,9 +842,9 @@ def _mailbox_of(session: Session, account_name: str, name: str) -> int | None:
     return None if ids is None else ids[1]
 
 
-def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -> int:
-    """Delete the rows `query` selects (still in mailbox `box`), a batch per transaction, each
-    batch's files unlinked after its commit; how many."""
+def _remove_in_batches(url: str, content: StoredContent, box: int, query: Select[int]) -> int:
+    """Delete the rows `query` selects (still in mailbox `box`), a batch per transaction, with their
+    content (discard_unnamed); how many."""
     removed = 0
     while True:
         with session_scope(url) as session:
@@ -858,8 +852,8 @@ def _remove_in_batches(url: str, data_dir: Path, box: int, query: Select[int]) -
             batch = query.limit(REJECTS_BATCH).scalar_subquery()
             statement = delete(Message).where(Message.id.in_(batch), Message.mailbox_id == box)
             paths = list(session.scalars(statement.returning(Message.path), execution_options=_NO_SYNC))
-        for path in paths:
-            (data_dir / path).unlink(missing_ok=True)
+            after_commit = discard_unnamed(session, content, paths)
+        after_commit()
         removed += len(paths)
         if len(paths) < REJECTS_BATCH:
             return removed

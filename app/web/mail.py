@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
+from app.store.content import stored_content
 from app.web.auth import LoggedIn, account_page, check_form_token, safe_next
 from app.web.mailview import ShownMessage, shown_message
 from app.web.security import Refused, posted_fields
@@ -157,9 +157,9 @@ def _message(
         placement = mailboxes.message_placement(session, row_id)
         names = mailboxes.mailbox_names(session, account_id)
     try:
-        shown = shown_message(Path(config.data_dir) / message["path"])
+        shown = shown_message(stored_content(config), message["path"])
     except OSError:
-        shown = None  # the page says the file cannot be read; the row is still shown
+        shown = None  # the page says the message cannot be read; the row is still shown
     return message, placement, names, shown
 
 

@@ -15,9 +15,10 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
-from pathlib import Path
 
-# A message larger than this is shown from its start (its file stays whole on disk).
+from app.store.content import StoredContent
+
+# A message larger than this is shown from its start (it stays whole in the store).
 MAX_READ_BYTES = 2 * 1024 * 1024
 MAX_TEXT_CHARS = 200_000
 MAX_HEADER_FIELDS = 200
@@ -34,10 +35,9 @@ class ShownMessage:
     other_parts: list[str]  # the other leaf parts: content type and file name
 
 
-def shown_message(path: Path) -> ShownMessage:
-    """The message in the file at `path`, read up to MAX_READ_BYTES."""
-    with path.open("rb") as file:
-        raw = file.read(MAX_READ_BYTES + 1)
+def shown_message(content: StoredContent, path: str) -> ShownMessage:
+    """The message stored at `path`, read up to MAX_READ_BYTES (OSError if it is gone)."""
+    raw = content.read(path, MAX_READ_BYTES + 1)
     message = BytesParser(policy=policy.default).parsebytes(raw[:MAX_READ_BYTES])
     headers = [(text(name), decoded_header(value)) for name, value in message.raw_items()]
     body_part = _body_part(message)

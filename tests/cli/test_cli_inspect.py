@@ -177,7 +177,7 @@ def test_message_show_missing_file(config_file: Path, stored: dict[str, str]) ->
     result = run(config_file, "message", "show", stored["first"])
     assert result.exit_code == 1
     assert (
-        f"postwarden: message file {details['file']} cannot be read: No such file or directory"
+        f"postwarden: message {details['file']} cannot be read: No such file or directory"
         in result.stderr
     )
 

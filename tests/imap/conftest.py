@@ -1,6 +1,9 @@
 """Fixtures of the IMAP tests: a configured account with a password and messages in the real store,
 and the IMAP server on its own event loop in a background thread, listening on loopback (a plain
-port with STARTTLS and an implicit TLS port, certificates from the test CA)."""
+port with STARTTLS and an implicit TLS port, certificates from the test CA).
+
+A test that takes `content_backend` (parametrised with BACKENDS) runs with message content in files
+and again in the database (`[storage] content`, app/store/content.py)."""
 
 from __future__ import annotations
 
@@ -16,18 +19,22 @@ from typing import Any
 import imapclient
 import pytest
 import trustme
+from sqlalchemy import select
 
 from app.accounts import set_password, sync_from_config
 from app.config import Config, load_config
 from app.db import session_scope
 from app.imap.server import IMAPLimits, IMAPListener, IMAPServer
 from app.migrate import upgrade_database
-from app.store.files import MailboxCopy, MessageStore
+from app.models import MessageContent
+from app.store.content import stored_content
+from app.store.files import MESSAGES_DIR, MailboxCopy, MessageStore
 from tests.support.configs import write_config
 from tests.support.smtpfixtures import client_tls_context, make_message
 
 PASSWORD = "correct horse battery staple"
 EXTRA = '\n[accounts.bob]\naddresses = ["bob@example.org"]\n'
+BACKENDS = pytest.mark.parametrize("content_backend", ["files", "database"])
 
 
 class ThreadedIMAP:
@@ -37,7 +44,7 @@ class ThreadedIMAP:
         self.config, self.tls = config, tls
         self.loop = asyncio.new_event_loop()
         self.server = IMAPServer(config, limits)
-        self.store = MessageStore(config.data_dir, config.resolved_database_url)
+        self.store = MessageStore.of(config)
         self._thread = threading.Thread(target=self.loop.run_forever, name="imap-test-server", daemon=True)
         self.port = self.tls_port = 0
 
@@ -63,6 +70,18 @@ class ThreadedIMAP:
         """Store a message refused with a 451 as SMTP does: in Rejects, seen, destined for `destined`."""
         columns = {"seen": True, "is_reject": True}
         return self._store(MailboxCopy(account, "Rejects", columns, destined_mailbox=destined), content)
+
+    def content(self, path: str) -> bytes:
+        """The stored content at `path`, wherever `[storage] content` keeps it."""
+        return stored_content(self.config).read(path)
+
+    def content_paths(self) -> set[str]:
+        """The paths that have content: files under messages/, or rows of message_content."""
+        if self.config.storage.content == "database":
+            with session_scope(self.config.resolved_database_url) as session:
+                return set(session.scalars(select(MessageContent.path)))
+        files = self.config.data_dir.glob(f"{MESSAGES_DIR}/*/*")
+        return {str(path.relative_to(self.config.data_dir)) for path in files}
 
     def _store(self, copy: MailboxCopy, content: bytes) -> str:
         (file_id,) = self.run(self.store.store_copies(content, [copy]))
@@ -111,8 +130,8 @@ class IMAPClients:
         return client
 
 
-def imap_config(directory: Path, database_url: str | None = None) -> Config:
-    path = write_config(directory, EXTRA, database_url=database_url)
+def imap_config(directory: Path, database_url: str | None = None, content: str = "files") -> Config:
+    path = write_config(directory, f'{EXTRA}\n[storage]\ncontent = "{content}"\n', database_url=database_url)
     config = load_config(path)
     upgrade_database(config.resolved_database_url)
     with session_scope(config.resolved_database_url) as session:
@@ -130,7 +149,9 @@ def imap_factory(
     started: list[ThreadedIMAP] = []
     # A test that asks for `database_url` (e.g. a PostgreSQL one) gets the server on that database.
     url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
-    config = imap_config(tmp_path / "config", url)
+    asked = request.fixturenames
+    backend = request.getfixturevalue("content_backend") if "content_backend" in asked else "files"
+    config = imap_config(tmp_path / "config", url, backend)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(*tls_files)
 

@@ -3,15 +3,13 @@ modified UTF-7 or UTF-8, over loopback TLS with a raw client and imapclient, on 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import imapclient
 import pytest
 
 from app.accounts import sync_from_config
 from app.db import session_scope
 from app.imap.names import BadName, decode_mutf7, encode_mutf7, new_name
-from tests.imap.conftest import PASSWORD, IMAPClients, message
+from tests.imap.conftest import BACKENDS, PASSWORD, IMAPClients, message
 from tests.imap.test_imap_server import RawClient, row_of
 
 
@@ -31,14 +29,6 @@ def listed(client: RawClient, command: bytes) -> dict[bytes, bytes]:
             head, _, name = line.rstrip(b"\r\n").rpartition(b' "/" ')
             found[name.strip(b'"')] = head
     return found
-
-
-def message_files(imap: IMAPClients) -> set[Path]:
-    return {
-        p
-        for p in imap.server.config.data_dir.rglob("*")
-        if p.is_file() and p.suffix not in (".db", ".db-journal")
-    }
 
 
 def test_create_makes_parents_and_refuses_what_exists_or_is_malformed(imap: IMAPClients) -> None:
@@ -67,7 +57,10 @@ def test_create_makes_parents_and_refuses_what_exists_or_is_malformed(imap: IMAP
     assert b"a" not in listed(client, b'i LIST "" *')
 
 
-def test_delete_refuses_configured_and_parent_mailboxes_and_removes_messages(imap: IMAPClients) -> None:
+@BACKENDS
+def test_delete_refuses_configured_and_parent_mailboxes_and_removes_messages(
+    imap: IMAPClients, content_backend: str
+) -> None:
     client = logged_in(imap)
     for name in (b"INBOX", b"Junk", b"Rejects"):
         assert client.command(b"b DELETE " + name)[0].startswith(b"b NO [CANNOT]")
@@ -80,15 +73,15 @@ def test_delete_refuses_configured_and_parent_mailboxes_and_removes_messages(ima
     client.send(content + b"\r\n")
     assert b"[APPENDUID" in client.until(b"f")[-1]
     file_id = imap.server.deliver(message(2), mailbox="Inbox")  # a file of another mailbox stays
-    stored = imap.server.config.data_dir / str(row_of(imap, file_id)["path"])
+    stored = str(row_of(imap, file_id)["path"])
     client.command(b"g SELECT Old/Child")
     assert client.command(b"h DELETE Old/Child")[0].startswith(b"h NO [INUSE]")
     client.command(b"i UNSELECT")
-    files_before = message_files(imap)
+    before = imap.server.content_paths()
     assert client.command(b"j DELETE Old/Child") == [b"j OK DELETE completed\r\n"]
     assert client.command(b"k SELECT Old/Child")[0].startswith(b"k NO [NONEXISTENT]")
-    gone = files_before - message_files(imap)
-    assert stored.exists() and len(gone) == 1  # the deleted message's file, and only it
+    gone = before - imap.server.content_paths()
+    assert stored in imap.server.content_paths() and len(gone) == 1  # the deleted message's, and only it
     # Its subscription stays (RFC 9051 6.3.7); LSUB shows the name \Noselect.
     assert listed(client, b'l LSUB "" Old/*') == {b"Old/Child": b"* LSUB (\\Noselect)"}
     assert client.command(b"m DELETE Old") == [b"m OK DELETE completed\r\n"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.imap.textsearch import LARGEST_KEPT, HeaderValues, MessageText, text_matches
-from tests.imap.conftest import PASSWORD, IMAPClients
+from app.store.content import FileMessages
+from tests.imap.conftest import BACKENDS, PASSWORD, IMAPClients
 from tests.imap.test_imap_server import RawClient
 from tests.support.smtpfixtures import make_message
 
@@ -43,7 +44,8 @@ def selected(imap: IMAPClients) -> RawClient:
     return client
 
 
-def test_text_keys_decode_headers_and_bodies(imap: IMAPClients) -> None:
+@BACKENDS
+def test_text_keys_decode_headers_and_bodies(imap: IMAPClients, content_backend: str) -> None:
     imap.server.deliver(make_message("carol@example.net", "admin@example.org", subject="plain one"))
     imap.server.deliver(MULTIPART)
     imap.server.deliver(
@@ -112,7 +114,7 @@ def test_esearch_returns_min_max_count_all_with_the_tag(imap: IMAPClients) -> No
 def test_hostile_messages_are_searched_without_failing(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "m"
     path.write_bytes(content)
-    text = MessageText(tmp_path, "m", 1000)
+    text = MessageText(FileMessages(tmp_path), "m", 1000)
     for name, value in [("SUBJECT", "abc"), ("BODY", "body"), ("TEXT", "x"), ("HEADER", ("FROM", ""))]:
         assert text_matches(text, name, value) in (True, False)
     assert len(text.raw) <= 1000  # read no further than the cap
@@ -121,11 +123,14 @@ def test_hostile_messages_are_searched_without_failing(tmp_path: Path, content: 
 def test_the_file_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
     path = tmp_path / "m"
     path.write_bytes(b"Subject: near\r\n\r\n" + b"a" * 100 + b"needle")
-    assert text_matches(MessageText(tmp_path, "m", 10_000), "BODY", "needle")
-    assert not text_matches(MessageText(tmp_path, "m", 100), "BODY", "needle")
+    assert text_matches(MessageText(FileMessages(tmp_path), "m", 10_000), "BODY", "needle")
+    assert not text_matches(MessageText(FileMessages(tmp_path), "m", 100), "BODY", "needle")
 
 
-def test_binary_fetch_decodes_a_leaf_part_and_append_takes_literal8(imap: IMAPClients) -> None:
+@BACKENDS
+def test_binary_fetch_decodes_a_leaf_part_and_append_takes_literal8(
+    imap: IMAPClients, content_backend: str
+) -> None:
     imap.server.deliver(MULTIPART)
     imap.server.deliver(
         b"Subject: odd\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n"
@@ -202,7 +207,7 @@ def test_a_field_is_found_by_its_whole_name_in_any_case_and_unfolded(tmp_path: P
         b"X-Subject: other\r\nsubject: Folded\r\n\tline\r\nSUBJECT:two\r\n"
         b"To: a\r\n Subject: no\r\n\r\nSubject: body"
     )
-    text = MessageText(tmp_path, "m", 10_000)
+    text = MessageText(FileMessages(tmp_path), "m", 10_000)
     assert text.values("SUBJECT") == ("folded\tline", "two")
     assert text.values("X-SUBJECT") == ("other",)
     # Names no field can have find nothing, though a pattern made of them would match a line.
@@ -212,10 +217,10 @@ def test_a_field_is_found_by_its_whole_name_in_any_case_and_unfolded(tmp_path: P
 def test_header_values_are_kept_so_a_second_search_reads_no_file(tmp_path: Path) -> None:
     (tmp_path / "m").write_bytes(b"Subject: Kept\r\n\r\nbody")
     kept = HeaderValues(10)
-    assert text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "kept")
+    assert text_matches(MessageText(FileMessages(tmp_path), "m", 1000, kept), "SUBJECT", "kept")
     (tmp_path / "m").unlink()  # files never change: the values kept answer without it
-    assert text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "kept")
-    assert not text_matches(MessageText(tmp_path, "m", 1000, kept), "SUBJECT", "other")
+    assert text_matches(MessageText(FileMessages(tmp_path), "m", 1000, kept), "SUBJECT", "kept")
+    assert not text_matches(MessageText(FileMessages(tmp_path), "m", 1000, kept), "SUBJECT", "other")
 
 
 def test_header_values_kept_are_bounded_the_oldest_dropped_first() -> None:

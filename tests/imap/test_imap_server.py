@@ -17,6 +17,7 @@ import pytest
 from app.accounts import account_id
 from app.db import session_scope
 from app.imap import session as imap_session
+from app.store.content import stored_content
 from app.store.mailboxes import (
     MoveRules,
     UidState,
@@ -25,7 +26,7 @@ from app.store.mailboxes import (
     move_messages,
     uid_state,
 )
-from tests.imap.conftest import PASSWORD, IMAPClients, message
+from tests.imap.conftest import BACKENDS, PASSWORD, IMAPClients, message
 from tests.support.smtpfixtures import make_message
 
 
@@ -100,7 +101,8 @@ def test_list_shows_inbox_and_special_use_with_rejects_ordinary(imap: IMAPClient
     )
 
 
-def test_search_keys_over_the_sessions_view(imap: IMAPClients) -> None:
+@BACKENDS
+def test_search_keys_over_the_sessions_view(imap: IMAPClients, content_backend: str) -> None:
     for n in (1, 2, 3):  # the From address as SMTP analysis indexes it (msg_from)
         imap.server.deliver(message(n), msg_from="carol@example.net")
     client = RawClient(imap)
@@ -143,11 +145,12 @@ def test_a_fault_of_ours_is_a_tagged_no_and_the_session_goes_on(imap: IMAPClient
     assert client.command(b"d FETCH 1 FLAGS")[-1] == b"d OK FETCH completed\r\n"
 
 
+@BACKENDS
 def test_files_beyond_the_read_budget_are_read_one_by_one(
-    imap: IMAPClients, monkeypatch: pytest.MonkeyPatch
+    imap: IMAPClients, monkeypatch: pytest.MonkeyPatch, content_backend: str
 ) -> None:
     ids = [imap.server.deliver(message(n, body=f"body {n}\r\n")) for n in (1, 2, 3)]
-    stored = [(imap.server.config.data_dir / str(row_of(imap, i)["path"])).read_bytes() for i in ids]
+    stored = [imap.server.content(str(row_of(imap, i)["path"])) for i in ids]
     # The first file is read with the rows, the others alone: each answer still carries its own file.
     monkeypatch.setattr(imap_session, "CONTENT_BUDGET", len(stored[0]) + 1)
     client = imap.logged_in()
@@ -171,10 +174,11 @@ def test_lsub_subscribe_namespace_and_enable(imap: IMAPClients) -> None:
     assert client.command(b"g ENABLE")[-1].startswith(b"g BAD ENABLE names at least one")
 
 
-def test_select_fetch_flags_bodies_and_partials(imap: IMAPClients) -> None:
+@BACKENDS
+def test_select_fetch_flags_bodies_and_partials(imap: IMAPClients, content_backend: str) -> None:
     first = imap.server.deliver(message(1, body="first body\r\n"))
     imap.server.deliver(message(2))
-    stored = (imap.server.config.data_dir / str(row_of(imap, first)["path"])).read_bytes()
+    stored = imap.server.content(str(row_of(imap, first)["path"]))
     client = imap.logged_in()
     typ, data = client.select("INBOX")
     assert (typ, data) == ("OK", [b"2"])
@@ -263,7 +267,10 @@ def test_a_move_out_of_rejects_trains_reputation_as_the_web_ui_does(imap: IMAPCl
     client.logout()
 
 
-def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(imap: IMAPClients) -> None:
+@BACKENDS
+def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(
+    imap: IMAPClients, content_backend: str
+) -> None:
     imap.server.deliver(message(1))
     imap.server.deliver(message(2))
     client = RawClient(imap)
@@ -285,29 +292,32 @@ def test_copy_adds_a_message_with_a_new_uid_and_move_reports_expunge(imap: IMAPC
     )
 
 
-def test_expunge_removes_deleted_messages_and_only_files_no_copy_names(imap: IMAPClients) -> None:
+@BACKENDS
+def test_expunge_removes_deleted_messages_and_only_files_no_copy_names(
+    imap: IMAPClients, content_backend: str
+) -> None:
     first, second = imap.server.deliver(message(1)), imap.server.deliver(message(2))
-    data = imap.server.config.data_dir
-    first_file, second_file = (data / str(row_of(imap, f)["path"]) for f in (first, second))
+    first_file, second_file = (str(row_of(imap, f)["path"]) for f in (first, second))
     client = RawClient(imap)
     client.command(b'a LOGIN admin "' + PASSWORD.encode() + b'"')
     client.command(b"b SELECT INBOX")
-    client.command(b"c COPY 2 Junk")  # the copy is a link of its own to the same content
+    client.command(b"c COPY 2 Junk")  # the copy has content of its own (a link, or a row)
     client.command(b"d STORE 1:2 +FLAGS.SILENT (\\Deleted)")
     assert client.command(b"e EXPUNGE") == [
         b"* 2 EXPUNGE\r\n",
         b"* 1 EXPUNGE\r\n",
         b"e OK EXPUNGE completed\r\n",
     ]
-    assert not first_file.exists() and not second_file.exists()
+    assert not {first_file, second_file} & imap.server.content_paths()
     with session_scope(imap.server.config.resolved_database_url) as session:
         assert find_message(session, first) is None and find_message(session, second) is None
     client.command(b"f SELECT Junk")
     fetched = client.command(b"g FETCH 1 BODY.PEEK[TEXT]")
-    assert fetched[1] == b"Hello.\r\n"  # the copy's file is still there
+    assert fetched[1] == b"Hello.\r\n"  # the copy's content is still there
     client.command(b"h STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert client.command(b"i CLOSE") == [b"i OK CLOSE completed\r\n"]  # expunged without telling
     assert client.command(b"j STATUS Junk (MESSAGES)")[0] == b'* STATUS "Junk" (MESSAGES 0)\r\n'
+    assert imap.server.content_paths() == set()
 
 
 def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPClients) -> None:
@@ -321,7 +331,7 @@ def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPC
     imap.server.deliver(message(2))
     assert idle_until(client, (2, b"EXISTS")) and time.monotonic() - started < 1.5
     with session_scope(imap.server.config.resolved_database_url) as session:
-        rules = MoveRules("Junk", "Rejects", imap.server.config.data_dir)
+        rules = MoveRules("Junk", "Rejects", stored_content(imap.server.config))
         move_messages(
             session, account_id(session, "admin"), [int(str(row_of(imap, first)["id"]))], "Junk", rules=rules
         )
@@ -331,8 +341,9 @@ def test_idle_announces_new_mail_within_a_second_and_moves_by_others(imap: IMAPC
     client.logout()
 
 
+@BACKENDS
 def test_append_stores_the_message_with_its_flags_and_a_new_uid(
-    imap_factory: Callable[..., IMAPClients],
+    imap_factory: Callable[..., IMAPClients], content_backend: str
 ) -> None:
     clients = imap_factory(max_append=5000, max_literal=100)
     client = clients.imapclient()
@@ -420,7 +431,7 @@ def test_noop_reports_new_mail_and_messages_moved_away(imap: IMAPClients) -> Non
     assert client.untagged_responses.pop("EXISTS", None)[-1] == b"2"  # type: ignore[index]
     with session_scope(imap.server.config.resolved_database_url) as session:
         owner = account_id(session, "admin")
-        rules = MoveRules("Junk", "Rejects", imap.server.config.data_dir)
+        rules = MoveRules("Junk", "Rejects", stored_content(imap.server.config))
         move_messages(session, owner, [int(str(row_of(imap, first)["id"]))], "Junk", rules=rules)
     typ, _ = client.noop()
     assert typ == "OK" and client.untagged_responses.pop("EXPUNGE") == [b"1"]

@@ -1,4 +1,4 @@
-"""The queue's content in the database (`[storage] queue_content = "database"`, SPEC R9.1,
+"""The queue's content in the database (`[storage] content = "database"`, SPEC R9.1,
 app/queue/content.py): queued by a job or by the submission store without a file, read and removed by
 delivery, removed by a drop and by the orphan sweep; on SQLite and PostgreSQL."""
 
@@ -36,7 +36,7 @@ CONTENT = (
 def database_config(tmp_path: Path, url: str, dns: DNSTestServer, smtp_port: int = 25) -> Config:
     dns.add("example.net", "MX", "10 mx.example.net.")
     dns.add("mx.example.net", "A", "127.0.0.1")
-    extra = f'\n[storage]\nqueue_content = "database"\n\n[delivery]\nsmtp_port = {smtp_port}\n'
+    extra = f'\n[storage]\ncontent = "database"\n\n[delivery]\nsmtp_port = {smtp_port}\n'
     return load_config(write_config(tmp_path / "config", extra, database_url=url, dns_port=dns.port))
 
 
@@ -111,7 +111,7 @@ def test_a_submission_is_committed_with_its_content_and_no_file(
     config = database_config(tmp_path, url, dns)
 
     async def submit() -> str:
-        store = MessageStore(config.data_dir, url)
+        store = MessageStore.of(config)
         try:
             message = Queued(CONTENT, SENDER, ["bob@example.net"])
             return await store.enqueue_outgoing(
@@ -119,7 +119,6 @@ def test_a_submission_is_committed_with_its_content_and_no_file(
                 account="admin",
                 default_max_attempts=8,
                 prefix=b"Received: by us\r\n",
-                in_database=True,
             )
         finally:
             await store.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from app.accounts import ensure_account
 from app.db import session_scope
+from app.store.content import FileMessages
 from app.store.mailboxes import (
     MoveRules,
     create_mailbox,
@@ -34,7 +35,7 @@ def test_delete_keeps_messages_that_came_from_the_mailbox_and_its_subscription(
         assert create_mailbox(session, alice, "Lists") is None  # exists already
         moved, stays = store(session, "alice", "Lists", "d1"), store(session, "alice", "Lists", "d2")
         store(session, "alice", "Inbox", "d3")
-        rules = MoveRules(junk="Junk", rejects="Rejects", data_dir=tmp_path)
+        rules = MoveRules(junk="Junk", rejects="Rejects", content=FileMessages(tmp_path))
         move_messages(session, alice, [moved], "Inbox", rules=rules)  # arrived in Lists, now in Inbox
     with session_scope(url) as session:
         box = mailbox_id(session, alice, "Lists")

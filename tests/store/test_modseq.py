@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.accounts import ensure_account
 from app.db import session_scope
 from app.migrate import upgrade_database
+from app.store.content import FileMessages
 from app.store.mailboxes import (
     MoveRules,
     changes_since,
@@ -56,7 +57,7 @@ def test_each_change_raises_the_mailboxs_modseq_once_and_marks_what_it_changed(
         assert modseqs(session, "Inbox", start) == {1: start + 1, 2: start + 1}
         assert set_flags(session, alice, ids[:2], seen=True) == 0  # nothing changes: nothing raised
         assert highest(session, "Inbox") == start + 1
-    rules = MoveRules("Junk", "Rejects", tmp_path)
+    rules = MoveRules("Junk", "Rejects", FileMessages(tmp_path))
     with session_scope(url) as session:  # a move changes both mailboxes
         archive = highest(session, "Archive")
         move_messages(session, alice, [ids[2]], "Archive", rules=rules)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.accounts import ensure_account
 from app.db import session_scope
 from app.models import Message, MessageSignal
+from app.store.content import FileMessages
 from app.store.mailboxes import (
     MailboxError,
     MoveRules,
@@ -33,7 +34,7 @@ EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def rules(tmp_path: Path) -> MoveRules:
-    return MoveRules(junk="Junk", rejects="Rejects", data_dir=tmp_path / "data")
+    return MoveRules(junk="Junk", rejects="Rejects", content=FileMessages(tmp_path / "data"))
 
 
 def stored(session: Session, mailbox: str, file_id: str, **columns: Any) -> int:
@@ -186,7 +187,7 @@ def write_file(rules: MoveRules, row_id: int, url: str) -> Path:
     with session_scope(url) as session:
         message = find_message(session, row_id)
         assert message is not None
-    path = rules.data_dir / message["path"]
+    path = rules.content.data_dir / message["path"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"Subject: rescued\r\n\r\nHello.\r\n")
     return path
@@ -215,7 +216,7 @@ def test_a_copy_out_of_rejects_is_a_new_message_with_its_own_file(url: str, rule
     assert copy["file_id"] != original["file_id"] and copy["path"].endswith(f"/{copy['file_id']}")
     for same in ("subject", "received", "size", "msg_from", "mailbox_destined_id"):
         assert copy[same] == original[same]
-    copy_file = rules.data_dir / copy["path"]
+    copy_file = rules.content.data_dir / copy["path"]
     assert copy_file.read_bytes() == original_file.read_bytes()
     assert copy_file.stat().st_ino == original_file.stat().st_ino  # a hard link
     original_file.unlink()
@@ -237,7 +238,7 @@ def test_a_copy_where_no_hard_link_can_be_made_is_a_file_copy(
     with session_scope(url) as session:
         copy = find_message(session, copy_id)
     assert copy is not None
-    copy_file = rules.data_dir / copy["path"]
+    copy_file = rules.content.data_dir / copy["path"]
     assert copy_file.read_bytes() == original_file.read_bytes()
     assert copy_file.stat().st_ino != original_file.stat().st_ino
 

@@ -18,6 +18,7 @@ from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
 from app.models import Account, Mailbox, Message, OutgoingMessage
 from app.queue.enqueue import Queued
+from app.store.content import FileMessages
 from app.store.files import (
     COMMIT_LOCK_FILE,
     TMP_DIR,
@@ -127,7 +128,7 @@ async def test_a_rescued_reject_is_not_stored_again(store: MessageStore, sqlite_
     with session_scope(sqlite_url) as session:
         row = find_message(session, file_id)
         assert row is not None
-        rules = MoveRules("Junk", "Rejects", store.data_dir)
+        rules = MoveRules("Junk", "Rejects", FileMessages(store.data_dir))
         move_messages(session, row["account_id"], [row["id"]], "Inbox", rules=rules)
     retry = MailboxCopy("alice", "Inbox", {"message_id": "<held@x>"})
     assert await store.store_copies(b"held\r\n", [retry]) == []

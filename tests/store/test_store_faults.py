@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app.config import load_config
 from app.db import engine_for, session_scope
 from app.migrate import upgrade_database
-from app.models import Message
+from app.models import Message, MessageContent
 from app.store.files import TMP_DIR, MailboxCopy, MessageStore, StoreError
 from tests.support.configs import write_config
 from tests.support.dbfaults import pool_connection_opened_read_only, postgres_read_only, traversable_dir
@@ -70,9 +70,13 @@ async def test_sqlite_read_only_episode_ends_without_a_restart(shared_dir: Path)
         engine_for(url).dispose()
 
 
-async def test_postgres_read_only_episode_ends_without_a_restart(tmp_path: Path, postgres_url: str) -> None:
+@pytest.mark.parametrize("in_database", [False, True], ids=["files", "database"])
+async def test_postgres_read_only_episode_ends_without_a_restart(
+    tmp_path: Path, postgres_url: str, in_database: bool
+) -> None:
+    """With content in the database too: the failed message leaves no content row behind."""
     upgrade_database(postgres_url)
-    store = MessageStore(tmp_path / "data", postgres_url)
+    store = MessageStore(tmp_path / "data", postgres_url, in_database=in_database)
     try:
         await store.store_copies(b"Subject: before\r\n\r\nx\r\n", COPY)  # a pooled session exists
         postgres_read_only(postgres_url, True, end_sessions=True)
@@ -82,6 +86,10 @@ async def test_postgres_read_only_episode_ends_without_a_restart(tmp_path: Path,
         postgres_read_only(postgres_url, False, end_sessions=False)
         (file_id,) = await store.store_copies(b"Subject: after\r\n\r\nx\r\n", COPY)
         assert stored_paths(postgres_url)[-1].endswith(file_id) and len(stored_paths(postgres_url)) == 2
+        with session_scope(postgres_url) as session:
+            contents = set(session.scalars(select(MessageContent.path)))
+        assert contents == (set(stored_paths(postgres_url)) if in_database else set())
+        assert tmp_files(tmp_path / "data") == []
     finally:
         await store.close()
 

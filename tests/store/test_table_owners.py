@@ -20,6 +20,7 @@ OWNERS = {
     "MailboxSubscription": "app/store/mailboxes.py",
     "Message": "app/store/mailboxes.py",
     "MessageSignal": "app/store/signals.py",
+    "MessageContent": "app/store/content.py",
     "OutgoingMessage": "app/queue/outgoing.py",
     "OutgoingContent": "app/queue/content.py",
     "SentRecipient": "app/queue/outgoing.py",

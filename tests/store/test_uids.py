@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, text
 from app.accounts import ensure_account
 from app.db import session_scope
 from app.migrate import upgrade_database
+from app.store.content import FileMessages
 from app.store.mailboxes import (
     MoveRules,
     ensure_mailbox,
@@ -41,7 +42,7 @@ def test_stored_moved_and_copied_messages_take_the_next_uid_of_their_mailbox(
         ids = [store(session, "alice", "Inbox", f"m{n}") for n in range(3)]
         ensure_mailbox(session, ensure_account(session, "alice").id, "Archive")
     assert state(url, "Inbox") == (4, [1, 2, 3])
-    rules = MoveRules(junk="Junk", rejects="Rejects", data_dir=tmp_path)
+    rules = MoveRules(junk="Junk", rejects="Rejects", content=FileMessages(tmp_path))
     with session_scope(url) as session:
         account_id = ensure_account(session, "alice").id
         move_messages(session, account_id, [ids[1]], "Archive", rules=rules)
@@ -61,9 +62,8 @@ def test_a_copy_takes_a_new_uid_and_the_original_keeps_its_own(url: str, tmp_pat
     with session_scope(url) as session:
         row_id = store(session, "alice", "Inbox", "c1")
         account_id = ensure_account(session, "alice").id
-        (copy_id,) = move_messages(
-            session, account_id, [row_id], "Inbox", rules=MoveRules("Junk", "Rejects", data), copy=True
-        )
+        rules = MoveRules("Junk", "Rejects", FileMessages(data))
+        (copy_id,) = move_messages(session, account_id, [row_id], "Inbox", rules=rules, copy=True)
         box = uid_state(session, account_id, "Inbox")
         assert box is not None
         rows = messages_by_uid(session, account_id, box.mailbox_id, [1, 2, 3])

@@ -1,5 +1,5 @@
 """Several nodes on one machine (SPEC R9.1): each a config with its own data dir and its own `postwarden
-smtp` and Celery worker, all sharing one PostgreSQL database and one Redis broker, with the queue's
+smtp` and Celery worker, all sharing one PostgreSQL database and one Redis broker, with message
 content in the database. tests/test_nodes.py and tests/bench/scale.py run them; the remote MX is a
 `CountingSink` in the calling process, which counts each message it accepted by Message-ID.
 """
@@ -92,13 +92,13 @@ def node(
     dns_port: int,
     delivery: str = "",
 ) -> Node:
-    """A node's config (its own data dir; the shared database and broker in `urls`; the queue's content
+    """A node's config (its own data dir; the shared database and broker in `urls`; message content
     in the database) and its processes, not started. `ports`: its submission listener and the sink's.
     `delivery`: more `[delivery]` settings."""
     extra = (
         f'[[listeners]]\nkind = "submission"\nport = {ports["submission"]}\n'
         f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n\n'
-        '[storage]\nqueue_content = "database"\n\n'
+        '[storage]\ncontent = "database"\n\n'
         f"[delivery]\nsmtp_port = {ports['sink']}\nconnect_timeout = 2\ncommand_timeout = 5\n"
         f"transaction_timeout = 5\n{delivery}\n{EXTRA_ACCOUNTS}"
     )

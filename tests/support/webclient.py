@@ -36,13 +36,19 @@ addresses = ["bob@example.org"]
 
 
 def write_web_config(
-    directory: Path, dns_port: int, passwords: dict[str, str], database_url: str | None = None
+    directory: Path,
+    dns_port: int,
+    passwords: dict[str, str],
+    database_url: str | None = None,
+    extra: str = "",
 ) -> Config:
-    """The test config plus a second (non-admin) account bob and a session secret, migrated, with
-    the given account passwords set (on SQLite in the directory, unless `database_url` is given)."""
+    """The test config plus a second (non-admin) account bob and a session secret (and `extra`
+    TOML), migrated, with the given account passwords set (on SQLite in the directory, unless
+    `database_url` is given)."""
     directory.mkdir(parents=True)
     (directory / "web-secret.key").write_text("s3cret-" * 8)
-    config = load_config(write_config(directory, WEB_EXTRA, dns_port=dns_port, database_url=database_url))
+    path = write_config(directory, WEB_EXTRA + extra, dns_port=dns_port, database_url=database_url)
+    config = load_config(path)
     upgrade_database(config.resolved_database_url)
     with session_scope(config.resolved_database_url) as session:
         sync_from_config(session, config)

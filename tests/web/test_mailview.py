@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.store.content import FileMessages
 from app.web import mailview
 from app.web.mailview import shown_message
 
 
 def shown(tmp_path: Path, content: bytes) -> mailview.ShownMessage:
-    path = tmp_path / "message"
-    path.write_bytes(content)
-    return shown_message(path)
+    (tmp_path / "message").write_bytes(content)
+    return shown_message(FileMessages(tmp_path), "message")
 
 
 def test_headers_are_unfolded_and_decoded(tmp_path: Path) -> None:

@@ -101,8 +101,14 @@ MESSAGES: list[tuple[str, str, str, bytes, dict[str, Any], str | None]] = [
 
 
 @pytest.fixture
-def web_config(tmp_path: Path, dns: DNSTestServer) -> Config:
-    return write_web_config(tmp_path / "config", dns.port, {"admin": PASSWORD, "bob": BOB_PASSWORD})
+def web_config(request: pytest.FixtureRequest, tmp_path: Path, dns: DNSTestServer) -> Config:
+    """A test that takes `content_backend` runs with message content there (`[storage] content`)."""
+    asked = request.fixturenames
+    backend = request.getfixturevalue("content_backend") if "content_backend" in asked else "files"
+    extra = f'\n[storage]\ncontent = "{backend}"\n'
+    return write_web_config(
+        tmp_path / "config", dns.port, {"admin": PASSWORD, "bob": BOB_PASSWORD}, extra=extra
+    )
 
 
 @pytest.fixture
@@ -110,7 +116,7 @@ async def stored(web_config: Config) -> dict[str, int]:
     """MESSAGES stored by the real store; their row ids by key."""
     with session_scope(web_config.resolved_database_url) as session:
         sync_from_config(session, web_config)
-    store = MessageStore(web_config.data_dir, web_config.resolved_database_url)
+    store = MessageStore.of(web_config)
     try:
         file_ids = {}
         for key, account, box, content, columns, destined in MESSAGES:
@@ -247,14 +253,16 @@ def test_forms_need_the_sessions_csrf_token(
     assert message_row(web_config, stored["reject"])["mailbox"] == "Inbox"
 
 
+@pytest.mark.parametrize("content_backend", ["files", "database"])
 def test_an_account_cannot_see_or_change_anothers_mail(
-    client: TestClient, web_config: Config, stored: dict[str, int]
+    client: TestClient, web_config: Config, stored: dict[str, int], content_backend: str
 ) -> None:
     log_in(client, "bob", BOB_PASSWORD)
     token = form_token(client, "/mail")
     admins = stored["admins"]
     own = client.get(f"/message/{stored['reject']}")
     assert own.status_code == 200 and "dmarc=pass header.from=example.net" in own.text
+    assert "cannot be read" not in own.text
     page = client.get(f"/message/{admins}")
     assert page.status_code == 404 and "For the admin only" not in page.text
     assert page.text == client.get("/message/999999").text, "as if there were no such message"
