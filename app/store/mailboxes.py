@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import affected_rows, insert_once, session_scope
 from app.models import Mailbox, MailboxSubscription, Message
 from app.models.base import utcnow
+from app.models.store import RESCUED
 from app.store.signals import SignalState, copy_signals, resync_signals
 
 if TYPE_CHECKING:
@@ -265,19 +266,21 @@ def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, res
     key = next((k for k in ("message_id", "content_hash") if columns.get(k)), None)
     if key is None:
         return False
-    found = session.scalar(_holding_query(key, rescued), {"b_mailbox": mailbox_id, "b_key": columns[key]})
-    return found is not None
+    values = {"b_mailbox": mailbox_id, "b_key": columns[key]}
+    return session.connection().execute(holding_query(key, rescued), values).first() is not None
 
 
 @cache
-def _holding_query(key: str, rescued: bool) -> Select[Any]:
+def holding_query(key: str, rescued: bool) -> Select[Any]:
     """holds_message's statement, built once (its values bound at execution): the store asks it for
-    every message it commits, and building it cost more than SQLite's own work."""
-    query = select(Message.id).where(
-        Message.mailbox_id == bindparam("b_mailbox"), getattr(Message, key) == bindparam("b_key")
+    every message it commits, and building it cost more than SQLite's own work. (Tests check its
+    query plan.)"""
+    table = Message.__table__.c
+    query = select(table.id).where(
+        table.mailbox_id == bindparam("b_mailbox"), table[key] == bindparam("b_key")
     )
-    if rescued:
-        query = query.where(Message.mailbox_destined_id.is_not(None), Message.is_reject.is_(False))
+    if rescued:  # the partial index of rescued messages: see RESCUED
+        query = query.where(RESCUED)
     return query.limit(1)
 
 
@@ -369,14 +372,21 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
 def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, int] | None:
     """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
     reads (SPEC R3.4); None before the first message made it."""
+    found = session.connection().execute(_destination_query(), {"b_account": account, "b_mailbox": mailbox})
+    row = found.first()
+    return None if row is None else (row[0], row[1])
+
+
+@cache
+def _destination_query() -> Select[Any]:
+    """destination_ids's statement, built once (values bound at execution): asked for every message."""
     # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
     from app.accounts import account_id_subquery
 
-    query = select(Mailbox.account_id, Mailbox.id).where(
-        Mailbox.account_id == account_id_subquery(account), Mailbox.name == mailbox
+    table = Mailbox.__table__.c
+    return select(table.account_id, table.id).where(
+        table.account_id == account_id_subquery(bindparam("b_account")), table.name == bindparam("b_mailbox")
     )
-    found = session.execute(query).first()
-    return None if found is None else (found[0], found[1])
 
 
 def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:
