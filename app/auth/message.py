@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from email import errors as email_errors
 from email import policy
 from email.header import decode_header, make_header
+from functools import lru_cache
 
 import idna
 
@@ -117,7 +118,10 @@ def author(message: bytes, fields: HeaderFields | None = None) -> Author:
     return _author_from_value(values[0])
 
 
+@lru_cache(maxsize=4096)
 def _author_from_value(value: str) -> Author:
+    """Cached per field value: the stdlib parser costs a good part of a millisecond, and mail from
+    one sender repeats its From field (a sender varying it only misses the cache)."""
     if len(value) > MAX_FROM_LENGTH:
         return Author(problem="From header field is too long")
     try:
