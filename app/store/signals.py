@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text, union_all, update
@@ -29,14 +29,21 @@ FORWARDER_KINDS = frozenset({"ip1", "ip2", "ip3", "ehlo", "spf"})
 
 def ip_networks(ip: str) -> list[str]:
     """The sending IP masked three ways, as network text ("192.0.2.0/26"); [] for no valid IP."""
+    return list(_ip_networks(ip))
+
+
+@lru_cache(maxsize=4096)
+def _ip_networks(ip: str) -> tuple[str, ...]:
+    """Cached per address: reputation and the store ask for every message, and a sender's mail
+    comes from a few addresses (the ipaddress module parses in Python)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
-        return []
+        return ()
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     prefixes = IP_PREFIXES[address.version]
-    return [str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes]
+    return tuple(str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes)
 
 
 def signals_of(columns: Mapping[str, Any], *, forwarded: bool = False) -> list[tuple[str, str]]:
