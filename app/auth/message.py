@@ -118,12 +118,16 @@ def author(message: bytes, fields: HeaderFields | None = None) -> Author:
     return _author_from_value(values[0])
 
 
-@lru_cache(maxsize=4096)
 def _author_from_value(value: str) -> Author:
-    """Cached per field value: the stdlib parser costs a good part of a millisecond, and mail from
-    one sender repeats its From field (a sender varying it only misses the cache)."""
     if len(value) > MAX_FROM_LENGTH:
         return Author(problem="From header field is too long")
+    return _parsed_author(value)
+
+
+@lru_cache(maxsize=4096)  # of values up to MAX_FROM_LENGTH: 8 Mi characters at the most
+def _parsed_author(value: str) -> Author:
+    """Cached per field value: the stdlib parser costs a good part of a millisecond, and mail from
+    one sender repeats its From field (a sender varying it only misses the cache)."""
     try:
         header = policy.default.header_factory("from", value)
         addresses = header.addresses
