@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import ScalarSelect, select
+from sqlalchemy import BindParameter, ScalarSelect, select
 from sqlalchemy.orm import Session
 
 from app.address import normalize_address
@@ -112,9 +112,10 @@ def find_account(session: Session, name: str) -> Account | None:
     return session.scalar(select(Account).where(Account.name == name))
 
 
-def account_id_subquery(name: str) -> ScalarSelect[int]:
-    """The id of the account with this name, as a subquery: the owners of other tables look a row up
-    by account name in one statement (the inbound path does, for every message)."""
+def account_id_subquery(name: str | BindParameter[str]) -> ScalarSelect[int]:
+    """The id of the account with this name (or the name bound at execution), as a subquery: the
+    owners of other tables look a row up by account name in one statement (the inbound path does,
+    for every message)."""
     return select(Account.id).where(Account.name == name).scalar_subquery()
 
 

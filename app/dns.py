@@ -16,9 +16,12 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+
+CACHE_SIZE = 50_000  # answers kept
 
 
 class DNSError(Exception):
@@ -50,6 +53,15 @@ class MX:
     host: str
 
 
+@dataclass(frozen=True)
+class _Known:
+    """An Answer built from dnspython's answer `source`, cached under `key` in its cache."""
+
+    key: tuple[Any, Any, Any]
+    source: dns.resolver.Answer
+    answer: Answer
+
+
 def _txt_string(rdata: Any) -> str:
     # A TXT record is a sequence of character-strings that together form one value (RFC 7208 3.3).
     return b"".join(rdata.strings).decode("utf-8", errors="replace")
@@ -75,16 +87,29 @@ class Resolver:
         # EDNS with the DO bit so a validating resolver reports authenticity (AD) to us.
         resolver.use_edns(0, dns.flags.DO, 1232)
         if cache:
-            resolver.cache = dns.resolver.LRUCache(50_000)
+            resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
         self._resolver = resolver
+        # Our Answers of what dnspython's cache holds, by the (name, type) asked. A hit is served
+        # while dnspython's cache still holds the very answer it was built from (so its expiry,
+        # flushes and statistics rule), without dnspython's resolution steps, which cost more than
+        # the rest of a cached lookup (the inbound path asks several per message).
+        self._known: dict[tuple[str, str], _Known] = {}
         self.trust_dnssec = trust_dnssec
         self.timeout = timeout
 
     async def query(self, name: str, rdtype: str) -> Answer:
+        known = self._known.get((name, rdtype))
+        cache = self._resolver.cache
+        if known is not None and cache is not None and cache.get(known.key) is known.source:
+            return known.answer
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as e:
-            return Answer(nxdomain=True, authentic=self._authentic(e.response(e.qnames()[0])))
+            qname = e.qnames()[0]
+            result = Answer(nxdomain=True, authentic=self._authentic(e.response(qname)))
+            if isinstance(cache, dns.resolver.LRUCache):  # dnspython caches a name's NXDOMAIN as its ANY
+                self._remember_nxdomain(name, rdtype, cache, qname, result)
+            return result
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as e:
             raise DNSTemporaryError(f"{rdtype} {name}: {e}") from None
         except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel) as e:
@@ -93,7 +118,26 @@ class Resolver:
             raise DNSTemporaryError(f"{rdtype} {name}: {e}") from None
         authentic = self._authentic(answer.response)
         records = list(answer.rrset) if answer.rrset is not None else []
-        return Answer(records=records, authentic=authentic)
+        result = Answer(records=records, authentic=authentic)
+        if cache is not None:
+            self._remember(name, rdtype, answer, result)
+        return result
+
+    def _remember(self, name: str, rdtype: str, source: dns.resolver.Answer, answer: Answer) -> None:
+        self._keep(name, rdtype, _Known((source.qname, source.rdtype, source.rdclass), source, answer))
+
+    def _remember_nxdomain(
+        self, name: str, rdtype: str, cache: dns.resolver.LRUCache, qname: dns.name.Name, answer: Answer
+    ) -> None:
+        key = (qname, dns.rdatatype.ANY, dns.rdataclass.IN)
+        node = cache.data.get(key)  # read as it is: a get() would count a cache hit
+        if node is not None:
+            self._keep(name, rdtype, _Known(key, node.value, answer))
+
+    def _keep(self, name: str, rdtype: str, known: _Known) -> None:
+        if len(self._known) >= CACHE_SIZE:
+            self._known.clear()  # dnspython's cache evicts by use; ours starts over (it refills on hits)
+        self._known[(name, rdtype)] = known
 
     def _authentic(self, response: dns.message.Message | None) -> bool:
         return bool(self.trust_dnssec and response is not None and response.flags & dns.flags.AD)

@@ -53,3 +53,23 @@ async def test_large_answer_falls_back_to_tcp(dns: DNSTestServer, resolver: Reso
     dns.txt("big.example.org", *values)
     answer = await resolver.txt("big.example.org")
     assert sorted(answer.records) == sorted(values)
+
+
+async def test_cached_answers_follow_dnspythons_cache(dns: DNSTestServer) -> None:
+    """A repeated lookup is answered from the cache, a missing name too, until dnspython's cache lets
+    the answer go (here: flushed); then the server is asked again."""
+    resolver = Resolver(nameservers=["127.0.0.1"], port=dns.port, timeout=1.0)
+    dns.txt("a.example", "first")
+    assert (await resolver.txt("a.example")).records == ["first"]
+    assert (await resolver.txt("nothing.example")).nxdomain
+    dns.clear()
+    dns.txt("a.example", "second")
+    dns.txt("nothing.example", "now here")
+    asked = len(dns.queries)
+    assert (await resolver.txt("a.example")).records == ["first"]
+    assert (await resolver.txt("nothing.example")).nxdomain
+    assert len(dns.queries) == asked
+    resolver._resolver.cache.flush()  # type: ignore[union-attr]
+    assert (await resolver.txt("a.example")).records == ["second"]
+    assert (await resolver.txt("nothing.example")).records == ["now here"]
+    assert len(dns.queries) == asked + 2

@@ -2,8 +2,11 @@
 
 Verification drives dkimpy per signature so each one gets its own result: the keys of all signatures are
 looked up concurrently through app/dns.py (the resolver's `dkim_txt`, as for dkimpy's async support),
-then every signature is checked by dkimpy's canonicalization and crypto code. Key records are judged
-here, so a missing, revoked or unsuitable key is a permerror with a reason instead of a bare False.
+then every signature is checked: dkimpy parses the message and the signature and canonicalizes and
+hashes what it signs (verify_sig_process's steps, in _signature_valid), and OpenSSL (through
+`cryptography`) checks the signature itself, where dkimpy's RSA is pure Python (about 1 ms a
+signature). Key records are judged here, so a missing, revoked or unsuitable key is a permerror with
+a reason instead of a bare False.
 
 Signing builds the field dkimpy's signer would, byte for byte, but signs through OpenSSL (below).
 """
@@ -22,10 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+    correct_empty_body,
+    strip_trailing_lines,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from app.auth.dkimkeys import DKIMAlgorithm, DKIMKeyError, SigningKey, load_private_key
@@ -48,7 +58,13 @@ _PARSE_ERRORS = (dkim.DKIMException, InvalidTagValueList, IndexError, ValueError
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _HEADER_LINE = re.compile(rb"\r?\n")
 
+# RSASSA-PKCS1-v1_5 with SHA-256 needs a modulus of at least this many octets (RFC 8017 9.2: the
+# 51-octet DigestInfo and 11 more); dkimpy calls a smaller key's digest "too large for the modulus".
+_MIN_RSA_OCTETS = 62
+
 _log = logging.getLogger(__name__)
+
+VerifyingKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
 class DKIMSigningError(Exception):
@@ -111,9 +127,8 @@ class _Key:
 
     services: tuple[str, ...]
     problem: str = ""  # why the key cannot verify the signature (a permerror)
-    pk: object = None
+    pk: VerifyingKey | None = None
     keysize: int = 0
-    ktag: bytes = b""
 
 
 async def verify_all(resolver: Resolver, message: bytes) -> list[DKIMResult]:
@@ -205,18 +220,21 @@ def _judge_key(name: str, record: bytes, signature: _Signature) -> _Key:
     # "email:tlsrpt" (RFC 6376 3.6.1 allows one): the services are judged above, so it gets none.
     without_services = b";".join(k + b"=" + v for k, v in tags.items() if k != b"s")
     try:
-        pk, keysize, ktag = _public_key(name.encode(), without_services)
+        pk, keysize = _public_key(name.encode(), without_services)
     except _PARSE_ERRORS as e:
         return key(f"key record is invalid: {_text(e)}")
-    return key(pk=pk, keysize=keysize, ktag=ktag)
+    return key(pk=pk, keysize=keysize)
 
 
 @functools.lru_cache(maxsize=1024)
-def _public_key(name: bytes, record: bytes) -> tuple[object, int, bytes]:
-    """dkimpy's key from a record, cached per record text: it decodes the key's ASN.1 in pure Python,
-    and a busy sender's mail all names the same few keys (verification only reads the key)."""
+def _public_key(name: bytes, record: bytes) -> tuple[VerifyingKey, int]:
+    """The key of a record as dkimpy reads it (and its size in bits), as an OpenSSL key; cached per
+    record text: dkimpy decodes the key's ASN.1 in pure Python, and a busy sender's mail all names
+    the same few keys."""
     pk, keysize, ktag, _ = dkim.evaluate_pk(name, record)
-    return pk, keysize, ktag
+    if ktag == b"ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(bytes(pk)), keysize
+    return rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key(), keysize
 
 
 def _verify(verifier: dkim.DKIM, signature: _Signature, record: bytes | DNSError | None) -> DKIMResult:
@@ -225,15 +243,11 @@ def _verify(verifier: dkim.DKIM, signature: _Signature, record: bytes | DNSError
     if isinstance(record, DNSError) or record is None:
         return signature.result("permerror", f"no key record at {signature.key_name}")
     key = _judge_key(signature.key_name, record, signature)
-    if key.problem:
+    if key.problem or key.pk is None:
         return signature.result("permerror", key.problem, key.services)
-    verifier.pk, verifier.keysize, verifier.ktag = key.pk, key.keysize, key.ktag
-    verifier.seqtlsrpt = False  # the service type is judged below, not by dkimpy
     try:
-        valid = verifier.verify_sig_process(
-            signature.tags, list(signature.include_headers), signature.header, None
-        )
-    except dkim.ValidationError as e:  # the only one verify_sig_process raises is a body hash mismatch
+        valid = _signature_valid(verifier, signature, key.pk, key.keysize)
+    except dkim.ValidationError as e:  # the only one _signature_valid raises is a body hash mismatch
         return signature.result("fail", _text(e), key.services)
     except _PARSE_ERRORS as e:
         return signature.result("permerror", _text(e), key.services)
@@ -243,6 +257,60 @@ def _verify(verifier: dkim.DKIM, signature: _Signature, record: bytes | DNSError
         # RFC 6376 3.6.1: a key not for email must not verify mail; a TLS report (RFC 8460) may use it.
         return signature.result("policy", f"key is for {':'.join(key.services)}, not email", key.services)
     return signature.result("pass", services=key.services)
+
+
+def _signature_valid(verifier: dkim.DKIM, signature: _Signature, pk: VerifyingKey, keysize: int) -> bool:
+    """dkimpy's verify_sig_process, step by step (its tests for TLS reports left out: the key's
+    service type is judged in _verify), with the relaxed body shortcut of signing and the signature
+    checked by OpenSSL. Raises dkim.ValidationError for a body hash mismatch, dkimpy's other errors
+    for what makes the signature unusable (a permerror)."""
+    tags = signature.tags
+    try:
+        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+    except InvalidCanonicalizationPolicyError as e:
+        raise dkim.MessageFormatError(f"invalid c= value: {e.args[0]}") from None
+    body = _canonical_body(policy, verifier.body)
+    if b"l" in tags:
+        body = body[: int(tags[b"l"])]
+    bodyhash = hashlib.sha256(body).digest()
+    if bodyhash != base64.b64decode(_no_space(tags[b"bh"])):
+        got = base64.b64encode(bodyhash)
+        raise dkim.ValidationError(f"body hash mismatch (got {got!r}, expected {tags[b'bh']!r})")
+    include = list(signature.include_headers)
+    if b"from" in include:  # dkimpy's fix for its bug 644046: a From field added above breaks it
+        include.append(b"from")
+    # Only the fields the signature names are canonicalized: the others are not hashed.
+    named = set(include)
+    headers = policy.canonicalize_headers([h for h in verifier.headers if h[0].lower() in named])
+    hasher = hashlib.sha256()
+    dkim.hash_headers(hasher, policy, headers, include, signature.header, tags)
+    return _verified(pk, keysize, base64.b64decode(_no_space(tags[b"b"])), hasher.digest())
+
+
+def _verified(pk: VerifyingKey, keysize: int, signature: bytes, digest: bytes) -> bool:
+    """Whether `signature` signs the SHA-256 header hash `digest` (RSASSA-PKCS1-v1_5, or Ed25519 of
+    the hash itself, RFC 8463 3). A valid signature by an RSA key below MIN_RSA_BITS, or by one too
+    small for the hash at all, is a permerror (RFC 8301 3.2), as dkimpy has it."""
+    if isinstance(pk, ed25519.Ed25519PublicKey):
+        try:
+            pk.verify(signature, digest)
+        except InvalidSignature:
+            return False
+        return True
+    if (pk.key_size + 7) // 8 < _MIN_RSA_OCTETS:
+        raise dkim.KeyFormatError("digest too large for modulus")
+    try:
+        pk.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    if keysize < MIN_RSA_BITS:
+        raise dkim.KeyFormatError(f"public key too small: {keysize}")
+    return True
+
+
+def _no_space(value: bytes) -> bytes:
+    """A tag value without the white space folding may have put in it (base64 tags: b=, bh=)."""
+    return re.sub(rb"\s+", b"", value)
 
 
 def _text(value: object) -> str:

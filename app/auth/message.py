@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from email import errors as email_errors
 from email import policy
 from email.header import decode_header, make_header
+from functools import lru_cache
 
 import idna
 
@@ -120,6 +121,13 @@ def author(message: bytes, fields: HeaderFields | None = None) -> Author:
 def _author_from_value(value: str) -> Author:
     if len(value) > MAX_FROM_LENGTH:
         return Author(problem="From header field is too long")
+    return _parsed_author(value)
+
+
+@lru_cache(maxsize=4096)  # of values up to MAX_FROM_LENGTH: 8 Mi characters at the most
+def _parsed_author(value: str) -> Author:
+    """Cached per field value: the stdlib parser costs a good part of a millisecond, and mail from
+    one sender repeats its From field (a sender varying it only misses the cache)."""
     try:
         header = policy.default.header_factory("from", value)
         addresses = header.addresses

@@ -15,9 +15,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.address import address_domain, normalize_address
@@ -358,15 +359,23 @@ def has_sent_to(
     """Whether the account sent mail to this address, or to any address in this domain or
     organisational domain (give one or more: whether any of them); each one lookup of a unique or
     plain index on (account_id, address | domain | org_domain)."""
-    table = SentRecipient.__table__.c
-    matches = []
-    if address:
-        matches.append(table.address == normalize_address(address))
-    if domain:
-        matches.append(table.domain == domain.lower())
-    if org_domain:
-        matches.append(table.org_domain == org_domain.lower())
-    if not matches:
+    values = {
+        "address": normalize_address(address) if address else "",
+        "domain": domain.lower(),
+        "org_domain": org_domain.lower(),
+    }
+    given = tuple(column for column, value in values.items() if value)
+    if not given:
         return False
-    query = select(table.id).where(table.account_id == account_id, or_(*matches)).limit(1)
-    return session.scalar(query) is not None
+    bound = {f"b_{column}": values[column] for column in given}
+    found = session.connection().execute(_sent_to_query(given), {"b_account": account_id, **bound})
+    return found.first() is not None
+
+
+@cache
+def _sent_to_query(columns: tuple[str, ...]) -> Select[Any]:
+    """has_sent_to's statement for these columns, built once (values bound at execution): inbound
+    reputation asks it for most messages."""
+    table = SentRecipient.__table__.c
+    matches = [table[column] == bindparam(f"b_{column}") for column in columns]
+    return select(table.id).where(table.account_id == bindparam("b_account"), or_(*matches)).limit(1)

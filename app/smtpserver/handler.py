@@ -16,6 +16,7 @@ strict check of app/address.py before it is stored, logged or queued.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -162,6 +163,11 @@ class BaseHandler:
             **account,
         )
         log.info("%s transaction", self.kind, extra=transaction)
+
+
+# aiosmtpd's SMTP.__init__ inspects the EHLO hook's signature for every connection (to tell its old
+# 4-argument form): computed here once, inspect.signature returns it at once.
+BaseHandler.handle_EHLO.__signature__ = inspect.signature(BaseHandler.handle_EHLO)  # type: ignore[attr-defined]
 
 
 def ehlo_reply(server: PostwardenSMTP, hostname: str, offer_auth: bool) -> list[str]:

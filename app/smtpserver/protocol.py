@@ -124,6 +124,7 @@ class PostwardenSMTP(SMTP):
             timeout=limits.idle_timeout,
             auth_required=submission,
             auth_require_tls=submission,
+            loop=asyncio.get_running_loop(),  # else aiosmtpd looks it up through get_event_loop()
         )
         self.limits = limits
         self.gate = gate  # None: no caps (a session that is not served by SMTPService)

@@ -43,6 +43,7 @@ CELLS = 65536  # per worker; 48 octets each
 WINDOWS = (("minute", 60), ("day", 86400))  # POSIX time has 86400 s a day: day numbers are UTC days
 CELL_FIELDS = 3 * len(WINDOWS)  # per window: its number, messages, octets
 TOO_FAST = "452 4.3.2 Rate limit reached for your address range ({range}): {limit}; try again later"
+KNOWN_KEYS = 4096  # client addresses whose range keys a limiter keeps (then it starts over)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class RateLimiter:
         self.counts = counts
         self.clock = clock
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in limits.exempt_networks]
+        self._known_keys: dict[str, list[tuple[Range, bytes]]] = {}  # _keys's, by client address
         self.limits = {r: window_limits(getattr(limits, r.setting)) for r in RANGES}
 
     def refusal(self, ip: str, size: int = 0) -> str | None:
@@ -153,7 +155,15 @@ class RateLimiter:
 
     def _keys(self, ip: str) -> list[tuple[Range, bytes]]:
         """The ranges of a client address with their keys; none for an exempt address or a peer that
-        is not an IP address (a Unix socket)."""
+        is not an IP address (a Unix socket). Kept per address: asked three times per message."""
+        keys = self._known_keys.get(ip)
+        if keys is None:
+            if len(self._known_keys) >= KNOWN_KEYS:
+                self._known_keys.clear()
+            keys = self._known_keys[ip] = self._ranges_of(ip)
+        return keys
+
+    def _ranges_of(self, ip: str) -> list[tuple[Range, bytes]]:
         address = client_address(ip)
         if address is None:
             return []

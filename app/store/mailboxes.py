@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import affected_rows, insert_once, session_scope
 from app.models import Mailbox, MailboxSubscription, Message
 from app.models.base import utcnow
+from app.models.store import RESCUED
 from app.store.content import StoredContent, stored_content
 from app.store.signals import SignalState, copy_signals, resync_signals
 
@@ -205,8 +206,21 @@ def add_messages(session: Session, rows: list[MessageRow]) -> list[int]:
     if not rows:
         return []
     rows = with_uids(session, rows)
-    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-    return list(session.scalars(statement, rows))
+    # Core INSERTs on the session's connection (the ORM's bulk insert cost more than SQLite's work),
+    # one per set of columns given: an executemany binds the same columns for every row.
+    ids: list[int] = [0] * len(rows)
+    alike: dict[frozenset[str], list[int]] = {}
+    for index, row in enumerate(rows):
+        alike.setdefault(frozenset(row), []).append(index)
+    connection = session.connection()
+    for indexes in alike.values():
+        found = connection.execute(_INSERT_MESSAGES, [rows[i] for i in indexes]).scalars()
+        for index, row_id in zip(indexes, found, strict=True):
+            ids[index] = row_id
+    return ids
+
+
+_INSERT_MESSAGES = insert(Message.__table__).returning(Message.__table__.c.id, sort_by_parameter_order=True)
 
 
 def with_uids(session: Session, rows: list[MessageRow]) -> list[MessageRow]:
@@ -240,19 +254,27 @@ def claim(session: Session, counts: dict[int, int]) -> dict[int, Claimed]:
     never sees a UID appear below one it has seen (RFC 9051 2.3.1.1), nor a change committed with a
     modification sequence below one it has already read (SPEC R8.3)."""
     claimed = {}
-    returned: list[Any] = [Mailbox.uidnext, Mailbox.highestmodseq]
-    if session.get_bind().dialect.name == "postgresql":  # in the same statement: no extra round trip
-        returned.append(func.pg_notify(CHANGE_CHANNEL, cast(Mailbox.id, String)))
+    connection = session.connection()
+    statement = _claim_statement(connection.dialect.name == "postgresql")
     for mailbox_id, count in sorted(counts.items()):
-        statement = (
-            update(Mailbox)
-            .where(Mailbox.id == mailbox_id)
-            .values(uidnext=Mailbox.uidnext + count, highestmodseq=Mailbox.highestmodseq + 1)
-            .returning(*returned)
-        )
-        uidnext, modseq = session.execute(statement, execution_options=_NO_SYNC).one()[:2]
+        uidnext, modseq = connection.execute(statement, {"b_id": mailbox_id, "b_count": count}).one()[:2]
         claimed[mailbox_id] = Claimed(int(uidnext) - count, int(modseq))
     return claimed
+
+
+@cache
+def _claim_statement(postgresql: bool) -> Any:
+    """claim's UPDATE, built once (values bound at execution): the store runs it in every commit."""
+    table = Mailbox.__table__.c
+    returned: list[Any] = [table.uidnext, table.highestmodseq]
+    if postgresql:  # in the same statement: no extra round trip
+        returned.append(func.pg_notify(CHANGE_CHANNEL, cast(table.id, String)))
+    return (
+        update(Mailbox.__table__)
+        .where(table.id == bindparam("b_id"))
+        .values(uidnext=table.uidnext + bindparam("b_count"), highestmodseq=table.highestmodseq + 1)
+        .returning(*returned)
+    )
 
 
 def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, rescued: bool = False) -> bool:
@@ -263,19 +285,21 @@ def holds_message(session: Session, mailbox_id: int, columns: MessageRow, *, res
     key = next((k for k in ("message_id", "content_hash") if columns.get(k)), None)
     if key is None:
         return False
-    found = session.scalar(_holding_query(key, rescued), {"b_mailbox": mailbox_id, "b_key": columns[key]})
-    return found is not None
+    values = {"b_mailbox": mailbox_id, "b_key": columns[key]}
+    return session.connection().execute(holding_query(key, rescued), values).first() is not None
 
 
 @cache
-def _holding_query(key: str, rescued: bool) -> Select[Any]:
+def holding_query(key: str, rescued: bool) -> Select[Any]:
     """holds_message's statement, built once (its values bound at execution): the store asks it for
-    every message it commits, and building it cost more than SQLite's own work."""
-    query = select(Message.id).where(
-        Message.mailbox_id == bindparam("b_mailbox"), getattr(Message, key) == bindparam("b_key")
+    every message it commits, and building it cost more than SQLite's own work. (Tests check its
+    query plan.)"""
+    table = Message.__table__.c
+    query = select(table.id).where(
+        table.mailbox_id == bindparam("b_mailbox"), table[key] == bindparam("b_key")
     )
-    if rescued:
-        query = query.where(Message.mailbox_destined_id.is_not(None), Message.is_reject.is_(False))
+    if rescued:  # the partial index of rescued messages: see RESCUED
+        query = query.where(RESCUED)
     return query.limit(1)
 
 
@@ -367,14 +391,21 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
 def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, int] | None:
     """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
     reads (SPEC R3.4); None before the first message made it."""
+    found = session.connection().execute(_destination_query(), {"b_account": account, "b_mailbox": mailbox})
+    row = found.first()
+    return None if row is None else (row[0], row[1])
+
+
+@cache
+def _destination_query() -> Select[Any]:
+    """destination_ids's statement, built once (values bound at execution): asked for every message."""
     # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
     from app.accounts import account_id_subquery
 
-    query = select(Mailbox.account_id, Mailbox.id).where(
-        Mailbox.account_id == account_id_subquery(account), Mailbox.name == mailbox
+    table = Mailbox.__table__.c
+    return select(table.account_id, table.id).where(
+        table.account_id == account_id_subquery(bindparam("b_account")), table.name == bindparam("b_mailbox")
     )
-    found = session.execute(query).first()
-    return None if found is None else (found[0], found[1])
 
 
 def from_addresses(session: Session, row_ids: Sequence[int]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text, union_all, update
@@ -30,11 +30,18 @@ FORWARDER_KINDS = frozenset({"ip1", "ip2", "ip3", "ehlo", "spf"})
 
 def ip_networks(ip: str) -> list[str]:
     """The sending IP masked three ways, as network text ("192.0.2.0/26"); [] for no valid IP."""
+    return list(_ip_networks(ip))
+
+
+@lru_cache(maxsize=4096)
+def _ip_networks(ip: str) -> tuple[str, ...]:
+    """Cached per address: reputation and the store ask for every message, and a sender's mail
+    comes from a few addresses (the ipaddress module parses in Python)."""
     address = client_address(ip)
     if address is None:
-        return []
+        return ()
     prefixes = IP_PREFIXES[address.version]
-    return [str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes]
+    return tuple(str(ipaddress.ip_network(f"{address}/{bits}", strict=False)) for bits in prefixes)
 
 
 def signals_of(columns: Mapping[str, Any], *, forwarded: bool = False) -> list[tuple[str, str]]:
@@ -74,8 +81,8 @@ def add_signals(session: Session, messages: Iterable[tuple[int, Mapping[str, Any
         for row_id, columns, forwarded in messages
         for kind, value in signals_of(columns, forwarded=forwarded)
     ]
-    if rows:
-        session.execute(insert(MessageSignal), rows)
+    if rows:  # a Core INSERT on the session's connection: the ORM's bulk insert costs more than SQLite
+        session.connection().execute(insert(_TABLE), rows)
 
 
 def resync_signals(session: Session, changes: Sequence[SignalState]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import authres
 import pytest
 
+from app.auth import message as message_module
 from app.auth.dkim import sign
 from app.auth.dkimkeys import DKIMAlgorithm, dns_txt_value, generate_private_key_pem
 from app.auth.evaluate import authenticate
@@ -190,6 +191,19 @@ async def test_no_single_author_domain_is_dmarc_permerror(
     outcome = await run(resolver, raw)
     assert (outcome.from_address, outcome.from_domain) == ("", "")
     assert (outcome.dmarc.status, outcome.dmarc.disposition) == ("permerror", "none")
+
+
+def test_authors_are_cached_per_from_value_but_not_over_long_ones() -> None:
+    """A sender's repeated From is parsed once; a From over the length limit, whose text a sender
+    chooses, is refused before the cache and never kept in it."""
+    value = b'"Cached" <cached-author@example.com>'
+    first = author(message(value))
+    hits = message_module._parsed_author.cache_info().hits
+    assert author(message(value)) == first
+    assert message_module._parsed_author.cache_info().hits == hits + 1
+    size = message_module._parsed_author.cache_info().currsize
+    assert "too long" in author(message(b"x" * 100_000 + b"@example.com")).problem
+    assert message_module._parsed_author.cache_info().currsize == size
 
 
 def test_author_extraction() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,7 @@ from app.store.mailboxes import (
     file_id_stored,
     find_message,
     has_accepted_mail_from,
+    holding_query,
     holds_message,
     mailbox_id,
     mailbox_names,
@@ -188,13 +190,48 @@ def test_holds_message_and_file_id_stored(url: str) -> None:
         assert file_id_stored(session, "h1") and not file_id_stored(session, "h2")
 
 
+def test_a_rescued_message_is_found_among_many_copies_with_its_message_id(url: str) -> None:
+    """The retry check looks among rescued messages only: copies that were never rejects (a sender
+    may put one Message-ID on all its mail) are not read one by one to find none rescued."""
+    with session_scope(url) as session:
+        for n in range(20):
+            store(session, "alice", "Inbox", f"c{n}", message_id="<same@x>", content_hash=f"{n:02x}")
+        alice = ensure_account(session, "alice").id
+        inbox = ensure_mailbox(session, alice, "Inbox")
+        assert holds_message(session, inbox, {"message_id": "<same@x>"})  # the reject check: any copy
+        assert not holds_message(session, inbox, {"message_id": "<same@x>"}, rescued=True)
+        rescued = store(session, "alice", "Inbox", "r1", destined="Inbox", message_id="<same@x>")
+        store(session, "alice", "Inbox", "r2", destined="Inbox", content_hash="ff", is_reject=True)
+        assert holds_message(session, inbox, {"message_id": "<same@x>"}, rescued=True)
+        assert not holds_message(session, inbox, {"content_hash": "ff"}, rescued=True)  # still a reject
+        session.execute(update(Message).where(Message.id == rescued).values(message_id="<other@x>"))
+        assert not holds_message(session, inbox, {"message_id": "<same@x>"}, rescued=True)
+
+
+@pytest.mark.parametrize("key", ["message_id", "content_hash"])
+def test_the_rescued_lookup_searches_the_partial_index(sqlite_url: str, key: str) -> None:
+    with session_scope(sqlite_url) as session:
+        compiled = holding_query(key, rescued=True).compile(session.get_bind())
+        params = (1, "<x@y>", 1, 0)  # mailbox, key, LIMIT, OFFSET
+        plan = session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+    assert [row[-1] for row in plan] == [
+        f"SEARCH messages USING INDEX ix_messages_rescued_{key} (mailbox_id=? AND {key}=?)"
+    ]
+
+
 def test_add_messages_returns_the_new_row_ids_in_order(url: str) -> None:
     with session_scope(url) as session:
         alice = ensure_account(session, "alice").id
         inbox = ensure_mailbox(session, alice, "Inbox")
         rows = [
-            new_message_row({}, account_id=alice, mailbox_id=inbox, destined_mailbox_id=None,
-                            path=f"messages/20260101/o{n}", size=1)
+            new_message_row(
+                {},
+                account_id=alice,
+                mailbox_id=inbox,
+                destined_mailbox_id=None,
+                path=f"messages/20260101/o{n}",
+                size=1,
+            )
             for n in range(3)
         ]
         ids = add_messages(session, rows)
