@@ -23,10 +23,11 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -75,6 +76,7 @@ RECOVERY_SLICE = 100_000  # ids per delete when finishing a dead run's deletions
 SKIPPED = "dmarc report address skipped policy_domain=%s address=%s reason=%s"
 
 C = DMARCReportClaim
+T = TypeVar("T")
 
 
 @dataclass
@@ -168,7 +170,6 @@ class _Run:
 
     async def run(self, spacing: timedelta | None) -> RunSummary:
         self.summary.deleted += finish_deletions(self.sessions)  # of a run that died before its end
-        self.purge()
         if self.sender.signing_domain is None or not self.sender.selectors:
             log.warning(
                 "dmarc reports go out unsigned: no configured domain with DKIM selectors is %s or a parent",
@@ -176,19 +177,19 @@ class _Run:
             )
         self.max_id = settled_max_id(self.sessions)
         with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
-            # The database merges and sorts the rows (in a thread, see `outcomes`) while the domains
-            # are listed and their DNS lookups run.
+            # The database merges and sorts the rows (in a thread, see `outcomes`) while the old
+            # evaluations are purged (the merge leaves them out: its result is the same either way)
+            # and the domains are listed and their DNS lookups run.
             pending = chunks(self.reportable(reader), CHUNK)
-            first = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+            first = started_in_thread(None, next, pending, [])
+            self.purge()
             self.start_lookups(spacing)
             committing: list[asyncio.Future[None]] = []
             async for outcomes in self.outcomes(pending, first):
                 if len(committing) >= 2:  # bounded: at most two batches of built reports in memory
                     await committing.pop(0)
-                # One writer thread commits batch after batch while the next is built; it logs
-                # with the run's cid, so the context goes along.
-                call = functools.partial(contextvars.copy_context().run, self.commit, outcomes)
-                committing.append(asyncio.get_running_loop().run_in_executor(writer, call))
+                # One writer thread commits batch after batch while the next is built.
+                committing.append(started_in_thread(writer, self.commit, outcomes))
             await asyncio.gather(*committing)
         for unused in self.plans.values():  # domains whose evaluations went meanwhile
             unused.cancel()
@@ -234,7 +235,7 @@ class _Run:
         """
         try:
             while chunk := await fetch:
-                fetch = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+                fetch = started_in_thread(None, next, pending, [])
                 yield [outcome for outcome in await self.decided(chunk) if outcome is not None]
         finally:
             await asyncio.wait([fetch])  # the reader's session closes after us: let its read end
@@ -402,6 +403,15 @@ class _Run:
             due=f"{outcome.due:%H:%M:%S}",
         )
         log.info("dmarc report queued", extra=queued)
+
+
+def started_in_thread(
+    executor: ThreadPoolExecutor | None, function: Callable[..., T], *args: object
+) -> asyncio.Future[T]:
+    """`function(*args)` started in `executor` (None: the loop's default) now, not when the event loop
+    next runs as with asyncio.to_thread; it logs with the caller's context (the run's cid)."""
+    call = functools.partial(contextvars.copy_context().run, function, *args)
+    return asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]:
