@@ -40,6 +40,7 @@ from app.config import Config
 from app.db import session_factory, upsert_insert
 from app.dmarcreports.evaluations import (
     Ended,
+    Span,
     delete_id_slice,
     delete_reported,
     drop_all,
@@ -100,13 +101,10 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class DomainRows:
-    """One policy domain's merged report rows, with what the report header needs."""
+    """One policy domain's merged report rows."""
 
     policy_domain: str
     rows: list[Row]
-    begin: datetime  # the earliest interval start
-    end: datetime  # the latest interval end (exclusive)
-    required: int  # non-optional evaluations: none means no report (R2.1)
 
 
 @dataclass(frozen=True)
@@ -162,6 +160,7 @@ class _Run:
         self.suppressed: set[str] = set()
         self.planned_reports = 0
         self.plans: dict[str, asyncio.Future[Plan]] = {}
+        self.spans: dict[str, Span] = {}  # of every domain with ended evaluations
         self.excluded: set[str] = set()  # domains of the run whose evaluations stay
 
     @property
@@ -210,15 +209,12 @@ class _Run:
             session.execute(mark_deleted(self.summary.cid))
             self.summary.deleted += delete_reported(session, self.ended(), self.excluded)
 
-    def domains(self, session: Session) -> list[str]:
-        """The policy domains with a non-optional evaluation to report (R2.1)."""
-        return report_domains(session, self.ended())
-
     def start_lookups(self, spacing: timedelta | None) -> None:
         """List the domains to report and start their DNS lookups; the reports' spacing follows."""
         with self.sessions() as session:
             self.suppressed = suppressed_addresses(session, "dmarc", self.now)
-            domains = self.domains(session)
+            self.spans = report_domains(session, self.ended())
+        domains = [domain for domain, span in self.spans.items() if span.required]  # R2.1
         self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
         log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
         lookups = asyncio.Semaphore(LOOKUPS)
@@ -241,12 +237,16 @@ class _Run:
             await asyncio.wait([fetch])  # the reader's session closes after us: let its read end
 
     async def decided(self, chunk: list[DomainRows]) -> list[Outcome | None]:
-        return [self.decide(rows, await self.planned(rows.policy_domain)) for rows in chunk]
-
-    def planned(self, domain: str) -> asyncio.Future[Plan]:
-        if domain not in self.plans:  # committed after the domains were listed
-            self.plans[domain] = asyncio.ensure_future(self.plan(domain, asyncio.Semaphore(1)))
-        return self.plans.pop(domain)
+        decided: list[Outcome | None] = []
+        for domain_rows in chunk:
+            domain = domain_rows.policy_domain
+            span = self.spans.get(domain)
+            # Optional evaluations only (R2.1); or gone from the listing: another run reported them.
+            if span is None or not span.required:
+                self.excluded.add(domain)
+                continue
+            decided.append(self.decide(domain_rows, span, await self.plans.pop(domain)))
+        return decided
 
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
@@ -260,21 +260,10 @@ class _Run:
         return Ended(self.max_id, self.run_hour, self.cutoff)
 
     def reportable(self, session: Session) -> Iterator[DomainRows]:
-        """The ended evaluations merged into report rows, one domain at a time; optional-only skipped."""
+        """The ended evaluations merged into report rows, one domain at a time."""
         rows = report_row_groups(session, self.ended())
         for domain, grouped in itertools.groupby(rows, key=lambda r: r[0]):
-            groups = list(grouped)
-            domain_rows = DomainRows(
-                domain,
-                [Row(*g[4:]) for g in groups],
-                min(g[1] for g in groups),
-                max(g[2] for g in groups),
-                sum(g[3] for g in groups),
-            )
-            if domain_rows.required:
-                yield domain_rows
-            else:
-                self.excluded.add(domain)
+            yield DomainRows(domain, [Row(*g[1:]) for g in grouped])
 
     async def plan(self, domain: str, lookups: asyncio.Semaphore) -> Plan:
         async with lookups:
@@ -299,7 +288,7 @@ class _Run:
             return Plan(record, skipped=plan.skipped, discard="no usable report address")
         return plan
 
-    def decide(self, domain_rows: DomainRows, plan: Plan) -> Outcome | None:
+    def decide(self, domain_rows: DomainRows, span: Span, plan: Plan) -> Outcome | None:
         """What to do with a domain's evaluations, with its report built and signed; None: keep them."""
         domain = domain_rows.policy_domain
         for uri, reason in plan.skipped:
@@ -317,7 +306,9 @@ class _Run:
         report_id = f"{self.run_hour:%Y%m%d.%H}.{report_cid}"
         errors = [reason for _, reason in plan.skipped]
         policy = published_policy(domain, plan.record)
-        mail = build_report(domain_rows, policy, self.config.hostname, self.sender.address, report_id, errors)
+        mail = build_report(
+            domain_rows, span, policy, self.config.hostname, self.sender.address, report_id, errors
+        )
         try:
             message = report_message(mail, self.sender, addresses, self.now)
         except DKIMSigningError as e:  # e.g. an unreadable key file: the operator must act
@@ -484,10 +475,16 @@ def published_policy(domain: str, record: DMARCRecord) -> PolicyPublished:
 
 
 def build_report(
-    domain_rows: DomainRows, policy: PolicyPublished, host: str, email: str, report_id: str, errors: list[str]
+    domain_rows: DomainRows,
+    span: Span,
+    policy: PolicyPublished,
+    host: str,
+    email: str,
+    report_id: str,
+    errors: list[str],
 ) -> ReportMail:
     # The range ends at the last second of the latest interval (RFC 9990 date_range is inclusive).
-    begin, end = int(domain_rows.begin.timestamp()), int(domain_rows.end.timestamp()) - 1
+    begin, end = int(span.begin.timestamp()), int(span.end.timestamp()) - 1
     writer = ReportWriter(Metadata(host, email, report_id, begin, end, errors), policy)
     writer.add_all(domain_rows.rows)
     gzipped = writer.finish()
