@@ -19,11 +19,12 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.rcode
-import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+
+from app import dnswire
+from app.dnswire import TXTReply, question_name, read_txt_reply, txt_query
 
 
 class DNSError(Exception):
@@ -195,18 +196,18 @@ class _Datagrams(asyncio.DatagramProtocol):
 class BulkTXT:
     """Many TXT lookups at once over one UDP socket, for a batch job (`async with BulkTXT(resolver)`).
 
-    dnspython's resolver sets up a socket and an asyncio transport per query, and its resolution
-    machinery around it: for the 100,000 names of a daily TLS report run that was most of the run's
-    CPU. Here one connected socket (the kernel picks its port; a job opens one per batch of names)
-    carries the queries, each matched to its answer by a random 16-bit id not in flight and by the
-    question (dnspython's `is_response`). Only the plain outcomes are taken here: the name's TXT
-    records, none (NODATA) or NXDOMAIN. Anything else (no answer within `fast_timeout`, a truncated
-    answer, another rcode, a CNAME, no usable nameserver) goes to `Resolver.txt`, which retries,
-    uses TCP and follows CNAMEs as always: this path decides no case it does not understand.
+    dnspython's resolver sets up a socket and an asyncio transport per query, and builds and parses
+    each message as objects: for the 100,000 names of a daily TLS report run that was most of the
+    run's CPU. Here one connected socket (the kernel picks its port; a job opens one per batch of
+    names) carries the queries, written and read by app/dnswire.py, each answer matched to its query
+    by a random 16-bit id not in flight and by the question. Only the plain outcomes are taken here:
+    the name's TXT records, none (NODATA) or NXDOMAIN. Anything else (no answer within
+    `fast_timeout`, a truncated answer, another rcode, a CNAME, a name with escapes, no usable
+    nameserver) goes to `Resolver.txt`, which retries, uses TCP and follows CNAMEs as always: this
+    path decides no case it does not understand.
 
     Datagrams are hostile: one that is not a DNS message answering a query in flight is dropped, and
-    the query goes on waiting for its answer, as dnspython's `ignore_unexpected` does. A datagram
-    is at most 64 KiB and the TXT values are read from it as `Resolver.txt` reads them.
+    the query goes on waiting for its answer, as dnspython's `ignore_unexpected` does.
     """
 
     IN_FLIGHT = 512  # queries on the socket at once (ids in use)
@@ -214,7 +215,7 @@ class BulkTXT:
     def __init__(self, resolver: Resolver, fast_timeout: float = 2.0) -> None:
         self.resolver = resolver
         self.fast_timeout = fast_timeout  # seconds without an answer; then the resolver asks
-        self._pending: dict[int, tuple[dns.message.Message, asyncio.Future[dns.message.Message]]] = {}
+        self._pending: dict[int, tuple[bytes, asyncio.Future[TXTReply]]] = {}
         self._slots = asyncio.Semaphore(self.IN_FLIGHT)
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -232,28 +233,25 @@ class BulkTXT:
             self._transport.close()
 
     async def txt(self, name: str) -> Answer:
-        response = await self._ask(name) if self._transport is not None else None
-        answer = self._plain(response) if response is not None else None
+        qname = question_name(name) if self._transport is not None else None
+        reply = await self._ask(qname) if qname is not None else None
+        answer = self._plain(reply) if reply is not None else None
         return answer if answer is not None else await self.resolver.txt(name)
 
-    async def _ask(self, name: str) -> dns.message.Message | None:
-        """The answer to a TXT query for `name` from the socket, or None (then the resolver asks)."""
-        try:
-            query = dns.message.make_query(name, "TXT", use_edns=0, want_dnssec=True, payload=1232)
-        except dns.exception.DNSException:  # a malformed name: the resolver says why
-            return None
+    async def _ask(self, qname: bytes) -> TXTReply | None:
+        """The reply to a TXT query for `qname` from the socket, or None (then the resolver asks)."""
         async with self._slots:
-            query.id = self._free_id()
-            answer: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
-            self._pending[query.id] = (query, answer)
+            query_id = self._free_id()
+            reply: asyncio.Future[TXTReply] = asyncio.get_running_loop().create_future()
+            self._pending[query_id] = (qname, reply)
             try:
                 assert self._transport is not None
-                self._transport.sendto(query.to_wire())
-                return await asyncio.wait_for(answer, self.fast_timeout)
+                self._transport.sendto(txt_query(query_id, qname))
+                return await asyncio.wait_for(reply, self.fast_timeout)
             except (TimeoutError, OSError):
                 return None
             finally:
-                del self._pending[query.id]
+                del self._pending[query_id]
 
     def _free_id(self) -> int:
         while (candidate := secrets.randbelow(65536)) in self._pending:
@@ -264,24 +262,18 @@ class BulkTXT:
         pending = self._pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
         if pending is None or pending[1].done():
             return
-        query, answer = pending
-        try:
-            response = dns.message.from_wire(data)
-        except Exception:  # whatever a hostile datagram makes the parser raise: it is dropped
-            return
-        if query.is_response(response):
-            answer.set_result(response)
+        qname, future = pending
+        reply = read_txt_reply(data, qname)
+        if reply is not None:
+            future.set_result(reply)
 
-    def _plain(self, response: dns.message.Message) -> Answer | None:
-        """The answer if it is one of the plain outcomes, else None."""
-        if response.flags & dns.flags.TC or any(r.rdtype == dns.rdatatype.CNAME for r in response.answer):
+    def _plain(self, reply: TXTReply) -> Answer | None:
+        """The answer if the reply is one of the plain outcomes, else None."""
+        if reply.flags & dnswire.TC or reply.unclear:
             return None
-        authentic = self.resolver._authentic(response)
-        if response.rcode() == dns.rcode.NXDOMAIN:
+        authentic = bool(self.resolver.trust_dnssec and reply.flags & dnswire.AD)
+        if reply.rcode == dnswire.NXDOMAIN:
             return Answer(nxdomain=True, authentic=authentic)
-        if response.rcode() != dns.rcode.NOERROR:
+        if reply.rcode != 0:
             return None
-        rrset = response.get_rrset(
-            response.answer, response.question[0].name, dns.rdataclass.IN, dns.rdatatype.TXT
-        )
-        return Answer([_txt_string(r) for r in rrset or []], authentic)
+        return Answer(reply.records, authentic)
