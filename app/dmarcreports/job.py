@@ -54,7 +54,7 @@ from app.dmarcreports.interval import whole_hour
 from app.dmarcreports.mail import ReportMail, report_message
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
-from app.dns import DNSTemporaryError, Resolver, resolver_from_config
+from app.dns import BulkTXT, DNSTemporaryError, Resolver, TXTSource, resolver_from_config
 from app.jobs import DMARC_REPORTS, Run, report_run
 from app.logs import fields, new_cid
 from app.models import DMARCReportClaim
@@ -122,8 +122,8 @@ class SharedLookups(DMARCRecords):
     """DMARC records for a whole run: concurrent lookups of one name (the parents every tree walk of
     a chunk's domains visits) share a single query instead of each making its own."""
 
-    def __init__(self, resolver: Resolver) -> None:
-        super().__init__(resolver)
+    def __init__(self, resolver: Resolver, txt: TXTSource) -> None:
+        super().__init__(resolver, txt)
         self._pending: dict[str, asyncio.Task[DMARCRecord | None]] = {}
 
     async def at(self, domain: str) -> DMARCRecord | None:
@@ -148,8 +148,10 @@ class Outcome:
 class _Run:
     def __init__(self, config: Config, resolver: Resolver, now: datetime, cid: str) -> None:
         self.config = config
-        self.resolver = resolver
-        self.records = SharedLookups(resolver)
+        # A run looks each name up once (SharedLookups), so the resolver's cache would not serve it:
+        # the lookups go over one socket (app/dns.py's BulkTXT), open while the run is.
+        self.lookups = BulkTXT(resolver)
+        self.records = SharedLookups(resolver, self.lookups)
         self.sessions = session_factory(config.resolved_database_url)
         self.sender = dmarc_report_sender(config)
         self.now = now
@@ -175,6 +177,15 @@ class _Run:
                 self.config.hostname,
             )
         self.max_id = settled_max_id(self.sessions)
+        async with self.lookups:
+            await self.report(spacing)
+            for unused in self.plans.values():  # domains whose evaluations went meanwhile
+                unused.cancel()
+        self.delete_done()
+        return self.summary
+
+    async def report(self, spacing: timedelta | None) -> None:
+        """Build, sign and queue the reports, claiming their domains."""
         with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
             # The database merges and sorts the rows (in a thread, see `outcomes`) while the old
             # evaluations are purged (the merge leaves them out: its result is the same either way)
@@ -190,10 +201,6 @@ class _Run:
                 # One writer thread commits batch after batch while the next is built.
                 committing.append(started_in_thread(writer, self.commit, outcomes))
             await asyncio.gather(*committing)
-        for unused in self.plans.values():  # domains whose evaluations went meanwhile
-            unused.cancel()
-        self.delete_done()
-        return self.summary
 
     def delete_done(self) -> None:
         """Delete, in one pass over the ids this run saw, the evaluations of every domain it claimed.
@@ -277,7 +284,7 @@ class _Run:
                     record, discard="no DMARC record" if record is None else "no rua in its DMARC record"
                 )
             destinations = await report_destinations(
-                self.resolver, domain, list(record.rua), self.records.organizational_domain
+                self.lookups, domain, list(record.rua), self.records.organizational_domain
             )
         except DNSTemporaryError as e:
             return Plan(keep=f"DNS temporary error: {e}")
