@@ -22,7 +22,7 @@ from typing import Literal, cast
 
 from app.auth.message import ascii_domain, is_subdomain
 from app.auth.types import Disposition, DKIMResult, DMARCRecord, DMARCResult, SPFResult
-from app.dns import DNSPermanentError, DNSTemporaryError, Resolver
+from app.dns import DNSPermanentError, DNSTemporaryError, Resolver, TXTSource
 
 MAX_TREE_WALK_LABELS = 7  # RFC 9989 4.10: longer names jump to their 7-label suffix (at most 8 queries)
 _DISPOSITIONS = ("none", "quarantine", "reject")
@@ -128,8 +128,10 @@ def tree_walk_targets(domain: str) -> list[str]:
 class DMARCRecords:
     """DMARC records by domain, each looked up at most once for one message."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, txt: TXTSource | None = None) -> None:
+        """`txt` looks the records up if given (a report run's BulkTXT), else the resolver does."""
         self._resolver = resolver
+        self._txt = txt or resolver
         self._records: dict[str, DMARCRecord | None] = {}
         self._organizational: dict[str, str] = {}
 
@@ -140,7 +142,7 @@ class DMARCRecords:
 
     async def _lookup(self, domain: str) -> DMARCRecord | None:
         try:
-            answer = await self._resolver.txt(f"_dmarc.{domain}")
+            answer = await self._txt.txt(f"_dmarc.{domain}")
         except DNSPermanentError:
             return None  # a name DNS cannot carry has no record
         records = []

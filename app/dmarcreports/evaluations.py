@@ -233,20 +233,32 @@ def settled_max_id(sessions: sessionmaker[Session]) -> int:
         return session.scalar(select(func.max(E.id))) or 0
 
 
-def report_domains(session: Session, ended: Ended) -> list[str]:
-    """The policy domains with a non-optional evaluation to report (R2.1)."""
-    query = select(E.policy_domain).where(*ended.where(), E.optional.is_(False)).distinct()
-    return list(session.scalars(query))
+@dataclass(frozen=True)
+class Span:
+    """What a report's header says of a policy domain's ended evaluations."""
+
+    begin: datetime  # the earliest interval start
+    end: datetime  # the latest interval end (exclusive)
+    required: int  # non-optional evaluations: none means no report (R2.1)
+
+
+def report_domains(session: Session, ended: Ended) -> dict[str, Span]:
+    """Every policy domain with ended evaluations, with its span. Asked here, in a pass of its own
+    over the table while the merge sorts, so that the sort carries no more than the rows' columns."""
+    required = func.sum(case((E.optional.is_(False), 1), else_=0))
+    query = (
+        select(E.policy_domain, func.min(E.interval_start), func.max(E.interval_end), required)
+        .where(*ended.where())
+        .group_by(E.policy_domain)
+    )
+    return {domain: Span(begin, end, int(n)) for domain, begin, end, n in session.execute(query)}
 
 
 def report_row_groups(session: Session, ended: Ended) -> Iterator[Sequence[Any]]:
     """The ended evaluations merged into report rows, sorted by policy domain, streamed: per row
-    (policy domain, first interval start, last interval end, non-optional evaluations, count,
-    *ROW_COLUMNS)."""
-    required = func.sum(case((E.optional.is_(False), 1), else_=0))
+    (policy domain, count, *ROW_COLUMNS)."""
     query = (
-        select(E.policy_domain, func.min(E.interval_start), func.max(E.interval_end), required)
-        .add_columns(func.count(), *ROW_COLUMNS)
+        select(E.policy_domain, func.count(), *ROW_COLUMNS)
         .where(*ended.where())
         .group_by(E.policy_domain, E.record_key, *ROW_COLUMNS)
         .order_by(E.policy_domain)

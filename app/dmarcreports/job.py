@@ -23,10 +23,11 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,7 @@ from app.config import Config
 from app.db import session_factory, upsert_insert
 from app.dmarcreports.evaluations import (
     Ended,
+    Span,
     delete_id_slice,
     delete_reported,
     drop_all,
@@ -52,7 +54,7 @@ from app.dmarcreports.interval import whole_hour
 from app.dmarcreports.mail import ReportMail, report_message
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
-from app.dns import DNSTemporaryError, Resolver, resolver_from_config
+from app.dns import BulkTXT, DNSTemporaryError, Resolver, TXTSource, resolver_from_config
 from app.jobs import DMARC_REPORTS, Run, report_run
 from app.logs import fields, new_cid
 from app.models import DMARCReportClaim
@@ -75,6 +77,7 @@ RECOVERY_SLICE = 100_000  # ids per delete when finishing a dead run's deletions
 SKIPPED = "dmarc report address skipped policy_domain=%s address=%s reason=%s"
 
 C = DMARCReportClaim
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,13 +101,10 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class DomainRows:
-    """One policy domain's merged report rows, with what the report header needs."""
+    """One policy domain's merged report rows."""
 
     policy_domain: str
     rows: list[Row]
-    begin: datetime  # the earliest interval start
-    end: datetime  # the latest interval end (exclusive)
-    required: int  # non-optional evaluations: none means no report (R2.1)
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ class SharedLookups(DMARCRecords):
     """DMARC records for a whole run: concurrent lookups of one name (the parents every tree walk of
     a chunk's domains visits) share a single query instead of each making its own."""
 
-    def __init__(self, resolver: Resolver) -> None:
-        super().__init__(resolver)
+    def __init__(self, resolver: Resolver, txt: TXTSource) -> None:
+        super().__init__(resolver, txt)
         self._pending: dict[str, asyncio.Task[DMARCRecord | None]] = {}
 
     async def at(self, domain: str) -> DMARCRecord | None:
@@ -148,8 +148,10 @@ class Outcome:
 class _Run:
     def __init__(self, config: Config, resolver: Resolver, now: datetime, cid: str) -> None:
         self.config = config
-        self.resolver = resolver
-        self.records = SharedLookups(resolver)
+        # A run looks each name up once (SharedLookups), so the resolver's cache would not serve it:
+        # the lookups go over one socket (app/dns.py's BulkTXT), open while the run is.
+        self.lookups = BulkTXT(resolver)
+        self.records = SharedLookups(resolver, self.lookups)
         self.sessions = session_factory(config.resolved_database_url)
         self.sender = dmarc_report_sender(config)
         self.now = now
@@ -160,6 +162,7 @@ class _Run:
         self.suppressed: set[str] = set()
         self.planned_reports = 0
         self.plans: dict[str, asyncio.Future[Plan]] = {}
+        self.spans: dict[str, Span] = {}  # of every domain with ended evaluations
         self.excluded: set[str] = set()  # domains of the run whose evaluations stay
 
     @property
@@ -168,32 +171,36 @@ class _Run:
 
     async def run(self, spacing: timedelta | None) -> RunSummary:
         self.summary.deleted += finish_deletions(self.sessions)  # of a run that died before its end
-        self.purge()
         if self.sender.signing_domain is None or not self.sender.selectors:
             log.warning(
                 "dmarc reports go out unsigned: no configured domain with DKIM selectors is %s or a parent",
                 self.config.hostname,
             )
         self.max_id = settled_max_id(self.sessions)
+        async with self.lookups:
+            await self.report(spacing)
+            for unused in self.plans.values():  # domains whose evaluations went meanwhile
+                unused.cancel()
+        self.delete_done()
+        return self.summary
+
+    async def report(self, spacing: timedelta | None) -> None:
+        """Build, sign and queue the reports, claiming their domains."""
         with self.sessions() as reader, ThreadPoolExecutor(1, "dmarc-report") as writer:
-            # The database merges and sorts the rows (in a thread, see `outcomes`) while the domains
-            # are listed and their DNS lookups run.
+            # The database merges and sorts the rows (in a thread, see `outcomes`) while the old
+            # evaluations are purged (the merge leaves them out: its result is the same either way)
+            # and the domains are listed and their DNS lookups run.
             pending = chunks(self.reportable(reader), CHUNK)
-            first = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+            first = started_in_thread(None, next, pending, [])
+            self.purge()
             self.start_lookups(spacing)
             committing: list[asyncio.Future[None]] = []
             async for outcomes in self.outcomes(pending, first):
                 if len(committing) >= 2:  # bounded: at most two batches of built reports in memory
                     await committing.pop(0)
-                # One writer thread commits batch after batch while the next is built; it logs
-                # with the run's cid, so the context goes along.
-                call = functools.partial(contextvars.copy_context().run, self.commit, outcomes)
-                committing.append(asyncio.get_running_loop().run_in_executor(writer, call))
+                # One writer thread commits batch after batch while the next is built.
+                committing.append(started_in_thread(writer, self.commit, outcomes))
             await asyncio.gather(*committing)
-        for unused in self.plans.values():  # domains whose evaluations went meanwhile
-            unused.cancel()
-        self.delete_done()
-        return self.summary
 
     def delete_done(self) -> None:
         """Delete, in one pass over the ids this run saw, the evaluations of every domain it claimed.
@@ -209,15 +216,12 @@ class _Run:
             session.execute(mark_deleted(self.summary.cid))
             self.summary.deleted += delete_reported(session, self.ended(), self.excluded)
 
-    def domains(self, session: Session) -> list[str]:
-        """The policy domains with a non-optional evaluation to report (R2.1)."""
-        return report_domains(session, self.ended())
-
     def start_lookups(self, spacing: timedelta | None) -> None:
         """List the domains to report and start their DNS lookups; the reports' spacing follows."""
         with self.sessions() as session:
             self.suppressed = suppressed_addresses(session, "dmarc", self.now)
-            domains = self.domains(session)
+            self.spans = report_domains(session, self.ended())
+        domains = [domain for domain, span in self.spans.items() if span.required]  # R2.1
         self.spacing = spacing if spacing is not None else min(MAX_SPACING, SPREAD / max(1, len(domains)))
         log.info("dmarc report run hour=%s domains=%d", f"{self.run_hour:%Y-%m-%d %H:00}", len(domains))
         lookups = asyncio.Semaphore(LOOKUPS)
@@ -234,18 +238,22 @@ class _Run:
         """
         try:
             while chunk := await fetch:
-                fetch = asyncio.ensure_future(asyncio.to_thread(next, pending, []))
+                fetch = started_in_thread(None, next, pending, [])
                 yield [outcome for outcome in await self.decided(chunk) if outcome is not None]
         finally:
             await asyncio.wait([fetch])  # the reader's session closes after us: let its read end
 
     async def decided(self, chunk: list[DomainRows]) -> list[Outcome | None]:
-        return [self.decide(rows, await self.planned(rows.policy_domain)) for rows in chunk]
-
-    def planned(self, domain: str) -> asyncio.Future[Plan]:
-        if domain not in self.plans:  # committed after the domains were listed
-            self.plans[domain] = asyncio.ensure_future(self.plan(domain, asyncio.Semaphore(1)))
-        return self.plans.pop(domain)
+        decided: list[Outcome | None] = []
+        for domain_rows in chunk:
+            domain = domain_rows.policy_domain
+            span = self.spans.get(domain)
+            # Optional evaluations only (R2.1); or gone from the listing: another run reported them.
+            if span is None or not span.required:
+                self.excluded.add(domain)
+                continue
+            decided.append(self.decide(domain_rows, span, await self.plans.pop(domain)))
+        return decided
 
     def purge(self) -> None:
         """Drop evaluations older than 48 h, and claims whose work is done and old."""
@@ -259,21 +267,10 @@ class _Run:
         return Ended(self.max_id, self.run_hour, self.cutoff)
 
     def reportable(self, session: Session) -> Iterator[DomainRows]:
-        """The ended evaluations merged into report rows, one domain at a time; optional-only skipped."""
+        """The ended evaluations merged into report rows, one domain at a time."""
         rows = report_row_groups(session, self.ended())
         for domain, grouped in itertools.groupby(rows, key=lambda r: r[0]):
-            groups = list(grouped)
-            domain_rows = DomainRows(
-                domain,
-                [Row(*g[4:]) for g in groups],
-                min(g[1] for g in groups),
-                max(g[2] for g in groups),
-                sum(g[3] for g in groups),
-            )
-            if domain_rows.required:
-                yield domain_rows
-            else:
-                self.excluded.add(domain)
+            yield DomainRows(domain, [Row(*g[1:]) for g in grouped])
 
     async def plan(self, domain: str, lookups: asyncio.Semaphore) -> Plan:
         async with lookups:
@@ -287,7 +284,7 @@ class _Run:
                     record, discard="no DMARC record" if record is None else "no rua in its DMARC record"
                 )
             destinations = await report_destinations(
-                self.resolver, domain, list(record.rua), self.records.organizational_domain
+                self.lookups, domain, list(record.rua), self.records.organizational_domain
             )
         except DNSTemporaryError as e:
             return Plan(keep=f"DNS temporary error: {e}")
@@ -298,7 +295,7 @@ class _Run:
             return Plan(record, skipped=plan.skipped, discard="no usable report address")
         return plan
 
-    def decide(self, domain_rows: DomainRows, plan: Plan) -> Outcome | None:
+    def decide(self, domain_rows: DomainRows, span: Span, plan: Plan) -> Outcome | None:
         """What to do with a domain's evaluations, with its report built and signed; None: keep them."""
         domain = domain_rows.policy_domain
         for uri, reason in plan.skipped:
@@ -316,7 +313,9 @@ class _Run:
         report_id = f"{self.run_hour:%Y%m%d.%H}.{report_cid}"
         errors = [reason for _, reason in plan.skipped]
         policy = published_policy(domain, plan.record)
-        mail = build_report(domain_rows, policy, self.config.hostname, self.sender.address, report_id, errors)
+        mail = build_report(
+            domain_rows, span, policy, self.config.hostname, self.sender.address, report_id, errors
+        )
         try:
             message = report_message(mail, self.sender, addresses, self.now)
         except DKIMSigningError as e:  # e.g. an unreadable key file: the operator must act
@@ -404,6 +403,15 @@ class _Run:
         log.info("dmarc report queued", extra=queued)
 
 
+def started_in_thread(
+    executor: ThreadPoolExecutor | None, function: Callable[..., T], *args: object
+) -> asyncio.Future[T]:
+    """`function(*args)` started in `executor` (None: the loop's default) now, not when the event loop
+    next runs as with asyncio.to_thread; it logs with the caller's context (the run's cid)."""
+    call = functools.partial(contextvars.copy_context().run, function, *args)
+    return asyncio.get_running_loop().run_in_executor(executor, call)
+
+
 def chunks(items: Iterable[DomainRows], size: int) -> Iterator[list[DomainRows]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -474,10 +482,16 @@ def published_policy(domain: str, record: DMARCRecord) -> PolicyPublished:
 
 
 def build_report(
-    domain_rows: DomainRows, policy: PolicyPublished, host: str, email: str, report_id: str, errors: list[str]
+    domain_rows: DomainRows,
+    span: Span,
+    policy: PolicyPublished,
+    host: str,
+    email: str,
+    report_id: str,
+    errors: list[str],
 ) -> ReportMail:
     # The range ends at the last second of the latest interval (RFC 9990 date_range is inclusive).
-    begin, end = int(domain_rows.begin.timestamp()), int(domain_rows.end.timestamp()) - 1
+    begin, end = int(span.begin.timestamp()), int(span.end.timestamp()) - 1
     writer = ReportWriter(Metadata(host, email, report_id, begin, end, errors), policy)
     writer.add_all(domain_rows.rows)
     gzipped = writer.finish()

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from app.address import AddressError, NeedsSMTPUTF8, address_key, validate_address
 from app.auth.dmarc import DMARCRecordError, parse_record
-from app.dns import DNSError, DNSTemporaryError, Resolver
+from app.dns import DNSError, DNSTemporaryError, TXTSource
 from app.logs import escape_control
 
 OrgDomain = Callable[[str], Awaitable[str]]
@@ -86,7 +86,7 @@ def confirmation_ruas(txt_records: list[str]) -> list[str] | None:
     return None
 
 
-async def verify_external(resolver: Resolver, policy_domain: str, destination: Destination) -> list[str]:
+async def verify_external(resolver: TXTSource, policy_domain: str, destination: Destination) -> list[str]:
     """The addresses to use for an external destination, after its confirmation (RFC 9990 section 4).
 
     Raises RUAError if the destination did not opt in, or its record names another host (then neither
@@ -120,7 +120,7 @@ async def verify_external(resolver: Resolver, policy_domain: str, destination: D
 
 
 async def report_destinations(
-    resolver: Resolver, policy_domain: str, ruas: list[str], org_domain: OrgDomain
+    resolver: TXTSource, policy_domain: str, ruas: list[str], org_domain: OrgDomain
 ) -> Destinations:
     """Resolve a record's rua list into addresses, verifying external destinations."""
     result = Destinations()

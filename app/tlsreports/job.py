@@ -30,7 +30,8 @@ and one commit per chunk, and no transaction waits for DNS. The chunk's rows are
 statement first (which tells which another run took meanwhile), and the marks of the reports that are
 kept for the next run are taken back by one more before the commit. The chunk's report mails are
 queued together (their files fsync'd in one round); should one not be written, the whole chunk is
-rolled back and kept for the next run.
+rolled back and kept for the next run. The suppression list is read once, as the run starts (as the
+DMARC run does), not once per address.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ from app.auth.dkim import DKIMSigningError
 from app.config import Config
 from app.db import session_scope
 from app.dbclock import database_now
-from app.dns import Resolver, resolver_from_config
+from app.dns import BulkTXT, Resolver, resolver_from_config
 from app.jobs import TLS_REPORTS, Run, report_run
 from app.logs import cid_scope, fields, new_cid
 from app.models.base import utcnow
 from app.queue.enqueue import Queued, enqueue_many
 from app.reportsender import NoReportSenderError, ReportSender, tls_report_sender
-from app.reportsuppress import is_suppressed
+from app.reportsuppress import suppressed_addresses, suppression_key
 from app.tlsreports.message import report_message
 from app.tlsreports.posts import add_post
 from app.tlsreports.record import LookupStatus, TLSRPTLookup, TLSRPTRecord, lookup_tlsrpt, tlsrpt_name
@@ -160,6 +161,7 @@ class ReportJob:
         self.lookups: dict[str, TLSRPTLookup] = {}
         # Recipient domains' usable rua (from step 1, or looked up), to compare with a host's in step 2.
         self.recipient_rua: dict[str, frozenset[str]] = {}
+        self.suppressed: set[str] = set()  # the suppression list as the run started, by suppression_key
 
     async def run(self) -> RunSummary:
         done = "tls reports: run finished: %s"
@@ -203,6 +205,7 @@ class ReportJob:
                 ("recipient", pending_reports(session, "recipient", today)),
                 ("host", pending_reports(session, "host", today)),
             ]
+            self.suppressed = suppressed_addresses(session, "tlsrpt", self.now)
         spacing = self.spacing
         if spacing is None:
             spacing = default_spacing(sum(len(keys) for _, keys in phases))
@@ -244,12 +247,13 @@ class ReportJob:
     async def _prefetch(self, domains: Iterable[str]) -> None:
         missing = sorted({d for d in domains if d not in self.lookups})
         limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        async with BulkTXT(self.resolver) as lookups:  # one socket for the batch (app/dns.py says why)
 
-        async def one(domain: str) -> None:
-            async with limit:
-                self.lookups[domain] = await lookup_tlsrpt(self.resolver, domain)
+            async def one(domain: str) -> None:
+                async with limit:
+                    self.lookups[domain] = await lookup_tlsrpt(lookups, domain)
 
-        await asyncio.gather(*(one(d) for d in missing))
+            await asyncio.gather(*(one(d) for d in missing))
 
     def _remember_rua(self, domain: str) -> None:
         if domain in self.lookups and domain not in self.recipient_rua:
@@ -277,13 +281,12 @@ class ReportJob:
         if lookup.record is None:
             sender.skip(key, rows, _lookup_problem(key.domain, lookup))
             return
-        planned = self._plan(session, sender, key, rows, failures, lookup.record)
+        planned = self._plan(sender, key, rows, failures, lookup.record)
         if planned is not None:
             sender.send(session, key, rows, planned)
 
     def _plan(
         self,
-        session: Session,
         sender: _Sender,
         key: _Key,
         rows: list[TLSResult],
@@ -303,7 +306,7 @@ class ReportJob:
         if not report.has_failure and not self.config.outgoing_tls_reports_for_all_success:
             sender.skip(key, rows, f"no failures ({report.sessions[0]} successful session(s))")
             return None
-        mailto = [a for a in record.mailto if not self._suppressed(session, key, a)]
+        mailto = [a for a in record.mailto if not self._suppressed(key, a)]
         if not mailto and not record.https:
             sender.skip(key, rows, "every rua address is on the suppression list")
             return None
@@ -334,8 +337,8 @@ class ReportJob:
                 policies.append(policy_result(row, failures.get(row.id, [])))
         return policies, left_out
 
-    def _suppressed(self, session: Session, key: _Key, address: str) -> bool:
-        if not is_suppressed(session, "tlsrpt", address, self.now):
+    def _suppressed(self, key: _Key, address: str) -> bool:
+        if suppression_key(address) not in self.suppressed:
             return False
         log.info("tls reports: %s: not sending to %s: on the suppression list", key, address)
         return True

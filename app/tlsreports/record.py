@@ -18,7 +18,7 @@ from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
 from app.address import AddressError, validate_address
-from app.dns import DNSError, Resolver
+from app.dns import DNSError, TXTSource
 
 VERSION = "v=TLSRPTv1"
 # A field delimiter directly after the version: `v=TLSRPTv1;` or `v=TLSRPTv1 ;`.
@@ -156,7 +156,7 @@ def tlsrpt_name(policy_domain: str) -> str:
     return f"_smtp._tls.{policy_domain}"
 
 
-async def lookup_tlsrpt(resolver: Resolver, policy_domain: str) -> TLSRPTLookup:
+async def lookup_tlsrpt(resolver: TXTSource, policy_domain: str) -> TLSRPTLookup:
     """Look up and parse the policy domain's TLSRPT record."""
     try:
         answer = await resolver.txt(tlsrpt_name(policy_domain))
