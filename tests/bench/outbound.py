@@ -116,7 +116,7 @@ def queue_messages(config: Config, round_: int) -> None:
 
 
 def lost_and_doubled(dump: Path) -> tuple[int, int]:
-    """Of the messages queued in all rounds: how many the sink's dump lacks, how many it has more than once."""
+    """Of the messages queued in all rounds: how many the sink lacks, how many it took more than once."""
     # smtp-sink writes the message's lines with LF endings, after headers of its own.
     taken = Counter(line for line in dump.read_text().splitlines() if line.startswith("Message-ID: "))
     expected = {message_id_line(i, r) for r in range(ROUNDS) for i in range(MESSAGES)}
