@@ -74,6 +74,9 @@ STEP_MARGIN = 120.0
 # TLSA records are published for port 25 (RFC 7672 §2.2); tests deliver to other ports, same names.
 DANE_PORT = 25
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Finished message files go to the background remover this many at a time (app/queue/content.py),
+# and the rest when the run ends; a crash in between leaves them to the hourly orphan sweep.
+REMOVE_BATCH = 100
 
 
 @dataclass
@@ -138,6 +141,8 @@ class _Run:
         self.rows_per_path: dict[str, int] = {}
         self.tls_policy = metrics.tls_policy_type(None)  # of the host tried last: the deliveries' label
         self.content = queue_content(config)
+        # Ended content that waits for removal after its commit (files), handed over REMOVE_BATCH at a time.
+        self._ended: list[str] = []
 
     async def start(self, queue_id: int) -> None:
         self.rows = outgoing.claim_batch(
@@ -184,6 +189,7 @@ class _Run:
                 await self._deliver_group(destination, sts, group, tls_required_no)
 
     async def close(self) -> None:
+        self._remove_ended()
         self.db.close()
         restore_durability(self._connection)
         self._connection.close()
@@ -415,14 +421,21 @@ class _Run:
             for (row, error, final), attempt in zip(plans, attempts, strict=True):
                 self._write_outcome(connection, row, error, final, now, attempt)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
-            after_commit = self.content.end(connection, message.path) if unused else None
+            left = self.content.end(connection, message.path) if unused else None
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        if after_commit is not None:
-            after_commit()
+        if left is not None:
+            self._ended.append(left)
+            if len(self._ended) >= REMOVE_BATCH:
+                self._remove_ended()
         self._suppress_failed_report_addresses(plans, now)
+
+    def _remove_ended(self) -> None:
+        """Hand the content ended in committed transactions over for removal."""
+        self.content.remove_soon(self._ended)
+        self._ended = []
 
     def _suppress_failed_report_addresses(
         self, plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]], now: datetime
