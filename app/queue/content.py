@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
@@ -35,6 +36,7 @@ from app.models.base import utcnow
 from app.store.files import OUTGOING_DIR, awaiting_rename, write_durably
 
 Contents = Sequence[tuple[str, Sequence[bytes]]]  # (path, the parts of its content)
+P = TypeVar("P")
 
 
 class FileContent:
@@ -146,7 +148,7 @@ def remove_files_soon(paths: Sequence[Path]) -> None:
     prevents is an orphan for the sweep.
     """
     if paths:
-        _remover().submit(_unlink_all, paths)
+        in_background(_unlink_all, paths)
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:
@@ -154,11 +156,17 @@ def _unlink_all(paths: Sequence[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def in_background(work: Callable[[P], object], argument: P) -> None:
+    """Run `work(argument)` in this process's background thread (one, so work runs in the order given):
+    what follows a delivery's commits and need not hold up the next message."""
+    _background().submit(work, argument)
+
+
 @cache
-def _remover_for(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-file-remover")
+def _background_for(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-background")
 
 
-def _remover() -> ThreadPoolExecutor:
+def _background() -> ThreadPoolExecutor:
     # Keyed by process id: worker processes are forked, and threads do not survive a fork.
-    return _remover_for(os.getpid())
+    return _background_for(os.getpid())
