@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
-from celery.signals import worker_init, worker_process_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 from kombu.transport import resolve_transport
 
 from app.config import Config, ConfigError, load_config
@@ -145,6 +146,14 @@ def _prune_stale_queues(**_: object) -> None:
 def _count_in_files(sender: Any, **_: object) -> None:
     # In the main process, before the pool forks: its processes count into the worker's folder.
     enable_multiprocess(settings().resolved_metrics_dir, worker_folder(sender.hostname))
+
+
+@worker_process_init.connect
+def _freeze_startup_objects(**_: object) -> None:
+    # What the process holds once started (modules, the app, the config) lives as long as it does;
+    # left to the collector, each full collection scans it all again: 80-200 ms per delivery run of
+    # 500 messages, measured, mostly while its rows are loaded.
+    gc.freeze()
 
 
 @worker_process_shutdown.connect

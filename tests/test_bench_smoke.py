@@ -20,7 +20,7 @@ HEADLINES = {
     r"(postfix \d+ msg/s, ratio to postfix [\d.]+|postfix not run, ratio to postfix n/a), "
     r"cpu [\d.]+ ms/msg \(target ratio to postfix >= [\d.]+, cpu <= [\d.]+ ms\)",
     "metrics.py": r"metrics: [\d.]+ us per message in files, [\d.]+ us in memory, ratio [\d.]+",
-    "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+",
+    "outbound.py": r"outbound: \d+ msg/s, bare smtplib \d+ msg/s, ratio [\d.]+, lost 0, doubled 0",
     "reputation.py": r"reputation: p99 \w+ [\d.]+ ms, \w+ [\d.]+ ms, ratio [\d.]+ "
     r"\(target p99 < 5 ms, ratio < 1\.5\)",
     "scale.py": r"scale: one node \d+ deliveries/s, two nodes \d+ deliveries/s, ratio [\d.]+, "

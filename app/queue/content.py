@@ -11,10 +11,10 @@ app/store/content.py):
   nothing to rename or recover.
 
 Content goes away with the last row that names it (`end`): the database's in the transaction that
-ends that row, a file only after its commit, so a rollback never leaves rows without their content.
-No row is ever added for content older than the rows' own transaction, so content found without a
-row stays so: what a crash or two workers finishing one message's rows at once leave over, the
-hourly sweep (app/queue/outgoing.py's `remove_orphans`) deletes.
+ends that row, a file only after its commit (`remove_soon`, many files at once), so a rollback never
+leaves rows without their content. No row is ever added for content older than the rows' own
+transaction, so content found without a row stays so: what a crash or two workers finishing one
+message's rows at once leave over, the hourly sweep (app/queue/outgoing.py's `remove_orphans`) deletes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
@@ -37,10 +38,7 @@ from app.store.content import in_database
 from app.store.files import OUTGOING_DIR, awaiting_rename, write_durably
 
 Contents = Sequence[tuple[str, Sequence[bytes]]]  # (path, the parts of its content)
-
-
-def _nothing() -> None:
-    """What is left to do after the commit when the transaction did it all."""
+P = TypeVar("P")
 
 
 class FileContent:
@@ -64,9 +62,14 @@ class FileContent:
                 return None
             return (self.data_dir / path).read_bytes()  # renamed since the first read, or lost
 
-    def end(self, connection: Session | Connection, path: str) -> Callable[[], None]:
-        """Nothing before the commit: what to call after it, which removes the file (`remove_file_soon`)."""
-        return lambda: remove_file_soon(self.data_dir / path)
+    def end(self, connection: Session | Connection, path: str) -> str | None:
+        """Nothing before the commit: the path, whose file `remove_soon` deletes after it."""
+        return path
+
+    def remove_soon(self, paths: Sequence[str]) -> None:
+        """Delete the files of content ended in committed transactions, in this process's background
+        thread, all in one hand-off (see `remove_files_soon`)."""
+        remove_files_soon([self.data_dir / path for path in paths])
 
     def delete(self, connection: Session | Connection, paths: set[str]) -> None:
         for path in paths:
@@ -105,10 +108,13 @@ class DatabaseContent:
             raise FileNotFoundError(f"no content stored for {path}")
         return bytes(content)
 
-    def end(self, connection: Session | Connection, path: str) -> Callable[[], None]:
-        """Delete the row in the caller's transaction: nothing is left for after the commit."""
+    def end(self, connection: Session | Connection, path: str) -> str | None:
+        """Delete the row in the caller's transaction: nothing is left for after the commit (None)."""
         self.delete(connection, {path})
-        return _nothing
+        return None
+
+    def remove_soon(self, paths: Sequence[str]) -> None:
+        """Nothing to do: `end` never leaves a path for after the commit."""
 
     def delete(self, connection: Session | Connection, paths: set[str]) -> None:
         if paths:
@@ -130,20 +136,34 @@ def queue_content(config: Config) -> QueueContent:
     return DatabaseContent() if in_database(config) else FileContent(config.data_dir)
 
 
-def remove_file_soon(path: Path) -> None:
-    """Delete a finished message file in this process's background thread.
+def remove_files_soon(paths: Sequence[Path]) -> None:
+    """Delete finished message files in this process's background thread.
 
     Unlinking a file that was fsync'd waits on the disk (a millisecond here, more on busy disks); a
-    delivery need not wait for it. A file whose removal a crash prevents is an orphan for the sweep.
+    delivery need not wait for it. One hand-off for many files: a hand-off per file cost the delivery
+    more than the unlink (the thread wakes and takes the GIL each time). A file whose removal a crash
+    prevents is an orphan for the sweep.
     """
-    _remover().submit(path.unlink, missing_ok=True)
+    if paths:
+        in_background(_unlink_all, paths)
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def in_background(work: Callable[[P], object], argument: P) -> None:
+    """Run `work(argument)` in this process's background thread (one, so work runs in the order given):
+    what follows a delivery's commits and need not hold up the next message."""
+    _background().submit(work, argument)
 
 
 @cache
-def _remover_for(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-file-remover")
+def _background_for(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-background")
 
 
-def _remover() -> ThreadPoolExecutor:
+def _background() -> ThreadPoolExecutor:
     # Keyed by process id: worker processes are forked, and threads do not survive a fork.
-    return _remover_for(os.getpid())
+    return _background_for(os.getpid())

@@ -42,7 +42,7 @@ from app.logs import fields
 from app.models.base import utcnow
 from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
-from app.queue.content import queue_content
+from app.queue.content import in_background, queue_content
 from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
 from app.queue.lease import Heartbeat
@@ -74,6 +74,13 @@ STEP_MARGIN = 120.0
 # TLSA records are published for port 25 (RFC 7672 §2.2); tests deliver to other ports, same names.
 DANE_PORT = 25
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Every this many outcomes, and when the run ends, the background thread (app/queue/content.py) gets
+# the files finished meanwhile to remove and, on SQLite, a checkpoint to run; a crash in between
+# leaves the files to the hourly orphan sweep and the checkpoint to the next writer.
+HAND_OVER_EVERY = 100
+# SQLite's own default for `PRAGMA wal_autocheckpoint` (pages), restored before the connection goes
+# back to the pool.
+SQLITE_AUTOCHECKPOINT = 1000
 
 
 @dataclass
@@ -138,6 +145,10 @@ class _Run:
         self.rows_per_path: dict[str, int] = {}
         self.tls_policy = metrics.tls_policy_type(None)  # of the host tried last: the deliveries' label
         self.content = queue_content(config)
+        # Ended content that waits for removal after its commit (files), and how many outcomes were
+        # committed since the last hand-over to the background thread.
+        self._ended: list[str] = []
+        self._committed = 0
 
     async def start(self, queue_id: int) -> None:
         self.rows = outgoing.claim_batch(
@@ -184,6 +195,7 @@ class _Run:
                 await self._deliver_group(destination, sts, group, tls_required_no)
 
     async def close(self) -> None:
+        self._hand_over()
         self.db.close()
         restore_durability(self._connection)
         self._connection.close()
@@ -415,14 +427,25 @@ class _Run:
             for (row, error, final), attempt in zip(plans, attempts, strict=True):
                 self._write_outcome(connection, row, error, final, now, attempt)
             unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
-            after_commit = self.content.end(connection, message.path) if unused else None
+            left = self.content.end(connection, message.path) if unused else None
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        if after_commit is not None:
-            after_commit()
+        if left is not None:
+            self._ended.append(left)
+        self._committed += 1
+        if self._committed >= HAND_OVER_EVERY:
+            self._hand_over()
         self._suppress_failed_report_addresses(plans, now)
+
+    def _hand_over(self) -> None:
+        """Leave the work that follows committed outcomes to the background thread: removing the
+        content they ended and, on SQLite, the checkpoint (see `outcome_connection`)."""
+        self.content.remove_soon(self._ended)
+        if self._committed and self._connection.dialect.name == "sqlite":
+            in_background(checkpoint, self.config.resolved_database_url)
+        self._ended, self._committed = [], 0
 
     def _suppress_failed_report_addresses(
         self, plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]], now: datetime
@@ -587,10 +610,15 @@ class _Tries:
 
 
 def outcome_connection(url: str) -> Connection:
-    """A pooled connection whose commits do not wait for the disk (see the module doc)."""
+    """A pooled connection whose commits do not wait for the disk (see the module doc).
+
+    On SQLite not even for a checkpoint: the commit that fills the WAL past its limit would copy it
+    into the database file and fsync both, stalling that message by milliseconds; a run leaves its
+    checkpoints to the background thread instead (`_Run._hand_over`)."""
     connection = engine_for(url).connect()
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
     elif connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SET synchronous_commit TO off")
     connection.commit()
@@ -602,9 +630,20 @@ def restore_durability(connection: Connection) -> None:
     connection.rollback()
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("PRAGMA synchronous=FULL")
+        connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT}")
     elif connection.dialect.name == "postgresql":
         connection.exec_driver_sql("RESET synchronous_commit")
     connection.commit()
+
+
+def checkpoint(url: str) -> None:
+    """Copy the SQLite WAL into the database file as far as no reader needs it (PASSIVE: it waits
+    for nobody), as the automatic checkpoint would have; a failure leaves it to the next one."""
+    try:
+        with engine_for(url).connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+    except Exception as e:  # in the background thread: logged, the WAL waits for the next checkpoint
+        log.warning("SQLite checkpoint failed: %s", outgoing.database_error(e))
 
 
 def prepare_content(content: bytes) -> tuple[bytes, bool]:

@@ -130,10 +130,16 @@ def file_id_of(path: str) -> str:
     return path.rpartition("/")[2]
 
 
+# Built once: building and caching the statement anew per message cost more than running it.
+_INSERT = insert(_TABLE)
+
+
 def record(connection: Connection, attempts: Sequence[Attempt]) -> None:
     """Add the attempts in the caller's transaction (committed with the rows' outcome)."""
-    if attempts:
-        connection.execute(insert(_TABLE), [a.values() for a in attempts])
+    if len(attempts) == 1:  # the common case: one row, without executemany's batching machinery
+        connection.execute(_INSERT, attempts[0].values())
+    elif attempts:
+        connection.execute(_INSERT, [a.values() for a in attempts])
 
 
 def prune(session: Session | Connection, days: float, now: datetime | None = None) -> int:

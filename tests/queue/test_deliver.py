@@ -177,7 +177,7 @@ command_timeout = 5
         return [(m, (self.config.data_dir / m.path).read_bytes()) for m in messages]
 
     def wait_until_no_queue_files(self, timeout: float = 5.0) -> None:
-        """Finished files are removed in the background (content.remove_file_soon): poll."""
+        """Finished files are removed in the background (content.remove_files_soon): poll."""
         assert self.config is not None
         directory = self.config.data_dir / "outgoing"
         deadline = time.monotonic() + timeout
