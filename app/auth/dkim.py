@@ -325,6 +325,70 @@ def _text(value: object) -> str:
 # dkimpy's own signer does RSA in pure Python (about 20 ms a signature); here its parser, header
 # selection, canonicalization and folding build the same DKIM-Signature field, and OpenSSL (through
 # `cryptography`) makes the signature (under 1 ms). The body hash is computed once for all selectors.
+# A message we compose ourselves is signed from its fields as composed (`MessageParts`), without the
+# parse; a job that signs many messages loads the keys once per run (`signer`).
+
+
+@dataclass(frozen=True)
+class MessageParts:
+    """A message as its header fields and body, which is how it is signed.
+
+    A field is (name, value) as dkimpy's parser gives it: the value is everything after the colon,
+    its folds and final CRLF included. A composer builds this directly (it knows its fields), so the
+    message it signs and the one it sends are the same octets (`octets`) and need no parse.
+    """
+
+    fields: Sequence[tuple[bytes, bytes]]
+    body: bytes
+
+    def octets(self) -> bytes:
+        return b"".join(name + b":" + value for name, value in self.fields) + b"\r\n" + self.body
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A signing domain with its selectors' keys, loaded: signs any number of messages.
+
+    The key files are checked when a Signer is made (`signer`), not per message: a job makes one per
+    run, so a replaced key file is used from the next run on.
+    """
+
+    domain: bytes
+    keys: tuple[tuple[bytes, bytes, SigningKey], ...]  # (s= value, a= value, key)
+
+    def sign(
+        self,
+        message: MessageParts,
+        extra_headers: Sequence[bytes] = (),
+        canonicalization: bytes = b"relaxed/relaxed",
+    ) -> bytes:
+        """DKIM-Signature header fields (one per key) to prepend to the message (see `sign`)."""
+        include = _signed_names(message.fields, extra_headers)
+        if b"from" not in include:
+            raise DKIMMessageError("the message has no From header field, which a DKIM signature must cover")
+        policy = CanonicalizationPolicy.from_c_value(canonicalization)
+        unsigned = _UnsignedFields(
+            policy,
+            policy.canonicalize_headers(list(message.fields)),
+            include,
+            [
+                (b"c", policy.to_c_value()),
+                (b"d", self.domain),
+                (b"i", b"@" + self.domain),
+                (b"q", b"dns/txt"),
+            ],
+            [
+                (b"t", str(int(time.time())).encode("ascii")),
+                (b"h", b" : ".join(include)),
+                (b"bh", base64.b64encode(hashlib.sha256(_canonical_body(policy, message.body)).digest())),
+            ],
+        )
+        return b"".join(unsigned.signed(selector, algorithm, key) for selector, algorithm, key in self.keys)
+
+
+def signer(domain: str, selectors: Sequence[DKIMSelector]) -> Signer:
+    """`domain`'s Signer with the keys of `selectors`, each key file checked now (DKIMSigningError)."""
+    return Signer(_signing_domain(domain), _signing_keys(selectors))
 
 
 def sign(
@@ -339,47 +403,52 @@ def sign(
     `extra_headers` names header fields to sign besides RFC 6376's recommended ones (e.g. the RFC 8460
     TLS-Report-Domain); singleton fields are signed once more than present, so none can be added.
     `canonicalization` is the c= value; our mail is signed relaxed/relaxed (simple is for tests).
+    A bad domain is reported before a bad message (DKIMMessageError), that before a bad key.
     """
-    signing_domain = ascii_domain(domain)
-    if not signing_domain:
+    domain_name = _signing_domain(domain)
+    parts = _parsed(message)
+    return Signer(domain_name, _signing_keys(selectors)).sign(parts, extra_headers, canonicalization)
+
+
+def _signing_domain(domain: str) -> bytes:
+    name = ascii_domain(domain)
+    if not name:
         raise DKIMSigningError(f"cannot sign for {domain!r}: not a valid domain name")
+    return name.encode("ascii")
+
+
+def _parsed(message: bytes) -> MessageParts:
+    """The message's fields and body as dkimpy's parser reads them; DKIMMessageError if it cannot."""
     problem = header_problem(message)
     if problem is not None:
         raise DKIMMessageError(problem)
     try:
-        parsed = dkim.DKIM(message, logger=_log)
+        headers, body = dkim.rfc822_parse(message)
     except _PARSE_ERRORS as e:
         _log.warning("dkimpy cannot parse a message header: %s", _text(e))
         raise DKIMMessageError("the header section cannot be parsed for DKIM signing") from None
-    # Fields a message has at most once (RFC 5322 3.6; dkimpy's list lacks Subject) are oversigned.
-    parsed.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
-    include = [h.lower() for h in parsed.default_sign_headers()] + [h.lower() for h in extra_headers]
-    if b"from" not in include:
-        raise DKIMMessageError("the message has no From header field, which a DKIM signature must cover")
-    policy = CanonicalizationPolicy.from_c_value(canonicalization)
-    unsigned = _UnsignedFields(
-        policy,
-        policy.canonicalize_headers(parsed.headers),
-        include,
-        [
-            (b"c", policy.to_c_value()),
-            (b"d", signing_domain.encode("ascii")),
-            (b"i", b"@" + signing_domain.encode("ascii")),
-            (b"q", b"dns/txt"),
-        ],
-        [
-            (b"t", str(int(time.time())).encode("ascii")),
-            (b"h", b" : ".join(include)),
-            (b"bh", base64.b64encode(hashlib.sha256(_canonical_body(policy, parsed.body)).digest())),
-        ],
-    )
-    lines = []
-    for selector in selectors:
-        key = _private_key(Path(selector.private_key_file), selector.algorithm)
-        lines.append(
-            unsigned.signed(selector.selector.encode("ascii"), _SIGNING_ALGORITHMS[selector.algorithm], key)
+    return MessageParts([(name, value) for name, value in headers], body)
+
+
+def _signed_names(fields: Sequence[tuple[bytes, bytes]], extra_headers: Sequence[bytes]) -> list[bytes]:
+    """The h= list, lowercase: dkimpy's choice of RFC 6376's recommended fields, where the fields a
+    message has at most once (RFC 5322 3.6; dkimpy's list lacks Subject) are oversigned; then
+    `extra_headers`."""
+    selection = dkim.DKIM(logger=_log)
+    selection.headers = list(fields)
+    selection.add_frozen((*dkim.DKIM.RFC5322_SINGLETON, b"subject"))
+    return [h.lower() for h in selection.default_sign_headers()] + [h.lower() for h in extra_headers]
+
+
+def _signing_keys(selectors: Sequence[DKIMSelector]) -> tuple[tuple[bytes, bytes, SigningKey], ...]:
+    return tuple(
+        (
+            selector.selector.encode("ascii"),
+            _SIGNING_ALGORITHMS[selector.algorithm],
+            _private_key(Path(selector.private_key_file), selector.algorithm),
         )
-    return b"".join(lines)
+        for selector in selectors
+    )
 
 
 @dataclass(frozen=True)

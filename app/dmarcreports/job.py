@@ -33,7 +33,7 @@ from sqlalchemy import Update, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import metrics
-from app.auth.dkim import DKIMSigningError
+from app.auth.dkim import DKIMSigningError, Signer
 from app.auth.dmarc import DMARCRecords
 from app.auth.types import DMARCRecord
 from app.config import Config
@@ -51,7 +51,7 @@ from app.dmarcreports.evaluations import (
     settled_max_id,
 )
 from app.dmarcreports.interval import whole_hour
-from app.dmarcreports.mail import ReportMail, report_message
+from app.dmarcreports.mail import ReportMail, report_message, report_signer
 from app.dmarcreports.rua import report_destinations
 from app.dmarcreports.xml import Metadata, PolicyPublished, ReportWriter, Row
 from app.dns import BulkTXT, DNSTemporaryError, Resolver, TXTSource, resolver_from_config
@@ -75,6 +75,7 @@ LOOKUPS = 64  # DNS lookups in flight at once
 MAX_EXCLUDED = 10_000  # domains a run's final delete names as exceptions; beyond: by the claims
 RECOVERY_SLICE = 100_000  # ids per delete when finishing a dead run's deletions
 SKIPPED = "dmarc report address skipped policy_domain=%s address=%s reason=%s"
+NOT_SIGNED = "dmarc report not signed, kept for the next run policy_domain=%s: %s"
 
 C = DMARCReportClaim
 T = TypeVar("T")
@@ -154,6 +155,8 @@ class _Run:
         self.records = SharedLookups(resolver, self.lookups)
         self.sessions = session_factory(config.resolved_database_url)
         self.sender = dmarc_report_sender(config)
+        self.signer: Signer | None = None  # the keys, loaded once per run (`run`); None: unsigned
+        self.signing_error: DKIMSigningError | None = None  # why they could not be loaded
         self.now = now
         self.cutoff = now - MAX_AGE
         self.summary = RunSummary(cid, whole_hour(now))
@@ -176,6 +179,10 @@ class _Run:
                 "dmarc reports go out unsigned: no configured domain with DKIM selectors is %s or a parent",
                 self.config.hostname,
             )
+        try:
+            self.signer = report_signer(self.sender)
+        except DKIMSigningError as e:  # e.g. an unreadable key file: every domain is kept, with the error
+            self.signing_error = e
         self.max_id = settled_max_id(self.sessions)
         async with self.lookups:
             await self.report(spacing)
@@ -302,27 +309,41 @@ class _Run:
             log.info(SKIPPED, domain, uri, reason)
         if plan.keep:
             log.info("dmarc report postponed to the next run policy_domain=%s reason=%s", domain, plan.keep)
-            self.summary.kept.append(domain)
-            self.excluded.add(domain)
+            self.keep(domain)
             return None
         addresses = self.unsuppressed(domain, plan.addresses)
         if plan.discard or not addresses:
             return Outcome(domain, discard=plan.discard or "every report address is suppressed")
+        if self.signing_error is not None:  # e.g. an unreadable key file: the operator must act
+            log.error(NOT_SIGNED, domain, self.signing_error)
+            self.keep(domain)
+            return None
         assert plan.record is not None  # a plan with addresses has its record
+        return self.reported(domain_rows, span, plan.record, plan.skipped, addresses)
+
+    def keep(self, domain: str) -> None:
+        """The domain's evaluations stay for the next run."""
+        self.summary.kept.append(domain)
+        self.excluded.add(domain)
+
+    def reported(
+        self,
+        domain_rows: DomainRows,
+        span: Span,
+        record: DMARCRecord,
+        skipped: tuple[tuple[str, str], ...],
+        addresses: list[str],
+    ) -> Outcome:
+        """The domain's report, built and signed, with its first delivery time."""
+        domain = domain_rows.policy_domain
         report_cid = new_cid()
         report_id = f"{self.run_hour:%Y%m%d.%H}.{report_cid}"
-        errors = [reason for _, reason in plan.skipped]
-        policy = published_policy(domain, plan.record)
+        errors = [reason for _, reason in skipped]
+        policy = published_policy(domain, record)
         mail = build_report(
             domain_rows, span, policy, self.config.hostname, self.sender.address, report_id, errors
         )
-        try:
-            message = report_message(mail, self.sender, addresses, self.now)
-        except DKIMSigningError as e:  # e.g. an unreadable key file: the operator must act
-            log.error("dmarc report not signed, kept for the next run policy_domain=%s: %s", domain, e)
-            self.summary.kept.append(domain)
-            self.excluded.add(domain)
-            return None
+        message = report_message(mail, self.sender, addresses, self.now, self.signer)
         due = self.now + self.planned_reports * self.spacing
         self.planned_reports += 1
         return Outcome(

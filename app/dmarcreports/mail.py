@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from app.address import address_field
-from app.auth.dkim import sign
+from app.auth.dkim import MessageParts, Signer, signer
 from app.auth.message import checked_domain
 from app.dmarcreports.xml import filename
 from app.reportsender import ReportSender
@@ -54,8 +54,8 @@ def _text(report: ReportMail, host: str) -> str:
     )
 
 
-def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime) -> bytes:
-    """The unsigned message, CRLF line ends.
+def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime) -> MessageParts:
+    """The unsigned message, CRLF line ends, as its header fields and body (signed as composed).
 
     Written out directly rather than with the email package: its header objects cost milliseconds per
     message, which an hourly run for thousands of domains pays thousands of times. Every value here
@@ -63,26 +63,27 @@ def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now
     outside are checked (ValueError if one is not an address or a domain name).
     """
     boundary = f"=_report_{secrets.token_hex(12)}"
+    report_id = report.report_id
     policy_domain = checked_domain(report.policy_domain)
     name = filename(sender.domain, policy_domain, report.begin, report.end)
     attachment = base64.encodebytes(report.gzipped).replace(b"\n", b"\r\n")
-    headers = [
-        f"From: {sender.address}",
-        f"To: {address_field(recipients)}",
+    fields = [
+        ("From", sender.address),
+        ("To", address_field(recipients)),
         # Folded as RFC 9990 2.6.2 shows it.
-        f"Subject: Report Domain: {policy_domain}\r\n Submitter: {sender.domain}\r\n"
-        f" Report-ID: <{report.report_id}>",
-        f"Date: {format_datetime(now.astimezone(UTC))}",
+        (
+            "Subject",
+            f"Report Domain: {policy_domain}\r\n Submitter: {sender.domain}\r\n Report-ID: <{report_id}>",
+        ),
+        ("Date", format_datetime(now.astimezone(UTC))),
         # RFC 9990 2.6.2: the Report-ID may be reused in the Message-ID, so duplicates are recognisable.
-        f"Message-ID: <{report.report_id}@{sender.domain}>",
-        "Auto-Submitted: auto-generated",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+        ("Message-ID", f"<{report_id}@{sender.domain}>"),
+        ("Auto-Submitted", "auto-generated"),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
     ]
     text = _text(report, sender.domain).replace("\n", "\r\n")
     parts = [
-        "\r\n".join(headers),
-        "",
         f"--{boundary}",
         "Content-Type: text/plain; charset=us-ascii",
         "Content-Transfer-Encoding: 7bit",
@@ -95,12 +96,23 @@ def compose(report: ReportMail, sender: ReportSender, recipients: list[str], now
         "",
         "",
     ]
-    return "\r\n".join(parts).encode("ascii") + attachment + f"--{boundary}--\r\n".encode("ascii")
+    body = "\r\n".join(parts).encode("ascii") + attachment + f"--{boundary}--\r\n".encode("ascii")
+    return MessageParts([(n.encode("ascii"), f" {v}\r\n".encode("ascii")) for n, v in fields], body)
 
 
-def report_message(report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime) -> bytes:
-    """The message as queued: signed with every selector of the sender's domain, if it has any."""
-    unsigned = compose(report, sender, recipients, now)
+def report_signer(sender: ReportSender) -> Signer | None:
+    """The sender's Signer, for every report of a run (DKIMSigningError if a key file is unusable);
+    None: the reports go out unsigned."""
     if sender.signing_domain is None or not sender.selectors:
-        return unsigned
-    return sign(unsigned, sender.signing_domain, sender.selectors) + unsigned
+        return None
+    return signer(sender.signing_domain, sender.selectors)
+
+
+def report_message(
+    report: ReportMail, sender: ReportSender, recipients: list[str], now: datetime, signing: Signer | None
+) -> bytes:
+    """The message as queued: signed with every key of `signing` (from `report_signer`), if any."""
+    message = compose(report, sender, recipients, now)
+    if signing is None:
+        return message.octets()
+    return signing.sign(message) + message.octets()

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import CanonicalizationPolicy
 
 from app.auth import dkim as pwdkim
-from app.auth.dkim import DKIMMessageError, DKIMSigningError, sign, verify_all
+from app.auth.dkim import DKIMMessageError, DKIMSigningError, MessageParts, sign, signer, verify_all
 from app.auth.dkimkeys import DKIMAlgorithm, dns_txt_value, generate_private_key_pem
 from app.config import DKIMSelector
 from app.dns import Resolver
@@ -189,6 +189,51 @@ def test_signatures_are_dkimpys_to_the_byte(
                 include_headers=signer.default_sign_headers(),
             )
             assert ours == theirs
+
+
+# A message as a composer builds it (app/dmarcreports/mail.py): fields with a folded one, and a body.
+COMPOSED = MessageParts(
+    [
+        (b"From", b" postmaster@mail.example.com\r\n"),
+        (b"To", b" dmarc@example.org\r\n"),
+        (b"Subject", b" Report Domain: example.org\r\n Submitter: mail.example.com\r\n Report-ID: <r1>\r\n"),
+        (b"Date", b" Wed, 25 Nov 2026 05:00:00 +0000\r\n"),
+        (b"Auto-Submitted", b" auto-generated\r\n"),
+    ],
+    b"--b\r\nContent-Type: text/plain\r\n\r\nThe numbers are in.\r\n--b--\r\n",
+)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_a_composed_message_is_signed_as_its_octets_are(
+    keys: dict[DKIMAlgorithm, Path], algorithm: DKIMAlgorithm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signing the fields a message was composed of, without parsing it, gives the field that signing
+    its octets gives (which is dkimpy's, above), for every canonicalization."""
+    monkeypatch.setattr(time, "time", lambda: 1_796_000_000.5)
+    selectors = [selector(keys, algorithm)]
+    keyed = signer("example.com", selectors)
+    for canonicalization in CANONICALIZATIONS:
+        from_octets = sign(COMPOSED.octets(), "example.com", selectors, canonicalization=canonicalization)
+        assert keyed.sign(COMPOSED, canonicalization=canonicalization) == from_octets
+    assert COMPOSED.octets().startswith(b"From: postmaster@mail.example.com\r\nTo: ")
+    assert b"Report-ID: <r1>\r\nDate: " in COMPOSED.octets()
+
+
+def test_a_signer_reads_its_keys_once_and_the_next_one_reads_a_replaced_file(tmp_path: Path) -> None:
+    """A job signs a run's messages with one Signer: the key files are not read again per message,
+    and the next run's Signer uses a key file replaced meanwhile."""
+    path = tmp_path / "key.pem"
+    path.write_bytes(generate_private_key_pem("ed25519"))
+    key = DKIMSelector(selector="x", algorithm="ed25519", private_key_file=path)
+    first = signer("example.com", [key])
+    path.unlink()
+    assert b"DKIM-Signature: " in first.sign(COMPOSED), "signs with the key it loaded"
+    with pytest.raises(DKIMSigningError, match=r"key\.pem"):
+        signer("example.com", [key])
+    path.write_bytes(generate_private_key_pem("ed25519"))
+    second = signer("example.com", [key])
+    assert first.sign(COMPOSED).split(b"b=")[-1] != second.sign(COMPOSED).split(b"b=")[-1]
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])

@@ -204,7 +204,7 @@ def test_our_dmarc_report_reads_back_with_the_same_counts() -> None:
     report = dmarc_mail.ReportMail(
         "sender.example", "r-1", 1764547200, 1764633599, writer.rows, writer.messages, gzipped_report
     )
-    message = dmarc_mail.compose(report, SENDER, ["dmarc@sender.example"], NOW)
+    message = dmarc_mail.compose(report, SENDER, ["dmarc@sender.example"], NOW).octets()
     for read in (read_message(message, expect="dmarc"), read_file(gzipped_report)):
         assert isinstance(read, dmarc.AggregateReport)
         assert (len(read.records), read.messages) == (writer.rows, writer.messages) == (40, 820)
