@@ -184,26 +184,40 @@ def _policy_published(policy: PolicyPublished) -> str:
 
 
 def _record(row: Row, policy: PolicyPublished) -> str:
-    reasons = "".join(
-        f"<reason>{_element('type', kind)}{_element('comment', comment) if comment else ''}</reason>"
-        for kind, comment in override_reasons(row, policy)
-    )
-    evaluated = (
-        f"<policy_evaluated>{_element('disposition', action_disposition(row, policy))}"
-        f"{_element('dkim', 'pass' if row.dkim_aligned else 'fail')}"
-        f"{_element('spf', 'pass' if row.spf_aligned else 'fail')}{reasons}</policy_evaluated>"
+    evaluated = _evaluated(
+        action_disposition(row, policy),
+        row.dkim_aligned,
+        row.spf_aligned,
+        tuple(override_reasons(row, policy)),
     )
     identified = _identified(
         row.envelope_to, row.envelope_from, row.header_from, row.dkim_results, row.spf_results
     )
+    # The count is an int: nothing in it to escape.
     return (
-        f"<record><row>{_element('source_ip', row.source_ip)}{_element('count', row.count)}{evaluated}</row>"
+        f"<record><row>{_element('source_ip', row.source_ip)}<count>{row.count}</count>{evaluated}</row>"
         f"{identified}</record>\n"
     )
 
 
-# Rows of a report, and of all reports, repeat the same few identifiers and result lists: each
-# combination is rendered once.
+# Rows of a report, and of all reports, repeat the same few evaluations, identifiers and result
+# lists: each combination is rendered once.
+
+
+@lru_cache(maxsize=1024)
+def _evaluated(
+    disposition: str, dkim_aligned: bool, spf_aligned: bool, reasons: tuple[tuple[str, str], ...]
+) -> str:
+    """A record's policy_evaluated."""
+    reasons_xml = "".join(
+        f"<reason>{_element('type', kind)}{_element('comment', comment) if comment else ''}</reason>"
+        for kind, comment in reasons
+    )
+    return (
+        f"<policy_evaluated>{_element('disposition', disposition)}"
+        f"{_element('dkim', 'pass' if dkim_aligned else 'fail')}"
+        f"{_element('spf', 'pass' if spf_aligned else 'fail')}{reasons_xml}</policy_evaluated>"
+    )
 
 
 @lru_cache(maxsize=4096)
