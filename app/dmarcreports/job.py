@@ -448,11 +448,13 @@ def claim(session: Session, claims: list[dict[str, object]]) -> set[str]:
     """
     statement = (
         upsert_insert(session, C.__table__)
-        .values(claims)
         .on_conflict_do_nothing(index_elements=["policy_domain", "run_hour"])
         .returning(C.__table__.c.policy_domain)
     )
-    return set(session.scalars(statement))
+    # The claims as parameters, not in the statement: it is compiled once and cached, where a statement
+    # with a run's values in it was compiled afresh for every batch (SQLAlchemy still sends one INSERT
+    # with many VALUES, "insertmanyvalues").
+    return set(session.scalars(statement, claims))
 
 
 def finish_deletions(sessions: sessionmaker[Session]) -> int:
