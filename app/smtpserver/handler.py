@@ -27,7 +27,7 @@ from app.address import AddressError, NeedsSMTPUTF8, validate_address
 from app.config import Config
 from app.logs import RATE_LIMITED, cid_scope, fields
 from app.smtpserver.headers import received_header, smtp_protocol, tls_description
-from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP
+from app.smtpserver.protocol import TOO_MANY_RECIPIENTS, PostwardenSMTP, names_with_prefixes
 from app.smtpserver.ratelimit import RateLimiter
 from app.store.files import new_file_id
 
@@ -46,6 +46,12 @@ class BaseHandler:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's SMTP.__init__ looks through every member of the handler (inspect.getmembers) for
+        # its hooks and AUTH mechanisms at each connection; listing just those (once per class) saves
+        # most of that. Handlers keep no hooks in instance attributes.
+        return names_with_prefixes(type(self), ("handle_", "auth_"))  # type: ignore[arg-type]
 
     async def handle_EHLO(
         self,

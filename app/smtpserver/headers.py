@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from email.utils import format_datetime
+from functools import lru_cache
 
 from app.models.base import utcnow
 
@@ -50,9 +51,11 @@ def _word(text: str) -> str:
     return UNSAFE_IN_TRACE.sub("?", text)[:MAX_WORD] or "unknown"
 
 
+@lru_cache(maxsize=4096)
 def _address_literal(ip: str) -> str:
     """RFC 5321 4.1.3: `[192.0.2.1]` or `[IPv6:2001:db8::1]`, without an IPv6 zone; "unknown" if `ip`
-    is not an address."""
+    is not an address. Cached per address: every message asks, from a few clients' addresses (the
+    ipaddress module parses in Python)."""
     try:
         address = ipaddress.ip_address(ip.partition("%")[0])
     except ValueError:

@@ -171,7 +171,7 @@ class PostwardenSMTP(SMTP):
         # keeping only smtp_* and auth_* names; listing just those (once per class) saves most of the
         # cost of opening a session.
         # mypy checks the class object against Hashable with the instances' __hash__ (a false positive).
-        return _command_and_auth_names(type(self))  # type: ignore[arg-type]
+        return names_with_prefixes(type(self), ("smtp_", "auth_"))  # type: ignore[arg-type]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT path with the email package's full RFC 5322 parser, a large
@@ -388,5 +388,6 @@ def _peer_ip(peer: object) -> str:
 
 
 @functools.cache
-def _command_and_auth_names(cls: type) -> list[str]:
-    return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+def names_with_prefixes(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    """The attribute names of `cls` that aiosmtpd looks for in `dir()` of a session or handler."""
+    return [name for name in dir(cls) if name.startswith(prefixes)]

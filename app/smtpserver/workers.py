@@ -49,7 +49,9 @@ STOP_TIMEOUT = 30.0
 
 def default_worker_count() -> int:
     """Half the CPUs: the machine also runs the evaluation publisher, Celery workers and the database,
-    and on two cores a second SMTP worker costs more CPU per message than it gains (measured)."""
+    and on two cores a second SMTP worker costs more CPU per message than it gains (measured, again on
+    2026-12-03 with tests/bench/inbound.py --workers 1|2: smtp-source at about the same rate, 4.7-5.0
+    ms against 5.5-6.3 ms server CPU per message)."""
     return max(1, (os.cpu_count() or 1) // 2)
 
 

@@ -391,14 +391,15 @@ def has_accepted_mail_from(session: Session, domain: str) -> bool:
 def destination_ids(session: Session, account: str, mailbox: str) -> tuple[int, int] | None:
     """(account id, mailbox id) of the account's mailbox named `mailbox`, whose history reputation
     reads (SPEC R3.4); None before the first message made it."""
-    found = session.connection().execute(_destination_query(), {"b_account": account, "b_mailbox": mailbox})
+    found = session.connection().execute(destination_query(), {"b_account": account, "b_mailbox": mailbox})
     row = found.first()
     return None if row is None else (row[0], row[1])
 
 
 @cache
-def _destination_query() -> Select[Any]:
-    """destination_ids's statement, built once (values bound at execution): asked for every message."""
+def destination_query() -> Select[Any]:
+    """destination_ids's statement, built once (values bound at execution: `b_account`, the account
+    name, and `b_mailbox`): reputation selects more columns with it (one statement per message)."""
     # A local import: app/accounts.py (the owner of account rows) makes mailboxes through this module.
     from app.accounts import account_id_subquery
 

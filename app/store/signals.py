@@ -15,7 +15,22 @@ from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, Integer, Select, bindparam, insert, select, text, union_all, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    TextClause,
+    bindparam,
+    exists,
+    false,
+    insert,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.address import address_key
@@ -176,10 +191,25 @@ def history_query(
 def _history_values(
     mailbox_orig_id: int, signals: Sequence[tuple[str, str]], since: datetime, limit: int
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {"mailbox": mailbox_orig_id, "since": since, "limit": limit}
+    return {"mailbox": mailbox_orig_id, "limit": limit, **flagged_values(signals, since)}
+
+
+def flagged_values(signals: Sequence[tuple[str, str]], since: datetime) -> dict[str, Any]:
+    """The values flagged_exists's expression binds: the (kind, value) `signals` and `since`."""
+    values: dict[str, Any] = {"since": since}
     for n, (kind, value) in enumerate(signals):
         values |= {f"kind{n}": kind, f"value{n}": value[:512]}
     return values
+
+
+def flagged_exists(mailbox_orig_id: ColumnElement[int], count: int) -> ColumnElement[bool]:
+    """Whether a flagged message delivered to the mailbox since the bound `since` shares any of the
+    `count` signals (values from flagged_values), as an expression another owner's statement selects:
+    the mailbox row and this answer in one statement (most mail has no history and asks only this).
+    One probe of `ix_message_signals_history` per signal, each stopping at the first row."""
+    if not count:
+        return false()
+    return or_(*(exists().where(*_flagged_rows(mailbox_orig_id, n)) for n in range(count)))
 
 
 @cache
@@ -197,14 +227,22 @@ def _history_scan(n: int) -> Select[Any]:
     t = _TABLE.c
     scan = (
         select(t.message_id, t.received, t.junk)
-        .where(
-            t.mailbox_orig_id == bindparam("mailbox"),
-            t.kind == bindparam(f"kind{n}"),
-            t.value == bindparam(f"value{n}"),
-            t.received >= bindparam("since"),
-        )
-        .where(_FLAGGED)
+        .where(*_flagged_rows(bindparam("mailbox"), n))
         .order_by(t.received.desc())
         .limit(bindparam("limit", type_=Integer))
     )
     return select(scan.subquery())
+
+
+def _flagged_rows(
+    mailbox_orig_id: ColumnElement[int], n: int
+) -> tuple[ColumnElement[bool] | TextClause, ...]:
+    """The WHERE of the flagged rows of the n-th signal delivered to the mailbox since `since`."""
+    t = _TABLE.c
+    return (
+        t.mailbox_orig_id == mailbox_orig_id,
+        t.kind == bindparam(f"kind{n}"),
+        t.value == bindparam(f"value{n}"),
+        t.received >= bindparam("since"),
+        _FLAGGED,
+    )

@@ -25,10 +25,9 @@ from app.config import Account, Config
 from app.logs import fields
 from app.models.base import utcnow
 from app.store.files import MailboxCopy
-from app.store.mailboxes import destination_ids
 from app.verdict.dmarc import dmarc_verdict
 from app.verdict.reports import REPORT_FLAGS, ReportCheck, check_report
-from app.verdict.reputation import NO_HISTORY, Reputation, Subject, reputation, reputation_verdict
+from app.verdict.reputation import NO_HISTORY, Reputation, destination_reputation, reputation_verdict
 from app.verdict.rulesets import mailing_list_verdict, matching_ruleset
 from app.verdict.types import ACCEPT, Action, Arrival, Delivery, Recipient, Verdict
 
@@ -154,8 +153,7 @@ def _read_history(
 ) -> Reputation:
     if session is None:
         return NO_HISTORY
-    ids = destination_ids(session, account, mailbox)
-    return NO_HISTORY if ids is None else reputation(session, Subject(*ids, columns, forwarded, now))
+    return destination_reputation(session, account, mailbox, columns, forwarded, now)
 
 
 def _place(

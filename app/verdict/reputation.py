@@ -15,14 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from app.address import address_key
 from app.queue.outgoing import has_sent_to
-from app.store.mailboxes import from_addresses
-from app.store.signals import Flagged, flagged_history, ip_networks, signals_of
+from app.store.mailboxes import destination_query, from_addresses
+from app.store.signals import (
+    Flagged,
+    flagged_exists,
+    flagged_history,
+    flagged_values,
+    ip_networks,
+    signals_of,
+)
 from app.verdict.types import Delivery, Verdict
 
 YEAR = timedelta(days=365)
@@ -92,10 +101,32 @@ def junk_reject(reason: str) -> Verdict:
     return Verdict("reject", reason, reply=JUNK_REJECT_REPLY, result="rejected-junk")
 
 
-def reputation(session: Session, subject: Subject) -> Reputation:
-    """The first step's answer that found history; NO_HISTORY when none did."""
-    if not _may_have_history(session, subject):
+def destination_reputation(
+    session: Session, account: str, mailbox: str, columns: Mapping[str, Any], forwarded: bool, now: datetime
+) -> Reputation:
+    """What the history of the account's mailbox named `mailbox` says of a message with these
+    `messages` columns: the first step's answer that found history; NO_HISTORY when none did (or
+    before the first message made the mailbox). The mailbox's ids and whether any flagged message
+    shares a signal are one statement (with the sent-to lookup of a validated From, all that most
+    mail costs)."""
+    signals = signals_of(columns, forwarded=forwarded)
+    values = {"b_account": account, "b_mailbox": mailbox, **flagged_values(signals, now - WIDEST_WINDOW)}
+    row = session.connection().execute(_destination_look(len(signals)), values).first()
+    if row is None:
         return NO_HISTORY
+    subject = Subject(row[0], row[1], columns, forwarded, now)
+    return _steps(session, subject) if row[2] or _sent_to_from(session, subject) else NO_HISTORY
+
+
+@cache
+def _destination_look(signal_count: int) -> Select[Any]:
+    """The destination's (account id, mailbox id, flagged history exists), built once per count."""
+    query = destination_query()
+    mailbox_id = query.selected_columns[1]
+    return query.add_columns(flagged_exists(mailbox_id, signal_count))
+
+
+def _steps(session: Session, subject: Subject) -> Reputation:
     for step in STEPS:
         found = step(session, subject)
         if found is not None:
@@ -103,16 +134,13 @@ def reputation(session: Session, subject: Subject) -> Reputation:
     return NO_HISTORY
 
 
-def _may_have_history(session: Session, subject: Subject) -> bool:
-    """Whether any step could find something. Most mail has no flagged history and comes from
-    addresses the user never wrote to, where the steps would cost a dozen statements to say so;
-    this asks once for what they ask together: a flagged message sharing any signal (the steps'
-    signals are the message's stored ones, signals_of) in the widest window, and (for a validated
-    From) mail sent to its address, domain or organisational domain."""
+def _sent_to_from(session: Session, subject: Subject) -> bool:
+    """Whether the user wrote to the (validated) From's address, domain or organisational domain.
+    Most mail has no flagged history and comes from addresses the user never wrote to, where the
+    steps would cost a dozen statements to say so; this and the flagged history in the widest
+    window (the steps' signals are the message's stored ones, signals_of) ask once for what the
+    steps ask together."""
     columns = subject.columns
-    signals = signals_of(columns, forwarded=subject.forwarded)
-    if flagged_history(session, subject.mailbox_id, signals, subject.now - WIDEST_WINDOW, 1):
-        return True
     return bool(columns.get("msg_from_validated")) and has_sent_to(
         session,
         subject.account_id,

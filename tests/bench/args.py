@@ -13,3 +13,8 @@ def count(position: int, smoke: int, full: int) -> int:
     if len(sys.argv) > position and sys.argv[position].isdigit():
         return int(sys.argv[position])
     return smoke if SMOKE else full
+
+
+def option(name: str) -> int | None:
+    """The number after `name` on the command line (`--stored 1000000`), None if `name` is not given."""
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None

@@ -13,7 +13,8 @@ Maildir. Each server runs as its own processes and is driven by
   2. a Python client sending 5,000 DKIM-signed 4 KB messages over 10 sessions (ours and the sink).
 Each server first gets 20 messages and is left to go idle (warm-up). Every message must be accepted
 (and, for ours, stored). Server CPU is the user + system time of the server's processes (and of those
-they reaped) during the run. `--stored N` also measures ours on a store already holding N messages.
+they reaped) during the run. `--stored N` also measures ours on a store already holding N messages;
+`--workers N` runs ours with N SMTP worker processes.
 Not a pytest test: run it directly, `.venv/bin/python tests/bench/inbound.py` (or `make bench`). The
 last line is the smtp-source result. Without Postfix (or root) a --smoke run says so and leaves it
 out; a full run stops.
@@ -49,7 +50,7 @@ from app.db import session_scope  # noqa: E402
 from app.migrate import upgrade_database  # noqa: E402
 from app.models import Message  # noqa: E402
 from app.store.mailboxes import ensure_mailbox, new_message_row, with_uids  # noqa: E402
-from tests.bench.args import SMOKE  # noqa: E402
+from tests.bench.args import SMOKE, option  # noqa: E402
 from tests.support.configs import write_config  # noqa: E402
 from tests.support.dnsserver import DNSTestServer  # noqa: E402
 from tests.support.postfix import Postfix, postfix, unavailable  # noqa: E402
@@ -63,7 +64,9 @@ SIZE = 4096
 DISTINCT_SIGNED = 5 if SMOKE else 200
 # `--stored N`: also run ours with N messages already in the recipient's Inbox (issue 14: the rate
 # with 1,000,000 stored must be within 10 % of an empty store's).
-STORED = int(sys.argv[sys.argv.index("--stored") + 1]) if "--stored" in sys.argv else 0
+STORED = option("--stored") or 0
+# `--workers N`: ours with N SMTP worker processes (default: `postwarden smtp`'s own default).
+WORKERS = option("--workers")
 PREFILL_CHUNK = 50_000
 SENDER_DOMAIN = "sender.example"
 SENDER = f"bench@{SENDER_DOMAIN}"
@@ -158,7 +161,8 @@ def bare_sink() -> Iterator[tuple[Server, list[int]]]:
 def postwarden_smtp(config_file: Path, log: Path) -> Iterator[Server]:
     env = {**os.environ, "POSTWARDEN_CONFIG": str(config_file)}
     with log.open("wb") as out:
-        process = subprocess.Popen([POSTWARDEN, "smtp"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        command = [POSTWARDEN, "smtp"] + ([] if WORKERS is None else ["--workers", str(WORKERS)])
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while "smtp ready" not in log.read_text():

@@ -12,7 +12,7 @@ Some mail goes to a Lists mailbox, so the history is per mailbox. Rows are writt
 own builders (new_message_row, add_messages, add_signals, record_sent_recipient) in a child process.
 The small database has the same model with senders scaled to the messages (20 messages a sender).
 
-Measured: the reputation step alone, `reputation(session, Subject)` (app/verdict/reputation.py),
+Measured: the reputation step alone, `destination_reputation()` (app/verdict/reputation.py) for the Inbox,
 each call timed on a live session of the SQLite file database, after a warm-up pass; no SMTP, DNS
 or the rest of analyze(). The two databases take turns analysis by analysis (both see the same
 load on the machine). The 10,000 analyses mix senders: known good and known junk addresses,
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: make `app` and `tests` importable
 
 from sqlalchemy import text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 from app.accounts import ensure_account  # noqa: E402
 from app.db import session_scope  # noqa: E402
@@ -55,7 +56,7 @@ from app.migrate import upgrade_database  # noqa: E402
 from app.queue.outgoing import record_sent_recipient  # noqa: E402
 from app.store.mailboxes import add_messages, destination_ids, ensure_mailbox, new_message_row  # noqa: E402
 from app.store.signals import add_signals  # noqa: E402
-from app.verdict.reputation import NO_HISTORY, Reputation, Subject, reputation  # noqa: E402
+from app.verdict.reputation import NO_HISTORY, Reputation, Subject, destination_reputation  # noqa: E402
 from tests.bench.args import count  # noqa: E402
 
 MESSAGES = count(1, smoke=3_000, full=1_000_000)
@@ -358,6 +359,11 @@ def measure(databases: list[Database]) -> None:
                 found = reputation(session, subject)
                 db.by_kind[kind].append((time.perf_counter() - started) * 1000)
                 db.methods[answer(found)] += 1
+
+
+def reputation(session: Session, subject: Subject) -> Reputation:
+    """The reputation of the subject's message for the Inbox, as analysis reads it (its ids included)."""
+    return destination_reputation(session, ACCOUNT, "Inbox", subject.columns, subject.forwarded, subject.now)
 
 
 def answer(found: Reputation) -> str:

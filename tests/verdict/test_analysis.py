@@ -23,7 +23,7 @@ from app.config import Config, load_config
 from app.verdict import analysis as analysis_module
 from app.verdict.analysis import analyze
 from app.verdict.dmarc import DMARC_REJECT_REPLY
-from app.verdict.reputation import NO_HISTORY, Reputation, Subject
+from app.verdict.reputation import NO_HISTORY, Reputation
 from app.verdict.types import Arrival, Recipient, Verdict
 from tests.support.configs import write_config
 
@@ -200,19 +200,15 @@ def test_recipients_sharing_a_destination_read_its_history_once(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Aliases of one account and mailbox share one reading of the history (its queries run once)."""
-    read: list[tuple[int, int]] = []
+    read: list[tuple[str, str]] = []
 
-    def history(session: object, subject: Subject) -> Reputation:
-        read.append((subject.account_id, subject.mailbox_id))
+    def history(session: object, account: str, mailbox: str, *args: object) -> Reputation:
+        read.append((account, mailbox))
         return NO_HISTORY
 
-    def ids(session: object, account: str, mailbox: str) -> tuple[int, int]:
-        return len(account), len(mailbox)
-
-    monkeypatch.setattr(analysis_module, "destination_ids", ids)
-    monkeypatch.setattr(analysis_module, "reputation", history)
+    monkeypatch.setattr(analysis_module, "destination_reputation", history)
     bob = Recipient("bob@example.org", "bob", "Inbox")
     robert = Recipient("robert@example.org", "bob", "Inbox")
     reports = Recipient("dmarc@example.org", "bob", "Reports")
     analyze(config, arrival(outcome(), bob, robert, reports), cast(Session, object()))
-    assert read == [(3, 5), (3, 7)]
+    assert read == [("bob", "Inbox"), ("bob", "Reports")]

@@ -21,7 +21,7 @@ from app.migrate import upgrade_database
 from app.models import MessageSignal
 from app.queue.outgoing import record_sent_recipient
 from app.store.mailboxes import add_messages, ensure_mailbox, new_message_row
-from app.store.signals import add_signals, history_query
+from app.store.signals import add_signals, flagged_values, history_query, signals_of
 from app.verdict.reputation import (
     DKIMSPF_WINDOW,
     DOMAIN_WINDOW,
@@ -29,8 +29,8 @@ from app.verdict.reputation import (
     IP_WINDOW,
     NO_HISTORY,
     Reputation,
-    Subject,
-    reputation,
+    _destination_look,
+    destination_reputation,
 )
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -88,8 +88,7 @@ class History:
 
     def judge(self, *, forwarded: bool = False, **changes: Any) -> Reputation:
         self.session.flush()
-        subject = Subject(self.account_id, self.inbox, MESSAGE | changes, forwarded, NOW)
-        return reputation(self.session, subject)
+        return destination_reputation(self.session, "alice", "Inbox", MESSAGE | changes, forwarded, NOW)
 
 
 @pytest.fixture
@@ -117,6 +116,13 @@ def said(found: Reputation) -> tuple[bool | None, bool, str]:
 
 
 FROM = {"msg_from": "alice@sender.example", "msg_from_validated": True}
+
+
+def test_a_mailbox_not_made_yet_has_no_history(history: History) -> None:
+    history.add(True, **MESSAGE)
+    found = destination_reputation(history.session, "alice", "Lists", MESSAGE, False, NOW)
+    assert found == NO_HISTORY
+    assert destination_reputation(history.session, "bob", "Inbox", MESSAGE, False, NOW) == NO_HISTORY
 
 
 def test_no_history_is_none(any_history: History) -> None:
@@ -363,6 +369,19 @@ def test_each_lookup_is_a_range_scan_of_the_history_index(history: History) -> N
         assert len(scans) == len(used), plan  # one range scan per signal, none of the whole table
         index = "SEARCH message_signals USING INDEX ix_message_signals_history"
         assert all(s.startswith(index) for s in scans), plan
+
+
+def test_the_first_look_probes_the_history_index_once_per_signal(history: History) -> None:
+    """The statement every message costs: the mailbox's ids and one index probe per signal."""
+    signals = signals_of(MESSAGE)
+    query = _destination_look(len(signals))
+    values = {"b_account": "alice", "b_mailbox": "Inbox", **flagged_values(signals, NOW - DAY)}
+    compiled = query.compile(history.session.get_bind())
+    params = tuple(values[name] for name in compiled.positiontup or ())
+    plan = history.session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+    scans = [row[-1] for row in plan if re.match(r"(SCAN|SEARCH) message_signals", row[-1])]
+    assert len(scans) == len(signals), plan
+    assert all(s.startswith("SEARCH message_signals USING INDEX ix_message_signals_history") for s in scans)
 
 
 def test_on_postgresql_each_lookup_is_an_index_scan_of_the_history_index(postgres_url: str) -> None:
