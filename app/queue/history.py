@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import CTE, Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import affected_rows
@@ -140,6 +140,13 @@ def record(connection: Connection, attempts: Sequence[Attempt]) -> None:
         connection.execute(_INSERT, attempts[0].values())
     elif attempts:
         connection.execute(_INSERT, [a.values() for a in attempts])
+
+
+def record_cte() -> CTE:
+    """`record` of one attempt as part of one PostgreSQL statement (app/queue/deliver.py's outcome in
+    one round trip); it binds `Attempt.values()`."""
+    columns = [column.name for column in _TABLE.columns if column.name != "id"]
+    return insert(_TABLE).values({name: bindparam(name) for name in columns}).cte("recorded")
 
 
 def prune(session: Session | Connection, days: float, now: datetime | None = None) -> int:

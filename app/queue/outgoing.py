@@ -18,7 +18,21 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.address import address_domain, normalize_address
@@ -151,13 +165,28 @@ def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
     return (_TABLE.c.id == row.id) & (_TABLE.c.lease_owner == row.lease_owner)
 
 
-_FINISH = delete(_TABLE).where(_TABLE.c.id == bindparam("id"), _TABLE.c.lease_owner == bindparam("owner"))
+# Its values are named apart from any column: one statement of `finish_cte` binds an INSERT's values
+# by column name too, and takes a key that names a column for that column's value.
+_FINISH = delete(_TABLE).where(
+    _TABLE.c.id == bindparam("finish_id"), _TABLE.c.lease_owner == bindparam("finish_owner")
+)
 _PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).limit(1)
 
 
 def finish(session: Session | Connection, row: OutgoingMessage) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
-    return bool(affected_rows(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner})))
+    return bool(affected_rows(session.execute(_FINISH, finish_params(row))))
+
+
+def finish_params(row: OutgoingMessage) -> dict[str, Any]:
+    """The values `finish` and `finish_cte` bind."""
+    return {"finish_id": row.id, "finish_owner": row.lease_owner}
+
+
+def finish_cte() -> CTE:
+    """`finish` as part of one PostgreSQL statement (app/queue/deliver.py's outcome in one round trip):
+    the ids of the rows removed, none if the lease was lost."""
+    return _FINISH.returning(_TABLE.c.id).cte("finished")
 
 
 def postpone(session: Session | Connection, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
@@ -330,27 +359,44 @@ def drop_messages(config: Config, ids: Sequence[int]) -> list[int]:
 
 def record_sent_recipient(session: Session | Connection, account_id: int, address: str) -> None:
     """Count a delivery by the account to `address` (one row per account and address)."""
+    statement = _sent_upsert(upsert_insert(session, SentRecipient.__table__))
+    session.execute(statement, sent_params(account_id, address))
+
+
+def sent_params(account_id: int, address: str) -> dict[str, Any]:
+    """The values `record_sent_recipient` and `sent_cte` bind."""
     address = normalize_address(address)
     domain = address_domain(address)
-    now = utcnow()
+    return {
+        "sent_account_id": account_id,
+        "sent_address": address,
+        "sent_domain": domain,
+        "sent_org_domain": psl_organizational_domain(domain),
+        "sent_now": utcnow(),
+    }
+
+
+def sent_cte() -> CTE:
+    """`record_sent_recipient` as part of one PostgreSQL statement (see `finish_cte`)."""
+    return _sent_upsert(postgresql.insert(SentRecipient.__table__)).cte("sent")
+
+
+def _sent_upsert(statement: postgresql.Insert | sqlite.Insert) -> postgresql.Insert | sqlite.Insert:
     table = SentRecipient.__table__
-    statement = (
-        upsert_insert(session, table)
-        .values(
-            account_id=account_id,
-            address=address,
-            domain=domain,
-            org_domain=psl_organizational_domain(domain),
-            first_sent=now,
-            last_sent=now,
-            count=1,
-        )
-        .on_conflict_do_update(
-            index_elements=["account_id", "address"],
-            set_={"last_sent": now, "count": table.c.count + 1},
-        )
+    now = bindparam("sent_now", type_=table.c.first_sent.type)
+    # Literal SQL, not a bound value: an anonymous bound value in a CTE got no value when executed.
+    one: ColumnElement[int] = literal_column("1")
+    return statement.values(
+        account_id=bindparam("sent_account_id"),
+        address=bindparam("sent_address"),
+        domain=bindparam("sent_domain"),
+        org_domain=bindparam("sent_org_domain"),
+        first_sent=now,
+        last_sent=now,
+        count=one,
+    ).on_conflict_do_update(
+        index_elements=["account_id", "address"], set_={"last_sent": now, "count": table.c.count + one}
     )
-    session.execute(statement)
 
 
 def has_sent_to(
