@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sqlalchemy import Connection, Select, exists, func, select
 from sqlalchemy.orm import Session as DBSession
@@ -48,6 +48,7 @@ from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
 from app.queue.lease import Heartbeat
 from app.queue.mtasts import MTASTSResult, MTASTSSettings, policy_for_domain
+from app.queue.outgoing import Claimed
 from app.queue.routes import Destination, Hop, host_addresses, resolve_destination
 from app.queue.smtpclient import (
     ClientOptions,
@@ -63,9 +64,6 @@ from app.reportsuppress import ReportKind, suppress_after_failure
 from app.store.files import MailboxCopy, MessageStore, StoreError
 from app.tlsreports.report import FailureDetail, PolicyRef
 from app.tlsreports.results import SessionResult, record_tls_results
-
-if TYPE_CHECKING:  # rows app/queue/outgoing.py claims and hands over
-    from app.models import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ class Message:
 
     path: str
     sender: str
-    rows: list[OutgoingMessage]
+    rows: list[Claimed]
     content: bytes
     tls_required_no: bool
 
@@ -135,7 +133,7 @@ class _Run:
             ca_bundle=delivery.ca_bundle,
         )
         self.report = DeliveryReport()
-        self.rows: list[OutgoingMessage] = []
+        self.rows: list[Claimed] = []
         self._heartbeat: Heartbeat | None = None
         # One database session for the run, committed after every message.
         self._connection = outcome_connection(config.resolved_database_url)
@@ -208,10 +206,10 @@ class _Run:
 
     # Messages.
 
-    async def _load_messages(self, rows: Sequence[OutgoingMessage]) -> list[Message]:
+    async def _load_messages(self, rows: Sequence[Claimed]) -> list[Message]:
         """Group rows into transactions (same content and sender); rows whose file awaits its rename
         wait for the next sweep, rows whose content is gone fail (app/queue/content.py)."""
-        grouped: dict[tuple[str, str], list[OutgoingMessage]] = {}
+        grouped: dict[tuple[str, str], list[Claimed]] = {}
         for row in rows:
             grouped.setdefault((row.path, row.sender), []).append(row)
         messages = []
@@ -233,7 +231,7 @@ class _Run:
         self._connection.commit()  # content read from the database: no transaction open while delivering
         return messages
 
-    def _release(self, path: str, group: list[OutgoingMessage]) -> None:
+    def _release(self, path: str, group: list[Claimed]) -> None:
         """Give rows back, no attempt counted: the next sweep takes them once their file is in place."""
         ids = [r.id for r in group]
         log.info("queue file %s of rows %s not in place yet; left for the next sweep", path, ids)
@@ -408,7 +406,7 @@ class _Run:
         now = utcnow()
         statuses = []
         is_report = any(r.is_dmarc_report or r.is_tls_report for r in message.rows)
-        plans: list[tuple[OutgoingMessage, DeliveryError | None, bool]] = []
+        plans: list[tuple[Claimed, DeliveryError | None, bool]] = []
         for row, error in zip(message.rows, outcomes, strict=True):
             final = error is not None and (error.permanent or row.attempts + 1 >= row.max_attempts)
             plans.append((row, error, final))
@@ -440,7 +438,7 @@ class _Run:
     def _write_outcomes(
         self,
         message: Message,
-        plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]],
+        plans: Sequence[tuple[Claimed, DeliveryError | None, bool]],
         attempts: Sequence[history.Attempt],
         now: datetime,
     ) -> str | None:
@@ -467,7 +465,7 @@ class _Run:
         self,
         connection: Connection,
         message: Message,
-        plan: tuple[OutgoingMessage, DeliveryError | None, bool],
+        plan: tuple[Claimed, DeliveryError | None, bool],
         attempt: history.Attempt,
     ) -> str | None:
         """The common case on PostgreSQL, a message to one recipient whose row ends (delivered or
@@ -505,7 +503,7 @@ class _Run:
         self._ended, self._committed = [], 0
 
     def _suppress_failed_report_addresses(
-        self, plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]], now: datetime
+        self, plans: Sequence[tuple[Claimed, DeliveryError | None, bool]], now: datetime
     ) -> None:
         """R2.7: no more reports, for a while, to an address that could not take one."""
         failed = [(row, error) for row, error, final in plans if final and error is not None]
@@ -526,7 +524,7 @@ class _Run:
     def _write_outcome(
         self,
         session: Connection,
-        row: OutgoingMessage,
+        row: Claimed,
         error: DeliveryError | None,
         final: bool,
         now: datetime,
@@ -546,7 +544,7 @@ class _Run:
 
     def _count_outcome(
         self,
-        row: OutgoingMessage,
+        row: Claimed,
         error: DeliveryError | None,
         final: bool,
         attempt: history.Attempt,
@@ -563,7 +561,7 @@ class _Run:
         self._log_outcome(row, result, error, attempt)
 
     def _log_outcome(
-        self, row: OutgoingMessage, result: str, error: DeliveryError | None, attempt: history.Attempt
+        self, row: Claimed, result: str, error: DeliveryError | None, attempt: history.Attempt
     ) -> None:
         outcome = fields(
             queue_id=row.id,
@@ -746,7 +744,7 @@ def remove_header(content: bytes, name: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in kept) + rest
 
 
-def _sent_account(row: OutgoingMessage) -> int | None:
+def _sent_account(row: Claimed) -> int | None:
     """The account whose delivery to the row's recipient counts for reputation (reports do not)."""
     return None if row.is_dmarc_report or row.is_tls_report else row.account_id
 
@@ -766,7 +764,7 @@ def _outcome_statement(sent: bool, content_in_database: bool) -> Select[int]:
 
 
 def _status(
-    row: OutgoingMessage,
+    row: Claimed,
     error: DeliveryError,
     action: Literal["failed", "delayed"],
     remote: str | None,
@@ -777,7 +775,7 @@ def _status(
     return RecipientStatus(row.recipient, action, error.status, diagnostic, remote, now, retry_until)
 
 
-def _retry_until(row: OutgoingMessage, now: datetime) -> datetime:
+def _retry_until(row: Claimed, now: datetime) -> datetime:
     """When the last attempt is due if every remaining one fails."""
     until = now
     for failed in range(row.attempts + 1, row.max_attempts):

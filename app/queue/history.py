@@ -25,8 +25,9 @@ from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
 from app.queue.smtpclient import DeliveryError, Reply, SessionInfo
 
-if TYPE_CHECKING:  # the rows a delivery run claimed (app/queue/outgoing.py)
-    from app.models import OutgoingMessage
+if TYPE_CHECKING:  # the rows a delivery run claimed
+    from app.queue.outgoing import Claimed
+
 
 Result = Literal["delivered", "deferred", "failed"]
 REPLY_KEPT = 512  # DeliveryAttempt.reply's length
@@ -66,7 +67,7 @@ def tls_summary(info: SessionInfo) -> str:
 class Attempt:
     """One recipient's outcome of one attempt, as logged and kept."""
 
-    row: OutgoingMessage
+    row: Claimed
     relay: Relay
     reply_code: int | None
     reply: str
@@ -76,7 +77,7 @@ class Attempt:
     @classmethod
     def of(
         cls,
-        row: OutgoingMessage,
+        row: Claimed,
         relay: Relay,
         outcome: Reply | DeliveryError,
         result: Result,
@@ -168,7 +169,7 @@ def attempts_for(
 
 
 def attempts_of(
-    rows: Sequence[OutgoingMessage],
+    rows: Sequence[Claimed],
     outcomes: Sequence[DeliveryError | None],
     finals: Sequence[bool],
     replies: Sequence[Reply],

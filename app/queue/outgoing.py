@@ -107,9 +107,34 @@ def database_error(error: Exception) -> str:
 # Claiming and leases.
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A queue row as a delivery run holds it: the columns it uses, read through Core (for a batch of
+    hundreds of rows, building ORM objects cost more than the claim's statements)."""
+
+    id: int
+    account_id: int | None
+    sender: str
+    recipient: str
+    recipient_domain: str
+    path: str
+    created: datetime
+    attempts: int
+    max_attempts: int
+    require_tls: bool | None
+    is_dmarc_report: bool
+    is_tls_report: bool
+    lease_owner: str | None
+
+
+_HELD = select(*(_TABLE.c[name] for name in Claimed.__slots__)).where(
+    _TABLE.c.lease_owner == bindparam("owner")
+)
+
+
 def claim_batch(
     session: Session, queue_id: int, *, lease: timedelta, batch_size: int, now: datetime | None = None
-) -> list[OutgoingMessage]:
+) -> list[Claimed]:
     """Claim the row, if due and free, and more due, free rows for the same recipient domain, up to
     `batch_size` in all, oldest first.
 
@@ -139,8 +164,7 @@ def claim_batch(
         more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), due(now))
         session.execute(more.values(values))
     session.commit()
-    held = select(OutgoingMessage).where(OutgoingMessage.lease_owner == owner).order_by(OutgoingMessage.id)
-    return list(session.scalars(held))
+    return [Claimed(*row) for row in session.execute(_HELD.order_by(_TABLE.c.id), {"owner": owner})]
 
 
 def next_due_id(session: Session, domain: str) -> int | None:
@@ -161,7 +185,7 @@ def renew_lease(session: Session | Connection, owner: str, lease: timedelta) -> 
     return affected_rows(session.execute(statement.values(lease_until=utcnow() + lease)))
 
 
-def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
+def _ours(row: Claimed) -> ColumnElement[bool]:
     return (_TABLE.c.id == row.id) & (_TABLE.c.lease_owner == row.lease_owner)
 
 
@@ -173,12 +197,12 @@ _FINISH = delete(_TABLE).where(
 _PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).limit(1)
 
 
-def finish(session: Session | Connection, row: OutgoingMessage) -> bool:
+def finish(session: Session | Connection, row: Claimed) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
     return bool(affected_rows(session.execute(_FINISH, finish_params(row))))
 
 
-def finish_params(row: OutgoingMessage) -> dict[str, Any]:
+def finish_params(row: Claimed) -> dict[str, Any]:
     """The values `finish` and `finish_cte` bind."""
     return {"finish_id": row.id, "finish_owner": row.lease_owner}
 
@@ -189,7 +213,7 @@ def finish_cte() -> CTE:
     return _FINISH.returning(_TABLE.c.id).cte("finished")
 
 
-def postpone(session: Session | Connection, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
+def postpone(session: Session | Connection, row: Claimed, error: str, next_attempt: datetime) -> bool:
     """Count a failed attempt and free the row until `next_attempt`; False if the lease was lost."""
     statement = (
         update(_TABLE)
@@ -206,7 +230,7 @@ def postpone(session: Session | Connection, row: OutgoingMessage, error: str, ne
     return bool(affected_rows(session.execute(statement)))
 
 
-def release(session: Session | Connection, row: OutgoingMessage) -> bool:
+def release(session: Session | Connection, row: Claimed) -> bool:
     """Free a row without counting an attempt, due again in RELEASE_DELAY; False if the lease was lost.
     Not at once: a run that found its batch full would claim the same row again straight away."""
     values = {"lease_owner": None, "lease_until": None, "next_attempt": utcnow() + RELEASE_DELAY}
