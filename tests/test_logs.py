@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import FIELD_LIMIT, RATE_LIMITED, EscapingFormatter, RepeatLimiter, escape_control
+from app.logs import FIELD_LIMIT, RATE_LIMITED, EscapingFormatter, RepeatLimiter, escape_control, fields
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = "evil\r\n2026-01-01 00:00:00,000 INFO app forged\x1b[2J\x85\u2028\u2029\x00\x7f\tend"
@@ -170,3 +170,15 @@ def test_info_lines_are_limited_only_when_asked(
         "refused connection %d",
         "INFO test.logs.hardening transaction 5",
     ]
+
+
+def test_field_values_are_shown_alike_every_time(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    """Shown values are cached (app/logs.py `_shown_text`): a repeated value, hostile or not, is
+    written as the first time."""
+    logger, out = logged
+    for _ in range(2):
+        logger.info("x", extra=fields(domain="example.net", helo=HOSTILE, n=7, flag=True, empty=""))
+    first, second = out.getvalue().splitlines()
+    assert first == second
+    assert first.startswith("INFO test.logs.hardening x domain=example.net helo='evil\\r\\n2026")
+    assert first.endswith(" n=7 flag=True empty=''") and first.isprintable()

@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import CTE, ColumnElement, Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.config import Config
@@ -112,6 +112,16 @@ class DatabaseContent:
         """Delete the row in the caller's transaction: nothing is left for after the commit (None)."""
         self.delete(connection, {path})
         return None
+
+    @classmethod
+    def end_cte(cls, only_if: ColumnElement[bool]) -> CTE:
+        """`end`, if `only_if` holds, as part of one PostgreSQL statement (app/queue/deliver.py's
+        outcome in one round trip); it binds `end_params`."""
+        table = cls._TABLE
+        return delete(table).where(table.c.path == bindparam("content_path"), only_if).cte("ended")
+
+    def end_params(self, path: str) -> dict[str, str]:
+        return {"content_path": path}
 
     def remove_soon(self, paths: Sequence[str]) -> None:
         """Nothing to do: `end` never leaves a path for after the commit."""

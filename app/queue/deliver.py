@@ -27,9 +27,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from functools import cache
+from typing import Literal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Select, exists, func, select
 from sqlalchemy.orm import Session as DBSession
 
 from app import metrics
@@ -42,11 +43,12 @@ from app.logs import fields
 from app.models.base import utcnow
 from app.queue import history, outgoing
 from app.queue.backoff import RETRY_DELAYS, next_attempt_after, wants_delay_dsn
-from app.queue.content import in_background, queue_content
+from app.queue.content import DatabaseContent, in_background, queue_content
 from app.queue.dane import dane_for_mx
 from app.queue.dsn import RecipientStatus, build_dsn, dsn_mailbox
 from app.queue.lease import Heartbeat
 from app.queue.mtasts import MTASTSResult, MTASTSSettings, policy_for_domain
+from app.queue.outgoing import Claimed
 from app.queue.routes import Destination, Hop, host_addresses, resolve_destination
 from app.queue.smtpclient import (
     ClientOptions,
@@ -62,9 +64,6 @@ from app.reportsuppress import ReportKind, suppress_after_failure
 from app.store.files import MailboxCopy, MessageStore, StoreError
 from app.tlsreports.report import FailureDetail, PolicyRef
 from app.tlsreports.results import SessionResult, record_tls_results
-
-if TYPE_CHECKING:  # rows app/queue/outgoing.py claims and hands over
-    from app.models import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class Message:
 
     path: str
     sender: str
-    rows: list[OutgoingMessage]
+    rows: list[Claimed]
     content: bytes
     tls_required_no: bool
 
@@ -134,11 +133,12 @@ class _Run:
             ca_bundle=delivery.ca_bundle,
         )
         self.report = DeliveryReport()
-        self.rows: list[OutgoingMessage] = []
+        self.rows: list[Claimed] = []
         self._heartbeat: Heartbeat | None = None
         # One database session for the run, committed after every message.
         self._connection = outcome_connection(config.resolved_database_url)
         self.db = DBSession(bind=self._connection, expire_on_commit=False)
+        self._at_once: Connection | None = None
         self._store: MessageStore | None = None
         self._accounts: dict[int, str | None] = {}
         # Rows per message file when claimed: a file whose rows are all ours needs no check later.
@@ -197,17 +197,19 @@ class _Run:
     async def close(self) -> None:
         self._hand_over()
         self.db.close()
-        restore_durability(self._connection)
-        self._connection.close()
+        for connection in (self._connection, self._at_once):
+            if connection is not None:
+                restore_durability(connection)
+                connection.close()
         if self._store is not None:
             await self._store.close()
 
     # Messages.
 
-    async def _load_messages(self, rows: Sequence[OutgoingMessage]) -> list[Message]:
+    async def _load_messages(self, rows: Sequence[Claimed]) -> list[Message]:
         """Group rows into transactions (same content and sender); rows whose file awaits its rename
         wait for the next sweep, rows whose content is gone fail (app/queue/content.py)."""
-        grouped: dict[tuple[str, str], list[OutgoingMessage]] = {}
+        grouped: dict[tuple[str, str], list[Claimed]] = {}
         for row in rows:
             grouped.setdefault((row.path, row.sender), []).append(row)
         messages = []
@@ -229,7 +231,7 @@ class _Run:
         self._connection.commit()  # content read from the database: no transaction open while delivering
         return messages
 
-    def _release(self, path: str, group: list[OutgoingMessage]) -> None:
+    def _release(self, path: str, group: list[Claimed]) -> None:
         """Give rows back, no attempt counted: the next sweep takes them once their file is in place."""
         ids = [r.id for r in group]
         log.info("queue file %s of rows %s not in place yet; left for the next sweep", path, ids)
@@ -404,7 +406,7 @@ class _Run:
         now = utcnow()
         statuses = []
         is_report = any(r.is_dmarc_report or r.is_tls_report for r in message.rows)
-        plans: list[tuple[OutgoingMessage, DeliveryError | None, bool]] = []
+        plans: list[tuple[Claimed, DeliveryError | None, bool]] = []
         for row, error in zip(message.rows, outcomes, strict=True):
             final = error is not None and (error.permanent or row.attempts + 1 >= row.max_attempts)
             plans.append((row, error, final))
@@ -418,26 +420,79 @@ class _Run:
             await self._store_dsn(message, statuses, now)
         # Core statements straight on the run's connection: per message, the ORM session would cost
         # more than the statements themselves.
-        connection = self._connection
         finals = [final for _, _, final in plans]
         relay = history.Relay.of(remote, info)
         attempts = history.attempts_of(message.rows, outcomes, finals, replies, relay, now)
-        try:
-            history.record(connection, attempts)
-            for (row, error, final), attempt in zip(plans, attempts, strict=True):
-                self._write_outcome(connection, row, error, final, now, attempt)
-            unused = all(final or error is None for _, error, final in plans) and self._file_unused(message)
-            left = self.content.end(connection, message.path) if unused else None
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
+        at_once = self._at_once_connection()
+        if at_once is not None and len(plans) == 1 and (plans[0][1] is None or plans[0][2]):
+            left = self._end_at_once(at_once, message, plans[0], attempts[0])
+        else:
+            left = self._write_outcomes(message, plans, attempts, now)
         if left is not None:
             self._ended.append(left)
         self._committed += 1
         if self._committed >= HAND_OVER_EVERY:
             self._hand_over()
         self._suppress_failed_report_addresses(plans, now)
+
+    def _write_outcomes(
+        self,
+        message: Message,
+        plans: Sequence[tuple[Claimed, DeliveryError | None, bool]],
+        attempts: Sequence[history.Attempt],
+        now: datetime,
+    ) -> str | None:
+        """The message's outcomes in one transaction on the run's connection; the content left to
+        remove after the commit, if any."""
+        connection = self._connection
+        try:
+            history.record(connection, attempts)
+            held = [
+                self._write_outcome(connection, row, error, final, now, attempt)
+                for (row, error, final), attempt in zip(plans, attempts, strict=True)
+            ]
+            # Rows another run holds now (our lease lapsed) still need the content.
+            unused = all(final or error is None for _, error, final in plans) and all(held)
+            unused = unused and self._file_unused(message, connection)
+            left = self.content.end(connection, message.path) if unused else None
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        return left
+
+    def _end_at_once(
+        self,
+        connection: Connection,
+        message: Message,
+        plan: tuple[Claimed, DeliveryError | None, bool],
+        attempt: history.Attempt,
+    ) -> str | None:
+        """The common case on PostgreSQL, a message to one recipient whose row ends (delivered or
+        failed for good): the attempt recorded, the row removed if the lease still holds, the
+        recipient counted and the content ended (if the row was ours) in one statement, committed on
+        its own (autocommit): one round trip where the transaction takes four (BEGIN, INSERT, DELETE,
+        COMMIT), and as atomic. The content left to remove, if any."""
+        row, error, final = plan
+        account_id = _sent_account(row) if error is None else None
+        unused = self._file_unused(message, connection)
+        database = self.content if unused and isinstance(self.content, DatabaseContent) else None
+        params = {**outgoing.finish_params(row), **attempt.values()}
+        if account_id is not None:
+            params.update(outgoing.sent_params(account_id, row.recipient))
+        if database is not None:
+            params.update(database.end_params(message.path))
+        statement = _outcome_statement(account_id is not None, database is not None)
+        held = bool(connection.execute(statement, params).scalar())
+        self._count_outcome(row, error, final, attempt, held)
+        ended = unused and held and database is None
+        return self.content.end(connection, message.path) if ended else None
+
+    def _at_once_connection(self) -> Connection | None:
+        """PostgreSQL: the run's autocommit connection for `_end_at_once`, opened on first use."""
+        if self._at_once is None and self._connection.dialect.name == "postgresql":
+            self._at_once = outcome_connection(self.config.resolved_database_url, autocommit=True)
+        return self._at_once
 
     def _hand_over(self) -> None:
         """Leave the work that follows committed outcomes to the background thread: removing the
@@ -448,7 +503,7 @@ class _Run:
         self._ended, self._committed = [], 0
 
     def _suppress_failed_report_addresses(
-        self, plans: Sequence[tuple[OutgoingMessage, DeliveryError | None, bool]], now: datetime
+        self, plans: Sequence[tuple[Claimed, DeliveryError | None, bool]], now: datetime
     ) -> None:
         """R2.7: no more reports, for a while, to an address that could not take one."""
         failed = [(row, error) for row, error, final in plans if final and error is not None]
@@ -458,41 +513,55 @@ class _Run:
                 suppress_after_failure(self.db, kind, row.recipient, str(error), now)
                 self.db.commit()
 
-    def _file_unused(self, message: Message) -> bool:
+    def _file_unused(self, message: Message, connection: Connection) -> bool:
         """Whether no other row needs the message's file, once this message's rows are finished."""
         if self.rows_per_path.get(message.path) == len(message.rows):
             return True
         # Two workers finishing rows of one file at the same moment may each still see the other's
         # row and both keep the file; the hourly orphan cleanup removes it then.
-        return not outgoing.path_in_use(self._connection, message.path)
+        return not outgoing.path_in_use(connection, message.path)
 
     def _write_outcome(
         self,
         session: Connection,
-        row: OutgoingMessage,
+        row: Claimed,
         error: DeliveryError | None,
         final: bool,
         now: datetime,
         attempt: history.Attempt,
-    ) -> None:
-        result = "delivered" if error is None else "failed" if final else "deferred"
-        metrics.delivery(result, self.tls_policy)
+    ) -> bool:
+        """Write the row's outcome; whether the row was still ours (its lease held)."""
+        held = True  # a postponed row whose lease was lost is simply due again for its new holder
         if error is None or final:
-            if not outgoing.finish(session, row):
-                log.warning("queue row %d: lease lost before its outcome was written", row.id)
-            if error is None:
-                self.report.delivered.append(row.id)
-                if row.account_id is not None and not (row.is_dmarc_report or row.is_tls_report):
-                    outgoing.record_sent_recipient(session, row.account_id, row.recipient)
-            else:
-                self.report.failed.append(row.id)
+            held = outgoing.finish(session, row)
+            account_id = _sent_account(row) if error is None else None
+            if account_id is not None:
+                outgoing.record_sent_recipient(session, account_id, row.recipient)
         else:
             outgoing.postpone(session, row, str(error), next_attempt_after(row.attempts + 1, now))
-            self.report.deferred.append(row.id)
+        self._count_outcome(row, error, final, attempt, held)
+        return held
+
+    def _count_outcome(
+        self,
+        row: Claimed,
+        error: DeliveryError | None,
+        final: bool,
+        attempt: history.Attempt,
+        held: bool,
+    ) -> None:
+        """The metrics, the run's report and the log line of an outcome written."""
+        if not held:
+            log.warning("queue row %d: lease lost before its outcome was written", row.id)
+        result = "delivered" if error is None else "failed" if final else "deferred"
+        metrics.delivery(result, self.tls_policy)
+        report = self.report
+        kept = report.delivered if error is None else report.failed if final else report.deferred
+        kept.append(row.id)
         self._log_outcome(row, result, error, attempt)
 
     def _log_outcome(
-        self, row: OutgoingMessage, result: str, error: DeliveryError | None, attempt: history.Attempt
+        self, row: Claimed, result: str, error: DeliveryError | None, attempt: history.Attempt
     ) -> None:
         outcome = fields(
             queue_id=row.id,
@@ -609,13 +678,16 @@ class _Tries:
         return softened
 
 
-def outcome_connection(url: str) -> Connection:
-    """A pooled connection whose commits do not wait for the disk (see the module doc).
+def outcome_connection(url: str, *, autocommit: bool = False) -> Connection:
+    """A pooled connection whose commits do not wait for the disk (see the module doc); with
+    `autocommit`, each statement commits on its own (the pool restores the isolation level).
 
     On SQLite not even for a checkpoint: the commit that fills the WAL past its limit would copy it
     into the database file and fsync both, stalling that message by milliseconds; a run leaves its
     checkpoints to the background thread instead (`_Run._hand_over`)."""
     connection = engine_for(url).connect()
+    if autocommit:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
         connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
@@ -672,8 +744,27 @@ def remove_header(content: bytes, name: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in kept) + rest
 
 
+def _sent_account(row: Claimed) -> int | None:
+    """The account whose delivery to the row's recipient counts for reputation (reports do not)."""
+    return None if row.is_dmarc_report or row.is_tls_report else row.account_id
+
+
+@cache
+def _outcome_statement(sent: bool, content_in_database: bool) -> Select[int]:
+    """`_Run._end_at_once`'s statement, built once per shape: the attempt recorded, the row finished
+    (how many rows: 0 if the lease was lost), the recipient counted and the content ended, as the
+    shape says. PostgreSQL runs each part to its end whether the result reads it or not."""
+    finished = outgoing.finish_cte()
+    statement = select(func.count()).select_from(finished).add_cte(history.record_cte())
+    if sent:
+        statement = statement.add_cte(outgoing.sent_cte())
+    if content_in_database:
+        statement = statement.add_cte(DatabaseContent.end_cte(exists(finished.select())))
+    return statement
+
+
 def _status(
-    row: OutgoingMessage,
+    row: Claimed,
     error: DeliveryError,
     action: Literal["failed", "delayed"],
     remote: str | None,
@@ -684,7 +775,7 @@ def _status(
     return RecipientStatus(row.recipient, action, error.status, diagnostic, remote, now, retry_until)
 
 
-def _retry_until(row: OutgoingMessage, now: datetime) -> datetime:
+def _retry_until(row: Claimed, now: datetime) -> datetime:
     """When the last attempt is due if every remaining one fails."""
     until = now
     for failed in range(row.attempts + 1, row.max_attempts):

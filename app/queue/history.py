@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import CTE, Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import affected_rows
@@ -25,8 +25,9 @@ from app.models.base import utcnow
 from app.models.queue import DeliveryAttempt
 from app.queue.smtpclient import DeliveryError, Reply, SessionInfo
 
-if TYPE_CHECKING:  # the rows a delivery run claimed (app/queue/outgoing.py)
-    from app.models import OutgoingMessage
+if TYPE_CHECKING:  # the rows a delivery run claimed
+    from app.queue.outgoing import Claimed
+
 
 Result = Literal["delivered", "deferred", "failed"]
 REPLY_KEPT = 512  # DeliveryAttempt.reply's length
@@ -66,7 +67,7 @@ def tls_summary(info: SessionInfo) -> str:
 class Attempt:
     """One recipient's outcome of one attempt, as logged and kept."""
 
-    row: OutgoingMessage
+    row: Claimed
     relay: Relay
     reply_code: int | None
     reply: str
@@ -76,7 +77,7 @@ class Attempt:
     @classmethod
     def of(
         cls,
-        row: OutgoingMessage,
+        row: Claimed,
         relay: Relay,
         outcome: Reply | DeliveryError,
         result: Result,
@@ -142,6 +143,13 @@ def record(connection: Connection, attempts: Sequence[Attempt]) -> None:
         connection.execute(_INSERT, [a.values() for a in attempts])
 
 
+def record_cte() -> CTE:
+    """`record` of one attempt as part of one PostgreSQL statement (app/queue/deliver.py's outcome in
+    one round trip); it binds `Attempt.values()`."""
+    columns = [column.name for column in _TABLE.columns if column.name != "id"]
+    return insert(_TABLE).values({name: bindparam(name) for name in columns}).cte("recorded")
+
+
 def prune(session: Session | Connection, days: float, now: datetime | None = None) -> int:
     """Remove attempts older than `days`; how many."""
     cutoff = (now or utcnow()) - timedelta(days=days)
@@ -161,7 +169,7 @@ def attempts_for(
 
 
 def attempts_of(
-    rows: Sequence[OutgoingMessage],
+    rows: Sequence[Claimed],
     outcomes: Sequence[DeliveryError | None],
     finals: Sequence[bool],
     replies: Sequence[Reply],

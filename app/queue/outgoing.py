@@ -18,7 +18,21 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.address import address_domain, normalize_address
@@ -93,9 +107,34 @@ def database_error(error: Exception) -> str:
 # Claiming and leases.
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A queue row as a delivery run holds it: the columns it uses, read through Core (for a batch of
+    hundreds of rows, building ORM objects cost more than the claim's statements)."""
+
+    id: int
+    account_id: int | None
+    sender: str
+    recipient: str
+    recipient_domain: str
+    path: str
+    created: datetime
+    attempts: int
+    max_attempts: int
+    require_tls: bool | None
+    is_dmarc_report: bool
+    is_tls_report: bool
+    lease_owner: str | None
+
+
+_HELD = select(*(_TABLE.c[name] for name in Claimed.__slots__)).where(
+    _TABLE.c.lease_owner == bindparam("owner")
+)
+
+
 def claim_batch(
     session: Session, queue_id: int, *, lease: timedelta, batch_size: int, now: datetime | None = None
-) -> list[OutgoingMessage]:
+) -> list[Claimed]:
     """Claim the row, if due and free, and more due, free rows for the same recipient domain, up to
     `batch_size` in all, oldest first.
 
@@ -125,8 +164,7 @@ def claim_batch(
         more = update(_TABLE).where(_TABLE.c.id.in_(candidates.scalar_subquery()), due(now))
         session.execute(more.values(values))
     session.commit()
-    held = select(OutgoingMessage).where(OutgoingMessage.lease_owner == owner).order_by(OutgoingMessage.id)
-    return list(session.scalars(held))
+    return [Claimed(*row) for row in session.execute(_HELD.order_by(_TABLE.c.id), {"owner": owner})]
 
 
 def next_due_id(session: Session, domain: str) -> int | None:
@@ -147,20 +185,35 @@ def renew_lease(session: Session | Connection, owner: str, lease: timedelta) -> 
     return affected_rows(session.execute(statement.values(lease_until=utcnow() + lease)))
 
 
-def _ours(row: OutgoingMessage) -> ColumnElement[bool]:
+def _ours(row: Claimed) -> ColumnElement[bool]:
     return (_TABLE.c.id == row.id) & (_TABLE.c.lease_owner == row.lease_owner)
 
 
-_FINISH = delete(_TABLE).where(_TABLE.c.id == bindparam("id"), _TABLE.c.lease_owner == bindparam("owner"))
+# Its values are named apart from any column: one statement of `finish_cte` binds an INSERT's values
+# by column name too, and takes a key that names a column for that column's value.
+_FINISH = delete(_TABLE).where(
+    _TABLE.c.id == bindparam("finish_id"), _TABLE.c.lease_owner == bindparam("finish_owner")
+)
 _PATH_IN_USE = select(_TABLE.c.id).where(_TABLE.c.path == bindparam("path")).limit(1)
 
 
-def finish(session: Session | Connection, row: OutgoingMessage) -> bool:
+def finish(session: Session | Connection, row: Claimed) -> bool:
     """Remove a row that is done (delivered, or failed for good); False if the lease was lost."""
-    return bool(affected_rows(session.execute(_FINISH, {"id": row.id, "owner": row.lease_owner})))
+    return bool(affected_rows(session.execute(_FINISH, finish_params(row))))
 
 
-def postpone(session: Session | Connection, row: OutgoingMessage, error: str, next_attempt: datetime) -> bool:
+def finish_params(row: Claimed) -> dict[str, Any]:
+    """The values `finish` and `finish_cte` bind."""
+    return {"finish_id": row.id, "finish_owner": row.lease_owner}
+
+
+def finish_cte() -> CTE:
+    """`finish` as part of one PostgreSQL statement (app/queue/deliver.py's outcome in one round trip):
+    the ids of the rows removed, none if the lease was lost."""
+    return _FINISH.returning(_TABLE.c.id).cte("finished")
+
+
+def postpone(session: Session | Connection, row: Claimed, error: str, next_attempt: datetime) -> bool:
     """Count a failed attempt and free the row until `next_attempt`; False if the lease was lost."""
     statement = (
         update(_TABLE)
@@ -177,7 +230,7 @@ def postpone(session: Session | Connection, row: OutgoingMessage, error: str, ne
     return bool(affected_rows(session.execute(statement)))
 
 
-def release(session: Session | Connection, row: OutgoingMessage) -> bool:
+def release(session: Session | Connection, row: Claimed) -> bool:
     """Free a row without counting an attempt, due again in RELEASE_DELAY; False if the lease was lost.
     Not at once: a run that found its batch full would claim the same row again straight away."""
     values = {"lease_owner": None, "lease_until": None, "next_attempt": utcnow() + RELEASE_DELAY}
@@ -330,27 +383,44 @@ def drop_messages(config: Config, ids: Sequence[int]) -> list[int]:
 
 def record_sent_recipient(session: Session | Connection, account_id: int, address: str) -> None:
     """Count a delivery by the account to `address` (one row per account and address)."""
+    statement = _sent_upsert(upsert_insert(session, SentRecipient.__table__))
+    session.execute(statement, sent_params(account_id, address))
+
+
+def sent_params(account_id: int, address: str) -> dict[str, Any]:
+    """The values `record_sent_recipient` and `sent_cte` bind."""
     address = normalize_address(address)
     domain = address_domain(address)
-    now = utcnow()
+    return {
+        "sent_account_id": account_id,
+        "sent_address": address,
+        "sent_domain": domain,
+        "sent_org_domain": psl_organizational_domain(domain),
+        "sent_now": utcnow(),
+    }
+
+
+def sent_cte() -> CTE:
+    """`record_sent_recipient` as part of one PostgreSQL statement (see `finish_cte`)."""
+    return _sent_upsert(postgresql.insert(SentRecipient.__table__)).cte("sent")
+
+
+def _sent_upsert(statement: postgresql.Insert | sqlite.Insert) -> postgresql.Insert | sqlite.Insert:
     table = SentRecipient.__table__
-    statement = (
-        upsert_insert(session, table)
-        .values(
-            account_id=account_id,
-            address=address,
-            domain=domain,
-            org_domain=psl_organizational_domain(domain),
-            first_sent=now,
-            last_sent=now,
-            count=1,
-        )
-        .on_conflict_do_update(
-            index_elements=["account_id", "address"],
-            set_={"last_sent": now, "count": table.c.count + 1},
-        )
+    now = bindparam("sent_now", type_=table.c.first_sent.type)
+    # Literal SQL, not a bound value: an anonymous bound value in a CTE got no value when executed.
+    one: ColumnElement[int] = literal_column("1")
+    return statement.values(
+        account_id=bindparam("sent_account_id"),
+        address=bindparam("sent_address"),
+        domain=bindparam("sent_domain"),
+        org_domain=bindparam("sent_org_domain"),
+        first_sent=now,
+        last_sent=now,
+        count=one,
+    ).on_conflict_do_update(
+        index_elements=["account_id", "address"], set_={"last_sent": now, "count": table.c.count + one}
     )
-    session.execute(statement)
 
 
 def has_sent_to(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import trustme
@@ -37,8 +37,10 @@ from app.models import (
     TLSResult,
 )
 from app.models.base import utcnow
+from app.queue.content import queue_content
 from app.queue.deliver import DeliveryReport, deliver, prepare_content
 from app.queue.enqueue import Queued, enqueue
+from app.queue.history import attempts_for
 from app.queue.outgoing import remove_orphans
 from tasks import delivery
 from tasks.celery_app import settings
@@ -77,6 +79,7 @@ class World:
     ca_file: Path
     resolver: Resolver
     config: Config | None = None
+    database_url: str | None = None  # SQLite in the data dir unless given
 
     def configure(self, smtp_port: int, extra: str = "") -> Config:
         toml = f"""
@@ -88,7 +91,7 @@ ca_bundle = "{self.ca_file}"
 connect_timeout = 5
 command_timeout = 5
 {extra}"""
-        path = write_config(self.tmp / "config", toml, dns_port=self.dns.port)
+        path = write_config(self.tmp / "config", toml, database_url=self.database_url, dns_port=self.dns.port)
         self.config = load_config(path)
         upgrade_database(self.config.resolved_database_url)
         return self.config
@@ -558,6 +561,60 @@ async def test_delivered_recipients_are_recorded_for_reputation(world: World) ->
         rows["Bob@example.net"].domain == "example.net"
         and rows["Bob@example.net"].org_domain == "example.net"
     )
+
+
+STORAGE = {"files": "", "database": '\n[storage]\ncontent = "database"\n'}
+
+
+@pytest.mark.parametrize("storage", STORAGE)
+async def test_an_ended_row_goes_with_its_attempt_kept_its_recipient_counted_and_its_content(
+    world: World, url: str, storage: str
+) -> None:
+    """On PostgreSQL one statement does it all (deliver._end_at_once), on SQLite a transaction."""
+    world.database_url = url
+    with smtp_peer(None) as peer:
+        config = world.configure(peer.port, STORAGE[storage])
+        world.mx(MX)
+        (queue_id,) = world.queue()
+        report = await world.run(queue_id)
+    assert report.delivered == [queue_id] and world.rows() == [] and len(peer.received) == 1
+    with session_scope(url) as session:
+        (attempt,) = attempts_for(session, queue_ids=[queue_id])
+        assert (attempt.result, attempt.reply_code, attempt.recipient) == ("delivered", 250, RCPT)
+        assert [(r.address, r.count) for r in session.scalars(select(SentRecipient))] == [(RCPT, 1)]
+        assert queue_content(config).older_than(session, timedelta(0)) == []
+
+
+@dataclass
+class LeaseTakingHandler(PeerHandler):
+    """Takes the message, but first another worker takes its queue row: our run's lease ran out
+    while the server was slow to answer."""
+
+    database_url: str = ""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with session_scope(self.database_url) as db:
+            later = utcnow() + timedelta(minutes=5)
+            db.execute(update(OutgoingMessage).values(lease_owner="other", lease_until=later))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("storage", STORAGE)
+async def test_a_row_whose_lease_was_lost_keeps_its_content_for_its_new_holder(
+    world: World, url: str, storage: str
+) -> None:
+    world.database_url = url
+    with smtp_peer(None, handler=LeaseTakingHandler(database_url=url)) as peer:
+        config = world.configure(peer.port, STORAGE[storage])
+        world.mx(MX)
+        (queue_id,) = world.queue()
+        await world.run(queue_id)
+    assert len(peer.received) == 1
+    (row,) = world.rows()
+    assert row.lease_owner == "other"
+    with session_scope(url) as session:
+        assert [a.result for a in attempts_for(session, queue_ids=[queue_id])] == ["delivered"]
+        assert queue_content(config).read(session, row.path) is not None
 
 
 # Failures, backoff and DSNs.
