@@ -54,7 +54,7 @@ from tests.bench.args import SMOKE, count  # noqa: E402
 from tests.support.celeryworker import celery_worker, drain_queue  # noqa: E402
 from tests.support.configs import write_config  # noqa: E402
 from tests.support.dnsserver import DNSTestServer  # noqa: E402
-from tests.support.pgdatabase import new_database  # noqa: E402
+from tests.support.pgdatabase import drop_database, new_database  # noqa: E402
 
 MESSAGES = count(1, smoke=40, full=5_000)
 POSTGRES = "--postgres" in sys.argv
@@ -201,6 +201,8 @@ def main() -> None:
     lost, doubled = lost_and_doubled(dump)
     shutil.rmtree(dump.parent)
     shutil.rmtree(directory, ignore_errors=True)  # kept, with the worker's log, only when it failed
+    if POSTGRES:
+        drop_database(url)  # likewise
 
     deliveries = MESSAGES * ROUNDS
     bare, queued = min(bare_times), min(queue_times)
