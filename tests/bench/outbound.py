@@ -16,6 +16,13 @@ bare loop's whole message), and every queued message carries a Message-ID unique
 afterwards the sink must have taken each exactly once. The bare loop's sink does not dump: that cost
 counts against the queue, not the baseline.
 
+The bare loop is nothing but round trips (smtplib does not pipeline), so its rate depends on how
+fast an idle core wakes up, which the machine's load decides: on this 2-core machine 5,000 messages
+took it 2.2 s with both cores idle and 0.45-1.6 s with both busy (`yes` on each). Our delivery uses
+CPU and barely speeds up under load, so the ratio is highest on a quiet machine (0.61 SQLite, 0.62
+PostgreSQL, 2026-12-03) and falls to 0.05-0.12 when other benchmarks run beside it: compare ratios
+from runs on a quiet machine.
+
 Also printed: the cost of recording TLS results (measured alone), per call and per delivery as
 the run amortizes it (one record per session, i.e. per batch).
 
