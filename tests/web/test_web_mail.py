@@ -20,6 +20,7 @@ from app.accounts import sync_from_config
 from app.config import Config
 from app.db import session_scope
 from app.store import mailboxes
+from app.store.content import stored_content
 from app.store.files import MailboxCopy, MessageStore
 from app.web import mail
 from app.web.app import create_app
@@ -139,6 +140,13 @@ def message_row(config: Config, row_id: int) -> dict[str, Any]:
         return {**row(session, row_id), **mailboxes.message_placement(session, row_id)}
 
 
+def discard_content(config: Config, row_id: int) -> None:
+    """Remove a message's content as the last row naming it going would (the row stays)."""
+    with session_scope(config.resolved_database_url) as session:
+        after_commit = stored_content(config).discard(session, [message_row(config, row_id)["path"]])
+    after_commit()
+
+
 def junk_flags(config: Config, row_id: int) -> tuple[bool, bool]:
     found = message_row(config, row_id)
     return found["junk"], found["notjunk"]
@@ -154,12 +162,14 @@ def client(web_config: Config) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.mark.parametrize("content_backend", ["files", "database"])
 def test_browser_rescues_a_reject_and_shows_hostile_text_as_text(
-    web_config: Config, stored: dict[str, int], tmp_path: Path
+    web_config: Config, stored: dict[str, int], tmp_path: Path, content_backend: str
 ) -> None:
     """Chromium: log in as bob, see his mailboxes, his Inbox (a hostile Subject and From shown as
-    text, no dialog, no image loaded), a message, then Rejects: select the reject and move it to Inbox.
-    The console shows no error (a CSP violation would be one)."""
+    text, no dialog, no image loaded), a message, then Rejects: select the reject and move it to Inbox;
+    last, a message whose content is gone is still listed, its page saying so. The console shows no
+    error (a CSP violation would be one). Message content in files, then in the database."""
     from playwright.sync_api import sync_playwright
 
     console: list[str] = []
@@ -221,6 +231,12 @@ def test_browser_rescues_a_reject_and_shows_hostile_text_as_text(
                 page.click('button[value="move"]')
             assert page.url == f"{base}/mailbox/Rejects"
             assert page.locator("main", has_text="No messages.").is_visible()
+
+            discard_content(web_config, stored["lunch"])
+            page.goto(f"{base}/message/{stored['lunch']}")
+            assert page.inner_text("h1") == "Café on Friday"
+            assert page.inner_text("p.alert") == "The message's content cannot be read."
+            page.screenshot(path=str(shots / "unreadable.png"), full_page=True)
         finally:
             browser.close()
     moved = message_row(web_config, stored["reject"])
@@ -229,8 +245,10 @@ def test_browser_rescues_a_reject_and_shows_hostile_text_as_text(
     assert dialogs == [], "a script of a message ran"
     assert not [url for url in requested if not url.startswith(base)], "a remote load"
     assert console == [], console
-    for shot in ("mailboxes", "message-list", "message", "hostile-message", "rejects"):
-        keep_screenshot(shots / f"{shot}.png")
+    for shot in ("mailboxes", "message-list", "message", "hostile-message", "rejects", "unreadable"):
+        named = shots / f"{shot}-{content_backend}.png"  # the copy for $POSTWARDEN_SCREENSHOTS is by name
+        (shots / f"{shot}.png").rename(named)
+        keep_screenshot(named)
 
 
 def test_forms_need_the_sessions_csrf_token(
