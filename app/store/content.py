@@ -96,7 +96,7 @@ class DatabaseMessages:
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self.name = "message_content"
+        self.name = database_url  # a cache key (never shown): one process may serve several databases
 
     @classmethod
     def add(cls, session: Session, contents: Contents) -> None:

@@ -16,8 +16,9 @@ from app.config import Config, load_config
 from app.db import session_scope
 from app.imap.textsearch import HEADER_STEP, HeaderValues, MessageText
 from app.inreports.intake import ReportMessage, parse_stored_report
+from app.migrate import upgrade_database
 from app.models import MessageContent
-from app.store.content import stored_content
+from app.store.content import DatabaseMessages, stored_content
 from app.store.files import MESSAGES_DIR, MailboxCopy, MessageStore
 from app.store.mailboxes import (
     MailboxError,
@@ -149,3 +150,17 @@ def test_a_stored_report_is_parsed_from_either_backend(config: Config) -> None:
     file_id = path.rpartition("/")[2]
     assert parse_stored_report(config, ReportMessage(file_id, "dmarc")) == "stored"
     assert parse_stored_report(config, ReportMessage(f"{file_id}-9", "dmarc")) == "missing"
+
+
+def test_searches_of_two_databases_keep_their_header_values_apart(tmp_path: Path) -> None:
+    """One process may serve several databases (tests do; so could a CLI): the header values a
+    SEARCH keeps are keyed by the database too, not only by the path, which each database names."""
+    kept, path = HeaderValues(10), "messages/same-path"
+    texts = []
+    for n in (1, 2):
+        database_url = f"sqlite:///{tmp_path / f'db{n}.db'}"
+        upgrade_database(database_url)
+        with session_scope(database_url) as session:
+            DatabaseMessages.add(session, [(path, [f"Subject: database {n}\r\n\r\nbody\r\n".encode()])])
+        texts.append(MessageText(DatabaseMessages(database_url), path, 1000, kept))
+    assert [text.values("SUBJECT") for text in texts] == [("database 1",), ("database 2",)]
